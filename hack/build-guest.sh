@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds the test guest from Debian packages and caches it:
+#   vmlinuz          a Debian cloud kernel (dpkg -x of linux-image-*-cloud-amd64)
+#   initramfs.cpio.gz a busybox initramfs whose init prints the marker line to ttyS0,
+#                    runs a shell on the serial console and powers off on ACPI shutdown
+#   disk.qcow2       a bootable disk (syslinux on a FAT superfloppy) of the same guest
+# Prints the guest directory on stdout.
+set -euo pipefail
+HACK="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib.sh
+. "$HACK/lib.sh"
+
+for tool in dpkg-deb cpio mcopy mkfs.vfat syslinux qemu-img apt-get; do
+  command -v "$tool" >/dev/null || die "$tool is missing; run 'make deps' (hack/install-deps.sh) first."
+done
+[[ -x /bin/busybox ]] || die "busybox-static is missing; run 'make deps' first."
+
+# The kernel package behind the cloud meta-package, e.g. linux-image-6.1.0-41-cloud-amd64.
+kpkg="$(apt-cache depends "$GUEST_KERNEL_PKG" 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1)"
+if [[ -z "$kpkg" ]]; then
+  apt-get update -qq >/dev/null 2>&1 || true
+  kpkg="$(apt-cache depends "$GUEST_KERNEL_PKG" 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1)"
+fi
+[[ -n "$kpkg" ]] || die "cannot resolve $GUEST_KERNEL_PKG to a kernel package; run 'apt-get update' and check that Debian's mirror is reachable."
+
+key="$(cat "$HACK/build-guest.sh" "$HACK/guest/init" "$HACK/guest/udhcpc-script" /bin/busybox | sha256sum | cut -c1-12)"
+out="$IRONVIRT_CACHE/guest/$kpkg-$key"
+if [[ -f "$out/disk.qcow2" && -f "$out/vmlinuz" && -f "$out/initramfs.cpio.gz" ]]; then
+  echo "$out"
+  exit 0
+fi
+
+log "building the test guest ($kpkg) into $out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+debdir="$IRONVIRT_CACHE/guest/debs"
+mkdir -p "$debdir"
+if ! ls "$debdir/${kpkg}_"*.deb >/dev/null 2>&1; then
+  (cd "$debdir" && apt-get download "$kpkg" >/dev/null) \
+    || die "apt-get download $kpkg failed; check that Debian's package mirror is reachable."
+fi
+dpkg-deb -x "$debdir/${kpkg}_"*.deb "$work/kernel"
+kver="${kpkg#linux-image-}"
+vmlinuz="$work/kernel/boot/vmlinuz-$kver"
+[[ -f "$vmlinuz" ]] || die "the kernel package $kpkg has no /boot/vmlinuz-$kver"
+
+# The initramfs.
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib/modules,root}
+cp /bin/busybox "$root/bin/busybox"
+cp "$HACK/guest/init" "$root/init"
+cp "$HACK/guest/udhcpc-script" "$root/bin/udhcpc-script"
+chmod +x "$root/init" "$root/bin/udhcpc-script"
+echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+echo 'root:x:0:' >"$root/etc/group"
+echo 'export PS1="\h:\w# "' >"$root/etc/profile"
+moddir="$work/kernel/lib/modules/$kver"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+         virtio_net net_failover failover virtio_rng virtio_console \
+         cdrom sr_mod isofs fat vfat nls_cp437 nls_iso8859-1 evdev button; do
+  f="$(find "$moddir" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -1)"
+  [[ -n "$f" ]] || continue # built in
+  case "$f" in
+    *.xz) xz -dc "$f" >"$root/lib/modules/$m.ko" ;;
+    *.zst) zstd -dcq "$f" >"$root/lib/modules/$m.ko" ;;
+    *) cp "$f" "$root/lib/modules/$m.ko" ;;
+  esac
+done
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -9) >"$work/initramfs.cpio.gz"
+
+# The bootable disk: syslinux on a 64 MiB FAT superfloppy.
+img="$work/disk.img"
+truncate -s 64M "$img"
+mkfs.vfat -n IRONVIRT "$img" >/dev/null
+cat >"$work/syslinux.cfg" <<CFG
+DEFAULT guest
+PROMPT 0
+TIMEOUT 0
+LABEL guest
+  KERNEL vmlinuz
+  INITRD initrd.gz
+  APPEND console=tty0 console=ttyS0
+CFG
+mcopy -i "$img" "$vmlinuz" ::vmlinuz
+mcopy -i "$img" "$work/initramfs.cpio.gz" ::initrd.gz
+mcopy -i "$img" "$work/syslinux.cfg" ::syslinux.cfg
+syslinux --install "$img"
+qemu-img convert -q -f raw -O qcow2 "$img" "$work/disk.qcow2"
+
+mkdir -p "$out.tmp"
+cp "$vmlinuz" "$out.tmp/vmlinuz"
+cp "$work/initramfs.cpio.gz" "$work/disk.qcow2" "$out.tmp/"
+cat >"$out.tmp/guest.env" <<ENV
+GUEST_KERNEL_PACKAGE=$kpkg
+GUEST_MARKER=IRONVIRT-GUEST-READY
+GUEST_CMDLINE=console=tty0 console=ttyS0
+ENV
+rm -rf "$out" && mv "$out.tmp" "$out"
+# Older builds of the guest are no longer used.
+find "$IRONVIRT_CACHE/guest" -mindepth 1 -maxdepth 1 -type d -name "linux-image-*" ! -path "$out" -exec rm -rf {} +
+echo "$out"

@@ -1,0 +1,499 @@
+//! The control plane: etcd, kube-apiserver and kube-controller-manager as local
+//! processes on 127.0.0.1, with a generated PKI, RBAC and API aggregation.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{Error, Result, io};
+use crate::layout::{ClusterInfo, Layout};
+use crate::libvirt;
+use crate::pki::{FRONT_PROXY_CLIENT_CN, Pki, names};
+use crate::process::Supervisor;
+
+pub const ETCD: &str = "etcd";
+pub const APISERVER: &str = "kube-apiserver";
+pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+
+/// Start order; `down` stops in the reverse order.
+pub const START_ORDER: &[&str] = &[
+    ETCD,
+    APISERVER,
+    CONTROLLER_MANAGER,
+    libvirt::VIRTLOGD,
+    libvirt::LIBVIRTD,
+];
+
+/// The service CIDR; its first address is the `kubernetes` Service.
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// The control-plane binaries, built by `hack/build-k8s.sh`.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+const BUILD_HINT: &str = "build it with `make build-k8s` (hack/build-k8s.sh)";
+
+impl Binaries {
+    /// Binaries from etcd's and Kubernetes' cache directories; fails clearly when
+    /// one is missing.
+    pub fn from_dirs(etcd_dir: &Path, k8s_dir: &Path) -> Result<Self> {
+        let check = |what: &'static str, path: PathBuf| {
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Missing {
+                    what,
+                    path,
+                    hint: BUILD_HINT,
+                })
+            }
+        };
+        Ok(Binaries {
+            etcd: check("etcd", etcd_dir.join("etcd"))?,
+            kube_apiserver: check("kube-apiserver", k8s_dir.join("kube-apiserver"))?,
+            kube_controller_manager: check(
+                "kube-controller-manager",
+                k8s_dir.join("kube-controller-manager"),
+            )?,
+            kubectl: check("kubectl", k8s_dir.join("kubectl"))?,
+        })
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub binaries: Binaries,
+    /// Also start libvirtd and virtlogd (the node).
+    pub libvirt: bool,
+    /// The test guest's directory, recorded for tests.
+    pub guest_dir: Option<PathBuf>,
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind(("127.0.0.1", 0)).map_err(Error::NoPort)?;
+    Ok(l.local_addr().map_err(Error::NoPort)?.port())
+}
+
+fn path_arg(flag: &str, p: &Path) -> String {
+    format!("--{flag}={}", p.display())
+}
+
+/// The command line of etcd, as envtest runs it.
+pub fn etcd_args(layout: &Layout, client_port: u16, peer_port: u16) -> Vec<String> {
+    let client = format!("http://127.0.0.1:{client_port}");
+    vec![
+        "--name=ironvirt-testbed".into(),
+        path_arg("data-dir", &layout.etcd_data()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+        format!("--initial-cluster=ironvirt-testbed=http://127.0.0.1:{peer_port}"),
+        "--unsafe-no-fsync=true".into(),
+        "--quota-backend-bytes=4294967296".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+/// The command line of kube-apiserver: client-certificate users, Node+RBAC
+/// authorization, service-account keys and the front-proxy for aggregation.
+pub fn apiserver_args(layout: &Layout, port: u16, etcd_port: u16) -> Vec<String> {
+    let pki = Pki::new(layout.pki());
+    vec![
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+        path_arg("cert-dir", &layout.root().join("apiserver-certs")),
+        path_arg("tls-cert-file", &pki.crt(names::APISERVER)),
+        path_arg("tls-private-key-file", &pki.key(names::APISERVER)),
+        path_arg("client-ca-file", &pki.crt(names::CA)),
+        "--authorization-mode=Node,RBAC".into(),
+        path_arg("service-account-key-file", &pki.file(names::SA_PUBLIC)),
+        path_arg(
+            "service-account-signing-key-file",
+            &pki.file(names::SA_PRIVATE),
+        ),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        "--endpoint-reconciler-type=none".into(),
+        "--allow-privileged=true".into(),
+        // API aggregation through the front proxy.
+        path_arg(
+            "requestheader-client-ca-file",
+            &pki.crt(names::FRONT_PROXY_CA),
+        ),
+        format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT_CN}"),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        "--requestheader-uid-headers=X-Remote-Uid".into(),
+        path_arg(
+            "proxy-client-cert-file",
+            &pki.crt(names::FRONT_PROXY_CLIENT),
+        ),
+        path_arg("proxy-client-key-file", &pki.key(names::FRONT_PROXY_CLIENT)),
+        "--profiling=false".into(),
+    ]
+}
+
+/// The command line of kube-controller-manager. Each controller uses its own
+/// service account, as in kubeadm clusters.
+pub fn controller_manager_args(layout: &Layout, port: u16) -> Vec<String> {
+    let pki = Pki::new(layout.pki());
+    let kc = layout.kcm_kubeconfig();
+    vec![
+        path_arg("kubeconfig", &kc),
+        path_arg("authentication-kubeconfig", &kc),
+        path_arg("authorization-kubeconfig", &kc),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        path_arg("tls-cert-file", &pki.crt(names::CONTROLLER_MANAGER_SERVING)),
+        path_arg(
+            "tls-private-key-file",
+            &pki.key(names::CONTROLLER_MANAGER_SERVING),
+        ),
+        "--leader-elect=false".into(),
+        "--use-service-account-credentials=true".into(),
+        path_arg(
+            "service-account-private-key-file",
+            &pki.file(names::SA_PRIVATE),
+        ),
+        path_arg("root-ca-file", &pki.crt(names::CA)),
+        path_arg("cluster-signing-cert-file", &pki.crt(names::CA)),
+        path_arg("cluster-signing-key-file", &pki.key(names::CA)),
+        "--profiling=false".into(),
+    ]
+}
+
+/// A kubeconfig for `server` that authenticates with a client certificate.
+pub fn kubeconfig_yaml(server: &str, ca: &Path, cert: &Path, key: &Path, user: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: ironvirt-testbed\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: ironvirt-testbed\n  context:\n    cluster: ironvirt-testbed\n    user: {user}\n    namespace: default\ncurrent-context: ironvirt-testbed\n",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+        user = serde_json::Value::String(user.to_owned()),
+    )
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn etcd_healthy(port: u16) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    matches!(read, Ok(Ok(_))) && {
+        let text = String::from_utf8_lossy(&buf);
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200")
+    }
+}
+
+/// Polls `check` until it holds, failing early when the process `name` dies.
+async fn wait_ready<F, Fut>(sup: &Supervisor, name: &str, secs: u64, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        let running = sup
+            .recorded()
+            .iter()
+            .any(|r| r.name == name && Supervisor::is_running(r));
+        if !running {
+            return Err(Error::Exited {
+                name: name.to_owned(),
+                log: sup.log_path(name),
+                tail: sup.log_tail(name, 20),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                name: name.to_owned(),
+                secs,
+                log: sup.log_path(name),
+                tail: sup.log_tail(name, 20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The supervisor of a state directory.
+pub fn supervisor(layout: &Layout) -> Supervisor {
+    Supervisor::new(layout.pids(), layout.logs())
+}
+
+/// Whether the test bed in `layout` is up: every control-plane process recorded
+/// and alive, and kube-apiserver ready.
+pub async fn is_up(layout: &Layout) -> Option<ClusterInfo> {
+    let info = ClusterInfo::load(layout).ok()?;
+    let sup = supervisor(layout);
+    let recs = sup.recorded();
+    let all_alive = [ETCD, APISERVER, CONTROLLER_MANAGER].iter().all(|n| {
+        recs.iter()
+            .any(|r| r.name == *n && Supervisor::is_running(r))
+    });
+    if !all_alive {
+        return None;
+    }
+    let client = client_from_kubeconfig(&info.kubeconfig).await.ok()?;
+    readyz(&client).await.ok().filter(|s| s == "ok")?;
+    Some(info)
+}
+
+/// GET /readyz.
+pub async fn readyz(client: &kube::Client) -> Result<String> {
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())?;
+    Ok(client.request_text(req).await?)
+}
+
+/// Starts the test bed (idempotent: an already running one is reused). On any
+/// failure every process started so far is stopped again.
+pub async fn up(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
+    if let Some(mut info) = is_up(layout).await {
+        tracing::info!(state = %layout.root().display(), "control plane already running");
+        let sup = supervisor(layout);
+        if opts.libvirt && info.libvirt_uri.is_none() {
+            info.libvirt_owned = libvirt::start(&sup).await?;
+            info.libvirt_uri = Some(libvirt::SYSTEM_URI.to_owned());
+        }
+        if opts.guest_dir.is_some() {
+            info.guest_dir.clone_from(&opts.guest_dir);
+        }
+        info.save(layout).map_err(io(layout.cluster_info()))?;
+        return Ok(info);
+    }
+    // Leftovers of a test bed that died: stop them before starting afresh.
+    down(layout).await?;
+    match start(layout, opts).await {
+        Ok(info) => Ok(info),
+        Err(e) => {
+            tracing::error!(error = %e, "start failed; stopping what was started");
+            if let Err(stop_err) = down(layout).await {
+                tracing::error!(error = %stop_err, "cleanup after a failed start also failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
+    let started = Instant::now();
+    for dir in [layout.root().to_owned(), layout.logs(), layout.pids()] {
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+    }
+    let pki = Pki::new(layout.pki());
+    pki.ensure()?;
+    let sup = supervisor(layout);
+    let bins = &opts.binaries;
+
+    let etcd_port = free_port()?;
+    let etcd_peer = free_port()?;
+    sup.spawn(ETCD, &bins.etcd, &etcd_args(layout, etcd_port, etcd_peer), &[])?;
+    wait_ready(&sup, ETCD, 30, || etcd_healthy(etcd_port)).await?;
+    tracing::info!(port = etcd_port, elapsed_ms = started.elapsed().as_millis() as u64, "etcd ready");
+
+    let api_port = free_port()?;
+    let api_url = format!("https://127.0.0.1:{api_port}");
+    let kubeconfig = layout.kubeconfig();
+    let admin = kubeconfig_yaml(
+        &api_url,
+        &pki.crt(names::CA),
+        &pki.crt(names::ADMIN),
+        &pki.key(names::ADMIN),
+        "admin",
+    );
+    fs::write(&kubeconfig, admin).map_err(io(&kubeconfig))?;
+    let kcm = kubeconfig_yaml(
+        &api_url,
+        &pki.crt(names::CA),
+        &pki.crt(names::CONTROLLER_MANAGER),
+        &pki.key(names::CONTROLLER_MANAGER),
+        "system:kube-controller-manager",
+    );
+    fs::write(layout.kcm_kubeconfig(), kcm).map_err(io(layout.kcm_kubeconfig()))?;
+
+    sup.spawn(
+        APISERVER,
+        &bins.kube_apiserver,
+        &apiserver_args(layout, api_port, etcd_port),
+        &[],
+    )?;
+    let client = client_from_kubeconfig(&kubeconfig).await?;
+    wait_ready(&sup, APISERVER, 90, || {
+        let client = client.clone();
+        async move { matches!(readyz(&client).await.as_deref(), Ok("ok")) }
+    })
+    .await?;
+    tracing::info!(url = %api_url, elapsed_ms = started.elapsed().as_millis() as u64, "kube-apiserver ready");
+
+    let kcm_port = free_port()?;
+    sup.spawn(
+        CONTROLLER_MANAGER,
+        &bins.kube_controller_manager,
+        &controller_manager_args(layout, kcm_port),
+        &[],
+    )?;
+    // Healthy on its own port (serving certificate from our CA, verified) …
+    let health_kc = layout.root().join("kube-controller-manager-health.kubeconfig");
+    let health = kubeconfig_yaml(
+        &format!("https://127.0.0.1:{kcm_port}"),
+        &pki.crt(names::CA),
+        &pki.crt(names::ADMIN),
+        &pki.key(names::ADMIN),
+        "admin",
+    );
+    fs::write(&health_kc, health).map_err(io(&health_kc))?;
+    let kcm_client = client_from_kubeconfig(&health_kc).await?;
+    wait_ready(&sup, CONTROLLER_MANAGER, 90, || {
+        let c = kcm_client.clone();
+        async move {
+            let Ok(req) = http::Request::get("/healthz").body(Vec::new()) else {
+                return false;
+            };
+            matches!(c.request_text(req).await.as_deref(), Ok("ok"))
+        }
+    })
+    .await?;
+    // … and its service-account controllers run: `default` has its ServiceAccount.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    wait_ready(&sup, CONTROLLER_MANAGER, 90, || {
+        let sas = sas.clone();
+        async move { matches!(sas.get_opt("default").await, Ok(Some(_))) }
+    })
+    .await?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "kube-controller-manager ready");
+
+    let mut info = ClusterInfo {
+        api_url,
+        etcd_url: format!("http://127.0.0.1:{etcd_port}"),
+        kubeconfig,
+        kubectl: bins.kubectl.clone(),
+        pki_dir: layout.pki(),
+        logs_dir: layout.logs(),
+        libvirt_owned: false,
+        libvirt_uri: None,
+        guest_dir: opts.guest_dir.clone(),
+    };
+    // Saved before libvirt starts, so that a failure there still lets `down` find everything.
+    info.save(layout).map_err(io(layout.cluster_info()))?;
+    if opts.libvirt {
+        info.libvirt_owned = libvirt::start(&sup).await?;
+        info.libvirt_uri = Some(libvirt::SYSTEM_URI.to_owned());
+        info.save(layout).map_err(io(layout.cluster_info()))?;
+        tracing::info!(owned = info.libvirt_owned, elapsed_ms = started.elapsed().as_millis() as u64, "libvirt ready");
+    }
+    Ok(info)
+}
+
+/// Stops every process of the test bed in `layout`, by its own pid. Domains are
+/// destroyed first when this test bed owns libvirtd. Idempotent.
+pub async fn down(layout: &Layout) -> Result<()> {
+    let sup = supervisor(layout);
+    let owns_libvirt = sup
+        .recorded()
+        .iter()
+        .any(|r| r.name == libvirt::LIBVIRTD && Supervisor::is_running(r));
+    if owns_libvirt && let Err(e) = libvirt::destroy_all_domains().await {
+        tracing::warn!(error = %e, "could not destroy the remaining domains");
+    }
+    let sup2 = sup.clone();
+    tokio::task::spawn_blocking(move || sup2.stop_all(START_ORDER, Duration::from_secs(15)))
+        .await
+        .map_err(|e| Error::Libvirt(format!("stop task failed: {e}")))??;
+    let _ = fs::remove_file(layout.cluster_info());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apiserver_flags_enable_rbac_and_aggregation() {
+        let layout = Layout::new("/state");
+        let args = apiserver_args(&layout, 6443, 2379);
+        let has = |s: &str| args.iter().any(|a| a == s);
+        assert!(has("--authorization-mode=Node,RBAC"));
+        assert!(has("--secure-port=6443"));
+        assert!(has("--etcd-servers=http://127.0.0.1:2379"));
+        assert!(has("--requestheader-allowed-names=front-proxy-client"));
+        assert!(has("--requestheader-client-ca-file=/state/pki/front-proxy-ca.crt"));
+        assert!(has("--client-ca-file=/state/pki/ca.crt"));
+        // The front-proxy CA differs from the client CA.
+        assert!(!has("--requestheader-client-ca-file=/state/pki/ca.crt"));
+        assert!(has("--advertise-address=127.0.0.1"));
+    }
+
+    #[test]
+    fn etcd_listens_on_loopback_only() {
+        let args = etcd_args(&Layout::new("/s"), 1, 2);
+        for a in args.iter().filter(|a| a.contains("urls")) {
+            assert!(a.contains("127.0.0.1"), "{a}");
+        }
+    }
+
+    #[test]
+    fn kubeconfig_parses_and_names_the_user() {
+        let yaml = kubeconfig_yaml(
+            "https://127.0.0.1:1",
+            Path::new("/p/ca.crt"),
+            Path::new("/p/u.crt"),
+            Path::new("/p/u.key"),
+            "system:kube-controller-manager",
+        );
+        let kc: Kubeconfig = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("ironvirt-testbed"));
+        assert_eq!(kc.auth_infos[0].name, "system:kube-controller-manager");
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://127.0.0.1:1")
+        );
+    }
+
+    #[test]
+    fn missing_binary_says_how_to_build_it() {
+        let err = Binaries::from_dirs(Path::new("/nope"), Path::new("/nope")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/nope/etcd"), "{msg}");
+        assert!(msg.contains("make build-k8s"), "{msg}");
+    }
+}

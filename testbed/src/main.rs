@@ -1,0 +1,105 @@
+//! `ironvirt-testbed`: starts and stops the local test bed, and mints user
+//! certificates for it.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ironvirt_testbed::controlplane::{self, Binaries, UpOptions};
+use ironvirt_testbed::harness::write_user_kubeconfig;
+use ironvirt_testbed::layout::{ClusterInfo, Layout, STATE_ENV};
+
+#[derive(Debug, Parser)]
+#[command(name = "ironvirt-testbed", version, about = "Drive ironvirt's local test bed")]
+struct Args {
+    /// The state directory: data, logs, pids and PKI.
+    #[arg(long, env = STATE_ENV, global = true)]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start etcd, kube-apiserver, kube-controller-manager and (optionally) libvirt.
+    Up {
+        /// Directory holding the etcd binary.
+        #[arg(long, env = "IRONVIRT_ETCD_BIN")]
+        etcd_bin: PathBuf,
+        /// Directory holding kube-apiserver, kube-controller-manager and kubectl.
+        #[arg(long, env = "IRONVIRT_K8S_BIN")]
+        k8s_bin: PathBuf,
+        /// Also start virtlogd and libvirtd (qemu:///system).
+        #[arg(long)]
+        libvirt: bool,
+        /// The test guest's directory, recorded for tests.
+        #[arg(long, env = "IRONVIRT_GUEST_DIR")]
+        guest_dir: Option<PathBuf>,
+    },
+    /// Stop every process the test bed started, by its own pid.
+    Down,
+    /// Print what runs, and exit 1 when the control plane is down.
+    Status,
+    /// Mint a client certificate (CN = user, O = groups) and print its kubeconfig's path.
+    User {
+        name: String,
+        /// A group (repeatable).
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
+        )
+        .init();
+    let args = Args::parse();
+    let layout = args.state.map_or_else(Layout::from_env, Layout::new);
+    match args.command {
+        Cmd::Up {
+            etcd_bin,
+            k8s_bin,
+            libvirt,
+            guest_dir,
+        } => {
+            let opts = UpOptions {
+                binaries: Binaries::from_dirs(&etcd_bin, &k8s_bin)?,
+                libvirt,
+                guest_dir,
+            };
+            let info = controlplane::up(&layout, &opts).await?;
+            println!("{}", info.kubeconfig.display());
+        }
+        Cmd::Down => controlplane::down(&layout).await?,
+        Cmd::Status => {
+            let sup = controlplane::supervisor(&layout);
+            for rec in sup.recorded() {
+                let state = if ironvirt_testbed::process::Supervisor::is_running(&rec) {
+                    "running"
+                } else {
+                    "dead"
+                };
+                println!("{:<26} pid {:<8} {state}", rec.name, rec.pid);
+            }
+            match controlplane::is_up(&layout).await {
+                Some(info) => println!("control plane ready at {}", info.api_url),
+                None => anyhow::bail!("the control plane in {} is not running", layout.root().display()),
+            }
+        }
+        Cmd::User { name, groups } => {
+            let info = ClusterInfo::load(&layout).with_context(|| {
+                format!("the test bed in {} is not running", layout.root().display())
+            })?;
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let path = write_user_kubeconfig(&layout, &info, &name, &groups)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}
