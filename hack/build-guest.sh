@@ -56,8 +56,9 @@ echo 'root:x:0:' >"$root/etc/group"
 echo 'export PS1="\h:\w# "' >"$root/etc/profile"
 moddir="$work/kernel/lib/modules/$kver"
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
-         virtio_net net_failover failover virtio_rng virtio_console \
-         cdrom sr_mod isofs fat vfat nls_cp437 nls_iso8859-1 evdev button; do
+         failover net_failover virtio_net virtio_rng virtio_console \
+         scsi_common scsi_mod sd_mod cdrom sr_mod virtio_scsi libata libahci ahci ata_piix \
+         isofs fat vfat nls_cp437 nls_iso8859-1 evdev button; do
   f="$(find "$moddir" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -1)"
   [[ -n "$f" ]] || continue # built in
   case "$f" in

@@ -280,8 +280,7 @@ pub async fn is_up(layout: &Layout) -> Option<ClusterInfo> {
 
 /// GET /readyz.
 pub async fn readyz(client: &kube::Client) -> Result<String> {
-    let req = http::Request::get("/readyz")
-        .body(Vec::new())?;
+    let req = http::Request::get("/readyz").body(Vec::new())?;
     Ok(client.request_text(req).await?)
 }
 
@@ -327,9 +326,18 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
 
     let etcd_port = free_port()?;
     let etcd_peer = free_port()?;
-    sup.spawn(ETCD, &bins.etcd, &etcd_args(layout, etcd_port, etcd_peer), &[])?;
+    sup.spawn(
+        ETCD,
+        &bins.etcd,
+        &etcd_args(layout, etcd_port, etcd_peer),
+        &[],
+    )?;
     wait_ready(&sup, ETCD, 30, || etcd_healthy(etcd_port)).await?;
-    tracing::info!(port = etcd_port, elapsed_ms = started.elapsed().as_millis() as u64, "etcd ready");
+    tracing::info!(
+        port = etcd_port,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "etcd ready"
+    );
 
     let api_port = free_port()?;
     let api_url = format!("https://127.0.0.1:{api_port}");
@@ -373,7 +381,9 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
         &[],
     )?;
     // Healthy on its own port (serving certificate from our CA, verified) …
-    let health_kc = layout.root().join("kube-controller-manager-health.kubeconfig");
+    let health_kc = layout
+        .root()
+        .join("kube-controller-manager-health.kubeconfig");
     let health = kubeconfig_yaml(
         &format!("https://127.0.0.1:{kcm_port}"),
         &pki.crt(names::CA),
@@ -400,7 +410,10 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
         async move { matches!(sas.get_opt("default").await, Ok(Some(_))) }
     })
     .await?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "kube-controller-manager ready");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "kube-controller-manager ready"
+    );
 
     let mut info = ClusterInfo {
         api_url,
@@ -419,7 +432,11 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
         info.libvirt_owned = libvirt::start(&sup).await?;
         info.libvirt_uri = Some(libvirt::SYSTEM_URI.to_owned());
         info.save(layout).map_err(io(layout.cluster_info()))?;
-        tracing::info!(owned = info.libvirt_owned, elapsed_ms = started.elapsed().as_millis() as u64, "libvirt ready");
+        tracing::info!(
+            owned = info.libvirt_owned,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "libvirt ready"
+        );
     }
     Ok(info)
 }
@@ -456,7 +473,9 @@ mod tests {
         assert!(has("--secure-port=6443"));
         assert!(has("--etcd-servers=http://127.0.0.1:2379"));
         assert!(has("--requestheader-allowed-names=front-proxy-client"));
-        assert!(has("--requestheader-client-ca-file=/state/pki/front-proxy-ca.crt"));
+        assert!(has(
+            "--requestheader-client-ca-file=/state/pki/front-proxy-ca.crt"
+        ));
         assert!(has("--client-ca-file=/state/pki/ca.crt"));
         // The front-proxy CA differs from the client CA.
         assert!(!has("--requestheader-client-ca-file=/state/pki/ca.crt"));

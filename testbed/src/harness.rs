@@ -12,7 +12,6 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use tokio::sync::OnceCell;
 
 use crate::controlplane::{client_from_kubeconfig, kubeconfig_yaml};
 use crate::error::{Error, Result, io};
@@ -41,21 +40,20 @@ impl std::fmt::Debug for TestBed {
     }
 }
 
-static SHARED: OnceCell<TestBed> = OnceCell::const_new();
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl TestBed {
-    /// The shared test bed, found through `$IRONVIRT_STATE`.
-    pub async fn shared() -> Result<&'static TestBed> {
-        SHARED
-            .get_or_try_init(|| TestBed::connect(Layout::from_env()))
-            .await
+    /// The test bed of this test run (one per run, found through
+    /// `$IRONVIRT_STATE`). Each call makes fresh clients: a kube `Client` lives
+    /// on the tokio runtime that made it, and every `#[tokio::test]` has its own.
+    pub async fn shared() -> Result<TestBed> {
+        TestBed::connect(Layout::from_env()).await
     }
 
     /// Connects to the test bed running in `layout`.
     pub async fn connect(layout: Layout) -> Result<TestBed> {
-        let info = ClusterInfo::load(&layout)
-            .map_err(|_| Error::NotRunning(layout.cluster_info()))?;
+        let info =
+            ClusterInfo::load(&layout).map_err(|_| Error::NotRunning(layout.cluster_info()))?;
         let admin = client_from_kubeconfig(&info.kubeconfig).await?;
         Ok(TestBed {
             layout,
@@ -208,7 +206,12 @@ impl TestBed {
         .await;
         let kinds = kinds
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>().join(","))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_else(|| "all,events".into());
         match kubectl(vec![
             "get".into(),
@@ -254,7 +257,13 @@ pub fn write_user_kubeconfig(
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let safe: String = user
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let stem = format!(
         "{safe}-{}-{}",
@@ -263,7 +272,13 @@ pub fn write_user_kubeconfig(
     );
     let (crt, key) = pair.write(&dir, &stem)?;
     let path = dir.join(format!("{stem}.kubeconfig"));
-    let yaml = kubeconfig_yaml(&info.api_url, &pki.crt(crate::pki::names::CA), &crt, &key, user);
+    let yaml = kubeconfig_yaml(
+        &info.api_url,
+        &pki.crt(crate::pki::names::CA),
+        &crt,
+        &key,
+        user,
+    );
     std::fs::write(&path, yaml).map_err(io(&path))?;
     Ok(path)
 }

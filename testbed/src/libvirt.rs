@@ -59,7 +59,11 @@ pub async fn start(sup: &Supervisor) -> Result<bool> {
             hint: DEPS_HINT,
         });
     }
-    for dir in ["/var/run/libvirt", "/var/log/libvirt/qemu", "/var/lib/libvirt/qemu"] {
+    for dir in [
+        "/var/run/libvirt",
+        "/var/log/libvirt/qemu",
+        "/var/lib/libvirt/qemu",
+    ] {
         std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
     }
     if !pidfile_alive(VIRTLOGD_PIDFILE) {
@@ -114,10 +118,7 @@ pub async fn destroy_all_domains() -> Result<()> {
         .filter(|l| !l.is_empty())
     {
         tracing::info!(domain = name, "destroying leftover domain");
-        for args in [
-            vec!["destroy", name],
-            vec!["undefine", "--nvram", name],
-        ] {
+        for args in [vec!["destroy", name], vec!["undefine", "--nvram", name]] {
             let _ = Command::new("virsh")
                 .args(["-c", SYSTEM_URI])
                 .args(&args)

@@ -11,7 +11,11 @@ use ironvirt_testbed::harness::write_user_kubeconfig;
 use ironvirt_testbed::layout::{ClusterInfo, Layout, STATE_ENV};
 
 #[derive(Debug, Parser)]
-#[command(name = "ironvirt-testbed", version, about = "Drive ironvirt's local test bed")]
+#[command(
+    name = "ironvirt-testbed",
+    version,
+    about = "Drive ironvirt's local test bed"
+)]
 struct Args {
     /// The state directory: data, logs, pids and PKI.
     #[arg(long, env = STATE_ENV, global = true)]
@@ -54,6 +58,7 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
@@ -89,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
             }
             match controlplane::is_up(&layout).await {
                 Some(info) => println!("control plane ready at {}", info.api_url),
-                None => anyhow::bail!("the control plane in {} is not running", layout.root().display()),
+                None => anyhow::bail!(
+                    "the control plane in {} is not running",
+                    layout.root().display()
+                ),
             }
         }
         Cmd::User { name, groups } => {

@@ -23,6 +23,8 @@ pub enum PkiError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("openssl could not sign the certificate: {0}")]
+    Openssl(String),
     #[error("invalid name {0:?} for a certificate subject alternative name")]
     InvalidName(String),
 }
@@ -338,15 +340,131 @@ impl Pki {
         Ca::from_pair(CertPair::read(&self.dir, names::FRONT_PROXY_CA)?)
     }
 
-    /// Mints a client certificate for `user` in `groups`, signed by the cluster CA.
+    /// Mints a client certificate for `user` in `groups` (CN = user, one O per
+    /// group), signed by the cluster CA.
+    ///
+    /// rcgen keeps one value per subject attribute, so a certificate with several
+    /// O attributes is signed by `openssl req -x509 -CA` instead, with a key
+    /// generated here.
     pub fn mint_user(&self, user: &str, groups: &[&str]) -> Result<CertPair, PkiError> {
-        self.cluster_ca()?.issue(&LeafSpec::client(user, groups))
+        if groups.len() <= 1 {
+            return self.cluster_ca()?.issue(&LeafSpec::client(user, groups));
+        }
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        let work = tempdir_in(&self.dir)?;
+        let key_path = work.join("user.key");
+        write_private(&key_path, &key_pem)?;
+        let out_path = work.join("user.crt");
+        let result = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-new", "-utf8", "-days", "365"])
+            .arg("-key")
+            .arg(&key_path)
+            .arg("-CA")
+            .arg(self.crt(names::CA))
+            .arg("-CAkey")
+            .arg(self.key(names::CA))
+            .arg("-subj")
+            .arg(openssl_subject(user, groups))
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "keyUsage=critical,digitalSignature,keyEncipherment",
+                "-addext",
+                "extendedKeyUsage=clientAuth",
+            ])
+            .arg("-out")
+            .arg(&out_path)
+            .output();
+        let cert = match result {
+            Ok(out) if out.status.success() => {
+                fs::read_to_string(&out_path).map_err(io_err(&out_path))
+            }
+            Ok(out) => Err(PkiError::Openssl(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            )),
+            Err(e) => Err(PkiError::Openssl(format!("cannot run openssl: {e}"))),
+        };
+        let _ = fs::remove_dir_all(&work);
+        Ok(CertPair {
+            cert_pem: cert?,
+            key_pem,
+        })
     }
+}
+
+/// A subject for `openssl -subj`: one O per group, then CN, with `/`, `=`, `+`
+/// and `\\` escaped.
+pub fn openssl_subject(user: &str, groups: &[&str]) -> String {
+    fn esc(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            if matches!(c, '/' | '=' | '+' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+    let mut subj = String::new();
+    for g in groups {
+        subj.push_str("/O=");
+        subj.push_str(&esc(g));
+    }
+    subj.push_str("/CN=");
+    subj.push_str(&esc(user));
+    subj
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf, PkiError> {
+    let path = dir.join(format!(
+        ".mint-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    fs::create_dir_all(&path).map_err(io_err(&path))?;
+    Ok(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use x509_parser::pem::parse_x509_pem;
+
+    struct Parsed {
+        subject_cn: Vec<String>,
+        subject_o: Vec<String>,
+        issuer_cn: Vec<String>,
+        client_auth: bool,
+    }
+
+    fn parse(pem: &str) -> Parsed {
+        let (_, pem) = parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let strs = |it: x509_parser::x509::X509Name<'_>, o: bool| -> Vec<String> {
+            let attrs: Vec<String> = if o {
+                it.iter_organization()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect()
+            } else {
+                it.iter_common_name()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect()
+            };
+            attrs
+        };
+        let eku = cert
+            .extended_key_usage()
+            .unwrap()
+            .map(|e| e.value.client_auth);
+        Parsed {
+            subject_cn: strs(cert.subject().clone(), false),
+            subject_o: strs(cert.subject().clone(), true),
+            issuer_cn: strs(cert.issuer().clone(), false),
+            client_auth: eku.unwrap_or(false),
+        }
+    }
 
     #[test]
     fn generates_a_complete_pki_once() {
@@ -367,52 +485,47 @@ mod tests {
                 .mode()
         };
         assert_eq!(mode & 0o777, 0o600);
+        let admin = parse(&fs::read_to_string(pki.crt(names::ADMIN)).unwrap());
+        assert_eq!(admin.subject_o, vec!["system:masters"]);
+        // The front-proxy client is signed by the front-proxy CA, not the cluster CA.
+        let fp = parse(&fs::read_to_string(pki.crt(names::FRONT_PROXY_CLIENT)).unwrap());
+        assert_eq!(fp.subject_cn, vec![FRONT_PROXY_CLIENT_CN]);
+        assert_eq!(fp.issuer_cn, vec!["ironvirt-testbed-front-proxy-ca"]);
     }
 
     #[test]
-    fn minted_user_certificate_carries_user_and_groups() {
+    fn minted_user_certificates_carry_user_and_every_group() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
         pki.ensure().unwrap();
-        let pair = pki.mint_user("alice", &["dev", "qa"]).unwrap();
-        let der = pem_to_der(&pair.cert_pem);
-        let text = String::from_utf8_lossy(&der);
-        assert!(text.contains("alice"));
-        assert!(text.contains("dev"));
-        assert!(text.contains("qa"));
-        // The same CA, loaded back from disk, verifies as issuer: the issuer DN is the CA's CN.
-        assert!(text.contains("ironvirt-testbed-ca"));
+        for groups in [vec![], vec!["dev"], vec!["dev", "qa", "a/b=c"]] {
+            let pair = pki.mint_user("alice", &groups).unwrap();
+            let cert = parse(&pair.cert_pem);
+            assert_eq!(cert.subject_cn, vec!["alice"]);
+            assert_eq!(cert.subject_o, groups, "groups {groups:?}");
+            assert_eq!(cert.issuer_cn, vec!["ironvirt-testbed-ca"]);
+            assert!(cert.client_auth);
+            assert!(pair.key_pem.contains("PRIVATE KEY"));
+        }
+        // No temporary files are left in the PKI directory.
+        let stray: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".mint-"))
+            .collect();
+        assert!(stray.is_empty());
+    }
+
+    #[test]
+    fn openssl_subject_escapes_separators() {
+        assert_eq!(openssl_subject("u", &["a", "b/c"]), "/O=a/O=b\\/c/CN=u");
     }
 
     #[test]
     fn rejects_invalid_dns_names() {
         let ca = Ca::generate("t").unwrap();
         let mut spec = LeafSpec::loopback_server("x", &[]);
-        spec.dns_names.push("\u{0}bad".into());
+        spec.dns_names.push("b\u{e4}d".into());
         assert!(matches!(ca.issue(&spec), Err(PkiError::InvalidName(_))));
-    }
-
-    fn pem_to_der(pem: &str) -> Vec<u8> {
-        // Enough of a PEM decoder for a test: the base64 body between the armour lines.
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        base64_decode(&body)
-    }
-
-    fn base64_decode(s: &str) -> Vec<u8> {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
-        let mut buf = 0u32;
-        let mut bits = 0;
-        for c in s.bytes().filter(|c| *c != b'=') {
-            let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
-            buf = (buf << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((buf >> bits) as u8);
-                buf &= (1 << bits) - 1;
-            }
-        }
-        out
     }
 }

@@ -266,12 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sup = Supervisor::new(dir.path().join("pids"), dir.path().join("logs"));
         let rec = sup
-            .spawn(
-                "sleeper",
-                Path::new("/bin/sleep"),
-                &["300".to_owned()],
-                &[],
-            )
+            .spawn("sleeper", Path::new("/bin/sleep"), &["300".to_owned()], &[])
             .unwrap();
         assert!(Supervisor::is_running(&rec));
         assert_eq!(sup.recorded(), vec![rec.clone()]);

@@ -1,2 +1,7 @@
-//! Shared helpers for the integration tests live in `ironvirt-testbed`; this crate only holds tests.
+//! Helpers shared by ironvirt's integration tests. The test bed itself (control
+//! plane, clients, namespaces, guest) comes from `ironvirt-testbed`.
 #![forbid(unsafe_code)]
+
+pub mod domain;
+
+pub use ironvirt_testbed::TestBed;

@@ -1,0 +1,36 @@
+# ironvirt: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help run stop test deps build-k8s guest build lint crdgen clean-state
+
+help: ## Show the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+run: ## Install what is missing, build, start the control plane, libvirt and ironvirt; leave them running
+	@hack/run.sh
+
+stop: ## Stop everything `make run` (or an interrupted `make test`) started
+	@hack/stop.sh
+
+test: ## Install what is missing, build, and run every test (unit and against the real test bed)
+	@hack/test.sh
+
+deps: ## Install the Debian packages the test bed needs
+	@hack/install-deps.sh
+
+build-k8s: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl (cached)
+	@hack/build-k8s.sh
+
+guest: ## Build the test guest (cached); prints its directory
+	@hack/build-guest.sh
+
+build: ## cargo build the workspace
+	cargo build --workspace
+
+lint: ## rustfmt and clippy, as CI runs them
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean-state: stop ## Stop and remove the state directories (.state/)
+	rm -rf .state
