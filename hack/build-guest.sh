@@ -10,22 +10,31 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 . "$HACK/lib.sh"
 
-for tool in dpkg-deb cpio mcopy mkfs.vfat syslinux qemu-img apt-get; do
+for tool in dpkg-deb cpio mcopy mkfs.vfat syslinux qemu-img apt-get xz flock; do
   command -v "$tool" >/dev/null || die "$tool is missing; run 'make deps' (hack/install-deps.sh) first."
 done
 [[ -x /bin/busybox ]] || die "busybox-static is missing; run 'make deps' first."
 
+mkdir -p "$IRONVIRT_CACHE/guest"
+exec 9>"$IRONVIRT_CACHE/guest/.lock"
+flock 9
+
 # The kernel package behind the cloud meta-package, e.g. linux-image-6.1.0-41-cloud-amd64.
-kpkg="$(apt-cache depends "$GUEST_KERNEL_PKG" 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1)"
+resolve_kernel() {
+  { apt-cache depends "$GUEST_KERNEL_PKG" 2>/dev/null || true; } \
+    | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1
+}
+kpkg="$(resolve_kernel)"
 if [[ -z "$kpkg" ]]; then
-  apt-get update -qq >/dev/null 2>&1 || true
-  kpkg="$(apt-cache depends "$GUEST_KERNEL_PKG" 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1)"
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+  kpkg="$(resolve_kernel)"
 fi
 [[ -n "$kpkg" ]] || die "cannot resolve $GUEST_KERNEL_PKG to a kernel package; run 'apt-get update' and check that Debian's mirror is reachable."
 
 key="$(cat "$HACK/build-guest.sh" "$HACK/guest/init" "$HACK/guest/udhcpc-script" /bin/busybox | sha256sum | cut -c1-12)"
 out="$IRONVIRT_CACHE/guest/$kpkg-$key"
 if [[ -f "$out/disk.qcow2" && -f "$out/vmlinuz" && -f "$out/initramfs.cpio.gz" ]]; then
+  touch "$out"
   echo "$out"
   exit 0
 fi
@@ -34,12 +43,22 @@ log "building the test guest ($kpkg) into $out"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 debdir="$IRONVIRT_CACHE/guest/debs"
+deb="$debdir/$kpkg.deb"
 mkdir -p "$debdir"
-if ! ls "$debdir/${kpkg}_"*.deb >/dev/null 2>&1; then
-  (cd "$debdir" && apt-get download "$kpkg" >/dev/null) \
-    || die "apt-get download $kpkg failed; check that Debian's package mirror is reachable."
+if ! dpkg-deb --info "$deb" >/dev/null 2>&1; then
+  mkdir -p "$work/dl"
+  if ! (cd "$work/dl" && apt-get download "$kpkg" >/dev/null 2>&1); then
+    # Stale package lists name a kernel the mirror no longer has: refresh once.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+    kpkg="$(resolve_kernel)"
+    deb="$debdir/$kpkg.deb"
+    out="$IRONVIRT_CACHE/guest/$kpkg-$key"
+    (cd "$work/dl" && apt-get download "$kpkg" >/dev/null) \
+      || die "apt-get download $kpkg failed; check that Debian's package mirror is reachable."
+  fi
+  mv "$work/dl/${kpkg}_"*.deb "$deb"
 fi
-dpkg-deb -x "$debdir/${kpkg}_"*.deb "$work/kernel"
+dpkg-deb -x "$deb" "$work/kernel"
 kver="${kpkg#linux-image-}"
 vmlinuz="$work/kernel/boot/vmlinuz-$kver"
 [[ -f "$vmlinuz" ]] || die "the kernel package $kpkg has no /boot/vmlinuz-$kver"
@@ -97,6 +116,7 @@ GUEST_MARKER=IRONVIRT-GUEST-READY
 GUEST_CMDLINE=console=tty0 console=ttyS0
 ENV
 rm -rf "$out" && mv "$out.tmp" "$out"
-# Older builds of the guest are no longer used.
-find "$IRONVIRT_CACHE/guest" -mindepth 1 -maxdepth 1 -type d -name "linux-image-*" ! -path "$out" -exec rm -rf {} +
+# Builds of the guest unused for a week are dropped (another checkout may still use a recent one).
+find "$IRONVIRT_CACHE/guest" -mindepth 1 -maxdepth 1 -type d -name "linux-image-*" ! -name "*.tmp" \
+  ! -path "$out" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 echo "$out"

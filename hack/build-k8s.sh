@@ -6,7 +6,11 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 . "$HACK/lib.sh"
 
-command -v go >/dev/null || die "Go is not installed; install Go 1.26 or newer (https://go.dev/doc/install) and run again."
+check_toolchains
+# One build at a time per cache: a concurrent build would delete this one's module directory.
+mkdir -p "$IRONVIRT_CACHE"
+exec 9>"$IRONVIRT_CACHE/.build-k8s.lock"
+flock 9
 
 build_etcd() {
   if [[ -x "$ETCD_BIN/etcd" ]]; then return; fi
@@ -15,10 +19,11 @@ build_etcd() {
   rm -rf "$mod" && mkdir -p "$mod" "$ETCD_BIN"
   (
     cd "$mod"
-    go mod init ironvirt.local/etcd-build >/dev/null 2>&1
+    go mod init ironvirt.local/etcd-build >/dev/null 2>&1 || die "go mod init failed in $mod"
     go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
       || die "could not fetch etcd $ETCD_VERSION from the Go module proxy; check that it is reachable (GOPROXY=$(go env GOPROXY))."
-    go build -trimpath -o "$ETCD_BIN/etcd.tmp" go.etcd.io/etcd/server/v3
+    go build -trimpath -o "$ETCD_BIN/etcd.tmp" go.etcd.io/etcd/server/v3 \
+      || die "building etcd $ETCD_VERSION failed; see the Go errors above."
   )
   mv "$ETCD_BIN/etcd.tmp" "$ETCD_BIN/etcd"
 }
@@ -58,12 +63,14 @@ build_k8s() {
   (
     cd "$mod"
     for cmd in kube-apiserver kube-controller-manager kubectl; do
-      go get -tool "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION"
+      go get -tool "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION" \
+        || die "could not fetch k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION from the Go module proxy; check that it is reachable."
     done
     for cmd in kube-apiserver kube-controller-manager kubectl; do
       if [[ ! -x "$K8S_BIN/$cmd" ]]; then
         log "go build $cmd"
-        go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+        go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" \
+          || die "building $cmd $K8S_VERSION failed; see the Go errors above."
         mv "$K8S_BIN/$cmd.tmp" "$K8S_BIN/$cmd"
       fi
     done

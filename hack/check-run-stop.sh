@@ -6,21 +6,30 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 . "$HACK/lib.sh"
 
-state="$(mktemp -d "${TMPDIR:-/tmp}/ironvirt-runcheck.XXXXXX")"
-out="$state.out"
+state="$RUNCHECK_STATE"
+out="$REPO/.state/runcheck.out"
+mkdir -p "$REPO/.state"
+testbed_down "$state" || die "could not stop a previous run/stop check in $state"
+rm -rf "$state"
 libvirt_before=false
-virsh -c qemu:///system version >/dev/null 2>&1 && libvirt_before=true
+timeout 20 virsh -c qemu:///system version >/dev/null 2>&1 && libvirt_before=true
+
+cleanup() {
+  IRONVIRT_STATE="$state" make -s -C "$REPO" stop >/dev/null 2>&1 || true
+}
+trap 'cleanup; exit 130' INT TERM
 
 fail() {
   echo "check-run-stop: FAILED: $*" >&2
-  IRONVIRT_STATE="$state" make -s -C "$REPO" stop >/dev/null 2>&1 || true
+  cleanup
   exit 1
 }
 
-# Live (non-zombie) processes of this check's test bed.
+# Live (non-zombie) processes of this check's test bed: the control plane
+# carries the state path in its arguments; libvirtd and virtlogd are checked
+# by name when no libvirtd ran before the check.
 leftovers() {
   local found=""
-  # etcd, kube-apiserver and kube-controller-manager carry the state path in their arguments.
   found+="$(pgrep -a -r R,S,D,T -f "$state/" || true)"
   if [[ $libvirt_before == false ]]; then
     found+="$(pgrep -a -r R,S,D,T -x libvirtd || true)"
@@ -34,8 +43,8 @@ for round in 1 2; do
   IRONVIRT_STATE="$state" make -s -C "$REPO" run >"$out" 2>&1 || { cat "$out" >&2; fail "make run (round $round) failed"; }
   t1=$(date +%s)
   grep -q "ironvirt test bed is up" "$out" || { cat "$out" >&2; fail "make run printed no ready line"; }
-  for p in etcd kube-apiserver kube-controller-manager; do
-    pgrep -r R,S,D -f "$state/" -a | grep -q "$p" || fail "$p is not running after make run"
+  for bin in "$ETCD_BIN/etcd" "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-controller-manager"; do
+    pgrep -r R,S,D -f "^$bin .*$state/" >/dev/null || fail "$(basename "$bin") is not running after make run"
   done
   if [[ $round == 2 ]] && grep -q '^==> building' "$out"; then
     cat "$out" >&2
@@ -47,6 +56,8 @@ for round in 1 2; do
 $left"
   echo "check-run-stop: round $round: make run took $((t1 - t0))s; make stop left no process"
 done
-[[ $libvirt_before == true ]] && echo "check-run-stop: note: libvirtd was already running before the check, so its stop was not checked"
+if [[ $libvirt_before == true ]]; then
+  echo "check-run-stop: note: libvirtd was already running before the check, so its stop was not checked"
+fi
 rm -rf "$state" "$out"
 echo "check-run-stop: ok"

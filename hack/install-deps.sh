@@ -9,7 +9,7 @@ PKGS=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils busybox-static cpio
   syslinux syslinux-common mtools dosfstools genisoimage
-  tmux curl ca-certificates openssl
+  tmux curl ca-certificates openssl xz-utils zstd procps gcc libc6-dev
 )
 
 missing=()
@@ -21,14 +21,13 @@ if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "apt-get not found: the test bed needs a Debian-based machine to install ${missing[*]}."
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed; check that Debian's package mirror is reachable."
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+  apt-get -o DPkg::Lock::Timeout=600 update -qq || die "apt-get update failed; check that Debian's package mirror is reachable."
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed; see the output above."
 fi
 
-# The Rust toolchain must be new enough for edition 2024.
-command -v cargo >/dev/null || die "cargo is not installed; install Rust with rustup (https://rustup.rs) and run again."
-command -v go >/dev/null || die "Go is not installed; install Go 1.26 or newer and run again."
+# Go builds the control plane; Rust (edition 2024) builds ironvirt.
+check_toolchains
 
 # libvirt without systemd: QEMU runs as root with no security driver (the test bed
 # is a single trusted machine), and the runtime directories exist.

@@ -7,14 +7,15 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 # Debian cloud kernel used by the test guest (bookworm).
 GUEST_KERNEL_PKG="${GUEST_KERNEL_PKG:-linux-image-cloud-amd64}"
 
-# Toolchains installed the usual ways, even when the caller's PATH lacks them.
-export PATH="$PATH:$HOME/.cargo/bin:/usr/local/go/bin:/usr/local/bin"
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+# Toolchains installed the usual ways come first, before distribution packages
+# that may be too old (Debian's go 1.19, cargo 1.63).
+export PATH="$HOME/.cargo/bin:/usr/local/go/bin:$PATH"
 
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IRONVIRT_CACHE="${IRONVIRT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ironvirt}"
-IRONVIRT_STATE="${IRONVIRT_STATE:-${TMPDIR:-/tmp}/ironvirt-state}"
 GO_VERSION_KEY="$(go env GOVERSION 2>/dev/null || echo nogo)"
-
-export IRONVIRT_CACHE IRONVIRT_STATE
+export IRONVIRT_CACHE
 export GOMODCACHE="$IRONVIRT_CACHE/go/$GO_VERSION_KEY/mod"
 export GOCACHE="$IRONVIRT_CACHE/go/$GO_VERSION_KEY/build"
 export GOFLAGS="${GOFLAGS:-} -modcacherw"
@@ -22,6 +23,14 @@ export CGO_ENABLED=0
 
 K8S_BIN="$IRONVIRT_CACHE/k8s/$K8S_VERSION/bin"
 ETCD_BIN="$IRONVIRT_CACHE/etcd/$ETCD_VERSION/bin"
+TESTBED="$REPO/target/debug/ironvirt-testbed"
+# State directories (data, logs, pids, PKI) live in the checkout, never in a
+# shared /tmp path: `make run`, `make test` and the run/stop check each have one.
+RUN_STATE="$REPO/.state/run"
+TEST_STATE="$REPO/.state/test"
+RUNCHECK_STATE="$REPO/.state/runcheck"
+# Where the examples expect the test guest's disk (a hostDisk path on the node).
+GUEST_IMAGE="${IRONVIRT_GUEST_IMAGE:-/var/lib/ironvirt/images/busybox.qcow2}"
 
 die() {
   echo "ironvirt: $*" >&2
@@ -32,29 +41,48 @@ log() {
   echo "==> $*" >&2
 }
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TESTBED="$REPO/target/debug/ironvirt-testbed"
-RUN_STATE="${IRONVIRT_RUN_STATE:-$REPO/.state/run}"
-TEST_STATE="${IRONVIRT_TEST_STATE:-$REPO/.state/test}"
+# Fails with one sentence when a toolchain is missing or too old.
+check_toolchains() {
+  command -v go >/dev/null || die "Go is not installed; install Go 1.26 or newer (https://go.dev/doc/install) and run again."
+  local gov
+  gov="$(go env GOVERSION 2>/dev/null | sed -E 's/^go([0-9]+)\.([0-9]+).*/\1 \2/')"
+  read -r gomaj gomin <<<"$gov"
+  if [[ -z "$gomaj" ]] || ((gomaj < 1 || (gomaj == 1 && gomin < 26))); then
+    die "Go $(go env GOVERSION 2>/dev/null) is too old; the test bed needs Go 1.26 or newer to build Kubernetes 1.36."
+  fi
+  command -v cargo >/dev/null || die "cargo is not installed; install Rust with rustup (https://rustup.rs) and run again."
+  local rmin
+  rmin="$(rustc --version 2>/dev/null | sed -E 's/^rustc 1\.([0-9]+).*/\1/')"
+  [[ -n "$rmin" && "$rmin" -ge 89 ]] || die "Rust $(rustc --version 2>/dev/null) is too old; ironvirt needs Rust 1.89 or newer (rustup update stable)."
+}
 
 # Builds the workspace's binaries (debug: quick to build, fast enough here).
 build_rust() {
-  command -v cargo >/dev/null || die "cargo is not installed; install Rust with rustup (https://rustup.rs) and run again."
   log "cargo build (ironvirt workspace)"
   cargo build --quiet --workspace --bins --manifest-path "$REPO/Cargo.toml" \
     || die "cargo build failed; see the errors above."
 }
 
-# Starts the test bed in state directory $1 with libvirt and the guest. Prints nothing.
+# Copies the guest's disk to the path the examples document, when it changed.
+install_guest_image() {
+  local guest_dir="$1"
+  if ! cmp -s "$guest_dir/disk.qcow2" "$GUEST_IMAGE" 2>/dev/null; then
+    install -D -m 0644 "$guest_dir/disk.qcow2" "$GUEST_IMAGE" \
+      || die "cannot write the guest image to $GUEST_IMAGE (set IRONVIRT_GUEST_IMAGE to another path)."
+  fi
+}
+
+# Starts the test bed in state directory $1 with libvirt and the guest in $2.
 testbed_up() {
   local state="$1" guest_dir="$2"
   IRONVIRT_STATE="$state" "$TESTBED" up --libvirt \
     --etcd-bin "$ETCD_BIN" --k8s-bin "$K8S_BIN" --guest-dir "$guest_dir" >/dev/null
 }
 
+# Stops the test bed in state directory $1 (nothing to do when it has none).
 testbed_down() {
   local state="$1"
-  [[ -x "$TESTBED" ]] || return 0
-  [[ -d "$state" ]] || return 0
+  [[ -d "$state/pids" ]] || return 0
+  [[ -x "$TESTBED" ]] || build_rust
   IRONVIRT_STATE="$state" "$TESTBED" down
 }

@@ -10,32 +10,49 @@ start=$(date +%s)
 "$HACK/install-deps.sh"
 "$HACK/build-k8s.sh"
 guest_dir="$("$HACK/build-guest.sh")"
+install_guest_image "$guest_dir"
 build_rust
 
 state="${IRONVIRT_STATE:-$RUN_STATE}"
 log "starting the test bed in $state"
+# Interrupted while starting: stop what was started.
+trap 'echo "interrupted; stopping the test bed" >&2; testbed_down "$state" || true; exit 130' INT TERM
 if ! testbed_up "$state" "$guest_dir"; then
+  left=""
+  [[ -d "$state/pids" ]] && left="$(ls "$state/pids")"
+  [[ -z "$left" ]] || die "the test bed did not start, and stopping it failed too: run 'make stop' (logs in $state/logs)."
   die "the test bed did not start (see the error above; logs in $state/logs). Nothing was left running."
 fi
+trap - INT TERM
 kubeconfig="$state/kubeconfig"
+KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$kubeconfig")
+
+log "installing the kubevirt.io CRDs"
+"${KUBECTL[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/crds" >/dev/null \
+  || die "installing the CRDs failed; see the error above."
+"${KUBECTL[@]}" wait --for=condition=Established --timeout=60s -f "$REPO/deploy/crds" >/dev/null \
+  || die "the CRDs did not become Established."
 elapsed=$(( $(date +%s) - start ))
 
 cat <<MSG
 
-ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1 and libvirt (qemu:///system).
+ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system)
+and the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset).
 
-  cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}')  (context ironvirt-testbed, admin)
+  cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}')  (context ironvirt-testbed, user admin)
   kubeconfig:  $kubeconfig
   kubectl:     $K8S_BIN/kubectl  (same version as the server)
   logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd}.log
-  guest:       $guest_dir
+  guest disk:  $GUEST_IMAGE  (used by examples/*busybox*.yaml)
 
 Try next:
   export KUBECONFIG=$kubeconfig PATH=$K8S_BIN:\$PATH
   kubectl get --raw /readyz
-  kubectl get namespaces
-  $TESTBED user alice --group dev      # mint a client certificate, print its kubeconfig
+  kubectl explain vm.spec.runStrategy
+  kubectl apply -f examples/vm-busybox.yaml && kubectl get vms,vmis
+  IRONVIRT_STATE=$state $TESTBED user alice --group dev   # mint a client certificate; prints its kubeconfig
   virsh -c qemu:///system list --all
 
+The operator, node handler and subresource API are not built yet, so VMs are stored but do not run.
 Stop everything with: make stop
 MSG

@@ -9,12 +9,39 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 T0=$(date +%s)
 timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
+# Whatever happens from here on, the test bed and the domains tests made are gone at exit.
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep '^ironvirt-test-' || true); do
+    echo "destroying leftover test domain $d" >&2
+    timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
+    timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
+  done
+  testbed_down "$TEST_STATE" || rc=1
+  testbed_down "$RUNCHECK_STATE" || rc=1
+  local left
+  left="$(pgrep -a -r R,S,D,T -f "$REPO/.state/" || true)"
+  if [[ -n "$left" ]]; then
+    echo "test bed processes left after stopping it:" >&2
+    echo "$left" >&2
+    rc=1
+  fi
+  timing "done (exit $rc)"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 "$HACK/install-deps.sh"
 "$HACK/build-k8s.sh"
 guest_dir="$("$HACK/build-guest.sh")"
+install_guest_image "$guest_dir"
 timing "dependencies, control-plane binaries and guest ready"
 
 cd "$REPO"
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup component add clippy"
 cargo fmt --all --check || die "code is not formatted: run 'cargo fmt --all'."
 cargo clippy --quiet --workspace --all-targets -- -D warnings || die "clippy found problems (see above)."
 timing "lint clean"
@@ -25,21 +52,8 @@ timing "built"
 timing "run/stop lifecycle checked"
 
 # The shared test bed of this run, from a clean state.
-testbed_down "$TEST_STATE" || true
+testbed_down "$TEST_STATE" || die "could not stop the previous test bed in $TEST_STATE; see above."
 rm -rf "$TEST_STATE"
-cleanup() {
-  local rc=$?
-  testbed_down "$TEST_STATE" || rc=1
-  left="$(pgrep -a -r R,S,D,T -f "$TEST_STATE/" || true)"
-  if [[ -n "$left" ]]; then
-    echo "test bed processes left after stopping it:" >&2
-    echo "$left" >&2
-    rc=1
-  fi
-  timing "done (exit $rc)"
-  exit $rc
-}
-trap cleanup EXIT
 testbed_up "$TEST_STATE" "$guest_dir" || die "the test bed did not start; logs are in $TEST_STATE/logs."
 timing "test bed up"
 
@@ -51,6 +65,6 @@ timing "cargo test passed"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$TEST_STATE/kubeconfig")
 left_ns="$("${KUBECTL[@]}" get namespaces -l ironvirt.io/test -o name)"
 [[ -z "$left_ns" ]] || die "namespaces created by tests were not deleted: $left_ns"
-left_dom="$(virsh -c qemu:///system list --all --name | grep '^ironvirt-test-' || true)"
+left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep '^ironvirt-test-' || true)"
 [[ -z "$left_dom" ]] || die "domains created by tests were left: $left_dom"
 echo "post-test checks: no test namespace and no test domain left"

@@ -81,10 +81,16 @@ pub struct UpOptions {
     pub guest_dir: Option<PathBuf>,
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind(("127.0.0.1", 0)).map_err(Error::NoPort)?;
-    Ok(l.local_addr().map_err(Error::NoPort)?.port())
+/// `n` distinct ports on 127.0.0.1 that were free a moment ago. All listeners
+/// are held until every port is chosen, so no two are the same.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)).map_err(Error::NoPort))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr().map_err(Error::NoPort)?.port()))
+        .collect()
 }
 
 fn path_arg(flag: &str, p: &Path) -> String {
@@ -180,13 +186,17 @@ pub fn controller_manager_args(layout: &Layout, port: u16) -> Vec<String> {
 }
 
 /// A kubeconfig for `server` that authenticates with a client certificate.
+/// Every value is a quoted (JSON) string, which YAML reads verbatim whatever
+/// the path contains.
 pub fn kubeconfig_yaml(server: &str, ca: &Path, cert: &Path, key: &Path, user: &str) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: ironvirt-testbed\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: ironvirt-testbed\n  context:\n    cluster: ironvirt-testbed\n    user: {user}\n    namespace: default\ncurrent-context: ironvirt-testbed\n",
-        ca = ca.display(),
-        cert = cert.display(),
-        key = key.display(),
-        user = serde_json::Value::String(user.to_owned()),
+        server = q(server),
+        ca = q(&ca.to_string_lossy()),
+        cert = q(&cert.to_string_lossy()),
+        key = q(&key.to_string_lossy()),
+        user = q(user),
     )
 }
 
@@ -229,7 +239,11 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if check().await {
+        // One hung probe must not outlast the deadline (a kube client waits minutes).
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(5), check()).await,
+            Ok(true)
+        ) {
             return Ok(());
         }
         let running = sup
@@ -284,9 +298,53 @@ pub async fn readyz(client: &kube::Client) -> Result<String> {
     Ok(client.request_text(req).await?)
 }
 
+/// Holds an exclusive lock on a state directory while `up` or `down` runs.
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Locks the state directory, waiting for another `up`/`down` to finish.
+pub fn lock_state(layout: &Layout) -> Result<StateLock> {
+    fs::create_dir_all(layout.root()).map_err(io(layout.root()))?;
+    let path = layout.lock_file();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, errno)| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::from(errno),
+        },
+    )?;
+    Ok(StateLock { _lock: lock })
+}
+
 /// Starts the test bed (idempotent: an already running one is reused). On any
-/// failure every process started so far is stopped again.
+/// failure, or on SIGINT/SIGTERM while starting, every process started so far
+/// is stopped again.
 pub async fn up(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
+    let _lock = lock_state(layout)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io(layout.root()))?;
+    tokio::select! {
+        res = up_locked(layout, opts) => res,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::warn!("interrupted; stopping what was started");
+            down_locked(layout).await?;
+            Err(Error::Interrupted)
+        }
+        _ = term.recv() => {
+            tracing::warn!("terminated; stopping what was started");
+            down_locked(layout).await?;
+            Err(Error::Interrupted)
+        }
+    }
+}
+
+async fn up_locked(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
     if let Some(mut info) = is_up(layout).await {
         tracing::info!(state = %layout.root().display(), "control plane already running");
         let sup = supervisor(layout);
@@ -301,12 +359,12 @@ pub async fn up(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
         return Ok(info);
     }
     // Leftovers of a test bed that died: stop them before starting afresh.
-    down(layout).await?;
+    down_locked(layout).await?;
     match start(layout, opts).await {
         Ok(info) => Ok(info),
         Err(e) => {
             tracing::error!(error = %e, "start failed; stopping what was started");
-            if let Err(stop_err) = down(layout).await {
+            if let Err(stop_err) = down_locked(layout).await {
                 tracing::error!(error = %stop_err, "cleanup after a failed start also failed");
             }
             Err(e)
@@ -324,22 +382,21 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
     let sup = supervisor(layout);
     let bins = &opts.binaries;
 
-    let etcd_port = free_port()?;
-    let etcd_peer = free_port()?;
+    let ports = free_ports(5)?;
+    let (etcd_port, etcd_peer, api_port, kcm_port) = (ports[0], ports[1], ports[2], ports[3]);
     sup.spawn(
         ETCD,
         &bins.etcd,
         &etcd_args(layout, etcd_port, etcd_peer),
         &[],
     )?;
-    wait_ready(&sup, ETCD, 30, || etcd_healthy(etcd_port)).await?;
+    wait_ready(&sup, ETCD, 60, || etcd_healthy(etcd_port)).await?;
     tracing::info!(
         port = etcd_port,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "etcd ready"
     );
 
-    let api_port = free_port()?;
     let api_url = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = layout.kubeconfig();
     let admin = kubeconfig_yaml(
@@ -373,7 +430,6 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
     .await?;
     tracing::info!(url = %api_url, elapsed_ms = started.elapsed().as_millis() as u64, "kube-apiserver ready");
 
-    let kcm_port = free_port()?;
     sup.spawn(
         CONTROLLER_MANAGER,
         &bins.kube_controller_manager,
@@ -441,21 +497,26 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
     Ok(info)
 }
 
-/// Stops every process of the test bed in `layout`, by its own pid. Domains are
-/// destroyed first when this test bed owns libvirtd. Idempotent.
+/// Stops every process of the test bed in `layout`, by its own pid. ironvirt's
+/// domains are destroyed first when this test bed owns libvirtd. Idempotent.
 pub async fn down(layout: &Layout) -> Result<()> {
+    let _lock = lock_state(layout)?;
+    down_locked(layout).await
+}
+
+async fn down_locked(layout: &Layout) -> Result<()> {
     let sup = supervisor(layout);
     let owns_libvirt = sup
         .recorded()
         .iter()
         .any(|r| r.name == libvirt::LIBVIRTD && Supervisor::is_running(r));
-    if owns_libvirt && let Err(e) = libvirt::destroy_all_domains().await {
+    if owns_libvirt && let Err(e) = libvirt::destroy_ironvirt_domains().await {
         tracing::warn!(error = %e, "could not destroy the remaining domains");
     }
     let sup2 = sup.clone();
     tokio::task::spawn_blocking(move || sup2.stop_all(START_ORDER, Duration::from_secs(15)))
         .await
-        .map_err(|e| Error::Libvirt(format!("stop task failed: {e}")))??;
+        .map_err(|e| Error::Task(e.to_string()))??;
     let _ = fs::remove_file(layout.cluster_info());
     Ok(())
 }

@@ -50,6 +50,10 @@ pub enum Error {
     Libvirt(String),
     #[error("no free TCP port on 127.0.0.1: {0}")]
     NoPort(std::io::Error),
+    #[error("interrupted while starting; everything started was stopped again")]
+    Interrupted,
+    #[error("a background task failed: {0}")]
+    Task(String),
     #[error("timed out after {secs} s waiting for {what}")]
     Wait { what: String, secs: u64 },
 }

@@ -19,12 +19,23 @@ impl Layout {
         Layout { root: root.into() }
     }
 
-    /// The state directory named by `$IRONVIRT_STATE`, or `<tmp>/ironvirt-state`.
+    /// The state directory named by `$IRONVIRT_STATE`, or the checkout's
+    /// `.state/run` (where `make run` keeps it). Never a shared /tmp path.
     pub fn from_env() -> Self {
         match std::env::var_os(STATE_ENV) {
             Some(dir) if !dir.is_empty() => Layout::new(dir),
-            _ => Layout::new(std::env::temp_dir().join("ironvirt-state")),
+            _ => Layout::new(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(".state")
+                    .join("run"),
+            ),
         }
+    }
+
+    /// The lock file that serialises `up` and `down` on this state directory.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(".lock")
     }
 
     pub fn root(&self) -> &Path {

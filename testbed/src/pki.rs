@@ -70,17 +70,22 @@ impl CertPair {
     }
 }
 
+/// Writes a private key: to a fresh temporary file with mode 0600 (never
+/// following a planted symlink), then renamed over `path`.
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.write_all(contents.as_bytes()).map_err(io_err(path))
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// What a leaf certificate is for.

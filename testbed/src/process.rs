@@ -32,12 +32,14 @@ pub enum ProcessError {
     Unkillable { name: String, pid: u32 },
 }
 
-/// A process recorded in the pid directory.
+/// A process recorded in the pid directory: its pid, executable and start time
+/// (clock ticks since boot), which together identify it even after pid reuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
     pub name: String,
     pub pid: u32,
     pub exe: PathBuf,
+    pub start_time: Option<u64>,
 }
 
 /// The pid directory of one state directory.
@@ -100,7 +102,7 @@ impl Supervisor {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
             name: name.to_owned(),
             program: program.to_owned(),
             source,
@@ -110,17 +112,29 @@ impl Supervisor {
             name: name.to_owned(),
             pid: child.id(),
             exe,
+            start_time: start_time(child.id()),
         };
+        // Recorded atomically (write, then rename), so `stop` never reads half a file.
+        let pid_path = self.pid_path(name);
+        let tmp = self.pid_dir.join(format!(".{name}.pid.tmp"));
+        let body = format!(
+            "{}\n{}\n{}\n",
+            rec.pid,
+            rec.exe.display(),
+            rec.start_time.map_or(String::new(), |t| t.to_string())
+        );
+        if let Err(source) = fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, &pid_path)) {
+            // Unrecorded, it could never be stopped: stop it now.
+            let _ = kill(Pid::from_raw(rec.pid as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(ProcessError::Io {
+                path: pid_path,
+                source,
+            });
+        }
         // The child is deliberately not waited for here: it must outlive this
         // process (`make run`). `stop` ends it by pid.
         drop(child);
-        let pid_path = self.pid_path(name);
-        fs::write(&pid_path, format!("{}\n{}\n", rec.pid, rec.exe.display())).map_err(
-            |source| ProcessError::Io {
-                path: pid_path,
-                source,
-            },
-        )?;
         tracing::debug!(name, pid = rec.pid, log = %log_path.display(), "started");
         Ok(rec)
     }
@@ -140,18 +154,32 @@ impl Supervisor {
                 }
                 let text = fs::read_to_string(&path).ok()?;
                 let mut lines = text.lines();
-                let pid = lines.next()?.trim().parse().ok()?;
+                let Some(pid) = lines.next().and_then(|l| l.trim().parse().ok()) else {
+                    tracing::warn!(file = %path.display(), "ignoring an unreadable pid file");
+                    return None;
+                };
                 let exe = PathBuf::from(lines.next().unwrap_or_default());
-                Some(Recorded { name, pid, exe })
+                let start_time = lines.next().and_then(|l| l.trim().parse().ok());
+                Some(Recorded {
+                    name,
+                    pid,
+                    exe,
+                    start_time,
+                })
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
-    /// Whether the recorded process is still the one we started and still alive.
+    /// Whether the recorded process is still the one we started and still alive:
+    /// same pid, same executable and, when recorded, same start time.
     pub fn is_running(rec: &Recorded) -> bool {
-        process_alive(rec.pid) && same_exe(rec)
+        process_alive(rec.pid)
+            && same_exe(rec)
+            && rec
+                .start_time
+                .is_none_or(|t| start_time(rec.pid) == Some(t))
     }
 
     /// Stops the named process: SIGTERM, then SIGKILL after `grace`. Idempotent.
@@ -230,9 +258,18 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (state); the start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 fn same_exe(rec: &Recorded) -> bool {
+    // A pid file without an executable was not written by us.
     if rec.exe.as_os_str().is_empty() {
-        return true;
+        return false;
     }
     match fs::read_link(format!("/proc/{}/exe", rec.pid)) {
         Ok(exe) => {
@@ -269,6 +306,7 @@ mod tests {
             .spawn("sleeper", Path::new("/bin/sleep"), &["300".to_owned()], &[])
             .unwrap();
         assert!(Supervisor::is_running(&rec));
+        assert!(rec.start_time.is_some());
         assert_eq!(sup.recorded(), vec![rec.clone()]);
         sup.stop_all(&[], Duration::from_secs(5)).unwrap();
         assert!(!process_alive(rec.pid));
@@ -289,6 +327,19 @@ mod tests {
             format!("{me}\n/nonexistent/etcd\n"),
         )
         .unwrap();
+        let rec = sup.recorded().pop().unwrap();
+        assert!(!Supervisor::is_running(&rec));
+        // Right executable, wrong start time: a reused pid, not ours either.
+        let exe = fs::read_link(format!("/proc/{me}/exe")).unwrap();
+        fs::write(
+            dir.path().join("pids/impostor.pid"),
+            format!("{me}\n{}\n1\n", exe.display()),
+        )
+        .unwrap();
+        let rec = sup.recorded().pop().unwrap();
+        assert!(!Supervisor::is_running(&rec));
+        // No executable recorded: never ours.
+        fs::write(dir.path().join("pids/impostor.pid"), format!("{me}\n")).unwrap();
         let rec = sup.recorded().pop().unwrap();
         assert!(!Supervisor::is_running(&rec));
         sup.stop_all(&[], Duration::from_millis(100)).unwrap();

@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod kubectl;
 
 pub use ironvirt_testbed::TestBed;

@@ -1,0 +1,827 @@
+//! VirtualMachineInstance: one running virtual machine, and the domain,
+//! device, volume and network types every kind shares.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::schema;
+
+/// The specification of a VirtualMachineInstance: its virtual hardware
+/// (domain), the volumes behind its disks, its networks and where it may run.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kubevirt.io",
+    version = "v1",
+    kind = "VirtualMachineInstance",
+    plural = "virtualmachineinstances",
+    singular = "virtualmachineinstance",
+    shortname = "vmi",
+    shortname = "vmis",
+    category = "all",
+    category = "kubevirt",
+    namespaced,
+    status = "VirtualMachineInstanceStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "VirtualMachineInstance is a running virtual machine, as in KubeVirt (kubevirt.io/v1).",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "IP",
+        type_ = "string",
+        json_path = ".status.interfaces[0].ipAddress"
+    ),
+    printcolumn(name = "NodeName", type_ = "string", json_path = ".status.nodeName"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    selectable = ".status.nodeName",
+    selectable = ".status.phase"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstanceSpec {
+    /// The virtual hardware: CPU, memory, firmware, machine type and devices.
+    pub domain: DomainSpec,
+    /// Volumes that back the disks in domain.devices.disks, matched by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub volumes: Option<Vec<Volume>>,
+    /// Networks that back the interfaces in domain.devices.interfaces, matched by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub networks: Option<Vec<Network>>,
+    /// Node labels this VMI requires; it is placed only on nodes that carry all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Affinity rules; required node affinity is honoured when placing the VMI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Taints this VMI tolerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Seconds the guest gets to shut down after an ACPI power-off before it is
+    /// destroyed. Defaults to 30 (180 for Windows guests in KubeVirt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// What happens to the VMI when its node is drained: None, LiveMigrate,
+    /// LiveMigrateIfPossible or External. ironvirt does not migrate yet and treats
+    /// every value as None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_strategy: Option<EvictionStrategy>,
+    /// Set to Paused to start the VMI with its vCPUs paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_strategy: Option<StartStrategy>,
+    /// The guest's hostname; defaults to the VMI's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub hostname: Option<String>,
+    /// With hostname, the guest's fully qualified name is
+    /// <hostname>.<subdomain>.<namespace>.svc.<cluster domain>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub subdomain: Option<String>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::probes")]
+    pub liveness_probe: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::probes")]
+    pub readiness_probe: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::topology_spread")]
+    pub topology_spread_constraints: Option<Value>,
+    /// Not supported: ironvirt places VMIs itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::scheduler_name")]
+    pub scheduler_name: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::access_credentials")]
+    pub access_credentials: Option<Value>,
+}
+
+/// What happens to a VMI when its node is drained: None, LiveMigrate,
+/// LiveMigrateIfPossible or External.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictionStrategy {
+    None,
+    LiveMigrate,
+    LiveMigrateIfPossible,
+    External,
+}
+
+/// How a VMI starts: Paused starts it with its vCPUs paused.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartStrategy {
+    Paused,
+}
+
+/// The virtual hardware of a VMI.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainSpec {
+    /// Compute resources for the VMI, as for a container. Requests are what
+    /// placement reserves on a node; when memory is unset, memory.guest counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The vCPU topology and model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// The guest's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// The emulated machine type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    /// Firmware: UUID, serial number and bootloader (BIOS or EFI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    /// Devices: disks, network interfaces, rng, and the serial console and VNC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Devices>,
+}
+
+/// The vCPU topology and model. The VMI gets cores × sockets × threads vCPUs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    /// Cores per socket. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 512))]
+    pub cores: Option<u32>,
+    /// Sockets. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub sockets: Option<u32>,
+    /// Threads per core. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8))]
+    pub threads: Option<u32>,
+    /// The CPU model, for example host-model, host-passthrough or a named QEMU
+    /// model such as Westmere. Under TCG ironvirt uses QEMU's default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::dedicated_cpu")]
+    pub dedicated_cpu_placement: Option<Value>,
+}
+
+/// The guest's memory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    /// Memory the guest sees, for example 128Mi or 1024M. Defaults to the memory request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<Quantity>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::hugepages")]
+    pub hugepages: Option<Value>,
+}
+
+/// The emulated machine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    /// QEMU machine type, for example q35 (the default) or pc.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
+}
+
+/// Firmware settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Firmware {
+    /// The SMBIOS system UUID; defaulted from the VMI's name when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    pub uuid: Option<String>,
+    /// The SMBIOS system serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The bootloader: bios (the default) or efi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootloader: Option<Bootloader>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::kernel_boot")]
+    pub kernel_boot: Option<Value>,
+}
+
+/// The bootloader: set exactly one of bios or efi.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.bios) && has(self.efi))").message("set only one of bootloader.bios and bootloader.efi"))]
+pub struct Bootloader {
+    /// Legacy BIOS (SeaBIOS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios: Option<Bios>,
+    /// UEFI (OVMF), when OVMF is installed on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi: Option<Efi>,
+}
+
+/// Legacy BIOS boot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Bios {
+    /// Show BIOS output on the serial console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_serial: Option<bool>,
+}
+
+/// UEFI boot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Efi {
+    /// Enable Secure Boot (needs an OVMF build with Secure Boot keys). Defaults to true in KubeVirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
+    /// Keep EFI variables across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
+}
+
+/// The VMI's devices.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Devices {
+    /// Disks, each backed by the volume of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub disks: Option<Vec<Disk>>,
+    /// Network interfaces, each backed by the network of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub interfaces: Option<Vec<Interface>>,
+    /// A virtio random number generator fed from the host's entropy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<Rng>,
+    /// Attach a serial console (default true). `ironctl console` and `virtctl console` use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_serial_console: Option<bool>,
+    /// Attach a graphics device with VNC (default true). `ironctl vnc` uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_graphics_device: Option<bool>,
+    /// Attach an interface for the pod network when none is listed (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_pod_interface: Option<bool>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::gpus")]
+    pub gpus: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::gpus")]
+    pub host_devices: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::watchdog")]
+    pub watchdog: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::filesystems")]
+    pub filesystems: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::tpm")]
+    pub tpm: Option<Value>,
+}
+
+/// A virtio RNG device; it has no settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rng {}
+
+/// A disk of the VMI. Set at most one of disk, cdrom and lun; with none the disk
+/// is a plain `disk: {}`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.disk) ? 1 : 0) + (has(self.cdrom) ? 1 : 0) + (has(self.lun) ? 1 : 0) <= 1").message("a disk sets at most one of disk, cdrom and lun"))]
+pub struct Disk {
+    /// The disk's name; the volume with the same name backs it.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Attach as a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskTarget>,
+    /// Attach as a CD-ROM (always read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<CdromTarget>,
+    /// Attach as a LUN (SCSI pass-through in KubeVirt; a plain SCSI disk in ironvirt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lun: Option<LunTarget>,
+    /// Boot order among disks and interfaces; 1 boots first. Unset disks do not boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub boot_order: Option<u32>,
+    /// The disk's serial number, as the guest sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.+-]+$"), length(max = 20))]
+    pub serial: Option<String>,
+    /// Host cache mode: none, writethrough or writeback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<DiskCache>,
+}
+
+/// The bus a disk attaches to: virtio, sata, scsi or usb.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    Virtio,
+    Sata,
+    Scsi,
+    Usb,
+}
+
+/// Host cache mode of a disk: none, writethrough or writeback.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskCache {
+    None,
+    Writethrough,
+    Writeback,
+}
+
+/// A disk attached as a disk.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskTarget {
+    /// The bus: virtio (default), sata, scsi or usb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Attach read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
+/// A disk attached as a CD-ROM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CdromTarget {
+    /// The bus: sata (default) or scsi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Always true for a CD-ROM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+    /// The tray: closed (default) or open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tray: Option<String>,
+}
+
+/// A disk attached as a LUN.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LunTarget {
+    /// The bus: scsi (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Attach read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
+/// A network interface of the VMI. Set exactly one binding: masquerade or bridge.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.masquerade) ? 1 : 0) + (has(self.bridge) ? 1 : 0) + (has(self.sriov) ? 1 : 0) + (has(self.passt) ? 1 : 0) + (has(self.slirp) ? 1 : 0) + (has(self.binding) ? 1 : 0) == 1").message("an interface sets exactly one binding: masquerade or bridge"))]
+pub struct Interface {
+    /// The interface's name; the network with the same name backs it.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// NAT behind the node (QEMU user networking in ironvirt); forwards the listed ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<InterfaceMasquerade>,
+    /// Bridged onto a host network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<InterfaceBridge>,
+    /// The NIC model: virtio (default), e1000, e1000e, rtl8139, ne2k_pci, pcnet or pcnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The MAC address, for example de:ad:00:00:be:af. Generated when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$"))]
+    pub mac_address: Option<String>,
+    /// Ports forwarded to the guest (masquerade). Empty forwards nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub ports: Option<Vec<Port>>,
+    /// Boot order among disks and interfaces (PXE); 1 boots first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub boot_order: Option<u32>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::sriov")]
+    pub sriov: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::passt")]
+    pub passt: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::passt")]
+    pub slirp: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::binding_plugin")]
+    pub binding: Option<Value>,
+}
+
+/// Masquerade binding; it has no settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceMasquerade {}
+
+/// Bridge binding; it has no settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceBridge {}
+
+/// A port forwarded to the guest.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Port {
+    /// A name for the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port number, 1 to 65535.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// TCP (default) or UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<PortProtocol>,
+}
+
+/// A port's protocol: TCP or UDP.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortProtocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// A network the VMI connects to. Set exactly one source: pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.pod) || has(self.multus)").message("a network sets one source: pod"))]
+pub struct Network {
+    /// The network's name, referenced by an interface.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The default pod network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodNetwork>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::multus")]
+    pub multus: Option<Value>,
+}
+
+/// The default pod network.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetwork {
+    /// The guest's IPv4 network behind masquerade, in CIDR form (default 10.0.2.0/24).
+    #[serde(
+        rename = "vmNetworkCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vm_network_cidr: Option<String>,
+    /// The guest's IPv6 network behind masquerade, in CIDR form.
+    #[serde(
+        rename = "vmIPv6NetworkCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vm_ipv6_network_cidr: Option<String>,
+}
+
+/// A volume backing a disk. Set exactly one source: containerDisk,
+/// cloudInitNoCloud, emptyDisk or hostDisk.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.containerDisk) ? 1 : 0) + (has(self.cloudInitNoCloud) ? 1 : 0) + (has(self.emptyDisk) ? 1 : 0) + (has(self.hostDisk) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.dataVolume) ? 1 : 0) + (has(self.ephemeral) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.cloudInitConfigDrive) ? 1 : 0) + (has(self.downwardAPI) ? 1 : 0) + (has(self.sysprep) ? 1 : 0) == 1").message("a volume sets exactly one source: containerDisk, cloudInitNoCloud, emptyDisk or hostDisk"))]
+pub struct Volume {
+    /// The volume's name; the disk with the same name uses it.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// A disk image shipped in a container image; each VMI gets a copy-on-write overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_disk: Option<ContainerDiskSource>,
+    /// A NoCloud cloud-init data source (a CIDATA disk with user-data, meta-data
+    /// and network-config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init_no_cloud: Option<CloudInitNoCloudSource>,
+    /// A blank qcow2 disk created with the VMI and removed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_disk: Option<EmptyDiskSource>,
+    /// A disk image at a path on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_disk: Option<HostDisk>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::pvc_volume")]
+    pub persistent_volume_claim: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::data_volume")]
+    pub data_volume: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::ephemeral_volume")]
+    pub ephemeral: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::config_map_volume")]
+    pub config_map: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::secret_volume")]
+    pub secret: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::service_account_volume")]
+    pub service_account: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::config_drive_volume")]
+    pub cloud_init_config_drive: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(
+        rename = "downwardAPI",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "schema::downward_api_volume")]
+    pub downward_api: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::sysprep_volume")]
+    pub sysprep: Option<Value>,
+}
+
+/// A disk image shipped in a container image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDiskSource {
+    /// The container image, for example quay.io/kubevirt/cirros-container-disk-demo.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Always, IfNotPresent or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// The name of a Secret with registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
+    /// The disk's path inside the image; defaults to the first file in /disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// When to pull an image: Always, IfNotPresent or Never.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// NoCloud cloud-init data. Give user-data inline (userData or userDataBase64)
+/// or from a Secret (secretRef); network-config likewise.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.userData) ? 1 : 0) + (has(self.userDataBase64) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) <= 1").message("set at most one of userData, userDataBase64 and secretRef"))]
+#[x_kube(validation = Rule::new("!(has(self.networkData) && has(self.networkDataBase64))").message("set at most one of networkData and networkDataBase64"))]
+pub struct CloudInitNoCloudSource {
+    /// Cloud-init user-data, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// Cloud-init user-data, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_base64: Option<String>,
+    /// A Secret in the VMI's namespace whose key `userdata` (or `userData`) holds the user-data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Cloud-init network-config, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<String>,
+    /// Cloud-init network-config, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_base64: Option<String>,
+    /// A Secret whose key `networkdata` (or `networkData`) holds the network-config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_secret_ref: Option<LocalObjectReference>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalObjectReference {
+    /// The object's name.
+    pub name: String,
+}
+
+/// A blank disk.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDiskSource {
+    /// The disk's size, for example 2Gi.
+    pub capacity: Quantity,
+}
+
+/// A disk image on the node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'DiskOrCreate' || has(self.capacity)").message("hostDisk of type DiskOrCreate needs a capacity"))]
+pub struct HostDisk {
+    /// The image's absolute path on the node.
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+    /// Disk: the image must exist. DiskOrCreate: create a raw image of `capacity` when missing.
+    #[serde(rename = "type")]
+    pub disk_type: HostDiskType,
+    /// The size of an image DiskOrCreate creates, for example 1Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Quantity>,
+    /// Whether several VMIs may use the image at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+}
+
+/// Disk (the image must exist) or DiskOrCreate (create it when missing).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum HostDiskType {
+    #[default]
+    Disk,
+    DiskOrCreate,
+}
+
+/// The observed state of a VMI.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstanceStatus {
+    /// Pending, Scheduling, Scheduled, Running, Succeeded, Failed or Unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<VirtualMachineInstancePhase>,
+    /// Conditions: Ready, Paused, Provisioning, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    /// The node the VMI is placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// A short machine-readable reason for the current phase, for example NodeUnresponsive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The guest's network interfaces: MAC and, where known, IP addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<VirtualMachineInstanceNetworkInterface>>,
+    /// When the VMI entered each phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_transition_timestamps: Option<Vec<PhaseTransitionTimestamp>>,
+    /// What the guest agent reports about the guest OS, when an agent runs.
+    #[serde(
+        rename = "guestOSInfo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub guest_os_info: Option<GuestOsInfo>,
+}
+
+/// The lifecycle phase of a VMI.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VirtualMachineInstancePhase {
+    Pending,
+    Scheduling,
+    Scheduled,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl VirtualMachineInstancePhase {
+    /// Succeeded and Failed are final: the VMI never runs again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// A condition of a VMI or VM, shaped like Kubernetes conditions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The condition's type, for example Ready or Paused.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// A short machine-readable reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human-readable message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the condition was last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    /// When the status last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+/// A network interface as the guest has it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstanceNetworkInterface {
+    /// The interface's name in the VMI spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The primary IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Every IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_addresses: Option<Vec<String>>,
+    /// The MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The interface's name inside the guest, for example eth0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+    /// Where the information comes from: domain, guest-agent, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_source: Option<String>,
+}
+
+/// When a VMI entered a phase.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTransitionTimestamp {
+    /// The phase entered.
+    pub phase: VirtualMachineInstancePhase,
+    /// When it was entered.
+    pub phase_transition_timestamp: Time,
+}
+
+/// The guest OS, as a guest agent reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestOsInfo {
+    /// The OS name, for example Debian GNU/Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The OS id, for example debian.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The OS version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The OS version id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// A human-readable OS name and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretty_name: Option<String>,
+    /// The kernel release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    /// The kernel version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    /// The machine architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// A VMI template: the metadata and spec of the VMIs an owner creates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstanceTemplateSpec {
+    /// Labels and annotations for the created VMIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::template_metadata")]
+    pub metadata: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    /// The spec of the created VMIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<VirtualMachineInstanceSpec>,
+}

@@ -1,0 +1,88 @@
+//! Running the test bed's kubectl (same version as the server) as admin or as
+//! a user, and installing ironvirt's CRDs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ironvirt_testbed::TestBed;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// What a kubectl run printed.
+#[derive(Debug)]
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs kubectl with `kubeconfig` (admin's when `None`), feeding `stdin`.
+pub fn kubectl_with(
+    bed: &TestBed,
+    kubeconfig: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(&bed.info().kubectl);
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig.unwrap_or(&bed.info().kubeconfig))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run kubectl");
+    if let Some(mut pipe) = child.stdin.take()
+        && let Some(input) = stdin
+    {
+        pipe.write_all(input.as_bytes())
+            .expect("write kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("wait for kubectl");
+    Output {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs kubectl as admin.
+pub fn kubectl(bed: &TestBed, args: &[&str]) -> Output {
+    kubectl_with(bed, None, args, None)
+}
+
+/// Installs deploy/crds (server-side apply, idempotent) and waits until every
+/// CRD is Established.
+pub fn ensure_crds(bed: &TestBed) {
+    let dir = repo_root().join("deploy/crds");
+    let dir = dir.to_string_lossy();
+    let out = kubectl(
+        bed,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=ironvirt-tests",
+            "-f",
+            &dir,
+        ],
+    );
+    assert!(out.success, "installing CRDs failed: {}", out.stderr);
+    let out = kubectl(
+        bed,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &dir,
+        ],
+    );
+    assert!(out.success, "CRDs not Established: {}", out.stderr);
+}
