@@ -57,7 +57,7 @@ rm -rf "$TEST_STATE"
 testbed_up "$TEST_STATE" "$guest_dir" || die "the test bed did not start; logs are in $TEST_STATE/logs."
 timing "test bed up"
 
-export IRONVIRT_STATE="$TEST_STATE"
+export IRONVIRT_STATE="$TEST_STATE" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 timing "cargo test passed"
 

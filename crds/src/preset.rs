@@ -20,6 +20,7 @@ use crate::vmi::DomainSpec;
     category = "all",
     category = "kubevirt",
     namespaced,
+    status = "VirtualMachineInstancePresetStatus",
     derive = "PartialEq",
     derive = "Default",
     doc = "VirtualMachineInstancePreset adds a domain fragment to the VirtualMachineInstances its selector matches, when they are created (kubevirt.io/v1; deprecated in KubeVirt in favour of instancetypes)."
@@ -31,4 +32,14 @@ pub struct VirtualMachineInstancePresetSpec {
     /// The domain settings to apply; a VMI's own settings win on conflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<DomainSpec>,
+}
+
+/// The observed state of a VMI preset. KubeVirt's presets have none; the
+/// subresource exists so that every ironvirt kind has one, and nothing writes it yet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstancePresetStatus {
+    /// The metadata.generation last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
