@@ -110,6 +110,7 @@ pub struct VirtualMachineStatus {
     pub printable_status: Option<String>,
     /// Conditions: Ready, Failure, Paused, …
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
     /// Start and stop requests from the subresource API, acted on in order
     /// (runStrategy Manual, and restarts).

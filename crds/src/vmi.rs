@@ -685,6 +685,7 @@ pub struct VirtualMachineInstanceStatus {
     pub phase: Option<VirtualMachineInstancePhase>,
     /// Conditions: Ready, Paused, Provisioning, …
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
     /// The node the VMI is placed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -697,6 +698,7 @@ pub struct VirtualMachineInstanceStatus {
     pub interfaces: Option<Vec<VirtualMachineInstanceNetworkInterface>>,
     /// When the VMI entered each phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["phase"]))]
     pub phase_transition_timestamps: Option<Vec<PhaseTransitionTimestamp>>,
     /// What the guest agent reports about the guest OS, when an agent runs.
     #[serde(

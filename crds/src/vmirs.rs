@@ -73,5 +73,6 @@ pub struct VirtualMachineInstanceReplicaSetStatus {
     pub label_selector: Option<String>,
     /// Conditions: ReplicaFailure, ReplicaPaused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
 }

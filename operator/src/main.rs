@@ -1,20 +1,143 @@
-//! `ironvirt-operator`: the ironvirt controllers (VirtualMachine, VMI placement, VMI ReplicaSet).
+//! `ironvirt-operator`: the ironvirt controllers (VirtualMachine, VMI placement,
+//! VMI ReplicaSet), leader-elected, with health and metrics on their own port.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use clap::Parser;
+use ironvirt_operator::context::{Context, Settings};
+use ironvirt_operator::controller::{self, Health};
+use ironvirt_operator::leader::{Election, Elector};
 
-/// the ironvirt controllers (VirtualMachine, VMI placement, VMI ReplicaSet).
 #[derive(Debug, Parser)]
-#[command(name = "ironvirt-operator", version, about)]
-struct Args {}
+#[command(
+    name = "ironvirt-operator",
+    version,
+    about = "ironvirt's controllers: VirtualMachine, VMI placement, VMI ReplicaSet"
+)]
+struct Args {
+    /// Reconcile only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Namespace of the handlers' per-node Leases (ironvirt-handler-<node>).
+    #[arg(long, default_value = ironvirt_operator::NODE_LEASE_NAMESPACE)]
+    node_lease_namespace: String,
+    /// A node whose handler Lease is older than this is unresponsive.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    node_lease_timeout: Duration,
+    /// Place VMIs only on nodes with these labels (k=v,k2=v2).
+    #[arg(long)]
+    node_label_selector: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "ironvirt-operator")]
+    leader_election_name: String,
+    /// This replica's identity (default: hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a silent leader keeps the lease.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews the lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    renew_interval: Duration,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?}; use ms, s or m")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    anyhow::bail!("ironvirt-operator is not built yet: its issue (operator) is still open")
+    let args = Args::parse();
+    let client = kube::Client::try_default().await?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        lease_namespace: args.node_lease_namespace.clone(),
+        node_lease_timeout: args.node_lease_timeout,
+        node_label_selector: args.node_label_selector.clone(),
+    };
+    let health = Health::default();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        health.metrics.clone(),
+        settings,
+        Some(identity.clone()),
+    ));
+    tokio::spawn(controller::serve_health(args.metrics_addr, health.clone()));
+
+    controller::wait_for_crds(&client).await;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let mut elector = Elector::new(
+        client.clone(),
+        Election {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.leader_election_name.clone(),
+            identity,
+            lease_duration: args.lease_duration,
+            renew_interval: args.renew_interval,
+        },
+    );
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controllers = tokio::spawn(controller::run_controllers(ctx, async move {
+        let _ = stop_rx.await;
+    }));
+    let lost = tokio::select! {
+        _ = elector.hold() => true,
+        _ = shutdown_signal() => false,
+    };
+    let _ = stop_tx.send(());
+    if lost {
+        // Another replica leads now: stop at once rather than act on stale state.
+        anyhow::bail!("lost leadership; exiting so a restart rejoins the election");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+    elector.release().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -1,0 +1,258 @@
+//! Wiring: the three controllers on their watches, the health and metrics
+//! server, CRD readiness, and leader election.
+
+pub mod placement;
+pub mod vm;
+pub mod vmirs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::{FutureExt, StreamExt};
+use ironvirt_crds::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::context::Context;
+use crate::metrics::Metrics;
+
+/// Health state served on the metrics port.
+#[derive(Clone, Default)]
+pub struct Health {
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Metrics,
+}
+
+/// The router of the health and metrics port: /healthz, /readyz, /metrics.
+pub fn health_router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Health>| async move {
+                if h.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    h.metrics.encode(),
+                )
+            }),
+        )
+        .with_state(health)
+}
+
+/// Serves the health router on `addr` until the process ends.
+pub async fn serve_health(addr: SocketAddr, health: Health) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "health and metrics listening");
+    axum::serve(listener, health_router(health)).await
+}
+
+/// Waits until the kubevirt.io CRDs this operator needs are Established.
+pub async fn wait_for_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names = [
+        "virtualmachines.kubevirt.io",
+        "virtualmachineinstances.kubevirt.io",
+        "virtualmachineinstancereplicasets.kubevirt.io",
+    ];
+    loop {
+        let mut missing = Vec::new();
+        for n in names {
+            let established = api.get_opt(n).await.ok().flatten().is_some_and(|c| {
+                c.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if !established {
+                missing.push(n);
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        tracing::info!(?missing, "waiting for CRDs to be Established");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the three controllers until `shutdown` resolves.
+pub async fn run_controllers(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = ctx.settings.namespace.clone();
+    let wc = watcher::Config::default();
+    let shutdown = shutdown.shared();
+
+    // Caches of nodes and handler Leases for placement.
+    let (nodes, nodes_writer) = reflector::store::<Node>();
+    let node_stream = reflector::reflector(
+        nodes_writer,
+        watcher(Api::<Node>::all(client.clone()), wc.clone()),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+    let (leases, leases_writer) = reflector::store::<Lease>();
+    let lease_stream = reflector::reflector(
+        leases_writer,
+        watcher(
+            Api::<Lease>::namespaced(client.clone(), &ctx.settings.lease_namespace),
+            wc.clone(),
+        ),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+
+    let vm_controller =
+        Controller::new(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone())
+            .owns(
+                scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
+                wc.clone(),
+            )
+            .graceful_shutdown_on(shutdown.clone())
+            .run(vm::reconcile, vm::error_policy, ctx.clone())
+            .for_each(|_| async {});
+
+    let placement_controller = Controller::new(
+        scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
+        wc.clone(),
+    )
+    .with_config(ControllerConfig::default().concurrency(1));
+    let vmi_store = placement_controller.store();
+    let pctx = Arc::new(placement::PlacementContext::new(
+        ctx.clone(),
+        nodes.clone(),
+        leases.clone(),
+        vmi_store,
+    ));
+    let nodes_ready = nodes.clone();
+    let leases_ready = leases.clone();
+    let placement_shutdown = shutdown.clone();
+    let placement_controller = async move {
+        // Placing against empty caches would report "0/0 nodes".
+        let _ = nodes_ready.wait_until_ready().await;
+        let _ = leases_ready.wait_until_ready().await;
+        placement_controller
+            .graceful_shutdown_on(placement_shutdown)
+            .run(placement::reconcile, placement::error_policy, pctx)
+            .for_each(|_| async {})
+            .await;
+    };
+
+    let rs_controller = Controller::new(
+        scoped::<VirtualMachineInstanceReplicaSet>(&client, ns.as_deref()),
+        wc.clone(),
+    );
+    let rs_store = rs_controller.store();
+    let rs_controller = rs_controller
+        .owns(
+            scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
+            wc.clone(),
+        )
+        // Orphans are adopted by any replica set in their namespace whose selector matches.
+        .watches(
+            scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
+            wc.clone(),
+            move |vmi| {
+                let vmi_ns = vmi.namespace();
+                rs_store
+                    .state()
+                    .into_iter()
+                    .filter(|rs| rs.namespace() == vmi_ns)
+                    .filter(|rs| crate::vmirs::selector_matches(&rs.spec.selector, vmi.labels()))
+                    .map(|rs| ObjectRef::from_obj(&*rs))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(vmirs::reconcile, vmirs::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let phases = phase_gauge(ctx.clone());
+    tokio::select! {
+        _ = async { tokio::join!(vm_controller, placement_controller) } => {}
+        _ = rs_controller => {}
+        _ = node_stream => {}
+        _ = lease_stream => {}
+        _ = phases => {}
+    }
+}
+
+/// Keeps the VMIs-by-phase gauge current from a VMI cache.
+async fn phase_gauge(ctx: Arc<Context>) {
+    let (store, writer) = reflector::store::<VirtualMachineInstance>();
+    let api = scoped::<VirtualMachineInstance>(&ctx.client, ctx.settings.namespace.as_deref());
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .applied_objects()
+        .for_each(|_| async {});
+    let updater = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let mut counts: std::collections::BTreeMap<String, i64> = [
+                "Pending",
+                "Scheduling",
+                "Scheduled",
+                "Running",
+                "Succeeded",
+                "Failed",
+                "Unknown",
+            ]
+            .iter()
+            .map(|p| ((*p).to_owned(), 0))
+            .collect();
+            for v in store.state() {
+                let phase = v
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .map_or("Pending".to_owned(), |p| format!("{p:?}"));
+                *counts.entry(phase).or_default() += 1;
+            }
+            for (phase, n) in counts {
+                ctx.metrics
+                    .vmis_by_phase
+                    .get_or_create(&crate::metrics::PhaseLabel { phase })
+                    .set(n);
+            }
+        }
+    };
+    tokio::join!(stream, updater);
+}

@@ -1,0 +1,215 @@
+//! The VirtualMachine controller at the edges: read the VM's VMI, apply the
+//! pure plan from [`crate::vm::plan`], write status by server-side apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironvirt_crds::{VirtualMachine, VirtualMachineInstance};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::vm::{self, VM_FINALIZER, VmiAction};
+
+/// The field manager of everything this controller writes.
+pub const MANAGER: &str = "ironvirt-vm-controller";
+pub const NAME: &str = "vm";
+
+/// Periodic resync: changes missed during a watch desync are picked up.
+const RESYNC: Duration = Duration::from_secs(300);
+
+fn owned_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
+    let uid = vm.metadata.uid.as_deref();
+    vmi.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+#[tracing::instrument(skip_all, fields(vm.namespace = %vm.namespace().unwrap_or_default(), vm.name = %vm.name_any()))]
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(NAME);
+    let action = reconcile_inner(&vm, &ctx).await?;
+    ctx.succeeded(&key(&vm));
+    Ok(action)
+}
+
+fn key(vm: &VirtualMachine) -> String {
+    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
+}
+
+async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
+    let ns = vm
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = vm.name_any();
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let deleting = vm.metadata.deletion_timestamp.is_some();
+
+    if !deleting && !vm.finalizers().iter().any(|f| f == VM_FINALIZER) {
+        let mut finalizers = vm.finalizers().to_vec();
+        finalizers.push(VM_FINALIZER.to_owned());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vm.resource_version()}});
+        vms.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        // The patch brings the VM back with the finalizer.
+        return Ok(Action::await_change());
+    }
+
+    let current = vmis.get_opt(&name).await?;
+    let mine = current.as_ref().filter(|v| owned_by(v, vm));
+    let now = Timestamp::now();
+    let mut plan = vm::plan(vm, mine, now);
+
+    if current.as_ref().is_some_and(|v| !owned_by(v, vm)) {
+        plan = vm::plan_conflict(
+            vm,
+            now,
+            &format!("a VMI named {name} exists and is not owned by this VM"),
+        );
+    }
+
+    match &plan.action {
+        VmiAction::Nothing => {}
+        VmiAction::Create(new) => match vmis.create(&PostParams::default(), new).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                // The apiserver rejected the template: a Failure condition, no hot loop.
+                plan = vm::plan_conflict(vm, now, &s.message);
+                plan.event = Some(vm::EventNote {
+                    warning: true,
+                    reason: "FailedCreate",
+                    message: s.message.clone(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        },
+        VmiAction::Delete { uid } => {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match vmis.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    write_status(&vms, vm, &plan.status).await?;
+
+    if let Some(note) = &plan.event {
+        let ev = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.to_owned(),
+            note: Some(note.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &vm.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+
+    if deleting && current.is_none() {
+        remove_finalizer(&vms, vm).await?;
+        return Ok(Action::await_change());
+    }
+    Ok(match plan.requeue {
+        Some(d) => Action::requeue(d + Duration::from_millis(100)),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+/// Writes the VM's status by server-side apply, only when something other than
+/// timestamps changed. stateChangeRequests belong to the subresource API; when
+/// this controller consumed some, it replaces the list with a JSON patch guarded
+/// by a test of the old value.
+async fn write_status(
+    vms: &Api<VirtualMachine>,
+    vm: &VirtualMachine,
+    status: &ironvirt_crds::VirtualMachineStatus,
+) -> Result<()> {
+    let name = vm.name_any();
+    let old = vm.status.as_ref();
+    let old_requests = old.and_then(|s| s.state_change_requests.clone());
+    if old_requests != status.state_change_requests {
+        let mut ops = vec![
+            json!({"op": "test", "path": "/status/stateChangeRequests", "value": old_requests}),
+        ];
+        ops.push(match &status.state_change_requests {
+            Some(r) => json!({"op": "replace", "path": "/status/stateChangeRequests", "value": r}),
+            None => json!({"op": "remove", "path": "/status/stateChangeRequests"}),
+        });
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
+        vms.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
+    }
+    let mut mine = status.clone();
+    mine.state_change_requests = None;
+    let mut old_mine = old.cloned();
+    if let Some(o) = old_mine.as_mut() {
+        o.state_change_requests = None;
+    }
+    if !vm::status_changed(old_mine.as_ref(), &mine) {
+        return Ok(());
+    }
+    let apply = json!({
+        "apiVersion": VirtualMachine::api_version(&()),
+        "kind": VirtualMachine::kind(&()),
+        "status": mine,
+    });
+    vms.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&apply),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn remove_finalizer(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<()> {
+    let Some(i) = vm.finalizers().iter().position(|f| f == VM_FINALIZER) else {
+        return Ok(());
+    };
+    let ops = json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": VM_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(ops)?;
+    match vms
+        .patch(
+            &vm.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Failed reconciles retry with exponential backoff per VM (1 s doubling to
+/// 5 min), so one broken VM never becomes a hot loop.
+pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(NAME, err.metric_label());
+    let wait = ctx.failed(&key(&vm));
+    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, vm.name = %vm.name_any(), "reconcile failed");
+    Action::requeue(wait)
+}

@@ -1,0 +1,120 @@
+//! The VMI ReplicaSet controller at the edges: apply [`crate::vmirs::plan`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironvirt_crds::{VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::vmirs;
+
+pub const MANAGER: &str = "ironvirt-vmirs-controller";
+pub const NAME: &str = "vmirs";
+const RESYNC: Duration = Duration::from_secs(300);
+
+#[tracing::instrument(skip_all, fields(vmirs.namespace = %rs.namespace().unwrap_or_default(), vmirs.name = %rs.name_any()))]
+pub async fn reconcile(
+    rs: Arc<VirtualMachineInstanceReplicaSet>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(NAME);
+    let key = format!("{}/{}", rs.namespace().unwrap_or_default(), rs.name_any());
+    let action = reconcile_inner(&rs, &ctx).await?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -> Result<Action> {
+    if rs.metadata.deletion_timestamp.is_some() {
+        // Garbage collection deletes the owned VMIs.
+        return Ok(Action::await_change());
+    }
+    let ns = rs
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let vmis_api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let rs_api: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    // The live list, not the cache: a stale cache would create duplicates.
+    let vmis = vmis_api.list(&Default::default()).await?.items;
+    let plan = vmirs::plan(rs, &vmis, Timestamp::now());
+
+    for name in &plan.adopt {
+        let patch = json!({"metadata": {"ownerReferences": [vmirs::owner_ref(rs)]}});
+        ignore_gone(
+            vmis_api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+        )?;
+    }
+    for name in &plan.release {
+        if let Some(v) = vmis.iter().find(|v| &v.name_any() == name) {
+            let keep: Vec<_> = v
+                .owner_references()
+                .iter()
+                .filter(|o| Some(o.uid.as_str()) != rs.metadata.uid.as_deref())
+                .cloned()
+                .collect();
+            let patch = json!({"metadata": {"ownerReferences": keep, "resourceVersion": v.resource_version()}});
+            ignore_gone(
+                vmis_api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await,
+            )?;
+        }
+    }
+    for new in &plan.create {
+        vmis_api.create(&PostParams::default(), new).await?;
+    }
+    for name in &plan.delete {
+        ignore_gone(
+            vmis_api
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    if vmirs::status_changed(rs.status.as_ref(), &plan.status) {
+        let apply = json!({
+            "apiVersion": VirtualMachineInstanceReplicaSet::api_version(&()),
+            "kind": VirtualMachineInstanceReplicaSet::kind(&()),
+            "status": plan.status,
+        });
+        rs_api
+            .patch_status(
+                &rs.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&apply),
+            )
+            .await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn ignore_gone<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn error_policy(
+    rs: Arc<VirtualMachineInstanceReplicaSet>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics.error(NAME, err.metric_label());
+    let wait = ctx.failed(&format!(
+        "{}/{}",
+        rs.namespace().unwrap_or_default(),
+        rs.name_any()
+    ));
+    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "vmirs reconcile failed");
+    Action::requeue(wait)
+}

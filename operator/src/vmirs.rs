@@ -1,0 +1,316 @@
+//! The VMI ReplicaSet controller's decisions as pure functions: which VMIs to
+//! adopt, release, create and delete, and the replica set's status.
+
+use std::collections::BTreeMap;
+
+use ironvirt_crds::vmi::{Condition, VirtualMachineInstancePhase as Phase};
+use ironvirt_crds::{
+    VirtualMachineInstance, VirtualMachineInstanceReplicaSet,
+    VirtualMachineInstanceReplicaSetStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use crate::conditions::{self, condition};
+use crate::vm::VMI_FINALIZER;
+
+/// What one reconcile of a replica set does.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RsPlan {
+    /// Orphans matching the selector: add our controller reference.
+    pub adopt: Vec<String>,
+    /// Owned VMIs that no longer match: remove our reference.
+    pub release: Vec<String>,
+    pub create: Vec<VirtualMachineInstance>,
+    /// Names to delete (finished VMIs and scale-down victims).
+    pub delete: Vec<String>,
+    pub status: VirtualMachineInstanceReplicaSetStatus,
+}
+
+/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let ml = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let me = selector.match_expressions.iter().flatten().all(|r| {
+        let values = r.values.clone().unwrap_or_default();
+        let v = labels.get(&r.key);
+        match r.operator.as_str() {
+            "In" => v.is_some_and(|v| values.contains(v)),
+            "NotIn" => v.is_none_or(|v| !values.contains(v)),
+            "Exists" => v.is_some(),
+            "DoesNotExist" => v.is_none(),
+            _ => false,
+        }
+    });
+    ml && me
+}
+
+/// The selector as a string, for status.labelSelector (the scale subresource).
+pub fn selector_string(selector: &LabelSelector) -> String {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for r in selector.match_expressions.iter().flatten() {
+        let values = r.values.clone().unwrap_or_default().join(",");
+        parts.push(match r.operator.as_str() {
+            "In" => format!("{} in ({values})", r.key),
+            "NotIn" => format!("{} notin ({values})", r.key),
+            "Exists" => r.key.clone(),
+            "DoesNotExist" => format!("!{}", r.key),
+            other => format!("{} {other} ({values})", r.key),
+        });
+    }
+    parts.join(",")
+}
+
+fn controller_uid(vmi: &VirtualMachineInstance) -> Option<&str> {
+    vmi.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+fn phase(vmi: &VirtualMachineInstance) -> Phase {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(Phase::Pending)
+}
+
+fn ready(vmi: &VirtualMachineInstance) -> bool {
+    phase(vmi) == Phase::Running
+        && conditions::is_true(
+            vmi.status.as_ref().and_then(|s| s.conditions.as_deref()),
+            "Ready",
+        )
+}
+
+/// The controller reference a replica set puts on its VMIs.
+pub fn owner_ref(rs: &VirtualMachineInstanceReplicaSet) -> OwnerReference {
+    OwnerReference {
+        api_version: VirtualMachineInstanceReplicaSet::api_version(&()).into_owned(),
+        kind: VirtualMachineInstanceReplicaSet::kind(&()).into_owned(),
+        name: rs.name_any(),
+        uid: rs.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A new VMI from the template: generateName `<rs>-`, owned by the replica set.
+pub fn new_vmi(rs: &VirtualMachineInstanceReplicaSet) -> VirtualMachineInstance {
+    let meta = rs.spec.template.metadata.clone().unwrap_or_default();
+    VirtualMachineInstance {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.name_any())),
+            namespace: rs.metadata.namespace.clone(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            owner_references: Some(vec![owner_ref(rs)]),
+            finalizers: Some(vec![VMI_FINALIZER.to_owned()]),
+            ..Default::default()
+        },
+        spec: rs.spec.template.spec.clone().unwrap_or_default(),
+        status: None,
+    }
+}
+
+/// Scale-down order: VMIs not running yet go first (Pending, then Scheduled),
+/// then not-ready ones, newest first within each group.
+fn victim_rank(v: &VirtualMachineInstance) -> (u8, std::cmp::Reverse<Option<Timestamp>>) {
+    let group = match phase(v) {
+        Phase::Pending | Phase::Scheduling | Phase::Unknown => 0,
+        Phase::Scheduled => 1,
+        Phase::Running if !ready(v) => 2,
+        _ => 3,
+    };
+    (
+        group,
+        std::cmp::Reverse(v.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+    )
+}
+
+/// Decides one reconcile of `rs`, given every VMI in its namespace.
+pub fn plan(
+    rs: &VirtualMachineInstanceReplicaSet,
+    vmis: &[VirtualMachineInstance],
+    now: Timestamp,
+) -> RsPlan {
+    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+    let mut p = RsPlan::default();
+    let mut active: Vec<&VirtualMachineInstance> = Vec::new();
+    for v in vmis {
+        let matches = selector_matches(&rs.spec.selector, v.labels());
+        let going = v.metadata.deletion_timestamp.is_some();
+        match controller_uid(v) {
+            Some(owner) if owner == uid => {
+                if !matches {
+                    p.release.push(v.name_any());
+                } else if !going && phase(v).is_final() {
+                    // Finished VMIs are replaced.
+                    p.delete.push(v.name_any());
+                } else if !going {
+                    active.push(v);
+                }
+            }
+            None if matches && !going && !phase(v).is_final() => {
+                p.adopt.push(v.name_any());
+                active.push(v);
+            }
+            _ => {}
+        }
+    }
+    let paused = rs.spec.paused.unwrap_or(false);
+    let want = usize::try_from(rs.spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
+    if !paused {
+        if active.len() < want {
+            p.create = (active.len()..want).map(|_| new_vmi(rs)).collect();
+        } else if active.len() > want {
+            let mut victims = active.clone();
+            victims.sort_by_key(|v| victim_rank(v));
+            let extra = active.len() - want;
+            let gone: Vec<String> = victims.iter().take(extra).map(|v| v.name_any()).collect();
+            active.retain(|v| !gone.contains(&v.name_any()));
+            p.delete.extend(gone);
+        }
+    } else {
+        p.delete.clear();
+    }
+    let mut conds: Vec<Condition> = Vec::new();
+    if paused {
+        conds.push(condition(
+            "ReplicaPaused",
+            true,
+            "Paused",
+            "spec.paused is true: not creating or deleting VMIs",
+        ));
+    }
+    let old = rs.status.as_ref().and_then(|s| s.conditions.as_deref());
+    p.status = VirtualMachineInstanceReplicaSetStatus {
+        replicas: Some(i32::try_from(active.len()).unwrap_or(i32::MAX)),
+        ready_replicas: Some(
+            i32::try_from(active.iter().filter(|v| ready(v)).count()).unwrap_or(i32::MAX),
+        ),
+        label_selector: Some(selector_string(&rs.spec.selector)),
+        conditions: Some(conditions::merge(old, conds, now)),
+    };
+    p
+}
+
+/// Whether the status differs in anything but condition timestamps.
+pub fn status_changed(
+    old: Option<&VirtualMachineInstanceReplicaSetStatus>,
+    new: &VirtualMachineInstanceReplicaSetStatus,
+) -> bool {
+    let Some(old) = old else { return true };
+    old.replicas != new.replicas
+        || old.ready_replicas != new.ready_replicas
+        || old.label_selector != new.label_selector
+        || !conditions::eq_ignoring_time(old.conditions.as_deref(), new.conditions.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(replicas: i32, paused: bool) -> VirtualMachineInstanceReplicaSet {
+        serde_yaml::from_str(&format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceReplicaSet\nmetadata: {{name: rs, namespace: ns, uid: rs-uid}}\nspec:\n  replicas: {replicas}\n  paused: {paused}\n  selector: {{matchLabels: {{app: x}}}}\n  template: {{metadata: {{labels: {{app: x}}}}, spec: {{domain: {{}}}}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn vmi(
+        name: &str,
+        labels: &str,
+        owner: Option<&str>,
+        phase: &str,
+        created: i64,
+    ) -> VirtualMachineInstance {
+        let owner = owner
+            .map(|u| format!(", ownerReferences: [{{apiVersion: kubevirt.io/v1, kind: VirtualMachineInstanceReplicaSet, name: rs, uid: {u}, controller: true}}]"))
+            .unwrap_or_default();
+        serde_yaml::from_str(&format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: {name}, labels: {labels}, creationTimestamp: '{}'{owner}}}\nspec: {{domain: {{}}}}\nstatus: {{phase: {phase}}}\n",
+            Timestamp::from_second(created).unwrap()
+        ))
+        .unwrap()
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1000).unwrap()
+    }
+
+    #[test]
+    fn scales_up_from_zero() {
+        let p = plan(&rs(5, false), &[], now());
+        assert_eq!(p.create.len(), 5);
+        let v = &p.create[0];
+        assert_eq!(v.metadata.generate_name.as_deref(), Some("rs-"));
+        assert_eq!(v.labels()["app"], "x");
+        assert_eq!(v.owner_references()[0].uid, "rs-uid");
+        assert_eq!(p.status.replicas, Some(0));
+        assert_eq!(p.status.label_selector.as_deref(), Some("app=x"));
+    }
+
+    #[test]
+    fn scales_down_pending_and_newest_first() {
+        let vmis = [
+            vmi("old-running", "{app: x}", Some("rs-uid"), "Running", 1),
+            vmi("new-running", "{app: x}", Some("rs-uid"), "Running", 5),
+            vmi("scheduled", "{app: x}", Some("rs-uid"), "Scheduled", 2),
+            vmi("pending", "{app: x}", Some("rs-uid"), "Pending", 3),
+        ];
+        let p = plan(&rs(1, false), &vmis, now());
+        assert_eq!(p.delete, ["pending", "scheduled", "new-running"]);
+        assert_eq!(p.status.replicas, Some(1));
+    }
+
+    #[test]
+    fn adopts_orphans_and_releases_non_matching() {
+        let vmis = [
+            vmi("orphan", "{app: x}", None, "Running", 1),
+            vmi("strayed", "{app: y}", Some("rs-uid"), "Running", 1),
+            vmi("someone-elses", "{app: x}", Some("other"), "Running", 1),
+        ];
+        let p = plan(&rs(1, false), &vmis, now());
+        assert_eq!(p.adopt, ["orphan"]);
+        assert_eq!(p.release, ["strayed"]);
+        assert!(p.create.is_empty() && p.delete.is_empty());
+    }
+
+    #[test]
+    fn replaces_finished_vmis() {
+        let vmis = [vmi("done", "{app: x}", Some("rs-uid"), "Succeeded", 1)];
+        let p = plan(&rs(1, false), &vmis, now());
+        assert_eq!(p.delete, ["done"]);
+        assert_eq!(p.create.len(), 1);
+    }
+
+    #[test]
+    fn paused_does_nothing_and_says_so() {
+        let vmis = [vmi("a", "{app: x}", Some("rs-uid"), "Running", 1)];
+        let p = plan(&rs(3, true), &vmis, now());
+        assert!(p.create.is_empty() && p.delete.is_empty());
+        assert!(conditions::is_true(
+            p.status.conditions.as_deref(),
+            "ReplicaPaused"
+        ));
+    }
+
+    #[test]
+    fn selector_strings() {
+        let sel: LabelSelector = serde_yaml::from_str(
+            "{matchLabels: {app: x}, matchExpressions: [{key: tier, operator: In, values: [a, b]}, {key: gone, operator: DoesNotExist}]}",
+        )
+        .unwrap();
+        assert_eq!(selector_string(&sel), "app=x,tier in (a,b),!gone");
+    }
+}
