@@ -169,7 +169,14 @@ impl TestBed {
         if failed {
             eprintln!("{}", self.dump(&ns).await);
         }
-        let cleanup = self.delete_namespace(&ns, Duration::from_secs(120)).await;
+        let mut cleanup = self.delete_namespace(&ns, Duration::from_secs(60)).await;
+        if cleanup.is_err() {
+            // A failed test may have stopped the components that release ironvirt's
+            // finalizers: strip them so the namespace can go, and say so.
+            eprintln!("namespace {ns} is stuck; removing ironvirt finalizers from what is left");
+            self.strip_finalizers(&ns).await;
+            cleanup = self.delete_namespace(&ns, Duration::from_secs(60)).await;
+        }
         match outcome {
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(Err(e)) => panic!("test in namespace {ns} failed: {e:?}"),
@@ -177,6 +184,38 @@ impl TestBed {
                 if let Err(e) = cleanup {
                     panic!("namespace {ns} was not cleaned up: {e}");
                 }
+            }
+        }
+    }
+
+    /// Removes the finalizers of every kubevirt.io object in `ns` (test cleanup).
+    pub async fn strip_finalizers(&self, ns: &str) {
+        for kind in [
+            "virtualmachineinstances.kubevirt.io",
+            "virtualmachines.kubevirt.io",
+        ] {
+            let list = tokio::process::Command::new(&self.info.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.info.kubeconfig)
+                .args(["get", kind, "-n", ns, "-o", "name", "--ignore-not-found"])
+                .output()
+                .await;
+            let Ok(list) = list else { continue };
+            for obj in String::from_utf8_lossy(&list.stdout).lines() {
+                let _ = tokio::process::Command::new(&self.info.kubectl)
+                    .arg("--kubeconfig")
+                    .arg(&self.info.kubeconfig)
+                    .args([
+                        "patch",
+                        obj,
+                        "-n",
+                        ns,
+                        "--type=merge",
+                        "-p",
+                        r#"{"metadata":{"finalizers":null}}"#,
+                    ])
+                    .output()
+                    .await;
             }
         }
     }

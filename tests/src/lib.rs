@@ -4,5 +4,6 @@
 
 pub mod domain;
 pub mod kubectl;
+pub mod operator;
 
 pub use ironvirt_testbed::TestBed;

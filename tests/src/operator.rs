@@ -1,0 +1,331 @@
+//! Running `ironvirt-operator` for a test, scoped to the test's namespace, and
+//! simulated nodes: a Node object, a handler Lease renewed in the background,
+//! and a stand-in handler that moves placed VMIs to Running (or Failed) and
+//! releases the VMI finalizer on deletion, as the real handler will.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_testbed::TestBed;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+/// Label that ties simulated nodes to one test's operator.
+pub const TEST_NODE_LABEL: &str = "ironvirt.io/test-ns";
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// The workspace's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::kubectl::repo_root().join("target"))
+}
+
+/// A running operator process; killed when dropped.
+pub struct Operator {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `ironvirt-operator` for namespace `ns` with extra arguments.
+    pub fn start(bed: &TestBed, ns: &str, identity: &str, extra: &[&str]) -> Operator {
+        let bin = target_dir().join("debug/ironvirt-operator");
+        assert!(
+            bin.is_file(),
+            "{} is missing; run `cargo build --workspace`",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let log = bed
+            .info()
+            .logs_dir
+            .join(format!("operator-{ns}-{identity}.log"));
+        let file = std::fs::File::create(&log).expect("operator log");
+        let child = Command::new(bin)
+            .env("KUBECONFIG", &bed.info().kubeconfig)
+            .env("RUST_LOG", "info,ironvirt_operator=debug,kube_runtime=warn")
+            .args(["--namespace", ns])
+            .args(["--node-label-selector", &format!("{TEST_NODE_LABEL}={ns}")])
+            .args(["--leader-election-namespace", ns])
+            .args(["--identity", identity])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start ironvirt-operator");
+        Operator {
+            child: Some(child),
+            metrics_port: port,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills the operator with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The value of a metric line starting with `prefix`, summed.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await
+        else {
+            return 0.0;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = s
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await;
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf).await;
+        buf.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How a simulated node's stand-in handler treats placed VMIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    /// Scheduled → Running and Ready.
+    Run,
+    /// Scheduled → Failed (a crashing guest).
+    Fail,
+    /// Scheduled → Succeeded (a guest that powers off at once).
+    Succeed,
+}
+
+/// A simulated node; `stop` removes it.
+pub struct FakeNode {
+    pub name: String,
+    client: Client,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeNode {
+    /// Registers a node with `cpu` cores and `memory` (e.g. "4Gi"), for namespace `ns`.
+    pub async fn start(
+        client: Client,
+        ns: &str,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        behavior: Behavior,
+    ) -> FakeNode {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {
+                "kubevirt.io/schedulable": "true",
+                TEST_NODE_LABEL: ns,
+            }},
+        }))
+        .expect("node");
+        let _ = nodes.delete(name, &DeleteParams::default()).await;
+        wait_gone(&nodes, name).await;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        let status = json!({"status": {
+            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+        }});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("node status");
+        let mut node = FakeNode {
+            name: name.to_owned(),
+            client: client.clone(),
+            tasks: Vec::new(),
+        };
+        node.renew_lease().await;
+        let lease_node = name.to_owned();
+        let lease_client = client.clone();
+        node.tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                renew(&lease_client, &lease_node).await;
+            }
+        }));
+        let handler_node = name.to_owned();
+        let handler_ns = ns.to_owned();
+        node.tasks.push(tokio::spawn(async move {
+            loop {
+                handle_once(&client, &handler_ns, &handler_node, behavior).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+        node
+    }
+
+    async fn renew_lease(&self) {
+        renew(&self.client, &self.name).await;
+    }
+
+    /// Stops renewing the Lease and handling VMIs: the node goes silent.
+    pub fn go_silent(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Removes the node and its Lease.
+    pub async fn stop(mut self) {
+        self.go_silent();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let _ = nodes.delete(&self.name, &DeleteParams::default()).await;
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        let _ = leases
+            .delete(
+                &format!("ironvirt-handler-{}", self.name),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn wait_gone(nodes: &Api<Node>, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && matches!(nodes.get_opt(name).await, Ok(Some(_))) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn renew(client: &Client, node: &str) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let name = format!("ironvirt-handler-{node}");
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(node.to_owned()),
+            lease_duration_seconds: Some(60),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..Default::default()
+        }),
+    };
+    let apply = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name},
+        "spec": lease.spec,
+    });
+    let _ = leases
+        .patch(
+            &name,
+            &PatchParams::apply("fake-handler").force(),
+            &Patch::Apply(&apply),
+        )
+        .await;
+}
+
+/// One pass of the stand-in handler over the VMIs placed on `node`.
+async fn handle_once(client: &Client, ns: &str, node: &str, behavior: Behavior) {
+    let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("kubevirt.io/nodeName={node}"));
+    let Ok(list) = api.list(&lp).await else {
+        return;
+    };
+    for vmi in list.items {
+        let name = vmi.name_any();
+        if vmi.metadata.deletion_timestamp.is_some() {
+            let keep: Vec<String> = vmi
+                .finalizers()
+                .iter()
+                .filter(|f| *f != "kubevirt.io/foregroundDeleteVirtualMachine")
+                .cloned()
+                .collect();
+            let patch = json!({"metadata": {"finalizers": keep}});
+            let _ = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            continue;
+        }
+        let phase = vmi.status.as_ref().and_then(|s| s.phase);
+        if phase != Some(ironvirt_crds::VirtualMachineInstancePhase::Scheduled) {
+            continue;
+        }
+        let now = Timestamp::now().to_string();
+        let (phase, ready) = match behavior {
+            Behavior::Run => ("Running", "True"),
+            Behavior::Fail => ("Failed", "False"),
+            Behavior::Succeed => ("Succeeded", "False"),
+        };
+        let apply = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "status": {
+                "phase": phase,
+                "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": now}],
+                "phaseTransitionTimestamps": [{"phase": phase, "phaseTransitionTimestamp": now}],
+            },
+        });
+        let _ = api
+            .patch_status(
+                &name,
+                &PatchParams::apply("fake-handler").force(),
+                &Patch::Apply(&apply),
+            )
+            .await;
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
