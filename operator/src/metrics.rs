@@ -34,6 +34,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabel, Counter>,
     pub duration: Family<ControllerLabel, Histogram>,
     pub vmis_by_phase: Family<PhaseLabel, Gauge>,
+    pub writes: Family<ControllerLabel, Counter>,
     pub registry: Arc<Registry>,
 }
 
@@ -46,6 +47,12 @@ impl Default for Metrics {
             Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
         });
         let vmis_by_phase = Family::<PhaseLabel, Gauge>::default();
+        let writes = Family::<ControllerLabel, Counter>::default();
+        registry.register(
+            "api_writes",
+            "Writes (create, patch, delete) sent to the Kubernetes API",
+            writes.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -63,6 +70,7 @@ impl Default for Metrics {
             errors,
             duration,
             vmis_by_phase,
+            writes,
             registry: Arc::new(registry),
         }
     }
@@ -81,6 +89,13 @@ impl Metrics {
                 .get_or_create(&ControllerLabel { controller })
                 .clone(),
         }
+    }
+
+    /// Counts one write to the API.
+    pub fn write(&self, controller: &'static str) {
+        self.writes
+            .get_or_create(&ControllerLabel { controller })
+            .inc();
     }
 
     pub fn error(&self, controller: &'static str, reason: &'static str) {

@@ -85,4 +85,27 @@ pub fn ensure_crds(bed: &TestBed) {
         ],
     );
     assert!(out.success, "CRDs not Established: {}", out.stderr);
+    // Refresh kubectl's discovery cache (api-resources always asks the server)
+    // until the new kinds are served, so `kubectl explain vm` knows them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = kubectl(
+            bed,
+            &["api-resources", "--api-group=kubevirt.io", "-o", "name"],
+        );
+        if out.stdout.contains("virtualmachines.kubevirt.io")
+            && out
+                .stdout
+                .contains("virtualmachineinstancereplicasets.kubevirt.io")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubevirt.io kinds not in discovery: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }

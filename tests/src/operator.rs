@@ -36,9 +36,20 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `ironvirt-operator` for namespace `ns` with extra arguments.
+    /// Starts the debug `ironvirt-operator` for namespace `ns` with extra arguments.
     pub fn start(bed: &TestBed, ns: &str, identity: &str, extra: &[&str]) -> Operator {
-        let bin = target_dir().join("debug/ironvirt-operator");
+        Self::start_profile(bed, "debug", ns, identity, extra)
+    }
+
+    /// Starts `ironvirt-operator` from the `profile` build (debug or release).
+    pub fn start_profile(
+        bed: &TestBed,
+        profile: &str,
+        ns: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Operator {
+        let bin = target_dir().join(profile).join("ironvirt-operator");
         assert!(
             bin.is_file(),
             "{} is missing; run `cargo build --workspace`",
@@ -77,6 +88,18 @@ impl Operator {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     /// Kills the operator with SIGKILL, as a crash would.
@@ -233,7 +256,8 @@ async fn wait_gone(nodes: &Api<Node>, name: &str) {
     }
 }
 
-async fn renew(client: &Client, node: &str) {
+/// Renews the handler Lease of `node` once.
+pub async fn renew(client: &Client, node: &str) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let name = format!("ironvirt-handler-{node}");
     let lease = Lease {

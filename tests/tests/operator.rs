@@ -325,6 +325,31 @@ async fn unschedulable_until_capacity_appears() {
         let msg = cond.and_then(|c| c.message).unwrap_or_default();
         anyhow::ensure!(msg.contains("Insufficient memory"), "{msg}");
         anyhow::ensure!(st.phase == Some(ironvirt_crds::VirtualMachineInstancePhase::Pending));
+        // CPU, node selector and taint: each named in the VMI's condition.
+        let mut cpu = vm_json("cpu", "Always", "64Mi");
+        cpu.spec.template.spec.as_mut().unwrap().domain.resources =
+            Some(serde_json::from_value(json!({"requests": {"cpu": "64"}}))?);
+        let mut sel = vm_json("sel", "Always", "64Mi");
+        sel.spec.template.spec.as_mut().unwrap().node_selector = Some([("disk".to_owned(), "nvme".to_owned())].into());
+        e.vms.create(&PostParams::default(), &cpu).await?;
+        e.vms.create(&PostParams::default(), &sel).await?;
+        let reason = |name: &'static str, want: &'static str| {
+            let vmis = e.vmis.clone();
+            async move {
+                eventually(T, &format!("{name} unschedulable with {want:?}"), || async {
+                    let st = vmis.get(name).await.ok()?.status?;
+                    let c = st.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+                    c.message?.contains(want).then_some(())
+                })
+                .await
+            }
+        };
+        reason("cpu", "Insufficient cpu").await?;
+        reason("sel", "didn't match the VMI's node selector").await?;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(e.client.clone());
+        let taint = json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}});
+        nodes.patch(&small.name, &PatchParams::default(), &Patch::Merge(&taint)).await?;
+        reason("cpu", "untolerated taint {dedicated: db}").await?;
         // A node with room appears: the VMI is placed there.
         let big = FakeNode::start(
             e.client.clone(),
@@ -589,6 +614,57 @@ async fn a_standby_takes_over_when_the_leader_dies() {
         let res = finish(bed, &ns, vec![node]).await;
         drop(second);
         res
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_the_operator_converges_without_duplicates() {
+    let bed = &bed().await;
+    bed.with_namespace("op-restart", |ns| async move {
+        let e = env(bed, &ns);
+        let node = FakeNode::start(
+            e.client.clone(),
+            &ns,
+            &node_name(&ns, "n1"),
+            "16",
+            "16Gi",
+            Behavior::Run,
+        )
+        .await;
+        let mut op = Operator::start(
+            bed,
+            &ns,
+            "a",
+            &["--lease-duration", "2s", "--renew-interval", "500ms"],
+        );
+        // Kill it at arbitrary points while VMs are being created and placed.
+        for i in 0..8 {
+            e.vms
+                .create(
+                    &PostParams::default(),
+                    &vm_json(&format!("vm{i}"), "Always", "64Mi"),
+                )
+                .await?;
+            if i % 2 == 1 {
+                tokio::time::sleep(Duration::from_millis(150 * i)).await;
+                op.kill();
+                op = Operator::start(
+                    bed,
+                    &ns,
+                    &format!("r{i}"),
+                    &["--lease-duration", "2s", "--renew-interval", "500ms"],
+                );
+            }
+        }
+        for i in 0..8 {
+            wait_status(&e.vms, &format!("vm{i}"), "Running").await?;
+        }
+        let vmis = e.vmis.list(&Default::default()).await?.items;
+        anyhow::ensure!(vmis.len() == 8, "{} VMIs for 8 VMs", vmis.len());
+        let result = finish(bed, &ns, vec![node]).await;
+        drop(op);
+        result
     })
     .await;
 }

@@ -55,6 +55,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
         let mut finalizers = vm.finalizers().to_vec();
         finalizers.push(VM_FINALIZER.to_owned());
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vm.resource_version()}});
+        ctx.metrics.write(NAME);
         vms.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         // The patch brings the VM back with the finalizer.
@@ -76,7 +77,10 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
 
     match &plan.action {
         VmiAction::Nothing => {}
-        VmiAction::Create(new) => match vmis.create(&PostParams::default(), new).await {
+        VmiAction::Create(new) => match {
+            ctx.metrics.write(NAME);
+            vmis.create(&PostParams::default(), new).await
+        } {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
@@ -98,6 +102,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
                 }),
                 ..DeleteParams::default()
             };
+            ctx.metrics.write(NAME);
             match vmis.delete(&name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -106,7 +111,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
         }
     }
 
-    write_status(&vms, vm, &plan.status).await?;
+    write_status(&vms, vm, &plan.status, ctx).await?;
 
     if let Some(note) = &plan.event {
         let ev = Event {
@@ -126,6 +131,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     }
 
     if deleting && current.is_none() {
+        ctx.metrics.write(NAME);
         remove_finalizer(&vms, vm).await?;
         return Ok(Action::await_change());
     }
@@ -143,6 +149,7 @@ async fn write_status(
     vms: &Api<VirtualMachine>,
     vm: &VirtualMachine,
     status: &ironvirt_crds::VirtualMachineStatus,
+    ctx: &Context,
 ) -> Result<()> {
     let name = vm.name_any();
     let old = vm.status.as_ref();
@@ -156,6 +163,7 @@ async fn write_status(
             None => json!({"op": "remove", "path": "/status/stateChangeRequests"}),
         });
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
+        ctx.metrics.write(NAME);
         vms.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
     }
