@@ -77,23 +77,24 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
 
     match &plan.action {
         VmiAction::Nothing => {}
-        VmiAction::Create(new) => match {
+        VmiAction::Create(new) => {
             ctx.metrics.write(NAME);
-            vmis.create(&PostParams::default(), new).await
-        } {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                // The apiserver rejected the template: a Failure condition, no hot loop.
-                plan = vm::plan_conflict(vm, now, &s.message);
-                plan.event = Some(vm::EventNote {
-                    warning: true,
-                    reason: "FailedCreate",
-                    message: s.message.clone(),
-                });
+            let created = vmis.create(&PostParams::default(), new).await;
+            match created {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                    // The apiserver rejected the template: a Failure condition, no hot loop.
+                    plan = vm::plan_conflict(vm, now, &s.message);
+                    plan.event = Some(vm::EventNote {
+                        warning: true,
+                        reason: "FailedCreate",
+                        message: s.message.clone(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        },
+        }
         VmiAction::Delete { uid } => {
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {
