@@ -24,6 +24,13 @@ pub struct ErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabel {
+    pub controller: &'static str,
+    /// The kind of object written: vm, vmi or vmirs.
+    pub resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: String,
 }
@@ -34,7 +41,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabel, Counter>,
     pub duration: Family<ControllerLabel, Histogram>,
     pub vmis_by_phase: Family<PhaseLabel, Gauge>,
-    pub writes: Family<ControllerLabel, Counter>,
+    pub writes: Family<WriteLabel, Counter>,
     pub registry: Arc<Registry>,
 }
 
@@ -47,7 +54,7 @@ impl Default for Metrics {
             Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
         });
         let vmis_by_phase = Family::<PhaseLabel, Gauge>::default();
-        let writes = Family::<ControllerLabel, Counter>::default();
+        let writes = Family::<WriteLabel, Counter>::default();
         registry.register(
             "api_writes",
             "Writes (create, patch, delete) sent to the Kubernetes API",
@@ -91,10 +98,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one write to the API.
-    pub fn write(&self, controller: &'static str) {
+    /// Counts one write to the API of an object of `resource` (vm, vmi, vmirs).
+    pub fn write(&self, controller: &'static str, resource: &'static str) {
         self.writes
-            .get_or_create(&ControllerLabel { controller })
+            .get_or_create(&WriteLabel {
+                controller,
+                resource,
+            })
             .inc();
     }
 

@@ -166,7 +166,7 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
             Some(n) => !node_alive(&n),
         };
         if release {
-            ctx.base.metrics.write(NAME);
+            ctx.base.metrics.write(NAME, "vmi");
             remove_finalizer(&api, vmi).await?;
         }
         return Ok(Action::await_change());
@@ -175,7 +175,7 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
         let mut finalizers = vmi.finalizers().to_vec();
         finalizers.push(VMI_FINALIZER.to_owned());
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vmi.resource_version()}});
-        ctx.base.metrics.write(NAME);
+        ctx.base.metrics.write(NAME, "vmi");
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         return Ok(Action::await_change());
@@ -197,7 +197,7 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
             return Ok(Action::requeue(wait + Duration::from_secs(1)));
         }
         let message = format!("node {node} stopped renewing its handler Lease; the VMI is lost");
-        ctx.base.metrics.write(NAME);
+        ctx.base.metrics.write(NAME, "vmi");
         write_status(
             &api,
             vmi,
@@ -242,10 +242,10 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
     match placement::choose(vmi, &nodes, &placed, now, timeout) {
         Ok(node) => {
             let labels = json!({"metadata": {"labels": {NODE_NAME_LABEL: node}}});
-            ctx.base.metrics.write(NAME);
+            ctx.base.metrics.write(NAME, "vmi");
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
                 .await?;
-            ctx.base.metrics.write(NAME);
+            ctx.base.metrics.write(NAME, "vmi");
             write_status(
                 &api,
                 vmi,
@@ -279,7 +279,7 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
                     Some(&new),
                 );
             if changed {
-                ctx.base.metrics.write(NAME);
+                ctx.base.metrics.write(NAME, "vmi");
                 write_status(
                     &api,
                     vmi,

@@ -55,7 +55,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
         let mut finalizers = vm.finalizers().to_vec();
         finalizers.push(VM_FINALIZER.to_owned());
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vm.resource_version()}});
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vm");
         vms.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         // The patch brings the VM back with the finalizer.
@@ -78,7 +78,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     match &plan.action {
         VmiAction::Nothing => {}
         VmiAction::Create(new) => {
-            ctx.metrics.write(NAME);
+            ctx.metrics.write(NAME, "vmi");
             let created = vmis.create(&PostParams::default(), new).await;
             match created {
                 Ok(_) => {}
@@ -103,7 +103,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
                 }),
                 ..DeleteParams::default()
             };
-            ctx.metrics.write(NAME);
+            ctx.metrics.write(NAME, "vmi");
             match vmis.delete(&name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -132,7 +132,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     }
 
     if deleting && current.is_none() {
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vm");
         remove_finalizer(&vms, vm).await?;
         return Ok(Action::await_change());
     }
@@ -164,7 +164,7 @@ async fn write_status(
             None => json!({"op": "remove", "path": "/status/stateChangeRequests"}),
         });
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vm");
         vms.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
     }
@@ -182,6 +182,7 @@ async fn write_status(
         "kind": VirtualMachine::kind(&()),
         "status": mine,
     });
+    ctx.metrics.write(NAME, "vm");
     vms.patch_status(
         &name,
         &PatchParams::apply(MANAGER).force(),

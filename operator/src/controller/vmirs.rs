@@ -45,7 +45,7 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
     let plan = vmirs::plan(rs, &vmis, Timestamp::now());
 
     for name in &plan.adopt {
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vmi");
         let patch = json!({"metadata": {"ownerReferences": [vmirs::owner_ref(rs)]}});
         ignore_gone(
             vmis_api
@@ -62,7 +62,7 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
                 .cloned()
                 .collect();
             let patch = json!({"metadata": {"ownerReferences": keep, "resourceVersion": v.resource_version()}});
-            ctx.metrics.write(NAME);
+            ctx.metrics.write(NAME, "vmi");
             ignore_gone(
                 vmis_api
                     .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -71,11 +71,11 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
         }
     }
     for new in &plan.create {
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vmi");
         vmis_api.create(&PostParams::default(), new).await?;
     }
     for name in &plan.delete {
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vmi");
         ignore_gone(
             vmis_api
                 .delete(name, &DeleteParams::default())
@@ -89,7 +89,7 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
             "kind": VirtualMachineInstanceReplicaSet::kind(&()),
             "status": plan.status,
         });
-        ctx.metrics.write(NAME);
+        ctx.metrics.write(NAME, "vmirs");
         rs_api
             .patch_status(
                 &rs.name_any(),

@@ -156,15 +156,21 @@ async fn run(bed: &TestBed, n: usize, interval: Duration) -> anyhow::Result<()> 
         .collect();
     lat.sort();
     let writes = op.metric("ironvirt_operator_api_writes_total").await;
+    let vmi_writes = op
+        .metric("ironvirt_operator_api_writes_total{controller=\"placement\",resource=\"vmi\"}")
+        .await
+        + op.metric("ironvirt_operator_api_writes_total{controller=\"vm\",resource=\"vmi\"}")
+            .await;
     let rss = op.peak_rss_kib().unwrap_or(0);
     println!(
-        "vms={n} running={} p50_ms={} p95_ms={} max_ms={} operator_writes={} writes_per_vmi={:.2} operator_peak_rss_mib={:.1}",
+        "vms={n} running={} p50_ms={} p95_ms={} max_ms={} operator_writes={} writes_per_vmi={:.2} vmi_object_writes_per_vmi={:.2} operator_peak_rss_mib={:.1}",
         lat.len(),
         percentile(&lat, 50.0).as_millis(),
         percentile(&lat, 95.0).as_millis(),
         lat.last().copied().unwrap_or_default().as_millis(),
         writes,
         writes / n as f64,
+        vmi_writes / n as f64,
         rss as f64 / 1024.0,
     );
     watch.abort();
