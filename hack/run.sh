@@ -32,17 +32,23 @@ log "installing the kubevirt.io CRDs"
   || die "installing the CRDs failed; see the error above."
 "${KUBECTL[@]}" wait --for=condition=Established --timeout=60s -f "$REPO/deploy/crds" >/dev/null \
   || die "the CRDs did not become Established."
+
+# The components built so far, supervised with the test bed (stopped by make stop).
+log "starting ironvirt-operator"
+IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
+  "$REPO/target/debug/ironvirt-operator" --metrics-addr 127.0.0.1:0 --leader-election-namespace default >/dev/null \
+  || die "could not start ironvirt-operator (log: $state/logs/ironvirt-operator.log)."
 elapsed=$(( $(date +%s) - start ))
 
 cat <<MSG
 
-ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system)
-and the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset).
+ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
+the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset) and ironvirt-operator.
 
   cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}')  (context ironvirt-testbed, user admin)
   kubeconfig:  $kubeconfig
   kubectl:     $K8S_BIN/kubectl  (same version as the server)
-  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd}.log
+  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator}.log
   guest disk:  $GUEST_IMAGE  (used by examples/*busybox*.yaml)
 
 Try next:
@@ -53,6 +59,7 @@ Try next:
   IRONVIRT_STATE=$state $TESTBED user alice --group dev   # mint a client certificate; prints its kubeconfig
   virsh -c qemu:///system list --all
 
-The operator, node handler and subresource API are not built yet, so VMs are stored but do not run.
+The operator runs; the node handler and subresource API are not built yet, so no node runs VMIs:
+a VM shows ErrorUnschedulable ("no node runs an ironvirt handler") until the handler lands.
 Stop everything with: make stop
 MSG

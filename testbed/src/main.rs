@@ -45,6 +45,17 @@ enum Cmd {
     Down,
     /// Print what runs, and exit 1 when the control plane is down.
     Status,
+    /// Start a component in the background as part of the test bed: recorded by
+    /// pid, logged to <state>/logs/NAME.log, stopped by `down`.
+    Spawn {
+        name: String,
+        /// An environment variable for the process (KEY=VALUE, repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Mint a client certificate (CN = user, O = groups) and print its kubeconfig's path.
     User {
         name: String,
@@ -99,6 +110,19 @@ async fn main() -> anyhow::Result<()> {
                     layout.root().display()
                 ),
             }
+        }
+        Cmd::Spawn { name, env, command } => {
+            let env: Vec<(&str, &str)> = env
+                .iter()
+                .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), "")))
+                .collect();
+            let (program, args) = command
+                .split_first()
+                .context("spawn needs a program after --")?;
+            let sup = controlplane::supervisor(&layout);
+            let _ = sup.stop(&name, std::time::Duration::from_secs(10));
+            let rec = sup.spawn(&name, std::path::Path::new(program), args, &env)?;
+            println!("{}", rec.pid);
         }
         Cmd::User { name, groups } => {
             let info = ClusterInfo::load(&layout).with_context(|| {

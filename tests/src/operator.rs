@@ -185,6 +185,7 @@ impl FakeNode {
         let status = json!({"status": {
             "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
             "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "conditions": ready_condition(),
         }});
         nodes
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
@@ -256,9 +257,31 @@ async fn wait_gone(nodes: &Api<Node>, name: &str) {
     }
 }
 
-/// Renews the handler Lease of `node` once.
+/// A Ready node condition, as a kubelet posts it: without it the node lifecycle
+/// controller taints the node not-ready and nothing may be placed there.
+pub fn ready_condition() -> serde_json::Value {
+    let now = Timestamp::now().to_string();
+    json!([{"type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "simulated node", "lastHeartbeatTime": now, "lastTransitionTime": now}])
+}
+
+/// Renews the handler Lease of `node` once, and the kubelet-style node Lease
+/// and Ready heartbeat the node lifecycle controller watches.
 pub async fn renew(client: &Client, node: &str) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let kubelet_lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
+            "renewTime": MicroTime(Timestamp::now())},
+    });
+    let _ = leases
+        .patch(
+            node,
+            &PatchParams::apply("fake-kubelet").force(),
+            &Patch::Apply(&kubelet_lease),
+        )
+        .await;
     let name = format!("ironvirt-handler-{node}");
     let lease = Lease {
         metadata: ObjectMeta {

@@ -66,8 +66,11 @@ pub fn health_router(health: Health) -> Router {
 
 /// Serves the health router on `addr` until the process ends.
 pub async fn serve_health(addr: SocketAddr, health: Health) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "health and metrics listening");
+    let listener = tokio::net::TcpListener::bind(addr).await.inspect_err(|e| {
+        tracing::error!(%addr, error = %e, "cannot listen for health and metrics");
+    })?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "health and metrics listening");
     axum::serve(listener, health_router(health)).await
 }
 

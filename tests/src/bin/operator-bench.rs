@@ -179,6 +179,15 @@ async fn run(bed: &TestBed, n: usize, interval: Duration) -> anyhow::Result<()> 
     sim.abort();
     drop(op);
     let _ = nodes.delete(&node, &DeleteParams::default()).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ironvirt_tests::operator::LEASE_NAMESPACE);
+    let _ = leases.delete(&node, &DeleteParams::default()).await;
+    let _ = leases
+        .delete(
+            &format!("ironvirt-handler-{node}"),
+            &DeleteParams::default(),
+        )
+        .await;
     anyhow::ensure!(
         lat.len() == n,
         "only {} of {n} VMs reached Running",
