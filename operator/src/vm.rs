@@ -422,10 +422,13 @@ fn status_for(
     };
 
     let mut conds: Vec<Condition> = Vec::new();
-    conds.push(match (vmi, ready) {
+    // A VMI created by this very reconcile already counts as existing, so the
+    // next reconcile (which sees it) has nothing new to write.
+    let exists = vmi.is_some() || matches!(action, VmiAction::Create(_));
+    conds.push(match (exists, ready) {
         (_, true) => condition("Ready", true, "", ""),
-        (None, _) => condition("Ready", false, "VMINotExists", "VMI does not exist"),
-        (Some(_), false) => condition("Ready", false, "VMINotReady", "VMI is not ready"),
+        (false, _) => condition("Ready", false, "VMINotExists", "VMI does not exist"),
+        (true, false) => condition("Ready", false, "VMINotReady", "VMI is not ready"),
     });
     if let Some((reason, message)) = failure {
         conds.push(condition("Failure", true, reason, message));

@@ -238,7 +238,7 @@ async fn manual_acts_on_state_change_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rerun_on_failure_backs_off_into_crash_loop_and_once_never_reruns() {
+async fn failing_vmis_back_off_into_crash_loop_and_once_never_reruns() {
     let bed = &bed().await;
     bed.with_namespace("op-failing", |ns| async move {
         let e = env(bed, &ns);
@@ -261,7 +261,25 @@ async fn rerun_on_failure_backs_off_into_crash_loop_and_once_never_reruns() {
         e.vms
             .create(&PostParams::default(), &vm_json("once", "Once", "128Mi"))
             .await?;
+        e.vms
+            .create(
+                &PostParams::default(),
+                &vm_json("always", "Always", "128Mi"),
+            )
+            .await?;
         wait_status(&e.vms, "crashy", "CrashLoopBackOff").await?;
+        // Always backs off the same way.
+        wait_status(&e.vms, "always", "CrashLoopBackOff").await?;
+        let sf = e
+            .vms
+            .get("always")
+            .await?
+            .status
+            .and_then(|s| s.start_failure);
+        anyhow::ensure!(
+            sf.is_some_and(|f| f.consecutive_fail_count >= Some(1)),
+            "Always: no startFailure"
+        );
         let sf = e
             .vms
             .get("crashy")

@@ -160,6 +160,7 @@ pub async fn run_controllers(
     )
     .with_config(ControllerConfig::default().concurrency(1));
     let vmi_store = placement_controller.store();
+    let phases = phase_gauge(ctx.clone(), vmi_store.clone());
     let pctx = Arc::new(placement::PlacementContext::new(
         ctx.clone(),
         nodes.clone(),
@@ -209,7 +210,6 @@ pub async fn run_controllers(
         .run(vmirs::reconcile, vmirs::error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    let phases = phase_gauge(ctx.clone());
     tokio::select! {
         _ = async { tokio::join!(vm_controller, placement_controller) } => {}
         _ = rs_controller => {}
@@ -219,14 +219,10 @@ pub async fn run_controllers(
     }
 }
 
-/// Keeps the VMIs-by-phase gauge current from a VMI cache.
-async fn phase_gauge(ctx: Arc<Context>) {
-    let (store, writer) = reflector::store::<VirtualMachineInstance>();
-    let api = scoped::<VirtualMachineInstance>(&ctx.client, ctx.settings.namespace.as_deref());
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .applied_objects()
-        .for_each(|_| async {});
-    let updater = async {
+/// Keeps the VMIs-by-phase gauge current from the placement controller's VMI
+/// cache (no cache of its own: memory matters at thousands of VMIs).
+async fn phase_gauge(ctx: Arc<Context>, store: reflector::Store<VirtualMachineInstance>) {
+    {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let mut counts: std::collections::BTreeMap<String, i64> = [
@@ -256,6 +252,5 @@ async fn phase_gauge(ctx: Arc<Context>) {
                     .set(n);
             }
         }
-    };
-    tokio::join!(stream, updater);
+    }
 }

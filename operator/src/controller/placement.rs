@@ -186,7 +186,22 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
     }
 
     if let Some(node) = node_name(vmi) {
-        forget(ctx, vmi);
+        let labelled = vmi.labels().get(NODE_NAME_LABEL) == Some(&node);
+        let just_placed = vmi.uid().is_some_and(|uid| {
+            ctx.assumed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&uid)
+        });
+        if labelled {
+            forget(ctx, vmi);
+        } else if !just_placed {
+            // Placed, but the label write did not happen (a restart in between).
+            let labels = json!({"metadata": {"labels": {NODE_NAME_LABEL: node}}});
+            ctx.base.metrics.write(NAME, "vmi");
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
+                .await?;
+        }
         let info = nodes.iter().find(|i| i.name == node);
         if node_alive(&node) {
             // Check again just after the Lease would expire.
@@ -241,10 +256,8 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
     }
     match placement::choose(vmi, &nodes, &placed, now, timeout) {
         Ok(node) => {
-            let labels = json!({"metadata": {"labels": {NODE_NAME_LABEL: node}}});
-            ctx.base.metrics.write(NAME, "vmi");
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
-                .await?;
+            // Status first: its watch event already shows the VMI placed, so the
+            // label's event that follows does not look like an unplaced VMI.
             ctx.base.metrics.write(NAME, "vmi");
             write_status(
                 &api,
@@ -261,6 +274,10 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
                 }),
             )
             .await?;
+            let labels = json!({"metadata": {"labels": {NODE_NAME_LABEL: node}}});
+            ctx.base.metrics.write(NAME, "vmi");
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
+                .await?;
             if let Some(uid) = vmi.uid() {
                 ctx.assumed
                     .lock()
