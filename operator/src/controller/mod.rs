@@ -20,6 +20,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -104,6 +105,58 @@ pub async fn wait_for_crds(client: &Client) {
     }
 }
 
+/// Drops what a controller never reads before objects reach a cache:
+/// managedFields (a large JSON tree per object with several field managers)
+/// and kubectl's last-applied annotation.
+fn slim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// A watch of `api` whose objects are slimmed, feeding a new cache.
+fn slim_reflector<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(writer, watcher(api, wc).default_backoff().modify(slim))
+        .applied_objects();
+    (reader, stream)
+}
+
+/// A metadata-only watch of `api` that also reports deletions: enough to find
+/// owners (owner references) and matching replica sets (labels), at a fraction
+/// of the memory of full objects. This is what `Controller::owns` does.
+fn meta_stream(
+    client: &Client,
+    ns: Option<&str>,
+    wc: watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<VirtualMachineInstance>, watcher::Error>>
++ Send
++ 'static {
+    let api: Api<PartialObjectMeta<VirtualMachineInstance>> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    watcher(api, wc).default_backoff().touched_objects()
+}
+
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -139,27 +192,26 @@ pub async fn run_controllers(
         watcher(
             Api::<Lease>::namespaced(client.clone(), &ctx.settings.lease_namespace),
             wc.clone(),
-        ),
+        )
+        .modify(slim),
     )
     .applied_objects()
     .for_each(|_| async {});
 
-    let vm_controller =
-        Controller::new(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone())
-            .owns(
-                scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
-                wc.clone(),
-            )
-            .graceful_shutdown_on(shutdown.clone())
-            .run(vm::reconcile, vm::error_policy, ctx.clone())
-            .for_each(|_| async {});
+    let (vm_store, vm_stream) =
+        slim_reflector(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone());
+    let vm_controller = Controller::for_stream(vm_stream, vm_store)
+        .owns_stream(meta_stream(&client, ns.as_deref(), wc.clone()))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(vm::reconcile, vm::error_policy, ctx.clone())
+        .for_each(|_| async {});
 
-    let placement_controller = Controller::new(
+    let (vmi_store, vmi_stream) = slim_reflector(
         scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
         wc.clone(),
-    )
-    .with_config(ControllerConfig::default().concurrency(1));
-    let vmi_store = placement_controller.store();
+    );
+    let placement_controller = Controller::for_stream(vmi_stream, vmi_store.clone())
+        .with_config(ControllerConfig::default().concurrency(1));
     let phases = phase_gauge(ctx.clone(), vmi_store.clone());
     let pctx = Arc::new(placement::PlacementContext::new(
         ctx.clone(),
@@ -181,23 +233,19 @@ pub async fn run_controllers(
             .await;
     };
 
-    let rs_controller = Controller::new(
+    let (rs_store, rs_stream) = slim_reflector(
         scoped::<VirtualMachineInstanceReplicaSet>(&client, ns.as_deref()),
         wc.clone(),
     );
-    let rs_store = rs_controller.store();
-    let rs_controller = rs_controller
-        .owns(
-            scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
-            wc.clone(),
-        )
+    let rs_lookup = rs_store.clone();
+    let rs_controller = Controller::for_stream(rs_stream, rs_store)
+        .owns_stream(meta_stream(&client, ns.as_deref(), wc.clone()))
         // Orphans are adopted by any replica set in their namespace whose selector matches.
-        .watches(
-            scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
-            wc.clone(),
+        .watches_stream(
+            meta_stream(&client, ns.as_deref(), wc.clone()),
             move |vmi| {
                 let vmi_ns = vmi.namespace();
-                rs_store
+                rs_lookup
                     .state()
                     .into_iter()
                     .filter(|rs| rs.namespace() == vmi_ns)
