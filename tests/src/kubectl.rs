@@ -109,3 +109,12 @@ pub fn ensure_crds(bed: &TestBed) {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// The run's test bed, with ironvirt's CRDs installed.
+pub async fn bed_with_crds() -> TestBed {
+    let bed = TestBed::shared()
+        .await
+        .expect("test bed (run through `make test`)");
+    ensure_crds(&bed);
+    bed
+}

@@ -3,17 +3,9 @@
 //! users expect.
 
 use ironvirt_tests::TestBed;
-use ironvirt_tests::kubectl::{ensure_crds, kubectl, kubectl_with, repo_root};
+use ironvirt_tests::kubectl::{bed_with_crds as bed, kubectl, kubectl_with, repo_root};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-
-async fn bed() -> TestBed {
-    let bed = TestBed::shared()
-        .await
-        .expect("test bed (run through `make test`)");
-    ensure_crds(&bed);
-    bed
-}
 
 #[tokio::test]
 async fn crds_are_established_and_structural() {

@@ -6,21 +6,13 @@ use std::time::Duration;
 
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use ironvirt_tests::TestBed;
-use ironvirt_tests::kubectl::ensure_crds;
+use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Behavior, FakeNode, Operator, eventually};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-async fn bed() -> TestBed {
-    let bed = TestBed::shared()
-        .await
-        .expect("test bed (run through `make test`)");
-    ensure_crds(&bed);
-    bed
-}
 
 fn vm_json(name: &str, strategy: &str, memory: &str) -> VirtualMachine {
     serde_json::from_value(json!({

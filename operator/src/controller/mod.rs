@@ -29,6 +29,35 @@ use kube::{Client, ResourceExt};
 use crate::context::Context;
 use crate::metrics::Metrics;
 
+/// Removes `finalizer` from `obj` with a JSON patch that first tests the entry
+/// is still where it was read, so a concurrent change is never overwritten.
+/// An object already gone counts as done.
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> crate::error::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(i) = obj.finalizers().iter().position(|f| f == finalizer) else {
+        return Ok(());
+    };
+    let ops = serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(ops)?;
+    match api
+        .patch(
+            &obj.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Health state served on the metrics port.
 #[derive(Clone, Default)]
 pub struct Health {

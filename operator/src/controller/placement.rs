@@ -167,7 +167,7 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
         };
         if release {
             ctx.base.metrics.write(NAME, "vmi");
-            remove_finalizer(&api, vmi).await?;
+            super::remove_finalizer(&api, vmi, VMI_FINALIZER).await?;
         }
         return Ok(Action::await_change());
     }
@@ -379,32 +379,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-async fn remove_finalizer(
-    api: &Api<VirtualMachineInstance>,
-    vmi: &VirtualMachineInstance,
-) -> Result<()> {
-    let Some(i) = vmi.finalizers().iter().position(|f| f == VMI_FINALIZER) else {
-        return Ok(());
-    };
-    let ops = json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": VMI_FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(ops)?;
-    match api
-        .patch(
-            &vmi.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn publish(

@@ -133,7 +133,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
 
     if deleting && current.is_none() {
         ctx.metrics.write(NAME, "vm");
-        remove_finalizer(&vms, vm).await?;
+        super::remove_finalizer(&vms, vm, VM_FINALIZER).await?;
         return Ok(Action::await_change());
     }
     Ok(match plan.requeue {
@@ -190,29 +190,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-async fn remove_finalizer(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<()> {
-    let Some(i) = vm.finalizers().iter().position(|f| f == VM_FINALIZER) else {
-        return Ok(());
-    };
-    let ops = json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": VM_FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(ops)?;
-    match vms
-        .patch(
-            &vm.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Failed reconciles retry with exponential backoff per VM (1 s doubling to
