@@ -197,6 +197,23 @@ impl FakeNode {
             tasks: Vec::new(),
         };
         node.renew_lease().await;
+        // New Nodes get the node.kubernetes.io/not-ready taint at admission; the
+        // node lifecycle controller lifts it once it sees the Ready heartbeat.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tainted = nodes.get(name).await.ok().is_some_and(|n| {
+                n.spec
+                    .and_then(|s| s.taints)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|t| t.key.starts_with("node.kubernetes.io/"))
+            });
+            if !tainted || Instant::now() > deadline {
+                break;
+            }
+            node.renew_lease().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let lease_node = name.to_owned();
         let lease_client = client.clone();
         node.tasks.push(tokio::spawn(async move {
