@@ -249,7 +249,9 @@ where
         let running = sup
             .recorded()
             .iter()
-            .any(|r| r.name == name && Supervisor::is_running(r));
+            // Just spawned by us: the pid alone tells whether it still runs (the
+            // executable check would misjudge a script, whose exe is its shell).
+            .any(|r| r.name == name && crate::process::process_alive(r.pid));
         if !running {
             return Err(Error::Exited {
                 name: name.to_owned(),
