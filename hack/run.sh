@@ -45,7 +45,7 @@ cat <<MSG
 ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
 the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset) and ironvirt-operator.
 
-  cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}')  (context ironvirt-testbed, user admin)
+  cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}' | tr -d '"')  (context ironvirt-testbed, user admin)
   kubeconfig:  $kubeconfig
   kubectl:     $K8S_BIN/kubectl  (same version as the server)
   logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator}.log
