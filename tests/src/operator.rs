@@ -102,6 +102,24 @@ impl Operator {
             .ok()
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns
+    /// its exit code (None when it did not exit in time or died by a signal).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Kills the operator with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -678,3 +678,58 @@ async fn restarting_the_operator_converges_without_duplicates() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_hands_the_lease_over_at_once() {
+    let bed = &bed().await;
+    bed.with_namespace("op-sigterm", |ns| async move {
+        let e = env(bed, &ns);
+        // A long lease: only an explicit release lets the standby lead quickly.
+        let args = ["--lease-duration", "30s", "--renew-interval", "1s"];
+        let mut first = Operator::start(bed, &ns, "first", &args);
+        let node = FakeNode::start(
+            e.client.clone(),
+            &ns,
+            &node_name(&ns, "n1"),
+            "4",
+            "4Gi",
+            Behavior::Run,
+        )
+        .await;
+        e.vms
+            .create(&PostParams::default(), &vm_json("web", "Always", "128Mi"))
+            .await?;
+        wait_status(&e.vms, "web", "Running").await?;
+        let second = Operator::start(bed, &ns, "second", &args);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(e.client.clone(), &ns);
+        let holder =
+            |l: k8s_openapi::api::coordination::v1::Lease| l.spec.and_then(|s| s.holder_identity);
+        let code = tokio::task::block_in_place(|| first.terminate(Duration::from_secs(15)));
+        anyhow::ensure!(
+            code == Some(0),
+            "SIGTERM exit code {code:?}; log:\n{}",
+            first.log_text()
+        );
+        let stopped = std::time::Instant::now();
+        eventually(T, "the standby to lead", || async {
+            (holder(leases.get("ironvirt-operator").await.ok()?).as_deref() == Some("second"))
+                .then_some(())
+        })
+        .await?;
+        anyhow::ensure!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "takeover after SIGTERM took {:?}",
+            stopped.elapsed()
+        );
+        e.vms
+            .create(&PostParams::default(), &vm_json("web2", "Always", "128Mi"))
+            .await?;
+        wait_status(&e.vms, "web2", "Running").await?;
+        let res = finish(bed, &ns, vec![node]).await;
+        drop(second);
+        res
+    })
+    .await;
+}
