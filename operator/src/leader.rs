@@ -129,7 +129,12 @@ impl Elector {
                 self.observed = Some((record_key(&l), Instant::now()));
                 Ok(Outcome::Leading)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Following { holder }),
+            // Someone else's update won: they lead. A conflict on our own renewal
+            // is only an error: `hold` retries until the lease duration runs out,
+            // and the next read shows who holds the lease.
+            Err(kube::Error::Api(s)) if s.code == 409 && holder != self.cfg.identity => {
+                Ok(Outcome::Following { holder })
+            }
             Err(e) => Err(e),
         }
     }
