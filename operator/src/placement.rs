@@ -258,9 +258,11 @@ pub fn holds_capacity(vmi: &VirtualMachineInstance) -> bool {
 }
 
 /// What the placed VMIs use on each node.
-pub fn usage(placed: &[VirtualMachineInstance]) -> BTreeMap<String, Demand> {
+pub fn usage<'a>(
+    placed: impl IntoIterator<Item = &'a VirtualMachineInstance>,
+) -> BTreeMap<String, Demand> {
     let mut out: BTreeMap<String, Demand> = BTreeMap::new();
-    for v in placed.iter().filter(|v| holds_capacity(v)) {
+    for v in placed.into_iter().filter(|v| holds_capacity(v)) {
         let Some(node) = v.status.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
         };
@@ -282,8 +284,18 @@ pub fn choose(
     now: Timestamp,
     lease_timeout: Duration,
 ) -> Result<String, String> {
+    choose_with_usage(vmi, nodes, &usage(placed), now, lease_timeout)
+}
+
+/// [`choose`], given what is already used on each node.
+pub fn choose_with_usage(
+    vmi: &VirtualMachineInstance,
+    nodes: &[NodeInfo],
+    used: &BTreeMap<String, Demand>,
+    now: Timestamp,
+    lease_timeout: Duration,
+) -> Result<String, String> {
     let want = demand(vmi);
-    let used = usage(placed);
     let mut best: Option<(i64, &str)> = None;
     let mut why: BTreeMap<Rejection, usize> = BTreeMap::new();
     for node in nodes {

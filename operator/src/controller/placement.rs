@@ -235,26 +235,22 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
 
     // Not placed yet: choose a node among what the caches show, plus placements
     // made by this controller that the cache has not caught up with.
-    let mut placed: Vec<VirtualMachineInstance> = ctx
-        .vmis
-        .state()
-        .iter()
-        .filter(|v| v.uid() != vmi.uid())
-        .map(|v| (**v).clone())
-        .collect();
+    let cached = ctx.vmis.state();
+    let mut used = placement::usage(cached.iter().map(|v| &**v).filter(|v| v.uid() != vmi.uid()));
     {
         let assumed = ctx.assumed.lock().unwrap_or_else(|p| p.into_inner());
         for (uid, (node, demand)) in assumed.iter() {
-            if placed
+            let in_cache = cached
                 .iter()
-                .any(|v| v.uid().as_deref() == Some(uid.as_str()) && node_name(v).is_some())
-            {
-                continue;
+                .any(|v| v.uid().as_deref() == Some(uid.as_str()) && node_name(v).is_some());
+            if !in_cache {
+                let u = used.entry(node.clone()).or_default();
+                u.cpu_millis += demand.cpu_millis;
+                u.memory_bytes += demand.memory_bytes;
             }
-            placed.push(phantom(node, *demand));
         }
     }
-    match placement::choose(vmi, &nodes, &placed, now, timeout) {
+    match placement::choose_with_usage(vmi, &nodes, &used, now, timeout) {
         Ok(node) => {
             // Status first: its watch event already shows the VMI placed, so the
             // label's event that follows does not look like an unplaced VMI.
@@ -312,25 +308,6 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
             Ok(Action::requeue(RETRY_UNSCHEDULABLE))
         }
     }
-}
-
-/// A stand-in for a placement the cache has not shown yet.
-fn phantom(node: &str, demand: Demand) -> VirtualMachineInstance {
-    let mut v: VirtualMachineInstance = serde_json::from_value(json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": "assumed"},
-        "spec": {"domain": {"resources": {"requests": {
-            "cpu": format!("{}m", demand.cpu_millis),
-            "memory": demand.memory_bytes.to_string(),
-        }}}},
-    }))
-    .unwrap_or_default();
-    v.status = Some(ironvirt_crds::VirtualMachineInstanceStatus {
-        phase: Some(Phase::Scheduled),
-        node_name: Some(node.to_owned()),
-        ..Default::default()
-    });
-    v
 }
 
 fn forget(ctx: &PlacementContext, vmi: &VirtualMachineInstance) {
