@@ -10,6 +10,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod preset;
+pub mod quantity;
 pub mod schema;
 pub mod vm;
 pub mod vmi;

@@ -68,36 +68,7 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-/// Parses a Kubernetes quantity into a number of `unit`s (1 for bytes, 0.001
-/// for millicores), rounding up. `None` when it does not parse.
-pub fn parse_quantity(q: &Quantity, millis: bool) -> Option<i64> {
-    let s = q.0.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        e if e.starts_with('e') || e.starts_with('E') => 10f64.powi(e[1..].parse().ok()?),
-        _ => return None,
-    };
-    let v = value * mult * if millis { 1000.0 } else { 1.0 };
-    Some(v.ceil() as i64)
-}
+pub use ironvirt_crds::quantity::parse_quantity;
 
 /// What a VMI reserves: its requests; memory defaults to memory.guest, CPU to
 /// nothing (overcommitted), as in KubeVirt.
@@ -353,17 +324,6 @@ mod tests {
     }
 
     const T: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn quantities() {
-        let q = |s: &str| Quantity(s.into());
-        assert_eq!(parse_quantity(&q("128Mi"), false), Some(134_217_728));
-        assert_eq!(parse_quantity(&q("1024M"), false), Some(1_024_000_000));
-        assert_eq!(parse_quantity(&q("500m"), true), Some(500));
-        assert_eq!(parse_quantity(&q("2"), true), Some(2000));
-        assert_eq!(parse_quantity(&q("1e3"), false), Some(1000));
-        assert_eq!(parse_quantity(&q("lots"), false), None);
-    }
 
     #[test]
     fn guest_memory_counts_when_requests_are_unset() {

@@ -1,0 +1,9 @@
+//! ironvirt-handler: the node agent. It turns the VMIs placed on its node into
+//! libvirt domains, reports their status, and serves console and VNC streams.
+//!
+//! Only [`libvirt`] may use `unsafe`: it registers libvirt's lifecycle events,
+//! which the `virt` crate does not wrap.
+#![deny(unsafe_code)]
+
+pub mod domxml;
+pub mod volumes;
