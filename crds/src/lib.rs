@@ -9,6 +9,7 @@
 // kube-derive's `printcolumn(...)` and `shortname` repeat keys by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod conditions;
 pub mod preset;
 pub mod quantity;
 pub mod schema;

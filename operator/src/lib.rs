@@ -4,7 +4,7 @@
 //! `validate`); the Kubernetes client is used only at the edges (`controller`).
 #![forbid(unsafe_code)]
 
-pub mod conditions;
+pub use ironvirt_crds::conditions;
 pub mod context;
 pub mod controller;
 pub mod error;

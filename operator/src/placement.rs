@@ -7,7 +7,6 @@ use std::time::Duration;
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::vmi::VirtualMachineInstancePhase as Phase;
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 
 /// Label a node carries while its handler runs.

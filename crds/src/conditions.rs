@@ -2,7 +2,7 @@
 //! comparisons that ignore timestamps, so status is written only when
 //! something a user cares about changed.
 
-use ironvirt_crds::vmi::Condition;
+use crate::vmi::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
