@@ -13,7 +13,7 @@ timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep '^ironvirt-test-' || true); do
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-)' || true); do
     echo "destroying leftover test domain $d" >&2
     timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
     timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
@@ -65,6 +65,6 @@ timing "cargo test passed"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$TEST_STATE/kubeconfig")
 left_ns="$("${KUBECTL[@]}" get namespaces -l ironvirt.io/test -o name)"
 [[ -z "$left_ns" ]] || die "namespaces created by tests were not deleted: $left_ns"
-left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep '^ironvirt-test-' || true)"
+left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-)' || true)"
 [[ -z "$left_dom" ]] || die "domains created by tests were left: $left_dom"
 echo "post-test checks: no test namespace and no test domain left"

@@ -1,9 +1,16 @@
 //! ironvirt-handler: the node agent. It turns the VMIs placed on its node into
 //! libvirt domains, reports their status, and serves console and VNC streams.
 //!
-//! Only [`libvirt`] may use `unsafe`: it registers libvirt's lifecycle events,
+//! Only `libvirt` may use `unsafe`: it registers libvirt's lifecycle events,
 //! which the `virt` crate does not wrap.
 #![deny(unsafe_code)]
 
+pub mod app;
+pub mod console;
+pub mod controller;
 pub mod domxml;
+pub mod libvirt;
+pub mod model;
+pub mod node;
+pub mod streams;
 pub mod volumes;

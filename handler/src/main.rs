@@ -1,20 +1,118 @@
 //! `ironvirt-handler`: the ironvirt node agent.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// the ironvirt node agent.
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use ironvirt_handler::app::{self, Config};
+use ironvirt_handler::domxml::DomainType;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Accel {
+    /// KVM when /dev/kvm exists, else TCG.
+    Auto,
+    Kvm,
+    /// QEMU's TCG emulation (no hardware virtualisation).
+    Qemu,
+}
+
+/// The ironvirt node agent: runs the VMIs placed on this node as libvirt domains.
 #[derive(Debug, Parser)]
 #[command(name = "ironvirt-handler", version, about)]
-struct Args {}
+struct Args {
+    /// The node this handler serves.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// libvirt connection URI.
+    #[arg(long, default_value = "qemu:///system")]
+    libvirt_uri: String,
+    /// Hypervisor: kvm, qemu (TCG) or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    domain_type: Accel,
+    /// Per-VMI files (emptyDisk images, cloud-init disks, NVRAM).
+    #[arg(long, default_value = "/var/lib/ironvirt/handler")]
+    state_dir: PathBuf,
+    /// Create the Node object and post kubelet-style heartbeats (test bed only;
+    /// on a real cluster the kubelet does this).
+    #[arg(long)]
+    register_node: bool,
+    /// Labels of a Node created by --register-node, as key=value,...
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+    /// Address of the stream server (console, VNC, power operations).
+    #[arg(long, default_value = "0.0.0.0:8186")]
+    listen: SocketAddr,
+    /// URL published for the stream server; defaults to https://<listen address>.
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// Serving certificate of the stream server (PEM).
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// Its key (PEM).
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// CA that signs the API server's client certificate (PEM).
+    #[arg(long)]
+    client_ca: PathBuf,
+    /// The only client certificate CN served.
+    #[arg(long, default_value = "ironvirt-api")]
+    allowed_client_cn: String,
+    /// Health endpoint address.
+    #[arg(long, default_value = "127.0.0.1:8187")]
+    health_addr: SocketAddr,
+    /// Re-check every VMI this often, besides events (seconds).
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+    /// Renew the node heartbeat Lease this often (seconds).
+    #[arg(long, default_value_t = 10)]
+    renew_seconds: u64,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    anyhow::bail!("ironvirt-handler is not built yet: its issue (handler) is still open")
+    let mut node_labels = BTreeMap::new();
+    for kv in args.node_labels.iter().filter(|s| !s.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--node-labels: {kv:?} is not key=value"))?;
+        node_labels.insert(k.to_owned(), v.to_owned());
+    }
+    let domain_type = match args.domain_type {
+        Accel::Kvm => DomainType::Kvm,
+        Accel::Qemu => DomainType::Qemu,
+        Accel::Auto if std::path::Path::new("/dev/kvm").exists() => DomainType::Kvm,
+        Accel::Auto => DomainType::Qemu,
+    };
+    let cfg = Config {
+        node: args.node_name,
+        libvirt_uri: args.libvirt_uri,
+        domain_type,
+        state_dir: args.state_dir,
+        register_node: args.register_node,
+        node_labels,
+        listen: args.listen,
+        advertise_url: args.advertise_url,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        client_ca: args.client_ca,
+        allowed_client_cn: args.allowed_client_cn,
+        health_addr: args.health_addr,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        renew_every: Duration::from_secs(args.renew_seconds.max(1)),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(app::run(cfg))?;
+    Ok(())
 }

@@ -246,7 +246,19 @@ pub mod names {
     pub const CONTROLLER_MANAGER_SERVING: &str = "kube-controller-manager-serving";
     pub const SA_PRIVATE: &str = "sa.key";
     pub const SA_PUBLIC: &str = "sa.pub";
+    /// The CA of ironvirt's own component-to-component TLS (handler streams).
+    pub const IRONVIRT_CA: &str = "ironvirt-ca";
+    /// The handler's stream server certificate (DNS name `ironvirt-handler`).
+    pub const HANDLER_SERVING: &str = "ironvirt-handler";
+    /// The client certificate ironvirt-api presents to handlers (CN `ironvirt-api`).
+    pub const HANDLER_CLIENT: &str = "ironvirt-api-client";
 }
+
+/// The name every handler's stream certificate carries; clients verify it
+/// whatever address they dialled.
+pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";
+/// The CN handlers accept from the subresource API server.
+pub const HANDLER_CLIENT_CN: &str = "ironvirt-api";
 
 /// The CN kube-apiserver presents to aggregated API servers, and the only
 /// name they should accept (`--requestheader-allowed-names`).
@@ -306,9 +318,41 @@ impl Pki {
 
     /// Generates every certificate and key the control plane needs, unless present.
     pub fn ensure(&self) -> Result<(), PkiError> {
-        if self.exists() {
+        if !self.exists() {
+            self.ensure_control_plane()?;
+        }
+        self.ensure_ironvirt()
+    }
+
+    /// The certificates between ironvirt's own components: a CA, the handler
+    /// serving certificate and ironvirt-api's client certificate for handlers.
+    /// Made when missing, so older state directories gain them.
+    fn ensure_ironvirt(&self) -> Result<(), PkiError> {
+        let all = [
+            names::IRONVIRT_CA,
+            names::HANDLER_SERVING,
+            names::HANDLER_CLIENT,
+        ];
+        if all
+            .iter()
+            .all(|n| self.crt(n).exists() && self.key(n).exists())
+        {
             return Ok(());
         }
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let ca = Ca::generate("ironvirt-components-ca")?;
+        ca.pair().write(&self.dir, names::IRONVIRT_CA)?;
+        ca.issue(&LeafSpec::loopback_server(
+            HANDLER_SERVER_NAME,
+            &[HANDLER_SERVER_NAME],
+        ))?
+        .write(&self.dir, names::HANDLER_SERVING)?;
+        ca.issue(&LeafSpec::client(HANDLER_CLIENT_CN, &[]))?
+            .write(&self.dir, names::HANDLER_CLIENT)?;
+        Ok(())
+    }
+
+    fn ensure_control_plane(&self) -> Result<(), PkiError> {
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let ca = Ca::generate("ironvirt-testbed-ca")?;
         ca.pair().write(&self.dir, names::CA)?;

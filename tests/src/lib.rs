@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod handler;
 pub mod kubectl;
 pub mod operator;
 

@@ -22,7 +22,7 @@ pub const TEST_NODE_LABEL: &str = "ironvirt.io/test-ns";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// The workspace's target directory.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::kubectl::repo_root().join("target"))

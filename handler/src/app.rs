@@ -1,0 +1,229 @@
+//! Wires the handler together: libvirt, the node heartbeat, the VMI
+//! controller, the orphan sweeper, the stream server and the health port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use futures::{StreamExt, TryStreamExt};
+use ironvirt_crds::VirtualMachineInstance;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
+
+use crate::console::Consoles;
+use crate::controller::{self, Context, NODE_NAME_LABEL};
+use crate::domxml::{DomainType, HostEnv, Ovmf};
+use crate::libvirt::{self, Libvirt};
+use crate::node::{self, NodeSettings};
+use crate::streams::{self, StreamState};
+
+/// The handler's settings, from flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: String,
+    pub libvirt_uri: String,
+    pub domain_type: DomainType,
+    pub state_dir: PathBuf,
+    pub register_node: bool,
+    pub node_labels: BTreeMap<String, String>,
+    pub listen: SocketAddr,
+    /// The URL clients should use; defaults to https://<listen address>.
+    pub advertise_url: Option<String>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub client_ca: PathBuf,
+    pub allowed_client_cn: String,
+    pub health_addr: SocketAddr,
+    pub resync: Duration,
+    pub renew_every: Duration,
+}
+
+/// Why the handler could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Tls(#[from] streams::TlsError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// OVMF, when installed where Debian puts it.
+pub fn detect_ovmf() -> Option<Ovmf> {
+    let dir = PathBuf::from("/usr/share/OVMF");
+    let pick = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.exists());
+    Some(Ovmf {
+        code: pick(&["OVMF_CODE_4M.fd", "OVMF_CODE.fd"])?,
+        secure_code: pick(&["OVMF_CODE_4M.secboot.fd", "OVMF_CODE.secboot.fd"]),
+        vars_template: pick(&["OVMF_VARS_4M.fd", "OVMF_VARS.fd"])?,
+        secure_vars_template: pick(&["OVMF_VARS_4M.ms.fd", "OVMF_VARS.ms.fd"]),
+    })
+}
+
+/// Runs the handler until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), RunError> {
+    std::fs::create_dir_all(cfg.state_dir.join("vmis")).map_err(|source| RunError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let client = Client::try_default().await?;
+
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let lv = Libvirt::new(&cfg.libvirt_uri, events_tx);
+    let capacity = lv.call(libvirt::host_capacity).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "host capacity unknown; publishing 1 CPU and 1 GiB");
+        (1, 1 << 30)
+    });
+    let consoles = Arc::new(Consoles::new(&cfg.libvirt_uri));
+
+    // The stream server first: its address goes on the Lease.
+    let tls = streams::tls_config(&cfg.tls_cert, &cfg.tls_key, &cfg.client_ca)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let stream_url = cfg
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{bound}"));
+    tracing::info!(addr = %bound, url = %stream_url, "stream server listening");
+
+    let settings = NodeSettings {
+        node: cfg.node.clone(),
+        stream_url,
+        register: cfg.register_node,
+        labels: cfg.node_labels.clone(),
+        capacity,
+        renew_every: cfg.renew_every,
+        lease_seconds: 60,
+    };
+    if cfg.register_node {
+        node::register(&client, &settings).await?;
+    }
+    tokio::spawn(node::heartbeat(client.clone(), settings, lv.health()));
+    tokio::spawn(node::watch_libvirt(Arc::clone(&lv), Duration::from_secs(5)));
+
+    let host = HostEnv {
+        domain_type: cfg.domain_type,
+        ovmf: detect_ovmf(),
+        default_machine: "q35".into(),
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ironvirt-handler".into(),
+            instance: Some(cfg.node.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cfg.node.clone(),
+        Arc::clone(&lv),
+        Arc::clone(&consoles),
+        host,
+        cfg.state_dir.clone(),
+        recorder,
+        cfg.resync,
+    ));
+
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let wc = watcher::Config::default().labels(&format!("{NODE_NAME_LABEL}={}", cfg.node));
+    let (store, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(
+        writer,
+        watcher(vmis, wc).map_ok(|ev| ev.modify(|v| v.managed_fields_mut().clear())),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (one, nudge, all) = controller::route_events(events_rx);
+    // When libvirt comes back, look at everything again.
+    let mut health = lv.health();
+    tokio::spawn(async move {
+        while health.changed().await.is_ok() {
+            if health.borrow().is_ok() {
+                let _ = nudge.try_send(());
+            }
+        }
+    });
+
+    let state = StreamState {
+        node: cfg.node.clone(),
+        libvirt: Arc::clone(&lv),
+        consoles: Arc::clone(&consoles),
+        vmis: store.clone(),
+    };
+    tokio::spawn(streams::serve(
+        listener,
+        tls,
+        cfg.allowed_client_cn.clone(),
+        streams::router(state),
+    ));
+    tokio::spawn(controller::sweep_orphans(
+        Arc::clone(&ctx),
+        store.clone(),
+        Duration::from_secs(30),
+    ));
+    tokio::spawn(serve_health(cfg.health_addr));
+
+    tracing::info!(node = %cfg.node, uri = %cfg.libvirt_uri, "handler running");
+    Controller::for_stream(stream, store)
+        .reconcile_on(one)
+        .reconcile_all_on(all)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    tracing::info!("handler stopped; domains keep running");
+    Ok(())
+}
+
+async fn serve_health(addr: SocketAddr) {
+    let app = Router::new().route("/healthz", get(|| async { "ok" }));
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::warn!(error = %e, "health server ended");
+            }
+        }
+        Err(e) => tracing::warn!(%addr, error = %e, "cannot listen for health"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,581 @@
+//! What the handler should do about one VMI, given what libvirt shows: pure
+//! functions of (VMI, domain, time), so every branch has a unit test.
+
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::conditions::{self, condition};
+use ironvirt_crds::vmi::{
+    Condition, PhaseTransitionTimestamp, StartStrategy, VirtualMachineInstanceNetworkInterface,
+    VirtualMachineInstancePhase as Phase,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+use crate::libvirt::{DomState, DomainInfo, Shutoff};
+
+/// The finalizer the handler removes once the domain is gone.
+pub const VMI_FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
+/// KubeVirt's default grace period for a guest to power off.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// The next thing to do for a VMI on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Not this handler's business (not placed here, or not yet).
+    Ignore,
+    /// Make the volumes, define the domain and start it.
+    Create { paused: bool },
+    /// The domain is defined but not running yet: start it.
+    Start { paused: bool },
+    /// A domain of the same name belongs to an older VMI: remove it first.
+    RemoveStale { name: String, uid: String },
+    /// The domain runs: report it.
+    Report(Observed),
+    /// The VMI has ended: record the final phase.
+    End {
+        phase: Phase,
+        reason: String,
+        message: String,
+    },
+    /// Being deleted and the guest still runs: press the power button (unless
+    /// this handler already did) and check again shortly.
+    Shutdown { press: bool },
+    /// The grace period is over (or the VMI has ended): pull the plug.
+    Destroy,
+    /// The domain is stopped and the VMI is being deleted: undefine, delete
+    /// files, drop the finalizer.
+    Finalize,
+}
+
+/// What the VMI status should say about a live domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub paused: bool,
+}
+
+fn phase(vmi: &VirtualMachineInstance) -> Option<Phase> {
+    vmi.status.as_ref().and_then(|s| s.phase)
+}
+
+fn status_node(vmi: &VirtualMachineInstance) -> Option<&str> {
+    vmi.status.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// The grace period of `vmi`, in seconds.
+pub fn grace_seconds(vmi: &VirtualMachineInstance) -> i64 {
+    vmi.spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        .max(0)
+}
+
+/// When a VMI being deleted must be off: its deletion time plus the grace period.
+pub fn shutdown_deadline(vmi: &VirtualMachineInstance) -> Option<Timestamp> {
+    let deleted = vmi.metadata.deletion_timestamp.as_ref()?.0;
+    Some(deleted + SignedDuration::from_secs(grace_seconds(vmi)))
+}
+
+fn active(state: DomState) -> bool {
+    matches!(state, DomState::Running | DomState::Paused { .. })
+}
+
+/// Decides the next step. `domain` is the domain named after the VMI, if any;
+/// `shutdown_sent` says whether this handler already pressed the power button.
+pub fn plan(
+    vmi: &VirtualMachineInstance,
+    node: &str,
+    domain: Option<&DomainInfo>,
+    shutdown_sent: bool,
+    now: Timestamp,
+) -> Step {
+    let uid = vmi.uid().unwrap_or_default();
+    let ours = domain.filter(|d| d.owner.uid == uid);
+    let stale = domain.filter(|d| d.owner.uid != uid);
+
+    if vmi.metadata.deletion_timestamp.is_some() {
+        return match ours {
+            Some(d) if active(d.state) => {
+                let past_deadline = shutdown_deadline(vmi).is_some_and(|t| now >= t);
+                if past_deadline {
+                    Step::Destroy
+                } else {
+                    Step::Shutdown {
+                        press: !shutdown_sent,
+                    }
+                }
+            }
+            _ => Step::Finalize,
+        };
+    }
+    if status_node(vmi) != Some(node) {
+        return Step::Ignore;
+    }
+    let paused_start = vmi.spec.start_strategy == Some(StartStrategy::Paused);
+    match phase(vmi) {
+        Some(p) if p.is_final() => match ours {
+            // Failed elsewhere (NodeUnresponsive) while the guest still runs here.
+            Some(d) if active(d.state) => Step::Destroy,
+            _ => Step::Ignore,
+        },
+        Some(Phase::Scheduled) => match (ours, stale) {
+            (_, Some(s)) => Step::RemoveStale {
+                name: s.name.clone(),
+                uid: s.owner.uid.clone(),
+            },
+            (None, None) => Step::Create {
+                paused: paused_start,
+            },
+            (Some(d), _) => match d.state {
+                DomState::Shutoff(Shutoff::Unknown) => Step::Start {
+                    paused: paused_start,
+                },
+                DomState::Running => Step::Report(Observed { paused: false }),
+                DomState::Paused { by_user } => Step::Report(Observed { paused: by_user }),
+                other => ended(other),
+            },
+        },
+        Some(Phase::Running) => match ours {
+            None => Step::End {
+                phase: Phase::Failed,
+                reason: "DomainLost".into(),
+                message: "the VMI's libvirt domain no longer exists".into(),
+            },
+            Some(d) => match d.state {
+                DomState::Running => Step::Report(Observed { paused: false }),
+                DomState::Paused { by_user } => Step::Report(Observed { paused: by_user }),
+                other => ended(other),
+            },
+        },
+        _ => Step::Ignore,
+    }
+}
+
+/// The final phase for a domain that stopped by itself.
+fn ended(state: DomState) -> Step {
+    let (phase, reason, message) = match state {
+        DomState::Shutoff(Shutoff::Shutdown) => {
+            (Phase::Succeeded, "GuestShutdown", "the guest powered off")
+        }
+        DomState::Shutoff(Shutoff::Destroyed) => (
+            Phase::Failed,
+            "DomainDestroyed",
+            "the domain was destroyed outside ironvirt",
+        ),
+        DomState::Shutoff(Shutoff::Crashed) | DomState::Crashed => {
+            (Phase::Failed, "QemuCrashed", "the QEMU process died")
+        }
+        DomState::Shutoff(Shutoff::Failed) => {
+            (Phase::Failed, "StartFailed", "QEMU failed to start")
+        }
+        _ => (
+            Phase::Failed,
+            "DomainStopped",
+            "the domain stopped for a reason libvirt does not know",
+        ),
+    };
+    Step::End {
+        phase,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// The status a running domain gives the VMI: phase Running, Ready, Paused and
+/// the interfaces with their MACs (`macs` by libvirt alias `ua-<name>`).
+pub fn running_status(
+    vmi: &VirtualMachineInstance,
+    node: &str,
+    observed: &Observed,
+    macs: &[(String, String)],
+    now: Timestamp,
+) -> DesiredStatus {
+    let mut conds = vec![condition("Ready", true, "", "")];
+    if observed.paused {
+        conds.push(condition(
+            "Paused",
+            true,
+            "PausedByUser",
+            "VMI was paused by user",
+        ));
+    }
+    let interfaces = vmi
+        .spec
+        .domain
+        .devices
+        .as_ref()
+        .and_then(|d| d.interfaces.as_ref())
+        .map(|ifs| ifs.iter().map(|i| i.name.clone()).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            let default_pod = vmi.spec.networks.as_ref().is_none_or(Vec::is_empty)
+                && vmi
+                    .spec
+                    .domain
+                    .devices
+                    .as_ref()
+                    .and_then(|d| d.autoattach_pod_interface)
+                    != Some(false);
+            if default_pod {
+                vec!["default".to_owned()]
+            } else {
+                Vec::new()
+            }
+        })
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let alias = format!("ua-{name}");
+            VirtualMachineInstanceNetworkInterface {
+                mac: macs
+                    .iter()
+                    .find(|(a, _)| *a == alias)
+                    .map(|(_, m)| m.clone()),
+                interface_name: Some(format!("eth{i}")),
+                info_source: Some("domain".into()),
+                name: Some(name),
+                ..Default::default()
+            }
+        })
+        .collect();
+    DesiredStatus {
+        phase: Phase::Running,
+        reason: None,
+        node: node.to_owned(),
+        conditions: conditions::merge(current_conditions(vmi), conds, now),
+        interfaces: Some(interfaces),
+        transitions: transitions(vmi, Phase::Running, now),
+    }
+}
+
+/// The status of a VMI that has ended.
+pub fn final_status(
+    vmi: &VirtualMachineInstance,
+    node: &str,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> DesiredStatus {
+    DesiredStatus {
+        phase,
+        reason: Some(reason.to_owned()),
+        node: node.to_owned(),
+        conditions: conditions::merge(
+            current_conditions(vmi),
+            vec![condition("Ready", false, reason, message)],
+            now,
+        ),
+        interfaces: None,
+        transitions: transitions(vmi, phase, now),
+    }
+}
+
+/// A VMI that could not be started: Failed, with the cause in the Ready condition.
+pub fn start_failure(
+    vmi: &VirtualMachineInstance,
+    node: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> DesiredStatus {
+    final_status(vmi, node, Phase::Failed, reason, message, now)
+}
+
+fn current_conditions(vmi: &VirtualMachineInstance) -> Option<&[Condition]> {
+    vmi.status.as_ref().and_then(|s| s.conditions.as_deref())
+}
+
+fn transitions(
+    vmi: &VirtualMachineInstance,
+    phase: Phase,
+    now: Timestamp,
+) -> Vec<PhaseTransitionTimestamp> {
+    let mine = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.phase_transition_timestamps.as_ref())
+        .and_then(|l| l.iter().find(|t| t.phase == phase).cloned());
+    vec![mine.unwrap_or(PhaseTransitionTimestamp {
+        phase,
+        phase_transition_timestamp: Time(now),
+    })]
+}
+
+/// The part of VMI status the handler owns (field manager `ironvirt-handler`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredStatus {
+    pub phase: Phase,
+    pub reason: Option<String>,
+    pub node: String,
+    /// Ready, and Paused while paused.
+    pub conditions: Vec<Condition>,
+    pub interfaces: Option<Vec<VirtualMachineInstanceNetworkInterface>>,
+    /// The entry for `phase`.
+    pub transitions: Vec<PhaseTransitionTimestamp>,
+}
+
+/// The condition types the handler owns.
+const OWNED: [&str; 2] = ["Ready", "Paused"];
+
+impl DesiredStatus {
+    /// Whether writing this would change anything but timestamps.
+    pub fn differs_from(&self, vmi: &VirtualMachineInstance) -> bool {
+        let Some(cur) = vmi.status.as_ref() else {
+            return true;
+        };
+        let owned: Vec<Condition> = cur
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| OWNED.contains(&c.type_.as_str()))
+            .cloned()
+            .collect();
+        cur.phase != Some(self.phase)
+            || cur.reason != self.reason
+            || !conditions::eq_ignoring_time(Some(&owned), Some(&self.conditions))
+            || (self.interfaces.is_some() && cur.interfaces != self.interfaces)
+            || !self.transitions.iter().all(|t| {
+                cur.phase_transition_timestamps
+                    .iter()
+                    .flatten()
+                    .any(|c| c.phase == t.phase)
+            })
+    }
+
+    /// The server-side apply body for the status subresource.
+    pub fn apply_body(&self) -> serde_json::Value {
+        let mut status = serde_json::json!({
+            "phase": self.phase,
+            "nodeName": self.node,
+            "conditions": self.conditions,
+            "phaseTransitionTimestamps": self.transitions,
+        });
+        if let Some(reason) = &self.reason {
+            status["reason"] = serde_json::json!(reason);
+        }
+        if let Some(ifs) = &self.interfaces {
+            status["interfaces"] = serde_json::json!(ifs);
+        }
+        serde_json::json!({
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "status": status,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domxml::DomainOwner;
+
+    const NODE: &str = "node-a";
+
+    fn vmi(extra: &str) -> VirtualMachineInstance {
+        let yaml = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: v, namespace: ns, uid: u1}}\nspec:\n  domain: {{memory: {{guest: 64Mi}}}}\n{extra}"
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    fn placed(phase: &str) -> VirtualMachineInstance {
+        vmi(&format!("status: {{phase: {phase}, nodeName: {NODE}}}\n"))
+    }
+
+    fn dom(uid: &str, state: DomState) -> DomainInfo {
+        DomainInfo {
+            name: "ironvirt-ns_v".into(),
+            owner: DomainOwner {
+                namespace: "ns".into(),
+                name: "v".into(),
+                uid: uid.into(),
+                node: NODE.into(),
+            },
+            state,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn scheduled_without_domain_creates_it() {
+        let v = placed("Scheduled");
+        assert_eq!(
+            plan(&v, NODE, None, false, at(0)),
+            Step::Create { paused: false }
+        );
+        let mut p = v.clone();
+        p.spec.start_strategy = Some(StartStrategy::Paused);
+        assert_eq!(
+            plan(&p, NODE, None, false, at(0)),
+            Step::Create { paused: true }
+        );
+    }
+
+    #[test]
+    fn defined_but_not_started_domain_is_started_not_recreated() {
+        let v = placed("Scheduled");
+        let d = dom("u1", DomState::Shutoff(Shutoff::Unknown));
+        assert_eq!(
+            plan(&v, NODE, Some(&d), false, at(0)),
+            Step::Start { paused: false }
+        );
+    }
+
+    #[test]
+    fn a_domain_of_an_older_vmi_with_the_same_name_is_removed_first() {
+        let v = placed("Scheduled");
+        let d = dom("old", DomState::Running);
+        assert_eq!(
+            plan(&v, NODE, Some(&d), false, at(0)),
+            Step::RemoveStale {
+                name: "ironvirt-ns_v".into(),
+                uid: "old".into()
+            }
+        );
+    }
+
+    #[test]
+    fn running_domain_is_reported_with_pause_state() {
+        let v = placed("Scheduled");
+        assert_eq!(
+            plan(&v, NODE, Some(&dom("u1", DomState::Running)), false, at(0)),
+            Step::Report(Observed { paused: false })
+        );
+        let r = placed("Running");
+        assert_eq!(
+            plan(
+                &r,
+                NODE,
+                Some(&dom("u1", DomState::Paused { by_user: true })),
+                false,
+                at(0)
+            ),
+            Step::Report(Observed { paused: true })
+        );
+    }
+
+    #[test]
+    fn guest_poweroff_succeeds_and_crash_fails() {
+        let r = placed("Running");
+        let off = dom("u1", DomState::Shutoff(Shutoff::Shutdown));
+        assert!(matches!(
+            plan(&r, NODE, Some(&off), false, at(0)),
+            Step::End {
+                phase: Phase::Succeeded,
+                ..
+            }
+        ));
+        for s in [
+            DomState::Shutoff(Shutoff::Crashed),
+            DomState::Crashed,
+            DomState::Shutoff(Shutoff::Destroyed),
+            DomState::Shutoff(Shutoff::Unknown),
+        ] {
+            assert!(matches!(
+                plan(&r, NODE, Some(&dom("u1", s)), false, at(0)),
+                Step::End {
+                    phase: Phase::Failed,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            plan(&r, NODE, None, false, at(0)),
+            Step::End { phase: Phase::Failed, ref reason, .. } if reason == "DomainLost"
+        ));
+    }
+
+    #[test]
+    fn vmis_of_other_nodes_and_unplaced_ones_are_ignored() {
+        let v = vmi("status: {phase: Scheduled, nodeName: other}\n");
+        assert_eq!(plan(&v, NODE, None, false, at(0)), Step::Ignore);
+        let p = vmi("status: {phase: Pending}\n");
+        assert_eq!(plan(&p, NODE, None, false, at(0)), Step::Ignore);
+    }
+
+    #[test]
+    fn deletion_presses_the_button_then_destroys_after_grace() {
+        let v = vmi(&format!(
+            "  terminationGracePeriodSeconds: 10\nstatus: {{phase: Running, nodeName: {NODE}}}\n"
+        ));
+        let mut v = v;
+        v.metadata.deletion_timestamp = Some(Time(at(100)));
+        let running = dom("u1", DomState::Running);
+        assert!(matches!(
+            plan(&v, NODE, Some(&running), false, at(101)),
+            Step::Shutdown { press: true }
+        ));
+        assert!(matches!(
+            plan(&v, NODE, Some(&running), true, at(105)),
+            Step::Shutdown { press: false }
+        ));
+        assert_eq!(plan(&v, NODE, Some(&running), true, at(110)), Step::Destroy);
+        let off = dom("u1", DomState::Shutoff(Shutoff::Shutdown));
+        assert_eq!(plan(&v, NODE, Some(&off), true, at(111)), Step::Finalize);
+        assert_eq!(plan(&v, NODE, None, true, at(111)), Step::Finalize);
+        // A stale domain of another uid is not this VMI's to tear down.
+        assert_eq!(
+            plan(
+                &v,
+                NODE,
+                Some(&dom("old", DomState::Running)),
+                false,
+                at(101)
+            ),
+            Step::Finalize
+        );
+    }
+
+    #[test]
+    fn a_final_vmi_whose_guest_still_runs_is_destroyed() {
+        let f = placed("Failed");
+        assert_eq!(
+            plan(&f, NODE, Some(&dom("u1", DomState::Running)), false, at(0)),
+            Step::Destroy
+        );
+        assert_eq!(plan(&f, NODE, None, false, at(0)), Step::Ignore);
+    }
+
+    #[test]
+    fn status_is_rewritten_only_when_something_but_time_changed() {
+        let v = placed("Scheduled");
+        let macs = vec![("ua-default".to_owned(), "02:00:00:00:00:01".to_owned())];
+        let s = running_status(&v, NODE, &Observed { paused: false }, &macs, at(5));
+        assert!(s.differs_from(&v));
+        let body = s.apply_body();
+        assert_eq!(body["status"]["phase"], "Running");
+        assert_eq!(body["status"]["interfaces"][0]["mac"], "02:00:00:00:00:01");
+        assert_eq!(body["status"]["interfaces"][0]["name"], "default");
+        // After the write, the same observation at a later time changes nothing.
+        let mut written = v.clone();
+        written.status = serde_json::from_value(body["status"].clone()).unwrap();
+        let again = running_status(&written, NODE, &Observed { paused: false }, &macs, at(50));
+        assert!(!again.differs_from(&written));
+        assert_eq!(again.conditions[0].last_transition_time, Some(Time(at(5))));
+        // Pausing does.
+        let paused = running_status(&written, NODE, &Observed { paused: true }, &macs, at(60));
+        assert!(paused.differs_from(&written));
+        assert_eq!(paused.conditions.len(), 2);
+    }
+
+    #[test]
+    fn final_status_names_the_reason() {
+        let v = placed("Running");
+        let s = final_status(
+            &v,
+            NODE,
+            Phase::Failed,
+            "QemuCrashed",
+            "the QEMU process died",
+            at(1),
+        );
+        let body = s.apply_body();
+        assert_eq!(body["status"]["phase"], "Failed");
+        assert_eq!(body["status"]["reason"], "QemuCrashed");
+        assert_eq!(body["status"]["conditions"][0]["status"], "False");
+        assert_eq!(body["status"]["conditions"][0]["reason"], "QemuCrashed");
+    }
+}

@@ -1,0 +1,253 @@
+//! The node side: the handler's heartbeat Lease (which the operator's
+//! placement reads), the `kubevirt.io/schedulable` label and a node condition
+//! that follow libvirt's health, and, in the test bed, the Node object itself
+//! with the kubelet-style heartbeat a node without a kubelet needs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::libvirt::Health;
+
+/// Where node Leases live.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The label that says a node takes VMIs.
+pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
+/// The annotation on the handler Lease with the stream endpoint's URL.
+pub const STREAM_URL_ANNOTATION: &str = "ironvirt.io/stream-url";
+/// The node condition that reports whether the handler reaches libvirt.
+pub const LIBVIRT_CONDITION: &str = "IronvirtLibvirtReachable";
+/// Field manager of the handler's node and Lease writes.
+const MANAGER: &str = "ironvirt-handler";
+
+/// The name of a node's handler Lease.
+pub fn lease_name(node: &str) -> String {
+    format!("ironvirt-handler-{node}")
+}
+
+/// How the handler presents its node.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub node: String,
+    /// The stream endpoint, published on the Lease.
+    pub stream_url: String,
+    /// Create the Node and post kubelet-style heartbeats (test bed only).
+    pub register: bool,
+    /// Labels for a Node the handler creates.
+    pub labels: BTreeMap<String, String>,
+    /// CPUs and memory (bytes) for a Node the handler creates.
+    pub capacity: (u32, u64),
+    /// How often to renew.
+    pub renew_every: Duration,
+    /// The Lease duration published.
+    pub lease_seconds: i32,
+}
+
+/// Creates the Node when missing (test bed), with capacity and a Ready
+/// condition, so the node lifecycle controller leaves it untainted.
+pub async fn register(client: &Client, s: &NodeSettings) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    if nodes.get_opt(&s.node).await?.is_none() {
+        let mut labels = s.labels.clone();
+        labels.insert(SCHEDULABLE_LABEL.to_owned(), "false".to_owned());
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": s.node, "labels": labels},
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => tracing::info!(node = %s.node, "registered the Node"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (cpus, memory) = s.capacity;
+    let status = json!({"status": {
+        "capacity": {"cpu": cpus.to_string(), "memory": memory.to_string(), "pods": "110"},
+        "allocatable": {"cpu": cpus.to_string(), "memory": memory.to_string(), "pods": "110"},
+        "conditions": [kubelet_ready()],
+    }});
+    nodes
+        .patch_status(&s.node, &PatchParams::default(), &Patch::Strategic(&status))
+        .await?;
+    Ok(())
+}
+
+fn kubelet_ready() -> serde_json::Value {
+    let now = Timestamp::now().to_string();
+    json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "ironvirt-handler registered this node (test bed)",
+        "lastHeartbeatTime": now, "lastTransitionTime": now})
+}
+
+/// Renews the handler Lease (and, when registering, the kubelet Lease and the
+/// Ready heartbeat) every `renew_every`, and keeps the schedulable label and
+/// the libvirt condition in line with libvirt's health. Runs until the process ends.
+pub async fn heartbeat(client: Client, s: NodeSettings, mut health: watch::Receiver<Health>) {
+    let mut tick = tokio::time::interval(s.renew_every);
+    let mut published: Option<Health> = None;
+    let mut beats: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let current = health.borrow().clone();
+        if let Err(e) = renew(&client, &s).await {
+            tracing::warn!(node = %s.node, error = %e, "renewing the handler Lease failed");
+        }
+        if s.register && beats.is_multiple_of(6) {
+            // The node lifecycle controller wants a Ready heartbeat now and then.
+            let nodes: Api<Node> = Api::all(client.clone());
+            let status = json!({"status": {"conditions": [kubelet_ready()]}});
+            if let Err(e) = nodes
+                .patch_status(&s.node, &PatchParams::default(), &Patch::Strategic(&status))
+                .await
+            {
+                tracing::warn!(node = %s.node, error = %e, "node heartbeat failed");
+            }
+        }
+        beats = beats.wrapping_add(1);
+        if published.as_ref() != Some(&current) {
+            match publish_health(&client, &s.node, &current).await {
+                Ok(()) => published = Some(current),
+                Err(e) => {
+                    tracing::warn!(node = %s.node, error = %e, "publishing libvirt health failed")
+                }
+            }
+        }
+    }
+}
+
+async fn renew(client: &Client, s: &NodeSettings) -> Result<(), kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let now = MicroTime(Timestamp::now());
+    let name = lease_name(&s.node);
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "annotations": {STREAM_URL_ANNOTATION: s.stream_url}},
+        "spec": {"holderIdentity": s.node, "leaseDurationSeconds": s.lease_seconds, "renewTime": now},
+    });
+    leases
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
+        .await?;
+    if s.register {
+        let kubelet = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": s.node},
+            "spec": {"holderIdentity": s.node, "leaseDurationSeconds": 40, "renewTime": now},
+        });
+        leases
+            .patch(
+                &s.node,
+                &PatchParams::apply("ironvirt-handler-kubelet").force(),
+                &Patch::Apply(&kubelet),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The label and condition that say whether this node can run VMIs now.
+pub fn health_patches(health: &Health) -> (serde_json::Value, serde_json::Value) {
+    let now = Timestamp::now().to_string();
+    let (schedulable, status, reason, message) = match health {
+        Ok(()) => (
+            "true",
+            "True",
+            "LibvirtConnected",
+            "the handler reaches libvirt".to_owned(),
+        ),
+        Err(e) => ("false", "False", "LibvirtUnreachable", e.clone()),
+    };
+    (
+        json!({"metadata": {"labels": {SCHEDULABLE_LABEL: schedulable}}}),
+        json!({"status": {"conditions": [{
+            "type": LIBVIRT_CONDITION, "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        }]}}),
+    )
+}
+
+async fn publish_health(client: &Client, node: &str, health: &Health) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (label, condition) = health_patches(health);
+    // Strategic merge keeps the kubelet's conditions: they merge by type.
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Strategic(&condition))
+        .await?;
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&label))
+        .await?;
+    match health {
+        Ok(()) => tracing::info!(node, "libvirt reachable; node schedulable"),
+        Err(e) => tracing::warn!(node, error = %e, "libvirt unreachable; node unschedulable"),
+    }
+    Ok(())
+}
+
+/// Checks libvirt every `every`, reconnecting as needed, so health follows
+/// the daemon even when no VMI needs anything.
+pub async fn watch_libvirt(libvirt: std::sync::Arc<crate::libvirt::Libvirt>, every: Duration) {
+    loop {
+        let _ = libvirt
+            .call(|c| {
+                c.is_alive()
+                    .map_err(crate::libvirt::map_err(""))
+                    .and_then(|alive| {
+                        if alive {
+                            Ok(())
+                        } else {
+                            Err(crate::libvirt::LibvirtError::Unreachable {
+                                uri: String::new(),
+                                reason: "connection is not alive".into(),
+                            })
+                        }
+                    })
+            })
+            .await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_turns_into_label_and_condition() {
+        let (label, cond) = health_patches(&Ok(()));
+        assert_eq!(label["metadata"]["labels"][SCHEDULABLE_LABEL], "true");
+        assert_eq!(cond["status"]["conditions"][0]["status"], "True");
+        let (label, cond) = health_patches(&Err("connection refused".into()));
+        assert_eq!(label["metadata"]["labels"][SCHEDULABLE_LABEL], "false");
+        assert_eq!(
+            cond["status"]["conditions"][0]["reason"],
+            "LibvirtUnreachable"
+        );
+        assert_eq!(
+            cond["status"]["conditions"][0]["message"],
+            "connection refused"
+        );
+    }
+
+    #[test]
+    fn lease_names_match_the_operator() {
+        assert_eq!(lease_name("n1"), "ironvirt-handler-n1");
+    }
+}

@@ -1,0 +1,503 @@
+//! The handler's HTTPS endpoint for the subresource API server: serial console
+//! and VNC as websockets with binary frames, and the power operations (pause,
+//! unpause, soft reboot, reset).
+//!
+//! Only clients whose certificate chains to the configured CA and whose CN is
+//! the API server's are served ([`tls_config`], [`serve`]). The router itself
+//! is a plain value ([`router`]) so tests can drive it without sockets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::vmi::VirtualMachineInstancePhase as Phase;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::console::{ConsoleHub, Consoles};
+use crate::domxml;
+use crate::libvirt::{self, Libvirt, LibvirtError};
+
+/// A websocket write that takes longer than this ends the session: the client
+/// is gone or too slow, and holding its bytes would grow memory.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pings keep idle sessions alive through proxies.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// VNC relay buffer.
+const VNC_CHUNK: usize = 64 * 1024;
+/// The websocket subprotocol KubeVirt's clients speak.
+pub const SUBPROTOCOL: &str = "plain.kubevirt.io";
+
+/// What the stream endpoints need.
+#[derive(Clone)]
+pub struct StreamState {
+    pub node: String,
+    pub libvirt: Arc<Libvirt>,
+    pub consoles: Arc<Consoles>,
+    pub vmis: Store<VirtualMachineInstance>,
+}
+
+/// A Kubernetes Status body with `code`.
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+fn libvirt_error(e: &LibvirtError) -> Response {
+    match e {
+        LibvirtError::NoDomain(_) => status(StatusCode::CONFLICT, "Conflict", e.to_string()),
+        LibvirtError::Unreachable { .. } => status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            e.to_string(),
+        ),
+        _ => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
+    }
+}
+
+/// The handler's routes.
+pub fn router(state: StreamState) -> Router {
+    let base = "/v1/namespaces/{namespace}/virtualmachineinstances/{name}";
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(&format!("{base}/console"), get(console))
+        .route(&format!("{base}/vnc"), get(vnc))
+        .route(&format!("{base}/{{op}}"), put(power))
+        .with_state(state)
+}
+
+/// The domain of a VMI that runs on this node, or the error response.
+fn running_domain(state: &StreamState, ns: &str, name: &str) -> Result<String, Box<Response>> {
+    let vmi = state
+        .vmis
+        .get(&ObjectRef::new(name).within(ns))
+        .ok_or_else(|| {
+            Box::new(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("VMI {ns}/{name} is not on node {}", state.node),
+            ))
+        })?;
+    let phase = vmi.status.as_ref().and_then(|s| s.phase);
+    if phase != Some(Phase::Running) {
+        let shown = phase.map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
+        return Err(Box::new(status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("VMI {name} is not running (phase {shown})"),
+        )));
+    }
+    Ok(domxml::domain_name(ns, name))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConsoleQuery {
+    /// Attach as an observer that cannot type.
+    #[serde(default)]
+    readonly: bool,
+}
+
+async fn console(
+    State(state): State<StreamState>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+    Query(q): Query<ConsoleQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let domain = match running_domain(&state, &ns, &name) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let consoles = Arc::clone(&state.consoles);
+    let opened = tokio::task::spawn_blocking(move || consoles.ensure(&domain)).await;
+    let hub = match opened {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return libvirt_error(&e),
+        Err(e) => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("opening the console failed: {e}"),
+            );
+        }
+    };
+    tracing::info!(vmi.namespace = %ns, vmi.name = %name, readonly = q.readonly, "console session");
+    ws.protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| console_session(socket, hub, q.readonly))
+}
+
+async fn send(ws: &mut WebSocket, msg: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = send(ws, Message::Close(Some(frame))).await;
+}
+
+/// One client of a console hub, until either side goes away.
+async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool) {
+    let mut att = hub.attach_client();
+    let (token, mut writer) = if readonly {
+        (0, None)
+    } else {
+        let (t, rx) = hub.take_writer();
+        (t, Some(rx))
+    };
+    if !att.backlog.is_empty()
+        && !send(
+            &mut ws,
+            Message::Binary(Bytes::from(std::mem::take(&mut att.backlog))),
+        )
+        .await
+    {
+        return;
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            out = att.output.recv() => match out {
+                Ok(chunk) => {
+                    if !send(&mut ws, Message::Binary(chunk)).await {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "console client fell behind; output dropped for it");
+                }
+                Err(RecvError::Closed) => {
+                    close(&mut ws, 1000, "the console ended").await;
+                    break;
+                }
+            },
+            changed = att.closed.changed() => {
+                if changed.is_err() || *att.closed.borrow() {
+                    close(&mut ws, 1000, "the console ended: the VMI stopped").await;
+                    break;
+                }
+            }
+            incoming = ws.recv() => match incoming {
+                Some(Ok(Message::Binary(data))) => {
+                    if !readonly && !hub.write(data.to_vec()).await {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if !readonly && !hub.write(text.as_bytes().to_vec()).await {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            },
+            took = async {
+                match writer.as_mut() {
+                    Some(rx) => rx.changed().await.map(|()| *rx.borrow() != token),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if took.unwrap_or(true) {
+                    close(&mut ws, 4000, "another client took over the console").await;
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if !send(&mut ws, Message::Ping(Bytes::new())).await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn vnc(
+    State(state): State<StreamState>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let domain = match running_domain(&state, &ns, &name) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let lookup = domain.clone();
+    let xml = state
+        .libvirt
+        .call(move |conn| libvirt::with_domain(conn, &lookup, libvirt::live_xml))
+        .await;
+    let port = match xml {
+        Ok(x) => domxml::parse_live(&x).vnc_port,
+        Err(e) => return libvirt_error(&e),
+    };
+    let Some(port) = port else {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("VMI {name} has no VNC display (autoattachGraphicsDevice is false)"),
+        );
+    };
+    let tcp = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(t) => t,
+        Err(e) => {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("VNC of VMI {name} is unreachable: {e}"),
+            );
+        }
+    };
+    tracing::info!(vmi.namespace = %ns, vmi.name = %name, port, "vnc session");
+    ws.protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| vnc_session(socket, tcp))
+}
+
+async fn vnc_session(mut ws: WebSocket, tcp: TcpStream) {
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut buf = vec![0u8; VNC_CHUNK];
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => {
+                    close(&mut ws, 1000, "the VNC server closed the connection").await;
+                    break;
+                }
+                Ok(n) => {
+                    if !send(&mut ws, Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await {
+                        break;
+                    }
+                }
+            },
+            incoming = ws.recv() => match incoming {
+                Some(Ok(Message::Binary(data))) => {
+                    if wr.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            },
+            _ = ping.tick() => {
+                if !send(&mut ws, Message::Ping(Bytes::new())).await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The power operations the subresource API forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerOp {
+    Pause,
+    Unpause,
+    SoftReboot,
+    Reset,
+}
+
+impl PowerOp {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pause" => Some(PowerOp::Pause),
+            "unpause" => Some(PowerOp::Unpause),
+            "softreboot" => Some(PowerOp::SoftReboot),
+            "reset" => Some(PowerOp::Reset),
+            _ => None,
+        }
+    }
+}
+
+async fn power(
+    State(state): State<StreamState>,
+    UrlPath((ns, name, op)): UrlPath<(String, String, String)>,
+) -> Response {
+    let Some(op) = PowerOp::parse(&op) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("unknown operation {op:?}; expected pause, unpause, softreboot or reset"),
+        );
+    };
+    let domain = match running_domain(&state, &ns, &name) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let result = state
+        .libvirt
+        .call(move |conn| {
+            libvirt::with_domain(conn, &domain, |dom| {
+                let st = libvirt::domain_state(dom)?;
+                let paused = matches!(st, libvirt::DomState::Paused { .. });
+                match op {
+                    PowerOp::Pause if paused => Ok(Some("VMI is already paused")),
+                    PowerOp::Unpause if !paused => Ok(Some("VMI is not paused")),
+                    PowerOp::Pause => dom.suspend().map(|()| None),
+                    PowerOp::Unpause => dom.resume().map(|()| None),
+                    PowerOp::SoftReboot if paused => Ok(Some("VMI is paused; unpause it first")),
+                    PowerOp::SoftReboot => libvirt::soft_reboot(dom).map(|()| None),
+                    PowerOp::Reset => dom.reset().map(|()| None),
+                }
+            })
+        })
+        .await;
+    match result {
+        Ok(None) => {
+            tracing::info!(vmi.namespace = %ns, vmi.name = %name, ?op, "power operation done");
+            StatusCode::OK.into_response()
+        }
+        Ok(Some(conflict)) => status(StatusCode::CONFLICT, "Conflict", conflict.to_owned()),
+        Err(e) => libvirt_error(&e),
+    }
+}
+
+/// Why the TLS set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A server config that serves `cert`/`key` and demands a client certificate
+/// signed by `client_ca`.
+pub fn tls_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?;
+    let key = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+        .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| TlsError::Config(format!("{}: no private key", key.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut read_pem(client_ca)?.as_slice()) {
+        let ca = ca.map_err(|e| TlsError::Config(format!("{}: {e}", client_ca.display())))?;
+        roots
+            .add(ca)
+            .map_err(|e| TlsError::Config(format!("{}: {e}", client_ca.display())))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// The CN of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// Serves `app` over TLS on `listener`, to clients whose certificate CN is `allowed_cn`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    allowed_cn: String,
+    app: Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let allowed = allowed_cn.clone();
+        tokio::spawn(async move {
+            serve_one(acceptor, tcp, peer, &allowed, app).await;
+        });
+    }
+}
+
+async fn serve_one(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    allowed_cn: &str,
+    app: Router,
+) {
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| common_name(c.as_ref()));
+    if cn.as_deref() != Some(allowed_cn) {
+        tracing::warn!(%peer, client = ?cn, "client certificate is not the API server's; closing");
+        return;
+    }
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move { tower::ServiceExt::oneshot(app, req).await }
+    });
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended");
+    }
+}

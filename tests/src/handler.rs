@@ -1,0 +1,479 @@
+//! Running `ironvirt-handler` for a test as one node of the test bed, and a
+//! client for its stream endpoint that presents ironvirt-api's certificate,
+//! as the subresource API server will.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use ironvirt_testbed::TestBed;
+use ironvirt_testbed::pki::{HANDLER_SERVER_NAME, names};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::operator::{LEASE_NAMESPACE, TEST_NODE_LABEL};
+
+/// A running handler process for node `node`; killed when dropped.
+pub struct Handler {
+    child: Option<Child>,
+    pub node: String,
+    pub uri: String,
+    pub ns: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+    kubeconfig: PathBuf,
+    pki: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Handler {
+    /// Starts a handler for `node` on libvirt `uri`, registering the Node with
+    /// the test namespace's label so that namespace's operator places there.
+    pub fn start(bed: &TestBed, ns: &str, node: &str, uri: &str) -> Handler {
+        let info = bed.info();
+        let mut h = Handler {
+            child: None,
+            node: node.to_owned(),
+            uri: uri.to_owned(),
+            ns: ns.to_owned(),
+            state_dir: info.logs_dir.join(format!("handler-{node}")),
+            log: info.logs_dir.join(format!("handler-{node}.log")),
+            port: free_port(),
+            kubeconfig: info.kubeconfig.clone(),
+            pki: info.pki_dir.clone(),
+        };
+        h.spawn();
+        h
+    }
+
+    fn spawn(&mut self) {
+        let bin = crate::operator::target_dir()
+            .join("debug")
+            .join("ironvirt-handler");
+        assert!(
+            bin.is_file(),
+            "{} is missing; run `cargo build --workspace`",
+            bin.display()
+        );
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("handler log");
+        let pki = |n: &str, ext: &str| self.pki.join(format!("{n}.{ext}"));
+        let child = Command::new(bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,ironvirt_handler=debug,kube_runtime=warn")
+            .args(["--node-name", &self.node])
+            .args(["--libvirt-uri", &self.uri])
+            .args(["--domain-type", "qemu"])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--register-node")
+            .args(["--node-labels", &format!("{TEST_NODE_LABEL}={}", self.ns)])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--tls-cert")
+            .arg(pki(names::HANDLER_SERVING, "crt"))
+            .arg("--tls-key")
+            .arg(pki(names::HANDLER_SERVING, "key"))
+            .arg("--client-ca")
+            .arg(pki(names::IRONVIRT_CA, "crt"))
+            .args(["--health-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--resync-seconds", "5", "--renew-seconds", "2"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start ironvirt-handler");
+        self.child = Some(child);
+    }
+
+    /// Kills the handler with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again after [`Handler::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The handler's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the handler and removes its Node and Leases.
+    pub async fn remove(mut self, client: &Client) {
+        self.kill();
+        let nodes: Api<Node> = Api::all(client.clone());
+        let _ = nodes.delete(&self.node, &DeleteParams::default()).await;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+        for l in [format!("ironvirt-handler-{}", self.node), self.node.clone()] {
+            let _ = leases.delete(&l, &DeleteParams::default()).await;
+        }
+    }
+
+    /// A client for this handler's stream endpoint.
+    pub fn streams(&self) -> StreamClient {
+        StreamClient::new(&self.pki, self.port, names::HANDLER_CLIENT)
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `/healthz` of the stream endpoint answers (the handler is up).
+pub async fn wait_serving(h: &Handler, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let client = h.streams();
+    while Instant::now() < deadline {
+        if client.get_status("/healthz").await.is_ok_and(|c| c == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "handler {} did not serve within {timeout:?}; log:\n{}",
+        h.node,
+        h.log_text()
+    );
+}
+
+/// An mTLS client of a handler's stream endpoint.
+pub struct StreamClient {
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl StreamClient {
+    /// Trusts the ironvirt CA and presents the client certificate `cert_name`
+    /// from the test bed's PKI.
+    pub fn new(pki: &std::path::Path, port: u16, cert_name: &str) -> StreamClient {
+        let read = |n: &str| std::fs::read(pki.join(n)).expect("pki file");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut read(&format!("{}.crt", names::IRONVIRT_CA)).as_slice())
+        {
+            roots.add(c.expect("ca")).expect("ca");
+        }
+        let certs = rustls_pemfile::certs(&mut read(&format!("{cert_name}.crt")).as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert");
+        let key = rustls_pemfile::private_key(&mut read(&format!("{cert_name}.key")).as_slice())
+            .expect("key")
+            .expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .expect("client auth");
+        StreamClient {
+            port,
+            tls: Arc::new(tls),
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let name = rustls::pki_types::ServerName::try_from(HANDLER_SERVER_NAME)
+            .map_err(std::io::Error::other)?;
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp)
+            .await
+    }
+
+    async fn request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = self.connect().await?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {HANDLER_SERVER_NAME}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        Ok((code, body))
+    }
+
+    /// GET `path`; the status code.
+    pub async fn get_status(&self, path: &str) -> std::io::Result<u16> {
+        self.request("GET", path).await.map(|(c, _)| c)
+    }
+
+    /// PUT `path` (a power operation); status code and body.
+    pub async fn put(&self, path: &str) -> std::io::Result<(u16, String)> {
+        self.request("PUT", path).await
+    }
+
+    /// Opens a websocket on `path` (console or vnc).
+    pub async fn websocket(&self, path: &str) -> Result<WsSession, String> {
+        let tls = self.connect().await.map_err(|e| e.to_string())?;
+        let url = format!("wss://{HANDLER_SERVER_NAME}{path}");
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            http::HeaderValue::from_static("plain.kubevirt.io"),
+        );
+        let (ws, _) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(WsSession {
+            ws,
+            seen: Vec::new(),
+        })
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A websocket session of the stream endpoint with a transcript.
+pub struct WsSession {
+    ws: Ws,
+    seen: Vec<u8>,
+}
+
+impl WsSession {
+    /// Everything received so far, as text.
+    pub fn transcript(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Sends bytes as a binary frame.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), String> {
+        self.ws
+            .send(Message::Binary(data.to_vec().into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads frames until `needle` appears after byte `from` of the transcript.
+    pub async fn expect_from(
+        &mut self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if String::from_utf8_lossy(&self.seen[from.min(self.seen.len())..]).contains(needle) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => self.seen.extend_from_slice(&b),
+                Ok(Some(Ok(Message::Text(t)))) => self.seen.extend_from_slice(t.as_bytes()),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Err(format!(
+                        "closed ({f:?}) before {needle:?}; transcript tail:\n{}",
+                        tail(&self.transcript())
+                    ));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(format!("websocket error: {e}")),
+                Ok(None) => return Err("websocket ended".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "{needle:?} not seen within {timeout:?}; transcript tail:\n{}",
+                        tail(&self.transcript())
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads until `needle` appears anywhere in what is received from now on.
+    pub async fn expect(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
+        let from = self.seen.len();
+        self.expect_from(from, needle, timeout).await
+    }
+
+    /// Waits for the next frame or close; returns the close reason if it closed.
+    pub async fn next_close(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Some(f.map(|f| f.reason.to_string()).unwrap_or_default());
+                }
+                Ok(Some(Ok(Message::Binary(b)))) => self.seen.extend_from_slice(&b),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return Some(String::new()),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Reads frames for up to `timeout`, returning the bytes of the first frame.
+    pub async fn next_binary(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    self.seen.extend_from_slice(&b);
+                    return Some(b.to_vec());
+                }
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => return None,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let mut start = s.len().saturating_sub(3000);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Creates `vmi` (a VMI manifest) in `ns` as the operator would leave it placed
+/// on `node`: with the VMI finalizer, the node label and status Scheduled.
+pub async fn place(
+    client: &Client,
+    ns: &str,
+    mut vmi: serde_json::Value,
+    node: &str,
+) -> ironvirt_crds::VirtualMachineInstance {
+    use kube::api::{Patch, PatchParams, PostParams};
+    let meta = &mut vmi["metadata"];
+    meta["finalizers"] = serde_json::json!(["kubevirt.io/foregroundDeleteVirtualMachine"]);
+    meta["labels"]["kubevirt.io/nodeName"] = serde_json::json!(node);
+    let vmi: ironvirt_crds::VirtualMachineInstance =
+        serde_json::from_value(vmi).expect("VMI manifest");
+    let api: Api<ironvirt_crds::VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let created = api
+        .create(&PostParams::default(), &vmi)
+        .await
+        .expect("create VMI");
+    let name = kube::ResourceExt::name_any(&created);
+    let status = serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "status": {"phase": "Scheduled", "nodeName": node},
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply("ironvirt-placement").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .expect("place VMI")
+}
+
+/// Waits until the VMI `name` has `phase`; returns it.
+pub async fn wait_phase(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: &str,
+    timeout: Duration,
+) -> Result<ironvirt_crds::VirtualMachineInstance, String> {
+    let api: Api<ironvirt_crds::VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(Some(v)) = api.get_opt(name).await {
+            let p = v.status.as_ref().and_then(|s| s.phase);
+            if p.map(|p| format!("{p:?}")).as_deref() == Some(phase) {
+                return Ok(v);
+            }
+            last = Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "VMI {ns}/{name} did not reach {phase} within {timeout:?}; last seen status: {}",
+        last.and_then(|v| serde_json::to_string(&v.status).ok())
+            .unwrap_or_else(|| "(no VMI)".into())
+    ))
+}
+
+/// Waits until the VMI `name` is gone.
+pub async fn wait_gone(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let api: Api<ironvirt_crds::VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if matches!(api.get_opt(name).await, Ok(None)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("VMI {ns}/{name} still exists after {timeout:?}"))
+}
+
+/// The names of the libvirt domains at `uri` whose ironvirt metadata names
+/// the VMI uid `uid`.
+pub fn domains_of(uri: &str, uid: &str) -> Vec<String> {
+    let Ok(conn) = virt::connect::Connect::open(Some(uri)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in conn.list_all_domains(0).unwrap_or_default() {
+        let meta = d
+            .metadata(
+                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some("https://ironvirt.io/domain/v1"),
+                0,
+            )
+            .unwrap_or_default();
+        if meta.contains(&format!("uid=\"{uid}\"")) || meta.contains(&format!("uid='{uid}'")) {
+            out.push(d.name().unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// Whether the domain `name` at `uri` is running.
+pub fn domain_active(uri: &str, name: &str) -> Option<bool> {
+    let conn = virt::connect::Connect::open(Some(uri)).ok()?;
+    let d = conn.lookup_domain_by_name(name).ok()?;
+    d.is_active().ok()
+}

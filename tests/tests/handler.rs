@@ -1,0 +1,521 @@
+//! The handler against the real control plane: on libvirt's test driver for
+//! fast lifecycle checks, and on real QEMU (TCG) with the test guest for
+//! consoles, disks, cloud-init, crashes of the handler, a lost libvirt
+//! connection and two nodes sharing one libvirtd.
+
+use std::time::{Duration, Instant};
+
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_tests::handler::{
+    Handler, domain_active, domains_of, place, wait_gone, wait_phase, wait_serving,
+};
+use ironvirt_tests::kubectl::{bed_with_crds as bed, kubectl, repo_root};
+use ironvirt_tests::operator::{Operator, eventually};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+
+const QEMU: &str = "qemu:///system";
+const TEST_DRIVER: &str = "test:///default";
+const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
+const MARKER: &str = "IRONVIRT-GUEST-READY";
+const BOOT: Duration = Duration::from_secs(90);
+
+fn node_name(ns: &str, suffix: &str) -> String {
+    format!("{ns}-{suffix}")
+}
+
+/// The test guest as a VMI manifest, with extra disks and volumes.
+fn guest(
+    name: &str,
+    extra_disks: serde_json::Value,
+    extra_volumes: serde_json::Value,
+) -> serde_json::Value {
+    let mut disks = vec![json!({"name": "root", "disk": {"bus": "virtio", "readonly": true}})];
+    disks.extend(extra_disks.as_array().cloned().unwrap_or_default());
+    let mut volumes = vec![json!({"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}})];
+    volumes.extend(extra_volumes.as_array().cloned().unwrap_or_default());
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "labels": {}},
+        "spec": {
+            "terminationGracePeriodSeconds": 20,
+            "domain": {
+                "memory": {"guest": "128Mi"},
+                "devices": {"disks": disks, "rng": {}},
+            },
+            "volumes": volumes,
+        },
+    })
+}
+
+fn vmi_path(ns: &str, name: &str, what: &str) -> String {
+    format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/{what}")
+}
+
+async fn remove_vmi(client: &kube::Client, ns: &str, name: &str) {
+    let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+fn condition(v: &VirtualMachineInstance, t: &str) -> Option<String> {
+    v.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_driver_lifecycle_status_pause_and_deletion() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "td");
+        let h = Handler::start(bed, &ns, &node, TEST_DRIVER);
+        wait_serving(&h, Duration::from_secs(60)).await;
+
+        let mut m = guest("td1", json!([]), json!([]));
+        m["spec"]["domain"]["devices"]["interfaces"] =
+            json!([{"name": "default", "masquerade": {}, "macAddress": "02:00:00:aa:bb:cc"}]);
+        m["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
+        place(&client, &ns, m, &node).await;
+        let v = wait_phase(&client, &ns, "td1", "Running", Duration::from_secs(60)).await?;
+        assert_eq!(condition(&v, "Ready").as_deref(), Some("True"));
+        let ifs = v
+            .status
+            .as_ref()
+            .and_then(|s| s.interfaces.clone())
+            .unwrap_or_default();
+        assert_eq!(ifs.len(), 1, "interfaces: {ifs:?}");
+        assert_eq!(ifs[0].mac.as_deref(), Some("02:00:00:aa:bb:cc"));
+
+        // Pause and unpause through the stream endpoint; the Paused condition follows.
+        let s = h.streams();
+        let (code, body) = s
+            .put(&vmi_path(&ns, "td1", "pause"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(code, 200, "pause: {body}");
+        let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        eventually(Duration::from_secs(30), "Paused condition", || async {
+            let v = api.get("td1").await.ok()?;
+            (condition(&v, "Paused").as_deref() == Some("True")).then_some(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let (code, body) = s
+            .put(&vmi_path(&ns, "td1", "pause"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(code, 409, "second pause: {body}");
+        assert!(body.contains("already paused"), "{body}");
+        let (code, _) = s
+            .put(&vmi_path(&ns, "td1", "unpause"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(code, 200);
+        eventually(Duration::from_secs(30), "Paused condition gone", || async {
+            let v = api.get("td1").await.ok()?;
+            condition(&v, "Paused").is_none().then_some(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let (code, body) = s
+            .put(&vmi_path(&ns, "td1", "explode"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(code, 404, "{body}");
+        let (code, body) = s
+            .put(&vmi_path(&ns, "nope", "pause"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(code, 404, "{body}");
+
+        // Deletion: the test driver shuts the guest down at once; the
+        // handler undefines it and releases the finalizer.
+        remove_vmi(&client, &ns, "td1").await;
+        wait_gone(&client, &ns, "td1", Duration::from_secs(30)).await?;
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsupported_and_missing_volumes_fail_with_a_reason() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "td");
+        let h = Handler::start(bed, &ns, &node, TEST_DRIVER);
+        wait_serving(&h, Duration::from_secs(60)).await;
+
+        let mut cd = guest("cd", json!([]), json!([]));
+        cd["spec"]["volumes"][0] = json!({"name": "root", "containerDisk": {"image": "quay.io/kubevirt/cirros-container-disk-demo"}});
+        place(&client, &ns, cd, &node).await;
+        let v = wait_phase(&client, &ns, "cd", "Failed", Duration::from_secs(60)).await?;
+        let ready = v.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned());
+        let msg = ready.and_then(|c| c.message).unwrap_or_default();
+        assert!(msg.contains("containerDisk is not supported yet"), "message: {msg}");
+        assert!(msg.contains("spec.volumes[0].containerDisk"), "message: {msg}");
+
+        let mut missing = guest("missing", json!([]), json!([]));
+        missing["spec"]["volumes"][0]["hostDisk"]["path"] = json!("/nonexistent/disk.img");
+        place(&client, &ns, missing, &node).await;
+        let v = wait_phase(&client, &ns, "missing", "Failed", Duration::from_secs(60)).await?;
+        assert_eq!(v.status.as_ref().and_then(|s| s.reason.as_deref()), Some("VolumeNotFound"));
+
+        for n in ["cd", "missing"] {
+            remove_vmi(&client, &ns, n).await;
+            wait_gone(&client, &ns, n, Duration::from_secs(30)).await?;
+        }
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_vmi_runs_with_a_console_and_stops_on_deletion() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "q");
+        let h = Handler::start(bed, &ns, &node, QEMU);
+        let _op = Operator::start(bed, &ns, "op", &[]);
+        wait_serving(&h, Duration::from_secs(60)).await;
+
+        let example = repo_root().join("examples/vmi-busybox.yaml");
+        let out = kubectl(bed, &["apply", "-n", &ns, "-f", &example.to_string_lossy()]);
+        assert!(out.success, "kubectl apply: {}", out.stderr);
+        let t0 = Instant::now();
+        let v = wait_phase(&client, &ns, "vmi-busybox", "Running", BOOT).await?;
+        eprintln!("vmi-busybox Running after {:?}", t0.elapsed());
+        assert_eq!(
+            v.status.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(node.as_str())
+        );
+        let uid = v.uid().unwrap_or_default();
+        assert_eq!(domains_of(QEMU, &uid).len(), 1);
+
+        // The console shows the boot marker, even though we connect after it
+        // was printed (the ring buffer), and answers typed commands.
+        let s = h.streams();
+        let mut con = s
+            .websocket(&vmi_path(&ns, "vmi-busybox", "console"))
+            .await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        con.send(b"\necho ironvirt-$((6*7))\n").await?;
+        con.expect("ironvirt-42", Duration::from_secs(30)).await?;
+
+        // A second writer takes over; an observer sees output but cannot type.
+        let mut observer = s
+            .websocket(&format!(
+                "{}?readonly=true",
+                vmi_path(&ns, "vmi-busybox", "console")
+            ))
+            .await?;
+        let mut second = s
+            .websocket(&vmi_path(&ns, "vmi-busybox", "console"))
+            .await?;
+        let closed = con.next_close(Duration::from_secs(10)).await;
+        assert!(
+            closed.as_deref().is_some_and(|r| r.contains("took over")),
+            "first writer: {closed:?}"
+        );
+        second.send(b"echo second-$((2+3))\n").await?;
+        second.expect("second-5", Duration::from_secs(30)).await?;
+        observer.expect("second-5", Duration::from_secs(30)).await?;
+        observer.send(b"echo observer-$((1+1))\n").await?;
+        second.send(b"echo after-observer\n").await?;
+        second
+            .expect("after-observer", Duration::from_secs(30))
+            .await?;
+        assert!(
+            !second.transcript().contains("observer-2"),
+            "a read-only observer typed"
+        );
+
+        // VNC greets with the RFB banner.
+        let mut vnc = s.websocket(&vmi_path(&ns, "vmi-busybox", "vnc")).await?;
+        let hello = vnc
+            .next_binary(Duration::from_secs(10))
+            .await
+            .unwrap_or_default();
+        assert!(
+            hello.starts_with(b"RFB 003."),
+            "VNC greeting: {:?}",
+            String::from_utf8_lossy(&hello)
+        );
+
+        // Deletion powers the guest off within the grace period, then the VMI goes.
+        let t0 = Instant::now();
+        remove_vmi(&client, &ns, "vmi-busybox").await;
+        wait_gone(&client, &ns, "vmi-busybox", Duration::from_secs(45)).await?;
+        eprintln!("vmi-busybox gone {:?} after deletion", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30 + 5),
+            "took longer than the grace period"
+        );
+        assert!(domains_of(QEMU, &uid).is_empty(), "domain left behind");
+        assert!(h.log_text().contains("asked the guest to power off"));
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cloud_init_and_empty_disk_reach_the_guest_and_are_cleaned_up() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "q");
+        let h = Handler::start(bed, &ns, &node, QEMU);
+        wait_serving(&h, Duration::from_secs(60)).await;
+
+        let m = guest(
+            "ci",
+            json!([{"name": "cloudinit", "disk": {"bus": "virtio"}}, {"name": "scratch", "disk": {"bus": "virtio"}, "serial": "scratch01"}]),
+            json!([
+                {"name": "cloudinit", "cloudInitNoCloud": {"userData": "#!/bin/sh\necho \"USERDATA-MARKER on $(hostname)\"\nls /sys/block\n"}},
+                {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}},
+            ]),
+        );
+        let placed = place(&client, &ns, m, &node).await;
+        let uid = placed.uid().unwrap_or_default();
+        wait_phase(&client, &ns, "ci", "Running", BOOT).await?;
+        let scratch = h.state_dir.join("vmis").join(&uid).join("scratch.qcow2");
+        assert!(scratch.is_file(), "{} missing while the VMI runs", scratch.display());
+
+        let mut con = h.streams().websocket(&vmi_path(&ns, "ci", "console")).await?;
+        con.expect_from(0, "USERDATA-MARKER on ci", BOOT).await?;
+        con.expect_from(0, &format!("instance-id={uid}"), Duration::from_secs(5)).await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        // The scratch disk is the third virtio disk.
+        con.send(b"\ncat /sys/block/vdc/size\n").await?;
+        con.expect("131072", Duration::from_secs(30)).await?;
+
+        remove_vmi(&client, &ns, "ci").await;
+        wait_gone(&client, &ns, "ci", Duration::from_secs(45)).await?;
+        assert!(!scratch.exists(), "emptyDisk file left after deletion");
+        assert!(!h.state_dir.join("vmis").join(&uid).exists(), "VMI directory left");
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_killed_during_start_and_teardown_converges() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "q");
+        let mut h = Handler::start(bed, &ns, &node, QEMU);
+        wait_serving(&h, Duration::from_secs(60)).await;
+
+        let placed = place(&client, &ns, guest("crash", json!([]), json!([])), &node).await;
+        let uid = placed.uid().unwrap_or_default();
+        // SIGKILL as soon as the domain exists, before the status says Running.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while domains_of(QEMU, &uid).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        h.kill();
+        assert_eq!(domains_of(QEMU, &uid).len(), 1);
+        h.restart();
+        let v = wait_phase(&client, &ns, "crash", "Running", BOOT).await?;
+        assert_eq!(
+            domains_of(QEMU, &uid).len(),
+            1,
+            "exactly one domain after restart"
+        );
+        let dname = domains_of(QEMU, &uid).remove(0);
+        assert_eq!(domain_active(QEMU, &dname), Some(true));
+        assert_eq!(condition(&v, "Ready").as_deref(), Some("True"));
+
+        // Wait for the guest's init, so ACPI power-off works, then delete and
+        // kill the handler as soon as it has pressed the power button.
+        let mut con = h
+            .streams()
+            .websocket(&vmi_path(&ns, "crash", "console"))
+            .await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        drop(con);
+        let before = h.log_text().matches("asked the guest to power off").count();
+        remove_vmi(&client, &ns, "crash").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.log_text().matches("asked the guest to power off").count() == before
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        h.kill();
+        h.restart();
+        wait_gone(&client, &ns, "crash", Duration::from_secs(60)).await?;
+        assert!(
+            domains_of(QEMU, &uid).is_empty(),
+            "domain left after teardown"
+        );
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_handlers_on_one_libvirtd_keep_to_their_own_domains() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let a = Handler::start(bed, &ns, &node_name(&ns, "a"), QEMU);
+        let b = Handler::start(bed, &ns, &node_name(&ns, "b"), QEMU);
+        wait_serving(&a, Duration::from_secs(60)).await;
+        wait_serving(&b, Duration::from_secs(60)).await;
+        let va = place(&client, &ns, guest("on-a", json!([]), json!([])), &a.node).await;
+        let vb = place(&client, &ns, guest("on-b", json!([]), json!([])), &b.node).await;
+        wait_phase(&client, &ns, "on-a", "Running", BOOT).await?;
+        wait_phase(&client, &ns, "on-b", "Running", BOOT).await?;
+        let da = domains_of(QEMU, &va.uid().unwrap_or_default());
+        let db = domains_of(QEMU, &vb.uid().unwrap_or_default());
+        assert_eq!((da.len(), db.len()), (1, 1));
+        // Each handler sees the other's domain on the same libvirtd, and its
+        // VMI is not in its cache: the sweeper must still leave it alone.
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(domain_active(QEMU, &da[0]), Some(true));
+        assert_eq!(domain_active(QEMU, &db[0]), Some(true));
+        // The stream endpoint of one node does not serve the other's VMI.
+        let code = a
+            .streams()
+            .put(&vmi_path(&ns, "on-b", "pause"))
+            .await
+            .map_err(|e| e.to_string())?
+            .0;
+        assert_eq!(code, 404);
+        remove_vmi(&client, &ns, "on-a").await;
+        wait_gone(&client, &ns, "on-a", Duration::from_secs(45)).await?;
+        assert_eq!(
+            domain_active(QEMU, &db[0]),
+            Some(true),
+            "deleting a's VMI touched b's domain"
+        );
+        remove_vmi(&client, &ns, "on-b").await;
+        wait_gone(&client, &ns, "on-b", Duration::from_secs(45)).await?;
+        a.remove(&client).await;
+        b.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+/// Relays a unix socket to libvirtd's, so a test can cut the handler's
+/// connection without touching the shared daemon.
+struct SocketProxy {
+    path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SocketProxy {
+    fn start(path: &std::path::Path) -> SocketProxy {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).expect("proxy socket");
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut up) =
+                        tokio::net::UnixStream::connect("/var/run/libvirt/libvirt-sock").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                    }
+                });
+            }
+        });
+        SocketProxy {
+            path: path.to_owned(),
+            task,
+        }
+    }
+
+    /// Closes the socket and every relayed connection.
+    fn cut(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_libvirt_connection_is_reported_and_recovered() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let sock = bed.info().logs_dir.join(format!("{ns}-libvirt.sock"));
+        let proxy = SocketProxy::start(&sock);
+        let uri = format!("qemu+unix:///system?socket={}", sock.display());
+        let node = node_name(&ns, "p");
+        let h = Handler::start(bed, &ns, &node, &uri);
+        wait_serving(&h, Duration::from_secs(60)).await;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let cond = |n: &k8s_openapi::api::core::v1::Node| {
+            n.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "IronvirtLibvirtReachable")
+                .map(|c| {
+                    (
+                        c.status.clone(),
+                        n.labels().get("kubevirt.io/schedulable").cloned(),
+                    )
+                })
+        };
+        eventually(
+            Duration::from_secs(30),
+            "node reports libvirt reachable",
+            || async {
+                let n = nodes.get(&node).await.ok()?;
+                (cond(&n)? == ("True".into(), Some("true".into()))).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+        proxy.cut();
+        eventually(
+            Duration::from_secs(60),
+            "node reports libvirt unreachable",
+            || async {
+                let n = nodes.get(&node).await.ok()?;
+                (cond(&n)? == ("False".into(), Some("false".into()))).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}; handler log:\n{}", h.log_text()))?;
+
+        let proxy = SocketProxy::start(&sock);
+        eventually(
+            Duration::from_secs(60),
+            "node reports libvirt reachable again",
+            || async {
+                let n = nodes.get(&node).await.ok()?;
+                (cond(&n)? == ("True".into(), Some("true".into()))).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}; handler log:\n{}", h.log_text()))?;
+        // And it works: a VMI starts through the new connection.
+        place(&client, &ns, guest("after", json!([]), json!([])), &node).await;
+        wait_phase(&client, &ns, "after", "Running", BOOT).await?;
+        remove_vmi(&client, &ns, "after").await;
+        wait_gone(&client, &ns, "after", Duration::from_secs(45)).await?;
+        proxy.cut();
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
