@@ -256,6 +256,22 @@ pub fn parse_owner(xml: &str) -> Option<DomainOwner> {
             && n.tag_name().namespace() == Some(METADATA_NS)
             && n.tag_name().name() == "vmi"
     })?;
+    owner_from(vmi)
+}
+
+/// Reads the owner from the element `virDomainGetMetadata(ELEMENT, METADATA_NS)`
+/// returns. libvirt strips the namespace from it (`<vmi namespace=… …/>`):
+/// the call itself already selected ironvirt's namespace.
+pub fn parse_owner_element(xml: &str) -> Option<DomainOwner> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "vmi" {
+        return None;
+    }
+    owner_from(root)
+}
+
+fn owner_from(vmi: roxmltree::Node<'_, '_>) -> Option<DomainOwner> {
     let attr = |name: &str| vmi.attribute(name).map(str::to_owned);
     Some(DomainOwner {
         namespace: attr("namespace")?,
@@ -2308,4 +2324,14 @@ mod tests {
         assert_eq!(parse_live(""), LiveFacts::default());
         assert_eq!(parse_live("<domain/>"), LiveFacts::default());
     }
+
+    #[test]
+    fn owner_from_libvirt_metadata_call_without_namespace() {
+        let xml = r#"<vmi namespace="default" name="v" uid="u" node="n"/>"#;
+        let o = parse_owner_element(xml).unwrap();
+        assert_eq!((o.namespace.as_str(), o.uid.as_str(), o.node.as_str()), ("default", "u", "n"));
+        assert!(parse_owner_element("<other name='x'/>").is_none());
+        assert!(parse_owner_element(r#"<vmi name="v"/>"#).is_none());
+    }
+
 }

@@ -425,7 +425,7 @@ pub fn owner(dom: &Domain) -> Result<Option<DomainOwner>, virt::error::Error> {
         Some(domxml::METADATA_NS),
         0,
     ) {
-        Ok(xml) => Ok(domxml::parse_owner(&xml)),
+        Ok(xml) => Ok(domxml::parse_owner_element(&xml).or_else(|| domxml::parse_owner(&xml))),
         Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::NoDomainMetadata)) => Ok(None),
         Err(e) => Err(e),
     }
