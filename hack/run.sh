@@ -38,28 +38,53 @@ log "starting ironvirt-operator"
 IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
   "$REPO/target/debug/ironvirt-operator" --metrics-addr 127.0.0.1:0 --leader-election-namespace default >/dev/null \
   || die "could not start ironvirt-operator (log: $state/logs/ironvirt-operator.log)."
+
+# The node agent for this machine. KVM does not work on the machines this
+# test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
+node="${IRONVIRT_NODE:-ironvirt-node-1}"
+pki="$state/pki"
+log "starting ironvirt-handler for node $node"
+IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
+  "$REPO/target/debug/ironvirt-handler" --node-name "$node" --libvirt-uri qemu:///system \
+  --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --state-dir "$state/handler" --register-node \
+  --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 \
+  --tls-cert "$pki/ironvirt-handler.crt" --tls-key "$pki/ironvirt-handler.key" --client-ca "$pki/ironvirt-ca.crt" >/dev/null \
+  || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
+
+log "starting the example VM (examples/vm-busybox.yaml)"
+"${KUBECTL[@]}" apply -n default -f "$REPO/examples/vm-busybox.yaml" >/dev/null || die "applying examples/vm-busybox.yaml failed."
+phase=""
+for _ in $(seq 1 360); do
+  phase="$("${KUBECTL[@]}" get -n default vmi vm-busybox -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+  [[ "$phase" == Running ]] && break
+  sleep 0.5
+done
+if [[ "$phase" != Running ]]; then
+  "${KUBECTL[@]}" get -n default vm,vmi -o wide >&2 || true
+  die "the example VM did not reach Running within 180 s (logs: $state/logs/ironvirt-{operator,handler}.log)."
+fi
 elapsed=$(( $(date +%s) - start ))
 
 cat <<MSG
 
 ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
-the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset) and ironvirt-operator.
+the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset), ironvirt-operator and
+ironvirt-handler for node $node. The example VM vm-busybox is Running.
 
   cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}' | tr -d '"')  (context ironvirt-testbed, user admin)
   kubeconfig:  $kubeconfig
   kubectl:     $K8S_BIN/kubectl  (same version as the server)
-  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator}.log
+  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator,ironvirt-handler}.log
   guest disk:  $GUEST_IMAGE  (used by examples/*busybox*.yaml)
 
 Try next:
   export KUBECONFIG=$kubeconfig PATH=$K8S_BIN:\$PATH
-  kubectl get --raw /readyz
-  kubectl explain vm.spec.runStrategy
-  kubectl apply -f examples/vm-busybox.yaml && kubectl get vms,vmis
+  kubectl get vms,vmis -o wide
+  virsh -c qemu:///system list --all                              # the domain: ironvirt-default_vm-busybox
+  kubectl apply -f examples/vmirs-busybox.yaml && kubectl get vmis -w
+  kubectl delete vm vm-busybox                                    # ACPI power-off, then the VMI goes
   IRONVIRT_STATE=$state $TESTBED user alice --group dev   # mint a client certificate; prints its kubeconfig
-  virsh -c qemu:///system list --all
 
-The operator runs; the node handler and subresource API are not built yet, so no node runs VMIs:
-a VM shows ErrorUnschedulable ("no node runs an ironvirt handler") until the handler lands.
+The subresource API (ironctl/virtctl console, vnc, start/stop) is not built yet.
 Stop everything with: make stop
 MSG

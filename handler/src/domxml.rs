@@ -2329,9 +2329,11 @@ mod tests {
     fn owner_from_libvirt_metadata_call_without_namespace() {
         let xml = r#"<vmi namespace="default" name="v" uid="u" node="n"/>"#;
         let o = parse_owner_element(xml).unwrap();
-        assert_eq!((o.namespace.as_str(), o.uid.as_str(), o.node.as_str()), ("default", "u", "n"));
+        assert_eq!(
+            (o.namespace.as_str(), o.uid.as_str(), o.node.as_str()),
+            ("default", "u", "n")
+        );
         assert!(parse_owner_element("<other name='x'/>").is_none());
         assert!(parse_owner_element(r#"<vmi name="v"/>"#).is_none());
     }
-
 }
