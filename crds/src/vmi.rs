@@ -173,7 +173,8 @@ pub struct Cpu {
     #[schemars(range(min = 1, max = 8))]
     pub threads: Option<u32>,
     /// The CPU model, for example host-model, host-passthrough or a named QEMU
-    /// model such as Westmere. Under TCG ironvirt uses QEMU's default model.
+    /// model such as Westmere. Under TCG (no KVM) host-model means QEMU's default
+    /// model and host-passthrough is rejected; named models are emulated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Not supported by ironvirt yet.

@@ -519,3 +519,46 @@ async fn lost_libvirt_connection_is_reported_and_recovered() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_ignores_the_power_button_is_destroyed_after_the_grace_period() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "q");
+        let h = Handler::start(bed, &ns, &node, QEMU);
+        wait_serving(&h, Duration::from_secs(60)).await;
+        let mut m = guest("stubborn", json!([]), json!([]));
+        m["spec"]["terminationGracePeriodSeconds"] = json!(4);
+        let placed = place(&client, &ns, m, &node).await;
+        let uid = placed.uid().unwrap_or_default();
+        wait_phase(&client, &ns, "stubborn", "Running", BOOT).await?;
+        let mut con = h
+            .streams()
+            .websocket(&vmi_path(&ns, "stubborn", "console"))
+            .await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        // Without acpid the power button does nothing.
+        con.send(b"\nkillall acpid; echo acpid-$((40+2))-gone\n")
+            .await?;
+        con.expect("acpid-42-gone", Duration::from_secs(30)).await?;
+
+        let t0 = Instant::now();
+        remove_vmi(&client, &ns, "stubborn").await;
+        wait_gone(&client, &ns, "stubborn", Duration::from_secs(60)).await?;
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_secs(3),
+            "gone after {took:?}, before the grace period ended"
+        );
+        assert!(took < Duration::from_secs(20), "gone only after {took:?}");
+        assert!(
+            h.log_text().contains("destroyed the domain"),
+            "no destroy in the handler log"
+        );
+        assert!(domains_of(QEMU, &uid).is_empty());
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
