@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test bench deps build-k8s guest build lint crdgen clean-state
+.PHONY: help run stop test bench bench-handler deps build-k8s guest build lint crdgen clean-state
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ stop: ## Stop everything `make run` (or an interrupted `make test`) started
 test: ## Install what is missing, build, and run every test (unit and against the real test bed)
 	@hack/test.sh
 
-bench: ## Operator benchmark: 100 and 1000 VMs on a control plane of its own
+bench: ## Benchmarks (operator: 100 and 1000 VMs; handler) on a test bed of their own
 	@hack/bench.sh
+
+bench-handler: ## Handler benchmark only: RSS, Scheduled-to-Running latency, console throughput
+	@BENCH=handler hack/bench.sh
 
 deps: ## Install the Debian packages the test bed needs
 	@hack/install-deps.sh

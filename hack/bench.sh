@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# make bench: the operator benchmark (see docs/benchmarks.md) on a control plane
-# of its own, with a release build of the operator. Arguments: VM counts.
+# make bench: the benchmarks of docs/benchmarks.md on a test bed of their own,
+# with release builds of the components. BENCH=operator|handler|all (default
+# all); arguments: VM counts for the operator benchmark.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 . "$HACK/lib.sh"
 "$HACK/install-deps.sh"
 "$HACK/build-k8s.sh"
+guest_dir="$("$HACK/build-guest.sh")"
+install_guest_image "$guest_dir"
 build_rust
-cargo build --quiet --release -p ironvirt-operator --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed."
-cargo build --quiet -p ironvirt-tests --bin operator-bench --manifest-path "$REPO/Cargo.toml" || die "building the bench failed."
+cargo build --quiet --release -p ironvirt-operator -p ironvirt-handler --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed."
+cargo build --quiet -p ironvirt-tests --bin operator-bench --bin handler-bench --manifest-path "$REPO/Cargo.toml" || die "building the benches failed."
 state="$REPO/.state/bench"
 testbed_down "$state" || true
 rm -rf "$state"
 trap 'testbed_down "$state" || true' EXIT
-IRONVIRT_STATE="$state" "$TESTBED" up --etcd-bin "$ETCD_BIN" --k8s-bin "$K8S_BIN" >/dev/null
-IRONVIRT_STATE="$state" "$REPO/target/debug/operator-bench" "$@"
+testbed_up "$state" "$guest_dir"
+which="${BENCH:-all}"
+if [[ $which == all || $which == operator ]]; then
+  IRONVIRT_STATE="$state" "$REPO/target/debug/operator-bench" "$@"
+fi
+if [[ $which == all || $which == handler ]]; then
+  IRONVIRT_STATE="$state" "$REPO/target/debug/handler-bench"
+fi

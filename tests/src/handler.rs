@@ -22,6 +22,8 @@ use crate::operator::{LEASE_NAMESPACE, TEST_NODE_LABEL};
 /// A running handler process for node `node`; killed when dropped.
 pub struct Handler {
     child: Option<Child>,
+    profile: String,
+    extra: Vec<String>,
     pub node: String,
     pub uri: String,
     pub ns: String,
@@ -43,9 +45,23 @@ impl Handler {
     /// Starts a handler for `node` on libvirt `uri`, registering the Node with
     /// the test namespace's label so that namespace's operator places there.
     pub fn start(bed: &TestBed, ns: &str, node: &str, uri: &str) -> Handler {
+        Self::start_with(bed, ns, node, uri, "debug", &[])
+    }
+
+    /// Starts the `profile` build (debug or release) with extra arguments.
+    pub fn start_with(
+        bed: &TestBed,
+        ns: &str,
+        node: &str,
+        uri: &str,
+        profile: &str,
+        extra: &[&str],
+    ) -> Handler {
         let info = bed.info();
         let mut h = Handler {
             child: None,
+            profile: profile.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             node: node.to_owned(),
             uri: uri.to_owned(),
             ns: ns.to_owned(),
@@ -61,7 +77,7 @@ impl Handler {
 
     fn spawn(&mut self) {
         let bin = crate::operator::target_dir()
-            .join("debug")
+            .join(&self.profile)
             .join("ironvirt-handler");
         assert!(
             bin.is_file(),
@@ -92,7 +108,12 @@ impl Handler {
             .arg("--client-ca")
             .arg(pki(names::IRONVIRT_CA, "crt"))
             .args(["--health-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--resync-seconds", "5", "--renew-seconds", "2"])
+            .args(if self.extra.iter().any(|a| a == "--resync-seconds") {
+                &["--renew-seconds", "2"][..]
+            } else {
+                &["--resync-seconds", "5", "--renew-seconds", "2"][..]
+            })
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
