@@ -295,6 +295,12 @@ impl WsSession {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
 
+    /// The last few KiB received, as text.
+    fn tail_text(&self) -> String {
+        let start = self.seen.len().saturating_sub(3000);
+        String::from_utf8_lossy(&self.seen[start..]).into_owned()
+    }
+
     /// Sends bytes as a binary frame.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), String> {
         self.ws
@@ -311,10 +317,21 @@ impl WsSession {
         timeout: Duration,
     ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
+        // Scan only what arrived since the last look (plus an overlap for a
+        // needle split across frames): a 1 MB transcript must not be rescanned
+        // on every frame.
+        let mut scanned = from.min(self.seen.len());
         loop {
-            if String::from_utf8_lossy(&self.seen[from.min(self.seen.len())..]).contains(needle) {
+            let start = scanned
+                .saturating_sub(needle.len())
+                .max(from.min(self.seen.len()));
+            if self.seen[start..]
+                .windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes())
+            {
                 return Ok(());
             }
+            scanned = self.seen.len();
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.ws.next()).await {
                 Ok(Some(Ok(Message::Binary(b)))) => self.seen.extend_from_slice(&b),
@@ -322,7 +339,7 @@ impl WsSession {
                 Ok(Some(Ok(Message::Close(f)))) => {
                     return Err(format!(
                         "closed ({f:?}) before {needle:?}; transcript tail:\n{}",
-                        tail(&self.transcript())
+                        self.tail_text()
                     ));
                 }
                 Ok(Some(Ok(_))) => {}
@@ -331,7 +348,7 @@ impl WsSession {
                 Err(_) => {
                     return Err(format!(
                         "{needle:?} not seen within {timeout:?}; transcript tail:\n{}",
-                        tail(&self.transcript())
+                        self.tail_text()
                     ));
                 }
             }
@@ -381,14 +398,6 @@ impl WsSession {
             }
         }
     }
-}
-
-fn tail(s: &str) -> &str {
-    let mut start = s.len().saturating_sub(3000);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
 }
 
 /// Creates `vmi` (a VMI manifest) in `ns` as the operator would leave it placed

@@ -260,6 +260,7 @@ async fn run(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
     wait_serving(&td, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss0 = rss_kib(td.pid(), "VmRSS:");
+    let anon0 = rss_kib(td.pid(), "RssAnon:");
     let names: Vec<String> = (0..20).map(|i| format!("td-{i}")).collect();
     let lat = place_and_time(
         client,
@@ -272,9 +273,10 @@ async fn run(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss20 = rss_kib(td.pid(), "VmRSS:");
+    let anon20 = rss_kib(td.pid(), "RssAnon:");
     let hwm = rss_kib(td.pid(), "VmHWM:");
     println!(
-        "handler_rss_kib: idle={rss0} with_20_vmis={rss20} peak={hwm} per_vmi_kib={:.0}",
+        "handler_rss_kib: idle={rss0} (anon {anon0}) with_20_vmis={rss20} (anon {anon20}) peak={hwm} per_vmi_kib={:.0}",
         (rss20 as f64 - rss0 as f64) / 20.0
     );
     report(
