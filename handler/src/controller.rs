@@ -279,10 +279,30 @@ async fn create(
         }
         Err(e) => return fail_start(vmi, ctx, api, volume_reason(&e), e.to_string()).await,
     };
+    let forwards = port_forwards(vmi)?;
+    if !forwards.is_empty() {
+        let list: Vec<String> = forwards
+            .iter()
+            .map(|f| {
+                format!(
+                    "127.0.0.1:{} -> {}/{:?} ({})",
+                    f.host_port, f.guest_port, f.protocol, f.interface
+                )
+            })
+            .collect();
+        publish(
+            ctx,
+            vmi,
+            false,
+            "PortsForwarded",
+            format!("on node {}: {}", ctx.node, list.join(", ")),
+        )
+        .await;
+    }
     let inputs = DomainInputs {
         node: ctx.node.clone(),
         volumes: resolved,
-        port_forwards: port_forwards(vmi)?,
+        port_forwards: forwards,
         nvram: dir.join("nvram.fd"),
     };
     let xml = match domxml::domain_xml(vmi, &ctx.host, &inputs) {

@@ -184,9 +184,17 @@ pub fn domain_xml(
 
     let mut passthrough = Vec::new();
     let mut interfaces = Vec::new();
+    let mut forwarded = 0u8;
     for nic in &nics {
         match forwards.get(nic.name.as_str()) {
-            Some(fw) => passthrough.extend(netdev_args(nic, fw)),
+            Some(fw) => {
+                passthrough.extend(netdev_args(
+                    nic,
+                    fw,
+                    &passthrough_address(&machine, forwarded),
+                ));
+                forwarded += 1;
+            }
             None => interfaces.push(interface_element(nic)),
         }
     }
@@ -1480,7 +1488,7 @@ fn interface_element(nic: &Nic) -> Element {
 
 /// The QEMU arguments of a masquerade interface with port forwards: a user
 /// netdev with `hostfwd` on 127.0.0.1 and its NIC.
-fn netdev_args(nic: &Nic, forwards: &[&PortForward]) -> [String; 4] {
+fn netdev_args(nic: &Nic, forwards: &[&PortForward], address: &str) -> [String; 4] {
     let id = format!("ua-{}", nic.name);
     let mut netdev = format!("user,id={id}");
     for (addr, prefix) in &nic.nets {
@@ -1498,11 +1506,25 @@ fn netdev_args(nic: &Nic, forwards: &[&PortForward]) -> [String; 4] {
             fw.host_port, fw.guest_port
         );
     }
-    let mut device = format!("{},netdev={id},mac={}", nic.device, nic.mac);
+    let mut device = format!("{},netdev={id},mac={},{address}", nic.device, nic.mac);
     if let Some(order) = nic.boot_order {
         let _ = write!(device, ",bootindex={order}");
     }
     ["-netdev".to_owned(), netdev, "-device".to_owned(), device]
+}
+
+/// A PCI address libvirt does not hand out for the `n`-th NIC that QEMU gets
+/// on its command line: libvirt places its own devices from slot 1 upwards
+/// (on q35 behind root ports in slots 2 and 3 for up to 16 devices), so these
+/// take slots from 0x1d downwards on the root bus. Without an address QEMU
+/// would take slot 1, which libvirt gives the video device.
+fn passthrough_address(machine: &str, n: u8) -> String {
+    let bus = if machine.contains("q35") {
+        "pcie.0"
+    } else {
+        "pci.0"
+    };
+    format!("bus={bus},addr={:#04x}", 0x1d_u8.saturating_sub(n))
 }
 
 fn commandline_element(args: &[String]) -> Element {
@@ -2093,7 +2115,7 @@ mod tests {
                       hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=udp:127.0.0.1:40053-:53'/>";
         assert!(xml.contains(netdev), "{xml}");
         assert!(xml.contains(&format!(
-            "<qemu:arg value='virtio-net-pci,netdev=ua-default,mac={mac},bootindex=1'/>"
+            "<qemu:arg value='virtio-net-pci,netdev=ua-default,mac={mac},bus=pcie.0,addr=0x1d,bootindex=1'/>"
         )));
         assert!(!xml.contains("<interface type='user'>"));
         assert!(!xml.contains("<boot dev="));

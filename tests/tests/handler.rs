@@ -562,3 +562,57 @@ async fn a_guest_that_ignores_the_power_button_is_destroyed_after_the_grace_peri
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn masquerade_ports_are_forwarded_from_the_node() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "q");
+        let h = Handler::start(bed, &ns, &node, QEMU);
+        wait_serving(&h, Duration::from_secs(60)).await;
+        let mut m = guest("fwd", json!([]), json!([]));
+        m["spec"]["domain"]["devices"]["interfaces"] =
+            json!([{"name": "default", "masquerade": {}, "ports": [{"name": "web", "port": 8080}]}]);
+        m["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
+        place(&client, &ns, m, &node).await;
+        let v = wait_phase(&client, &ns, "fwd", "Running", BOOT).await?;
+        let mac = v.status.as_ref().and_then(|s| s.interfaces.as_ref()).and_then(|i| i.first()).and_then(|i| i.mac.clone());
+        assert!(mac.is_some(), "no MAC reported: {:?}", v.status);
+
+        // The host port is in the PortsForwarded event.
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let note = eventually(Duration::from_secs(30), "PortsForwarded event", || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("PortsForwarded"))?.message
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let host_port: u16 = note
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("no host port in {note:?}"))?;
+
+        let mut con = h.streams().websocket(&vmi_path(&ns, "fwd", "console")).await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        con.send(b"\nudhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1; (while true; do echo pong-from-guest | nc -l -p 8080; done) & echo listening-$((1+2))\n").await?;
+        con.expect("listening-3", Duration::from_secs(60)).await?;
+        let got = eventually(Duration::from_secs(60), "an answer through the forwarded port", || async {
+            use tokio::io::AsyncReadExt;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", host_port)).await.ok()?;
+            let mut buf = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut buf)).await;
+            buf.contains("pong-from-guest").then_some(buf)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        assert!(got.contains("pong-from-guest"));
+        remove_vmi(&client, &ns, "fwd").await;
+        wait_gone(&client, &ns, "fwd", Duration::from_secs(45)).await?;
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
