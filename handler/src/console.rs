@@ -251,6 +251,9 @@ fn close_quietly(conn: Connect) {
 pub struct Consoles {
     uri: String,
     hubs: Mutex<HashMap<String, Arc<ConsoleHub>>>,
+    /// Serialises opening: two openers of one console would each force the
+    /// other's stream closed.
+    opening: Mutex<()>,
 }
 
 impl Consoles {
@@ -258,6 +261,7 @@ impl Consoles {
         Consoles {
             uri: uri.to_owned(),
             hubs: Mutex::default(),
+            opening: Mutex::default(),
         }
     }
 
@@ -267,8 +271,10 @@ impl Consoles {
         hubs.get(domain).filter(|h| !h.is_closed()).cloned()
     }
 
-    /// The hub of `domain`, opening it if none is live. Blocking.
+    /// The hub of `domain`, opening it if none is live. Blocking. A domain
+    /// that is still starting has no pty yet: that is retried for a few seconds.
     pub fn ensure(&self, domain: &str) -> Result<Arc<ConsoleHub>, LibvirtError> {
+        let _opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = self.get(domain) {
             return Ok(h);
         }
@@ -278,7 +284,18 @@ impl Consoles {
                 "libvirt's test driver has no serial consoles".into(),
             ));
         }
-        let hub = ConsoleHub::open(&self.uri, domain)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let hub = loop {
+            match ConsoleHub::open(&self.uri, domain) {
+                Ok(h) => break h,
+                Err(LibvirtError::Call(m))
+                    if m.contains("not yet assigned") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         hubs.retain(|_, h| !h.is_closed());
         hubs.insert(domain.to_owned(), Arc::clone(&hub));

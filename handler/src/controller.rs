@@ -180,8 +180,11 @@ pub async fn reconcile(
                 )
                 .await;
             }
-            ensure_console(&ctx, &dname).await;
-            Ok(Action::requeue(ctx.resync))
+            if ensure_console(&ctx, &dname).await {
+                Ok(Action::requeue(ctx.resync))
+            } else {
+                Ok(Action::requeue(Duration::from_secs(2)))
+            }
         }
         Step::End {
             phase,
@@ -337,7 +340,7 @@ async fn after_start(
 ) -> Result<Action, Error> {
     match started {
         Ok(()) => {
-            ensure_console(ctx, dname).await;
+            let _ = ensure_console(ctx, dname).await;
             Ok(Action::requeue(Duration::from_millis(50)))
         }
         Err(e @ LibvirtError::Call(_)) => {
@@ -349,17 +352,24 @@ async fn after_start(
 }
 
 /// Opens the serial console hub right away, so boot messages are kept for
-/// clients that connect later. Best effort: a client's connect retries it.
-async fn ensure_console(ctx: &Context, dname: &str) {
+/// clients that connect later. Best effort: says whether a hub is live (or
+/// none is wanted), so the caller can come back soon when not.
+async fn ensure_console(ctx: &Context, dname: &str) -> bool {
     if ctx.libvirt.uri().starts_with("test:") || ctx.consoles.get(dname).is_some() {
-        return;
+        return true;
     }
     let consoles = Arc::clone(&ctx.consoles);
     let d = dname.to_owned();
     match tokio::task::spawn_blocking(move || consoles.ensure(&d)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::info!(domain = dname, error = %e, "serial console not attached"),
-        Err(e) => tracing::warn!(domain = dname, error = %e, "attaching the console panicked"),
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::info!(domain = dname, error = %e, "serial console not attached");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(domain = dname, error = %e, "attaching the console panicked");
+            false
+        }
     }
 }
 
@@ -584,9 +594,19 @@ pub async fn sweep_orphans(
     store: Store<VirtualMachineInstance>,
     every: Duration,
 ) {
-    if store.wait_until_ready().await.is_err() {
-        return;
+    // Re-poll now and then: kube-runtime's readiness signal wakes only the
+    // last of several waiters, and the controller waits on it too.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => {
+                tracing::warn!("VMI cache never became ready; no orphan sweeps");
+                return;
+            }
+            Err(_) => {}
+        }
     }
+    tracing::info!("VMI cache ready; sweeping orphans every {every:?}");
     loop {
         if let Err(e) = sweep_once(&ctx, &store).await {
             tracing::warn!(error = %e, "orphan sweep failed");
@@ -602,6 +622,7 @@ async fn sweep_once(ctx: &Context, store: &Store<VirtualMachineInstance>) -> Res
         .call(move |c| libvirt::list_owned(c, &node))
         .await?;
     let live: HashSet<String> = store.state().iter().filter_map(|v| v.uid()).collect();
+    tracing::debug!(domains = domains.len(), vmis = live.len(), "orphan sweep");
     let mut with_domain = HashSet::new();
     for d in domains {
         with_domain.insert(d.owner.uid.clone());

@@ -239,6 +239,29 @@ async fn example_vmi_runs_with_a_console_and_stops_on_deletion() {
             "a read-only observer typed"
         );
 
+        // Reset and soft reboot restart the guest: its init prints the marker again.
+        for op in ["reset", "softreboot"] {
+            let from = second.received();
+            let (code, body) = s
+                .put(&vmi_path(&ns, "vmi-busybox", op))
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(code, 200, "{op}: {body}");
+            second
+                .expect_from(from, MARKER, BOOT)
+                .await
+                .map_err(|e| format!("after {op}: {e}"))?;
+        }
+        let v = wait_phase(
+            &client,
+            &ns,
+            "vmi-busybox",
+            "Running",
+            Duration::from_secs(5),
+        )
+        .await?;
+        assert_eq!(condition(&v, "Ready").as_deref(), Some("True"));
+
         // VNC greets with the RFB banner.
         let mut vnc = s.websocket(&vmi_path(&ns, "vmi-busybox", "vnc")).await?;
         let hello = vnc
@@ -611,6 +634,50 @@ async fn masquerade_ports_are_forwarded_from_the_node() {
         assert!(got.contains("pong-from-guest"));
         remove_vmi(&client, &ns, "fwd").await;
         wait_gone(&client, &ns, "fwd", Duration::from_secs(45)).await?;
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_whose_vmi_vanished_while_the_handler_was_down_is_removed() {
+    let bed = &bed().await;
+    bed.with_namespace("ht", |ns| async move {
+        let client = bed.admin();
+        let node = node_name(&ns, "q");
+        let mut h = Handler::start(bed, &ns, &node, QEMU);
+        wait_serving(&h, Duration::from_secs(60)).await;
+        let placed = place(&client, &ns, guest("orphan", json!([]), json!([])), &node).await;
+        let uid = placed.uid().unwrap_or_default();
+        wait_phase(&client, &ns, "orphan", "Running", BOOT).await?;
+        assert_eq!(domains_of(QEMU, &uid).len(), 1);
+        // The handler is down while the VMI is force-deleted (finalizer stripped).
+        h.kill();
+        let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        let _ = api
+            .patch(
+                "orphan",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        remove_vmi(&client, &ns, "orphan").await;
+        wait_gone(&client, &ns, "orphan", Duration::from_secs(30)).await?;
+        assert_eq!(
+            domains_of(QEMU, &uid).len(),
+            1,
+            "the domain outlives its VMI while the handler is down"
+        );
+        h.restart();
+        eventually(
+            Duration::from_secs(60),
+            "the orphaned domain to be removed",
+            || async { domains_of(QEMU, &uid).is_empty().then_some(()) },
+        )
+        .await
+        .map_err(|e| format!("{e}; handler log:\n{}", h.log_text()))?;
+        assert!(!h.state_dir.join("vmis").join(&uid).exists());
         h.remove(&client).await;
         Ok::<(), String>(())
     })
