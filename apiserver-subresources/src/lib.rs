@@ -1,0 +1,7 @@
+//! ironvirt-api: the aggregated API server for `subresources.kubevirt.io/v1`
+//! (console, VNC, screenshot, VM and VMI power operations) and ironvirt's
+//! admission webhooks. Stateless: any number of replicas may serve.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod rfb;
