@@ -86,3 +86,54 @@ testbed_down() {
   [[ -x "$TESTBED" ]] || build_rust
   IRONVIRT_STATE="$state" "$TESTBED" down
 }
+
+# Starts ironvirt-api for the test bed in state directory $1 and registers it
+# with kube-apiserver: the user-facing ClusterRoles, an ExternalName Service
+# (localhost) in ironvirt-system and the APIService v1.subresources.kubevirt.io.
+# Prints the port.
+start_api() {
+  local state="$1" pki="$1/pki" port
+  local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig")
+  port="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
+  IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-api -e "KUBECONFIG=$state/kubeconfig" -e "RUST_LOG=info" -- \
+    "$REPO/target/debug/ironvirt-api" --listen "127.0.0.1:$port" --listen "[::1]:$port" \
+    --tls-cert "$pki/ironvirt-api.crt" --tls-key "$pki/ironvirt-api.key" \
+    --handler-ca "$pki/ironvirt-ca.crt" --handler-client-cert "$pki/ironvirt-api-client.crt" \
+    --handler-client-key "$pki/ironvirt-api-client.key" >/dev/null || return 1
+  "${kubectl[@]}" apply -f "$REPO/deploy/rbac/kubevirt-user-roles.yaml" >/dev/null || return 1
+  "${kubectl[@]}" apply -f - >/dev/null <<YAML || return 1
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: ironvirt-system
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: ironvirt-api
+  namespace: ironvirt-system
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports:
+    - name: https
+      port: $port
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1.subresources.kubevirt.io
+spec:
+  group: subresources.kubevirt.io
+  version: v1
+  groupPriorityMinimum: 1000
+  versionPriority: 15
+  caBundle: $(base64 -w0 <"$pki/ironvirt-ca.crt")
+  service:
+    namespace: ironvirt-system
+    name: ironvirt-api
+    port: $port
+YAML
+  "${kubectl[@]}" wait --for=condition=Available --timeout=60s apiservice/v1.subresources.kubevirt.io >/dev/null || return 1
+  echo "$port"
+}

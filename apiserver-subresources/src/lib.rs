@@ -4,4 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod app;
+pub mod auth;
 pub mod rfb;
+pub mod server;
+pub mod vmops;

@@ -56,6 +56,8 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print a free TCP port on 127.0.0.1 (and ::1).
+    FreePort,
     /// Mint a client certificate (CN = user, O = groups) and print its kubeconfig's path.
     User {
         name: String,
@@ -123,6 +125,18 @@ async fn main() -> anyhow::Result<()> {
             let _ = sup.stop(&name, std::time::Duration::from_secs(10));
             let rec = sup.spawn(&name, std::path::Path::new(program), args, &env)?;
             println!("{}", rec.pid);
+        }
+        Cmd::FreePort => {
+            // A port free on both loopback addresses, for servers that listen on both.
+            let port = (0..50)
+                .find_map(|_| {
+                    let v4 = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                    let port = v4.local_addr().ok()?.port();
+                    std::net::TcpListener::bind(("::1", port)).ok()?;
+                    Some(port)
+                })
+                .context("no port free on both 127.0.0.1 and ::1")?;
+            println!("{port}");
         }
         Cmd::User { name, groups } => {
             let info = ClusterInfo::load(&layout).with_context(|| {

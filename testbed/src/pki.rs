@@ -252,7 +252,15 @@ pub mod names {
     pub const HANDLER_SERVING: &str = "ironvirt-handler";
     /// The client certificate ironvirt-api presents to handlers (CN `ironvirt-api`).
     pub const HANDLER_CLIENT: &str = "ironvirt-api-client";
+    /// ironvirt-api's serving certificate (aggregated API and webhooks).
+    pub const API_SERVING: &str = "ironvirt-api";
 }
+
+/// Namespace of ironvirt's components on a cluster (and of the test bed's
+/// ExternalName Service for the aggregated API).
+pub const IRONVIRT_NAMESPACE: &str = "ironvirt-system";
+/// The Service (and certificate name) of ironvirt-api.
+pub const API_SERVICE: &str = "ironvirt-api";
 
 /// The name every handler's stream certificate carries; clients verify it
 /// whatever address they dialled.
@@ -332,6 +340,7 @@ impl Pki {
             names::IRONVIRT_CA,
             names::HANDLER_SERVING,
             names::HANDLER_CLIENT,
+            names::API_SERVING,
         ];
         if all
             .iter()
@@ -349,6 +358,10 @@ impl Pki {
         .write(&self.dir, names::HANDLER_SERVING)?;
         ca.issue(&LeafSpec::client(HANDLER_CLIENT_CN, &[]))?
             .write(&self.dir, names::HANDLER_CLIENT)?;
+        let svc = format!("{API_SERVICE}.{IRONVIRT_NAMESPACE}.svc");
+        let svc_local = format!("{svc}.cluster.local");
+        ca.issue(&LeafSpec::loopback_server(API_SERVICE, &[&svc, &svc_local]))?
+            .write(&self.dir, names::API_SERVING)?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! plane, clients, namespaces, guest) comes from `ironvirt-testbed`.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod domain;
 pub mod handler;
 pub mod kubectl;
