@@ -51,6 +51,9 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$kubeco
   --tls-cert "$pki/ironvirt-handler.crt" --tls-key "$pki/ironvirt-handler.key" --client-ca "$pki/ironvirt-ca.crt" >/dev/null \
   || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
 
+log "starting ironvirt-api (subresources.kubevirt.io) and registering it"
+start_api "$state" >/dev/null || die "ironvirt-api did not start or did not become Available (log: $state/logs/ironvirt-api.log)."
+
 log "starting the example VM (examples/vm-busybox.yaml)"
 "${KUBECTL[@]}" apply -n default -f "$REPO/examples/vm-busybox.yaml" >/dev/null || die "applying examples/vm-busybox.yaml failed."
 phase=""
@@ -68,23 +71,25 @@ elapsed=$(( $(date +%s) - start ))
 cat <<MSG
 
 ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
-the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset), ironvirt-operator and
-ironvirt-handler for node $node. The example VM vm-busybox is Running.
+the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset), ironvirt-operator,
+ironvirt-handler for node $node and ironvirt-api (subresources.kubevirt.io). The example VM vm-busybox is Running.
 
   cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}' | tr -d '"')  (context ironvirt-testbed, user admin)
   kubeconfig:  $kubeconfig
   kubectl:     $K8S_BIN/kubectl  (same version as the server)
-  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator,ironvirt-handler}.log
+  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator,ironvirt-handler,ironvirt-api}.log
   guest disk:  $GUEST_IMAGE  (used by examples/*busybox*.yaml)
 
 Try next:
   export KUBECONFIG=$kubeconfig PATH=$K8S_BIN:\$PATH
   kubectl get vms,vmis -o wide
   virsh -c qemu:///system list --all                              # the domain: ironvirt-default_vm-busybox
+  kubectl get --raw /apis/subresources.kubevirt.io/v1              # the aggregated API
+  echo {} | kubectl replace --raw /apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/vm-busybox/restart -f -
   kubectl apply -f examples/vmirs-busybox.yaml && kubectl get vmis -w
   kubectl delete vm vm-busybox                                    # ACPI power-off, then the VMI goes
   IRONVIRT_STATE=$state $TESTBED user alice --group dev   # mint a client certificate; prints its kubeconfig
 
-The subresource API (ironctl/virtctl console, vnc, start/stop) is not built yet.
+Console with KubeVirt's virtctl (if you have it): virtctl console vm-busybox. ironctl is not built yet.
 Stop everything with: make stop
 MSG
