@@ -126,7 +126,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         handler_tls: handler_tls(&cfg)?,
         lease_namespace: cfg.lease_namespace.clone(),
     };
-    let app = server::router(state);
+    let app = server::router(state).merge(admission_router(&client, &cfg));
 
     let mut servers = Vec::new();
     for addr in &cfg.listen {
@@ -140,6 +140,31 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         s.abort();
     }
     Ok(())
+}
+
+/// The admission webhooks, with a preset cache fed by a watch.
+fn admission_router(client: &Client, cfg: &Config) -> Router {
+    use futures::StreamExt;
+    use ironvirt_crds::VirtualMachineInstancePreset;
+    use kube::runtime::events::{Recorder, Reporter};
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let api: kube::Api<VirtualMachineInstancePreset> = kube::Api::all(client.clone());
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(stream);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ironvirt-api".into(),
+            instance: None,
+        },
+    );
+    let state = crate::admission::AdmissionState::new(store)
+        .with_privileged_users(cfg.privileged_users.clone())
+        .with_recorder(recorder);
+    crate::admission::router(state)
 }
 
 async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {

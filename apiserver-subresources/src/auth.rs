@@ -96,10 +96,13 @@ pub enum AuthnError {
     NoUser,
 }
 
+/// Loaded settings with the verifier built from them.
+type Loaded = (RequestHeaderConfig, Arc<dyn ClientCertVerifier>);
+
 /// The current request-header settings and a verifier built from them.
 #[derive(Clone, Default)]
 pub struct RequestHeaderAuth {
-    inner: Arc<RwLock<Option<(RequestHeaderConfig, Arc<dyn ClientCertVerifier>)>>>,
+    inner: Arc<RwLock<Option<Loaded>>>,
 }
 
 impl std::fmt::Debug for RequestHeaderAuth {
@@ -132,7 +135,7 @@ impl RequestHeaderAuth {
         Ok(())
     }
 
-    fn current(&self) -> Option<(RequestHeaderConfig, Arc<dyn ClientCertVerifier>)> {
+    fn current(&self) -> Option<Loaded> {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -97,6 +97,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/version", get(version))
         .route(&format!("/apis/{GROUP}"), get(api_group))
         .route(&format!("/apis/{GROUP}/{VERSION}"), get(resource_list))
+        // virtctl asks this before and after its commands.
+        .route(&format!("/apis/{GROUP}/{VERSION}/version"), get(version))
         .route(
             &format!("{base}/virtualmachineinstances/{{name}}/vnc/screenshot"),
             get(screenshot),
@@ -125,9 +127,11 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 }
 
 async fn version() -> Response {
+    // KubeVirt's clients compare major.minor with their own: say which
+    // KubeVirt API level ironvirt serves.
     axum::Json(json!({
-        "major": "1", "minor": "0",
-        "gitVersion": concat!("v", env!("CARGO_PKG_VERSION")),
+        "major": "1", "minor": "8",
+        "gitVersion": concat!("v1.8.0+ironvirt.", env!("CARGO_PKG_VERSION")),
         "platform": "linux/amd64",
     }))
     .into_response()
@@ -329,11 +333,16 @@ async fn handler_ws(state: &ApiState, url: &str, path: &str) -> Result<HandlerWs
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
+            let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+            let reason = parsed
+                .as_ref()
+                .and_then(|v| v["reason"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "InternalError".to_owned());
+            let message = parsed
+                .as_ref()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
                 .unwrap_or(body);
-            Err(status(code, "HandlerError", message))
+            Err(status(code, &reason, message))
         }
         Err(e) => Err(unavailable(format!("websocket to the handler: {e}"))),
     }

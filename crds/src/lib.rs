@@ -13,6 +13,7 @@ pub mod conditions;
 pub mod preset;
 pub mod quantity;
 pub mod schema;
+pub mod validate;
 pub mod vm;
 pub mod vmi;
 pub mod vmirs;

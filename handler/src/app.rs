@@ -175,6 +175,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         libvirt: Arc::clone(&lv),
         consoles: Arc::clone(&consoles),
         vmis: store.clone(),
+        vnc: Arc::default(),
     };
     tokio::spawn(streams::serve(
         listener,

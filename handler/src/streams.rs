@@ -47,6 +47,40 @@ pub struct StreamState {
     pub libvirt: Arc<Libvirt>,
     pub consoles: Arc<Consoles>,
     pub vmis: Store<VirtualMachineInstance>,
+    pub vnc: Arc<VncSessions>,
+}
+
+/// The VNC viewer of each domain: one at a time, as in KubeVirt. A new viewer
+/// replaces the current one, unless it asks to preserve the session, in which
+/// case it is refused while one is open. Screenshots attach as shared and
+/// touch nobody.
+#[derive(Default)]
+pub struct VncSessions {
+    viewers:
+        std::sync::Mutex<std::collections::HashMap<String, (u64, tokio::sync::watch::Sender<u64>)>>,
+}
+
+impl VncSessions {
+    /// Claims the viewer slot of `domain`: the token and its watch, or None
+    /// when `preserve` is set and a viewer is connected.
+    fn claim(
+        &self,
+        domain: &str,
+        preserve: bool,
+    ) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
+        let mut map = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(domain.to_owned())
+            .or_insert_with(|| (0, tokio::sync::watch::channel(0).0));
+        let active = entry.1.receiver_count() > 0;
+        if preserve && active {
+            return None;
+        }
+        entry.0 += 1;
+        let token = entry.0;
+        entry.1.send_replace(token);
+        Some((token, entry.1.subscribe()))
+    }
 }
 
 /// A Kubernetes Status body with `code`.
@@ -235,14 +269,42 @@ async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VncQuery {
+    /// Refuse (503) instead of replacing a connected viewer.
+    #[serde(default)]
+    preserve_session: bool,
+    /// Attach beside any viewer (screenshots).
+    #[serde(default)]
+    shared: bool,
+}
+
 async fn vnc(
     State(state): State<StreamState>,
     UrlPath((ns, name)): UrlPath<(String, String)>,
+    Query(q): Query<VncQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let domain = match running_domain(&state, &ns, &name) {
         Ok(d) => d,
         Err(r) => return *r,
+    };
+    let viewer = if q.shared {
+        None
+    } else {
+        match state.vnc.claim(&domain, q.preserve_session) {
+            Some(v) => Some(v),
+            None => {
+                return status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!(
+                        "VMI {name} already has a VNC viewer; connect without preserveSession to take over"
+                    ),
+                );
+            }
+        }
     };
     let lookup = domain.clone();
     let xml = state
@@ -272,16 +334,31 @@ async fn vnc(
     };
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, port, "vnc session");
     ws.protocols([SUBPROTOCOL])
-        .on_upgrade(move |socket| vnc_session(socket, tcp))
+        .on_upgrade(move |socket| vnc_session(socket, tcp, viewer))
 }
 
-async fn vnc_session(mut ws: WebSocket, tcp: TcpStream) {
+async fn vnc_session(
+    mut ws: WebSocket,
+    tcp: TcpStream,
+    mut viewer: Option<(u64, tokio::sync::watch::Receiver<u64>)>,
+) {
     let (mut rd, mut wr) = tcp.into_split();
     let mut buf = vec![0u8; VNC_CHUNK];
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
         tokio::select! {
+            replaced = async {
+                match viewer.as_mut() {
+                    Some((token, rx)) => rx.changed().await.map(|()| *rx.borrow() != *token),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if replaced.unwrap_or(true) {
+                    close(&mut ws, 4000, "another client took over the VNC session").await;
+                    break;
+                }
+            }
             n = rd.read(&mut buf) => match n {
                 Ok(0) | Err(_) => {
                     close(&mut ws, 1000, "the VNC server closed the connection").await;

@@ -1,115 +1,16 @@
-//! Checks on a VMI spec that the schema cannot express: every disk has its
-//! volume, every interface its network, names are unique. Messages name the
-//! field path, as KubeVirt's webhook does.
-
-use std::collections::BTreeSet;
+//! Checks on a VM's template before the operator builds its VMI: every disk
+//! has its volume, every interface its network, names and boot orders are
+//! unique. The implementation is shared with the admission webhooks
+//! ([`ironvirt_crds::validate`]); the operator applies only the references
+//! part, what it needs to build a VMI at all. The webhooks check the whole spec
+//! (memory, CPU, unsupported fields) when the VM is created or changed.
 
 use ironvirt_crds::VirtualMachineInstanceSpec;
-
-/// One problem with a field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.field, self.message)
-    }
-}
-
-/// The errors joined with ", " as KubeVirt does, at most 10 of them.
-pub fn join(errors: &[FieldError]) -> String {
-    let mut s = errors
-        .iter()
-        .take(10)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if errors.len() > 10 {
-        s.push_str(&format!(
-            ", and {} more validation errors",
-            errors.len() - 10
-        ));
-    }
-    s
-}
+pub use ironvirt_crds::validate::{FieldError, join};
 
 /// Validates a VMI spec found at `path` (e.g. `spec` or `spec.template.spec`).
 pub fn vmi_spec(spec: &VirtualMachineInstanceSpec, path: &str) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let volumes: Vec<&str> = spec
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| v.name.as_str())
-        .collect();
-    let networks: Vec<&str> = spec
-        .networks
-        .iter()
-        .flatten()
-        .map(|n| n.name.as_str())
-        .collect();
-    let devices = spec.domain.devices.as_ref();
-    let disks = devices.and_then(|d| d.disks.as_ref());
-    let interfaces = devices.and_then(|d| d.interfaces.as_ref());
-
-    let mut seen = BTreeSet::new();
-    for (i, disk) in disks.into_iter().flatten().enumerate() {
-        if !seen.insert(disk.name.as_str()) {
-            errors.push(FieldError::new(
-                format!("{path}.domain.devices.disks[{i}].name"),
-                format!("'{}' is used by more than one disk", disk.name),
-            ));
-        }
-        if !volumes.contains(&disk.name.as_str()) {
-            errors.push(FieldError::new(
-                format!("{path}.domain.devices.disks[{i}].name"),
-                format!(
-                    "'{}' has no volume of the same name in {path}.volumes",
-                    disk.name
-                ),
-            ));
-        }
-    }
-    let mut seen = BTreeSet::new();
-    for (i, v) in volumes.iter().enumerate() {
-        if !seen.insert(*v) {
-            errors.push(FieldError::new(
-                format!("{path}.volumes[{i}].name"),
-                format!("'{v}' is used by more than one volume"),
-            ));
-        }
-    }
-    let mut seen = BTreeSet::new();
-    for (i, iface) in interfaces.into_iter().flatten().enumerate() {
-        if !seen.insert(iface.name.as_str()) {
-            errors.push(FieldError::new(
-                format!("{path}.domain.devices.interfaces[{i}].name"),
-                format!("'{}' is used by more than one interface", iface.name),
-            ));
-        }
-        if !networks.contains(&iface.name.as_str()) {
-            errors.push(FieldError::new(
-                format!("{path}.domain.devices.interfaces[{i}].name"),
-                format!(
-                    "'{}' has no network of the same name in {path}.networks",
-                    iface.name
-                ),
-            ));
-        }
-    }
-    errors
+    ironvirt_crds::validate::vmi_spec_references(spec, path)
 }
 
 #[cfg(test)]

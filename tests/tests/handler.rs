@@ -273,6 +273,29 @@ async fn example_vmi_runs_with_a_console_and_stops_on_deletion() {
             "VNC greeting: {:?}",
             String::from_utf8_lossy(&hello)
         );
+        // One viewer at a time: preserveSession refuses, otherwise the new one takes over.
+        let refused = s
+            .websocket(&format!(
+                "{}?preserveSession=true",
+                vmi_path(&ns, "vmi-busybox", "vnc")
+            ))
+            .await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("503")),
+            "preserveSession: {:?}",
+            refused.err()
+        );
+        let mut vnc2 = s.websocket(&vmi_path(&ns, "vmi-busybox", "vnc")).await?;
+        let closed = vnc.next_close(Duration::from_secs(10)).await;
+        assert!(
+            closed.as_deref().is_some_and(|r| r.contains("took over")),
+            "first viewer: {closed:?}"
+        );
+        assert!(
+            vnc2.next_binary(Duration::from_secs(10))
+                .await
+                .is_some_and(|b| b.starts_with(b"RFB"))
+        );
 
         // Deletion powers the guest off within the grace period, then the VMI goes.
         let t0 = Instant::now();

@@ -1,2 +1,42 @@
 //! ironvirt's admission webhooks: validation of VMIs, VMs, VMI ReplicaSets and
 //! presets, and VMI defaulting (including presets).
+//!
+//! - **Validating** (`/webhooks/validate/…`): a VMI on create is checked in
+//!   full ([`ironvirt_crds::validate::vmi_spec`]: disks ↔ volumes, interfaces ↔
+//!   networks, unique names and boot orders, memory and CPU, unsupported
+//!   KubeVirt fields); on update its spec is immutable except for the
+//!   privileged users (ironvirt's own service accounts). VMs, VMI ReplicaSets
+//!   and presets are checked on create and whenever their spec changes.
+//!   Rejections are a Status with code 422, reason Invalid and one cause per
+//!   problem (at most 10), as Kubernetes and KubeVirt report them.
+//! - **Mutating** (`/webhooks/mutate/virtualmachineinstances`, VMI create):
+//!   matching presets, then defaults (machine type, firmware UUID, disk buses,
+//!   memory, the pod network), then the finalizer, as one JSONPatch.
+//!
+//! [`router`] serves them; [`webhook_configurations`] builds the
+//! `ValidatingWebhookConfiguration` and `MutatingWebhookConfiguration` that
+//! register them with kube-apiserver.
+
+mod config;
+mod http;
+mod mutating;
+mod presets;
+mod review;
+mod state;
+mod uuid;
+mod validating;
+
+pub use config::{
+    MUTATOR_NAME, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, webhook_configurations,
+};
+pub use http::{
+    MUTATE_VMI_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH,
+    VALIDATE_VMIRS_PATH, router,
+};
+pub use mutating::{DEFAULT_MACHINE_TYPE, FINALIZER, Identity, Mutated, mutate_vmi};
+pub use presets::{
+    CONFLICT_ANNOTATION, EXCLUDE_ANNOTATION, MatchedPreset, PRESET_ANNOTATION_PREFIX,
+    matching_presets,
+};
+pub use state::AdmissionState;
+pub use uuid::firmware_uuid;

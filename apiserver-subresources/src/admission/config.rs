@@ -1,0 +1,239 @@
+//! The `ValidatingWebhookConfiguration` and `MutatingWebhookConfiguration`
+//! that register the webhooks with kube-apiserver. Their rules name only
+//! `kubevirt.io/v1` and the exact resources and operations each webhook
+//! handles, so that a webhook outage (failurePolicy Fail) cannot block
+//! anything else.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::http::{
+    MUTATE_VMI_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH,
+};
+
+/// The name of the ValidatingWebhookConfiguration.
+pub const VALIDATOR_NAME: &str = "ironvirt-validator";
+/// The name of the MutatingWebhookConfiguration.
+pub const MUTATOR_NAME: &str = "ironvirt-mutator";
+/// Seconds kube-apiserver waits for a webhook.
+const TIMEOUT_SECONDS: i32 = 10;
+
+/// Where kube-apiserver reaches ironvirt-api.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookEndpoint {
+    /// A base URL such as `https://127.0.0.1:8443` (the test bed); each
+    /// webhook's path is appended.
+    Url(String),
+    /// A Service in the cluster; each webhook's path is its `path`.
+    Service {
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        name: String,
+        /// Its port (kube-apiserver's default is 443).
+        port: Option<i32>,
+    },
+}
+
+/// How kube-apiserver calls the webhooks: where, and the CA bundle (PEM) that
+/// verifies ironvirt-api's serving certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookClient {
+    /// Where the webhooks are served.
+    pub endpoint: WebhookEndpoint,
+    /// PEM CA certificates for the serving certificate.
+    pub ca_bundle: Vec<u8>,
+}
+
+impl WebhookClient {
+    fn config(&self, path: &str) -> WebhookClientConfig {
+        let ca_bundle = Some(ByteString(self.ca_bundle.clone()));
+        match &self.endpoint {
+            WebhookEndpoint::Url(base) => WebhookClientConfig {
+                url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+                ca_bundle,
+                service: None,
+            },
+            WebhookEndpoint::Service {
+                namespace,
+                name,
+                port,
+            } => WebhookClientConfig {
+                service: Some(ServiceReference {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: Some(path.to_owned()),
+                    port: *port,
+                }),
+                ca_bundle,
+                url: None,
+            },
+        }
+    }
+}
+
+/// One webhook: its name, path, resource and operations.
+struct Hook {
+    name: &'static str,
+    path: &'static str,
+    resource: &'static str,
+    operations: &'static [&'static str],
+}
+
+const VALIDATING: [Hook; 4] = [
+    Hook {
+        name: "virtualmachineinstances-validator.ironvirt.io",
+        path: VALIDATE_VMI_PATH,
+        resource: "virtualmachineinstances",
+        operations: &["CREATE", "UPDATE"],
+    },
+    Hook {
+        name: "virtualmachines-validator.ironvirt.io",
+        path: VALIDATE_VM_PATH,
+        resource: "virtualmachines",
+        operations: &["CREATE", "UPDATE"],
+    },
+    Hook {
+        name: "virtualmachineinstancereplicasets-validator.ironvirt.io",
+        path: VALIDATE_VMIRS_PATH,
+        resource: "virtualmachineinstancereplicasets",
+        operations: &["CREATE", "UPDATE"],
+    },
+    Hook {
+        name: "virtualmachineinstancepresets-validator.ironvirt.io",
+        path: VALIDATE_PRESET_PATH,
+        resource: "virtualmachineinstancepresets",
+        operations: &["CREATE", "UPDATE"],
+    },
+];
+
+const MUTATING: Hook = Hook {
+    name: "virtualmachineinstances-mutator.ironvirt.io",
+    path: MUTATE_VMI_PATH,
+    resource: "virtualmachineinstances",
+    operations: &["CREATE"],
+};
+
+impl Hook {
+    /// Only `kubevirt.io/v1` `<resource>` (not its subresources), namespaced.
+    fn rules(&self) -> Option<Vec<RuleWithOperations>> {
+        Some(vec![RuleWithOperations {
+            api_groups: Some(vec![ironvirt_crds::GROUP.to_owned()]),
+            api_versions: Some(vec![ironvirt_crds::VERSION.to_owned()]),
+            operations: Some(self.operations.iter().map(|o| (*o).to_owned()).collect()),
+            resources: Some(vec![self.resource.to_owned()]),
+            scope: Some("Namespaced".to_owned()),
+        }])
+    }
+}
+
+fn metadata(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/part-of".to_owned(),
+            "ironvirt".to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The webhook configurations `ironvirt-validator` and `ironvirt-mutator`:
+/// failurePolicy Fail, timeoutSeconds 10, admissionReviewVersions `[v1]`,
+/// matchPolicy Equivalent. sideEffects is None for the validators and
+/// NoneOnDryRun for the mutator, which publishes a `PresetFailed` Event except
+/// on dry runs.
+pub fn webhook_configurations(
+    client: &WebhookClient,
+) -> (ValidatingWebhookConfiguration, MutatingWebhookConfiguration) {
+    let validating = ValidatingWebhookConfiguration {
+        metadata: metadata(VALIDATOR_NAME),
+        webhooks: Some(
+            VALIDATING
+                .iter()
+                .map(|h| ValidatingWebhook {
+                    name: h.name.to_owned(),
+                    client_config: client.config(h.path),
+                    rules: h.rules(),
+                    failure_policy: Some("Fail".to_owned()),
+                    match_policy: Some("Equivalent".to_owned()),
+                    side_effects: "None".to_owned(),
+                    timeout_seconds: Some(TIMEOUT_SECONDS),
+                    admission_review_versions: vec!["v1".to_owned()],
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    };
+    let mutating = MutatingWebhookConfiguration {
+        metadata: metadata(MUTATOR_NAME),
+        webhooks: Some(vec![MutatingWebhook {
+            name: MUTATING.name.to_owned(),
+            client_config: client.config(MUTATING.path),
+            rules: MUTATING.rules(),
+            failure_policy: Some("Fail".to_owned()),
+            match_policy: Some("Equivalent".to_owned()),
+            side_effects: "NoneOnDryRun".to_owned(),
+            timeout_seconds: Some(TIMEOUT_SECONDS),
+            admission_review_versions: vec!["v1".to_owned()],
+            reinvocation_policy: Some("Never".to_owned()),
+            ..Default::default()
+        }]),
+    };
+    (validating, mutating)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_endpoints_append_the_paths() {
+        let (v, m) = webhook_configurations(&WebhookClient {
+            endpoint: WebhookEndpoint::Url("https://127.0.0.1:8443/".into()),
+            ca_bundle: b"PEM".to_vec(),
+        });
+        let hooks = v.webhooks.unwrap();
+        assert_eq!(
+            hooks[0].client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/webhooks/validate/virtualmachineinstances")
+        );
+        assert_eq!(
+            hooks[0].client_config.ca_bundle,
+            Some(ByteString(b"PEM".to_vec()))
+        );
+        let m = &m.webhooks.unwrap()[0];
+        assert_eq!(
+            m.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/webhooks/mutate/virtualmachineinstances")
+        );
+    }
+
+    #[test]
+    fn service_endpoints_use_paths() {
+        let (v, _) = webhook_configurations(&WebhookClient {
+            endpoint: WebhookEndpoint::Service {
+                namespace: "ironvirt".into(),
+                name: "ironvirt-api".into(),
+                port: Some(443),
+            },
+            ca_bundle: vec![],
+        });
+        let svc = v.webhooks.unwrap()[1]
+            .client_config
+            .service
+            .clone()
+            .unwrap();
+        assert_eq!(svc.path.as_deref(), Some(VALIDATE_VM_PATH));
+        assert_eq!(
+            (svc.namespace.as_str(), svc.name.as_str()),
+            ("ironvirt", "ironvirt-api")
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The validating webhooks: VMI (create: the whole spec; update: the spec is
+//! immutable), VM, VMI ReplicaSet and preset (create, and updates that change
+//! the spec).
+
+use ironvirt_crds::validate::{self, FieldError, Reason};
+use ironvirt_crds::{
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePreset,
+    VirtualMachineInstanceReplicaSet,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::review::{Review, Verdict};
+use super::state::AdmissionState;
+
+/// The kinds the validating webhooks serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// VirtualMachineInstance
+    Vmi,
+    /// VirtualMachine
+    Vm,
+    /// VirtualMachineInstanceReplicaSet
+    Vmirs,
+    /// VirtualMachineInstancePreset
+    Preset,
+}
+
+impl Kind {
+    /// The kind's name, as in `request.kind.kind`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Vmi => "VirtualMachineInstance",
+            Kind::Vm => "VirtualMachine",
+            Kind::Vmirs => "VirtualMachineInstanceReplicaSet",
+            Kind::Preset => "VirtualMachineInstancePreset",
+        }
+    }
+
+    /// Fields that must be present before the object can be read at all.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Kind::Vmi => &["spec", "spec.domain"],
+            Kind::Vm => &["spec", "spec.template"],
+            Kind::Vmirs => &["spec", "spec.selector", "spec.template"],
+            Kind::Preset => &["spec", "spec.selector"],
+        }
+    }
+}
+
+/// A 400 when the request is for another kind than the endpoint serves.
+pub(crate) fn wrong_kind(review: &Review, expected: &str) -> Option<Verdict> {
+    let gvk = &review.request.kind;
+    (gvk.group != ironvirt_crds::GROUP || gvk.kind != expected).then(|| Verdict::Refuse {
+        code: 400,
+        reason: "BadRequest",
+        message: format!(
+            "this webhook validates {}/{expected}, not {}/{}",
+            ironvirt_crds::GROUP,
+            gvk.group,
+            gvk.kind
+        ),
+    })
+}
+
+/// The validating webhook for `kind`.
+pub(crate) fn review(kind: Kind, review: &Review, state: &AdmissionState) -> Verdict {
+    if let Some(v) = wrong_kind(review, kind.name()) {
+        return v;
+    }
+    let Some(object) = &review.object else {
+        return Verdict::Allow;
+    };
+    match (review.operation(), kind) {
+        ("CREATE", _) => verdict(check(kind, object)),
+        ("UPDATE", Kind::Vmi) => vmi_update(review, object, state),
+        ("UPDATE", _) if spec_unchanged(review, object) || deleting(object) => Verdict::Allow,
+        ("UPDATE", _) => verdict(check(kind, object)),
+        _ => Verdict::Allow,
+    }
+}
+
+fn verdict(errors: Vec<FieldError>) -> Verdict {
+    if errors.is_empty() {
+        Verdict::Allow
+    } else {
+        Verdict::Invalid(errors)
+    }
+}
+
+/// Every problem with a raw object of `kind`.
+pub(crate) fn check(kind: Kind, object: &Value) -> Vec<FieldError> {
+    let missing = missing_fields(object, kind.required());
+    if !missing.is_empty() {
+        return missing;
+    }
+    match kind {
+        Kind::Vmi => typed(object, |v: VirtualMachineInstance| {
+            validate::vmi_spec(&v.spec, "spec")
+        }),
+        Kind::Vm => typed(object, |v: VirtualMachine| validate::vm_spec(&v.spec)),
+        Kind::Vmirs => typed(object, |v: VirtualMachineInstanceReplicaSet| {
+            validate::vmirs_spec(&v.spec)
+        }),
+        Kind::Preset => typed(object, |v: VirtualMachineInstancePreset| {
+            validate::preset_spec(&v.spec)
+        }),
+    }
+}
+
+/// The `required` dotted paths that are absent or null.
+fn missing_fields(object: &Value, required: &[&str]) -> Vec<FieldError> {
+    required
+        .iter()
+        .filter(|path| {
+            object
+                .pointer(&format!("/{}", path.replace('.', "/")))
+                .is_none_or(Value::is_null)
+        })
+        .map(|path| FieldError::with_reason(Reason::Required, *path, "is required"))
+        .collect()
+}
+
+/// Reads the object as `K` and checks it; an object that does not read is
+/// itself the error (the CRD schema normally refuses it first).
+fn typed<K: DeserializeOwned>(
+    object: &Value,
+    check: impl FnOnce(K) -> Vec<FieldError>,
+) -> Vec<FieldError> {
+    match serde_json::from_value::<K>(object.clone()) {
+        Ok(k) => check(k),
+        Err(e) => vec![FieldError::new("spec", format!("cannot be read: {e}"))],
+    }
+}
+
+fn spec_unchanged(review: &Review, object: &Value) -> bool {
+    review
+        .old_object
+        .as_ref()
+        .is_some_and(|old| old.get("spec") == object.get("spec"))
+}
+
+fn deleting(object: &Value) -> bool {
+    object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+/// A VMI's spec is immutable once created, except for the privileged users.
+/// Changes to metadata and status pass.
+fn vmi_update(review: &Review, object: &Value, state: &AdmissionState) -> Verdict {
+    if state.is_privileged(review.username()) {
+        return Verdict::Allow;
+    }
+    let null = Value::Null;
+    let old = review
+        .old_object
+        .as_ref()
+        .and_then(|o| o.get("spec"))
+        .unwrap_or(&null);
+    let new = object.get("spec").unwrap_or(&null);
+    verdict(changed_fields(old, new, "spec"))
+}
+
+/// One Forbidden error per field that differs between `old` and `new`.
+fn changed_fields(old: &Value, new: &Value, root: &str) -> Vec<FieldError> {
+    let mut fields: Vec<String> = json_patch::diff(old, new)
+        .0
+        .iter()
+        .map(|op| {
+            let tokens: Vec<String> = op
+                .path()
+                .tokens()
+                .map(|t| t.decoded().into_owned())
+                .collect();
+            field_path(root, &tokens, old, new)
+        })
+        .collect();
+    fields.dedup();
+    fields
+        .into_iter()
+        .map(|f| {
+            FieldError::with_reason(
+                Reason::Forbidden,
+                f,
+                "is immutable: a VirtualMachineInstance's spec cannot change after it is created",
+            )
+        })
+        .collect()
+}
+
+/// `root.a.b[1].c` for the tokens `a b 1 c`: an index where the value walked
+/// (in `new`, else `old`) is an array.
+fn field_path(root: &str, tokens: &[String], old: &Value, new: &Value) -> String {
+    let mut path = root.to_owned();
+    let (mut o, mut n) = (Some(old), Some(new));
+    for t in tokens {
+        let in_array = n.or(o).is_some_and(Value::is_array);
+        if in_array {
+            path.push_str(&format!("[{t}]"));
+        } else {
+            path.push('.');
+            path.push_str(t);
+        }
+        o = o.and_then(|v| child(v, t));
+        n = n.and_then(|v| child(v, t));
+    }
+    path
+}
+
+/// The element or member `token` of `v`.
+fn child<'a>(v: &'a Value, token: &str) -> Option<&'a Value> {
+    match v {
+        Value::Array(a) => a.get(token.parse::<usize>().ok()?),
+        Value::Object(m) => m.get(token),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_fields_name_the_paths() {
+        let old = json!({"domain": {"cpu": {"cores": 1}, "devices": {"disks": [{"name": "a"}, {"name": "b"}]}}, "nodeSelector": {"kubernetes.io/os": "linux"}});
+        let new = json!({"domain": {"cpu": {"cores": 2}, "devices": {"disks": [{"name": "a"}, {"name": "c"}]}}, "nodeSelector": {}});
+        let fields: Vec<String> = changed_fields(&old, &new, "spec")
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.domain.cpu.cores",
+                "spec.domain.devices.disks[1].name",
+                "spec.nodeSelector.kubernetes.io/os"
+            ]
+        );
+        assert!(changed_fields(&old, &old, "spec").is_empty());
+    }
+
+    #[test]
+    fn missing_fields_are_required() {
+        let errs = check(Kind::Vmirs, &json!({"spec": {"template": null}}));
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.selector", "spec.template"]);
+        assert!(errs.iter().all(|e| e.reason == Reason::Required));
+    }
+
+    #[test]
+    fn unreadable_objects_are_errors() {
+        let errs = check(
+            Kind::Vmi,
+            &json!({"metadata": {"name": "x"}, "spec": {"domain": {"cpu": {"cores": "two"}}}}),
+        );
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.starts_with("cannot be read: "), "{errs:?}");
+    }
+}

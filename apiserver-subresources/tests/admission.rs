@@ -1,0 +1,922 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The admission webhooks through their HTTP router, with AdmissionReview JSON
+//! as kube-apiserver sends it: invalid manifests (tests/admission/invalid.yaml),
+//! valid ones and their defaults (tests/admission/valid.yaml), presets, the
+//! wire format and the webhook configurations.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::{Request, StatusCode};
+use ironvirt_apiserver_subresources::admission::{
+    AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_VMI_PATH, MUTATOR_NAME,
+    VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME,
+    WebhookClient, WebhookEndpoint, router, webhook_configurations,
+};
+use ironvirt_crds::VirtualMachineInstancePreset;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_file<T: serde::de::DeserializeOwned>(path: PathBuf) -> T {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+/// The plural resource and the validating webhook's path of a kind.
+fn resource_of(kind: &str) -> (&'static str, &'static str) {
+    match kind {
+        "VirtualMachineInstance" => ("virtualmachineinstances", VALIDATE_VMI_PATH),
+        "VirtualMachine" => ("virtualmachines", VALIDATE_VM_PATH),
+        "VirtualMachineInstanceReplicaSet" => {
+            ("virtualmachineinstancereplicasets", VALIDATE_VMIRS_PATH)
+        }
+        "VirtualMachineInstancePreset" => ("virtualmachineinstancepresets", VALIDATE_PRESET_PATH),
+        other => panic!("no webhook for kind {other}"),
+    }
+}
+
+/// One admission request.
+struct Call {
+    operation: &'static str,
+    object: Value,
+    old: Option<Value>,
+    user: String,
+    namespace: String,
+    dry_run: bool,
+}
+
+impl Call {
+    fn create(object: Value) -> Self {
+        Call {
+            operation: "CREATE",
+            object,
+            old: None,
+            user: "alice".into(),
+            namespace: "default".into(),
+            dry_run: false,
+        }
+    }
+
+    fn update(old: Value, object: Value) -> Self {
+        Call {
+            operation: "UPDATE",
+            old: Some(old),
+            ..Call::create(object)
+        }
+    }
+
+    fn user(mut self, user: &str) -> Self {
+        self.user = user.into();
+        self
+    }
+
+    fn kind(&self) -> String {
+        self.object["kind"].as_str().unwrap().to_owned()
+    }
+
+    /// The AdmissionReview kube-apiserver would send.
+    fn review(&self, uid: &str) -> Value {
+        let kind = self.kind();
+        let (plural, _) = resource_of(&kind);
+        let gvk = json!({"group": "kubevirt.io", "version": "v1", "kind": kind});
+        let gvr = json!({"group": "kubevirt.io", "version": "v1", "resource": plural});
+        let options_kind = if self.operation == "CREATE" {
+            "CreateOptions"
+        } else {
+            "UpdateOptions"
+        };
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": gvk,
+                "resource": gvr,
+                "requestKind": gvk,
+                "requestResource": gvr,
+                "name": self.object["metadata"]["name"].as_str().unwrap_or_default(),
+                "namespace": self.namespace,
+                "operation": self.operation,
+                "userInfo": {
+                    "username": self.user,
+                    "uid": "4c0e2f5a-user",
+                    "groups": ["system:authenticated"],
+                },
+                "object": self.object,
+                "oldObject": self.old.clone().unwrap_or(Value::Null),
+                "dryRun": self.dry_run,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": options_kind},
+            }
+        })
+    }
+}
+
+/// POSTs a body; the status and the body (JSON when it parses, else a string).
+async fn post(app: &Router, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+/// Sends `call` to `path` and returns the AdmissionResponse, checking the
+/// envelope (HTTP 200, AdmissionReview v1, the same uid).
+async fn admit(app: &Router, path: &str, call: &Call) -> Value {
+    let uid = "705ab4f5-6393-11e8-b7cc-42010a800002";
+    let body = serde_json::to_vec(&call.review(uid)).unwrap();
+    let (status, review) = post(app, path, body).await;
+    assert_eq!(status, StatusCode::OK, "{review}");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1", "{review}");
+    assert_eq!(review["kind"], "AdmissionReview", "{review}");
+    assert_eq!(review["response"]["uid"], uid, "{review}");
+    review["response"].clone()
+}
+
+async fn validate(app: &Router, call: &Call) -> Value {
+    let (_, path) = resource_of(&call.kind());
+    admit(app, path, call).await
+}
+
+/// The JSONPatch of a response, decoded from base64.
+fn patch_of(response: &Value) -> Option<json_patch::Patch> {
+    let encoded = response.get("patch")?.as_str().expect("patch is base64");
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = BASE64.decode(encoded).unwrap();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// `object` with `patch` applied.
+fn patched(object: &Value, patch: &json_patch::Patch) -> Value {
+    let mut out = object.clone();
+    json_patch::patch(&mut out, patch).unwrap();
+    out
+}
+
+fn merged(base: &Value, merge_patch: &Value) -> Value {
+    let mut out = base.clone();
+    json_patch::merge(&mut out, merge_patch);
+    out
+}
+
+fn app() -> Router {
+    router(AdmissionState::without_presets())
+}
+
+fn presets_state(presets: &[Value]) -> AdmissionState {
+    let (store, mut writer): (Store<VirtualMachineInstancePreset>, _) = reflector::store();
+    // As a reflector fills it: a listing (Init, InitApply…, InitDone swaps it
+    // in), then events. Apply before InitDone would be swapped away.
+    writer.apply_watcher_event(&watcher::Event::Init);
+    let (first, rest) = presets.split_at(presets.len().min(1));
+    for p in first {
+        let preset: VirtualMachineInstancePreset = serde_json::from_value(p.clone()).unwrap();
+        writer.apply_watcher_event(&watcher::Event::InitApply(preset));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    for p in rest {
+        let preset: VirtualMachineInstancePreset = serde_json::from_value(p.clone()).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(preset));
+    }
+    // The store stays readable (and ready) after the writer is dropped.
+    AdmissionState::new(store)
+}
+
+fn preset(name: &str, namespace: &str, selector: Value, domain: Value) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstancePreset",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": selector, "domain": domain},
+    })
+}
+
+fn small_vmi(labels: Value, domain: Value) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "small-vmi", "labels": labels},
+        "spec": {
+            "domain": domain,
+            "volumes": [{"name": "root", "hostDisk": {"path": "/img", "type": "Disk"}}],
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Invalid manifests
+
+#[derive(Deserialize)]
+struct InvalidFile {
+    bases: serde_json::Map<String, Value>,
+    cases: Vec<InvalidCase>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvalidCase {
+    name: String,
+    base: Option<String>,
+    patch: Option<Value>,
+    manifest: Option<Value>,
+    operation: Option<String>,
+    old: Option<Value>,
+    user: Option<String>,
+    expect: Vec<ExpectedCause>,
+    causes: Option<usize>,
+    message_ends_with: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ExpectedCause {
+    field: String,
+    message: String,
+}
+
+impl InvalidCase {
+    fn call(&self, bases: &serde_json::Map<String, Value>) -> Call {
+        let base = self.base.as_ref().map(|b| {
+            bases
+                .get(b)
+                .unwrap_or_else(|| panic!("{}: no base {b}", self.name))
+                .clone()
+        });
+        let object = match (&self.manifest, &base) {
+            (Some(m), _) => m.clone(),
+            (None, Some(b)) => merged(b, self.patch.as_ref().unwrap_or(&Value::Null)),
+            (None, None) => panic!("{}: needs a base or a manifest", self.name),
+        };
+        let mut call = match self.operation.as_deref().unwrap_or("CREATE") {
+            "CREATE" => Call::create(object),
+            "UPDATE" => {
+                let base = base.clone().expect("an UPDATE case needs a base");
+                let old = match &self.old {
+                    Some(p) => merged(&base, p),
+                    None => base,
+                };
+                Call::update(old, object)
+            }
+            other => panic!("{}: unknown operation {other}", self.name),
+        };
+        if let Some(u) = &self.user {
+            call = call.user(u);
+        }
+        call
+    }
+
+    /// What is wrong with `response`, if anything.
+    fn check(&self, response: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        if response["allowed"] != json!(false) {
+            return vec![format!("was allowed: {response}")];
+        }
+        let status = &response["status"];
+        if status["code"] != json!(422) || status["reason"] != json!("Invalid") {
+            problems.push(format!("not a 422 Invalid: {status}"));
+        }
+        let causes = status["details"]["causes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for e in &self.expect {
+            let found = causes.iter().any(|c| {
+                c["field"] == json!(e.field)
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&e.message))
+                    && c["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("FieldValue"))
+            });
+            if !found {
+                problems.push(format!(
+                    "no cause {} ~ {:?}; causes: {}",
+                    e.field,
+                    e.message,
+                    Value::Array(causes.clone())
+                ));
+            }
+            let in_message = format!("{}: ", e.field);
+            if causes.len() <= 10
+                && !status["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&in_message))
+            {
+                problems.push(format!(
+                    "the message does not name {}: {}",
+                    e.field, status["message"]
+                ));
+            }
+        }
+        if let Some(n) = self.causes
+            && causes.len() != n
+        {
+            problems.push(format!("{} causes, expected {n}: {status}", causes.len()));
+        }
+        let message = status["message"].as_str().unwrap_or_default();
+        let kind = response_kind(status);
+        if !message.starts_with(&format!("{kind} \"")) || !message.contains("\" is invalid: ") {
+            problems.push(format!("message not shaped like Kubernetes': {message}"));
+        }
+        if let Some(end) = &self.message_ends_with
+            && !message.ends_with(end.as_str())
+        {
+            problems.push(format!("message does not end with {end:?}: {message}"));
+        }
+        problems
+    }
+}
+
+fn response_kind(status: &Value) -> String {
+    status["details"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_rejected_with_field_paths_and_messages() {
+    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    assert!(
+        file.cases.len() >= 50,
+        "only {} invalid cases",
+        file.cases.len()
+    );
+    let app = app();
+    // The bases themselves are valid: every rejection is the patch's doing.
+    for (name, base) in &file.bases {
+        let r = validate(&app, &Call::create(base.clone())).await;
+        assert_eq!(r["allowed"], true, "base {name}: {r}");
+    }
+    let mut failures = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in &file.cases {
+        let call = case.call(&file.bases);
+        kinds.insert((call.kind(), call.operation));
+        let response = validate(&app, &call).await;
+        for p in case.check(&response) {
+            failures.push(format!("{}: {p}", case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for kind in [
+        "VirtualMachineInstance",
+        "VirtualMachine",
+        "VirtualMachineInstanceReplicaSet",
+        "VirtualMachineInstancePreset",
+    ] {
+        for op in ["CREATE", "UPDATE"] {
+            assert!(
+                kinds.contains(&(kind.to_owned(), op)),
+                "no {op} case for {kind}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Valid manifests and defaults
+
+#[derive(Deserialize)]
+struct ValidCase {
+    name: String,
+    file: Option<String>,
+    manifest: Option<Value>,
+    defaults: Option<Value>,
+}
+
+impl ValidCase {
+    fn object(&self) -> Value {
+        match (&self.file, &self.manifest) {
+            (Some(f), None) => yaml_file(crate_dir().join("..").join(f)),
+            (None, Some(m)) => m.clone(),
+            _ => panic!("{}: give exactly one of file and manifest", self.name),
+        }
+    }
+}
+
+/// The VMI an object stands for: itself, or the VMI its template describes,
+/// named after it.
+fn vmi_of(object: &Value) -> Value {
+    if object["kind"] == "VirtualMachineInstance" {
+        return object.clone();
+    }
+    let template = &object["spec"]["template"];
+    let mut metadata = json!({"name": object["metadata"]["name"]});
+    if let Some(labels) = template.pointer("/metadata/labels") {
+        metadata["labels"] = labels.clone();
+    }
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": metadata,
+        "spec": template["spec"],
+    })
+}
+
+#[tokio::test]
+async fn valid_manifests_are_admitted_and_only_defaulted() {
+    let cases: Vec<ValidCase> = yaml_file(crate_dir().join("tests/admission/valid.yaml"));
+    assert!(cases.len() >= 10);
+    let app = app();
+    for case in &cases {
+        let object = case.object();
+        let r = validate(&app, &Call::create(object.clone())).await;
+        assert_eq!(r["allowed"], true, "{}: {r}", case.name);
+        assert!(
+            r.get("patch").is_none(),
+            "{}: validators do not patch",
+            case.name
+        );
+
+        let Some(defaults) = &case.defaults else {
+            continue;
+        };
+        let vmi = vmi_of(&object);
+        let r = admit(&app, MUTATE_VMI_PATH, &Call::create(vmi.clone())).await;
+        assert_eq!(r["allowed"], true, "{}: {r}", case.name);
+        let patch = patch_of(&r).unwrap_or_else(|| panic!("{}: no patch", case.name));
+        for op in &patch.0 {
+            assert!(
+                matches!(
+                    op,
+                    json_patch::PatchOperation::Add(_) | json_patch::PatchOperation::Replace(_)
+                ),
+                "{}: the patch may only add defaults: {op}",
+                case.name
+            );
+        }
+        let mutated = patched(&vmi, &patch);
+        let expected = merged(&vmi, defaults);
+        assert_eq!(
+            mutated,
+            expected,
+            "{}: the mutated VMI is not the VMI plus its defaults\nmutated:  {}\nexpected: {}",
+            case.name,
+            serde_json::to_string_pretty(&mutated).unwrap(),
+            serde_json::to_string_pretty(&expected).unwrap()
+        );
+        // The defaulted VMI is valid, and defaulting it again changes nothing.
+        let r = validate(&app, &Call::create(mutated.clone())).await;
+        assert_eq!(r["allowed"], true, "{}: defaulted VMI: {r}", case.name);
+        let again = admit(&app, MUTATE_VMI_PATH, &Call::create(mutated)).await;
+        assert!(
+            again.get("patch").is_none(),
+            "{}: not idempotent: {again}",
+            case.name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Presets
+
+#[tokio::test]
+async fn a_matching_preset_fills_in_what_the_vmi_leaves_unset() {
+    let small: Value = yaml_file(crate_dir().join("../examples/vmipreset-small.yaml"));
+    let mut small = small;
+    small["metadata"]["namespace"] = json!("default");
+    let state = presets_state(&[
+        small,
+        // Another namespace, and a selector that does not match: ignored.
+        preset(
+            "elsewhere",
+            "other",
+            json!({"matchLabels": {"kubevirt.io/size": "small"}}),
+            json!({"cpu": {"sockets": 4}}),
+        ),
+        preset(
+            "large",
+            "default",
+            json!({"matchLabels": {"kubevirt.io/size": "large"}}),
+            json!({"cpu": {"sockets": 8}}),
+        ),
+        // Matches through an expression; agrees with "small" on memory.
+        preset(
+            "firmware",
+            "default",
+            json!({"matchExpressions": [{"key": "kubevirt.io/size", "operator": "In", "values": ["small", "medium"]}]}),
+            json!({"firmware": {"serial": "SN-1"}, "resources": {"requests": {"memory": "134217728"}}}),
+        ),
+    ]);
+    let app = router(state);
+    let vmi = small_vmi(
+        json!({"kubevirt.io/size": "small"}),
+        json!({"cpu": {"cores": 2, "model": "host-model"}, "devices": {"disks": [{"name": "root"}]}}),
+    );
+    let r = admit(&app, MUTATE_VMI_PATH, &Call::create(vmi.clone())).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let out = patched(&vmi, &patch_of(&r).unwrap());
+    let annotations = &out["metadata"]["annotations"];
+    assert_eq!(
+        annotations["presets.virtualmachines.kubevirt.io/small"],
+        "kubevirt.io/v1"
+    );
+    assert_eq!(
+        annotations["presets.virtualmachines.kubevirt.io/firmware"],
+        "kubevirt.io/v1"
+    );
+    assert!(
+        annotations.get(CONFLICT_ANNOTATION).is_none(),
+        "{annotations}"
+    );
+    assert_eq!(annotations.as_object().unwrap().len(), 2, "{annotations}");
+    let domain = &out["spec"]["domain"];
+    // The VMI's own values are kept; the presets fill in the rest.
+    assert_eq!(domain["cpu"], json!({"cores": 2, "model": "host-model"}));
+    assert_eq!(domain["memory"]["guest"], "128Mi");
+    // Presets apply in name order: "firmware" set the request first, and
+    // "small" agrees with it (134217728 = 128Mi), so both count as applied.
+    assert_eq!(domain["resources"]["requests"]["memory"], "134217728");
+    assert_eq!(domain["firmware"]["serial"], "SN-1");
+    assert!(
+        domain["firmware"]["uuid"].is_string(),
+        "defaults still apply"
+    );
+    // Nothing from other namespaces or non-matching presets.
+    assert!(domain["cpu"].get("sockets").is_none());
+    let v = validate(&app, &Call::create(out)).await;
+    assert_eq!(v["allowed"], true, "{v}");
+}
+
+#[tokio::test]
+async fn conflicting_presets_apply_none_and_say_why() {
+    let state = presets_state(&[
+        preset(
+            "two-cores",
+            "default",
+            json!({"matchLabels": {"tier": "web"}}),
+            json!({"cpu": {"cores": 2}, "memory": {"guest": "1Gi"}}),
+        ),
+        preset(
+            "four-cores",
+            "default",
+            json!({"matchLabels": {"tier": "web"}}),
+            json!({"cpu": {"cores": 4}, "memory": {"guest": "1024Mi"}}),
+        ),
+    ]);
+    let app = router(state);
+    let vmi = small_vmi(
+        json!({"tier": "web"}),
+        json!({"memory": {"guest": "256Mi"}, "devices": {"disks": [{"name": "root"}]}}),
+    );
+    let r = admit(&app, MUTATE_VMI_PATH, &Call::create(vmi.clone())).await;
+    assert_eq!(r["allowed"], true, "a conflict does not block the VMI: {r}");
+    let out = patched(&vmi, &patch_of(&r).unwrap());
+    let annotations = out["metadata"]["annotations"].as_object().unwrap();
+    let conflict = annotations[CONFLICT_ANNOTATION].as_str().unwrap();
+    assert_eq!(
+        conflict,
+        "VirtualMachineInstancePresets cannot be applied due to conflicts: presets 'four-cores' and 'two-cores' conflict: spec.domain.cpu.cores: 4 != 2"
+    );
+    assert!(
+        !annotations
+            .keys()
+            .any(|k| k.starts_with("presets.virtualmachines.kubevirt.io/")),
+        "{annotations:?}"
+    );
+    assert!(
+        out["spec"]["domain"].get("cpu").is_none(),
+        "no preset applied"
+    );
+    assert_eq!(out["spec"]["domain"]["memory"]["guest"], "256Mi");
+    assert_eq!(out["metadata"]["finalizers"], json!([FINALIZER]));
+}
+
+#[tokio::test]
+async fn a_vmi_can_opt_out_of_presets() {
+    let state = presets_state(&[preset(
+        "all",
+        "default",
+        json!({}),
+        json!({"cpu": {"cores": 3}}),
+    )]);
+    let app = router(state);
+    let mut vmi = small_vmi(json!({}), json!({"memory": {"guest": "64Mi"}}));
+    let r = admit(&app, MUTATE_VMI_PATH, &Call::create(vmi.clone())).await;
+    let out = patched(&vmi, &patch_of(&r).unwrap());
+    assert_eq!(
+        out["spec"]["domain"]["cpu"]["cores"], 3,
+        "an empty selector matches all"
+    );
+    vmi["metadata"]["annotations"] =
+        json!({"virtualmachineinstancepresets.admission.kubevirt.io/exclude": "true"});
+    let r = admit(&app, MUTATE_VMI_PATH, &Call::create(vmi.clone())).await;
+    let out = patched(&vmi, &patch_of(&r).unwrap());
+    assert!(out["spec"]["domain"].get("cpu").is_none());
+}
+
+#[tokio::test]
+async fn an_unsynced_preset_cache_refuses_vmis_with_503() {
+    let (store, _writer) = reflector::store::<VirtualMachineInstancePreset>();
+    let state = AdmissionState::new(store).with_preset_sync_timeout(Duration::from_millis(20));
+    let app = router(state);
+    let vmi = small_vmi(json!({}), json!({"memory": {"guest": "64Mi"}}));
+    let r = admit(&app, MUTATE_VMI_PATH, &Call::create(vmi)).await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 503, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has not synced")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Updates
+
+#[tokio::test]
+async fn vmi_updates_of_metadata_or_by_privileged_users_pass() {
+    let operator = "system:serviceaccount:ironvirt:ironvirt-operator";
+    let app = router(AdmissionState::without_presets().with_privileged_users([operator]));
+    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let vmi = file.bases["vmi"].clone();
+
+    let relabelled = merged(
+        &vmi,
+        &json!({"metadata": {"labels": {"extra": "yes"}, "finalizers": null}, "status": {"phase": "Running"}}),
+    );
+    let r = validate(&app, &Call::update(vmi.clone(), relabelled)).await;
+    assert_eq!(r["allowed"], true, "metadata and status may change: {r}");
+
+    let resized = merged(&vmi, &json!({"spec": {"domain": {"cpu": {"cores": 4}}}}));
+    let r = validate(
+        &app,
+        &Call::update(vmi.clone(), resized.clone()).user(operator),
+    )
+    .await;
+    assert_eq!(
+        r["allowed"], true,
+        "privileged users may change the spec: {r}"
+    );
+    let r = validate(&app, &Call::update(vmi.clone(), resized).user("bob")).await;
+    assert_eq!(r["allowed"], false, "{r}");
+}
+
+#[tokio::test]
+async fn updates_that_keep_an_invalid_spec_pass() {
+    // A VM created before the webhook existed must still be able to lose its
+    // finalizer (or get a label) without being fixed first.
+    let app = app();
+    let vm = json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "legacy", "finalizers": ["kubevirt.io/virtualMachineControllerFinalize"]},
+        "spec": {"running": true, "runStrategy": "Always", "template": {"spec": {"domain": {}}}},
+    });
+    let r = validate(&app, &Call::create(vm.clone())).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let released = merged(
+        &vm,
+        &json!({"metadata": {"finalizers": [], "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+    );
+    let r = validate(&app, &Call::update(vm.clone(), released)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+}
+
+#[tokio::test]
+async fn deletes_pass_and_the_mutator_ignores_updates() {
+    let app = app();
+    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let vmi = file.bases["vmi"].clone();
+    let mut call = Call::update(vmi.clone(), vmi.clone());
+    call.operation = "DELETE";
+    let r = validate(&app, &call).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let r = admit(&app, MUTATE_VMI_PATH, &Call::update(vmi.clone(), vmi)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r.get("patch").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// The wire format
+
+#[tokio::test]
+async fn the_mutator_answers_a_base64_jsonpatch() {
+    let app = app();
+    let vmi = small_vmi(json!({}), json!({"memory": {"guest": "64Mi"}}));
+    let call = Call::create(vmi.clone());
+    let (status, review) = post(
+        &app,
+        MUTATE_VMI_PATH,
+        serde_json::to_vec(&call.review("uid-42")).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = &review["response"];
+    assert_eq!(response["uid"], "uid-42");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    let ops: Value =
+        serde_json::from_slice(&BASE64.decode(response["patch"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/metadata/finalizers"),
+        "{ops}"
+    );
+}
+
+#[tokio::test]
+async fn dry_runs_are_mutated_the_same() {
+    let app = app();
+    let vmi = small_vmi(json!({}), json!({"memory": {"guest": "64Mi"}}));
+    let mut call = Call::create(vmi.clone());
+    let wet = admit(&app, MUTATE_VMI_PATH, &call).await;
+    call.dry_run = true;
+    let dry = admit(&app, MUTATE_VMI_PATH, &call).await;
+    assert_eq!(wet["patch"], dry["patch"]);
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_http_400() {
+    let app = app();
+    let good = Call::create(small_vmi(json!({}), json!({}))).review("u");
+    let mut no_uid = good.clone();
+    no_uid["request"].as_object_mut().unwrap().remove("uid");
+    let mut v1beta1 = good.clone();
+    v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("not JSON", b"{\"apiVersion\":".to_vec(), "not JSON"),
+        ("empty", Vec::new(), "not JSON"),
+        (
+            "v1beta1",
+            serde_json::to_vec(&v1beta1).unwrap(),
+            "expected apiVersion admission.k8s.io/v1",
+        ),
+        (
+            "no uid",
+            serde_json::to_vec(&no_uid).unwrap(),
+            "not an admission.k8s.io/v1 AdmissionReview",
+        ),
+        (
+            "no request",
+            serde_json::to_vec(&no_request).unwrap(),
+            "has no request",
+        ),
+    ];
+    for path in [VALIDATE_VMI_PATH, MUTATE_VMI_PATH] {
+        for (name, body, message) in &cases {
+            let (status, body) = post(&app, path, body.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{name} to {path}");
+            assert!(
+                body.as_str().is_some_and(|b| b.contains(message)),
+                "{name}: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kind_sent_to_the_wrong_webhook_is_refused() {
+    let app = app();
+    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let call = Call::create(file.bases["vm"].clone());
+    for path in [VALIDATE_VMI_PATH, MUTATE_VMI_PATH] {
+        let r = admit(&app, path, &call).await;
+        assert_eq!(r["allowed"], false, "{r}");
+        assert_eq!(r["status"]["code"], 400, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let (status, _) = post(&app(), "/webhooks/validate/pods", b"{}".to_vec()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+// ---------------------------------------------------------------------------
+// Webhook configurations
+
+#[test]
+fn webhook_configurations_are_scoped_to_kubevirt_resources() {
+    let client = WebhookClient {
+        endpoint: WebhookEndpoint::Service {
+            namespace: "ironvirt".into(),
+            name: "ironvirt-api".into(),
+            port: Some(8443),
+        },
+        ca_bundle: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
+    };
+    let (validating, mutating) = webhook_configurations(&client);
+    assert_eq!(validating.metadata.name.as_deref(), Some(VALIDATOR_NAME));
+    assert_eq!(mutating.metadata.name.as_deref(), Some(MUTATOR_NAME));
+
+    let v = serde_json::to_value(&validating).unwrap();
+    let m = serde_json::to_value(&mutating).unwrap();
+    let mut seen = Vec::new();
+    for hook in v["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(m["webhooks"].as_array().unwrap())
+    {
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["timeoutSeconds"], 10);
+        assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+        assert!(matches!(
+            hook["sideEffects"].as_str(),
+            Some("None" | "NoneOnDryRun")
+        ));
+        assert!(hook["name"].as_str().unwrap().ends_with(".ironvirt.io"));
+        assert_eq!(
+            hook["clientConfig"]["caBundle"],
+            BASE64.encode(&client.ca_bundle)
+        );
+        let rules = hook["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 1);
+        let rule = &rules[0];
+        assert_eq!(rule["apiGroups"], json!(["kubevirt.io"]));
+        assert_eq!(rule["apiVersions"], json!(["v1"]));
+        assert_eq!(rule["scope"], "Namespaced");
+        let resources = rule["resources"].as_array().unwrap();
+        assert_eq!(resources.len(), 1);
+        let resource = resources[0].as_str().unwrap().to_owned();
+        assert!(
+            !resource.contains('*') && !resource.contains('/'),
+            "{resource}"
+        );
+        let path = hook["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(path.ends_with(&format!("/{resource}")), "{path}");
+        let operations = rule["operations"].clone();
+        seen.push((path, resource, operations));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (
+                VALIDATE_VMI_PATH.to_owned(),
+                "virtualmachineinstances".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_VM_PATH.to_owned(),
+                "virtualmachines".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_VMIRS_PATH.to_owned(),
+                "virtualmachineinstancereplicasets".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_PRESET_PATH.to_owned(),
+                "virtualmachineinstancepresets".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                MUTATE_VMI_PATH.to_owned(),
+                "virtualmachineinstances".to_owned(),
+                json!(["CREATE"])
+            ),
+        ]
+    );
+    let (v, _) = webhook_configurations(&WebhookClient {
+        endpoint: WebhookEndpoint::Url("https://127.0.0.1:9443".into()),
+        ca_bundle: vec![],
+    });
+    let hooks = v.webhooks.unwrap();
+    assert_eq!(
+        hooks[3].client_config.url.as_deref(),
+        Some("https://127.0.0.1:9443/webhooks/validate/virtualmachineinstancepresets")
+    );
+    assert!(hooks[3].client_config.service.is_none());
+}
