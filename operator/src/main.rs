@@ -62,7 +62,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
