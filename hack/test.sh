@@ -9,15 +9,20 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 T0=$(date +%s)
 timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
-# Whatever happens from here on, the test bed and the domains tests made are gone at exit.
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-)' || true); do
+# Domains of test namespaces (ironvirt-test-*, and the handler's ironvirt-ht-*).
+destroy_test_domains() {
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-)' || true); do
     echo "destroying leftover test domain $d" >&2
     timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
     timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
   done
+}
+
+# Whatever happens from here on, the test bed and the domains tests made are gone at exit.
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  destroy_test_domains
   testbed_down "$TEST_STATE" || rc=1
   testbed_down "$RUNCHECK_STATE" || rc=1
   local left
@@ -58,6 +63,8 @@ testbed_up "$TEST_STATE" "$guest_dir" || die "the test bed did not start; logs a
 start_api "$TEST_STATE" >/dev/null || die "ironvirt-api did not start or did not become Available (log: $TEST_STATE/logs/ironvirt-api.log)."
 timing "test bed up (with ironvirt-api registered)"
 
+# Leftovers of an earlier, interrupted run are not this run's: clear them first.
+destroy_test_domains
 export IRONVIRT_STATE="$TEST_STATE" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 timing "cargo test passed"
@@ -66,6 +73,6 @@ timing "cargo test passed"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$TEST_STATE/kubeconfig")
 left_ns="$("${KUBECTL[@]}" get namespaces -l ironvirt.io/test -o name)"
 [[ -z "$left_ns" ]] || die "namespaces created by tests were not deleted: $left_ns"
-left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-)' || true)"
+left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-)' || true)"
 [[ -z "$left_dom" ]] || die "domains created by tests were left: $left_dom"
 echo "post-test checks: no test namespace and no test domain left"
