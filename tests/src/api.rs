@@ -4,14 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use http::Request;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Client;
 use kube::api::Api;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::handler::WsSession;
 
 /// The APIService ironvirt-api is registered as.
 pub const API_SERVICE: &str = "v1.subresources.kubevirt.io";
@@ -55,10 +56,7 @@ pub async fn api_port(client: &Client) -> Result<u16, String> {
 }
 
 /// A websocket opened through kube-apiserver.
-pub struct ApiWs {
-    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-    seen: Vec<u8>,
-}
+pub type ApiWs = WsSession<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Opens `path` (e.g. /apis/subresources.kubevirt.io/v1/namespaces/ns/virtualmachineinstances/x/console)
 /// as a websocket with `client`'s credentials. An HTTP error gives (code, body).
@@ -83,10 +81,7 @@ pub async fn open_ws(client: &Client, path: &str) -> Result<ApiWs, (u16, String)
         .await
         .map_err(|e| (0, e.to_string()))?;
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-    Ok(ApiWs {
-        ws,
-        seen: Vec::new(),
-    })
+    Ok(WsSession::new(ws))
 }
 
 mod http_body_util_compat {
@@ -98,80 +93,6 @@ mod http_body_util_compat {
             Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
             Err(e) => format!("(body unreadable: {e})"),
         }
-    }
-}
-
-impl ApiWs {
-    /// Sends bytes.
-    pub async fn send(&mut self, data: &[u8]) -> Result<(), String> {
-        self.ws
-            .send(Message::Binary(data.to_vec().into()))
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Reads until `needle` shows up after byte `from` of what was received.
-    pub async fn expect_from(
-        &mut self,
-        from: usize,
-        needle: &str,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        let mut scanned = from.min(self.seen.len());
-        loop {
-            let start = scanned
-                .saturating_sub(needle.len())
-                .max(from.min(self.seen.len()));
-            if self.seen[start..]
-                .windows(needle.len().max(1))
-                .any(|w| w == needle.as_bytes())
-            {
-                return Ok(());
-            }
-            scanned = self.seen.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.ws.next()).await {
-                Ok(Some(Ok(Message::Binary(b)))) => self.seen.extend_from_slice(&b),
-                Ok(Some(Ok(Message::Text(t)))) => self.seen.extend_from_slice(t.as_bytes()),
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    return Err(format!(
-                        "closed ({f:?}) before {needle:?}; tail: {}",
-                        self.tail()
-                    ));
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => return Err(format!("websocket error: {e}")),
-                Ok(None) => return Err("websocket ended".into()),
-                Err(_) => {
-                    return Err(format!(
-                        "{needle:?} not seen within {timeout:?}; tail: {}",
-                        self.tail()
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Reads until `needle` shows up in what arrives from now on.
-    pub async fn expect(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
-        let from = self.seen.len();
-        self.expect_from(from, needle, timeout).await
-    }
-
-    /// Bytes received so far.
-    pub fn received(&self) -> usize {
-        self.seen.len()
-    }
-
-    fn tail(&self) -> String {
-        let start = self.seen.len().saturating_sub(2000);
-        String::from_utf8_lossy(&self.seen[start..]).into_owned()
-    }
-
-    /// Closes the websocket.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
     }
 }
 

@@ -262,7 +262,7 @@ impl StreamClient {
     }
 
     /// Opens a websocket on `path` (console or vnc).
-    pub async fn websocket(&self, path: &str) -> Result<WsSession, String> {
+    pub async fn websocket(&self, path: &str) -> Result<WsSession<TlsTcp>, String> {
         let tls = self.connect().await.map_err(|e| e.to_string())?;
         let url = format!("wss://{HANDLER_SERVER_NAME}{path}");
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
@@ -273,23 +273,34 @@ impl StreamClient {
         let (ws, _) = tokio_tungstenite::client_async(req, tls)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(WsSession {
-            ws,
-            seen: Vec::new(),
-        })
+        Ok(WsSession::new(ws))
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+/// The handler client's transport.
+pub type TlsTcp = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-/// A websocket session of the stream endpoint with a transcript.
-pub struct WsSession {
-    ws: Ws,
+/// A websocket session (to a handler, or through kube-apiserver) with a
+/// transcript of what it received.
+pub struct WsSession<S> {
+    ws: tokio_tungstenite::WebSocketStream<S>,
     seen: Vec<u8>,
 }
 
-impl WsSession {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsSession<S> {
+    /// Wraps an open websocket.
+    pub fn new(ws: tokio_tungstenite::WebSocketStream<S>) -> Self {
+        WsSession {
+            ws,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Closes the websocket.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
     /// Everything received so far, as text.
     pub fn transcript(&self) -> String {
         String::from_utf8_lossy(&self.seen).into_owned()
