@@ -91,6 +91,15 @@ testbed_down() {
 # with kube-apiserver: the user-facing ClusterRoles, an ExternalName Service
 # (localhost) in ironvirt-system and the APIService v1.subresources.kubevirt.io.
 # Prints the port.
+# install_crds STATE: the kubevirt.io CRDs (server-side apply), Established.
+install_crds() {
+  local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$1/kubeconfig")
+  "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/crds" >/dev/null \
+    || { echo "installing the CRDs failed; see the error above." >&2; return 1; }
+  "${kubectl[@]}" wait --for=condition=Established --timeout=60s -f "$REPO/deploy/crds" >/dev/null \
+    || { echo "the CRDs did not become Established." >&2; return 1; }
+}
+
 start_api() {
   local state="$1" pki="$1/pki" port
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig")
@@ -135,5 +144,30 @@ spec:
     port: $port
 YAML
   "${kubectl[@]}" wait --for=condition=Available --timeout=60s apiservice/v1.subresources.kubevirt.io >/dev/null || return 1
+  # The admission webhooks, registered by URL here (by Service in deploy/).
+  install_crds "$state" || return 1
+  "$REPO/target/debug/ironvirt-api" webhook-configurations --url "https://127.0.0.1:$port" \
+    --ca-bundle "$pki/ironvirt-ca.crt" | "${kubectl[@]}" apply -f - >/dev/null || return 1
+  # kube-apiserver picks webhook configurations up from a watch: wait until
+  # an invalid VMI is refused by ours.
+  local i out
+  for i in $(seq 1 100); do
+    out="$("${kubectl[@]}" create --dry-run=server -o name -f - 2>&1 <<'YAML' || true
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: webhook-probe
+  namespace: default
+spec:
+  domain:
+    devices:
+      disks:
+        - name: missing
+YAML
+)"
+    [[ "$out" == *"has no volume of the same name"* ]] && break
+    (( i == 100 )) && { echo "the admission webhooks did not become active: $out" >&2; return 1; }
+    sleep 0.1
+  done
   echo "$port"
 }

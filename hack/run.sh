@@ -28,10 +28,7 @@ kubeconfig="$state/kubeconfig"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$kubeconfig")
 
 log "installing the kubevirt.io CRDs"
-"${KUBECTL[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/crds" >/dev/null \
-  || die "installing the CRDs failed; see the error above."
-"${KUBECTL[@]}" wait --for=condition=Established --timeout=60s -f "$REPO/deploy/crds" >/dev/null \
-  || die "the CRDs did not become Established."
+install_crds "$state" || die "the kubevirt.io CRDs could not be installed."
 
 # The components built so far, supervised with the test bed (stopped by make stop).
 log "starting ironvirt-operator"

@@ -5,31 +5,43 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ironvirt_apiserver_subresources::admission::{
+    WebhookClient, WebhookEndpoint, webhook_configurations,
+};
 use ironvirt_apiserver_subresources::app::{self, Config};
 
 /// ironvirt's aggregated API server (console, VNC, start/stop, …) and admission webhooks.
 #[derive(Debug, Parser)]
-#[command(name = "ironvirt-api", version, about)]
+#[command(
+    name = "ironvirt-api",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Addresses to serve on; repeat for several (e.g. 127.0.0.1:8443 and [::1]:8443).
     #[arg(long, default_value = "0.0.0.0:8443")]
     listen: Vec<SocketAddr>,
     /// Serving certificate (PEM); its DNS names must include <service>.<namespace>.svc.
-    #[arg(long)]
-    tls_cert: PathBuf,
+    #[arg(long, required = true)]
+    tls_cert: Option<PathBuf>,
     /// Its key (PEM).
-    #[arg(long)]
-    tls_key: PathBuf,
+    #[arg(long, required = true)]
+    tls_key: Option<PathBuf>,
     /// CA of the handlers' stream certificates.
-    #[arg(long)]
-    handler_ca: PathBuf,
+    #[arg(long, required = true)]
+    handler_ca: Option<PathBuf>,
     /// Client certificate presented to handlers (CN ironvirt-api).
-    #[arg(long)]
-    handler_client_cert: PathBuf,
+    #[arg(long, required = true)]
+    handler_client_cert: Option<PathBuf>,
     /// Its key.
-    #[arg(long)]
-    handler_client_key: PathBuf,
+    #[arg(long, required = true)]
+    handler_client_key: Option<PathBuf>,
     /// Namespace of the handlers' Leases.
     #[arg(long, default_value = "kube-node-lease")]
     lease_namespace: String,
@@ -42,8 +54,120 @@ struct Args {
     privileged_users: Vec<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the Validating- and MutatingWebhookConfiguration (a JSON List for
+    /// `kubectl apply -f -`) that register the webhooks with kube-apiserver.
+    WebhookConfigurations {
+        /// Base URL kube-apiserver calls, e.g. https://127.0.0.1:8443 (the test bed).
+        #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+        url: Option<String>,
+        /// The Service kube-apiserver calls, as namespace/name[:port].
+        #[arg(long)]
+        service: Option<String>,
+        /// PEM file of the CA that signed the serving certificate.
+        #[arg(long)]
+        ca_bundle: PathBuf,
+    },
+}
+
+/// `namespace/name[:port]` → a Service endpoint.
+fn parse_service(s: &str) -> anyhow::Result<WebhookEndpoint> {
+    let (namespace, rest) = s
+        .split_once('/')
+        .with_context(|| format!("--service {s:?}: expected namespace/name[:port]"))?;
+    let (name, port) = match rest.split_once(':') {
+        Some((name, port)) => (
+            name,
+            Some(
+                port.parse::<i32>()
+                    .with_context(|| format!("--service {s:?}: bad port"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
+    anyhow::ensure!(
+        !namespace.is_empty() && !name.is_empty(),
+        "--service {s:?}: expected namespace/name[:port]"
+    );
+    Ok(WebhookEndpoint::Service {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        port,
+    })
+}
+
+fn print_webhook_configurations(
+    url: Option<String>,
+    service: Option<String>,
+    ca_bundle: PathBuf,
+) -> anyhow::Result<()> {
+    let endpoint = match (url, service) {
+        (Some(url), _) => WebhookEndpoint::Url(url),
+        (None, Some(service)) => parse_service(&service)?,
+        (None, None) => anyhow::bail!("give --url or --service"),
+    };
+    let ca_bundle = std::fs::read(&ca_bundle)
+        .with_context(|| format!("reading --ca-bundle {}", ca_bundle.display()))?;
+    let (validating, mutating) = webhook_configurations(&WebhookClient {
+        endpoint,
+        ca_bundle,
+    });
+    let mut items = Vec::new();
+    for (kind, obj) in [
+        (
+            "ValidatingWebhookConfiguration",
+            serde_json::to_value(&validating)?,
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            serde_json::to_value(&mutating)?,
+        ),
+    ] {
+        let mut obj = obj;
+        if let Some(map) = obj.as_object_mut() {
+            map.insert(
+                "apiVersion".into(),
+                "admissionregistration.k8s.io/v1".into(),
+            );
+            map.insert("kind".into(), kind.into());
+        }
+        items.push(obj);
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    println!("{}", serde_json::to_string_pretty(&list)?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::WebhookConfigurations {
+        url,
+        service,
+        ca_bundle,
+    }) = args.command
+    {
+        return print_webhook_configurations(url, service, ca_bundle);
+    }
+    // clap enforces these without a subcommand.
+    let (
+        Some(tls_cert),
+        Some(tls_key),
+        Some(handler_ca),
+        Some(handler_client_cert),
+        Some(handler_client_key),
+    ) = (
+        args.tls_cert,
+        args.tls_key,
+        args.handler_ca,
+        args.handler_client_cert,
+        args.handler_client_key,
+    )
+    else {
+        anyhow::bail!(
+            "--tls-cert, --tls-key, --handler-ca, --handler-client-cert and --handler-client-key are required"
+        );
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -52,11 +176,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cfg = Config {
         listen: args.listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        handler_ca: args.handler_ca,
-        handler_client_cert: args.handler_client_cert,
-        handler_client_key: args.handler_client_key,
+        tls_cert,
+        tls_key,
+        handler_ca,
+        handler_client_cert,
+        handler_client_key,
         lease_namespace: args.lease_namespace,
         privileged_users: args.privileged_users,
     };

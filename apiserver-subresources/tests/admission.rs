@@ -4,13 +4,15 @@
 //! valid ones and their defaults (tests/admission/valid.yaml), presets, the
 //! wire format and the webhook configurations.
 
-use std::path::PathBuf;
+mod cases;
+
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use cases::{CaseRequest, InvalidFile, ValidCase, crate_dir, merged, vmi_of, yaml_file};
 use http::{Request, StatusCode};
 use ironvirt_apiserver_subresources::admission::{
     AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_VMI_PATH, MUTATOR_NAME,
@@ -20,21 +22,11 @@ use ironvirt_apiserver_subresources::admission::{
 use ironvirt_crds::VirtualMachineInstancePreset;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn yaml_file<T: serde::de::DeserializeOwned>(path: PathBuf) -> T {
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
 
 /// The plural resource and the validating webhook's path of a kind.
 fn resource_of(kind: &str) -> (&'static str, &'static str) {
@@ -76,6 +68,17 @@ impl Call {
             operation: "UPDATE",
             old: Some(old),
             ..Call::create(object)
+        }
+    }
+
+    fn of(request: CaseRequest) -> Self {
+        let call = match request.old {
+            Some(old) => Call::update(old, request.object),
+            None => Call::create(request.object),
+        };
+        match &request.user {
+            Some(user) => call.user(user),
+            None => call,
         }
     }
 
@@ -179,12 +182,6 @@ fn patched(object: &Value, patch: &json_patch::Patch) -> Value {
     out
 }
 
-fn merged(base: &Value, merge_patch: &Value) -> Value {
-    let mut out = base.clone();
-    json_patch::merge(&mut out, merge_patch);
-    out
-}
-
 fn app() -> Router {
     router(AdmissionState::without_presets())
 }
@@ -232,137 +229,9 @@ fn small_vmi(labels: Value, domain: Value) -> Value {
 // ---------------------------------------------------------------------------
 // Invalid manifests
 
-#[derive(Deserialize)]
-struct InvalidFile {
-    bases: serde_json::Map<String, Value>,
-    cases: Vec<InvalidCase>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InvalidCase {
-    name: String,
-    base: Option<String>,
-    patch: Option<Value>,
-    manifest: Option<Value>,
-    operation: Option<String>,
-    old: Option<Value>,
-    user: Option<String>,
-    expect: Vec<ExpectedCause>,
-    causes: Option<usize>,
-    message_ends_with: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ExpectedCause {
-    field: String,
-    message: String,
-}
-
-impl InvalidCase {
-    fn call(&self, bases: &serde_json::Map<String, Value>) -> Call {
-        let base = self.base.as_ref().map(|b| {
-            bases
-                .get(b)
-                .unwrap_or_else(|| panic!("{}: no base {b}", self.name))
-                .clone()
-        });
-        let object = match (&self.manifest, &base) {
-            (Some(m), _) => m.clone(),
-            (None, Some(b)) => merged(b, self.patch.as_ref().unwrap_or(&Value::Null)),
-            (None, None) => panic!("{}: needs a base or a manifest", self.name),
-        };
-        let mut call = match self.operation.as_deref().unwrap_or("CREATE") {
-            "CREATE" => Call::create(object),
-            "UPDATE" => {
-                let base = base.clone().expect("an UPDATE case needs a base");
-                let old = match &self.old {
-                    Some(p) => merged(&base, p),
-                    None => base,
-                };
-                Call::update(old, object)
-            }
-            other => panic!("{}: unknown operation {other}", self.name),
-        };
-        if let Some(u) = &self.user {
-            call = call.user(u);
-        }
-        call
-    }
-
-    /// What is wrong with `response`, if anything.
-    fn check(&self, response: &Value) -> Vec<String> {
-        let mut problems = Vec::new();
-        if response["allowed"] != json!(false) {
-            return vec![format!("was allowed: {response}")];
-        }
-        let status = &response["status"];
-        if status["code"] != json!(422) || status["reason"] != json!("Invalid") {
-            problems.push(format!("not a 422 Invalid: {status}"));
-        }
-        let causes = status["details"]["causes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        for e in &self.expect {
-            let found = causes.iter().any(|c| {
-                c["field"] == json!(e.field)
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains(&e.message))
-                    && c["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.starts_with("FieldValue"))
-            });
-            if !found {
-                problems.push(format!(
-                    "no cause {} ~ {:?}; causes: {}",
-                    e.field,
-                    e.message,
-                    Value::Array(causes.clone())
-                ));
-            }
-            let in_message = format!("{}: ", e.field);
-            if causes.len() <= 10
-                && !status["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(&in_message))
-            {
-                problems.push(format!(
-                    "the message does not name {}: {}",
-                    e.field, status["message"]
-                ));
-            }
-        }
-        if let Some(n) = self.causes
-            && causes.len() != n
-        {
-            problems.push(format!("{} causes, expected {n}: {status}", causes.len()));
-        }
-        let message = status["message"].as_str().unwrap_or_default();
-        let kind = response_kind(status);
-        if !message.starts_with(&format!("{kind} \"")) || !message.contains("\" is invalid: ") {
-            problems.push(format!("message not shaped like Kubernetes': {message}"));
-        }
-        if let Some(end) = &self.message_ends_with
-            && !message.ends_with(end.as_str())
-        {
-            problems.push(format!("message does not end with {end:?}: {message}"));
-        }
-        problems
-    }
-}
-
-fn response_kind(status: &Value) -> String {
-    status["details"]["kind"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn invalid_manifests_are_rejected_with_field_paths_and_messages() {
-    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let file = InvalidFile::load();
     assert!(
         file.cases.len() >= 50,
         "only {} invalid cases",
@@ -377,10 +246,15 @@ async fn invalid_manifests_are_rejected_with_field_paths_and_messages() {
     let mut failures = Vec::new();
     let mut kinds = std::collections::BTreeSet::new();
     for case in &file.cases {
-        let call = case.call(&file.bases);
+        let call = Call::of(case.request(&file.bases));
         kinds.insert((call.kind(), call.operation));
         let response = validate(&app, &call).await;
-        for p in case.check(&response) {
+        let problems = if response["allowed"] == json!(false) {
+            case.check_status(&response["status"], false)
+        } else {
+            vec![format!("was allowed: {response}")]
+        };
+        for p in problems {
             failures.push(format!("{}: {p}", case.name));
         }
     }
@@ -408,46 +282,9 @@ async fn invalid_manifests_are_rejected_with_field_paths_and_messages() {
 // ---------------------------------------------------------------------------
 // Valid manifests and defaults
 
-#[derive(Deserialize)]
-struct ValidCase {
-    name: String,
-    file: Option<String>,
-    manifest: Option<Value>,
-    defaults: Option<Value>,
-}
-
-impl ValidCase {
-    fn object(&self) -> Value {
-        match (&self.file, &self.manifest) {
-            (Some(f), None) => yaml_file(crate_dir().join("..").join(f)),
-            (None, Some(m)) => m.clone(),
-            _ => panic!("{}: give exactly one of file and manifest", self.name),
-        }
-    }
-}
-
-/// The VMI an object stands for: itself, or the VMI its template describes,
-/// named after it.
-fn vmi_of(object: &Value) -> Value {
-    if object["kind"] == "VirtualMachineInstance" {
-        return object.clone();
-    }
-    let template = &object["spec"]["template"];
-    let mut metadata = json!({"name": object["metadata"]["name"]});
-    if let Some(labels) = template.pointer("/metadata/labels") {
-        metadata["labels"] = labels.clone();
-    }
-    json!({
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": metadata,
-        "spec": template["spec"],
-    })
-}
-
 #[tokio::test]
 async fn valid_manifests_are_admitted_and_only_defaulted() {
-    let cases: Vec<ValidCase> = yaml_file(crate_dir().join("tests/admission/valid.yaml"));
+    let cases = ValidCase::load_all();
     assert!(cases.len() >= 10);
     let app = app();
     for case in &cases {
@@ -661,7 +498,7 @@ async fn an_unsynced_preset_cache_refuses_vmis_with_503() {
 async fn vmi_updates_of_metadata_or_by_privileged_users_pass() {
     let operator = "system:serviceaccount:ironvirt:ironvirt-operator";
     let app = router(AdmissionState::without_presets().with_privileged_users([operator]));
-    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let file = InvalidFile::load();
     let vmi = file.bases["vmi"].clone();
 
     let relabelled = merged(
@@ -709,7 +546,7 @@ async fn updates_that_keep_an_invalid_spec_pass() {
 #[tokio::test]
 async fn deletes_pass_and_the_mutator_ignores_updates() {
     let app = app();
-    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let file = InvalidFile::load();
     let vmi = file.bases["vmi"].clone();
     let mut call = Call::update(vmi.clone(), vmi.clone());
     call.operation = "DELETE";
@@ -805,7 +642,7 @@ async fn malformed_bodies_are_http_400() {
 #[tokio::test]
 async fn a_kind_sent_to_the_wrong_webhook_is_refused() {
     let app = app();
-    let file: InvalidFile = yaml_file(crate_dir().join("tests/admission/invalid.yaml"));
+    let file = InvalidFile::load();
     let call = Call::create(file.bases["vm"].clone());
     for path in [VALIDATE_VMI_PATH, MUTATE_VMI_PATH] {
         let r = admit(&app, path, &call).await;

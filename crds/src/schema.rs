@@ -56,6 +56,15 @@ macro_rules! unsupported {
             })
         }
     };
+    ($fn_name:ident, boolean, $msg:literal) => {
+        pub fn $fn_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "description": concat!("Known KubeVirt field that ironvirt rejects: ", $msg),
+                "type": "boolean",
+                "x-kubernetes-validations": [{"rule": "false", "message": $msg}]
+            })
+        }
+    };
     ($fn_name:ident, string, $msg:literal) => {
         pub fn $fn_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             schemars::json_schema!({
@@ -124,7 +133,7 @@ unsupported!(
 );
 unsupported!(
     dedicated_cpu,
-    object,
+    boolean,
     "cpu.dedicatedCpuPlacement is not supported by ironvirt yet"
 );
 unsupported!(
@@ -190,6 +199,6 @@ unsupported!(
 );
 unsupported!(
     access_credentials,
-    object,
+    array,
     "accessCredentials are not supported by ironvirt yet; use cloudInitNoCloud user-data"
 );

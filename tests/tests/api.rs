@@ -90,12 +90,14 @@ async fn discovery_lists_the_subresources() {
 async fn forged_headers_without_the_front_proxy_certificate_get_401() {
     let bed = &bed().await;
     let port = api_port(&bed.admin()).await.expect("APIService Available");
-    // A TLS client that trusts nothing in particular: verification of the
-    // server is not the point here; presenting no client certificate is.
+    // A client that verifies ironvirt-api's certificate but presents none of
+    // its own: the forged identity headers must not be believed.
+    let ca = bed.layout().pki().join("ironvirt-ca.crt");
     let out = std::process::Command::new("curl")
+        .arg("--cacert")
+        .arg(&ca)
         .args([
             "-s",
-            "-k",
             "-X",
             "PUT",
             "-H",

@@ -1,0 +1,249 @@
+//! ironvirt's admission webhooks as users meet them: registered with
+//! kube-apiserver (hack/lib.sh `start_api` registers them by URL) and reached
+//! through its REST API. The cases are the ones tests/admission.rs of
+//! apiserver-subresources sends to the webhooks' router directly.
+
+#[path = "../../apiserver-subresources/tests/cases/mod.rs"]
+mod cases;
+
+use cases::{InvalidFile, ValidCase, merged, vmi_of};
+use ironvirt_tests::api::raw;
+use ironvirt_tests::kubectl::bed_with_crds as bed;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+/// Users the cases act as: alice unless a case names another.
+const ALICE: &str = "alice";
+
+fn plural(kind: &str) -> &'static str {
+    match kind {
+        "VirtualMachineInstance" => "virtualmachineinstances",
+        "VirtualMachine" => "virtualmachines",
+        "VirtualMachineInstanceReplicaSet" => "virtualmachineinstancereplicasets",
+        "VirtualMachineInstancePreset" => "virtualmachineinstancepresets",
+        other => panic!("no resource for kind {other}"),
+    }
+}
+
+fn collection(ns: &str, object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    format!("/apis/kubevirt.io/v1/namespaces/{ns}/{}", plural(kind))
+}
+
+/// `object` moved into `ns` under `name`.
+fn placed(object: &Value, ns: &str, name: &str) -> Value {
+    merged(
+        object,
+        &json!({"metadata": {"namespace": ns, "name": name}}),
+    )
+}
+
+async fn bind_admin(admin: &Client, ns: &str, user: &str) {
+    let rb: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("admin-{}", user.replace(':', "-"))},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubevirt.io:admin"},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+    }))
+    .expect("rolebinding");
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .expect("create rolebinding");
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+}
+
+/// Server-side fields that say nothing about what the user sent.
+fn without_server_fields(mut object: Value) -> Value {
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        for f in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+        ] {
+            meta.remove(f);
+        }
+    }
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
+    object
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_manifests_are_rejected_through_kube_apiserver() {
+    let bed = &bed().await;
+    bed.with_namespace("adm", |ns| async move {
+        let admin = bed.admin();
+        let file = InvalidFile::load();
+        assert!(file.cases.len() >= 50, "only {} cases", file.cases.len());
+        let mut clients = std::collections::BTreeMap::new();
+        let mut failures = Vec::new();
+        let mut updates = 0;
+        for (i, case) in file.cases.iter().enumerate() {
+            let request = case.request(&file.bases);
+            let user = request.user.clone().unwrap_or_else(|| ALICE.to_owned());
+            if !clients.contains_key(&user) {
+                bind_admin(&admin, &ns, &user).await;
+                let client = bed.client_as(&user, &[]).await?;
+                clients.insert(user.clone(), client);
+            }
+            let client = &clients[&user];
+            let name = format!("case-{i}");
+            let (code, body) = match &request.old {
+                None => {
+                    let object = placed(&request.object, &ns, &name);
+                    let path = format!("{}?dryRun=All", collection(&ns, &object));
+                    raw(client, "POST", &path, &object.to_string()).await
+                }
+                Some(old) => {
+                    updates += 1;
+                    // The old object is stored for real (and defaulted by the
+                    // mutating webhook); the update applies the case's change
+                    // to what is stored.
+                    let old = placed(old, &ns, &name);
+                    let (code, stored) =
+                        raw(&admin, "POST", &collection(&ns, &old), &old.to_string()).await;
+                    assert_eq!(
+                        code, 201,
+                        "{}: creating the old object: {stored}",
+                        case.name
+                    );
+                    let mut new = json_of(&stored);
+                    let change = json_patch::diff(&old, &placed(&request.object, &ns, &name));
+                    json_patch::patch(&mut new, &change)
+                        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+                    let path = format!("{}/{name}?dryRun=All", collection(&ns, &old));
+                    raw(client, "PUT", &path, &new.to_string()).await
+                }
+            };
+            let status = json_of(&body);
+            let problems = if code == 422 {
+                case.check_status(&status, true)
+            } else {
+                vec![format!("HTTP {code}, not 422: {body}")]
+            };
+            failures.extend(problems.into_iter().map(|p| format!("{}: {p}", case.name)));
+        }
+        bed.strip_finalizers(&ns).await;
+        assert!(updates >= 4, "only {updates} update cases");
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            file.cases.len(),
+            failures.join("\n")
+        );
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_manifests_are_admitted_unchanged_apart_from_defaults() {
+    let bed = &bed().await;
+    bed.with_namespace("adm", |ns| async move {
+        let admin = bed.admin();
+        bind_admin(&admin, &ns, ALICE).await;
+        let alice = bed.client_as(ALICE, &[]).await?;
+        let cases = ValidCase::load_all();
+        assert!(cases.len() >= 10);
+        for (i, case) in cases.iter().enumerate() {
+            let name = format!("valid-{i}");
+            let object = placed(&case.object(), &ns, &name);
+            let path = format!("{}?dryRun=All", collection(&ns, &object));
+            let (code, body) = raw(&alice, "POST", &path, &object.to_string()).await;
+            assert_eq!(code, 201, "{}: {body}", case.name);
+            let stored = without_server_fields(json_of(&body));
+            if object["kind"] != "VirtualMachineInstance" {
+                // Only VMIs are mutated.
+                assert_eq!(
+                    stored,
+                    without_server_fields(object.clone()),
+                    "{}: changed on admission",
+                    case.name
+                );
+            }
+            let Some(defaults) = &case.defaults else {
+                continue;
+            };
+            // The VMI the object stands for (itself, or its template's):
+            // what is stored is exactly it plus the defaults.
+            let vmi = placed(&vmi_of(&object), &ns, &name);
+            let path = format!("{}?dryRun=All", collection(&ns, &vmi));
+            let (code, body) = raw(&alice, "POST", &path, &vmi.to_string()).await;
+            assert_eq!(code, 201, "{}: VMI: {body}", case.name);
+            let stored = without_server_fields(json_of(&body));
+            // The firmware UUID is derived from the VMI's name (and
+            // namespace); the file's default is for its own name.
+            let mut expected = merged(&vmi, defaults);
+            if let Some(uuid) = stored.pointer("/spec/domain/firmware/uuid") {
+                assert!(
+                    expected.pointer("/spec/domain/firmware/uuid").is_some(),
+                    "{}: a firmware uuid was not expected",
+                    case.name
+                );
+                expected["spec"]["domain"]["firmware"]["uuid"] = uuid.clone();
+            }
+            assert_eq!(
+                stored,
+                without_server_fields(expected.clone()),
+                "{}: the stored VMI is not the VMI plus its defaults\nstored:   {}\nexpected: {}",
+                case.name,
+                serde_json::to_string_pretty(&stored).unwrap_or_default(),
+                serde_json::to_string_pretty(&expected).unwrap_or_default()
+            );
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vmi_spec_is_immutable_for_users_but_not_for_metadata() {
+    let bed = &bed().await;
+    bed.with_namespace("adm", |ns| async move {
+        let admin = bed.admin();
+        bind_admin(&admin, &ns, ALICE).await;
+        let alice = bed.client_as(ALICE, &[]).await?;
+        let file = InvalidFile::load();
+        let vmi = placed(&file.bases["vmi"], &ns, "immutable");
+        let (code, stored) = raw(&alice, "POST", &collection(&ns, &vmi), &vmi.to_string()).await;
+        assert_eq!(code, 201, "{stored}");
+        let stored = json_of(&stored);
+        // Defaulted on the way in: finalizer, machine type, firmware uuid.
+        assert_eq!(
+            stored["metadata"]["finalizers"],
+            json!(["kubevirt.io/foregroundDeleteVirtualMachine"])
+        );
+        assert!(
+            stored.pointer("/spec/domain/machine/type").is_some(),
+            "{stored}"
+        );
+        assert!(
+            stored.pointer("/spec/domain/firmware/uuid").is_some(),
+            "{stored}"
+        );
+        let path = format!("{}/immutable", collection(&ns, &vmi));
+        let relabelled = merged(&stored, &json!({"metadata": {"labels": {"extra": "yes"}}}));
+        let (code, body) = raw(&alice, "PUT", &path, &relabelled.to_string()).await;
+        assert_eq!(code, 200, "labels may change: {body}");
+        let resized = merged(
+            &json_of(&body),
+            &json!({"spec": {"domain": {"cpu": {"cores": 3}}}}),
+        );
+        let (code, body) = raw(&alice, "PUT", &path, &resized.to_string()).await;
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains("spec.domain.cpu.cores"), "{body}");
+        assert!(body.contains("is immutable"), "{body}");
+        bed.strip_finalizers(&ns).await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+}
