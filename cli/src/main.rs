@@ -1,20 +1,17 @@
-//! `ironctl`: a virtctl-like CLI for ironvirt.
+//! `ironctl` (also `kubectl-ironctl`, the kubectl plugin): a virtctl-like CLI for ironvirt.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::process::ExitCode;
 
-/// a virtctl-like CLI for ironvirt.
-#[derive(Debug, Parser)]
-#[command(name = "ironctl", version, about)]
-struct Args {}
-
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    anyhow::bail!("ironctl is not built yet: its issue (ironctl) is still open")
+fn main() -> ExitCode {
+    ironvirt_cli::terminal::install_panic_hook();
+    let (cli, display) = ironvirt_cli::args::parse();
+    ironvirt_cli::init_tracing();
+    match ironvirt_cli::run(cli, display) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.line());
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,344 @@
+//! The command line: global flags as kubectl has them, and virtctl's commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// The name `kubectl` runs this binary under as a plugin (`kubectl ironctl …`).
+pub const PLUGIN_BINARY: &str = "kubectl-ironctl";
+
+/// ironctl: consoles, VNC and power operations for ironvirt (and KubeVirt) VMs.
+///
+/// It talks only to kube-apiserver, with the credentials of your kubeconfig,
+/// so RBAC and audit apply as they do for kubectl.
+#[derive(Debug, Parser)]
+#[command(name = "ironctl", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes, as kubectl names them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Global {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The namespace (default: the context's namespace, else "default").
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to the serial console of a VMI (Ctrl+] disconnects).
+    Console(ConsoleArgs),
+    /// Open a local VNC proxy to a VMI and start a viewer; or take a screenshot.
+    Vnc(VncArgs),
+    /// Start a VM.
+    Start(StartArgs),
+    /// Stop a VM.
+    Stop(StopArgs),
+    /// Restart a VM (its VMI is stopped and a new one started).
+    Restart(StopArgs),
+    /// Pause a VMI (its vCPUs stop; memory and devices stay).
+    Pause(VmiTarget),
+    /// Unpause a paused VMI.
+    Unpause(VmiTarget),
+    /// Ask the guest to reboot (ACPI).
+    #[command(name = "soft-reboot")]
+    SoftReboot(VmiTarget),
+    /// Reset a VMI at once, like pressing its reset button.
+    Reset(VmiTarget),
+    /// Print manifests (YAML) built from flags, ready for kubectl apply or a GitOps repo.
+    #[command(subcommand)]
+    Create(CreateCommand),
+    /// Print the client's and the server's versions.
+    Version(VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The VirtualMachineInstance (a VM's VMI has the VM's name).
+    #[arg(value_name = "VMI")]
+    pub vmi: String,
+    /// How long to wait for the VMI to be running: seconds, or a number with
+    /// s, m or h (virtctl's --timeout counts minutes). 0 does not wait.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct VncArgs {
+    #[command(subcommand)]
+    pub command: Option<VncCommand>,
+    /// The VirtualMachineInstance.
+    #[arg(value_name = "VMI", required = true)]
+    pub vmi: Option<String>,
+    /// Local port of the proxy on 127.0.0.1 (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Only run the proxy: print {"port":N} and launch no viewer.
+    #[arg(long)]
+    pub proxy_only: bool,
+    /// Keep an existing VNC session instead of taking it over (fails when one is open).
+    #[arg(long)]
+    pub preserve_session: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VncCommand {
+    /// Save a screenshot of the VMI's screen as PNG.
+    Screenshot(ScreenshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScreenshotArgs {
+    /// The VirtualMachineInstance.
+    #[arg(value_name = "VMI")]
+    pub vmi: String,
+    /// Where to write the PNG; "-" writes it to standard output.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: String,
+    /// Move the mouse pointer first, to wake a screen saver.
+    #[arg(short = 'm', long)]
+    pub move_cursor: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The VirtualMachine.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Start the VM with its vCPUs paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Check the request on the server without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The VirtualMachine.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Seconds the guest gets to shut down before it is powered off (0 needs --force).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(i64).range(0..))]
+    pub grace_period: Option<i64>,
+    /// Power the VMI off at once (grace period 0).
+    #[arg(long)]
+    pub force: bool,
+    /// Check the request on the server without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `NAME`, or virtctl's `vm NAME` / `vmi NAME`.
+#[derive(Debug, Args)]
+pub struct VmiTarget {
+    /// The VMI's name; or `vm`/`vmi` followed by the name.
+    #[arg(value_name = "VMI", num_args = 1..=2, required = true)]
+    pub words: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// Print a VirtualMachine manifest.
+    Vm(CreateVmArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateVmArgs {
+    /// The VM's name (default: vm- and five random characters).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest memory, as a Kubernetes quantity.
+    #[arg(long, default_value = "512Mi")]
+    pub memory: String,
+    /// vCPUs: a number of cores, or cores:N,sockets:N,threads:N.
+    #[arg(long, value_name = "CPU")]
+    pub cpu: Option<String>,
+    /// Always, RerunOnFailure, Once, Manual or Halted.
+    #[arg(long, default_value = "Always")]
+    pub run_strategy: String,
+    /// Seconds the guest gets to shut down when it is stopped.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(i64).range(0..))]
+    pub termination_grace_period: i64,
+    /// A containerDisk volume: src:IMAGE[,name:NAME][,bootorder:N]. Repeatable.
+    #[arg(long, value_name = "PARAMS")]
+    pub volume_containerdisk: Vec<String>,
+    /// A hostDisk volume: path:/ABS/PATH[,name:NAME][,type:Disk|DiskOrCreate]
+    /// [,capacity:SIZE][,readonly:true][,bootorder:N]. Repeatable.
+    #[arg(long, value_name = "PARAMS")]
+    pub volume_hostdisk: Vec<String>,
+    /// Cloud-init user-data, base64-encoded (as virtctl takes it).
+    #[arg(
+        long,
+        value_name = "BASE64",
+        conflicts_with = "cloud_init_user_data_file"
+    )]
+    pub cloud_init_user_data: Option<String>,
+    /// Cloud-init user-data from a file.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_init_user_data_file: Option<PathBuf>,
+    /// Not supported by ironvirt yet.
+    #[arg(long, value_name = "NAME")]
+    pub instancetype: Option<String>,
+    /// Not supported by ironvirt yet.
+    #[arg(long, value_name = "NAME")]
+    pub preference: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print the client's version only.
+    #[arg(short = 'c', long)]
+    pub client: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The name to show in usage: `kubectl ironctl` when run as the kubectl plugin.
+pub fn display_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    let base = argv0
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|f| f.to_str())
+        .unwrap_or("ironctl");
+    if base == PLUGIN_BINARY {
+        "kubectl ironctl"
+    } else {
+        "ironctl"
+    }
+}
+
+/// The clap command, named for how it was invoked.
+pub fn command(display: &'static str) -> clap::Command {
+    Cli::command().bin_name(display)
+}
+
+/// Parses the process's arguments; prints help/usage errors and exits as clap does.
+pub fn parse() -> (Cli, &'static str) {
+    let argv0 = std::env::args_os().next();
+    let display = display_name(argv0.as_deref());
+    let matches = command(display).get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, display),
+        Err(e) => e.exit(),
+    }
+}
+
+/// Parses `90`, `90s`, `5m` or `1h` into a duration; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use seconds, or a number with s, m or h"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration: use seconds, or a number with s, m or h"))?;
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse_args(args: &[&str]) -> Result<Cli, clap::Error> {
+        let matches = command("ironctl").try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        command("ironctl").debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse_args(&["ironctl", "console", "x", "-n", "ns", "--context", "c"]).unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("ns"));
+        assert_eq!(cli.global.context.as_deref(), Some("c"));
+        let cli = parse_args(&["ironctl", "--kubeconfig", "/k", "start", "vm1"]).unwrap();
+        assert_eq!(cli.global.kubeconfig, Some(PathBuf::from("/k")));
+    }
+
+    #[test]
+    fn vnc_takes_a_vmi_or_the_screenshot_command() {
+        let cli = parse_args(&["ironctl", "vnc", "--proxy-only", "v"]).unwrap();
+        let Command::Vnc(v) = cli.command else {
+            panic!("not vnc")
+        };
+        assert!(v.proxy_only && v.command.is_none());
+        assert_eq!(v.vmi.as_deref(), Some("v"));
+        let cli = parse_args(&["ironctl", "vnc", "screenshot", "v", "-f", "-"]).unwrap();
+        let Command::Vnc(v) = cli.command else {
+            panic!("not vnc")
+        };
+        assert!(matches!(v.command, Some(VncCommand::Screenshot(ref s)) if s.file == "-"));
+        assert!(parse_args(&["ironctl", "vnc"]).is_err());
+        assert!(parse_args(&["ironctl", "vnc", "screenshot", "v"]).is_err());
+    }
+
+    #[test]
+    fn pause_takes_virtctl_forms() {
+        for args in [
+            &["ironctl", "pause", "x"][..],
+            &["ironctl", "pause", "vm", "x"],
+            &["ironctl", "pause", "vmi", "x"],
+        ] {
+            assert!(parse_args(args).is_ok(), "{args:?}");
+        }
+        assert!(parse_args(&["ironctl", "pause", "a", "b", "c"]).is_err());
+    }
+
+    #[test]
+    fn grace_period_is_not_negative() {
+        assert!(parse_args(&["ironctl", "stop", "v", "--grace-period", "-1"]).is_err());
+        assert!(parse_args(&["ironctl", "stop", "v", "--grace-period", "5"]).is_ok());
+    }
+
+    #[test]
+    fn the_plugin_name_is_recognised() {
+        use std::ffi::OsStr;
+        assert_eq!(
+            display_name(Some(OsStr::new("/usr/bin/kubectl-ironctl"))),
+            "kubectl ironctl"
+        );
+        assert_eq!(display_name(Some(OsStr::new("./ironctl"))), "ironctl");
+        assert_eq!(display_name(None), "ironctl");
+    }
+}
