@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub use ironvirt_crds::conditions;
+pub mod certs;
 pub mod context;
 pub mod controller;
 pub mod error;

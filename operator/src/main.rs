@@ -49,6 +49,8 @@ struct Args {
     /// How often the leader renews the lease.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     renew_interval: Duration,
+    #[command(flatten)]
+    certs: ironvirt_operator::certs::CertArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,6 +110,14 @@ async fn main() -> anyhow::Result<()> {
         _ = elector.acquire() => {}
         _ = shutdown_signal() => return Ok(()),
     }
+    // The certificate manager runs on the leader only; it is idempotent, so
+    // stopping it anywhere is safe.
+    let certs = args.certs.manage_certs.then(|| {
+        tokio::spawn(ironvirt_operator::certs::run(
+            client.clone(),
+            args.certs.config(),
+        ))
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controllers = tokio::spawn(controller::run_controllers(ctx, async move {
         let _ = stop_rx.await;
@@ -117,6 +127,9 @@ async fn main() -> anyhow::Result<()> {
         _ = shutdown_signal() => false,
     };
     let _ = stop_tx.send(());
+    if let Some(certs) = certs {
+        certs.abort();
+    }
     if lost {
         // Another replica leads now: stop at once rather than act on stale state.
         anyhow::bail!("lost leadership; exiting so a restart rejoins the election");
