@@ -11,7 +11,7 @@ timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
 # Domains of test namespaces (ironvirt-test-*, and the handler's ironvirt-ht-*).
 destroy_test_domains() {
-  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-)' || true); do
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-)' || true); do
     echo "destroying leftover test domain $d" >&2
     timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
     timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true

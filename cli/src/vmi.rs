@@ -119,6 +119,61 @@ pub async fn observe(ctx: &Ctx, name: &str) -> Result<Observed> {
     }
 }
 
+/// Asks kube-apiserver whether the user may `verb` the `sub` subresource of
+/// `resource` `name` in subresources.kubevirt.io (a SelfSubjectAccessReview,
+/// which every authenticated user may create). Fails with a forbidden line
+/// when not; when the review itself cannot be made, the real request decides.
+pub async fn check_access(
+    ctx: &Ctx,
+    verb: &str,
+    resource: &str,
+    sub: &str,
+    name: &str,
+) -> Result<()> {
+    let review = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "group": "subresources.kubevirt.io", "version": "v1", "resource": resource,
+            "subresource": sub, "verb": verb, "namespace": ctx.namespace, "name": name,
+        }},
+    });
+    let reply = ctx
+        .request(
+            Method::POST,
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            Some(&review),
+        )
+        .await?;
+    let allowed = serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.pointer("/status/allowed").and_then(Value::as_bool));
+    if reply.is_success() && allowed == Some(false) {
+        return Err(Error::Api(forbidden_line(
+            verb,
+            resource,
+            sub,
+            name,
+            &ctx.namespace,
+        )));
+    }
+    Ok(())
+}
+
+/// The line for a denied access review, worded like kube-apiserver's.
+pub fn forbidden_line(
+    verb: &str,
+    resource: &str,
+    sub: &str,
+    name: &str,
+    namespace: &str,
+) -> String {
+    format!(
+        "{resource}.subresources.kubevirt.io \"{name}\" is forbidden: you cannot {verb} resource \
+         \"{resource}/{sub}\" in API group \"subresources.kubevirt.io\" in the namespace \"{namespace}\""
+    )
+}
+
 /// Waits up to `timeout` for the VMI to be running (0: looks once).
 pub async fn wait_running(ctx: &Ctx, name: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
@@ -210,6 +265,16 @@ mod tests {
                  (start it with: ironctl start v)"
                     .into()
             )
+        );
+    }
+
+    #[test]
+    fn forbidden_is_worded_like_kube_apiserver() {
+        assert_eq!(
+            forbidden_line("get", "virtualmachineinstances", "vnc", "v", "ns"),
+            "virtualmachineinstances.subresources.kubevirt.io \"v\" is forbidden: you cannot get \
+             resource \"virtualmachineinstances/vnc\" in API group \"subresources.kubevirt.io\" in \
+             the namespace \"ns\""
         );
     }
 

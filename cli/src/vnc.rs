@@ -9,6 +9,7 @@ use futures::{SinkExt, StreamExt};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{ScreenshotArgs, VncArgs};
@@ -82,8 +83,13 @@ pub async fn proxy(ctx: &Ctx, args: &VncArgs, vmi: &str) -> Result<()> {
         name: vmi,
         namespace: &ctx.namespace,
     };
-    // Errors about the VMI before anything listens or starts.
+    // Errors about access and the VMI before anything listens or starts; the
+    // websocket itself opens when the viewer connects.
+    crate::vmi::check_access(ctx, "get", "virtualmachineinstances", "vnc", vmi).await?;
     crate::vmi::wait_running(ctx, vmi, Duration::ZERO).await?;
+    let signal_err = |e: std::io::Error| Error::Local(format!("cannot watch for signals: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let listener = TcpListener::bind(("127.0.0.1", args.port))
         .await
         .map_err(|e| Error::Local(format!("cannot listen on 127.0.0.1:{}: {e}", args.port)))?;
@@ -133,7 +139,8 @@ pub async fn proxy(ctx: &Ctx, args: &VncArgs, vmi: &str) -> Result<()> {
                 Err(e) => Err(Error::Local(format!("waiting for the VNC viewer: {e}"))),
             };
         }
-        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
     };
     drop(listener);
     let _ = tcp.set_nodelay(true);
@@ -142,7 +149,11 @@ pub async fn proxy(ctx: &Ctx, args: &VncArgs, vmi: &str) -> Result<()> {
         path.push_str("?preserveSession=true");
     }
     let ws = ctx.open_stream(&path, &subject).await?;
-    let result = relay(tcp, ws).await;
+    let result = tokio::select! {
+        r = relay(tcp, ws) => r,
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+    };
     if let Some(mut v) = viewer {
         // The viewer usually exits with its connection; do not leave it behind
         // waiting on a dead one.
