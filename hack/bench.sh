@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks of docs/benchmarks.md on a test bed of their own,
-# with release builds of the components. BENCH=operator|handler|all (default
+# with release builds of the components. BENCH=operator|handler|api|all (default
 # all); arguments: VM counts for the operator benchmark.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
@@ -11,8 +11,8 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 guest_dir="$("$HACK/build-guest.sh")"
 install_guest_image "$guest_dir"
 build_rust
-cargo build --quiet --release -p ironvirt-operator -p ironvirt-handler --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed."
-cargo build --quiet -p ironvirt-tests --bin operator-bench --bin handler-bench --manifest-path "$REPO/Cargo.toml" || die "building the benches failed."
+cargo build --quiet --release -p ironvirt-operator -p ironvirt-handler -p ironvirt-apiserver-subresources --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed."
+cargo build --quiet -p ironvirt-tests --bin operator-bench --bin handler-bench --bin api-bench --manifest-path "$REPO/Cargo.toml" || die "building the benches failed."
 state="$REPO/.state/bench"
 testbed_down "$state" || true
 rm -rf "$state"
@@ -24,4 +24,9 @@ if [[ $which == all || $which == operator ]]; then
 fi
 if [[ $which == all || $which == handler ]]; then
   IRONVIRT_STATE="$state" "$REPO/target/debug/handler-bench"
+fi
+if [[ $which == all || $which == api ]]; then
+  API_BIN="$REPO/target/release/ironvirt-api" start_api "$state" >/dev/null \
+    || die "ironvirt-api did not start (log: $state/logs/ironvirt-api.log)."
+  IRONVIRT_STATE="$state" "$REPO/target/debug/api-bench"
 fi

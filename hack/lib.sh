@@ -101,11 +101,16 @@ install_crds() {
 }
 
 start_api() {
-  local state="$1" pki="$1/pki" port
+  local state="$1" pki="$1/pki" port mport
+  # API_BIN: another build of ironvirt-api (the benchmarks use the release one).
+  local api_bin="${API_BIN:-$REPO/target/debug/ironvirt-api}"
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig")
   port="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
+  mport="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
+  echo "$mport" >"$state/ironvirt-api.metrics-port"
   IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-api -e "KUBECONFIG=$state/kubeconfig" -e "RUST_LOG=info" -- \
-    "$REPO/target/debug/ironvirt-api" --listen "127.0.0.1:$port" --listen "[::1]:$port" \
+    "$api_bin" --listen "127.0.0.1:$port" --listen "[::1]:$port" \
+    --metrics-addr "127.0.0.1:$mport" \
     --tls-cert "$pki/ironvirt-api.crt" --tls-key "$pki/ironvirt-api.key" \
     --handler-ca "$pki/ironvirt-ca.crt" --handler-client-cert "$pki/ironvirt-api-client.crt" \
     --handler-client-key "$pki/ironvirt-api-client.key" >/dev/null || return 1
@@ -146,7 +151,7 @@ YAML
   "${kubectl[@]}" wait --for=condition=Available --timeout=60s apiservice/v1.subresources.kubevirt.io >/dev/null || return 1
   # The admission webhooks, registered by URL here (by Service in deploy/).
   install_crds "$state" || return 1
-  "$REPO/target/debug/ironvirt-api" webhook-configurations --url "https://127.0.0.1:$port" \
+  "$api_bin" webhook-configurations --url "https://127.0.0.1:$port" \
     --ca-bundle "$pki/ironvirt-ca.crt" | "${kubectl[@]}" apply -f - >/dev/null || return 1
   # kube-apiserver picks webhook configurations up from a watch: wait until
   # an invalid VMI is refused by ours.

@@ -12,6 +12,7 @@ use kube::Client;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::{Peer, RequestHeaderAuth, common_name};
+use crate::metrics::{self, Metrics};
 use crate::server::{self, ApiState};
 
 /// ironvirt-api's settings, from flags.
@@ -29,6 +30,8 @@ pub struct Config {
     pub lease_namespace: String,
     /// Usernames whose VMI spec updates the webhook lets through.
     pub privileged_users: Vec<String>,
+    /// Plain-HTTP address of /metrics and /healthz.
+    pub metrics_addr: SocketAddr,
 }
 
 /// Why ironvirt-api could not start.
@@ -125,8 +128,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         auth,
         handler_tls: handler_tls(&cfg)?,
         lease_namespace: cfg.lease_namespace.clone(),
+        metrics: Metrics::default(),
     };
-    let app = server::router(state).merge(admission_router(&client, &cfg));
+    tokio::spawn(metrics::serve(cfg.metrics_addr, state.metrics.clone()));
+    let app = server::router(state.clone())
+        .merge(admission_router(&client, &cfg))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::count,
+        ));
 
     let mut servers = Vec::new();
     for addr in &cfg.listen {

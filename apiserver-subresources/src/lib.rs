@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod metrics;
 pub mod rfb;
 pub mod server;
 pub mod vmops;

@@ -52,6 +52,9 @@ struct Args {
         default_value = "system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-handler,system:serviceaccount:ironvirt-system:ironvirt-api"
     )]
     privileged_users: Vec<String>,
+    /// Plain-HTTP address of /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +186,7 @@ fn main() -> anyhow::Result<()> {
         handler_client_key,
         lease_namespace: args.lease_namespace,
         privileged_users: args.privileged_users,
+        metrics_addr: args.metrics_addr,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -53,6 +53,7 @@ pub struct ApiState {
     pub handler_tls: Arc<rustls::ClientConfig>,
     /// Namespace of the handler Leases.
     pub lease_namespace: String,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A Kubernetes Status error.
@@ -95,6 +96,22 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/livez", get(|| async { "ok" }))
         .route("/version", get(version))
+        // kube-apiserver's aggregator merges these into its OpenAPI documents;
+        // subresources have no schema of their own, so they are empty.
+        .route(
+            "/openapi/v2",
+            get(|| async {
+                axum::Json(json!({
+                    "swagger": "2.0",
+                    "info": {"title": "ironvirt-api", "version": VERSION},
+                    "paths": {},
+                }))
+            }),
+        )
+        .route(
+            "/openapi/v3",
+            get(|| async { axum::Json(json!({"paths": {}})) }),
+        )
         .route(&format!("/apis/{GROUP}"), get(api_group))
         .route(&format!("/apis/{GROUP}/{VERSION}"), get(resource_list))
         // virtctl asks this before and after its commands.
@@ -402,8 +419,14 @@ async fn vmi_stream(
         Err(r) => return r,
     };
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, sub = %sub, "stream opened");
+    let kind = if sub == "console" { "console" } else { "vnc" };
+    let open = state.metrics.stream(kind);
     ws.protocols([SUBPROTOCOL])
-        .on_upgrade(move |client| relay(client, upstream))
+        .on_upgrade(move |client| async move {
+            relay(client, upstream).await;
+            drop(open);
+            tracing::info!(vmi.namespace = %ns, vmi.name = %name, sub = %sub, "stream closed");
+        })
 }
 
 async fn send(ws: &mut WebSocket, msg: Message) -> bool {

@@ -203,7 +203,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 }
 
 async fn serve_health(addr: SocketAddr) {
-    let app = Router::new().route("/healthz", get(|| async { "ok" }));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { runtime_metrics() }));
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
             if let Err(e) = axum::serve(l, app).await {
@@ -212,6 +214,27 @@ async fn serve_health(addr: SocketAddr) {
         }
         Err(e) => tracing::warn!(%addr, error = %e, "cannot listen for health"),
     }
+}
+
+/// The runtime's live tasks, in Prometheus text format: where a leaked
+/// stream or watch shows first.
+fn runtime_metrics() -> String {
+    use prometheus_client::metrics::gauge::Gauge;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("ironvirt_handler");
+    let tasks = Gauge::<i64>::default();
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        tasks.set(i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "runtime_alive_tasks",
+        "Tasks alive in the async runtime",
+        tasks,
+    );
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 async fn shutdown_signal() {

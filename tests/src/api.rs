@@ -112,3 +112,94 @@ pub async fn raw(client: &Client, method: &str, path: &str, body: &str) -> (u16,
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// The test bed's ironvirt-api process (started by hack/lib.sh `start_api`).
+#[derive(Debug, Clone, Copy)]
+pub struct BedApi {
+    pub pid: u32,
+    pub metrics_port: u16,
+}
+
+impl BedApi {
+    /// Reads the process id and metrics port `start_api` recorded.
+    pub fn of(bed: &ironvirt_testbed::TestBed) -> Result<BedApi, String> {
+        let root = bed.layout().root();
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let pid = read(root.join("pids/ironvirt-api.pid"))?;
+        let pid = pid
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| format!("no pid in {pid:?}"))?;
+        let port = read(root.join("ironvirt-api.metrics-port"))?;
+        let metrics_port = port
+            .trim()
+            .parse()
+            .map_err(|e| format!("metrics port {port:?}: {e}"))?;
+        Ok(BedApi { pid, metrics_port })
+    }
+}
+
+/// Another ironvirt-api replica serving the same address as the test bed's
+/// (the listeners share the port with SO_REUSEPORT). Killed on drop.
+pub struct ApiReplica {
+    child: Option<std::process::Child>,
+    pub metrics_port: u16,
+}
+
+impl ApiReplica {
+    pub fn start(bed: &ironvirt_testbed::TestBed, port: u16, log: &std::path::Path) -> ApiReplica {
+        use ironvirt_testbed::pki::names;
+        let info = bed.info();
+        let pki = |n: &str, ext: &str| info.pki_dir.join(format!("{n}.{ext}"));
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let file = std::fs::File::create(log).expect("replica log");
+        let bin = crate::operator::target_dir()
+            .join("debug")
+            .join("ironvirt-api");
+        let child = std::process::Command::new(bin)
+            .env("KUBECONFIG", &info.kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("[::1]:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--tls-cert")
+            .arg(pki(names::API_SERVING, "crt"))
+            .arg("--tls-key")
+            .arg(pki(names::API_SERVING, "key"))
+            .arg("--handler-ca")
+            .arg(pki(names::IRONVIRT_CA, "crt"))
+            .arg("--handler-client-cert")
+            .arg(pki(names::HANDLER_CLIENT, "crt"))
+            .arg("--handler-client-key")
+            .arg(pki(names::HANDLER_CLIENT, "key"))
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start ironvirt-api");
+        ApiReplica {
+            child: Some(child),
+            metrics_port,
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ApiReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

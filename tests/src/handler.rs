@@ -30,6 +30,8 @@ pub struct Handler {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     pub port: u16,
+    /// Port of /healthz and /metrics.
+    pub health_port: u16,
     kubeconfig: PathBuf,
     pki: PathBuf,
 }
@@ -68,6 +70,7 @@ impl Handler {
             state_dir: info.logs_dir.join(format!("handler-{node}")),
             log: info.logs_dir.join(format!("handler-{node}.log")),
             port: free_port(),
+            health_port: free_port(),
             kubeconfig: info.kubeconfig.clone(),
             pki: info.pki_dir.clone(),
         };
@@ -107,7 +110,7 @@ impl Handler {
             .arg(pki(names::HANDLER_SERVING, "key"))
             .arg("--client-ca")
             .arg(pki(names::IRONVIRT_CA, "crt"))
-            .args(["--health-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--health-addr", &format!("127.0.0.1:{}", self.health_port)])
             .args(if self.extra.iter().any(|a| a == "--resync-seconds") {
                 &["--renew-seconds", "2"][..]
             } else {

@@ -130,20 +130,7 @@ impl Operator {
 
     /// The value of a metric line starting with `prefix`, summed.
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await
-        else {
-            return 0.0;
-        };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let _ = s
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await;
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf).await;
-        buf.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        scrape(self.metrics_port, prefix).await
     }
 
     /// The operator's log so far.
@@ -294,6 +281,29 @@ async fn wait_gone(nodes: &Api<Node>, name: &str) {
 
 /// A Ready node condition, as a kubelet posts it: without it the node lifecycle
 /// controller taints the node not-ready and nothing may be placed there.
+/// Sums the lines of `127.0.0.1:port/metrics` that start with `prefix` (0
+/// when nothing answers).
+pub async fn scrape(port: u16, prefix: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0.0;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    buf.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 pub fn ready_condition() -> serde_json::Value {
     let now = Timestamp::now().to_string();
     json!([{"type": "Ready", "status": "True", "reason": "KubeletReady",

@@ -1,0 +1,235 @@
+//! api-bench: what ironvirt-api costs on the console path, on the test bed
+//! with libvirt/QEMU and release builds of ironvirt-api and the handler.
+//!
+//! - Console throughput (the guest prints 1 MB) along kube-apiserver →
+//!   ironvirt-api → handler, and reading the handler's stream directly; the
+//!   ratio of the two.
+//! - Added latency: the round trip of a typed line to the guest's tty echo,
+//!   both ways; the difference of the medians.
+//! - ironvirt-api's RSS idle and with 50 open console sessions (one writer and
+//!   49 read-only observers of one VMI: what ironvirt-api holds per session
+//!   does not depend on the VMI).
+//!
+//! Run it with `make bench` or `make bench-api`.
+
+use std::time::{Duration, Instant};
+
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_tests::TestBed;
+use ironvirt_tests::api::{BedApi, api_port, open_ws};
+use ironvirt_tests::handler::{Handler, WsSession, place, wait_gone, wait_phase, wait_serving};
+use ironvirt_tests::kubectl::ensure_crds;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+
+const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
+const MARKER: &str = "IRONVIRT-GUEST-READY";
+const CONSOLE_BYTES: usize = 1_000_000;
+const RUNS: usize = 3;
+const ROUND_TRIPS: usize = 40;
+const SESSIONS: usize = 50;
+
+fn guest(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "domain": {"memory": {"guest": "128Mi"},
+                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
+            "volumes": [{"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}}],
+        },
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Prints CONSOLE_BYTES and then an end marker the typed echo lacks.
+fn flood_command(run: usize) -> String {
+    format!(
+        "\nyes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW | head -c {CONSOLE_BYTES}; echo FLOOD-{run}-$((40+2))-END\n"
+    )
+}
+
+/// Bytes per second of one flood read through `ws`.
+async fn flood<S>(ws: &mut WsSession<S>, run: usize) -> anyhow::Result<f64>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let before = ws.received();
+    let t0 = Instant::now();
+    ws.send(flood_command(run).as_bytes())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ws.expect(&format!("FLOOD-{run}-42-END"), Duration::from_secs(600))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok((ws.received() - before) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Round trips (ms) of a typed line to its tty echo, sorted.
+async fn round_trips<S>(ws: &mut WsSession<S>, tag: &str) -> anyhow::Result<Vec<f64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS {
+        // Ctrl-U clears the line; the guest's tty echoes what is typed.
+        let token = format!("rt{tag}{i}x");
+        let t0 = Instant::now();
+        ws.send(format!("\u{15}{token}").as_bytes())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        ws.expect(&token, Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    ws.send(b"\x15\n").await.map_err(anyhow::Error::msg)?;
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bed = TestBed::shared().await?;
+    ensure_crds(&bed);
+    let client = bed.admin();
+    api_port(&client).await.map_err(anyhow::Error::msg)?;
+    let api = BedApi::of(&bed).map_err(anyhow::Error::msg)?;
+    let ns = bed.namespace("bench-api").await?;
+    let h = Handler::start_with(
+        &bed,
+        &ns,
+        "bench-api-q",
+        "qemu:///system",
+        "release",
+        &["--resync-seconds", "3600"],
+    );
+    wait_serving(&h, Duration::from_secs(60)).await;
+    let name = "c-0";
+    place(&client, &ns, guest(name), &h.node).await;
+    wait_phase(&client, &ns, name, "Running", Duration::from_secs(180))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let via_api = format!(
+        "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console"
+    );
+    let direct = format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/console");
+
+    let mut a = open_ws(&client, &via_api)
+        .await
+        .map_err(|(c, b)| anyhow::anyhow!("console via kube-apiserver: {c} {b}"))?;
+    a.expect_from(0, MARKER, Duration::from_secs(120))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    a.close().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_kib = rss_kib(api.pid);
+
+    // Throughput and latency, the two paths in turn. A new writer takes the
+    // console over from the previous one, so each run opens its own.
+    let (mut tp_api, mut tp_direct) = (Vec::new(), Vec::new());
+    let (mut rt_api, mut rt_direct) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let mut ws = open_ws(&client, &via_api)
+            .await
+            .map_err(|(c, b)| anyhow::anyhow!("console via kube-apiserver: {c} {b}"))?;
+        tp_api.push(flood(&mut ws, run * 2).await?);
+        rt_api.extend(round_trips(&mut ws, &format!("a{run}")).await?);
+        ws.close().await;
+        let mut ws = h
+            .streams()
+            .websocket(&direct)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tp_direct.push(flood(&mut ws, run * 2 + 1).await?);
+        rt_direct.extend(round_trips(&mut ws, &format!("d{run}")).await?);
+        ws.close().await;
+    }
+    rt_api.sort_by(f64::total_cmp);
+    rt_direct.sort_by(f64::total_cmp);
+    let (api_bps, direct_bps) = (median(tp_api.clone()), median(tp_direct.clone()));
+    println!(
+        "console_bytes_per_s (median of {RUNS}): via_kube_apiserver={api_bps:.0} handler_direct={direct_bps:.0} ratio={:.2} (runs: {tp_api:.0?} / {tp_direct:.0?})",
+        api_bps / direct_bps
+    );
+    println!(
+        "echo_round_trip_ms (n={}): via_kube_apiserver p50={:.2} p95={:.2}; handler_direct p50={:.2} p95={:.2}; added_p50={:.2}",
+        rt_api.len(),
+        percentile(&rt_api, 50.0),
+        percentile(&rt_api, 95.0),
+        percentile(&rt_direct, 50.0),
+        percentile(&rt_direct, 95.0),
+        percentile(&rt_api, 50.0) - percentile(&rt_direct, 50.0),
+    );
+
+    // 50 sessions: one writer and read-only observers.
+    let mut sessions = Vec::with_capacity(SESSIONS);
+    let writer = open_ws(&client, &via_api)
+        .await
+        .map_err(|(c, b)| anyhow::anyhow!("console: {c} {b}"))?;
+    sessions.push(writer);
+    for _ in 1..SESSIONS {
+        let mut s = open_ws(&client, &format!("{via_api}?readonly=true"))
+            .await
+            .map_err(|(c, b)| anyhow::anyhow!("read-only console: {c} {b}"))?;
+        s.expect_from(0, MARKER, Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        sessions.push(s);
+    }
+    if let Some(w) = sessions.first_mut() {
+        w.send(b"\necho all-$((25*2))-open\n")
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    for s in &mut sessions {
+        s.expect("all-50-open", Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy_kib = rss_kib(api.pid);
+    println!(
+        "ironvirt_api_rss_kib: idle={idle_kib} with_{SESSIONS}_consoles={busy_kib} per_session={:.0}",
+        (busy_kib as f64 - idle_kib as f64) / SESSIONS as f64
+    );
+    for s in sessions {
+        s.close().await;
+    }
+
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+    let _ = vmis.delete(name, &DeleteParams::default()).await;
+    wait_gone(&client, &ns, name, Duration::from_secs(120))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    h.remove(&client).await;
+    bed.delete_namespace(&ns, Duration::from_secs(60)).await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! ironvirt-api as processes: a console left idle for two minutes still works,
+//! closing sessions leaves no task or file descriptor behind (in ironvirt-api
+//! and in the handler), and two replicas serve at once, so that killing one
+//! does not break new sessions.
+//!
+//! This file is its own test binary on purpose: cargo runs test binaries one
+//! after another, so while it runs no other test uses the test bed's
+//! ironvirt-api, and its task and descriptor counts are this test's alone.
+
+use std::time::Duration;
+
+use ironvirt_crds::VirtualMachine;
+use ironvirt_tests::api::{ApiReplica, ApiWs, BedApi, api_port, open_ws};
+use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
+use ironvirt_tests::kubectl::bed_with_crds as bed;
+use ironvirt_tests::operator::{Operator, open_fds, scrape};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const QEMU: &str = "qemu:///system";
+const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
+const MARKER: &str = "IRONVIRT-GUEST-READY";
+const BOOT: Duration = Duration::from_secs(90);
+const IDLE: Duration = Duration::from_secs(125);
+
+fn vm(name: &str) -> VirtualMachine {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {
+            "runStrategy": "Always",
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 10,
+                "domain": {"memory": {"guest": "128Mi"},
+                    "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
+                "volumes": [{"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}}],
+            }},
+        },
+    }))
+    .expect("vm")
+}
+
+/// Tasks and open descriptors of ironvirt-api and the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Footprint {
+    api_tasks: u64,
+    api_fds: usize,
+    handler_tasks: u64,
+    handler_fds: usize,
+}
+
+impl Footprint {
+    async fn now(api: BedApi, h: &Handler) -> Footprint {
+        // Whole numbers of tasks, read as f64 from the exposition.
+        let tasks = |v: f64| v.max(0.0).round() as u64;
+        Footprint {
+            api_tasks: tasks(scrape(api.metrics_port, "ironvirt_api_runtime_alive_tasks").await),
+            api_fds: open_fds(api.pid),
+            handler_tasks: tasks(
+                scrape(h.health_port, "ironvirt_handler_runtime_alive_tasks").await,
+            ),
+            handler_fds: open_fds(h.pid()),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        let fds = u64::try_from(self.api_fds + self.handler_fds).unwrap_or(u64::MAX);
+        self.api_tasks + self.handler_tasks + fds
+    }
+
+    fn within(&self, base: &Footprint) -> bool {
+        self.api_tasks <= base.api_tasks
+            && self.api_fds <= base.api_fds
+            && self.handler_tasks <= base.handler_tasks
+            && self.handler_fds <= base.handler_fds
+    }
+}
+
+/// Waits until the footprint is back within `base`.
+async fn settles_to(api: BedApi, h: &Handler, base: &Footprint) -> Result<Footprint, String> {
+    let mut last = Footprint::now(api, h).await;
+    for _ in 0..40 {
+        if last.within(base) {
+            return Ok(last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = Footprint::now(api, h).await;
+    }
+    Err(format!(
+        "left behind after closing: now {last:?}, before {base:?}"
+    ))
+}
+
+/// The footprint once it has stopped changing (idle connections and
+/// finished sessions wind down over a few seconds).
+async fn steady(api: BedApi, h: &Handler) -> Footprint {
+    let mut last = Footprint::now(api, h).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = Footprint::now(api, h).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+async fn console(client: &kube::Client, path: &str) -> Result<ApiWs, String> {
+    open_ws(client, path)
+        .await
+        .map_err(|(code, body)| format!("console: HTTP {code}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_consoles_survive_and_replicas_fail_over_without_leaks() {
+    let bed = &bed().await;
+    bed.with_namespace("api", |ns| async move {
+        let admin = bed.admin();
+        let port = api_port(&admin).await?;
+        let api = BedApi::of(bed)?;
+        let node = format!("{ns}-n");
+        let h = Handler::start(bed, &ns, &node, QEMU);
+        let _op = Operator::start(bed, &ns, "op", &[]);
+        wait_serving(&h, Duration::from_secs(60)).await;
+        let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
+        vms.create(&PostParams::default(), &vm("soak"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_phase(&admin, &ns, "soak", "Running", BOOT).await?;
+        let path = format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/soak/console"
+        );
+
+        // One session first, so that connection pools and caches exist
+        // before the baseline is taken.
+        let mut warm = console(&admin, &path).await?;
+        warm.expect_from(0, MARKER, BOOT).await?;
+        warm.close().await;
+        let base = steady(api, &h).await;
+        eprintln!("baseline: {base:?}");
+
+        // Idle for two minutes: pings keep the session (and every hop on the
+        // way) alive; reading answers them as a client does.
+        let mut con = console(&admin, &path).await?;
+        let idle = con.expect("this text never comes", IDLE).await;
+        assert!(idle.is_err(), "the guest printed by itself");
+        con.send(b"\necho idle-$((6*7))\n").await?;
+        con.expect("idle-42", Duration::from_secs(30)).await?;
+        let during = Footprint::now(api, &h).await;
+        // The measurement sees sessions: an open one holds more than the
+        // baseline (its connections' descriptors, its relay task).
+        assert!(
+            during.total() > base.total(),
+            "an open session does not show: {during:?} vs {base:?}"
+        );
+        con.close().await;
+        let after = settles_to(api, &h, &base).await?;
+        eprintln!("with the idle session: {during:?}; after closing it: {after:?}");
+
+        // A second replica on the same port (SO_REUSEPORT): new connections
+        // are spread over both.
+        let log = bed.info().logs_dir.join(format!("ironvirt-api-{ns}.log"));
+        let mut replica = ApiReplica::start(bed, port, &log);
+        for _ in 0..100 {
+            if scrape(replica.metrics_port, "ironvirt_api_runtime_alive_tasks").await > 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A new console takes over from the previous one (one writer, as in
+        // KubeVirt), so count the sessions each replica accepted.
+        let accepted = "ironvirt_api_requests_total{route=\"console\",code=\"101\"}";
+        let before = scrape(api.metrics_port, accepted).await;
+        for _ in 0..12 {
+            let mut s = console(&admin, &path).await?;
+            s.expect_from(0, MARKER, Duration::from_secs(30)).await?;
+            s.close().await;
+        }
+        let (on_bed, on_replica) = (
+            scrape(api.metrics_port, accepted).await - before,
+            scrape(replica.metrics_port, accepted).await,
+        );
+        eprintln!(
+            "12 consoles: {on_bed} through the test bed's replica, {on_replica} through the second"
+        );
+        assert_eq!(on_bed + on_replica, 12.0);
+        assert!(
+            on_bed > 0.0 && on_replica > 0.0,
+            "both replicas serve: {on_bed} and {on_replica}"
+        );
+        // One session left open on the second replica when it dies.
+        let mut doomed = None;
+        for _ in 0..20 {
+            let before = scrape(replica.metrics_port, accepted).await;
+            let s = console(&admin, &path).await?;
+            if scrape(replica.metrics_port, accepted).await > before {
+                doomed = Some(s);
+                break;
+            }
+            s.close().await;
+        }
+        let mut doomed = doomed.ok_or("no session landed on the second replica in 20 tries")?;
+
+        // Kill the second replica: its session ends, new ones all work.
+        replica.kill();
+        assert!(
+            doomed.next_close(Duration::from_secs(30)).await.is_some(),
+            "the session on the killed replica did not end"
+        );
+        for i in 0..12 {
+            let mut s = console(&admin, &path)
+                .await
+                .map_err(|e| format!("new session {i} after a replica died: {e}"))?;
+            s.send(format!("\necho after-{i}-$((1+1))\n").as_bytes())
+                .await?;
+            s.expect(&format!("after-{i}-2"), Duration::from_secs(30))
+                .await?;
+            s.close().await;
+        }
+        settles_to(api, &h, &base).await?;
+
+        vms.delete("soak", &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_gone(&admin, &ns, "soak", Duration::from_secs(60)).await?;
+        h.remove(&admin).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
