@@ -1,6 +1,7 @@
 //! Is the VMI running? Read through kube-apiserver before a console or VNC
 //! session, so that the user gets a clear line (and `--timeout` can wait).
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -185,7 +186,8 @@ pub async fn wait_running(ctx: &Ctx, name: &str, timeout: Duration) -> Result<()
             Decision::Proceed => return Ok(()),
             Decision::Fail(m) => return Err(Error::Api(m)),
             Decision::Wait => {
-                if !told {
+                // Progress for a person at a terminal; scripts get only the result.
+                if !told && std::io::stderr().is_terminal() {
                     eprintln!(
                         "waiting up to {} s for VirtualMachineInstance \"{name}\" to be running…",
                         timeout.as_secs()

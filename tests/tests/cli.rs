@@ -115,7 +115,7 @@ async fn console_in_a_terminal() {
         tmux.wait_for("$ ", Duration::from_secs(10)).await?;
         tmux.type_text(&format!(
             "{} --kubeconfig {} -n {ns} console con --timeout 120; echo EXIT=$?; \
-             stty -a | tr ' ;' '\\n\\n' | grep -Ex -- '-?(icanon|echo)' | paste -sd, | sed 's/^/STTY:/'",
+             echo \"MODES\"\"=$(stty -a | tr ' ;' '\\n\\n' | grep -Ex -- '-?(icanon|echo)' | paste -sd,)\"",
             ironctl_bin().display(),
             kubeconfig.display(),
         ))?;
@@ -129,10 +129,10 @@ async fn console_in_a_terminal() {
         tmux.wait_for("ok-42", Duration::from_secs(30)).await?;
         // Ctrl+] leaves with exit code 0 and the terminal restored.
         tmux.keys(&["C-]"])?;
-        let screen = tmux.wait_for("STTY:", Duration::from_secs(15)).await?;
+        let screen = tmux.wait_for("MODES=", Duration::from_secs(15)).await?;
         assert!(screen.contains("EXIT=0"), "{screen}");
         assert!(
-            screen.contains("STTY:icanon,echo"),
+            screen.contains("MODES=icanon,echo"),
             "terminal not restored (want icanon and echo):\n{screen}"
         );
         drop(tmux);
