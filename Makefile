@@ -34,8 +34,9 @@ build-k8s: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl (c
 guest: ## Build the test guest (cached); prints its directory
 	@hack/build-guest.sh
 
-build: ## cargo build the workspace
+build: ## cargo build the workspace (and link target/debug/kubectl-ironctl, the kubectl plugin)
 	cargo build --workspace
+	ln -sfn ironctl target/debug/kubectl-ironctl
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all --check
