@@ -339,8 +339,7 @@ pub fn run(args: &CreateVmArgs) -> Result<()> {
     };
     let name = args.name.clone().unwrap_or_else(random_name);
     let vm = build_vm(args, &name, user_data)?;
-    print!("{}", to_yaml(&vm)?);
-    Ok(())
+    crate::out(&to_yaml(&vm)?)
 }
 
 #[cfg(test)]

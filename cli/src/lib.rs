@@ -30,12 +30,12 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
         Command::Completion(a) => {
             let name = display.replace(' ', "-");
             let mut cmd = args::command(display);
-            clap_complete::generate(a.shell, &mut cmd, name, &mut std::io::stdout());
-            return Ok(());
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, name, &mut script);
+            return out(&String::from_utf8_lossy(&script));
         }
         Command::Version(v) if v.client => {
-            println!("{}", version::client_line());
-            return Ok(());
+            return outln(&version::client_line());
         }
         _ => {}
     }
@@ -68,6 +68,26 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
     // A thread blocked reading the terminal must not hold up the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
     result
+}
+
+/// Writes `text` to standard output. A reader that went away (`ironctl … |
+/// head`) is not an error worth a message.
+pub fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::Local(format!("writing to standard output: {e}"))),
+    }
+}
+
+/// `text` and a newline on standard output.
+pub fn outln(text: &str) -> Result<()> {
+    out(&format!("{text}\n"))
 }
 
 /// Logs go to stderr, warnings and errors only unless RUST_LOG says otherwise.

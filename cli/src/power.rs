@@ -142,8 +142,7 @@ async fn vm_op(ctx: &Ctx, op: VmOp, name: &str, body: &Value, dry_run: bool) -> 
     let path = ctx.subresource_path("virtualmachines", name, op.name());
     ctx.expect_success(Method::PUT, &path, Some(body), &subject)
         .await?;
-    println!("{}", vm_done(op, name, dry_run));
-    Ok(())
+    crate::outln(&vm_done(op, name, dry_run))
 }
 
 /// `ironctl start`.
@@ -171,8 +170,7 @@ pub async fn vmi_op(ctx: &Ctx, op: VmiOp, t: &VmiTarget) -> Result<()> {
     ctx.expect_success(Method::PUT, &path, None, &subject)
         .await?;
     let what = if kind == Kind::Vm { "VM" } else { "VMI" };
-    println!("{what} {name} was scheduled to {}", op.verb());
-    Ok(())
+    crate::outln(&format!("{what} {name} was scheduled to {}", op.verb()))
 }
 
 #[cfg(test)]

@@ -72,3 +72,20 @@ pub fn install_panic_hook() {
         std::process::exit(1);
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restoring_without_raw_mode_does_nothing_and_repeats_safely() {
+        restore();
+        restore();
+        assert!(!RAW.load(Ordering::SeqCst));
+        // Under `cargo test` standard input is not a terminal: no raw mode.
+        if !std::io::stdin().is_terminal() {
+            let guard = RawMode::enable().unwrap();
+            assert!(!guard.is_active());
+        }
+    }
+}

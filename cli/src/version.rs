@@ -28,7 +28,7 @@ pub fn git_version(body: &[u8]) -> Option<String> {
 
 /// Prints the versions; fails when a server's cannot be read.
 pub async fn run(ctx: Option<&Ctx>, args: &VersionArgs) -> Result<()> {
-    println!("{}", client_line());
+    crate::outln(&client_line())?;
     let Some(ctx) = ctx.filter(|_| !args.client) else {
         return Ok(());
     };
@@ -48,10 +48,10 @@ pub async fn run(ctx: Option<&Ctx>, args: &VersionArgs) -> Result<()> {
     }
     let server = git_version(&reply.body)
         .ok_or_else(|| Error::Api("the server's version answer has no gitVersion".into()))?;
-    println!("Server Version: {server}");
+    crate::outln(&format!("Server Version: {server}"))?;
     let reply = ctx.request(Method::GET, "/version", None).await?;
     match git_version(&reply.body).filter(|_| reply.is_success()) {
-        Some(v) => println!("Kubernetes Version: {v}"),
+        Some(v) => crate::outln(&format!("Kubernetes Version: {v}"))?,
         None => {
             return Err(Error::Api(format!(
                 "kube-apiserver's version: {}",

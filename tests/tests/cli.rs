@@ -90,6 +90,7 @@ async fn delete_vms(bed: &TestBed, ns: &str, names: &[&str]) -> Result<(), Strin
 async fn console_in_a_terminal() {
     let bed = &bed().await;
     bed.with_namespace("cli", |ns| async move {
+        use tokio::io::AsyncBufReadExt;
         let (h, _op) = node(bed, &ns).await?;
         let kubeconfig = bed.info().kubeconfig.clone();
 
@@ -147,6 +148,42 @@ async fn console_in_a_terminal() {
         )
         .await;
         run.ok()?;
+
+        // The VM stops under an open console: exit 1 with the reason.
+        let mut session = tokio::process::Command::new(ironctl_bin())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["-n", &ns, "console", "con"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let _stdin = session.stdin.take();
+        let mut stderr =
+            tokio::io::BufReader::new(session.stderr.take().ok_or("no stderr")?).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), stderr.next_line())
+            .await
+            .map_err(|_| "the console did not connect within 30 s".to_owned())?
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        assert!(first.starts_with("Successfully connected to con console"), "{first}");
+        ironctl(bed, &ns, &["stop", "con"]).await.ok()?;
+        let status = tokio::time::timeout(Duration::from_secs(90), session.wait())
+            .await
+            .map_err(|_| "the console did not end when its VM stopped".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let mut rest = Vec::new();
+        while let Ok(Some(l)) = stderr.next_line().await {
+            rest.push(l);
+        }
+        eprintln!("console ended with: {rest:?}");
+        assert_eq!(status.code(), Some(1), "{rest:?}");
+        assert!(
+            rest.len() == 1 && rest[0].starts_with("error: ") && rest[0].contains("console of con"),
+            "{rest:?}"
+        );
 
         delete_vms(bed, &ns, &["con", "halted"]).await?;
         h.remove(&bed.admin()).await;
