@@ -11,7 +11,7 @@ timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
 # Domains of test namespaces (ironvirt-test-*, and the handler's ironvirt-ht-*).
 destroy_test_domains() {
-  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-)' || true); do
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-)' || true); do
     echo "destroying leftover test domain $d" >&2
     timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
     timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
@@ -73,6 +73,6 @@ timing "cargo test passed"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$TEST_STATE/kubeconfig")
 left_ns="$("${KUBECTL[@]}" get namespaces -l ironvirt.io/test -o name)"
 [[ -z "$left_ns" ]] || die "namespaces created by tests were not deleted: $left_ns"
-left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-)' || true)"
+left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-|e2e-)' || true)"
 [[ -z "$left_dom" ]] || die "domains created by tests were left: $left_dom"
 echo "post-test checks: no test namespace and no test domain left"

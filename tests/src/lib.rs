@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod domain;
+pub mod e2e;
 pub mod handler;
 pub mod kubectl;
 pub mod operator;
