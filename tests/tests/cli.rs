@@ -269,8 +269,44 @@ async fn vnc_proxy_screenshot_and_vmi_power() {
             .map_err(|e| e.to_string())?;
         assert_eq!(status.code(), Some(0));
 
-        // Screenshot to a file: a real PNG, not blank.
+        // Without --proxy-only it starts the viewer it finds on PATH (here a
+        // stand-in remote-viewer that reads the RFB version and leaves).
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let viewer = dir.path().join("remote-viewer");
+        let seen = dir.path().join("viewer-saw");
+        std::fs::write(
+            &viewer,
+            format!(
+                "#!/bin/bash\nexec 3<>/dev/tcp/127.0.0.1/${{1##*:}}\nhead -c 12 <&3 >{}\n",
+                seen.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&viewer, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(ironctl_bin())
+                .arg("--kubeconfig")
+                .arg(&bed.info().kubeconfig)
+                .args(["-n", &ns, "vnc", "gfx"])
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| "ironctl vnc with a viewer did not end within 60 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("starting remote-viewer"), "{stderr}");
+        let saw = std::fs::read_to_string(&seen).map_err(|e| e.to_string())?;
+        assert!(saw.starts_with("RFB 003.00"), "the viewer read {saw:?}");
+
+        // Screenshot to a file: a real PNG, not blank.
         let file = dir.path().join("shot.png");
         let file_s = file.to_string_lossy().into_owned();
         ironctl(bed, &ns, &["vnc", "screenshot", "gfx", "-f", &file_s])
