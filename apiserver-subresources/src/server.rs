@@ -42,6 +42,31 @@ pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";
 /// The annotation on a handler Lease with its stream URL.
 pub const STREAM_URL_ANNOTATION: &str = "ironvirt.io/stream-url";
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// Websocket buffers on the stream path: a console or VNC session needs
+/// little, and each open session holds two websockets. Writes queue up to
+/// WS_MAX_QUEUED bytes for a slow peer, then the session ends.
+const WS_BUFFER: usize = 16 * 1024;
+const WS_MAX_QUEUED: usize = 1024 * 1024;
+const WS_MAX_MESSAGE: usize = 1024 * 1024;
+
+/// The user's side of a stream, with bounded buffers.
+fn bounded(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        .max_write_buffer_size(WS_MAX_QUEUED)
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+}
+
+/// The handler's side of a stream, with bounded buffers.
+fn upstream_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        .max_write_buffer_size(WS_MAX_QUEUED)
+        .max_message_size(Some(WS_MAX_MESSAGE))
+        .max_frame_size(Some(WS_MAX_MESSAGE))
+}
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the API handlers share.
@@ -339,7 +364,7 @@ async fn handler_ws(state: &ApiState, url: &str, path: &str) -> Result<HandlerWs
         .header("Sec-WebSocket-Protocol", SUBPROTOCOL)
         .body(())
         .map_err(|e| unavailable(e.to_string()))?;
-    match tokio_tungstenite::client_async(request, tls).await {
+    match tokio_tungstenite::client_async_with_config(request, tls, Some(upstream_config())).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             // The handler's own Status error, passed on.
@@ -421,7 +446,8 @@ async fn vmi_stream(
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, sub = %sub, "stream opened");
     let kind = if sub == "console" { "console" } else { "vnc" };
     let open = state.metrics.stream(kind);
-    ws.protocols([SUBPROTOCOL])
+    bounded(ws)
+        .protocols([SUBPROTOCOL])
         .on_upgrade(move |client| async move {
             relay(client, upstream).await;
             drop(open);

@@ -35,6 +35,18 @@ use crate::libvirt::{self, Libvirt, LibvirtError};
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pings keep idle sessions alive through proxies.
 const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// Websocket buffers on the stream path: a session needs little. Writes queue
+/// up to 1 MiB for a slow peer, then the session ends.
+fn bounded(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    const BUFFER: usize = 16 * 1024;
+    const MAX: usize = 1024 * 1024;
+    ws.read_buffer_size(BUFFER)
+        .write_buffer_size(BUFFER)
+        .max_write_buffer_size(MAX)
+        .max_message_size(MAX)
+        .max_frame_size(MAX)
+}
 /// VNC relay buffer.
 const VNC_CHUNK: usize = 64 * 1024;
 /// The websocket subprotocol KubeVirt's clients speak.
@@ -174,7 +186,8 @@ async fn console(
         }
     };
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, readonly = q.readonly, "console session");
-    ws.protocols([SUBPROTOCOL])
+    bounded(ws)
+        .protocols([SUBPROTOCOL])
         .on_upgrade(move |socket| console_session(socket, hub, q.readonly))
 }
 
@@ -333,7 +346,8 @@ async fn vnc(
         }
     };
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, port, "vnc session");
-    ws.protocols([SUBPROTOCOL])
+    bounded(ws)
+        .protocols([SUBPROTOCOL])
         .on_upgrade(move |socket| vnc_session(socket, tcp, viewer))
 }
 

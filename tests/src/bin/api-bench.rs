@@ -92,17 +92,27 @@ where
     Ok((ws.received() - before) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Round trips (ms) of a typed line to its tty echo, sorted.
+/// Round trips (ms) of typed text to its echo, sorted. `cat` runs in the
+/// guest meanwhile, so the echo comes from the guest kernel's tty (canonical
+/// mode), not from the shell's line editor, which asks the terminal for the
+/// cursor position and waits for an answer.
 async fn round_trips<S>(ws: &mut WsSession<S>, tag: &str) -> anyhow::Result<Vec<f64>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let ready = format!("cat-{tag}-ready");
+    ws.send(format!("\necho {ready}; cat\n").as_bytes())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ws.expect(&format!("\n{ready}"), Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut out = Vec::with_capacity(ROUND_TRIPS);
     for i in 0..ROUND_TRIPS {
-        // Ctrl-U clears the line; the guest's tty echoes what is typed.
         let token = format!("rt{tag}{i}x");
         let t0 = Instant::now();
-        ws.send(format!("\u{15}{token}").as_bytes())
+        ws.send(token.as_bytes())
             .await
             .map_err(anyhow::Error::msg)?;
         ws.expect(&token, Duration::from_secs(30))
@@ -110,7 +120,8 @@ where
             .map_err(anyhow::Error::msg)?;
         out.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
-    ws.send(b"\x15\n").await.map_err(anyhow::Error::msg)?;
+    // Ctrl-C ends cat; back at the prompt.
+    ws.send(b"\x03\n").await.map_err(anyhow::Error::msg)?;
     out.sort_by(f64::total_cmp);
     Ok(out)
 }
@@ -196,12 +207,9 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|(c, b)| anyhow::anyhow!("console: {c} {b}"))?;
     sessions.push(writer);
     for _ in 1..SESSIONS {
-        let mut s = open_ws(&client, &format!("{via_api}?readonly=true"))
+        let s = open_ws(&client, &format!("{via_api}?readonly=true"))
             .await
             .map_err(|(c, b)| anyhow::anyhow!("read-only console: {c} {b}"))?;
-        s.expect_from(0, MARKER, Duration::from_secs(30))
-            .await
-            .map_err(anyhow::Error::msg)?;
         sessions.push(s);
     }
     if let Some(w) = sessions.first_mut() {
