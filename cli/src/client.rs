@@ -123,10 +123,16 @@ pub async fn connect(global: &Global) -> Result<Ctx> {
 }
 
 impl Ctx {
-    fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> Error {
+    fn unreachable(&self, e: &kube::Error) -> Error {
+        // The transport's own words, without kube's variant name in front.
+        let cause = match e {
+            kube::Error::Service(inner) => chain(inner.as_ref()),
+            kube::Error::HyperError(inner) => chain(inner),
+            other => chain(other),
+        };
         Error::Unreachable {
             server: self.server.clone(),
-            cause: chain(e),
+            cause,
         }
     }
 

@@ -90,10 +90,11 @@ pub fn outln(text: &str) -> Result<()> {
     out(&format!("{text}\n"))
 }
 
-/// Logs go to stderr, warnings and errors only unless RUST_LOG says otherwise.
+/// Logs go to stderr, and only when RUST_LOG asks for them: ironctl's own
+/// errors are its one line, not the libraries' log records.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -520,6 +520,27 @@ async fn a_user_without_the_role_gets_one_clear_line() {
         // A kubeconfig that does not exist is one line too.
         let run = ironctl_in(std::path::Path::new("/nonexistent/kubeconfig"), &ns, &["start", "x"], None, limit).await;
         run.one_error_line("kubeconfig: cannot read /nonexistent/kubeconfig")?;
+        // So is a kube-apiserver that does not answer (a port nothing listens on).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let admin = std::fs::read_to_string(&bed.info().kubeconfig).map_err(|e| e.to_string())?;
+        let server = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .ok_or("no server in the admin kubeconfig")?
+            .trim_matches('"')
+            .to_owned();
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let down = dir.path().join("kubeconfig");
+        std::fs::write(&down, admin.replace(&server, &format!("https://127.0.0.1:{closed}")))
+            .map_err(|e| e.to_string())?;
+        ironctl_in(&down, &ns, &["start", "x"], None, limit)
+            .await
+            .one_error_line(&format!(
+                "cannot reach the Kubernetes API server at https://127.0.0.1:{closed}"
+            ))?;
         Ok::<(), String>(())
     })
     .await;
