@@ -127,16 +127,16 @@ pub async fn ironctl(bed: &TestBed, ns: &str, args: &[&str]) -> Run {
 }
 
 /// A tmux server of its own (its own socket) with one 200x50 window running
-/// bash; the server is killed when dropped.
+/// bash; the server is killed and its socket removed when dropped.
 pub struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
     /// Starts the server; `name` makes the socket unique.
     pub fn start(name: &str) -> Result<Tmux, String> {
         let t = Tmux {
-            socket: format!("ironvirt-{name}"),
+            socket: std::env::temp_dir().join(format!("ironvirt-tmux-{name}.sock")),
         };
         let out = t
             .cmd()
@@ -155,7 +155,7 @@ impl Tmux {
 
     fn cmd(&self) -> std::process::Command {
         let mut c = std::process::Command::new("tmux");
-        c.args(["-L", &self.socket]).env_remove("TMUX");
+        c.arg("-S").arg(&self.socket).env_remove("TMUX");
         c
     }
 
@@ -217,6 +217,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").output();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
