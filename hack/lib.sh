@@ -103,6 +103,10 @@ install_crds() {
 start_api() {
   local state="$1" pki="$1/pki" port mport
   # API_BIN: another build of ironvirt-api (the benchmarks use the release one).
+  # Every component of the test bed, ironvirt-api included, acts as user
+  # "admin" (the bed's kubeconfig): it is privileged like the components'
+  # ServiceAccounts in deploy/, so that stop with a grace period may change a
+  # VMI's terminationGracePeriodSeconds.
   local api_bin="${API_BIN:-$REPO/target/debug/ironvirt-api}"
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig")
   port="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
@@ -111,6 +115,7 @@ start_api() {
   IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-api -e "KUBECONFIG=$state/kubeconfig" -e "RUST_LOG=info" -- \
     "$api_bin" --listen "127.0.0.1:$port" --listen "[::1]:$port" \
     --metrics-addr "127.0.0.1:$mport" \
+    --privileged-users "admin,system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-handler,system:serviceaccount:ironvirt-system:ironvirt-api" \
     --tls-cert "$pki/ironvirt-api.crt" --tls-key "$pki/ironvirt-api.key" \
     --handler-ca "$pki/ironvirt-ca.crt" --handler-client-cert "$pki/ironvirt-api-client.crt" \
     --handler-client-key "$pki/ironvirt-api-client.key" >/dev/null || return 1

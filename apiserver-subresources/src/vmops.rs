@@ -172,6 +172,11 @@ pub fn plan(
                     )));
                 }
                 RunStrategy::Halted => Change::Spec(set_strategy(vm, RunStrategy::Always)),
+                RunStrategy::Once => {
+                    return Err(OpError::Conflict(format!(
+                        "VM {name} has runStrategy Once: it runs once and is not started again"
+                    )));
+                }
                 _ if live => {
                     return Err(OpError::Conflict(format!("VM {name} is already running")));
                 }
@@ -191,6 +196,11 @@ pub fn plan(
             _ => Change::Spec(set_strategy(vm, RunStrategy::Halted)),
         },
         VmOp::Restart => {
+            if strategy == RunStrategy::Once {
+                return Err(OpError::Conflict(format!(
+                    "VM {name} has runStrategy Once: it cannot be restarted"
+                )));
+            }
             if strategy == RunStrategy::Halted || !live {
                 return Err(OpError::Conflict(format!(
                     "VM {name} is not running; start it instead"
@@ -270,7 +280,24 @@ mod tests {
             Err(OpError::Conflict(_))
         ));
         let done = vmi("Succeeded");
-        assert!(go(&vm("runStrategy: Once", ""), Some(&done), VmOp::Start).is_ok());
+        assert!(
+            go(
+                &vm("runStrategy: RerunOnFailure", ""),
+                Some(&done),
+                VmOp::Start
+            )
+            .is_ok()
+        );
+        for op in [VmOp::Start, VmOp::Restart] {
+            assert!(matches!(
+                go(&vm("runStrategy: Once", ""), Some(&done), op),
+                Err(OpError::Conflict(_))
+            ));
+            assert!(matches!(
+                go(&vm("runStrategy: Once", ""), Some(&running), op),
+                Err(OpError::Conflict(_))
+            ));
+        }
     }
 
     #[test]

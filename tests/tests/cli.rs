@@ -456,12 +456,13 @@ async fn start_stop_restart_by_run_strategy() {
         wait_printable(&vms, "manual", "Stopped", Duration::from_secs(60)).await?;
         assert_eq!(strategy(&vms, "manual").await?, RunStrategy::Manual);
 
-        // RerunOnFailure and Once: start conflicts while running; stop halts.
-        for name in ["rerun", "once"] {
+        // RerunOnFailure and Once: start conflicts while running (Once never
+        // starts again, nor restarts); stop halts.
+        for (name, conflict) in [("rerun", "already running"), ("once", "runs once")] {
             wait_phase(&admin, &ns, name, "Running", BOOT).await?;
             ironctl(bed, &ns, &["start", name])
                 .await
-                .one_error_line("already running")?;
+                .one_error_line(conflict)?;
             ironctl(bed, &ns, &["stop", name]).await.ok()?;
             wait_printable(&vms, name, "Stopped", Duration::from_secs(60)).await?;
             assert_eq!(strategy(&vms, name).await?, RunStrategy::Halted);
