@@ -64,7 +64,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-#[tokio::main]
+// One worker thread: the operator's work is I/O-bound and light, and each
+// extra thread that allocates gets a malloc arena of its own, which showed as
+// resident memory at 1000 VMs (docs/benchmarks.md).
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
