@@ -11,7 +11,7 @@ timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
 # Domains of test namespaces (ironvirt-test-*, and the handler's ironvirt-ht-*).
 destroy_test_domains() {
-  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-)' || true); do
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-|vctl-)' || true); do
     echo "destroying leftover test domain $d" >&2
     timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
     timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
@@ -42,7 +42,9 @@ trap 'exit 130' INT TERM
 "$HACK/build-k8s.sh"
 guest_dir="$("$HACK/build-guest.sh")"
 install_guest_image "$guest_dir"
-timing "dependencies, control-plane binaries and guest ready"
+# KubeVirt's own virtctl, for the compatibility test (tests/tests/virtctl.rs).
+virtctl="$("$HACK/build-virtctl.sh")" || die "building KubeVirt's virtctl failed; see above."
+timing "dependencies, control-plane binaries, guest and virtctl ready"
 
 cd "$REPO"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component add rustfmt"
@@ -65,7 +67,7 @@ timing "test bed up (with ironvirt-api registered)"
 
 # Leftovers of an earlier, interrupted run are not this run's: clear them first.
 destroy_test_domains
-export IRONVIRT_STATE="$TEST_STATE" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN"
+export IRONVIRT_STATE="$TEST_STATE" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN" IRONVIRT_VIRTCTL="$virtctl"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 timing "cargo test passed"
 
@@ -73,6 +75,6 @@ timing "cargo test passed"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$TEST_STATE/kubeconfig")
 left_ns="$("${KUBECTL[@]}" get namespaces -l ironvirt.io/test -o name)"
 [[ -z "$left_ns" ]] || die "namespaces created by tests were not deleted: $left_ns"
-left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-|e2e-)' || true)"
+left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-|vctl-)' || true)"
 [[ -z "$left_dom" ]] || die "domains created by tests were left: $left_dom"
 echo "post-test checks: no test namespace and no test domain left"
