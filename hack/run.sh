@@ -7,6 +7,12 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 . "$HACK/lib.sh"
 start=$(date +%s)
 
+# make run always starts a cluster of its own on this machine and talks only
+# to it (--kubeconfig everywhere). A KUBECONFIG in the environment is noted,
+# neither used nor changed: unset it here so that no tool falls back to it.
+user_kubeconfig="${KUBECONFIG:-}"
+unset KUBECONFIG
+
 "$HACK/install-deps.sh"
 "$HACK/build-k8s.sh"
 guest_dir="$("$HACK/build-guest.sh")"
@@ -38,7 +44,7 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubec
 
 # The node agent for this machine. KVM does not work on the machines this
 # test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
-node="${IRONVIRT_NODE:-ironvirt-node-1}"
+node="${IRONVIRT_NODE:-node-1}"
 pki="$state/pki"
 log "starting ironvirt-handler for node $node"
 IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
@@ -65,28 +71,48 @@ if [[ "$phase" != Running ]]; then
 fi
 elapsed=$(( $(date +%s) - start ))
 
+# The component logs this run writes (libvirtd's and virtlogd's only when
+# make run started them).
+logs="$(cd "$state/logs" && ls -- *.log | sed 's/\.log$//' | paste -sd, -)"
+logs="$state/logs/{$logs}.log"
+stop_cmd="make stop"
+[[ "$state" == "$RUN_STATE" ]] || stop_cmd="IRONVIRT_STATE=$state make stop"
+server="$(grep -m1 'server:' "$kubeconfig" | awk '{print $2}' | tr -d '"')"
+if [[ -n "$user_kubeconfig" ]]; then
+  kubeconfig_note="Your KUBECONFIG ($user_kubeconfig) was not used and is unchanged; the export line below
+points this shell at the test bed instead (unset KUBECONFIG, or set it back, to leave it)."
+else
+  kubeconfig_note="KUBECONFIG is not set in your shell; the export line below points it at the test bed."
+fi
+
 cat <<MSG
 
 ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
 the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset), ironvirt-operator,
 ironvirt-handler for node $node and ironvirt-api (subresources.kubevirt.io). The example VM vm-busybox is Running.
 
-  cluster:     $(grep -m1 'server:' "$kubeconfig" | awk '{print $2}' | tr -d '"')  (context ironvirt-testbed, user admin)
+make run talks only to the local cluster it started:
+  cluster:     $server  (context ironvirt-testbed, user admin; state in $state)
   kubeconfig:  $kubeconfig
   kubectl:     $K8S_BIN/kubectl  (same version as the server)
-  logs:        $state/logs/{etcd,kube-apiserver,kube-controller-manager,libvirtd,virtlogd,ironvirt-operator,ironvirt-handler,ironvirt-api}.log
+  ironctl:     $REPO/target/debug/ironctl  (also kubectl-ironctl beside it, for 'kubectl ironctl')
+  logs:        $logs
   guest disk:  $GUEST_IMAGE  (used by examples/*busybox*.yaml)
+$kubeconfig_note
 
-Try next:
-  export KUBECONFIG=$kubeconfig PATH=$K8S_BIN:\$PATH
-  kubectl get vms,vmis -o wide
-  virsh -c qemu:///system list --all                              # the domain: ironvirt-default_vm-busybox
-  kubectl get --raw /apis/subresources.kubevirt.io/v1              # the aggregated API
-  echo {} | kubectl replace --raw /apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/vm-busybox/restart -f -
-  kubectl apply -f examples/vmirs-busybox.yaml && kubectl get vmis -w
-  kubectl delete vm vm-busybox                                    # ACPI power-off, then the VMI goes
+Try next (paste into a shell):
+  export KUBECONFIG=$kubeconfig PATH=$REPO/target/debug:$K8S_BIN:\$PATH
+  ironctl console vm-busybox                        # the serial console; Ctrl+] leaves
+  kubectl get vms,vmis
+  ironctl vnc screenshot vm-busybox -f screen.png   # the VM's screen as a PNG
+
+More:
+  kubectl get vms,vmis -o wide                      # vm-busybox runs on node $node
+  virsh -c qemu:///system list --all                # the domain: ironvirt-default_vm-busybox
+  ironctl restart vm-busybox; ironctl stop vm-busybox; ironctl start vm-busybox
+  kubectl apply -f $REPO/examples/vmirs-busybox.yaml && kubectl get vmis -w
+  kubectl delete vm vm-busybox                      # ACPI power-off, then the VMI goes
   IRONVIRT_STATE=$state $TESTBED user alice --group dev   # mint a client certificate; prints its kubeconfig
 
-Console with KubeVirt's virtctl (if you have it): virtctl console vm-busybox. ironctl is not built yet.
-Stop everything with: make stop
+Stop everything with: $stop_cmd
 MSG
