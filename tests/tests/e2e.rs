@@ -525,6 +525,22 @@ async fn step4_delete_namespace(s: &mut Story<'_>, node: &str) -> Result<(), Str
             ));
         }
         needles.push(uid);
+        // A guest that is still booting ignores the ACPI power button and is
+        // stopped only after its grace period: wait until each one is up
+        // (its console marker), so that the timing measures a clean
+        // shutdown, not that race (not timed).
+        let mut con = open_ws(
+            &s.user,
+            &format!(
+                "{SUB}/namespaces/{}/virtualmachineinstances/{}/console",
+                s.ns,
+                v.name_any()
+            ),
+        )
+        .await
+        .map_err(|e| format!("console of {} as {USER}: {e:?}", v.name_any()))?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        con.close().await;
     }
     s.t.restart();
 
