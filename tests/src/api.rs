@@ -203,3 +203,82 @@ impl Drop for ApiReplica {
         self.kill();
     }
 }
+
+/// The test guest's disk, installed by the test bed.
+pub const GUEST_IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
+/// What the test guest prints on its serial console once booted.
+pub const GUEST_MARKER: &str = "IRONVIRT-GUEST-READY";
+
+/// A VM of the test guest (128Mi, its disk read-only so several share it).
+pub fn guest_vm(name: &str, strategy: &str) -> ironvirt_crds::VirtualMachine {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {
+            "runStrategy": strategy,
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 10,
+                "domain": {"memory": {"guest": "128Mi"},
+                    "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
+                "volumes": [{"name": "root", "hostDisk": {"path": GUEST_IMAGE, "type": "Disk"}}],
+            }},
+        },
+    }))
+    .expect("the guest VM is a valid VirtualMachine")
+}
+
+/// A VMI of the test guest, for placing directly on a handler's node.
+pub fn guest_vmi(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "domain": {"memory": {"guest": "128Mi"},
+                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
+            "volumes": [{"name": "root", "hostDisk": {"path": GUEST_IMAGE, "type": "Disk"}}],
+        },
+    })
+}
+
+/// Binds `user` to ClusterRole `role` in `ns`.
+pub async fn bind(client: &Client, ns: &str, user: &str, role: &str) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{}-{}", user.replace(':', "-"), role.replace([':', '.'], "-"))},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+    }))
+    .expect("a valid RoleBinding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &rb)
+        .await
+        .expect("create rolebinding");
+}
+
+/// The VM's printableStatus, if it has one.
+pub async fn printable(vms: &Api<ironvirt_crds::VirtualMachine>, name: &str) -> Option<String> {
+    vms.get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .status?
+        .printable_status
+}
+
+/// Waits for a Running VMI `name` other than the one with `old_uid` (a restart).
+pub async fn wait_replaced(
+    vmis: &Api<ironvirt_crds::VirtualMachineInstance>,
+    name: &str,
+    old_uid: Option<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    crate::operator::eventually(timeout, "a new VMI after restart", || async {
+        let v = vmis.get_opt(name).await.ok().flatten()?;
+        let running = v.status.as_ref().and_then(|s| s.phase)
+            == Some(ironvirt_crds::VirtualMachineInstancePhase::Running);
+        (kube::ResourceExt::uid(&v) != old_uid && running).then_some(())
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

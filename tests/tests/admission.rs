@@ -7,11 +7,8 @@
 mod cases;
 
 use cases::{InvalidFile, ValidCase, merged, vmi_of};
-use ironvirt_tests::api::raw;
+use ironvirt_tests::api::{bind, raw};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::Client;
-use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 /// Users the cases act as: alice unless a case names another.
@@ -38,19 +35,6 @@ fn placed(object: &Value, ns: &str, name: &str) -> Value {
         object,
         &json!({"metadata": {"namespace": ns, "name": name}}),
     )
-}
-
-async fn bind_admin(admin: &Client, ns: &str, user: &str) {
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("admin-{}", user.replace(':', "-"))},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubevirt.io:admin"},
-        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
-    }))
-    .expect("rolebinding");
-    Api::<RoleBinding>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &rb)
-        .await
-        .expect("create rolebinding");
 }
 
 fn json_of(body: &str) -> Value {
@@ -90,7 +74,7 @@ async fn invalid_manifests_are_rejected_through_kube_apiserver() {
             let request = case.request(&file.bases);
             let user = request.user.clone().unwrap_or_else(|| ALICE.to_owned());
             if !clients.contains_key(&user) {
-                bind_admin(&admin, &ns, &user).await;
+                bind(&admin, &ns, &user, "kubevirt.io:admin").await;
                 let client = bed.client_as(&user, &[]).await?;
                 clients.insert(user.clone(), client);
             }
@@ -150,7 +134,7 @@ async fn valid_manifests_are_admitted_unchanged_apart_from_defaults() {
     let bed = &bed().await;
     bed.with_namespace("adm", |ns| async move {
         let admin = bed.admin();
-        bind_admin(&admin, &ns, ALICE).await;
+        bind(&admin, &ns, ALICE, "kubevirt.io:admin").await;
         let alice = bed.client_as(ALICE, &[]).await?;
         let cases = ValidCase::load_all();
         assert!(cases.len() >= 10);
@@ -210,7 +194,7 @@ async fn the_vmi_spec_is_immutable_for_users_but_not_for_metadata() {
     let bed = &bed().await;
     bed.with_namespace("adm", |ns| async move {
         let admin = bed.admin();
-        bind_admin(&admin, &ns, ALICE).await;
+        bind(&admin, &ns, ALICE, "kubevirt.io:admin").await;
         let alice = bed.client_as(ALICE, &[]).await?;
         let file = InvalidFile::load();
         let vmi = placed(&file.bases["vmi"], &ns, "immutable");

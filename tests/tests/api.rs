@@ -7,37 +7,18 @@
 use std::time::Duration;
 
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance};
-use ironvirt_tests::api::{api_port, open_ws, raw};
+use ironvirt_tests::api::{
+    GUEST_MARKER as MARKER, api_port, bind, guest_vm, open_ws, printable, raw, wait_replaced,
+};
 use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, eventually};
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use serde_json::json;
 
 const QEMU: &str = "qemu:///system";
-const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
-const MARKER: &str = "IRONVIRT-GUEST-READY";
 const BOOT: Duration = Duration::from_secs(90);
 const SUB: &str = "/apis/subresources.kubevirt.io/v1";
-
-fn vm(name: &str, strategy: &str) -> VirtualMachine {
-    serde_json::from_value(json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name},
-        "spec": {
-            "runStrategy": strategy,
-            "template": {"spec": {
-                "terminationGracePeriodSeconds": 10,
-                "domain": {"memory": {"guest": "128Mi"},
-                    "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
-                "volumes": [{"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}}],
-            }},
-        },
-    }))
-    .expect("vm")
-}
 
 fn vmi_path(ns: &str, name: &str, sub: &str) -> String {
     format!("{SUB}/namespaces/{ns}/virtualmachineinstances/{name}/{sub}")
@@ -45,19 +26,6 @@ fn vmi_path(ns: &str, name: &str, sub: &str) -> String {
 
 fn vm_path(ns: &str, name: &str, op: &str) -> String {
     format!("{SUB}/namespaces/{ns}/virtualmachines/{name}/{op}")
-}
-
-async fn bind(client: &kube::Client, ns: &str, user: &str, role: &str) {
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("{user}-{}", role.replace([':', '.'], "-"))},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
-    }))
-    .expect("rolebinding");
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &rb)
-        .await
-        .expect("create rolebinding");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,7 +92,7 @@ async fn console_through_kube_apiserver_follows_rbac() {
         let _op = Operator::start(bed, &ns, "op", &[]);
         wait_serving(&h, Duration::from_secs(60)).await;
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        vms.create(&PostParams::default(), &vm("con", "Always"))
+        vms.create(&PostParams::default(), &guest_vm("con", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         wait_phase(&admin, &ns, "con", "Running", BOOT).await?;
@@ -157,7 +125,7 @@ async fn console_through_kube_apiserver_follows_rbac() {
         }
 
         // A VMI that is not running gets a clear error.
-        vms.create(&PostParams::default(), &vm("halted", "Halted"))
+        vms.create(&PostParams::default(), &guest_vm("halted", "Halted"))
             .await
             .map_err(|e| e.to_string())?;
         let (code, body) = raw(&admin, "PUT", &vm_path(&ns, "halted", "start"), "{}").await;
@@ -183,15 +151,6 @@ async fn console_through_kube_apiserver_follows_rbac() {
     .await;
 }
 
-async fn printable(vms: &Api<VirtualMachine>, name: &str) -> Option<String> {
-    vms.get_opt(name)
-        .await
-        .ok()
-        .flatten()?
-        .status?
-        .printable_status
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn start_stop_restart_follow_the_run_strategy() {
     let bed = &bed().await;
@@ -206,7 +165,7 @@ async fn start_stop_restart_follow_the_run_strategy() {
         let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
 
         // Always: start conflicts; restart gives a new VMI; stop halts.
-        vms.create(&PostParams::default(), &vm("always", "Always"))
+        vms.create(&PostParams::default(), &guest_vm("always", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         let first = wait_phase(&admin, &ns, "always", "Running", BOOT).await?;
@@ -221,15 +180,7 @@ async fn start_stop_restart_follow_the_run_strategy() {
         )
         .await;
         assert_eq!(code, 202, "{body}");
-        let old_uid = first.uid();
-        eventually(BOOT, "a new VMI after restart", || async {
-            let v = vmis.get_opt("always").await.ok().flatten()?;
-            let running = v.status.as_ref().and_then(|s| s.phase)
-                == Some(ironvirt_crds::VirtualMachineInstancePhase::Running);
-            (v.uid() != old_uid && running).then_some(())
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        wait_replaced(&vmis, "always", first.uid(), BOOT).await?;
         let (code, body) = raw(
             &admin,
             "PUT",
@@ -270,7 +221,7 @@ async fn start_stop_restart_follow_the_run_strategy() {
         );
 
         // Manual: start and stop are requests the VM controller carries out.
-        vms.create(&PostParams::default(), &vm("manual", "Manual"))
+        vms.create(&PostParams::default(), &guest_vm("manual", "Manual"))
             .await
             .map_err(|e| e.to_string())?;
         let (code, body) = raw(&admin, "PUT", &vm_path(&ns, "manual", "stop"), "{}").await;
@@ -315,7 +266,7 @@ async fn pause_and_screenshot_through_the_api() {
         let _op = Operator::start(bed, &ns, "op", &[]);
         wait_serving(&h, Duration::from_secs(60)).await;
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        vms.create(&PostParams::default(), &vm("shot", "Always"))
+        vms.create(&PostParams::default(), &guest_vm("shot", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         wait_phase(&admin, &ns, "shot", "Running", BOOT).await?;

@@ -10,35 +10,17 @@
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachine;
-use ironvirt_tests::api::{ApiReplica, ApiWs, BedApi, api_port, open_ws};
+use ironvirt_tests::api::{
+    ApiReplica, ApiWs, BedApi, GUEST_MARKER as MARKER, api_port, guest_vm, open_ws,
+};
 use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, open_fds, scrape};
 use kube::api::{Api, PostParams};
-use serde_json::json;
 
 const QEMU: &str = "qemu:///system";
-const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
-const MARKER: &str = "IRONVIRT-GUEST-READY";
 const BOOT: Duration = Duration::from_secs(90);
 const IDLE: Duration = Duration::from_secs(125);
-
-fn vm(name: &str) -> VirtualMachine {
-    serde_json::from_value(json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name},
-        "spec": {
-            "runStrategy": "Always",
-            "template": {"spec": {
-                "terminationGracePeriodSeconds": 10,
-                "domain": {"memory": {"guest": "128Mi"},
-                    "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
-                "volumes": [{"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}}],
-            }},
-        },
-    }))
-    .expect("vm")
-}
 
 /// Tasks and open descriptors of ironvirt-api and the handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +106,7 @@ async fn idle_consoles_survive_and_replicas_fail_over_without_leaks() {
         let _op = Operator::start(bed, &ns, "op", &[]);
         wait_serving(&h, Duration::from_secs(60)).await;
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        vms.create(&PostParams::default(), &vm("soak"))
+        vms.create(&PostParams::default(), &guest_vm("soak", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         wait_phase(&admin, &ns, "soak", "Running", BOOT).await?;

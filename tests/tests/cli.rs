@@ -13,10 +13,8 @@ use ironvirt_tests::cli::{
 use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, eventually};
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use kube::api::Api;
 
 const QEMU: &str = "qemu:///system";
 const MARKER: &str = "IRONVIRT-GUEST-READY";
@@ -405,15 +403,7 @@ async fn start_stop_restart_by_run_strategy() {
             run.ok()?.stdout_text().trim(),
             "VM always was scheduled to restart"
         );
-        let old_uid = first.uid();
-        eventually(BOOT, "a new VMI after restart", || async {
-            let v = vmis.get_opt("always").await.ok().flatten()?;
-            let running = v.status.as_ref().and_then(|s| s.phase)
-                == Some(ironvirt_crds::VirtualMachineInstancePhase::Running);
-            (v.uid() != old_uid && running).then_some(())
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        ironvirt_tests::api::wait_replaced(&vmis, "always", first.uid(), BOOT).await?;
         ironctl(bed, &ns, &["stop", "always", "--grace-period", "0"])
             .await
             .one_error_line("add --force")?;
@@ -489,37 +479,77 @@ async fn a_user_without_the_role_gets_one_clear_line() {
         api_port(&bed.admin()).await?;
         create_vm(bed, &ns, "locked", "Halted").await?;
         // carol has no binding at all; dave may only look (kubevirt.io:view).
-        let carol = bed.user_kubeconfig("carol", &["dev"]).map_err(|e| e.to_string())?;
-        let dave = bed.user_kubeconfig("dave", &["dev"]).map_err(|e| e.to_string())?;
-        let rb: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": "dave-view"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubevirt.io:view"},
-            "subjects": [{"kind": "User", "name": "dave", "apiGroup": "rbac.authorization.k8s.io"}],
-        }))
-        .map_err(|e| e.to_string())?;
-        Api::<RoleBinding>::namespaced(bed.admin(), &ns)
-            .create(&PostParams::default(), &rb)
-            .await
+        let carol = bed
+            .user_kubeconfig("carol", &["dev"])
             .map_err(|e| e.to_string())?;
+        let dave = bed
+            .user_kubeconfig("dave", &["dev"])
+            .map_err(|e| e.to_string())?;
+        ironvirt_tests::api::bind(&bed.admin(), &ns, "dave", "kubevirt.io:view").await;
         let limit = Duration::from_secs(60);
         let cases: [(&std::path::Path, &[&str], &str); 8] = [
-            (&carol, &["console", "locked"], "User \"carol\" cannot get resource \"virtualmachineinstances/console\""),
-            (&carol, &["vnc", "--proxy-only", "locked"], "cannot get resource \"virtualmachineinstances/vnc\""),
-            (&carol, &["vnc", "screenshot", "locked", "-f", "-"], "User \"carol\" cannot get resource \"virtualmachineinstances/vnc\""),
-            (&carol, &["start", "locked"], "User \"carol\" cannot update resource \"virtualmachines/start\""),
-            (&carol, &["pause", "vm", "locked"], "User \"carol\" cannot update resource \"virtualmachineinstances/pause\""),
-            (&dave, &["start", "locked"], "User \"dave\" cannot update resource \"virtualmachines/start\""),
-            (&dave, &["stop", "locked"], "User \"dave\" cannot update resource \"virtualmachines/stop\""),
-            (&dave, &["restart", "locked"], "User \"dave\" cannot update resource \"virtualmachines/restart\""),
+            (
+                &carol,
+                &["console", "locked"],
+                "User \"carol\" cannot get resource \"virtualmachineinstances/console\"",
+            ),
+            (
+                &carol,
+                &["vnc", "--proxy-only", "locked"],
+                "cannot get resource \"virtualmachineinstances/vnc\"",
+            ),
+            (
+                &carol,
+                &["vnc", "screenshot", "locked", "-f", "-"],
+                "User \"carol\" cannot get resource \"virtualmachineinstances/vnc\"",
+            ),
+            (
+                &carol,
+                &["start", "locked"],
+                "User \"carol\" cannot update resource \"virtualmachines/start\"",
+            ),
+            (
+                &carol,
+                &["pause", "vm", "locked"],
+                "User \"carol\" cannot update resource \"virtualmachineinstances/pause\"",
+            ),
+            (
+                &dave,
+                &["start", "locked"],
+                "User \"dave\" cannot update resource \"virtualmachines/start\"",
+            ),
+            (
+                &dave,
+                &["stop", "locked"],
+                "User \"dave\" cannot update resource \"virtualmachines/stop\"",
+            ),
+            (
+                &dave,
+                &["restart", "locked"],
+                "User \"dave\" cannot update resource \"virtualmachines/restart\"",
+            ),
         ];
         for (kubeconfig, args, needle) in cases {
             let run = ironctl_in(kubeconfig, &ns, args, None, limit).await;
-            let line = run.one_error_line(needle).map_err(|e| format!("{args:?}: {e}"))?;
+            let line = run
+                .one_error_line(needle)
+                .map_err(|e| format!("{args:?}: {e}"))?;
             assert!(line.contains("forbidden"), "{line}");
-            assert!(run.stdout.is_empty(), "{args:?} printed {:?}", run.stdout_text());
+            assert!(
+                run.stdout.is_empty(),
+                "{args:?} printed {:?}",
+                run.stdout_text()
+            );
         }
         // A kubeconfig that does not exist is one line too.
-        let run = ironctl_in(std::path::Path::new("/nonexistent/kubeconfig"), &ns, &["start", "x"], None, limit).await;
+        let run = ironctl_in(
+            std::path::Path::new("/nonexistent/kubeconfig"),
+            &ns,
+            &["start", "x"],
+            None,
+            limit,
+        )
+        .await;
         run.one_error_line("kubeconfig: cannot read /nonexistent/kubeconfig")?;
         // So is a kube-apiserver that does not answer (a port nothing listens on).
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -535,8 +565,11 @@ async fn a_user_without_the_role_gets_one_clear_line() {
             .to_owned();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let down = dir.path().join("kubeconfig");
-        std::fs::write(&down, admin.replace(&server, &format!("https://127.0.0.1:{closed}")))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &down,
+            admin.replace(&server, &format!("https://127.0.0.1:{closed}")),
+        )
+        .map_err(|e| e.to_string())?;
         ironctl_in(&down, &ns, &["start", "x"], None, limit)
             .await
             .one_error_line(&format!(

@@ -8,16 +8,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachine;
+use ironvirt_tests::api::{GUEST_MARKER as MARKER, bind, printable};
 use ironvirt_tests::cli::{Tmux, guest_vm_manifest, kubectl_apply};
 use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, eventually};
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use kube::api::Api;
 
 const QEMU: &str = "qemu:///system";
-const MARKER: &str = "IRONVIRT-GUEST-READY";
 const BOOT: Duration = Duration::from_secs(120);
 
 fn virtctl_bin() -> PathBuf {
@@ -45,30 +43,12 @@ async fn virtctl(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> (i32,
     )
 }
 
-async fn printable(vms: &Api<VirtualMachine>, name: &str) -> Option<String> {
-    vms.get_opt(name)
-        .await
-        .ok()
-        .flatten()?
-        .status?
-        .printable_status
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kubevirts_virtctl_starts_consoles_screenshots_and_stops() {
     let bed = &bed().await;
     bed.with_namespace("vctl", |ns| async move {
         let admin = bed.admin();
-        let rb: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": "vera-admin"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubevirt.io:admin"},
-            "subjects": [{"kind": "User", "name": "vera", "apiGroup": "rbac.authorization.k8s.io"}],
-        }))
-        .map_err(|e| e.to_string())?;
-        Api::<RoleBinding>::namespaced(admin.clone(), &ns)
-            .create(&PostParams::default(), &rb)
-            .await
-            .map_err(|e| e.to_string())?;
+        bind(&admin, &ns, "vera", "kubevirt.io:admin").await;
         let kubeconfig = bed
             .user_kubeconfig("vera", &["dev"])
             .map_err(|e| e.to_string())?;
@@ -114,7 +94,8 @@ async fn kubevirts_virtctl_starts_consoles_screenshots_and_stops() {
         // vnc screenshot: a PNG of the guest's screen.
         let png = std::env::temp_dir().join(format!("{ns}-screen.png"));
         let png_arg = format!("--file={}", png.display());
-        let (code, out, err) = virtctl(&kubeconfig, &ns, &["vnc", "screenshot", "vk", &png_arg]).await;
+        let (code, out, err) =
+            virtctl(&kubeconfig, &ns, &["vnc", "screenshot", "vk", &png_arg]).await;
         assert_eq!(code, 0, "virtctl vnc screenshot: {out}{err}");
         let bytes = std::fs::read(&png).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&png);

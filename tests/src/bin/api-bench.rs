@@ -20,27 +20,12 @@ use ironvirt_tests::api::{BedApi, api_port, open_ws};
 use ironvirt_tests::handler::{Handler, WsSession, place, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::ensure_crds;
 use kube::api::{Api, DeleteParams};
-use serde_json::json;
 
-const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
-const MARKER: &str = "IRONVIRT-GUEST-READY";
+use ironvirt_tests::api::{GUEST_MARKER as MARKER, guest_vmi};
 const CONSOLE_BYTES: usize = 1_000_000;
 const RUNS: usize = 3;
 const ROUND_TRIPS: usize = 40;
 const SESSIONS: usize = 50;
-
-fn guest(name: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationGracePeriodSeconds": 5,
-            "domain": {"memory": {"guest": "128Mi"},
-                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
-            "volumes": [{"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}}],
-        },
-    })
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -144,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     );
     wait_serving(&h, Duration::from_secs(60)).await;
     let name = "c-0";
-    place(&client, &ns, guest(name), &h.node).await;
+    place(&client, &ns, guest_vmi(name), &h.node).await;
     wait_phase(&client, &ns, name, "Running", Duration::from_secs(180))
         .await
         .map_err(anyhow::Error::msg)?;

@@ -23,26 +23,11 @@ use ironvirt_tests::kubectl::ensure_crds;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tokio::sync::Mutex;
 
-const IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
-const MARKER: &str = "IRONVIRT-GUEST-READY";
+use ironvirt_tests::api::{GUEST_MARKER as MARKER, guest_vmi};
 /// Bytes the guest prints for the throughput runs.
 const CONSOLE_BYTES: usize = 1_000_000;
-
-fn guest(name: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationGracePeriodSeconds": 5,
-            "domain": {"memory": {"guest": "128Mi"},
-                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
-            "volumes": [{"name": "root", "hostDisk": {"path": IMAGE, "type": "Disk"}}],
-        },
-    })
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -109,7 +94,7 @@ async fn place_and_time(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut placed = HashMap::new();
     for n in names {
-        place(client, ns, guest(n), node).await;
+        place(client, ns, guest_vmi(n), node).await;
         placed.insert(n.clone(), Instant::now());
         if sequential {
             wait_phase(client, ns, n, "Running", Duration::from_secs(120))
