@@ -39,8 +39,9 @@ use ironvirt_tests::e2e::{
 use ironvirt_tests::handler::{Handler, domains_of, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::{bed_with_crds, kubectl_with, repo_root};
 use ironvirt_tests::operator::eventually;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -184,6 +185,24 @@ impl Story<'_> {
         Ok(uid)
     }
 
+    /// Waits until the console of VMI `name`, opened through kube-apiserver
+    /// as erin, shows the guest's marker (from its start: the handler keeps
+    /// the console's recent output).
+    async fn booted(&self, name: &str) -> Result<(), String> {
+        let mut con = open_ws(
+            &self.user,
+            &format!(
+                "{SUB}/namespaces/{}/virtualmachineinstances/{name}/console",
+                self.ns
+            ),
+        )
+        .await
+        .map_err(|e| format!("console of {name} as {USER}: {e:?}"))?;
+        let seen = con.expect_from(0, MARKER, BOOT).await;
+        con.close().await;
+        seen.map_err(|e| format!("console of {name}: {e}"))
+    }
+
     /// Waits until VMI `uid` has no domain and no files on the node.
     async fn cleaned_up(&self, uid: &str, timeout: Duration) -> Result<(), String> {
         let dir = vmi_dir(&self.handler_state, uid);
@@ -291,17 +310,7 @@ async fn step1_start_stop_start(s: &mut Story<'_>) -> Result<(), String> {
     s.t.done("1a ironctl start -> Running");
 
     // The console, through kube-apiserver as erin, shows the guest's marker.
-    let mut con = open_ws(
-        &s.user,
-        &format!(
-            "{SUB}/namespaces/{}/virtualmachineinstances/e2e-vm/console",
-            s.ns
-        ),
-    )
-    .await
-    .map_err(|e| format!("console as {USER}: {e:?}"))?;
-    con.expect_from(0, MARKER, BOOT).await?;
-    con.close().await;
+    s.booted("e2e-vm").await?;
     s.t.done("1b console shows the marker");
 
     // Stop: Stopped, the VMI, its domain and its files gone.
@@ -385,6 +394,11 @@ async fn step2_replicaset_scale(s: &mut Story<'_>) -> Result<(), String> {
     for v in &three {
         uids.push(s.running(&v.name_any()).await?);
     }
+    // Booted, too: a guest still booting ignores the ACPI power button, and
+    // step 2b would time the grace period instead of a clean shutdown.
+    for v in &three {
+        s.booted(&v.name_any()).await?;
+    }
     for uid in &uids {
         let disks = s.disk_files(uid);
         if disks.len() != 1 {
@@ -400,7 +414,7 @@ async fn step2_replicaset_scale(s: &mut Story<'_>) -> Result<(), String> {
             "want 4 domains in the namespace, libvirt has {doms:?}"
         ));
     }
-    s.t.done("2a VMIRS of 3 -> 3 Running domains");
+    s.t.done("2a VMIRS of 3 -> 3 domains, guests booted");
 
     s.kubectl(&["scale", "vmirs", "vmirs-busybox", "--replicas=1"], None)?;
     // Exactly one VMI left (none terminating), the other two cleaned up.
@@ -526,29 +540,48 @@ async fn step4_delete_namespace(s: &mut Story<'_>, node: &str) -> Result<(), Str
         }
         needles.push(uid);
         // A guest that is still booting ignores the ACPI power button and is
-        // stopped only after its grace period: wait until each one is up
-        // (its console marker), so that the timing measures a clean
-        // shutdown, not that race (not timed).
-        let mut con = open_ws(
-            &s.user,
-            &format!(
-                "{SUB}/namespaces/{}/virtualmachineinstances/{}/console",
-                s.ns,
-                v.name_any()
-            ),
-        )
-        .await
-        .map_err(|e| format!("console of {} as {USER}: {e:?}", v.name_any()))?;
-        con.expect_from(0, MARKER, BOOT).await?;
-        con.close().await;
+        // stopped only after its grace period: wait until each one is up, so
+        // that the timing measures a clean shutdown (not timed).
+        s.booted(&v.name_any()).await?;
     }
     s.t.restart();
 
-    s.bed
-        .delete_namespace(&s.ns, Duration::from_secs(180))
+    let namespaces: Api<Namespace> = Api::all(s.admin.clone());
+    namespaces
+        .delete(&s.ns, &DeleteParams::foreground())
         .await
         .map_err(|e| format!("deleting namespace {}: {e}", s.ns))?;
-    s.t.done("4 delete namespace -> gone");
+    let vmi_files = s.handler_state.join("vmis");
+    eventually(
+        Duration::from_secs(120),
+        "the namespace's domains and VMI files to go",
+        || {
+            let gone =
+                s.domains().is_ok_and(|d| d.is_empty()) && files_under(&vmi_files).is_empty();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "{e}; domains: {:?}, files: {:?}",
+            s.domains(),
+            files_under(&vmi_files)
+        )
+    })?;
+    s.t.done("4a delete namespace -> domains and disk files gone");
+    eventually(
+        Duration::from_secs(180),
+        "the namespace to be deleted",
+        || {
+            let namespaces = namespaces.clone();
+            let ns = s.ns.clone();
+            async move { matches!(namespaces.get_opt(&ns).await, Ok(None)).then_some(()) }
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    s.t.done("4b delete namespace -> namespace gone");
 
     // The namespace is gone only once its VMIs are, and a VMI only once the
     // handler destroyed its domain and removed its files: check all at once.
