@@ -84,13 +84,32 @@ testbed_down() {
   local state="$1"
   [[ -d "$state/pids" ]] || return 0
   [[ -x "$TESTBED" ]] || build_rust
+  destroy_bed_domains "$state"
   IRONVIRT_STATE="$state" "$TESTBED" down
 }
 
-# Starts ironvirt-api for the test bed in state directory $1 and registers it
-# with kube-apiserver: the user-facing ClusterRoles, an ExternalName Service
-# (localhost) in ironvirt-system and the APIService v1.subresources.kubevirt.io.
-# Prints the port.
+# destroy_bed_domains STATE: destroys and undefines the libvirt domains of the
+# VMIs this test bed still has (matched by the VMI uid in ironvirt's domain
+# metadata), so that stopping a bed whose libvirtd keeps running (one started
+# by someone else) leaves no guest behind. Domains of other beds are untouched.
+destroy_bed_domains() {
+  local state="$1" uids d meta u
+  [[ -f "$state/kubeconfig" ]] || return 0
+  uids="$(timeout 10 "$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig" get vmi -A \
+    -o jsonpath='{.items[*].metadata.uid}' 2>/dev/null)" || return 0
+  [[ -n "$uids" ]] || return 0
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep '^ironvirt-' || true); do
+    meta="$(timeout 10 virsh -c qemu:///system metadata "$d" https://ironvirt.io/domain/v1 2>/dev/null)" || continue
+    for u in $uids; do
+      if [[ "$meta" == *"$u"* ]]; then
+        echo "stopping guest $d" >&2
+        timeout 30 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
+        timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
+      fi
+    done
+  done
+}
+
 # install_crds STATE: the kubevirt.io CRDs (server-side apply), Established.
 install_crds() {
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$1/kubeconfig")
@@ -100,6 +119,10 @@ install_crds() {
     || { echo "the CRDs did not become Established." >&2; return 1; }
 }
 
+# Starts ironvirt-api for the test bed in state directory $1 and registers it
+# with kube-apiserver: the CRDs, the user-facing ClusterRoles, an ExternalName
+# Service (localhost) in ironvirt-system, the APIService
+# v1.subresources.kubevirt.io and the admission webhooks. Prints the port.
 start_api() {
   local state="$1" pki="$1/pki" port mport
   # API_BIN: another build of ironvirt-api (the benchmarks use the release one).
