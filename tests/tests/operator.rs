@@ -497,7 +497,7 @@ async fn replica_set_scales_adopts_releases_and_pauses() {
         // An orphan with the label is adopted (and, being one too many, scaled away).
         let orphan: VirtualMachineInstance = serde_json::from_value(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": "orphan", "labels": {"app": "rs"}}, "spec": {"domain": {}},
+            "metadata": {"name": "orphan", "labels": {"app": "rs"}}, "spec": {"domain": {"memory": {"guest": "64Mi"}}},
         }))?;
         e.vmis.create(&PostParams::default(), &orphan).await?;
         eventually(T, "two live VMIs after adopting the orphan", || async { (live(&e).await? == 2).then_some(()) }).await?;
@@ -539,8 +539,52 @@ async fn an_invalid_template_reports_failure_without_a_hot_loop() {
             Behavior::Run,
         )
         .await;
-        let mut bad = vm_json("bad", "Always", "128Mi");
-        bad.spec.template.spec.as_mut().unwrap().volumes = None;
+        // The admission webhooks refuse an invalid template outright...
+        let mut invalid = vm_json("invalid", "Always", "128Mi");
+        invalid.spec.template.spec.as_mut().unwrap().volumes = None;
+        let refused = e.vms.create(&PostParams::default(), &invalid).await;
+        anyhow::ensure!(
+            matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422
+                && s.message.contains("spec.template.spec.domain.devices.disks[0].name")),
+            "{refused:?}"
+        );
+        // ...but a valid template can still give an invalid VMI: here a preset
+        // adds a memory request above the template's limit, and only the VMI
+        // is refused. The VM reports it, without a hot loop.
+        let presets: Api<ironvirt_crds::VirtualMachineInstancePreset> =
+            Api::namespaced(e.client.clone(), &ns);
+        presets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstancePreset",
+                    "metadata": {"name": "big"},
+                    "spec": {"selector": {"matchLabels": {"tier": "big"}},
+                        "domain": {"resources": {"requests": {"memory": "1Gi"}}}},
+                }))?,
+            )
+            .await?;
+        let mut bad = serde_json::to_value(vm_json("bad", "Always", "128Mi"))?;
+        bad["spec"]["template"]["metadata"]["labels"]["tier"] = json!("big");
+        bad["spec"]["template"]["spec"]["domain"]["resources"] =
+            json!({"limits": {"memory": "512Mi"}});
+        let bad: VirtualMachine = serde_json::from_value(bad)?;
+        // ironvirt-api learns of the preset from a watch: wait until a VMI
+        // like the VM's is refused.
+        let probe = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "probe", "labels": {"tier": "big"}},
+            "spec": bad.spec.template.spec,
+        });
+        let probe: VirtualMachineInstance = serde_json::from_value(probe)?;
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        eventually(T, "the preset in effect", || async {
+            e.vmis.create(&dry, &probe).await.is_err().then_some(())
+        })
+        .await?;
         e.vms.create(&PostParams::default(), &bad).await?;
         e.vms
             .create(&PostParams::default(), &vm_json("good", "Always", "128Mi"))
@@ -555,7 +599,8 @@ async fn an_invalid_template_reports_failure_without_a_hot_loop() {
         })
         .await?;
         anyhow::ensure!(
-            msg.contains("spec.template.spec.domain.devices.disks[0].name 'root' has no volume"),
+            msg.contains("spec.domain.resources.requests.memory")
+                && msg.contains("is greater than spec.domain.resources.limits.memory"),
             "{msg}"
         );
         wait_status(&e.vms, "good", "Running").await?;
