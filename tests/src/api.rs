@@ -282,3 +282,38 @@ pub async fn wait_replaced(
     .await
     .map_err(|e| e.to_string())
 }
+
+/// A decoded PNG screenshot.
+pub struct Screen {
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per pixel.
+    pub bpp: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl Screen {
+    pub fn decode(png_bytes: &[u8]) -> Result<Screen, String> {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
+            .read_info()
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+        buf.truncate(info.buffer_size());
+        Ok(Screen {
+            width: info.width,
+            height: info.height,
+            bpp: info.color_type.samples() * usize::from(info.bit_depth as u8).div_ceil(8),
+            pixels: buf,
+        })
+    }
+
+    /// (pixels that differ from the first one, all pixels): how far from
+    /// blank the screen is.
+    pub fn differing(&self) -> (usize, usize) {
+        let bpp = self.bpp.max(1);
+        let background = &self.pixels[..bpp.min(self.pixels.len())];
+        let differing = self.pixels.chunks(bpp).filter(|p| *p != background).count();
+        (differing, self.pixels.len() / bpp)
+    }
+}

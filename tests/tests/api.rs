@@ -279,21 +279,16 @@ async fn pause_and_screenshot_through_the_api() {
         // The guest prints its boot log and marker on tty0: the screen is not blank.
         let (code, png) = raw_bytes(&admin, &vmi_path(&ns, "shot", "vnc/screenshot")).await;
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&png));
-        let decoder = png::Decoder::new(std::io::Cursor::new(&png));
-        let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+        let screen = ironvirt_tests::api::Screen::decode(&png)?;
         assert!(
-            info.width >= 320 && info.height >= 200,
+            screen.width >= 320 && screen.height >= 200,
             "{}x{}",
-            info.width,
-            info.height
+            screen.width,
+            screen.height
         );
-        let px = &buf[..info.buffer_size()];
-        let background = &px[..3];
-        let differing = px.chunks(3).filter(|p| *p != background).count();
+        let (differing, total) = screen.differing();
         assert!(
-            differing * 100 > px.len() / 3,
+            differing * 100 > total,
             "screenshot nearly blank: {differing} pixels differ"
         );
 

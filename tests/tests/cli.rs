@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance};
 use ironvirt_tests::TestBed;
+use ironvirt_tests::api::printable;
 use ironvirt_tests::api::{api_port, open_ws};
 use ironvirt_tests::cli::{
     Tmux, guest_vm_manifest, ironctl, ironctl_bin, ironctl_in, kubectl_apply,
@@ -34,15 +35,6 @@ async fn node(bed: &TestBed, ns: &str) -> Result<(Handler, Operator), String> {
 async fn create_vm(bed: &TestBed, ns: &str, name: &str, strategy: &str) -> Result<(), String> {
     let manifest = guest_vm_manifest(bed, name, strategy, &[]).await?;
     kubectl_apply(bed, ns, &manifest, &[]).map(|_| ())
-}
-
-async fn printable(vms: &Api<VirtualMachine>, name: &str) -> Option<String> {
-    vms.get_opt(name)
-        .await
-        .ok()
-        .flatten()?
-        .status?
-        .printable_status
 }
 
 async fn wait_printable(
@@ -311,22 +303,14 @@ async fn vnc_proxy_screenshot_and_vmi_power() {
             .await
             .ok()?;
         let png = std::fs::read(&file).map_err(|e| e.to_string())?;
-        let mut reader = png::Decoder::new(std::io::Cursor::new(&png))
-            .read_info()
-            .map_err(|e| e.to_string())?;
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+        let screen = ironvirt_tests::api::Screen::decode(&png)?;
         assert!(
-            info.width >= 320 && info.height >= 200,
+            screen.width >= 320 && screen.height >= 200,
             "{}x{}",
-            info.width,
-            info.height
+            screen.width,
+            screen.height
         );
-        let bpp = info.color_type.samples() * usize::from(info.bit_depth as u8).div_ceil(8);
-        let px = &buf[..info.buffer_size()];
-        let background = &px[..bpp];
-        let differing = px.chunks(bpp).filter(|p| *p != background).count();
-        let total = px.len() / bpp;
+        let (differing, total) = screen.differing();
         assert!(
             differing * 100 > total,
             "screenshot nearly blank: {differing} of {total} pixels differ"

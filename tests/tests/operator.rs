@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use ironvirt_tests::TestBed;
+use ironvirt_tests::api::printable;
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Behavior, FakeNode, Operator, eventually};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -30,15 +31,6 @@ fn vm_json(name: &str, strategy: &str, memory: &str) -> VirtualMachine {
         },
     }))
     .expect("vm")
-}
-
-async fn printable(vms: &Api<VirtualMachine>, name: &str) -> Option<String> {
-    vms.get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| v.status)
-        .and_then(|s| s.printable_status)
 }
 
 async fn wait_status(vms: &Api<VirtualMachine>, name: &str, want: &str) -> anyhow::Result<()> {
