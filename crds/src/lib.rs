@@ -10,10 +10,12 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod conditions;
+pub mod duration;
 pub mod preset;
 pub mod quantity;
 pub mod schema;
 pub mod validate;
+pub mod wire;
 pub mod vm;
 pub mod vmi;
 pub mod vmirs;

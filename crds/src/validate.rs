@@ -9,6 +9,7 @@
 //! templates for its `Failure` condition. Messages name the field path, as
 //! KubeVirt's webhooks do (`spec.domain.devices.disks[1].name`).
 
+use crate::wire::bus_name;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -719,14 +720,6 @@ fn disks(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mut Vec<FieldEr
     }
 }
 
-fn bus_name(bus: DiskBus) -> &'static str {
-    match bus {
-        DiskBus::Virtio => "virtio",
-        DiskBus::Sata => "sata",
-        DiskBus::Scsi => "scsi",
-        DiskBus::Usb => "usb",
-    }
-}
 
 /// Disk names are unique, each disk has a volume, volume names are unique.
 fn disk_references(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mut Vec<FieldError>) {

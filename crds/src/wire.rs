@@ -1,0 +1,164 @@
+//! The contract between ironvirt's components: every name that one component
+//! writes and another reads. The operator, the handler, ironvirt-api and
+//! ironctl take these from here and nowhere else, so a rename is one edit and
+//! the compiler finds every reader.
+//!
+//! | what | written by | read by |
+//! |---|---|---|
+//! | handler Lease and its stream URL | handler | operator (liveness), ironvirt-api (dialling) |
+//! | node name and schedulable labels | operator, handler | operator, users |
+//! | VMI and VM finalizers | operator | operator, handler |
+//! | websocket subprotocol | ironvirt-api, handler | ironctl, virtctl |
+//! | handler TLS server name, ironvirt-api client CN | operator (certificates) | ironvirt-api, handler |
+//! | domain names | handler | handler, test bed |
+//! | VM operations | ironvirt-api | ironctl, virtctl |
+
+use crate::vmi::DiskBus;
+
+/// Namespace of the handlers' per-node Leases. kube-apiserver creates it in
+/// every cluster, and kubelets keep their own node Leases there.
+pub const HANDLER_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Prefix of a handler's Lease name; the node name follows.
+pub const HANDLER_LEASE_PREFIX: &str = "ironvirt-handler-";
+
+/// The name of the Lease the handler of `node` renews.
+pub fn handler_lease_name(node: &str) -> String {
+    format!("{HANDLER_LEASE_PREFIX}{node}")
+}
+
+/// The node a handler Lease name stands for, if it is one.
+pub fn node_of_handler_lease(lease: &str) -> Option<&str> {
+    lease
+        .strip_prefix(HANDLER_LEASE_PREFIX)
+        .filter(|n| !n.is_empty())
+}
+
+/// Annotation on the handler Lease: the `https://host:port` where the
+/// handler serves its streams (console, VNC, power operations).
+pub const STREAM_URL_ANNOTATION: &str = "ironvirt.io/stream-url";
+
+/// Label on a VMI naming the node it is placed on (KubeVirt's name).
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+
+/// Label on a Node: `"true"` when its handler can run VMIs (KubeVirt's name).
+pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
+
+/// Finalizer the operator puts on every VMI: it stays until the VMI's domain
+/// is gone from its node (or the node is dead).
+pub const VMI_FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
+
+/// Finalizer the operator puts on every VM: it stays until the VM's VMI is gone.
+pub const VM_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
+
+/// The websocket subprotocol of console, VNC and port streams (KubeVirt's):
+/// raw bytes in binary frames.
+pub const STREAM_SUBPROTOCOL: &str = "plain.kubevirt.io";
+
+/// The DNS name in every handler's serving certificate; ironvirt-api verifies
+/// it when it dials a handler.
+pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";
+
+/// The common name of ironvirt-api's client certificate, the only client a
+/// handler accepts.
+pub const API_CLIENT_CN: &str = "ironvirt-api";
+
+/// Prefix of every ironvirt libvirt domain name.
+const DOMAIN_PREFIX: &str = "ironvirt-";
+
+/// The libvirt domain name of a VMI: `ironvirt-<namespace>_<name>`. Neither a
+/// namespace nor a name may hold `_`, so the split back is unambiguous.
+pub fn domain_name(namespace: &str, name: &str) -> String {
+    format!("{DOMAIN_PREFIX}{namespace}_{name}")
+}
+
+/// The prefix of the domain names of one namespace's VMIs.
+pub fn domain_name_prefix(namespace: &str) -> String {
+    format!("{DOMAIN_PREFIX}{namespace}_")
+}
+
+/// The (namespace, name) of the VMI a domain name stands for, if it is one of
+/// ironvirt's.
+pub fn parse_domain_name(domain: &str) -> Option<(&str, &str)> {
+    let (ns, name) = domain.strip_prefix(DOMAIN_PREFIX)?.split_once('_')?;
+    (!ns.is_empty() && !name.is_empty()).then_some((ns, name))
+}
+
+/// The VM power operations of the subresource API
+/// (`virtualmachines/{name}/{op}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmOp {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl VmOp {
+    /// Every operation, in a stable order.
+    pub const ALL: [VmOp; 3] = [VmOp::Start, VmOp::Stop, VmOp::Restart];
+
+    /// The operation a subresource name stands for.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == s)
+    }
+
+    /// The subresource's name, also the verb in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmOp::Start => "start",
+            VmOp::Stop => "stop",
+            VmOp::Restart => "restart",
+        }
+    }
+}
+
+/// A disk bus as KubeVirt spells it, which is also libvirt's `<target bus=…>`.
+pub fn bus_name(bus: DiskBus) -> &'static str {
+    match bus {
+        DiskBus::Virtio => "virtio",
+        DiskBus::Sata => "sata",
+        DiskBus::Scsi => "scsi",
+        DiskBus::Usb => "usb",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names_round_trip() {
+        let d = domain_name("tenant-a", "vm-1");
+        assert_eq!(d, "ironvirt-tenant-a_vm-1");
+        assert_eq!(parse_domain_name(&d), Some(("tenant-a", "vm-1")));
+        assert!(d.starts_with(&domain_name_prefix("tenant-a")));
+        assert_eq!(parse_domain_name("ironvirt-_x"), None);
+        assert_eq!(parse_domain_name("ironvirt-ns_"), None);
+        assert_eq!(parse_domain_name("other-ns_x"), None);
+        assert_eq!(parse_domain_name("ironvirt-nounderscore"), None);
+    }
+
+    #[test]
+    fn lease_names_round_trip() {
+        assert_eq!(handler_lease_name("n1"), "ironvirt-handler-n1");
+        assert_eq!(node_of_handler_lease("ironvirt-handler-n1"), Some("n1"));
+        assert_eq!(node_of_handler_lease("ironvirt-handler-"), None);
+        assert_eq!(node_of_handler_lease("kubelet-n1"), None);
+    }
+
+    #[test]
+    fn vm_ops_parse_their_names() {
+        for op in VmOp::ALL {
+            assert_eq!(VmOp::parse(op.name()), Some(op));
+        }
+        assert_eq!(VmOp::parse("pause"), None);
+    }
+
+    #[test]
+    fn bus_names_match_the_serialized_enum() {
+        for bus in [DiskBus::Virtio, DiskBus::Sata, DiskBus::Scsi, DiskBus::Usb] {
+            let json = serde_json::to_value(bus).ok();
+            assert_eq!(json.as_ref().and_then(|v| v.as_str()), Some(bus_name(bus)));
+        }
+    }
+}
