@@ -1,0 +1,242 @@
+//! The domain: resources, memory, CPU, firmware and device switches.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::{FieldError, unsupported, unsupported_fields};
+use crate::quantity::parse_quantity;
+use crate::vmi::{Cpu, DomainSpec};
+
+/// The smallest guest memory accepted.
+const MIN_MEMORY_BYTES: i64 = 1 << 20;
+
+/// The domain checks a VMI and a preset share: quantities parse, memory and
+/// CPU are consistent, firmware is well formed, no unsupported fields.
+pub(super) fn domain(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
+    resources(d.resources.as_ref(), dpath, errors);
+    memory(d, dpath, errors);
+    if let Some(cpu) = &d.cpu {
+        cpu_topology(cpu, &format!("{dpath}.cpu"), errors);
+    }
+    firmware(d, dpath, errors);
+    device_switches(d, dpath, errors);
+}
+
+/// A quantity in bytes (or millicores), or an error naming the field.
+pub(super) fn quantity(
+    q: &Quantity,
+    millis: bool,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<i64> {
+    match parse_quantity(q, millis) {
+        Some(v) if v < 0 => {
+            errors.push(FieldError::new(
+                field,
+                format!("'{}' must be greater than or equal to 0", q.0),
+            ));
+            None
+        }
+        Some(v) => Some(v),
+        None => {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "'{}' is not a valid quantity (for example 128Mi, 1G or 500m)",
+                    q.0
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// Requests and limits parse, and each request is at most its limit.
+fn resources(r: Option<&ResourceRequirements>, dpath: &str, errors: &mut Vec<FieldError>) {
+    let Some(r) = r else { return };
+    let rpath = format!("{dpath}.resources");
+    let mut parsed: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for (list, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (key, q) in map.iter().flatten() {
+            let field = format!("{rpath}.{list}.{key}");
+            if let Some(v) = quantity(q, key == "cpu", &field, errors) {
+                parsed.insert((list, key.as_str()), v);
+            }
+        }
+    }
+    for key in ["cpu", "memory"] {
+        if let (Some(req), Some(lim)) =
+            (parsed.get(&("requests", key)), parsed.get(&("limits", key)))
+            && req > lim
+        {
+            errors.push(FieldError::new(
+                format!("{rpath}.requests.{key}"),
+                format!(
+                    "'{}' is greater than {rpath}.limits.{key} '{}'",
+                    quantity_text(r.requests.as_ref(), key),
+                    quantity_text(r.limits.as_ref(), key)
+                ),
+            ));
+        }
+    }
+}
+
+fn quantity_text(map: Option<&BTreeMap<String, Quantity>>, key: &str) -> String {
+    map.and_then(|m| m.get(key))
+        .map(|q| q.0.clone())
+        .unwrap_or_default()
+}
+
+/// memory.guest parses, is at least 1Mi and at most the memory limit; no hugepages.
+fn memory(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
+    let Some(m) = &d.memory else { return };
+    if m.hugepages.is_some() {
+        errors.push(FieldError::unsupported(
+            format!("{dpath}.memory.hugepages"),
+            unsupported::HUGEPAGES,
+        ));
+    }
+    let Some(guest) = &m.guest else { return };
+    let field = format!("{dpath}.memory.guest");
+    let Some(g) = quantity(guest, false, &field, errors) else {
+        return;
+    };
+    if g < MIN_MEMORY_BYTES {
+        errors.push(FieldError::new(
+            &field,
+            format!("'{}' is too small: the guest needs at least 1Mi", guest.0),
+        ));
+    }
+    let limit = d
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"));
+    if let Some(limit) = limit
+        && parse_quantity(limit, false).is_some_and(|l| g > l)
+    {
+        errors.push(FieldError::new(
+            &field,
+            format!(
+                "'{}' is greater than {dpath}.resources.limits.memory '{}'",
+                guest.0, limit.0
+            ),
+        ));
+    }
+}
+
+/// A VMI needs its memory size: memory.guest, a memory request or a memory limit.
+pub(super) fn memory_is_set(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
+    let guest = d.memory.as_ref().and_then(|m| m.guest.as_ref());
+    let resource =
+        |list: Option<&BTreeMap<String, Quantity>>| list.is_some_and(|l| l.contains_key("memory"));
+    let r = d.resources.as_ref();
+    let set = guest.is_some()
+        || resource(r.and_then(|r| r.requests.as_ref()))
+        || resource(r.and_then(|r| r.limits.as_ref()));
+    if !set {
+        errors.push(FieldError::required(
+            format!("{dpath}.memory.guest"),
+            format!(
+                "the guest's memory is required: set {dpath}.memory.guest or {dpath}.resources.requests.memory"
+            ),
+        ));
+    } else if guest.is_none() {
+        // The request (or limit) becomes the guest's memory: it must be big enough.
+        let q = r
+            .and_then(|r| r.requests.as_ref().and_then(|l| l.get("memory")))
+            .or_else(|| r.and_then(|r| r.limits.as_ref().and_then(|l| l.get("memory"))));
+        if let Some(q) = q
+            && parse_quantity(q, false).is_some_and(|v| (0..MIN_MEMORY_BYTES).contains(&v))
+        {
+            errors.push(FieldError::new(
+                format!("{dpath}.resources.requests.memory"),
+                format!("'{}' is too small: the guest needs at least 1Mi", q.0),
+            ));
+        }
+    }
+}
+
+/// cores, sockets and threads are at least 1 (and within the schema's maxima).
+fn cpu_topology(cpu: &Cpu, cpath: &str, errors: &mut Vec<FieldError>) {
+    for (name, value, max) in [
+        ("cores", cpu.cores, 512),
+        ("sockets", cpu.sockets, 64),
+        ("threads", cpu.threads, 8),
+    ] {
+        match value {
+            Some(0) => errors.push(FieldError::new(
+                format!("{cpath}.{name}"),
+                "must be at least 1",
+            )),
+            Some(v) if v > max => errors.push(FieldError::new(
+                format!("{cpath}.{name}"),
+                format!("{v} is more than the maximum of {max}"),
+            )),
+            _ => {}
+        }
+    }
+    if cpu.dedicated_cpu_placement.is_some() {
+        errors.push(FieldError::unsupported(
+            format!("{cpath}.dedicatedCpuPlacement"),
+            unsupported::DEDICATED_CPU,
+        ));
+    }
+}
+
+/// The firmware UUID is a UUID; one bootloader at most; no kernelBoot.
+fn firmware(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
+    let Some(f) = &d.firmware else { return };
+    let fpath = format!("{dpath}.firmware");
+    if let Some(u) = f.uuid.as_deref()
+        && !is_uuid(u)
+    {
+        errors.push(FieldError::new(
+            format!("{fpath}.uuid"),
+            format!("'{u}' is not a UUID (8-4-4-4-12 hexadecimal digits)"),
+        ));
+    }
+    if let Some(b) = &f.bootloader
+        && b.bios.is_some()
+        && b.efi.is_some()
+    {
+        errors.push(FieldError::new(
+            format!("{fpath}.bootloader"),
+            "set only one of bootloader.bios and bootloader.efi",
+        ));
+    }
+    if f.kernel_boot.is_some() {
+        errors.push(FieldError::unsupported(
+            format!("{fpath}.kernelBoot"),
+            unsupported::KERNEL_BOOT,
+        ));
+    }
+}
+
+pub(super) fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Device-level fields ironvirt does not support.
+fn device_switches(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
+    let Some(dev) = &d.devices else { return };
+    let checks = &[
+        ("gpus", dev.gpus.is_some(), unsupported::GPUS),
+        ("hostDevices", dev.host_devices.is_some(), unsupported::GPUS),
+        ("watchdog", dev.watchdog.is_some(), unsupported::WATCHDOG),
+        (
+            "filesystems",
+            dev.filesystems.is_some(),
+            unsupported::FILESYSTEMS,
+        ),
+        ("tpm", dev.tpm.is_some(), unsupported::TPM),
+    ];
+    unsupported_fields(&format!("{dpath}.devices"), checks, errors);
+}

@@ -1,0 +1,240 @@
+#![allow(clippy::unwrap_used)]
+use super::domain::is_uuid;
+use super::names::{dns_label, label_value, qualified_name};
+use super::network::is_mac;
+use super::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+fn spec(yaml: &str) -> VirtualMachineInstanceSpec {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const VALID: &str = "domain:\n  memory: {guest: 128Mi}\n  devices:\n    disks: [{name: root, bootOrder: 1}]\n    interfaces: [{name: default, masquerade: {}, bootOrder: 2}]\nvolumes: [{name: root, hostDisk: {path: /x, type: Disk}}]\nnetworks: [{name: default, pod: {}}]";
+
+fn fields(errors: &[FieldError]) -> Vec<&str> {
+    errors.iter().map(|e| e.field.as_str()).collect()
+}
+
+#[test]
+fn a_valid_spec_has_no_errors() {
+    assert_eq!(vmi_spec(&spec(VALID), "spec"), vec![]);
+}
+
+#[test]
+fn missing_volume_and_network_name_the_field() {
+    let s = spec(
+        "domain: {devices: {disks: [{name: root}, {name: root}], interfaces: [{name: default, masquerade: {}}]}}",
+    );
+    let errs = vmi_spec_references(&s, "spec.template.spec");
+    let text = join(&errs);
+    assert!(
+        text.contains("spec.template.spec.domain.devices.disks[0].name 'root' has no volume"),
+        "{text}"
+    );
+    assert!(
+        text.contains("disks[1].name 'root' is used by more than one disk"),
+        "{text}"
+    );
+    assert!(
+        text.contains("interfaces[0].name 'default' has no network"),
+        "{text}"
+    );
+    assert_eq!(errs[1].reason, Reason::Duplicate);
+}
+
+#[test]
+fn join_caps_at_ten() {
+    let errs: Vec<_> = (0..12)
+        .map(|i| FieldError::new(format!("f{i}"), "bad"))
+        .collect();
+    let text = join(&errs);
+    assert!(
+        text.ends_with("f9 bad, and 2 more validation errors"),
+        "{text}"
+    );
+    assert_eq!(more_suffix(10), "");
+}
+
+#[test]
+fn memory_must_be_set_and_consistent() {
+    let errs = vmi_spec(&spec("domain: {}"), "spec");
+    assert_eq!(fields(&errs), ["spec.domain.memory.guest"]);
+    assert_eq!(errs[0].reason, Reason::Required);
+
+    let errs = vmi_spec(
+        &spec(
+            "domain: {memory: {guest: 2Gi}, resources: {requests: {memory: 2Gi, cpu: '2'}, limits: {memory: 1Gi, cpu: 500m}}}",
+        ),
+        "spec",
+    );
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.domain.resources.requests.cpu",
+            "spec.domain.resources.requests.memory",
+            "spec.domain.memory.guest"
+        ]
+    );
+    assert!(
+        errs[2]
+            .message
+            .contains("greater than spec.domain.resources.limits.memory '1Gi'")
+    );
+
+    let errs = vmi_spec(&spec("domain: {memory: {guest: lots}}"), "spec");
+    assert!(errs[0].message.contains("'lots' is not a valid quantity"));
+    let errs = vmi_spec(
+        &spec("domain: {resources: {requests: {memory: 512k}}}"),
+        "spec",
+    );
+    assert!(errs[0].message.contains("too small"), "{errs:?}");
+    // 128M (decimal) is fine against a 128Mi limit.
+    let ok = vmi_spec(
+        &spec("domain: {memory: {guest: 128M}, resources: {limits: {memory: 128Mi}}}"),
+        "spec",
+    );
+    assert_eq!(ok, vec![]);
+}
+
+#[test]
+fn cpu_topology_is_at_least_one() {
+    let errs = vmi_spec(
+        &spec("domain: {memory: {guest: 1Gi}, cpu: {cores: 0, sockets: 65, threads: 1}}"),
+        "spec",
+    );
+    assert_eq!(
+        fields(&errs),
+        ["spec.domain.cpu.cores", "spec.domain.cpu.sockets"]
+    );
+}
+
+#[test]
+fn boot_orders_are_unique_across_disks_and_interfaces() {
+    let s = spec(&VALID.replace("bootOrder: 2", "bootOrder: 1"));
+    let errs = vmi_spec(&s, "spec");
+    assert_eq!(
+        fields(&errs),
+        ["spec.domain.devices.interfaces[0].bootOrder"]
+    );
+    assert!(
+        errs[0]
+            .message
+            .contains("already used by spec.domain.devices.disks[0]")
+    );
+}
+
+#[test]
+fn unsupported_fields_are_named() {
+    let s = spec(
+        "domain: {memory: {guest: 1Gi}, devices: {gpus: [{}], disks: [{name: d}]}}\nvolumes: [{name: d, persistentVolumeClaim: {claimName: x}}]\nlivenessProbe: {}",
+    );
+    let errs = vmi_spec(&s, "spec");
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.domain.devices.gpus",
+            "spec.volumes[0].persistentVolumeClaim",
+            "spec.livenessProbe"
+        ]
+    );
+    assert!(errs.iter().all(|e| e.reason == Reason::NotSupported));
+}
+
+#[test]
+fn unsupported_messages_are_the_crds_messages() {
+    let crds = serde_json::to_string(&crate::crds()).unwrap();
+    for m in unsupported::ALL {
+        assert!(crds.contains(m), "not in the CRDs: {m}");
+    }
+}
+
+#[test]
+fn networks_need_interfaces() {
+    let s = spec("domain: {memory: {guest: 1Gi}}\nnetworks: [{name: default, pod: {}}]");
+    let errs = vmi_spec(&s, "spec");
+    assert_eq!(fields(&errs), ["spec.networks[0].name"]);
+}
+
+#[test]
+fn vm_running_and_run_strategy_are_exclusive() {
+    let vm: VirtualMachineSpec = serde_yaml::from_str(&format!(
+        "running: true\nrunStrategy: Always\ntemplate:\n  spec:\n{}",
+        VALID
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    ))
+    .unwrap();
+    let errs = vm_spec(&vm);
+    assert_eq!(fields(&errs), ["spec.running"]);
+    assert!(errs[0].message.contains("mutually exclusive"));
+}
+
+#[test]
+fn vmirs_selector_must_match_template_labels() {
+    let rs = |sel: &str| -> VirtualMachineInstanceReplicaSetSpec {
+        serde_yaml::from_str(&format!(
+            "replicas: -1\nselector: {sel}\ntemplate:\n  metadata: {{labels: {{app: a}}}}\n  spec: {{domain: {{memory: {{guest: 1Gi}}}}}}\n"
+        ))
+        .unwrap()
+    };
+    let errs = vmirs_spec(&rs("{matchLabels: {app: b}}"));
+    assert_eq!(fields(&errs), ["spec.replicas", "spec.selector"]);
+    assert_eq!(errs[1].message, "selector does not match labels.");
+    let errs = vmirs_spec(&rs(
+        "{matchExpressions: [{key: app, operator: In, values: [a, b]}]}",
+    ));
+    assert_eq!(fields(&errs), ["spec.replicas"]);
+    let errs = vmirs_spec(&rs("{}"));
+    assert!(errs[1].message.contains("empty selector"), "{errs:?}");
+}
+
+#[test]
+fn label_selectors_are_checked_like_kubernetes() {
+    let sel: LabelSelector = serde_yaml::from_str(
+        "matchLabels: {'bad key!': x, ok: 'bad value!'}\nmatchExpressions: [{key: a, operator: In}, {key: b, operator: Exists, values: [x]}, {key: c, operator: Like, values: [x]}]",
+    )
+    .unwrap();
+    let errs = label_selector(&sel, "spec.selector");
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.selector.matchLabels",
+            "spec.selector.matchLabels",
+            "spec.selector.matchExpressions[0].values",
+            "spec.selector.matchExpressions[1].values",
+            "spec.selector.matchExpressions[2].operator"
+        ]
+    );
+    assert!(qualified_name("kubevirt.io/size").is_ok());
+    assert!(qualified_name("Kubevirt.io/size").is_err());
+    assert!(label_value("").is_ok());
+}
+
+#[test]
+fn presets_are_checked_without_requiring_memory() {
+    let p: VirtualMachineInstancePresetSpec =
+        serde_yaml::from_str("selector: {matchLabels: {a: b}}\ndomain: {cpu: {cores: 1}}").unwrap();
+    assert_eq!(preset_spec(&p), vec![]);
+    let p: VirtualMachineInstancePresetSpec = serde_yaml::from_str(
+        "selector: {}\ndomain: {cpu: {cores: 0}, memory: {guest: x}, devices: {disks: [{name: a}]}}",
+    )
+    .unwrap();
+    assert_eq!(
+        fields(&preset_spec(&p)),
+        [
+            "spec.domain.memory.guest",
+            "spec.domain.cpu.cores",
+            "spec.domain.devices.disks"
+        ]
+    );
+}
+
+#[test]
+fn names_and_macs() {
+    assert!(is_uuid("6a1f0c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"));
+    assert!(!is_uuid("6a1f0c2e-3b4d-4e5f-8a9b"));
+    assert!(is_mac("de:ad:00:00:be:af") && is_mac("DE-AD-00-00-BE-AF"));
+    assert!(!is_mac("de:ad:00:00:be"));
+    assert!(dns_label("vm-1").is_ok() && dns_label("Vm").is_err() && dns_label("-a").is_err());
+}
