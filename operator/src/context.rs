@@ -26,7 +26,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             namespace: None,
-            lease_namespace: crate::NODE_LEASE_NAMESPACE.to_owned(),
+            lease_namespace: ironvirt_crds::wire::HANDLER_LEASE_NAMESPACE.to_owned(),
             node_lease_timeout: Duration::from_secs(60),
             node_label_selector: None,
         }

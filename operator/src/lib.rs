@@ -1,7 +1,8 @@
 //! ironvirt's controllers, the job KubeVirt's virt-controller does:
 //! VirtualMachine → VMI by runStrategy, VMI placement onto nodes, and VMI
-//! ReplicaSets. Decisions are pure functions (`vm`, `placement`, `vmirs`,
-//! `validate`); the Kubernetes client is used only at the edges (`controller`).
+//! ReplicaSets. Decisions are pure functions (`vm`, `placement`, `vmirs`); the
+//! Kubernetes client is used only at the edges (`controller`). Names shared
+//! with the other components come from [`ironvirt_crds::wire`].
 #![forbid(unsafe_code)]
 
 pub use ironvirt_crds::conditions;
@@ -9,13 +10,9 @@ pub mod certs;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
-pub mod validate;
 pub mod vm;
 pub mod vmirs;
-
-/// Namespace of the handlers' per-node Leases (`ironvirt-handler-<node>`).
-/// kube-apiserver creates it in every cluster.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
+use ironvirt_crds::duration::parse_duration;
+use ironvirt_crds::wire;
 use ironvirt_operator::context::{Context, Settings};
 use ironvirt_operator::controller::{self, Health};
 use ironvirt_operator::leader::{Election, Elector};
@@ -22,8 +24,8 @@ struct Args {
     /// Reconcile only this namespace (default: all namespaces).
     #[arg(long)]
     namespace: Option<String>,
-    /// Namespace of the handlers' per-node Leases (ironvirt-handler-<node>).
-    #[arg(long, default_value = ironvirt_operator::NODE_LEASE_NAMESPACE)]
+    /// Namespace of the handlers' per-node Leases.
+    #[arg(long, default_value = wire::HANDLER_LEASE_NAMESPACE)]
     node_lease_namespace: String,
     /// A node whose handler Lease is older than this is unresponsive.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -51,17 +53,6 @@ struct Args {
     renew_interval: Duration,
     #[command(flatten)]
     certs: ironvirt_operator::certs::CertArgs,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {s:?}; use ms, s or m")),
-    }
 }
 
 // One worker thread: the operator's work is I/O-bound and light, and each

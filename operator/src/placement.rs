@@ -1,18 +1,18 @@
 //! VMI placement as pure functions: which nodes qualify for a VMI, why the
-//! others do not, and which node to choose.
+//! others do not, and which node to choose. [`plan`] decides a whole
+//! placement reconcile from these.
+
+pub mod plan;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::vmi::VirtualMachineInstancePhase as Phase;
+use ironvirt_crds::wire::SCHEDULABLE_LABEL;
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::jiff::Timestamp;
-
-/// Label a node carries while its handler runs.
-pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
-/// Label on a placed VMI naming its node.
-pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
 /// What placement needs to know about a node.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +68,29 @@ impl std::fmt::Display for Rejection {
 }
 
 pub use ironvirt_crds::quantity::parse_quantity;
+
+/// The operator's `--node-label-selector` (`k=v,k2`) as a label selector for
+/// [`ironvirt_crds::validate::selector_matches`]: `k=v` wants label `k` with
+/// value `v`, a bare `k` wants label `k` with any value; every term must hold.
+pub fn node_label_selector(flag: &str) -> LabelSelector {
+    let requirement = |key: &str, operator: &str, value: Option<&str>| LabelSelectorRequirement {
+        key: key.trim().to_owned(),
+        operator: operator.to_owned(),
+        values: value.map(|v| vec![v.trim().to_owned()]),
+    };
+    let terms = flag
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|term| match term.split_once('=') {
+            Some((k, v)) => requirement(k, "In", Some(v)),
+            None => requirement(term, "Exists", None),
+        })
+        .collect();
+    LabelSelector {
+        match_expressions: Some(terms),
+        match_labels: None,
+    }
+}
 
 /// What a VMI reserves: its requests; memory defaults to memory.guest, CPU to
 /// nothing (overcommitted), as in KubeVirt.
@@ -297,14 +320,14 @@ pub fn choose_with_usage(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn at(s: i64) -> Timestamp {
+    pub(crate) fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
     }
 
-    fn node(name: &str, cpu: i64, mem_mi: i64) -> NodeInfo {
+    pub(crate) fn node(name: &str, cpu: i64, mem_mi: i64) -> NodeInfo {
         NodeInfo {
             name: name.into(),
             labels: [(SCHEDULABLE_LABEL.to_owned(), "true".to_owned())].into(),
@@ -322,7 +345,7 @@ mod tests {
         .unwrap()
     }
 
-    const T: Duration = Duration::from_secs(60);
+    pub(crate) const T: Duration = Duration::from_secs(60);
 
     #[test]
     fn guest_memory_counts_when_requests_are_unset() {
@@ -447,5 +470,34 @@ mod tests {
             at(0),
             T
         ));
+    }
+
+    #[test]
+    fn the_node_label_selector_flag() {
+        use ironvirt_crds::validate::selector_matches;
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let node = labels(&[("zone", "a"), ("gpu", ""), ("ironvirt.io/test-ns", "ns1")]);
+        for (flag, want) in [
+            ("", true),
+            (" , ", true),
+            ("zone=a", true),
+            (" zone = a ,gpu", true),
+            ("ironvirt.io/test-ns=ns1", true),
+            ("zone=b", false),
+            ("zone=a,disk", false),
+            ("zone=a,zone=b", false),
+            ("disk", false),
+        ] {
+            assert_eq!(
+                selector_matches(&node_label_selector(flag), &node),
+                want,
+                "{flag:?}"
+            );
+        }
     }
 }

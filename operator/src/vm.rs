@@ -12,13 +12,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 
-use crate::conditions::{self, condition};
-use crate::validate::{self, FieldError};
+use ironvirt_crds::validate::{self, FieldError};
+use ironvirt_crds::wire::VMI_FINALIZER;
 
-/// Finalizer on a VM: it stays until its VMI is gone.
-pub const VM_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
-/// Finalizer on every VMI: removed once its node-side resources are gone.
-pub const VMI_FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
+use crate::conditions::{self, condition};
+pub use crate::events::EventNote;
+use crate::events::Reason;
 /// Label on a VM's VMI naming the VM.
 pub const VM_LABEL: &str = "kubevirt.io/vm";
 
@@ -37,14 +36,6 @@ pub enum VmiAction {
     Delete {
         uid: String,
     },
-}
-
-/// A Kubernetes Event to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventNote {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
 }
 
 /// Everything one reconcile of a VM decides.
@@ -82,7 +73,7 @@ pub fn vmi_for(vm: &VirtualMachine) -> Result<VirtualMachineInstance, Vec<FieldE
             "is required: the VMI to run",
         )]);
     };
-    let errors = validate::vmi_spec(&spec, "spec.template.spec");
+    let errors = validate::vmi_spec_references(&spec, "spec.template.spec");
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -176,16 +167,15 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
                 last_failed_vmi_uid: Some(uid),
                 retry_after_timestamp: Some(Time(now + to_signed(wait))),
             });
-            event = Some(EventNote {
-                warning: true,
-                reason: "FailedVMI",
-                message: format!(
+            event = Some(EventNote::warning(
+                Reason::FailedVmi,
+                format!(
                     "VMI failed ({} time{} in a row); next start in {} s",
                     count,
                     if count == 1 { "" } else { "s" },
                     wait.as_secs()
                 ),
-            });
+            ));
         }
     }
     // A VMI that has been running a while clears the failure count.
@@ -208,14 +198,13 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
     let create =
         |event: &mut Option<EventNote>, failure: &mut Option<(String, String)>| match vmi_for(vm) {
             Ok(new) => {
-                *event = Some(EventNote {
-                    warning: false,
-                    reason: "SuccessfulCreate",
-                    message: format!(
+                *event = Some(EventNote::normal(
+                    Reason::SuccessfulCreate,
+                    format!(
                         "created VMI {}",
                         new.metadata.name.as_deref().unwrap_or_default()
                     ),
-                });
+                ));
                 VmiAction::Create(Box::new(new))
             }
             Err(errors) => {
@@ -239,11 +228,10 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
                         .filter(|v| req.uid.as_deref().is_none_or(|u| u == vmi_uid(v)));
                     if let Some(v) = target {
                         action = VmiAction::Delete { uid: vmi_uid(v) };
-                        event = Some(EventNote {
-                            warning: false,
-                            reason: "StopRequested",
-                            message: "stopping the VMI as requested".into(),
-                        });
+                        event = Some(EventNote::normal(
+                            Reason::StopRequested,
+                            "stopping the VMI as requested",
+                        ));
                     }
                     requests.remove(0);
                     if target.is_some() {
@@ -277,11 +265,10 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
             action = match strategy {
                 RunStrategy::Halted => match live.or(finished) {
                     Some(v) => {
-                        event = Some(EventNote {
-                            warning: false,
-                            reason: "Stopping",
-                            message: "runStrategy is Halted: stopping the VMI".into(),
-                        });
+                        event = Some(EventNote::normal(
+                            Reason::Stopping,
+                            "runStrategy is Halted: stopping the VMI",
+                        ));
                         VmiAction::Delete { uid: vmi_uid(v) }
                     }
                     None => VmiAction::Nothing,
@@ -335,11 +322,10 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
         now,
     );
     if let Some((reason, message)) = &failure {
-        event = Some(EventNote {
-            warning: true,
-            reason: "FailedCreate",
-            message: format!("{reason}: {message}"),
-        });
+        event = Some(EventNote::warning(
+            Reason::FailedCreate,
+            format!("{reason}: {message}"),
+        ));
     }
     VmPlan {
         action,

@@ -1,8 +1,6 @@
 //! The VMI ReplicaSet controller's decisions as pure functions: which VMIs to
 //! adopt, release, create and delete, and the replica set's status.
 
-use std::collections::BTreeMap;
-
 use ironvirt_crds::vmi::{Condition, VirtualMachineInstancePhase as Phase};
 use ironvirt_crds::{
     VirtualMachineInstance, VirtualMachineInstanceReplicaSet,
@@ -12,8 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
+use ironvirt_crds::validate::selector_matches;
+use ironvirt_crds::wire::VMI_FINALIZER;
+
 use crate::conditions::{self, condition};
-use crate::vm::VMI_FINALIZER;
 
 /// What one reconcile of a replica set does.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -26,27 +26,6 @@ pub struct RsPlan {
     /// Names to delete (finished VMIs and scale-down victims).
     pub delete: Vec<String>,
     pub status: VirtualMachineInstanceReplicaSetStatus,
-}
-
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let ml = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let me = selector.match_expressions.iter().flatten().all(|r| {
-        let values = r.values.clone().unwrap_or_default();
-        let v = labels.get(&r.key);
-        match r.operator.as_str() {
-            "In" => v.is_some_and(|v| values.contains(v)),
-            "NotIn" => v.is_none_or(|v| !values.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            _ => false,
-        }
-    });
-    ml && me
 }
 
 /// The selector as a string, for status.labelSelector (the scale subresource).

@@ -29,32 +29,95 @@ use kube::{Client, ResourceExt};
 use crate::context::Context;
 use crate::metrics::Metrics;
 
-/// Removes `finalizer` from `obj` with a JSON patch that first tests the entry
-/// is still where it was read, so a concurrent change is never overwritten.
-/// An object already gone counts as done.
-pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> crate::error::Result<()>
+/// A change to an object's finalizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizerOp {
+    Add,
+    Remove,
+}
+
+/// Whether `obj` carries `finalizer`.
+pub fn has_finalizer<K: kube::Resource>(obj: &K, finalizer: &str) -> bool {
+    obj.finalizers().iter().any(|f| f == finalizer)
+}
+
+/// The patch that applies `op` to `obj`'s finalizers, `None` when there is
+/// nothing to do. Both are guarded against concurrent changes: adding is a
+/// merge patch of the whole list with the resourceVersion read (a conflict if
+/// the object changed since), removing is a JSON patch that first tests the
+/// entry is still where it was read.
+pub fn finalizer_patch<K: kube::Resource>(
+    obj: &K,
+    finalizer: &str,
+    op: FinalizerOp,
+) -> crate::error::Result<Option<kube::api::Patch<serde_json::Value>>> {
+    let at = obj.finalizers().iter().position(|f| f == finalizer);
+    Ok(match (op, at) {
+        (FinalizerOp::Add, Some(_)) | (FinalizerOp::Remove, None) => None,
+        (FinalizerOp::Add, None) => {
+            let mut finalizers = obj.finalizers().to_vec();
+            finalizers.push(finalizer.to_owned());
+            Some(kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()},
+            })))
+        }
+        (FinalizerOp::Remove, Some(i)) => {
+            let ops = serde_json::json!([
+                {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer},
+                {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+            ]);
+            Some(kube::api::Patch::Json(serde_json::from_value(ops)?))
+        }
+    })
+}
+
+/// Adds or removes `finalizer` on `obj` with [`finalizer_patch`]; nothing
+/// happens when it is already so. Removing from an object already gone counts
+/// as done.
+pub async fn update_finalizer<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizer: &str,
+    op: FinalizerOp,
+) -> crate::error::Result<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let Some(i) = obj.finalizers().iter().position(|f| f == finalizer) else {
+    let Some(patch) = finalizer_patch(obj, finalizer, op)? else {
         return Ok(());
     };
-    let ops = serde_json::json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer},
-        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(ops)?;
     match api
-        .patch(
-            &obj.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::<()>::Json(patch),
-        )
+        .patch(&obj.name_any(), &kube::api::PatchParams::default(), &patch)
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 && op == FinalizerOp::Remove => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Records `note` about `obj` as an Event of `action`; a failure to record
+/// is logged, never an error of the reconcile.
+pub async fn publish(
+    recorder: &kube::runtime::events::Recorder,
+    obj: &k8s_openapi::api::core::v1::ObjectReference,
+    action: &str,
+    note: &crate::events::EventNote,
+) {
+    use kube::runtime::events::{Event, EventType};
+    let ev = Event {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.as_str().to_owned(),
+        note: Some(note.message.clone()),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, obj).await {
+        tracing::warn!(error = %e, event.reason = note.reason.as_str(), "could not record an event");
     }
 }
 
@@ -278,7 +341,9 @@ pub async fn run_controllers(
                     .state()
                     .into_iter()
                     .filter(|rs| rs.namespace() == vmi_ns)
-                    .filter(|rs| crate::vmirs::selector_matches(&rs.spec.selector, vmi.labels()))
+                    .filter(|rs| {
+                        ironvirt_crds::validate::selector_matches(&rs.spec.selector, vmi.labels())
+                    })
                     .map(|rs| ObjectRef::from_obj(&*rs))
                     .collect::<Vec<_>>()
             },
@@ -329,5 +394,61 @@ async fn phase_gauge(ctx: Arc<Context>, store: reflector::Store<VirtualMachineIn
                     .set(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironvirt_crds::wire::VMI_FINALIZER;
+    use kube::api::Patch;
+    use serde_json::json;
+
+    fn vmi(finalizers: &[&str]) -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "v", "resourceVersion": "7", "finalizers": finalizers},
+            "spec": {"domain": {}},
+        }))
+        .unwrap()
+    }
+
+    fn patch(obj: &VirtualMachineInstance, op: FinalizerOp) -> Option<serde_json::Value> {
+        match finalizer_patch(obj, VMI_FINALIZER, op).unwrap()? {
+            Patch::Merge(v) => Some(json!({"merge": v})),
+            Patch::Json(p) => Some(json!({"json": p})),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn adding_a_finalizer_guards_with_the_resource_version() {
+        let v = vmi(&["other"]);
+        assert!(!has_finalizer(&v, VMI_FINALIZER));
+        assert_eq!(
+            patch(&v, FinalizerOp::Add),
+            Some(json!({"merge": {"metadata": {
+                "finalizers": ["other", VMI_FINALIZER], "resourceVersion": "7"}}}))
+        );
+        let v = vmi(&[VMI_FINALIZER]);
+        assert!(has_finalizer(&v, VMI_FINALIZER));
+        assert_eq!(patch(&v, FinalizerOp::Add), None, "already there");
+    }
+
+    #[test]
+    fn removing_a_finalizer_tests_its_position_first() {
+        let v = vmi(&["other", VMI_FINALIZER]);
+        assert_eq!(
+            patch(&v, FinalizerOp::Remove),
+            Some(json!({"json": [
+                {"op": "test", "path": "/metadata/finalizers/1", "value": VMI_FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ]}))
+        );
+        assert_eq!(
+            patch(&vmi(&["other"]), FinalizerOp::Remove),
+            None,
+            "already gone"
+        );
     }
 }

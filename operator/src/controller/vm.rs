@@ -8,13 +8,16 @@ use ironvirt_crds::{VirtualMachine, VirtualMachineInstance};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use ironvirt_crds::wire::VM_FINALIZER;
+
+use super::{FinalizerOp, has_finalizer, update_finalizer};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::vm::{self, VM_FINALIZER, VmiAction};
+use crate::events::{EventNote, Reason};
+use crate::vm::{self, VmiAction};
 
 /// The field manager of everything this controller writes.
 pub const MANAGER: &str = "ironvirt-vm-controller";
@@ -51,13 +54,9 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting = vm.metadata.deletion_timestamp.is_some();
 
-    if !deleting && !vm.finalizers().iter().any(|f| f == VM_FINALIZER) {
-        let mut finalizers = vm.finalizers().to_vec();
-        finalizers.push(VM_FINALIZER.to_owned());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vm.resource_version()}});
+    if !deleting && !has_finalizer(vm, VM_FINALIZER) {
         ctx.metrics.write(NAME, "vm");
-        vms.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        update_finalizer(&vms, vm, VM_FINALIZER, FinalizerOp::Add).await?;
         // The patch brings the VM back with the finalizer.
         return Ok(Action::await_change());
     }
@@ -86,11 +85,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
                 Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
                     // The apiserver rejected the template: a Failure condition, no hot loop.
                     plan = vm::plan_conflict(vm, now, &s.message);
-                    plan.event = Some(vm::EventNote {
-                        warning: true,
-                        reason: "FailedCreate",
-                        message: s.message.clone(),
-                    });
+                    plan.event = Some(EventNote::warning(Reason::FailedCreate, s.message.clone()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -115,25 +110,12 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     write_status(&vms, vm, &plan.status, ctx).await?;
 
     if let Some(note) = &plan.event {
-        let ev = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason.to_owned(),
-            note: Some(note.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &vm.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not record an event");
-        }
+        super::publish(&ctx.recorder, &vm.object_ref(&()), "Reconcile", note).await;
     }
 
     if deleting && current.is_none() {
         ctx.metrics.write(NAME, "vm");
-        super::remove_finalizer(&vms, vm, VM_FINALIZER).await?;
+        update_finalizer(&vms, vm, VM_FINALIZER, FinalizerOp::Remove).await?;
         return Ok(Action::await_change());
     }
     Ok(match plan.requeue {
