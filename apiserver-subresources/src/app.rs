@@ -3,15 +3,14 @@
 //! admission webhooks, and the authentication ConfigMap watch.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use kube::Client;
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::auth::{Peer, RequestHeaderAuth, common_name};
+use crate::auth::{Peer, RequestHeaderAuth};
 use crate::metrics::{self, Metrics};
 use crate::server::{self, ApiState};
 
@@ -39,10 +38,8 @@ pub struct Config {
 pub enum RunError {
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{path}: {reason}")]
-    File { path: String, reason: String },
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] ironvirt_stream::TlsError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -50,44 +47,13 @@ pub enum RunError {
     },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, RunError> {
-    std::fs::read(path).map_err(|e| RunError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-type Certs = Vec<rustls::pki_types::CertificateDer<'static>>;
-
-fn certs_and_key(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Certs, rustls::pki_types::PrivateKeyDer<'static>), RunError> {
-    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RunError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
-        .map_err(|e| RunError::Tls(format!("{}: {e}", key.display())))?
-        .ok_or_else(|| RunError::Tls(format!("{}: no private key", key.display())))?;
-    Ok((certs, key))
-}
-
 /// The TLS client config for handlers: their CA, our client certificate.
 pub fn handler_tls(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, RunError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut read(&cfg.handler_ca)?.as_slice()) {
-        let c = c.map_err(|e| RunError::Tls(e.to_string()))?;
-        roots.add(c).map_err(|e| RunError::Tls(e.to_string()))?;
-    }
-    let (certs, key) = certs_and_key(&cfg.handler_client_cert, &cfg.handler_client_key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RunError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| RunError::Tls(e.to_string()))?;
-    Ok(Arc::new(tls))
+    Ok(ironvirt_stream::tls::client_config(
+        &cfg.handler_ca,
+        &cfg.handler_client_cert,
+        &cfg.handler_client_key,
+    )?)
 }
 
 /// A listener that shares its port with other replicas (SO_REUSEPORT), so
@@ -112,16 +78,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let auth = RequestHeaderAuth::default();
     tokio::spawn(auth.clone().watch(client.clone()));
 
-    let (certs, key) = certs_and_key(&cfg.tls_cert, &cfg.tls_key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RunError::Tls(e.to_string()))?
-        .with_client_cert_verifier(auth.client_verifier())
-        .with_single_cert(certs, key)
-        .map_err(|e| RunError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = Arc::new(tls);
+    let tls =
+        ironvirt_stream::tls::server_config(&cfg.tls_cert, &cfg.tls_key, auth.client_verifier())?;
 
     let state = ApiState {
         client: client.clone(),
@@ -142,7 +100,19 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     for addr in &cfg.listen {
         let listener = listen(*addr)?;
         tracing::info!(%addr, "serving subresources.kubevirt.io and webhooks");
-        servers.push(tokio::spawn(serve(listener, Arc::clone(&tls), app.clone())));
+        servers.push(tokio::spawn(ironvirt_stream::serve(
+            listener,
+            Arc::clone(&tls),
+            app.clone(),
+            ironvirt_stream::ServeOptions::default(),
+            // Every verified client is served; the front-proxy check happens
+            // per request (auth.rs), where a 401 can be answered.
+            |client: &ironvirt_stream::serve::Client| {
+                Some(Peer {
+                    verified_cn: client.common_name.clone(),
+                })
+            },
+        )));
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -175,56 +145,6 @@ fn admission_router(client: &Client, cfg: &Config) -> Router {
         .with_privileged_users(cfg.privileged_users.clone())
         .with_recorder(recorder);
     crate::admission::router(state)
-}
-
-async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer_addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %peer_addr, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let peer = Peer {
-                verified_cn: stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| common_name(c.as_ref())),
-            };
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    let app = app.clone();
-                    async move { tower::ServiceExt::oneshot(app, req).await }
-                },
-            );
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(peer = %peer_addr, error = %e, "connection ended");
-            }
-        });
-    }
 }
 
 async fn shutdown_signal() {

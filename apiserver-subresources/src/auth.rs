@@ -367,13 +367,6 @@ impl ClientCertVerifier for NoClientAuth {
     }
 }
 
-/// The CN of a DER certificate.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,45 +29,15 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
+use ironvirt_crds::wire::{HANDLER_SERVER_NAME, STREAM_SUBPROTOCOL, STREAM_URL_ANNOTATION};
+use ironvirt_stream::ws::{self, bounded, send};
+
 use crate::auth::{Peer, RequestHeaderAuth, User};
 use crate::vmops::{self, Change, OpError, OpOptions, VmOp};
 
 /// The API group and version served.
 pub const GROUP: &str = "subresources.kubevirt.io";
 pub const VERSION: &str = "v1";
-/// The websocket subprotocol of KubeVirt's clients.
-pub const SUBPROTOCOL: &str = "plain.kubevirt.io";
-/// The name handlers' certificates carry.
-pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";
-/// The annotation on a handler Lease with its stream URL.
-pub const STREAM_URL_ANNOTATION: &str = "ironvirt.io/stream-url";
-const PING_EVERY: Duration = Duration::from_secs(30);
-/// Websocket buffers on the stream path: a console or VNC session needs
-/// little, and each open session holds two websockets. Writes queue up to
-/// WS_MAX_QUEUED bytes for a slow peer, then the session ends.
-const WS_BUFFER: usize = 16 * 1024;
-const WS_MAX_QUEUED: usize = 1024 * 1024;
-const WS_MAX_MESSAGE: usize = 1024 * 1024;
-
-/// The user's side of a stream, with bounded buffers.
-fn bounded(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.read_buffer_size(WS_BUFFER)
-        .write_buffer_size(WS_BUFFER)
-        .max_write_buffer_size(WS_MAX_QUEUED)
-        .max_message_size(WS_MAX_MESSAGE)
-        .max_frame_size(WS_MAX_MESSAGE)
-}
-
-/// The handler's side of a stream, with bounded buffers.
-fn upstream_config() -> tungstenite::protocol::WebSocketConfig {
-    tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(WS_BUFFER)
-        .write_buffer_size(WS_BUFFER)
-        .max_write_buffer_size(WS_MAX_QUEUED)
-        .max_message_size(Some(WS_MAX_MESSAGE))
-        .max_frame_size(Some(WS_MAX_MESSAGE))
-}
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the API handlers share.
 #[derive(Clone)]
@@ -305,7 +275,7 @@ async fn running_vmi(
     })?;
     let leases: Api<Lease> = Api::namespaced(state.client.clone(), &state.lease_namespace);
     let lease = leases
-        .get_opt(&format!("ironvirt-handler-{node}"))
+        .get_opt(&ironvirt_crds::wire::handler_lease_name(&node))
         .await
         .map_err(|e| kube_error(&e))?;
     let url = lease
@@ -361,10 +331,11 @@ async fn handler_ws(state: &ApiState, url: &str, path: &str) -> Result<HandlerWs
             "Sec-WebSocket-Key",
             tungstenite::handshake::client::generate_key(),
         )
-        .header("Sec-WebSocket-Protocol", SUBPROTOCOL)
+        .header("Sec-WebSocket-Protocol", STREAM_SUBPROTOCOL)
         .body(())
         .map_err(|e| unavailable(e.to_string()))?;
-    match tokio_tungstenite::client_async_with_config(request, tls, Some(upstream_config())).await {
+    match tokio_tungstenite::client_async_with_config(request, tls, Some(ws::client_config())).await
+    {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             // The handler's own Status error, passed on.
@@ -447,7 +418,7 @@ async fn vmi_stream(
     let kind = if sub == "console" { "console" } else { "vnc" };
     let open = state.metrics.stream(kind);
     bounded(ws)
-        .protocols([SUBPROTOCOL])
+        .protocols([STREAM_SUBPROTOCOL])
         .on_upgrade(move |client| async move {
             relay(client, upstream).await;
             drop(open);
@@ -455,18 +426,10 @@ async fn vmi_stream(
         })
 }
 
-async fn send(ws: &mut WebSocket, msg: Message) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)).await,
-        Ok(Ok(()))
-    )
-}
-
 /// Relays frames between the user's websocket and the handler's until either
 /// side closes. Pings keep idle sessions alive through proxies.
 async fn relay(mut client: WebSocket, mut upstream: HandlerWs) {
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
+    let mut ping = ws::pings();
     loop {
         tokio::select! {
             from_user = client.recv() => match from_user {

@@ -53,7 +53,7 @@ pub enum RunError {
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Tls(#[from] streams::TlsError),
+    Tls(#[from] ironvirt_stream::TlsError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -95,7 +95,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let consoles = Arc::new(Consoles::new(&cfg.libvirt_uri));
 
     // The stream server first: its address goes on the Lease.
-    let tls = streams::tls_config(&cfg.tls_cert, &cfg.tls_key, &cfg.client_ca)?;
+    let tls = ironvirt_stream::tls::server_config(
+        &cfg.tls_cert,
+        &cfg.tls_key,
+        ironvirt_stream::tls::require_client_ca(&cfg.client_ca)?,
+    )?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -177,11 +181,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         vmis: store.clone(),
         vnc: Arc::default(),
     };
-    tokio::spawn(streams::serve(
+    let allowed = cfg.allowed_client_cn.clone();
+    tokio::spawn(ironvirt_stream::serve(
         listener,
         tls,
-        cfg.allowed_client_cn.clone(),
         streams::router(state),
+        ironvirt_stream::ServeOptions::default(),
+        move |client: &ironvirt_stream::serve::Client| {
+            (client.common_name.as_deref() == Some(allowed.as_str())).then_some(())
+        },
     ));
     tokio::spawn(controller::sweep_orphans(
         Arc::clone(&ctx),

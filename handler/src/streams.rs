@@ -3,16 +3,14 @@
 //! unpause, soft reboot, reset).
 //!
 //! Only clients whose certificate chains to the configured CA and whose CN is
-//! the API server's are served ([`tls_config`], [`serve`]). The router itself
-//! is a plain value ([`router`]) so tests can drive it without sockets.
+//! the API server's are served: `app::run` puts the router behind
+//! `ironvirt_stream::serve`. The router itself is a plain value ([`router`])
+//! so tests can drive it without sockets.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,37 +18,21 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::vmi::VirtualMachineInstancePhase as Phase;
+use ironvirt_crds::wire::STREAM_SUBPROTOCOL;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
+
+use ironvirt_stream::ws::{self, bounded, send};
 
 use crate::console::{ConsoleHub, Consoles};
 use crate::domxml;
 use crate::libvirt::{self, Libvirt, LibvirtError};
 
-/// A websocket write that takes longer than this ends the session: the client
-/// is gone or too slow, and holding its bytes would grow memory.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pings keep idle sessions alive through proxies.
-const PING_EVERY: Duration = Duration::from_secs(30);
-
-/// Websocket buffers on the stream path: a session needs little. Writes queue
-/// up to 1 MiB for a slow peer, then the session ends.
-fn bounded(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    const BUFFER: usize = 16 * 1024;
-    const MAX: usize = 1024 * 1024;
-    ws.read_buffer_size(BUFFER)
-        .write_buffer_size(BUFFER)
-        .max_write_buffer_size(MAX)
-        .max_message_size(MAX)
-        .max_frame_size(MAX)
-}
 /// VNC relay buffer.
 const VNC_CHUNK: usize = 64 * 1024;
-/// The websocket subprotocol KubeVirt's clients speak.
-pub const SUBPROTOCOL: &str = "plain.kubevirt.io";
 
 /// What the stream endpoints need.
 #[derive(Clone)]
@@ -187,23 +169,12 @@ async fn console(
     };
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, readonly = q.readonly, "console session");
     bounded(ws)
-        .protocols([SUBPROTOCOL])
+        .protocols([STREAM_SUBPROTOCOL])
         .on_upgrade(move |socket| console_session(socket, hub, q.readonly))
 }
 
-async fn send(ws: &mut WebSocket, msg: Message) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)).await,
-        Ok(Ok(()))
-    )
-}
-
 async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = send(ws, Message::Close(Some(frame))).await;
+    let _ = send(ws, ws::close_frame(code, reason)).await;
 }
 
 /// One client of a console hub, until either side goes away.
@@ -224,8 +195,7 @@ async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool
     {
         return;
     }
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
+    let mut ping = ws::pings();
     loop {
         tokio::select! {
             out = att.output.recv() => match out {
@@ -347,7 +317,7 @@ async fn vnc(
     };
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, port, "vnc session");
     bounded(ws)
-        .protocols([SUBPROTOCOL])
+        .protocols([STREAM_SUBPROTOCOL])
         .on_upgrade(move |socket| vnc_session(socket, tcp, viewer))
 }
 
@@ -358,8 +328,7 @@ async fn vnc_session(
 ) {
     let (mut rd, mut wr) = tcp.into_split();
     let mut buf = vec![0u8; VNC_CHUNK];
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
+    let mut ping = ws::pings();
     loop {
         tokio::select! {
             replaced = async {
@@ -463,132 +432,5 @@ async fn power(
         }
         Ok(Some(conflict)) => status(StatusCode::CONFLICT, "Conflict", conflict.to_owned()),
         Err(e) => libvirt_error(&e),
-    }
-}
-
-/// Why the TLS set-up failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("reading {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
-
-fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// A server config that serves `cert`/`key` and demands a client certificate
-/// signed by `client_ca`.
-pub fn tls_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?;
-    let key = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
-        .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?
-        .ok_or_else(|| TlsError::Config(format!("{}: no private key", key.display())))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in rustls_pemfile::certs(&mut read_pem(client_ca)?.as_slice()) {
-        let ca = ca.map_err(|e| TlsError::Config(format!("{}: {e}", client_ca.display())))?;
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Config(format!("{}: {e}", client_ca.display())))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| TlsError::Config(e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(Arc::new(config))
-}
-
-/// The CN of a DER certificate.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
-}
-
-/// Serves `app` over TLS on `listener`, to clients whose certificate CN is `allowed_cn`.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    allowed_cn: String,
-    app: Router,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let allowed = allowed_cn.clone();
-        tokio::spawn(async move {
-            serve_one(acceptor, tcp, peer, &allowed, app).await;
-        });
-    }
-}
-
-async fn serve_one(
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    allowed_cn: &str,
-    app: Router,
-) {
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let cn = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| common_name(c.as_ref()));
-    if cn.as_deref() != Some(allowed_cn) {
-        tracing::warn!(%peer, client = ?cn, "client certificate is not the API server's; closing");
-        return;
-    }
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let app = app.clone();
-        async move { tower::ServiceExt::oneshot(app, req).await }
-    });
-    let builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-        .await
-    {
-        tracing::debug!(%peer, error = %e, "connection ended");
     }
 }
