@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use ironvirt_crds::duration::parse_duration;
 
 /// The name `kubectl` runs this binary under as a plugin (`kubectl ironctl …`).
 pub const PLUGIN_BINARY: &str = "kubectl-ironctl";
@@ -70,7 +71,7 @@ pub struct ConsoleArgs {
     #[arg(value_name = "VMI")]
     pub vmi: String,
     /// How long to wait for the VMI to be running: seconds, or a number with
-    /// s, m or h (virtctl's --timeout counts minutes). 0 does not wait.
+    /// ms, s, m, h or d (virtctl's --timeout counts minutes). 0 does not wait.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
 }
@@ -241,26 +242,6 @@ pub fn parse() -> (Cli, &'static str) {
     }
 }
 
-/// Parses `90`, `90s`, `5m` or `1h` into a duration; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use seconds, or a number with s, m or h"))?;
-    let secs = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        _ => None,
-    }
-    .ok_or_else(|| format!("{s:?} is not a duration: use seconds, or a number with s, m or h"))?;
-    Ok(std::time::Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,7 +263,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1").is_err());
     }

@@ -14,13 +14,12 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use ironvirt_crds::wire::STREAM_SUBPROTOCOL;
+
 use crate::args::Global;
 use crate::error::{Error, Result};
 use crate::status::{Failure, Subject, chain, describe};
 
-/// The websocket subprotocol of KubeVirt's console and VNC streams: binary
-/// frames carry raw bytes.
-pub const SUBPROTOCOL: &str = "plain.kubevirt.io";
 /// The subresource API's path prefix.
 pub const SUBRESOURCE_PREFIX: &str = "/apis/subresources.kubevirt.io/v1";
 /// The largest response body read (a screenshot is far smaller).
@@ -218,7 +217,7 @@ impl Ctx {
             .header(header::UPGRADE, "websocket")
             .header(header::SEC_WEBSOCKET_VERSION, "13")
             .header(header::SEC_WEBSOCKET_KEY, &key)
-            .header(header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
+            .header(header::SEC_WEBSOCKET_PROTOCOL, STREAM_SUBPROTOCOL)
             .body(kube::client::Body::empty())
             .map_err(|e| WsError::Other(e.to_string()))?;
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.send(req))
@@ -249,10 +248,10 @@ impl Ctx {
             ));
         }
         if let Some(p) = resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL)
-            && p.as_bytes() != SUBPROTOCOL.as_bytes()
+            && p.as_bytes() != STREAM_SUBPROTOCOL.as_bytes()
         {
             return Err(WsError::Other(format!(
-                "the server chose websocket subprotocol {:?}, not {SUBPROTOCOL}",
+                "the server chose websocket subprotocol {:?}, not {STREAM_SUBPROTOCOL}",
                 String::from_utf8_lossy(p.as_bytes())
             )));
         }

@@ -10,23 +10,9 @@ use crate::client::Ctx;
 use crate::error::{Error, Result};
 use crate::status::{Kind, Subject};
 
-/// A VM operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmOp {
-    Start,
-    Stop,
-    Restart,
-}
-
-impl VmOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            VmOp::Start => "start",
-            VmOp::Stop => "stop",
-            VmOp::Restart => "restart",
-        }
-    }
-}
+/// A VM operation: the subresource API's, so ironctl asks for exactly what
+/// ironvirt-api serves.
+pub use ironvirt_crds::wire::VmOp;
 
 /// A VMI operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
