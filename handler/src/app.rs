@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::wire::NODE_NAME_LABEL;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
@@ -20,7 +21,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::console::Consoles;
-use crate::controller::{self, Context, NODE_NAME_LABEL};
+use crate::controller::{self, Context};
 use crate::domxml::{DomainType, HostEnv, Ovmf};
 use crate::libvirt::{self, Libvirt};
 use crate::node::{self, NodeSettings};

@@ -1,5 +1,5 @@
-//! The VMI controller of one node: reconciles the VMIs labelled
-//! `kubevirt.io/nodeName=<node>` against libvirt, on watch events, libvirt
+//! The VMI controller of one node: reconciles the VMIs labelled with its node
+//! name ([`NODE_NAME_LABEL`]) against libvirt, on watch events, libvirt
 //! lifecycle events and a periodic resync; and a sweeper that removes domains
 //! and files whose VMI is gone.
 
@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::vmi::{PortProtocol, VirtualMachineInstancePhase as Phase};
+#[cfg(doc)]
+use ironvirt_crds::wire::NODE_NAME_LABEL;
+use ironvirt_crds::wire::{VMI_FINALIZER, domain_name, parse_domain_name};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -22,13 +25,11 @@ use tokio::sync::mpsc;
 use crate::console::Consoles;
 use crate::domxml::{self, DomainInputs, HostEnv, PortForward};
 use crate::libvirt::{self, Libvirt, LibvirtError};
-use crate::model::{self, DesiredStatus, Step, VMI_FINALIZER};
+use crate::model::{self, DesiredStatus, Step};
 use crate::volumes::{self, VolumeError};
 
 /// The field manager of the handler's status writes.
 pub const MANAGER: &str = "ironvirt-handler";
-/// The label the operator puts on placed VMIs.
-pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +122,7 @@ pub async fn reconcile(
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = vmi.name_any();
     let uid = vmi.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    let dname = domxml::domain_name(&ns, &name);
+    let dname = domain_name(&ns, &name);
     let lookup = dname.clone();
     let domain = ctx
         .libvirt
@@ -549,9 +550,8 @@ pub fn error_policy(vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Con
 
 /// The VMI a domain name stands for: `ironvirt-<namespace>_<name>`.
 pub fn object_ref(domain: &str) -> Option<ObjectRef<VirtualMachineInstance>> {
-    let rest = domain.strip_prefix("ironvirt-")?;
-    let (ns, name) = rest.split_once('_')?;
-    (!ns.is_empty() && !name.is_empty()).then(|| ObjectRef::new(name).within(ns))
+    let (ns, name) = parse_domain_name(domain)?;
+    Some(ObjectRef::new(name).within(ns))
 }
 
 /// Splits libvirt events into per-VMI triggers and "reconcile everything"
@@ -669,7 +669,7 @@ mod tests {
         assert!(object_ref("other").is_none());
         assert!(object_ref("ironvirt-nounderscore").is_none());
         assert_eq!(
-            object_ref(&domxml::domain_name("a", "b")).map(|r| r.name),
+            object_ref(&domain_name("a", "b")).map(|r| r.name),
             Some("b".into())
         );
     }

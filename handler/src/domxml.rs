@@ -46,6 +46,7 @@ use ironvirt_crds::vmi::{
     Bootloader, Cpu, Devices, Disk, DiskBus, DiskCache, Efi, Interface, Network, PodNetwork,
     PortProtocol,
 };
+use ironvirt_crds::wire::{bus_name, domain_name};
 
 /// The XML namespace of ironvirt's domain metadata element.
 pub const METADATA_NS: &str = "https://ironvirt.io/domain/v1";
@@ -54,11 +55,6 @@ pub const METADATA_PREFIX: &str = "ironvirt";
 
 /// libvirt's namespace for QEMU command-line passthrough.
 const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
-
-/// The libvirt domain name of a VMI: `ironvirt-<namespace>_<name>`.
-pub fn domain_name(namespace: &str, name: &str) -> String {
-    format!("ironvirt-{namespace}_{name}")
-}
 
 /// What the handler knows about its host that shapes the XML.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1116,15 +1112,6 @@ fn drive_address(controller: usize, unit: usize) -> Element {
         .attr("bus", 0)
         .attr("target", 0)
         .attr("unit", unit)
-}
-
-fn bus_name(bus: DiskBus) -> &'static str {
-    match bus {
-        DiskBus::Virtio => "virtio",
-        DiskBus::Sata => "sata",
-        DiskBus::Scsi => "scsi",
-        DiskBus::Usb => "usb",
-    }
 }
 
 fn cache_name(cache: DiskCache) -> &'static str {

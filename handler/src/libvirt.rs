@@ -437,7 +437,7 @@ pub fn list_owned(conn: &Connect, node: &str) -> Result<Vec<DomainInfo>, Libvirt
     let mut out = Vec::new();
     for dom in domains {
         let Ok(name) = dom.name() else { continue };
-        if !name.starts_with("ironvirt-") {
+        if ironvirt_crds::wire::parse_domain_name(&name).is_none() {
             continue;
         }
         // A domain may vanish between list and lookup: skip it.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use ironvirt_crds::wire::API_CLIENT_CN;
 use ironvirt_handler::app::{self, Config};
 use ironvirt_handler::domxml::DomainType;
 
@@ -59,7 +60,7 @@ struct Args {
     #[arg(long)]
     client_ca: PathBuf,
     /// The only client certificate CN served.
-    #[arg(long, default_value = "ironvirt-api")]
+    #[arg(long, default_value = API_CLIENT_CN)]
     allowed_client_cn: String,
     /// Health endpoint address.
     #[arg(long, default_value = "127.0.0.1:8187")]

@@ -13,8 +13,6 @@ use kube::ResourceExt;
 
 use crate::libvirt::{DomState, DomainInfo, Shutoff};
 
-/// The finalizer the handler removes once the domain is gone.
-pub const VMI_FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
 /// KubeVirt's default grace period for a guest to power off.
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 

@@ -1,11 +1,14 @@
 //! The node side: the handler's heartbeat Lease (which the operator's
-//! placement reads), the `kubevirt.io/schedulable` label and a node condition
+//! placement reads), the schedulable label and a node condition
 //! that follow libvirt's health, and, in the test bed, the Node object itself
 //! with the kubelet-style heartbeat a node without a kubelet needs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ironvirt_crds::wire::{
+    HANDLER_LEASE_NAMESPACE, SCHEDULABLE_LABEL, STREAM_URL_ANNOTATION, handler_lease_name,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -17,21 +20,10 @@ use tokio::sync::watch;
 
 use crate::libvirt::Health;
 
-/// Where node Leases live.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// The label that says a node takes VMIs.
-pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
-/// The annotation on the handler Lease with the stream endpoint's URL.
-pub const STREAM_URL_ANNOTATION: &str = "ironvirt.io/stream-url";
 /// The node condition that reports whether the handler reaches libvirt.
 pub const LIBVIRT_CONDITION: &str = "IronvirtLibvirtReachable";
 /// Field manager of the handler's node and Lease writes.
 const MANAGER: &str = "ironvirt-handler";
-
-/// The name of a node's handler Lease.
-pub fn lease_name(node: &str) -> String {
-    format!("ironvirt-handler-{node}")
-}
 
 /// How the handler presents its node.
 #[derive(Clone, Debug)]
@@ -131,9 +123,9 @@ pub async fn heartbeat(client: Client, s: NodeSettings, mut health: watch::Recei
 }
 
 async fn renew(client: &Client, s: &NodeSettings) -> Result<(), kube::Error> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), HANDLER_LEASE_NAMESPACE);
     let now = MicroTime(Timestamp::now());
-    let name = lease_name(&s.node);
+    let name = handler_lease_name(&s.node);
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": name, "annotations": {STREAM_URL_ANNOTATION: s.stream_url}},
@@ -155,7 +147,7 @@ async fn renew(client: &Client, s: &NodeSettings) -> Result<(), kube::Error> {
         leases
             .patch(
                 &s.node,
-                &PatchParams::apply("ironvirt-handler-kubelet").force(),
+                &PatchParams::apply(&format!("{MANAGER}-kubelet")).force(),
                 &Patch::Apply(&kubelet),
             )
             .await?;
@@ -244,10 +236,5 @@ mod tests {
             cond["status"]["conditions"][0]["message"],
             "connection refused"
         );
-    }
-
-    #[test]
-    fn lease_names_match_the_operator() {
-        assert_eq!(lease_name("n1"), "ironvirt-handler-n1");
     }
 }

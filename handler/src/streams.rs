@@ -18,7 +18,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::vmi::VirtualMachineInstancePhase as Phase;
-use ironvirt_crds::wire::STREAM_SUBPROTOCOL;
+use ironvirt_crds::wire::{STREAM_SUBPROTOCOL, domain_name};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,7 +134,7 @@ fn running_domain(state: &StreamState, ns: &str, name: &str) -> Result<String, B
             format!("VMI {name} is not running (phase {shown})"),
         )));
     }
-    Ok(domxml::domain_name(ns, name))
+    Ok(domain_name(ns, name))
 }
 
 #[derive(Debug, Default, Deserialize)]
