@@ -99,7 +99,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut servers = Vec::new();
     for addr in &cfg.listen {
         let listener = listen(*addr)?;
-        tracing::info!(%addr, "serving subresources.kubevirt.io and webhooks");
+        tracing::info!(%addr, group = ironvirt_crds::SUBRESOURCES_GROUP, "serving the subresource API and webhooks");
         servers.push(tokio::spawn(ironvirt_stream::serve(
             listener,
             Arc::clone(&tls),

@@ -253,19 +253,20 @@ fn unescape(s: &str) -> String {
 
 /// Verifies client certificates against whatever CA is current; connections
 /// without a certificate are accepted (and then get 401 where it matters).
+/// Before the ConfigMap is read, every client certificate is refused.
 #[derive(Debug)]
 struct DynamicVerifier {
     auth: RequestHeaderAuth,
 }
 
-fn fallback() -> Arc<dyn ClientCertVerifier> {
-    Arc::new(NoClientAuth)
+impl DynamicVerifier {
+    fn inner(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        self.auth.current().map(|(_, v)| v)
+    }
 }
 
-impl DynamicVerifier {
-    fn inner(&self) -> Arc<dyn ClientCertVerifier> {
-        self.auth.current().map_or_else(fallback, |(_, v)| v)
-    }
+fn not_loaded(what: &str) -> rustls::Error {
+    rustls::Error::General(what.into())
 }
 
 impl ClientCertVerifier for DynamicVerifier {
@@ -288,6 +289,7 @@ impl ClientCertVerifier for DynamicVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner()
+            .ok_or_else(|| not_loaded("the request-header CA is not loaded yet"))?
             .verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -297,7 +299,9 @@ impl ClientCertVerifier for DynamicVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner().verify_tls12_signature(message, cert, dss)
+        self.inner()
+            .ok_or_else(|| not_loaded("no client authentication yet"))?
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -306,60 +310,11 @@ impl ClientCertVerifier for DynamicVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner().verify_tls13_signature(message, cert, dss)
+        self.inner()
+            .ok_or_else(|| not_loaded("no client authentication yet"))?
+            .verify_tls13_signature(message, cert, dss)
     }
 
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Before the ConfigMap is read: refuse every client certificate.
-#[derive(Debug)]
-struct NoClientAuth;
-
-impl ClientCertVerifier for NoClientAuth {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Err(rustls::Error::General(
-            "the request-header CA is not loaded yet".into(),
-        ))
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "no client authentication yet".into(),
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "no client authentication yet".into(),
-        ))
-    }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms

@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, required = true)]
     handler_client_key: Option<PathBuf>,
     /// Namespace of the handlers' Leases.
-    #[arg(long, default_value = "kube-node-lease")]
+    #[arg(long, default_value = ironvirt_crds::wire::HANDLER_LEASE_NAMESPACE)]
     lease_namespace: String,
     /// Users whose VMI spec changes the webhook admits (ironvirt's own service accounts).
     #[arg(

@@ -127,7 +127,10 @@ pub fn route_of(path: &str) -> &'static str {
     if matches!(path, "/healthz" | "/readyz" | "/livez") {
         return "health";
     }
-    if !path.starts_with("/apis/subresources.kubevirt.io") && path != "/version" {
+    let subresources = path
+        .strip_prefix("/apis/")
+        .is_some_and(|p| p.starts_with(ironvirt_crds::SUBRESOURCES_GROUP));
+    if !subresources && path != "/version" {
         return "other";
     }
     if path.contains("/namespaces/") {

@@ -2,36 +2,10 @@
 //! as pure functions returning the change to make (or the error to answer).
 
 use ironvirt_crds::vm::{StateChangeAction, StateChangeRequest};
+use ironvirt_crds::wire::VmOp;
 use ironvirt_crds::{RunStrategy, VirtualMachine, VirtualMachineInstance};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-/// The VM power operations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmOp {
-    Start,
-    Stop,
-    Restart,
-}
-
-impl VmOp {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "start" => Some(VmOp::Start),
-            "stop" => Some(VmOp::Stop),
-            "restart" => Some(VmOp::Restart),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            VmOp::Start => "start",
-            VmOp::Stop => "stop",
-            VmOp::Restart => "restart",
-        }
-    }
-}
 
 /// The request bodies virtctl sends: `{paused, dryRun}` for start,
 /// `{gracePeriod, dryRun}` for stop, `{gracePeriodSeconds, dryRun}` for restart.

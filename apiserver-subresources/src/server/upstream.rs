@@ -1,0 +1,195 @@
+//! Step 2 of the VMI subresources: the running VMI, the handler of its node
+//! (found through the handler's Lease, whose annotation carries its stream
+//! URL), and the mTLS connection to it — a websocket for console and VNC, a
+//! plain PUT for the power operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::wire::{
+    HANDLER_SERVER_NAME, STREAM_SUBPROTOCOL, STREAM_URL_ANNOTATION, handler_lease_name,
+};
+use ironvirt_stream::ws;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use tokio_tungstenite::tungstenite;
+
+use super::{ApiState, kube_error, not_found, status};
+
+/// The TLS connection to a handler.
+pub(super) type HandlerStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A websocket to a handler.
+pub(super) type HandlerWs = tokio_tungstenite::WebSocketStream<HandlerStream>;
+
+/// The VMI, which must be running, and its handler's URL: 404 when there is
+/// no such VMI, 409 when it is not running or not placed, 503 when its
+/// handler has not published where it serves.
+pub(super) async fn running_vmi(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+) -> Result<(VirtualMachineInstance, String), Response> {
+    let api: Api<VirtualMachineInstance> = Api::namespaced(state.client.clone(), ns);
+    let vmi = api
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_error(&e))?
+        .ok_or_else(|| not_found(&format!("virtualmachineinstance \"{name}\"")))?;
+    let st = vmi.status.clone().unwrap_or_default();
+    if st.phase != Some(ironvirt_crds::VirtualMachineInstancePhase::Running) {
+        let phase = st
+            .phase
+            .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
+        return Err(status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("VMI {name} is not running (phase {phase})"),
+        ));
+    }
+    let node = st.node_name.ok_or_else(|| {
+        status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("VMI {name} is not placed on a node"),
+        )
+    })?;
+    let leases: Api<Lease> = Api::namespaced(state.client.clone(), &state.lease_namespace);
+    let lease = leases
+        .get_opt(&handler_lease_name(&node))
+        .await
+        .map_err(|e| kube_error(&e))?;
+    let url = lease
+        .and_then(|l| l.metadata.annotations)
+        .and_then(|a| a.get(STREAM_URL_ANNOTATION).cloned())
+        .ok_or_else(|| {
+            status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("the handler of node {node} has not published its address"),
+            )
+        })?;
+    Ok((vmi, url))
+}
+
+/// Opens an mTLS connection to a handler at `url` (https://host:port).
+async fn dial_handler(state: &ApiState, url: &str) -> Result<HandlerStream, String> {
+    let hostport = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("handler URL {url:?} is not https"))?
+        .trim_end_matches('/');
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(hostport),
+    )
+    .await
+    .map_err(|_| format!("connecting to the handler at {url} timed out"))?
+    .map_err(|e| format!("connecting to the handler at {url}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name =
+        rustls::pki_types::ServerName::try_from(HANDLER_SERVER_NAME).map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::clone(&state.handler_tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to the handler at {url}: {e}"))
+}
+
+fn unavailable(message: String) -> Response {
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+    )
+}
+
+/// The reason and message of a handler's Status error body; a body that is
+/// not a Status is the message itself.
+pub(super) fn handler_status(body: String) -> (Option<String>, String) {
+    let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+    let field = |key: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v[key].as_str().map(str::to_owned))
+    };
+    let reason = field("reason");
+    let message = field("message").unwrap_or(body);
+    (reason, message)
+}
+
+/// Opens the handler's websocket for `path` (below /v1/namespaces/…).
+pub(super) async fn handler_ws(
+    state: &ApiState,
+    url: &str,
+    path: &str,
+) -> Result<HandlerWs, Response> {
+    let tls = dial_handler(state, url).await.map_err(unavailable)?;
+    let request = http::Request::builder()
+        .uri(format!("wss://{HANDLER_SERVER_NAME}{path}"))
+        .header("Host", HANDLER_SERVER_NAME)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tungstenite::handshake::client::generate_key(),
+        )
+        .header("Sec-WebSocket-Protocol", STREAM_SUBPROTOCOL)
+        .body(())
+        .map_err(|e| unavailable(e.to_string()))?;
+    match tokio_tungstenite::client_async_with_config(request, tls, Some(ws::client_config())).await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            // The handler's own Status error, passed on.
+            let code =
+                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let (reason, message) = handler_status(body);
+            let reason = reason.unwrap_or_else(|| "InternalError".to_owned());
+            Err(status(code, &reason, message))
+        }
+        Err(e) => Err(unavailable(format!("websocket to the handler: {e}"))),
+    }
+}
+
+/// A PUT to the handler; (status code, body).
+pub(super) async fn forward_put(
+    state: &ApiState,
+    url: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = dial_handler(state, url).await?;
+    let req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {HANDLER_SERVER_NAME}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut buf))
+        .await
+        .map_err(|_| "the handler did not answer in 30 s".to_owned())?
+        .or_else(|e| {
+            if buf.is_empty() {
+                Err(e.to_string())
+            } else {
+                Ok(0)
+            }
+        })?;
+    let text = String::from_utf8_lossy(&buf);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "the handler sent no HTTP status".to_owned())?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((code, body))
+}
