@@ -21,7 +21,8 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::console::Consoles;
-use crate::controller::{self, Context};
+use crate::context::{Context, Metrics};
+use crate::controller;
 use crate::domxml::{DomainType, HostEnv, Ovmf};
 use crate::libvirt::{self, Libvirt};
 use crate::node::{self, NodeSettings};
@@ -93,7 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tracing::warn!(error = %e, "host capacity unknown; publishing 1 CPU and 1 GiB");
         (1, 1 << 30)
     });
-    let consoles = Arc::new(Consoles::new(&cfg.libvirt_uri));
+    let consoles = Arc::new(Consoles::new(&cfg.libvirt_uri, lv.capabilities()));
 
     // The stream server first: its address goes on the Lease.
     let tls = ironvirt_stream::tls::server_config(
@@ -197,7 +198,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         store.clone(),
         Duration::from_secs(30),
     ));
-    tokio::spawn(serve_health(cfg.health_addr));
+    tokio::spawn(serve_health(cfg.health_addr, ctx.metrics.clone()));
 
     tracing::info!(node = %cfg.node, uri = %cfg.libvirt_uri, "handler running");
     Controller::for_stream(stream, store)
@@ -211,10 +212,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn serve_health(addr: SocketAddr) {
+async fn serve_health(addr: SocketAddr, metrics: Metrics) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|| async { runtime_metrics() }));
+        .route(
+            "/metrics",
+            get(move || async move { render_metrics(&metrics) }),
+        );
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
             if let Err(e) = axum::serve(l, app).await {
@@ -225,11 +229,12 @@ async fn serve_health(addr: SocketAddr) {
     }
 }
 
-/// The runtime's live tasks, in Prometheus text format: where a leaked
-/// stream or watch shows first.
-fn runtime_metrics() -> String {
+/// The handler's metrics and the runtime's live tasks (where a leaked stream
+/// or watch shows first), in Prometheus text format.
+fn render_metrics(metrics: &Metrics) -> String {
     use prometheus_client::metrics::gauge::Gauge;
     let mut registry = prometheus_client::registry::Registry::with_prefix("ironvirt_handler");
+    metrics.register(&mut registry);
     let tasks = Gauge::<i64>::default();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         tasks.set(i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX));

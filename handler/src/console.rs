@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use virt::connect::Connect;
 use virt::stream::Stream;
 
-use crate::libvirt::{self, LibvirtError, map_err};
+use crate::libvirt::{self, Capabilities, LibvirtError, map_err};
 
 /// Serial output kept for late clients.
 pub const RING_BYTES: usize = 64 * 1024;
@@ -247,9 +247,9 @@ fn close_quietly(conn: Connect) {
 }
 
 /// The hubs of this handler's running domains, by domain name.
-#[derive(Default)]
 pub struct Consoles {
     uri: String,
+    capabilities: Capabilities,
     hubs: Mutex<HashMap<String, Arc<ConsoleHub>>>,
     /// Serialises opening: two openers of one console would each force the
     /// other's stream closed.
@@ -257,9 +257,11 @@ pub struct Consoles {
 }
 
 impl Consoles {
-    pub fn new(uri: &str) -> Self {
+    /// Consoles on `uri`, whose driver can do what `capabilities` says.
+    pub fn new(uri: &str, capabilities: Capabilities) -> Self {
         Consoles {
             uri: uri.to_owned(),
+            capabilities,
             hubs: Mutex::default(),
             opening: Mutex::default(),
         }
@@ -278,8 +280,7 @@ impl Consoles {
         if let Some(h) = self.get(domain) {
             return Ok(h);
         }
-        // The test driver has no consoles.
-        if self.uri.starts_with("test:") {
+        if !self.capabilities.consoles {
             return Err(LibvirtError::Call(
                 "libvirt's test driver has no serial consoles".into(),
             ));

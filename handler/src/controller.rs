@@ -4,8 +4,7 @@
 //! and files whose VMI is gone.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstance;
@@ -15,107 +14,38 @@ use ironvirt_crds::wire::NODE_NAME_LABEL;
 use ironvirt_crds::wire::{VMI_FINALIZER, domain_name, parse_domain_name};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::console::Consoles;
-use crate::domxml::{self, DomainInputs, HostEnv, PortForward};
-use crate::libvirt::{self, Libvirt, LibvirtError};
+use crate::context::Context;
+use crate::create_plan::{self, ForwardRequest, NotCreated, Refusal};
+use crate::domxml::{self, PortForward};
+use crate::error::Error;
+use crate::events::{self, Reason};
+use crate::libvirt::{self, LibvirtError};
 use crate::model::{self, DesiredStatus, Step};
-use crate::volumes::{self, VolumeError};
+use crate::volumes;
 
 /// The field manager of the handler's status writes.
 pub const MANAGER: &str = "ironvirt-handler";
-
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Libvirt(#[from] LibvirtError),
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("VMI has no {0}")]
-    MissingField(&'static str),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl Error {
-    /// A short stable reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Libvirt(LibvirtError::Unreachable { .. }) => "LibvirtUnreachable",
-            Error::Libvirt(_) => "LibvirtError",
-            Error::Kube(_) => "ApiError",
-            Error::MissingField(_) => "InvalidObject",
-            Error::Internal(_) => "Internal",
-        }
-    }
-}
-
-/// Everything a reconcile needs.
-pub struct Context {
-    pub client: Client,
-    pub node: String,
-    pub libvirt: Arc<Libvirt>,
-    pub consoles: Arc<Consoles>,
-    pub host: HostEnv,
-    pub state_dir: PathBuf,
-    pub recorder: Recorder,
-    pub resync: Duration,
-    /// VMIs (by uid) whose power button this handler already pressed.
-    shutdown_sent: Mutex<HashSet<String>>,
-}
-
-impl Context {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        node: String,
-        libvirt: Arc<Libvirt>,
-        consoles: Arc<Consoles>,
-        host: HostEnv,
-        state_dir: PathBuf,
-        recorder: Recorder,
-        resync: Duration,
-    ) -> Self {
-        Context {
-            client,
-            node,
-            libvirt,
-            consoles,
-            host,
-            state_dir,
-            recorder,
-            resync,
-            shutdown_sent: Mutex::default(),
-        }
-    }
-
-    fn sent(&self, uid: &str) -> bool {
-        let set = self.shutdown_sent.lock().unwrap_or_else(|p| p.into_inner());
-        set.contains(uid)
-    }
-
-    fn mark_sent(&self, uid: &str, sent: bool) {
-        let mut set = self.shutdown_sent.lock().unwrap_or_else(|p| p.into_inner());
-        if sent {
-            set.insert(uid.to_owned());
-        } else {
-            set.remove(uid);
-        }
-    }
-}
 
 /// Reconciles one VMI.
 #[tracing::instrument(skip_all, fields(vmi.namespace = vmi.namespace().unwrap_or_default(), vmi.name = %vmi.name_any()))]
 pub async fn reconcile(
     vmi: Arc<VirtualMachineInstance>,
     ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let action = reconcile_inner(&vmi, &ctx).await?;
+    ctx.failures.succeeded(&ObjectRef::from_obj(&*vmi));
+    Ok(action)
+}
+
+async fn reconcile_inner(
+    vmi: &Arc<VirtualMachineInstance>,
+    ctx: &Arc<Context>,
 ) -> Result<Action, Error> {
     let ns = vmi
         .namespace()
@@ -129,7 +59,7 @@ pub async fn reconcile(
         .call(move |c| libvirt::lookup(c, &lookup))
         .await?;
     let step = model::plan(
-        &vmi,
+        vmi,
         &ctx.node,
         domain.as_ref(),
         ctx.sent(&uid),
@@ -139,14 +69,14 @@ pub async fn reconcile(
     let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     match step {
         Step::Ignore => Ok(Action::requeue(ctx.resync)),
-        Step::Create { paused } => create(&vmi, &ctx, &api, &dname, paused).await,
+        Step::Create { paused } => create(vmi, ctx, &api, &dname, paused).await,
         Step::Start { paused } => {
             let d = dname.clone();
             let started = ctx
                 .libvirt
                 .call(move |c| libvirt::with_domain(c, &d, |dom| libvirt::start(dom, paused)))
                 .await;
-            after_start(&vmi, &ctx, &api, &dname, started).await
+            after_start(vmi, ctx, &api, &dname, started).await
         }
         Step::RemoveStale {
             name: stale,
@@ -157,7 +87,7 @@ pub async fn reconcile(
             ctx.libvirt
                 .call(move |c| libvirt::destroy_and_undefine(c, &stale))
                 .await?;
-            cleanup_files(&ctx, &stale_uid).await?;
+            cleanup_files(ctx, &stale_uid).await?;
             Ok(Action::requeue(Duration::from_millis(100)))
         }
         Step::Report(observed) => {
@@ -168,20 +98,14 @@ pub async fn reconcile(
                 .await?;
             let facts = domxml::parse_live(&xml);
             let desired =
-                model::running_status(&vmi, &ctx.node, &observed, &facts.macs, Timestamp::now());
+                model::running_status(vmi, &ctx.node, &observed, &facts.macs, Timestamp::now());
             let was_running = vmi.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running);
-            write_status(&api, &vmi, &desired).await?;
+            write_status(&api, vmi, &desired).await?;
             if !was_running {
-                publish(
-                    &ctx,
-                    &vmi,
-                    false,
-                    "Started",
-                    "VirtualMachineInstance started".into(),
-                )
-                .await;
+                let note = "VirtualMachineInstance started".into();
+                events::publish(&ctx.recorder, vmi, Reason::Started, note).await;
             }
-            if ensure_console(&ctx, &dname).await {
+            if ensure_console(ctx, &dname).await {
                 Ok(Action::requeue(ctx.resync))
             } else {
                 Ok(Action::requeue(Duration::from_secs(2)))
@@ -193,11 +117,16 @@ pub async fn reconcile(
             message,
         } => {
             ctx.consoles.forget(&dname);
-            let desired =
-                model::final_status(&vmi, &ctx.node, phase, &reason, &message, Timestamp::now());
-            write_status(&api, &vmi, &desired).await?;
-            let warning = phase == Phase::Failed;
-            publish(&ctx, &vmi, warning, &reason, message).await;
+            let desired = model::final_status(
+                vmi,
+                &ctx.node,
+                phase,
+                reason.as_str(),
+                &message,
+                Timestamp::now(),
+            );
+            write_status(&api, vmi, &desired).await?;
+            events::publish(&ctx.recorder, vmi, reason, message).await;
             Ok(Action::requeue(ctx.resync))
         }
         Step::Shutdown { press } => {
@@ -207,16 +136,11 @@ pub async fn reconcile(
                     .call(move |c| libvirt::with_domain(c, &d, libvirt::shutdown))
                     .await?;
                 ctx.mark_sent(&uid, true);
-                let grace = model::grace_seconds(&vmi);
+                let grace = model::grace_seconds(vmi);
                 tracing::info!(grace, "asked the guest to power off");
-                publish(
-                    &ctx,
-                    &vmi,
-                    false,
-                    "ShuttingDown",
-                    format!("signalled the guest to power off; destroying it after {grace}s"),
-                )
-                .await;
+                let note =
+                    format!("signalled the guest to power off; destroying it after {grace}s");
+                events::publish(&ctx.recorder, vmi, Reason::ShuttingDown, note).await;
             }
             Ok(Action::requeue(Duration::from_secs(1)))
         }
@@ -228,10 +152,12 @@ pub async fn reconcile(
             tracing::info!("destroyed the domain");
             Ok(Action::requeue(Duration::from_millis(100)))
         }
-        Step::Finalize => finalize(&vmi, &ctx, &api, &dname, &uid, domain.as_ref()).await,
+        Step::Finalize => finalize(vmi, ctx, &api, &dname, &uid, domain.as_ref()).await,
     }
 }
 
+/// Carries out [`create_plan`]: fetches the Secrets, makes the files, picks
+/// the host ports, defines and starts the domain.
 async fn create(
     vmi: &VirtualMachineInstance,
     ctx: &Context,
@@ -239,86 +165,28 @@ async fn create(
     dname: &str,
     paused: bool,
 ) -> Result<Action, Error> {
-    let uid = vmi.uid().unwrap_or_default();
-    let ns = vmi.namespace().unwrap_or_default();
-    let dir = volumes::vmi_dir(&ctx.state_dir, &uid);
-
-    let mut secrets = volumes::SecretData::new();
-    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    for name in volumes::referenced_secrets(vmi) {
-        match secret_api.get_opt(&name).await? {
-            Some(s) => {
-                let data = s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                secrets.insert(name, data);
-            }
-            None => {
-                return fail_start(
-                    vmi,
-                    ctx,
-                    api,
-                    "SecretNotFound",
-                    format!("cloud-init Secret {ns}/{name} does not exist"),
-                )
-                .await;
-            }
-        }
-    }
-    let plans = match volumes::plan(vmi, &dir, &secrets) {
+    let secrets = fetch_secrets(ctx, vmi).await?;
+    let plan = match create_plan::plan(vmi, &ctx.state_dir, &secrets) {
         Ok(p) => p,
-        Err(e) => return fail_start(vmi, ctx, api, volume_reason(&e), e.to_string()).await,
+        Err(not) => return not_created(vmi, ctx, api, not).await,
     };
-    let prepared = tokio::task::spawn_blocking(move || volumes::prepare(&plans))
+    let volume_plans = plan.volumes;
+    let prepared = tokio::task::spawn_blocking(move || volumes::prepare(&volume_plans))
         .await
         .map_err(|e| Error::Internal(format!("preparing volumes panicked: {e}")))?;
     let resolved = match prepared {
         Ok(r) => r,
-        Err(VolumeError::Io { what, reason }) => {
-            // Perhaps transient (disk full, a tool missing): retry with backoff.
-            return Err(Error::Internal(format!("{what}: {reason}")));
-        }
-        Err(e) => return fail_start(vmi, ctx, api, volume_reason(&e), e.to_string()).await,
+        Err(e) => return not_created(vmi, ctx, api, create_plan::prepare_failure(e)).await,
     };
-    let forwards = port_forwards(vmi)?;
-    if !forwards.is_empty() {
-        let list: Vec<String> = forwards
-            .iter()
-            .map(|f| {
-                format!(
-                    "127.0.0.1:{} -> {}/{:?} ({})",
-                    f.host_port, f.guest_port, f.protocol, f.interface
-                )
-            })
-            .collect();
-        publish(
-            ctx,
-            vmi,
-            false,
-            "PortsForwarded",
-            format!("on node {}: {}", ctx.node, list.join(", ")),
-        )
-        .await;
+    let forwards = pick_host_ports(&plan.forwards)?;
+    if let Some(note) = create_plan::forwards_note(&ctx.node, &forwards) {
+        events::publish(&ctx.recorder, vmi, Reason::PortsForwarded, note).await;
     }
-    let inputs = DomainInputs {
-        node: ctx.node.clone(),
-        volumes: resolved,
-        port_forwards: forwards,
-        nvram: dir.join("nvram.fd"),
-    };
-    let xml = match domxml::domain_xml(vmi, &ctx.host, &inputs) {
-        Ok(x) => x,
-        Err(e) => {
-            let reason = match e {
-                domxml::XmlError::Unsupported { .. } => "Unsupported",
-                domxml::XmlError::Invalid { .. } => "InvalidSpec",
-            };
-            return fail_start(vmi, ctx, api, reason, e.to_string()).await;
-        }
-    };
+    let xml =
+        match create_plan::domain_xml(vmi, &ctx.host, &ctx.node, plan.nvram, resolved, forwards) {
+            Ok(x) => x,
+            Err(refusal) => return fail_start(vmi, ctx, api, refusal).await,
+        };
     let started = ctx
         .libvirt
         .call(move |c| {
@@ -330,6 +198,43 @@ async fn create(
         tracing::info!(domain = dname, paused, "domain defined and started");
     }
     after_start(vmi, ctx, api, dname, started).await
+}
+
+/// The Secrets the VMI's cloud-init volumes reference, up to the first that
+/// does not exist (the plan refuses the VMI for it).
+async fn fetch_secrets(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+) -> Result<volumes::SecretData, Error> {
+    let ns = vmi.namespace().unwrap_or_default();
+    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut secrets = volumes::SecretData::new();
+    for name in volumes::referenced_secrets(vmi) {
+        let Some(s) = secret_api.get_opt(&name).await? else {
+            break;
+        };
+        let data = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        secrets.insert(name, data);
+    }
+    Ok(secrets)
+}
+
+/// A create that stopped: the VMI fails, or the reconcile is retried.
+async fn not_created(
+    vmi: &VirtualMachineInstance,
+    ctx: &Context,
+    api: &Api<VirtualMachineInstance>,
+    not: NotCreated,
+) -> Result<Action, Error> {
+    match not {
+        NotCreated::Refused(refusal) => fail_start(vmi, ctx, api, refusal).await,
+        NotCreated::Retry(message) => Err(Error::Internal(message)),
+    }
 }
 
 async fn after_start(
@@ -344,11 +249,11 @@ async fn after_start(
             let _ = ensure_console(ctx, dname).await;
             Ok(Action::requeue(Duration::from_millis(50)))
         }
-        Err(e @ LibvirtError::Call(_)) => {
-            // libvirt or QEMU refused the domain: the VMI cannot run here.
-            fail_start(vmi, ctx, api, "StartFailed", e.to_string()).await
-        }
-        Err(e) => Err(e.into()),
+        // libvirt or QEMU refused the domain: the VMI cannot run here.
+        Err(e) => match create_plan::start_refusal(e) {
+            Ok(refusal) => fail_start(vmi, ctx, api, refusal).await,
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -356,7 +261,7 @@ async fn after_start(
 /// clients that connect later. Best effort: says whether a hub is live (or
 /// none is wanted), so the caller can come back soon when not.
 async fn ensure_console(ctx: &Context, dname: &str) -> bool {
-    if ctx.libvirt.uri().starts_with("test:") || ctx.consoles.get(dname).is_some() {
+    if !ctx.libvirt.capabilities().consoles || ctx.consoles.get(dname).is_some() {
         return true;
     }
     let consoles = Arc::clone(&ctx.consoles);
@@ -374,32 +279,13 @@ async fn ensure_console(ctx: &Context, dname: &str) -> bool {
     }
 }
 
-fn volume_reason(e: &VolumeError) -> &'static str {
-    match e {
-        VolumeError::Unsupported { .. } => "Unsupported",
-        VolumeError::Invalid { .. } => "InvalidSpec",
-        VolumeError::Missing { .. } => "VolumeNotFound",
-        VolumeError::Io { .. } => "VolumeError",
-    }
-}
-
-/// Host ports for the masquerade interfaces' forwarded ports: free loopback
-/// ports chosen now. The mapping is in the domain XML and an Event.
-fn port_forwards(vmi: &VirtualMachineInstance) -> Result<Vec<PortForward>, Error> {
-    let mut out = Vec::new();
-    let ifaces = vmi
-        .spec
-        .domain
-        .devices
-        .as_ref()
-        .and_then(|d| d.interfaces.as_ref());
-    for iface in ifaces.into_iter().flatten() {
-        if iface.masquerade.is_none() {
-            continue;
-        }
-        for p in iface.ports.iter().flatten() {
-            let protocol = p.protocol.unwrap_or(PortProtocol::Tcp);
-            let host_port = match protocol {
+/// A free loopback port for each forward, chosen now. The mapping is in the
+/// domain XML and an Event.
+fn pick_host_ports(requests: &[ForwardRequest]) -> Result<Vec<PortForward>, Error> {
+    requests
+        .iter()
+        .map(|r| {
+            let port = match r.protocol {
                 PortProtocol::Tcp => std::net::TcpListener::bind("127.0.0.1:0")
                     .and_then(|l| l.local_addr())
                     .map(|a| a.port()),
@@ -408,17 +294,9 @@ fn port_forwards(vmi: &VirtualMachineInstance) -> Result<Vec<PortForward>, Error
                     .map(|a| a.port()),
             }
             .map_err(|e| Error::Internal(format!("no free host port: {e}")))?;
-            let guest_port = u16::try_from(p.port)
-                .map_err(|_| Error::Internal(format!("port {} out of range", p.port)))?;
-            out.push(PortForward {
-                interface: iface.name.clone(),
-                protocol,
-                host_port,
-                guest_port,
-            });
-        }
-    }
-    Ok(out)
+            Ok(r.on(port))
+        })
+        .collect()
 }
 
 /// The VMI cannot start on this node: Failed, with the reason.
@@ -426,13 +304,13 @@ async fn fail_start(
     vmi: &VirtualMachineInstance,
     ctx: &Context,
     api: &Api<VirtualMachineInstance>,
-    reason: &str,
-    message: String,
+    refusal: Refusal,
 ) -> Result<Action, Error> {
-    tracing::warn!(reason, message = %message, "VMI cannot start");
-    let desired = model::start_failure(vmi, &ctx.node, reason, &message, Timestamp::now());
+    let Refusal { reason, message } = refusal;
+    tracing::warn!(reason = reason.as_str(), message = %message, "VMI cannot start");
+    let desired = model::start_failure(vmi, &ctx.node, reason.as_str(), &message, Timestamp::now());
     write_status(api, vmi, &desired).await?;
-    publish(ctx, vmi, true, reason, message).await;
+    events::publish(&ctx.recorder, vmi, reason, message).await;
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -510,42 +388,23 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(
-    ctx: &Context,
-    vmi: &VirtualMachineInstance,
-    warning: bool,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Run".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &vmi.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record an event");
-    }
-}
-
-/// Retry soon for libvirt outages, with backoff otherwise.
-pub fn error_policy(vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
+/// Failed reconciles retry with exponential backoff per VMI
+/// ([`crate::error::backoff`]: 2 s doubling to 5 min, never sooner than 5 s
+/// while libvirt is unreachable), so one broken VMI never becomes a hot loop.
+/// A good reconcile resets the count.
+pub fn error_policy(vmi: Arc<VirtualMachineInstance>, err: &Error, ctx: Arc<Context>) -> Action {
+    let wait = ctx
+        .failures
+        .failed(&ObjectRef::from_obj(&*vmi), err.retry_floor());
     tracing::warn!(
         vmi.namespace = vmi.namespace().unwrap_or_default(),
         vmi.name = %vmi.name_any(),
         reason = err.reason(),
         error = %err,
+        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "reconcile failed"
     );
-    match err {
-        Error::Libvirt(LibvirtError::Unreachable { .. }) => Action::requeue(Duration::from_secs(5)),
-        _ => Action::requeue(Duration::from_secs(2)),
-    }
+    Action::requeue(wait)
 }
 
 /// The VMI a domain name stands for: `ironvirt-<namespace>_<name>`.
@@ -611,6 +470,7 @@ pub async fn sweep_orphans(
         if let Err(e) = sweep_once(&ctx, &store).await {
             tracing::warn!(error = %e, "orphan sweep failed");
         }
+        ctx.metrics.orphan_sweeps.inc();
         tokio::time::sleep(every).await;
     }
 }

@@ -7,8 +7,12 @@
 
 pub mod app;
 pub mod console;
+pub mod context;
 pub mod controller;
+pub mod create_plan;
 pub mod domxml;
+pub mod error;
+pub mod events;
 pub mod libvirt;
 pub mod model;
 pub mod node;

@@ -85,6 +85,31 @@ pub type DomainEvent = String;
 /// Whether libvirt is reachable; `Err` holds the last error.
 pub type Health = Result<(), String>;
 
+/// What the driver behind a connection URI can do, decided once when the
+/// [`Libvirt`] is made. Only this module looks at the URI to decide it; the
+/// rest of the handler asks these questions instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Domains have serial consoles to attach to. libvirt's test driver
+    /// (`test:///default`) has none.
+    pub consoles: bool,
+    /// A connection can die and says so through `virConnectIsAlive`, so a
+    /// connection that reports not alive is reopened. The test driver runs in
+    /// the process and has no keepalive: its connections are always kept.
+    pub keepalive: bool,
+}
+
+impl Capabilities {
+    /// The capabilities of the driver `uri` connects to.
+    pub fn of_uri(uri: &str) -> Self {
+        let test_driver = uri.starts_with("test:");
+        Capabilities {
+            consoles: !test_driver,
+            keepalive: !test_driver,
+        }
+    }
+}
+
 struct Live {
     conn: Connect,
     callback: Option<c_int>,
@@ -93,6 +118,7 @@ struct Live {
 /// The connection to one libvirt URI.
 pub struct Libvirt {
     uri: String,
+    capabilities: Capabilities,
     live: Mutex<Option<Live>>,
     events: mpsc::Sender<DomainEvent>,
     health: watch::Sender<Health>,
@@ -144,6 +170,7 @@ impl Libvirt {
         let (health, _) = watch::channel(Err("not connected yet".to_owned()));
         Arc::new(Libvirt {
             uri: uri.to_owned(),
+            capabilities: Capabilities::of_uri(uri),
             live: Mutex::new(None),
             events,
             health,
@@ -155,6 +182,11 @@ impl Libvirt {
         &self.uri
     }
 
+    /// What the driver can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
     /// Follows reachability changes.
     pub fn health(&self) -> watch::Receiver<Health> {
         self.health.subscribe()
@@ -164,7 +196,7 @@ impl Libvirt {
     pub fn connection(&self) -> Result<Connect, LibvirtError> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = live.as_ref() {
-            if matches!(l.conn.is_alive(), Ok(true)) || self.uri.starts_with("test:") {
+            if matches!(l.conn.is_alive(), Ok(true)) || !self.capabilities.keepalive {
                 return Ok(l.conn.clone());
             }
             tracing::warn!(uri = %self.uri, "libvirt connection is dead; reopening");
@@ -550,6 +582,16 @@ pub fn host_capacity(conn: &Connect) -> Result<(u32, u64), LibvirtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_follow_the_driver() {
+        let test = Capabilities::of_uri("test:///default");
+        assert!(!test.consoles && !test.keepalive);
+        for uri in ["qemu:///system", "qemu+unix:///system?socket=/run/l.sock"] {
+            let real = Capabilities::of_uri(uri);
+            assert!(real.consoles && real.keepalive, "{uri}");
+        }
+    }
 
     #[test]
     fn classifies_states() {

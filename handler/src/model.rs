@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use crate::events::Reason;
 use crate::libvirt::{DomState, DomainInfo, Shutoff};
 
 /// KubeVirt's default grace period for a guest to power off.
@@ -32,7 +33,7 @@ pub enum Step {
     /// The VMI has ended: record the final phase.
     End {
         phase: Phase,
-        reason: String,
+        reason: Reason,
         message: String,
     },
     /// Being deleted and the guest still runs: press the power button (unless
@@ -135,7 +136,7 @@ pub fn plan(
         Some(Phase::Running) => match ours {
             None => Step::End {
                 phase: Phase::Failed,
-                reason: "DomainLost".into(),
+                reason: Reason::DomainLost,
                 message: "the VMI's libvirt domain no longer exists".into(),
             },
             Some(d) => match d.state {
@@ -151,29 +152,31 @@ pub fn plan(
 /// The final phase for a domain that stopped by itself.
 fn ended(state: DomState) -> Step {
     let (phase, reason, message) = match state {
-        DomState::Shutoff(Shutoff::Shutdown) => {
-            (Phase::Succeeded, "GuestShutdown", "the guest powered off")
-        }
+        DomState::Shutoff(Shutoff::Shutdown) => (
+            Phase::Succeeded,
+            Reason::GuestShutdown,
+            "the guest powered off",
+        ),
         DomState::Shutoff(Shutoff::Destroyed) => (
             Phase::Failed,
-            "DomainDestroyed",
+            Reason::DomainDestroyed,
             "the domain was destroyed outside ironvirt",
         ),
         DomState::Shutoff(Shutoff::Crashed) | DomState::Crashed => {
-            (Phase::Failed, "QemuCrashed", "the QEMU process died")
+            (Phase::Failed, Reason::QemuCrashed, "the QEMU process died")
         }
         DomState::Shutoff(Shutoff::Failed) => {
-            (Phase::Failed, "StartFailed", "QEMU failed to start")
+            (Phase::Failed, Reason::StartFailed, "QEMU failed to start")
         }
         _ => (
             Phase::Failed,
-            "DomainStopped",
+            Reason::DomainStopped,
             "the domain stopped for a reason libvirt does not know",
         ),
     };
     Step::End {
         phase,
-        reason: reason.into(),
+        reason,
         message: message.into(),
     }
 }
@@ -482,7 +485,7 @@ mod tests {
         }
         assert!(matches!(
             plan(&r, NODE, None, false, at(0)),
-            Step::End { phase: Phase::Failed, ref reason, .. } if reason == "DomainLost"
+            Step::End { phase: Phase::Failed, reason, .. } if reason.as_str() == "DomainLost"
         ));
     }
 

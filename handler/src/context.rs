@@ -1,0 +1,145 @@
+//! Everything a reconcile needs: the cluster client and event recorder, the
+//! libvirt connection and console hubs, facts about the host, and the little
+//! state the handler keeps between reconciles (power buttons pressed,
+//! consecutive failures for backoff, metrics).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ironvirt_crds::VirtualMachineInstance;
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+
+use crate::console::Consoles;
+use crate::domxml::HostEnv;
+use crate::error::backoff;
+use crate::libvirt::Libvirt;
+
+/// The handler's own metrics, served on the health port beside the runtime's.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Orphan sweeps completed (successful or not).
+    pub orphan_sweeps: Counter,
+}
+
+impl Metrics {
+    /// Registers the metrics in `registry` (prefix `ironvirt_handler`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "orphan_sweeps",
+            "Orphan sweeps done: looks for domains and files whose VMI is gone",
+            self.orphan_sweeps.clone(),
+        );
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub node: String,
+    pub libvirt: Arc<Libvirt>,
+    pub consoles: Arc<Consoles>,
+    pub host: HostEnv,
+    pub state_dir: PathBuf,
+    pub recorder: Recorder,
+    pub resync: Duration,
+    pub metrics: Metrics,
+    /// VMIs (by uid) whose power button this handler already pressed.
+    shutdown_sent: Mutex<HashSet<String>>,
+    /// Consecutive failed reconciles per VMI, for exponential backoff.
+    pub failures: Failures,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        node: String,
+        libvirt: Arc<Libvirt>,
+        consoles: Arc<Consoles>,
+        host: HostEnv,
+        state_dir: PathBuf,
+        recorder: Recorder,
+        resync: Duration,
+    ) -> Self {
+        Context {
+            client,
+            node,
+            libvirt,
+            consoles,
+            host,
+            state_dir,
+            recorder,
+            resync,
+            metrics: Metrics::default(),
+            shutdown_sent: Mutex::default(),
+            failures: Failures::default(),
+        }
+    }
+
+    /// Whether this handler already pressed the power button of VMI `uid`.
+    pub fn sent(&self, uid: &str) -> bool {
+        let set = self.shutdown_sent.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(uid)
+    }
+
+    /// Records (or forgets) that the power button of VMI `uid` was pressed.
+    pub fn mark_sent(&self, uid: &str, sent: bool) {
+        let mut set = self.shutdown_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent {
+            set.insert(uid.to_owned());
+        } else {
+            set.remove(uid);
+        }
+    }
+}
+
+/// Consecutive failed reconciles per VMI.
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<ObjectRef<VirtualMachineInstance>, u32>>);
+
+impl Failures {
+    /// Records a failed reconcile of `vmi`; returns how long to wait before
+    /// the next one: [`backoff`] of its consecutive failures, at least `floor`.
+    pub fn failed(&self, vmi: &ObjectRef<VirtualMachineInstance>, floor: Duration) -> Duration {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(vmi.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff(*n, floor)
+    }
+
+    /// Clears the failure count of `vmi` after a good reconcile.
+    pub fn succeeded(&self, vmi: &ObjectRef<VirtualMachineInstance>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(vmi);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_per_vmi_and_reset_on_success() {
+        let f = Failures::default();
+        let a = ObjectRef::new("a").within("ns");
+        let b = ObjectRef::new("b").within("ns");
+        let zero = Duration::ZERO;
+        assert_eq!(f.failed(&a, zero), Duration::from_secs(2));
+        assert_eq!(f.failed(&a, zero), Duration::from_secs(4));
+        assert_eq!(f.failed(&a, zero), Duration::from_secs(8));
+        // Another VMI has its own count.
+        assert_eq!(f.failed(&b, zero), Duration::from_secs(2));
+        // A floor lifts the wait, and still counts the failure.
+        assert_eq!(f.failed(&b, Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(f.failed(&b, zero), Duration::from_secs(8));
+        f.succeeded(&a);
+        assert_eq!(f.failed(&a, zero), Duration::from_secs(2));
+        assert_eq!(f.failed(&b, zero), Duration::from_secs(16));
+    }
+}

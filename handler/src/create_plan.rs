@@ -1,0 +1,218 @@
+//! What creating a VMI's domain takes, decided without the cluster or
+//! libvirt: the plan beside [`crate::model::plan`] for its
+//! [`Step::Create`](crate::model::Step::Create). `controller::create` only
+//! carries it out:
+//!
+//! 1. fetch the Secrets [`volumes::referenced_secrets`] names (cluster);
+//! 2. [`plan`]: the VMI's directory, the file behind each volume and the ports
+//!    to forward, or a [`Refusal`] when the VMI cannot start here;
+//! 3. make the files with [`volumes::prepare`] (file system); a failure is a
+//!    refusal or, for I/O, a retry ([`prepare_failure`]);
+//! 4. pick a free host port per forward (sockets), and announce them
+//!    ([`forwards_note`]);
+//! 5. [`domain_xml`]: the domain, or a refusal;
+//! 6. define and start it (libvirt); libvirt refusing it is a refusal too
+//!    ([`start_refusal`]).
+//!
+//! A refusal fails the VMI with its reason; anything else is retried with
+//! backoff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::vmi::PortProtocol;
+use kube::ResourceExt;
+
+use crate::domxml::{self, DomainInputs, HostEnv, PortForward, ResolvedVolume, XmlError};
+use crate::events::Reason;
+use crate::libvirt::LibvirtError;
+use crate::volumes::{self, SecretData, VolumeError, VolumePlan};
+
+/// The VMI cannot start on this node: it fails with this reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why creating stopped: the VMI cannot start here, or something that may
+/// pass (a full disk, a missing tool) failed and the create is retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotCreated {
+    Refused(Refusal),
+    Retry(String),
+}
+
+/// A forwarded port of a masquerade interface, before its host port is picked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardRequest {
+    pub interface: String,
+    pub protocol: PortProtocol,
+    pub guest_port: u16,
+}
+
+impl ForwardRequest {
+    /// The forward through `host_port`.
+    pub fn on(&self, host_port: u16) -> PortForward {
+        PortForward {
+            interface: self.interface.clone(),
+            protocol: self.protocol,
+            host_port,
+            guest_port: self.guest_port,
+        }
+    }
+}
+
+/// Everything creating the domain needs that is decided before touching the
+/// node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatePlan {
+    /// The VMI's private directory ([`volumes::vmi_dir`]).
+    pub dir: PathBuf,
+    /// The file behind each volume, by volume name.
+    pub volumes: BTreeMap<String, VolumePlan>,
+    /// The ports to forward from the node, in spec order.
+    pub forwards: Vec<ForwardRequest>,
+    /// The EFI variable store, in the VMI's directory.
+    pub nvram: PathBuf,
+}
+
+/// Plans the create of `vmi`'s domain. `secrets` holds the Secrets
+/// [`volumes::referenced_secrets`] names that exist; the first one missing
+/// refuses the VMI.
+pub fn plan(
+    vmi: &VirtualMachineInstance,
+    state_dir: &Path,
+    secrets: &SecretData,
+) -> Result<CreatePlan, NotCreated> {
+    let uid = vmi.uid().unwrap_or_default();
+    let ns = vmi.namespace().unwrap_or_default();
+    let dir = volumes::vmi_dir(state_dir, &uid);
+    if let Some(missing) = volumes::referenced_secrets(vmi)
+        .into_iter()
+        .find(|name| !secrets.contains_key(name))
+    {
+        return Err(NotCreated::Refused(Refusal::new(
+            Reason::SecretNotFound,
+            format!("cloud-init Secret {ns}/{missing} does not exist"),
+        )));
+    }
+    let volumes = volumes::plan(vmi, &dir, secrets).map_err(prepare_failure)?;
+    let forwards = forward_requests(vmi).map_err(NotCreated::Retry)?;
+    Ok(CreatePlan {
+        nvram: dir.join("nvram.fd"),
+        dir,
+        volumes,
+        forwards,
+    })
+}
+
+/// The forwarded ports of the masquerade interfaces, in spec order.
+pub fn forward_requests(vmi: &VirtualMachineInstance) -> Result<Vec<ForwardRequest>, String> {
+    let ifaces = vmi
+        .spec
+        .domain
+        .devices
+        .as_ref()
+        .and_then(|d| d.interfaces.as_ref());
+    let mut out = Vec::new();
+    for iface in ifaces.into_iter().flatten() {
+        if iface.masquerade.is_none() {
+            continue;
+        }
+        for p in iface.ports.iter().flatten() {
+            let guest_port =
+                u16::try_from(p.port).map_err(|_| format!("port {} out of range", p.port))?;
+            out.push(ForwardRequest {
+                interface: iface.name.clone(),
+                protocol: p.protocol.unwrap_or(PortProtocol::Tcp),
+                guest_port,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The reason of a volume that cannot be made.
+pub fn volume_reason(e: &VolumeError) -> Reason {
+    match e {
+        VolumeError::Unsupported { .. } => Reason::Unsupported,
+        VolumeError::Invalid { .. } => Reason::InvalidSpec,
+        VolumeError::Missing { .. } => Reason::VolumeNotFound,
+        VolumeError::Io { .. } => Reason::VolumeError,
+    }
+}
+
+/// What a failure to plan or make the volumes means: I/O may be transient
+/// (disk full, a tool missing) and is retried; the rest refuses the VMI.
+pub fn prepare_failure(e: VolumeError) -> NotCreated {
+    match e {
+        VolumeError::Io { what, reason } => NotCreated::Retry(format!("{what}: {reason}")),
+        e => NotCreated::Refused(Refusal::new(volume_reason(&e), e.to_string())),
+    }
+}
+
+/// The note of the PortsForwarded Event, when any port is forwarded.
+pub fn forwards_note(node: &str, forwards: &[PortForward]) -> Option<String> {
+    if forwards.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = forwards
+        .iter()
+        .map(|f| {
+            format!(
+                "127.0.0.1:{} -> {}/{:?} ({})",
+                f.host_port, f.guest_port, f.protocol, f.interface
+            )
+        })
+        .collect();
+    Some(format!("on node {node}: {}", list.join(", ")))
+}
+
+/// The domain XML of `vmi` on this node, from the made volumes and the picked
+/// host ports.
+pub fn domain_xml(
+    vmi: &VirtualMachineInstance,
+    host: &HostEnv,
+    node: &str,
+    nvram: PathBuf,
+    volumes: BTreeMap<String, ResolvedVolume>,
+    port_forwards: Vec<PortForward>,
+) -> Result<String, Refusal> {
+    let inputs = DomainInputs {
+        node: node.to_owned(),
+        volumes,
+        port_forwards,
+        nvram,
+    };
+    domxml::domain_xml(vmi, host, &inputs).map_err(|e| {
+        let reason = match e {
+            XmlError::Unsupported { .. } => Reason::Unsupported,
+            XmlError::Invalid { .. } => Reason::InvalidSpec,
+        };
+        Refusal::new(reason, e.to_string())
+    })
+}
+
+/// What a failure to define or start the domain means: libvirt or QEMU
+/// refusing it fails the VMI; anything else (libvirt unreachable) is an error.
+pub fn start_refusal(e: LibvirtError) -> Result<Refusal, LibvirtError> {
+    match e {
+        e @ LibvirtError::Call(_) => Ok(Refusal::new(Reason::StartFailed, e.to_string())),
+        e => Err(e),
+    }
+}
+
+#[cfg(test)]
+#[path = "create_plan_tests.rs"]
+mod tests;
