@@ -434,3 +434,7 @@ async fn power(
         Err(e) => libvirt_error(&e),
     }
 }
+
+#[cfg(test)]
+#[path = "streams_tests.rs"]
+mod tests;
