@@ -1,13 +1,17 @@
 //! Running `ironvirt-operator` for a test, scoped to the test's namespace, and
 //! simulated nodes: a Node object, a handler Lease renewed in the background,
 //! and a stand-in handler that moves placed VMIs to Running (or Failed) and
-//! releases the VMI finalizer on deletion, as the real handler will.
+//! releases the VMI finalizer on deletion, as the real handler does. Every
+//! name the operator and a handler share comes from [`ironvirt_crds::wire`].
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::wire::{
+    HANDLER_LEASE_NAMESPACE, NODE_NAME_LABEL, SCHEDULABLE_LABEL, VMI_FINALIZER, handler_lease_name,
+};
 use ironvirt_testbed::TestBed;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
@@ -19,7 +23,8 @@ use serde_json::json;
 
 /// Label that ties simulated nodes to one test's operator.
 pub const TEST_NODE_LABEL: &str = "ironvirt.io/test-ns";
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Where handler (and kubelet) Leases live.
+pub const LEASE_NAMESPACE: &str = HANDLER_LEASE_NAMESPACE;
 
 /// The workspace's target directory.
 pub fn target_dir() -> PathBuf {
@@ -133,6 +138,15 @@ impl Operator {
         scrape(self.metrics_port, prefix).await
     }
 
+    /// Whether the operator answers 200 on /readyz: it serves health before
+    /// it waits for the CRDs and then for leadership, and turns ready in
+    /// between, so a ready replica is in the election.
+    pub async fn ready(&self) -> bool {
+        http_get(self.metrics_port, "/readyz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
+    }
+
     /// The operator's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -176,7 +190,7 @@ impl FakeNode {
         let nodes: Api<Node> = Api::all(client.clone());
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {
-                "kubevirt.io/schedulable": "true",
+                SCHEDULABLE_LABEL: "true",
                 TEST_NODE_LABEL: ns,
             }},
         }))
@@ -256,10 +270,7 @@ impl FakeNode {
         let _ = nodes.delete(&self.name, &DeleteParams::default()).await;
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
         let _ = leases
-            .delete(
-                &format!("ironvirt-handler-{}", self.name),
-                &DeleteParams::default(),
-            )
+            .delete(&handler_lease_name(&self.name), &DeleteParams::default())
             .await;
     }
 }
@@ -284,19 +295,28 @@ async fn wait_gone(nodes: &Api<Node>, name: &str) {
 /// Sums the lines of `127.0.0.1:port/metrics` that start with `prefix` (0
 /// when nothing answers).
 pub async fn scrape(port: u16, prefix: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+    let Some(buf) = http_get(port, "/metrics").await else {
         return 0.0;
     };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await;
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf).await;
     buf.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The whole HTTP/1.0 response (status line, headers, body) of
+/// `GET 127.0.0.1:port/path`, or `None` when nothing answers.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    Some(buf)
 }
 
 /// How many file descriptors process `pid` has open.
@@ -327,7 +347,7 @@ pub async fn renew(client: &Client, node: &str) {
             &Patch::Apply(&kubelet_lease),
         )
         .await;
-    let name = format!("ironvirt-handler-{node}");
+    let name = handler_lease_name(node);
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -357,7 +377,7 @@ pub async fn renew(client: &Client, node: &str) {
 /// One pass of the stand-in handler over the VMIs placed on `node`.
 async fn handle_once(client: &Client, ns: &str, node: &str, behavior: Behavior) {
     let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
-    let lp = ListParams::default().labels(&format!("kubevirt.io/nodeName={node}"));
+    let lp = ListParams::default().labels(&format!("{NODE_NAME_LABEL}={node}"));
     let Ok(list) = api.list(&lp).await else {
         return;
     };
@@ -367,7 +387,7 @@ async fn handle_once(client: &Client, ns: &str, node: &str, behavior: Behavior) 
             let keep: Vec<String> = vmi
                 .finalizers()
                 .iter()
-                .filter(|f| *f != "kubevirt.io/foregroundDeleteVirtualMachine")
+                .filter(|f| *f != VMI_FINALIZER)
                 .cloned()
                 .collect();
             let patch = json!({"metadata": {"finalizers": keep}});

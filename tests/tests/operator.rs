@@ -1,6 +1,8 @@
 //! The operator against the real control plane, with simulated nodes standing
-//! in for handlers (the handler is not built yet): run strategies, placement,
-//! node loss, replica sets, deletion and leader election.
+//! in for handlers (a Node, a renewed handler Lease and a stand-in that moves
+//! placed VMIs along), so that capacity and node loss can be staged: run
+//! strategies, placement, node loss, replica sets, deletion and leader
+//! election. The real handler's tests are in `handler.rs` and `e2e.rs`.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use ironvirt_tests::TestBed;
 use ironvirt_tests::api::printable;
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Behavior, FakeNode, Operator, eventually};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -288,7 +290,10 @@ async fn failing_vmis_back_off_into_crash_loop_and_once_never_reruns() {
                 .then_some(v.metadata.uid)
         })
         .await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The VM controller has seen the failure once the VM reads Stopped:
+        // that reconcile would have deleted the VMI (Stopping) had it meant to
+        // run another.
+        wait_status(&e.vms, "once", "Stopped").await?;
         anyhow::ensure!(
             vmi_uid(&e.vmis, "once").await == first,
             "Once created another VMI"
@@ -509,7 +514,11 @@ async fn replica_set_scales_adopts_releases_and_pauses() {
             s.conditions?.iter().any(|c| c.type_ == "ReplicaPaused" && c.status == "True").then_some(())
         })
         .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The reconcile that wrote ReplicaPaused made its creates before its
+        // status: had it scaled, the replica set's VMIs would be there now.
+        let selected = e.vmis.list(&ListParams::default().labels("app=rs")).await?.items;
+        let n = selected.iter().filter(|v| v.metadata.deletion_timestamp.is_none()).count();
+        anyhow::ensure!(n == 2, "paused yet scaled: {n} live VMIs labelled app=rs");
         anyhow::ensure!(rss.get("rs").await?.status.and_then(|s| s.replicas) == Some(2), "paused yet scaled");
         finish(bed, &ns, vec![node]).await
     })
@@ -616,56 +625,6 @@ async fn an_invalid_template_reports_failure_without_a_hot_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_standby_takes_over_when_the_leader_dies() {
-    let bed = &bed().await;
-    bed.with_namespace("op-leader", |ns| async move {
-        let e = env(bed, &ns);
-        let args = ["--lease-duration", "4s", "--renew-interval", "1s"];
-        let mut first = Operator::start(bed, &ns, "first", &args);
-        let node = FakeNode::start(
-            e.client.clone(),
-            &ns,
-            &node_name(&ns, "n1"),
-            "4",
-            "4Gi",
-            Behavior::Run,
-        )
-        .await;
-        e.vms
-            .create(&PostParams::default(), &vm_json("web", "Always", "128Mi"))
-            .await?;
-        wait_status(&e.vms, "web", "Running").await?;
-        let second = Operator::start(bed, &ns, "second", &args);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(e.client.clone(), &ns);
-        let holder =
-            |l: k8s_openapi::api::coordination::v1::Lease| l.spec.and_then(|s| s.holder_identity);
-        anyhow::ensure!(holder(leases.get("ironvirt-operator").await?).as_deref() == Some("first"));
-        first.kill();
-        let killed = std::time::Instant::now();
-        eventually(T, "the standby to lead", || async {
-            (holder(leases.get("ironvirt-operator").await.ok()?).as_deref() == Some("second"))
-                .then_some(())
-        })
-        .await?;
-        let took = killed.elapsed();
-        anyhow::ensure!(took < Duration::from_secs(8), "takeover took {took:?}");
-        // The new leader acts: a second VM runs, and no duplicate VMI appeared.
-        e.vms
-            .create(&PostParams::default(), &vm_json("web2", "Always", "128Mi"))
-            .await?;
-        wait_status(&e.vms, "web2", "Running").await?;
-        let n = e.vmis.list(&Default::default()).await?.items.len();
-        anyhow::ensure!(n == 2, "{n} VMIs for two VMs");
-        let res = finish(bed, &ns, vec![node]).await;
-        drop(second);
-        res
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn restarting_the_operator_converges_without_duplicates() {
     let bed = &bed().await;
     bed.with_namespace("op-restart", |ns| async move {
@@ -716,13 +675,51 @@ async fn restarting_the_operator_converges_without_duplicates() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_stops_cleanly_and_hands_the_lease_over_at_once() {
+/// How the leader goes in a hand-over case.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// SIGKILL, as a crash: the standby waits for the Lease to expire.
+    Kill,
+    /// SIGTERM: the leader stops cleanly (exit code 0) and releases the Lease.
+    Terminate,
+}
+
+/// One leader-election case: two replicas, the leader goes, the standby leads
+/// within `takeover` and acts.
+struct Handover {
+    ns: &'static str,
+    /// The replicas' --lease-duration (they renew every second).
+    lease_duration: &'static str,
+    exit: Exit,
+    takeover: Duration,
+}
+
+const HANDOVERS: [Handover; 2] = [
+    Handover {
+        ns: "op-leader",
+        lease_duration: "4s",
+        exit: Exit::Kill,
+        takeover: Duration::from_secs(8),
+    },
+    // A long lease: only an explicit release lets the standby lead quickly.
+    Handover {
+        ns: "op-sigterm",
+        lease_duration: "30s",
+        exit: Exit::Terminate,
+        takeover: Duration::from_secs(10),
+    },
+];
+
+async fn handover(case: &Handover) {
     let bed = &bed().await;
-    bed.with_namespace("op-sigterm", |ns| async move {
+    bed.with_namespace(case.ns, |ns| async move {
         let e = env(bed, &ns);
-        // A long lease: only an explicit release lets the standby lead quickly.
-        let args = ["--lease-duration", "30s", "--renew-interval", "1s"];
+        let args = [
+            "--lease-duration",
+            case.lease_duration,
+            "--renew-interval",
+            "1s",
+        ];
         let mut first = Operator::start(bed, &ns, "first", &args);
         let node = FakeNode::start(
             e.client.clone(),
@@ -738,35 +735,59 @@ async fn sigterm_stops_cleanly_and_hands_the_lease_over_at_once() {
             .await?;
         wait_status(&e.vms, "web", "Running").await?;
         let second = Operator::start(bed, &ns, "second", &args);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Ready means past the CRD wait and into the election.
+        eventually(T, "the standby ready", || async {
+            second.ready().await.then_some(())
+        })
+        .await?;
         let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
             Api::namespaced(e.client.clone(), &ns);
         let holder =
             |l: k8s_openapi::api::coordination::v1::Lease| l.spec.and_then(|s| s.holder_identity);
-        let code = tokio::task::block_in_place(|| first.terminate(Duration::from_secs(15)));
-        anyhow::ensure!(
-            code == Some(0),
-            "SIGTERM exit code {code:?}; log:\n{}",
-            first.log_text()
-        );
-        let stopped = std::time::Instant::now();
+        anyhow::ensure!(holder(leases.get("ironvirt-operator").await?).as_deref() == Some("first"));
+        match case.exit {
+            Exit::Kill => first.kill(),
+            Exit::Terminate => {
+                let code = tokio::task::block_in_place(|| first.terminate(Duration::from_secs(15)));
+                anyhow::ensure!(
+                    code == Some(0),
+                    "SIGTERM exit code {code:?}; log:\n{}",
+                    first.log_text()
+                );
+            }
+        }
+        let gone = std::time::Instant::now();
         eventually(T, "the standby to lead", || async {
             (holder(leases.get("ironvirt-operator").await.ok()?).as_deref() == Some("second"))
                 .then_some(())
         })
         .await?;
+        let took = gone.elapsed();
         anyhow::ensure!(
-            stopped.elapsed() < Duration::from_secs(10),
-            "takeover after SIGTERM took {:?}",
-            stopped.elapsed()
+            took < case.takeover,
+            "takeover after {:?} took {took:?}",
+            case.exit
         );
+        // The new leader acts: a second VM runs, and no duplicate VMI appeared.
         e.vms
             .create(&PostParams::default(), &vm_json("web2", "Always", "128Mi"))
             .await?;
         wait_status(&e.vms, "web2", "Running").await?;
+        let n = e.vmis.list(&Default::default()).await?.items.len();
+        anyhow::ensure!(n == 2, "{n} VMIs for two VMs");
         let res = finish(bed, &ns, vec![node]).await;
         drop(second);
         res
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_when_the_leader_dies() {
+    handover(&HANDOVERS[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_hands_the_lease_over_at_once() {
+    handover(&HANDOVERS[1]).await;
 }
