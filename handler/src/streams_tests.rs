@@ -108,7 +108,7 @@ fn ws_request(uri: &str, upgradable: bool) -> Request<Body> {
         .body(Body::empty())
         .unwrap();
     if upgradable {
-        let handle = hyper::upgrade::on(&mut Request::new(()));
+        let handle = hyper::upgrade::on(Request::new(()));
         req.extensions_mut().insert(handle);
     }
     req
