@@ -1,1 +1,851 @@
+//! Every route of [`router`], driven with `oneshot` (and, for the websocket
+//! routes, one in-memory HTTP connection), against a fake kube-apiserver
+//! served by a `tower_test` mock: it answers the SubjectAccessReview, the
+//! VMI, VM and Lease reads and the writes, and records what it was asked.
 
+use std::sync::{Arc, Mutex};
+
+use axum::Extension;
+use axum::body::Body;
+use axum::http::{Method, Request, Response, StatusCode};
+use ironvirt_crds::wire::{HANDLER_LEASE_NAMESPACE, STREAM_URL_ANNOTATION};
+use kube::Client;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{ApiState, router};
+use crate::auth::{Peer, RequestHeaderAuth, RequestHeaderConfig};
+use crate::metrics::Metrics;
+
+const FRONT_PROXY: &str = "front-proxy-client";
+const SUB: &str = "/apis/subresources.kubevirt.io/v1";
+const NS: &str = "ns";
+const SAR_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+const VMI_PATH: &str = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachineinstances/x";
+const VM_PATH: &str = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachines/x";
+const LEASE_PATH: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/ironvirt-handler-n1";
+
+/// One request the fake kube-apiserver saw.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+/// What the fake kube-apiserver answers: (status code, JSON body).
+type Answer = Box<dyn FnMut(&Seen) -> (u16, Value) + Send>;
+
+/// The requests the fake kube-apiserver saw, in order.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Seen>>>);
+
+impl Log {
+    fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn calls(&self) -> Vec<(Method, String)> {
+        self.all().into_iter().map(|s| (s.method, s.path)).collect()
+    }
+}
+
+/// A client whose kube-apiserver is `answer`.
+fn cluster(mut answer: Answer) -> (Client, Log) {
+    let (service, mut handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<kube::client::Body>>();
+    let log = Log::default();
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Some((req, reply)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(Body::new(body), usize::MAX)
+                .await
+                .unwrap();
+            let request = Seen {
+                method: parts.method,
+                path: parts.uri.path().to_owned(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (code, json) = answer(&request);
+            seen.0.lock().unwrap().push(request);
+            let response = Response::builder()
+                .status(code)
+                .header("Content-Type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&json).unwrap()))
+                .unwrap();
+            reply.send_response(response);
+        }
+    });
+    (Client::new(service, "default"), log)
+}
+
+/// A kube-apiserver that must not be asked anything.
+fn no_cluster() -> (Client, Log) {
+    cluster(Box::new(|s| {
+        (500, status(500, "unexpected request", &s.path))
+    }))
+}
+
+/// A self-signed CA, as the front proxy's would be.
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn configured_auth() -> RequestHeaderAuth {
+    let auth = RequestHeaderAuth::default();
+    let list = |s: &str| vec![s.to_owned()];
+    auth.set(RequestHeaderConfig {
+        client_ca: ca_pem(),
+        allowed_names: list(FRONT_PROXY),
+        username_headers: list("X-Remote-User"),
+        group_headers: list("X-Remote-Group"),
+        uid_headers: list("X-Remote-Uid"),
+        extra_prefixes: list("X-Remote-Extra-"),
+    })
+    .unwrap();
+    auth
+}
+
+fn state_with(client: Client, auth: RequestHeaderAuth) -> ApiState {
+    let handler_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    ApiState {
+        client,
+        auth,
+        handler_tls: Arc::new(handler_tls),
+        lease_namespace: HANDLER_LEASE_NAMESPACE.to_owned(),
+        metrics: Metrics::default(),
+    }
+}
+
+fn state(client: Client) -> ApiState {
+    state_with(client, configured_auth())
+}
+
+/// A request through the front proxy (certificate CN `cn`) for alice.
+fn request(method: &Method, path: &str, cn: Option<&str>, body: &str) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("X-Remote-User", "alice")
+        .header("X-Remote-Group", "dev")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    if let Some(cn) = cn {
+        req.extensions_mut().insert(Peer {
+            verified_cn: Some(cn.to_owned()),
+        });
+    }
+    req
+}
+
+/// The answer: status code and body (JSON, or text as a JSON string).
+async fn call(state: ApiState, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = router(state).oneshot(req).await.unwrap();
+    let code = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (code, body)
+}
+
+/// `call` of `method path` through the front proxy, with `body`.
+async fn send(state: ApiState, method: &Method, path: &str, body: &str) -> (StatusCode, Value) {
+    call(state, request(method, path, Some(FRONT_PROXY), body)).await
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+fn missing(what: &str) -> (u16, Value) {
+    (404, status(404, "NotFound", &format!("{what} not found")))
+}
+
+fn review(allowed: bool) -> (u16, Value) {
+    (
+        201,
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {}, "status": {"allowed": allowed}}),
+    )
+}
+
+fn vmi(phase: &str, node: Option<&str>) -> Value {
+    json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "x", "namespace": NS, "uid": "u1"},
+        "spec": {"domain": {}},
+        "status": {"phase": phase, "nodeName": node}})
+}
+
+fn vm(strategy: &str) -> Value {
+    json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "x", "namespace": NS, "resourceVersion": "7"},
+        "spec": {"runStrategy": strategy, "template": {"spec": {"domain": {}}}}})
+}
+
+fn lease(url: Option<&str>) -> Value {
+    let annotations = url.map(|u| json!({STREAM_URL_ANNOTATION: u}));
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "ironvirt-handler-n1", "namespace": HANDLER_LEASE_NAMESPACE,
+            "annotations": annotations}})
+}
+
+/// A subresource route: method, subresource path below the object, the
+/// resource and subresource it authorizes, and the verb.
+struct Route {
+    method: Method,
+    resource: &'static str,
+    sub: &'static str,
+    verb: &'static str,
+}
+
+impl Route {
+    fn path(&self) -> String {
+        format!("{SUB}/namespaces/{NS}/{}/x/{}", self.resource, self.sub)
+    }
+}
+
+fn vmi_route(method: Method, sub: &'static str, verb: &'static str) -> Route {
+    Route {
+        method,
+        resource: "virtualmachineinstances",
+        sub,
+        verb,
+    }
+}
+
+/// Every subresource route.
+fn routes() -> Vec<Route> {
+    let mut all = vec![
+        vmi_route(Method::GET, "console", "get"),
+        vmi_route(Method::GET, "vnc", "get"),
+        vmi_route(Method::GET, "vnc/screenshot", "get"),
+    ];
+    for sub in ["pause", "unpause", "softreboot", "reset"] {
+        all.push(vmi_route(Method::PUT, sub, "update"));
+    }
+    for sub in ["start", "stop", "restart"] {
+        all.push(Route {
+            method: Method::PUT,
+            resource: "virtualmachines",
+            sub,
+            verb: "update",
+        });
+    }
+    all
+}
+
+/// The VMI routes that look the VMI up without a websocket upgrade.
+fn vmi_lookup_routes() -> Vec<Route> {
+    routes()
+        .into_iter()
+        .filter(|r| r.resource == "virtualmachineinstances" && r.sub != "console" && r.sub != "vnc")
+        .collect()
+}
+
+/// A cluster that allows every review, has VMI `vmi` (if any) and the
+/// handler Lease `lease` (if any).
+fn vmi_cluster(vmi: Option<Value>, lease: Option<Value>) -> (Client, Log) {
+    cluster(Box::new(move |s| {
+        match (s.method.as_str(), s.path.as_str()) {
+            ("POST", SAR_PATH) => review(true),
+            ("GET", VMI_PATH) => vmi
+                .clone()
+                .map_or_else(|| missing("virtualmachineinstances \"x\""), |v| (200, v)),
+            ("GET", LEASE_PATH) => lease
+                .clone()
+                .map_or_else(|| missing("leases \"ironvirt-handler-n1\""), |l| (200, l)),
+            _ => (500, status(500, "InternalError", "unexpected request")),
+        }
+    }))
+}
+
+fn message(body: &Value) -> &str {
+    body["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn discovery_version_health_and_openapi_need_no_cluster() {
+    let (client, log) = no_cluster();
+    let s = state(client);
+    let (code, body) = send(s.clone(), &Method::GET, SUB, "").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["kind"], "APIResourceList");
+    assert_eq!(body["groupVersion"], "subresources.kubevirt.io/v1");
+    let names: Vec<&str> = body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = routes()
+        .iter()
+        .map(|r| format!("{}/{}", r.resource, r.sub))
+        .collect();
+    assert_eq!(names, want);
+
+    let (code, body) = send(
+        s.clone(),
+        &Method::GET,
+        "/apis/subresources.kubevirt.io",
+        "",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["kind"], "APIGroup");
+    assert_eq!(
+        body["preferredVersion"]["groupVersion"],
+        "subresources.kubevirt.io/v1"
+    );
+
+    for path in ["/version", &format!("{SUB}/version")] {
+        let (code, body) = send(s.clone(), &Method::GET, path, "").await;
+        assert_eq!(code, StatusCode::OK, "{path}");
+        assert_eq!((&body["major"], &body["minor"]), (&json!("1"), &json!("8")));
+        assert!(body["gitVersion"].as_str().unwrap().contains("+ironvirt."));
+    }
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let (code, body) = send(s.clone(), &Method::GET, path, "").await;
+        assert_eq!((code, body), (StatusCode::OK, json!("ok")), "{path}");
+    }
+    let (code, body) = send(s.clone(), &Method::GET, "/openapi/v2", "").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["swagger"], "2.0");
+    assert_eq!(body["paths"], json!({}));
+    let (code, body) = send(s, &Method::GET, "/openapi/v3", "").await;
+    assert_eq!((code, body), (StatusCode::OK, json!({"paths": {}})));
+    assert!(log.calls().is_empty(), "{:?}", log.calls());
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_authentication_config() {
+    let (client, _) = no_cluster();
+    let s = state_with(client, RequestHeaderAuth::default());
+    let (code, body) = send(s, &Method::GET, "/readyz", "").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, json!("authentication config not loaded"));
+}
+
+#[tokio::test]
+async fn every_route_is_401_without_the_front_proxy_certificate() {
+    let (client, log) = no_cluster();
+    let s = state(client);
+    for route in routes() {
+        let no_peer = request(&route.method, &route.path(), None, "{}");
+        let mallory = request(&route.method, &route.path(), Some("mallory"), "{}");
+        let mut no_cn = request(&route.method, &route.path(), None, "{}");
+        no_cn.extensions_mut().insert(Peer::default());
+        for mut req in [no_peer, mallory, no_cn] {
+            // Forged identity headers count for nothing.
+            let headers = req.headers_mut();
+            headers.insert("X-Remote-User", "admin".parse().unwrap());
+            headers.insert("X-Remote-Group", "system:masters".parse().unwrap());
+            let (code, body) = call(s.clone(), req).await;
+            assert_eq!(code, StatusCode::UNAUTHORIZED, "{}: {body}", route.path());
+            assert_eq!(body["reason"], "Unauthorized");
+            assert_eq!(body["code"], 401);
+        }
+    }
+    // Not even the review was asked for.
+    assert!(log.calls().is_empty(), "{:?}", log.calls());
+}
+
+#[tokio::test]
+async fn the_authentication_config_must_be_loaded() {
+    let (client, log) = no_cluster();
+    let s = state_with(client, RequestHeaderAuth::default());
+    let (code, body) = send(
+        s,
+        &Method::PUT,
+        &format!("{SUB}/namespaces/ns/virtualmachines/x/start"),
+        "",
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(message(&body).contains("not loaded"), "{body}");
+    assert!(log.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_denied_review_is_403_on_every_route() {
+    for route in routes() {
+        let (client, log) = cluster(Box::new(|_| review(false)));
+        let (code, body) = send(state(client), &route.method, &route.path(), "{}").await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{}: {body}", route.path());
+        assert_eq!(body["reason"], "Forbidden");
+        let want = format!(
+            "{r} is forbidden: User \"alice\" cannot {v} resource \"{r}/{s}\" in API group \"subresources.kubevirt.io\" in the namespace \"ns\"",
+            r = route.resource,
+            v = route.verb,
+            s = route.sub
+        );
+        assert_eq!(message(&body), want);
+        // One review, for alice, of exactly this request.
+        let seen = log.all();
+        assert_eq!(seen.len(), 1, "{:?}", log.calls());
+        assert_eq!(
+            (&seen[0].method, seen[0].path.as_str()),
+            (&Method::POST, SAR_PATH)
+        );
+        let spec = &seen[0].body["spec"];
+        assert_eq!(spec["user"], "alice");
+        assert_eq!(spec["groups"], json!(["dev"]));
+        assert_eq!(
+            spec["resourceAttributes"],
+            json!({"group": "subresources.kubevirt.io", "version": "v1",
+                "resource": route.resource, "subresource": route.sub, "verb": route.verb,
+                "namespace": "ns", "name": "x"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_review_passes_the_api_error_on() {
+    let (client, _) = cluster(Box::new(|_| {
+        (
+            503,
+            status(503, "ServiceUnavailable", "the authorizer is down"),
+        )
+    }));
+    let (code, body) = send(
+        state(client),
+        &Method::PUT,
+        &format!("{SUB}/namespaces/ns/virtualmachineinstances/x/pause"),
+        "",
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["reason"], "ServiceUnavailable");
+    assert_eq!(message(&body), "the authorizer is down");
+}
+
+#[tokio::test]
+async fn unknown_subresources_are_404_before_authorization() {
+    let (client, log) = no_cluster();
+    let s = state(client);
+    let vmi = format!("{SUB}/namespaces/ns/virtualmachineinstances/x");
+    let vm = format!("{SUB}/namespaces/ns/virtualmachines/x");
+    for (method, path, what) in [
+        (
+            Method::GET,
+            format!("{vmi}/bogus"),
+            "subresource \"bogus\" of virtualmachineinstances",
+        ),
+        (
+            Method::GET,
+            format!("{vmi}/pause"),
+            "subresource \"pause\" of virtualmachineinstances",
+        ),
+        (
+            Method::PUT,
+            format!("{vmi}/console"),
+            "subresource \"console\" of virtualmachineinstances",
+        ),
+        (
+            Method::PUT,
+            format!("{vm}/migrate"),
+            "subresource \"migrate\" of virtualmachines",
+        ),
+    ] {
+        let (code, body) = send(s.clone(), &method, &path, "").await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert_eq!(body["reason"], "NotFound");
+        assert_eq!(message(&body), format!("{what} not found"));
+    }
+    // VM operations are PUTs only.
+    let (code, _) = send(s, &Method::GET, &format!("{vm}/start"), "").await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(log.calls().is_empty(), "{:?}", log.calls());
+}
+
+#[tokio::test]
+async fn a_vmi_that_does_not_exist_is_404() {
+    for route in vmi_lookup_routes() {
+        let (client, log) = vmi_cluster(None, None);
+        let (code, body) = send(state(client), &route.method, &route.path(), "").await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{}: {body}", route.path());
+        assert_eq!(body["reason"], "NotFound");
+        assert_eq!(message(&body), "virtualmachineinstance \"x\" not found");
+        assert_eq!(
+            log.calls(),
+            vec![
+                (Method::POST, SAR_PATH.to_owned()),
+                (Method::GET, VMI_PATH.to_owned())
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_vmi_that_is_not_running_is_409() {
+    for route in vmi_lookup_routes() {
+        for (vmi, want) in [
+            (
+                vmi("Scheduled", Some("n1")),
+                "VMI x is not running (phase Scheduled)",
+            ),
+            (vmi("Running", None), "VMI x is not placed on a node"),
+        ] {
+            let (client, log) = vmi_cluster(Some(vmi), None);
+            let (code, body) = send(state(client), &route.method, &route.path(), "").await;
+            assert_eq!(code, StatusCode::CONFLICT, "{}: {body}", route.path());
+            assert_eq!(body["reason"], "Conflict");
+            assert_eq!(message(&body), want);
+            assert_eq!(log.calls().len(), 2);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_cannot_be_reached_is_503() {
+    for route in vmi_lookup_routes() {
+        for (lease, want) in [
+            (None, "the handler of node n1 has not published its address"),
+            (
+                Some(lease(None)),
+                "the handler of node n1 has not published its address",
+            ),
+            (
+                Some(lease(Some("http://127.0.0.1:1"))),
+                "handler URL \"http://127.0.0.1:1\" is not https",
+            ),
+        ] {
+            let (client, log) = vmi_cluster(Some(vmi("Running", Some("n1"))), lease);
+            let (code, body) = send(state(client), &route.method, &route.path(), "").await;
+            assert_eq!(
+                code,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}: {body}",
+                route.path()
+            );
+            assert_eq!(body["reason"], "ServiceUnavailable");
+            assert!(message(&body).contains(want), "{body}");
+            assert_eq!(
+                log.calls(),
+                vec![
+                    (Method::POST, SAR_PATH.to_owned()),
+                    (Method::GET, VMI_PATH.to_owned()),
+                    (Method::GET, LEASE_PATH.to_owned()),
+                ]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn console_and_vnc_without_an_upgrade_are_400_after_authorization() {
+    for sub in ["console", "vnc"] {
+        let (client, log) = vmi_cluster(None, None);
+        let path = format!("{SUB}/namespaces/ns/virtualmachineinstances/x/{sub}");
+        let (code, body) = send(state(client), &Method::GET, &path, "").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["reason"], "BadRequest");
+        assert_eq!(
+            message(&body),
+            format!("{sub} is a websocket: connect with an Upgrade request")
+        );
+        assert_eq!(log.calls(), vec![(Method::POST, SAR_PATH.to_owned())]);
+    }
+}
+
+/// Opens `path` as a websocket over an in-memory HTTP/1.1 connection to the
+/// router (an upgrade needs a real connection); an HTTP error gives
+/// (code, Status body).
+async fn open_ws(state: ApiState, path: &str) -> Result<(), (StatusCode, Value)> {
+    use tokio_tungstenite::tungstenite;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let app = router(state).layer(Extension(Peer {
+        verified_cn: Some(FRONT_PROXY.to_owned()),
+    }));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    tokio::spawn(
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(theirs), service)
+            .with_upgrades(),
+    );
+    let req = Request::builder()
+        .uri(format!("ws://ironvirt-api{path}"))
+        .header("Host", "ironvirt-api")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tungstenite::handshake::client::generate_key(),
+        )
+        .header(
+            "Sec-WebSocket-Protocol",
+            ironvirt_crds::wire::STREAM_SUBPROTOCOL,
+        )
+        .header("X-Remote-User", "alice")
+        .body(())
+        .unwrap();
+    match tokio_tungstenite::client_async(req, ours).await {
+        Ok(_) => Ok(()),
+        Err(tungstenite::Error::Http(resp)) => {
+            let code = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+            let body = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            Err((code, body))
+        }
+        Err(e) => panic!("websocket to the router: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn console_and_vnc_upgrades_reach_the_vmi_lookup() {
+    for sub in ["console", "vnc"] {
+        let path = format!("{SUB}/namespaces/ns/virtualmachineinstances/x/{sub}");
+        let (client, log) = vmi_cluster(None, None);
+        let (code, body) = open_ws(state(client), &path).await.unwrap_err();
+        assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(message(&body), "virtualmachineinstance \"x\" not found");
+        assert_eq!(log.calls().len(), 2);
+
+        let (client, _) = vmi_cluster(Some(vmi("Scheduled", Some("n1"))), None);
+        let (code, body) = open_ws(state(client), &path).await.unwrap_err();
+        assert_eq!(code, StatusCode::CONFLICT, "{body}");
+        assert_eq!(message(&body), "VMI x is not running (phase Scheduled)");
+
+        let (client, _) = vmi_cluster(Some(vmi("Running", Some("n1"))), None);
+        let (code, body) = open_ws(state(client), &path).await.unwrap_err();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+        // Refused by the review before the VMI is looked up.
+        let (client, log) = cluster(Box::new(|_| review(false)));
+        let (code, _) = open_ws(state(client), &path).await.unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert_eq!(log.calls().len(), 1);
+    }
+}
+
+/// A cluster for VM operations: reviews allowed, VM `vm` (if any), VMI
+/// `vmi` (if any); writes answered by `write` (given how many writes came
+/// before).
+fn vm_cluster(
+    vm: Option<Value>,
+    vmi: Option<Value>,
+    mut write: impl FnMut(usize, &Seen) -> (u16, Value) + Send + 'static,
+) -> (Client, Log) {
+    let mut writes = 0;
+    cluster(Box::new(move |s| {
+        match (s.method.as_str(), s.path.as_str()) {
+            ("POST", SAR_PATH) => review(true),
+            ("GET", VM_PATH) => vm.clone().map_or_else(
+                || missing("virtualmachines.kubevirt.io \"x\""),
+                |v| (200, v),
+            ),
+            ("GET", VMI_PATH) => vmi
+                .clone()
+                .map_or_else(|| missing("virtualmachineinstances \"x\""), |v| (200, v)),
+            _ => {
+                writes += 1;
+                write(writes - 1, s)
+            }
+        }
+    }))
+}
+
+fn vm_op(op: &str) -> String {
+    format!("{SUB}/namespaces/ns/virtualmachines/x/{op}")
+}
+
+/// The writes (PATCH, DELETE) the cluster saw: (method, path, body).
+fn writes(log: &Log) -> Vec<(Method, String, Value)> {
+    log.all()
+        .into_iter()
+        .filter(|s| s.method != Method::GET && s.path != SAR_PATH)
+        .map(|s| (s.method, s.path, s.body))
+        .collect()
+}
+
+fn ok_write(_: usize, s: &Seen) -> (u16, Value) {
+    (
+        200,
+        if s.path.starts_with(VMI_PATH) {
+            vmi("Running", Some("n1"))
+        } else {
+            vm("Always")
+        },
+    )
+}
+
+#[tokio::test]
+async fn start_of_a_halted_vm_sets_its_run_strategy() {
+    let (client, log) = vm_cluster(Some(vm("Halted")), None, ok_write);
+    let (code, body) = send(state(client), &Method::PUT, &vm_op("start"), "").await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        writes(&log),
+        vec![(
+            Method::PATCH,
+            VM_PATH.to_owned(),
+            json!({"spec": {"runStrategy": "Always"}, "metadata": {"resourceVersion": "7"}})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn stop_with_a_grace_period_sets_it_on_the_vmi_first() {
+    let running = vmi("Running", Some("n1"));
+    let (client, log) = vm_cluster(Some(vm("Always")), Some(running), ok_write);
+    let (code, body) = send(
+        state(client),
+        &Method::PUT,
+        &vm_op("stop"),
+        r#"{"gracePeriod": 3}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        writes(&log),
+        vec![
+            (
+                Method::PATCH,
+                VMI_PATH.to_owned(),
+                json!({"spec": {"terminationGracePeriodSeconds": 3}})
+            ),
+            (
+                Method::PATCH,
+                VM_PATH.to_owned(),
+                json!({"spec": {"runStrategy": "Halted"}, "metadata": {"resourceVersion": "7"}})
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn restart_asks_the_vm_controller_to_stop_then_start() {
+    let running = vmi("Running", Some("n1"));
+    let (client, log) = vm_cluster(Some(vm("Always")), Some(running), ok_write);
+    let (code, body) = send(state(client), &Method::PUT, &vm_op("restart"), "  \n").await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        writes(&log),
+        vec![(
+            Method::PATCH,
+            format!("{VM_PATH}/status"),
+            json!({"metadata": {"resourceVersion": "7"},
+                "status": {"stateChangeRequests": [{"action": "Stop", "uid": "u1"}, {"action": "Start"}]}})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn vm_operations_answer_conflicts_and_bad_requests_without_writing() {
+    let running = || Some(vmi("Running", Some("n1")));
+    for (op, vm, vmi, body, code, want) in [
+        (
+            "start",
+            Some(vm("Always")),
+            running(),
+            "",
+            StatusCode::CONFLICT,
+            "VM x is already running (runStrategy Always)",
+        ),
+        (
+            "stop",
+            Some(vm("Halted")),
+            None,
+            "{}",
+            StatusCode::CONFLICT,
+            "VM x is not running",
+        ),
+        (
+            "restart",
+            Some(vm("Always")),
+            None,
+            "",
+            StatusCode::CONFLICT,
+            "VM x is not running; start it instead",
+        ),
+        (
+            "start",
+            None,
+            None,
+            "",
+            StatusCode::NOT_FOUND,
+            "virtualmachine \"x\" not found",
+        ),
+        (
+            "start",
+            Some(vm("Halted")),
+            None,
+            "{not json",
+            StatusCode::BAD_REQUEST,
+            "the start options do not parse",
+        ),
+        (
+            "stop",
+            Some(vm("Always")),
+            running(),
+            r#"{"gracePeriod": -1}"#,
+            StatusCode::BAD_REQUEST,
+            "grace period must not be negative, got -1",
+        ),
+        // dryRun: accepted, nothing written.
+        (
+            "stop",
+            Some(vm("Always")),
+            running(),
+            r#"{"dryRun": ["All"]}"#,
+            StatusCode::ACCEPTED,
+            "",
+        ),
+    ] {
+        let (client, log) = vm_cluster(vm, vmi, ok_write);
+        let (got, answer) = send(state(client), &Method::PUT, &vm_op(op), body).await;
+        assert_eq!(got, code, "{op} {body}: {answer}");
+        assert!(message(&answer).starts_with(want), "{op} {body}: {answer}");
+        assert_eq!(writes(&log), vec![], "{op} {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_vm_that_changed_meanwhile_is_read_again() {
+    // The first write finds the VM changed; the second goes through.
+    let (client, log) = vm_cluster(Some(vm("Halted")), None, |n, _| match n {
+        0 => (409, status(409, "Conflict", "the object has been modified")),
+        _ => (200, vm("Always")),
+    });
+    let (code, body) = send(state(client), &Method::PUT, &vm_op("start"), "").await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let gets = log
+        .calls()
+        .iter()
+        .filter(|(m, p)| *m == Method::GET && p == VM_PATH)
+        .count();
+    assert_eq!((gets, writes(&log).len()), (2, 2));
+
+    // A VM that keeps changing: a Conflict after five tries.
+    let (client, log) = vm_cluster(Some(vm("Halted")), None, |_, _| {
+        (409, status(409, "Conflict", "the object has been modified"))
+    });
+    let (code, body) = send(state(client), &Method::PUT, &vm_op("start"), "").await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(message(&body), "VM x keeps changing; try the start again");
+    assert_eq!(writes(&log).len(), 5);
+
+    // Any other failed write is passed on.
+    let (client, _) = vm_cluster(Some(vm("Halted")), None, |_, _| {
+        (
+            422,
+            status(422, "Invalid", "spec.runStrategy: Invalid value"),
+        )
+    });
+    let (code, body) = send(state(client), &Method::PUT, &vm_op("start"), "").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["reason"], "Invalid");
+}
