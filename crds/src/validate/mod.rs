@@ -16,9 +16,14 @@
 //! and volume sources), `network` (interfaces and networks), `scheduling`
 //! (the rest of the spec), then `selector` (label selectors), `names` (DNS
 //! labels, label keys and values) and [`unsupported`] (the messages).
+//! [`hostdisk`] holds the cluster's [`VolumePolicy`] (hostDisk on or off and
+//! confined to `<root>/<namespace>/`, capacity limits): [`check_volumes`]
+//! depends on the namespace and the cluster's settings, so it is not part of
+//! [`vmi_spec`]; the webhooks and the handler call it beside it.
 
 mod disks;
 mod domain;
+pub mod hostdisk;
 mod names;
 mod network;
 mod references;
@@ -29,6 +34,10 @@ pub mod unsupported;
 #[cfg(test)]
 mod tests;
 
+pub use hostdisk::{
+    HostDiskError, HostDiskPolicy, ResolvedHostDisk, VolumePolicy, check_vm_volumes,
+    check_vmirs_volumes, check_volumes, resolve_beneath,
+};
 pub use network::NIC_MODELS;
 pub use selector::{label_selector, selector_matches, selects_everything};
 
