@@ -33,6 +33,9 @@ mod upstream;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod handler_tests;
+
 /// The API group and version served.
 pub const GROUP: &str = ironvirt_crds::SUBRESOURCES_GROUP;
 pub const VERSION: &str = "v1";

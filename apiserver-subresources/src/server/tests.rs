@@ -18,7 +18,7 @@ use crate::auth::{Peer, RequestHeaderAuth, RequestHeaderConfig};
 use crate::metrics::Metrics;
 
 const FRONT_PROXY: &str = "front-proxy-client";
-const SUB: &str = "/apis/subresources.kubevirt.io/v1";
+pub(super) const SUB: &str = "/apis/subresources.kubevirt.io/v1";
 const NS: &str = "ns";
 const SAR_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 const VMI_PATH: &str = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachineinstances/x";
@@ -39,14 +39,14 @@ type Answer = Box<dyn FnMut(&Seen) -> (u16, Value) + Send>;
 
 /// The requests the fake kube-apiserver saw, in order.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Seen>>>);
+pub(super) struct Log(Arc<Mutex<Vec<Seen>>>);
 
 impl Log {
     fn all(&self) -> Vec<Seen> {
         self.0.lock().unwrap().clone()
     }
 
-    fn calls(&self) -> Vec<(Method, String)> {
+    pub(super) fn calls(&self) -> Vec<(Method, String)> {
         self.all().into_iter().map(|s| (s.method, s.path)).collect()
     }
 }
@@ -96,7 +96,7 @@ fn ca_pem() -> String {
     params.self_signed(&key).unwrap().pem()
 }
 
-fn configured_auth() -> RequestHeaderAuth {
+pub(super) fn configured_auth() -> RequestHeaderAuth {
     let auth = RequestHeaderAuth::default();
     let list = |s: &str| vec![s.to_owned()];
     auth.set(RequestHeaderConfig {
@@ -111,7 +111,7 @@ fn configured_auth() -> RequestHeaderAuth {
     auth
 }
 
-fn state_with(client: Client, auth: RequestHeaderAuth) -> ApiState {
+pub(super) fn state_with(client: Client, auth: RequestHeaderAuth) -> ApiState {
     let handler_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -162,7 +162,12 @@ async fn call(state: ApiState, req: Request<Body>) -> (StatusCode, Value) {
 }
 
 /// `call` of `method path` through the front proxy, with `body`.
-async fn send(state: ApiState, method: &Method, path: &str, body: &str) -> (StatusCode, Value) {
+pub(super) async fn send(
+    state: ApiState,
+    method: &Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, Value) {
     call(state, request(method, path, Some(FRONT_PROXY), body)).await
 }
 
@@ -183,7 +188,7 @@ fn review(allowed: bool) -> (u16, Value) {
     )
 }
 
-fn vmi(phase: &str, node: Option<&str>) -> Value {
+pub(super) fn vmi(phase: &str, node: Option<&str>) -> Value {
     json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
         "metadata": {"name": "x", "namespace": NS, "uid": "u1"},
         "spec": {"domain": {}},
@@ -196,7 +201,7 @@ fn vm(strategy: &str) -> Value {
         "spec": {"runStrategy": strategy, "template": {"spec": {"domain": {}}}}})
 }
 
-fn lease(url: Option<&str>) -> Value {
+pub(super) fn lease(url: Option<&str>) -> Value {
     let annotations = url.map(|u| json!({STREAM_URL_ANNOTATION: u}));
     json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "ironvirt-handler-n1", "namespace": HANDLER_LEASE_NAMESPACE,
@@ -258,7 +263,7 @@ fn vmi_lookup_routes() -> Vec<Route> {
 
 /// A cluster that allows every review, has VMI `vmi` (if any) and the
 /// handler Lease `lease` (if any).
-fn vmi_cluster(vmi: Option<Value>, lease: Option<Value>) -> (Client, Log) {
+pub(super) fn vmi_cluster(vmi: Option<Value>, lease: Option<Value>) -> (Client, Log) {
     cluster(Box::new(move |s| {
         match (s.method.as_str(), s.path.as_str()) {
             ("POST", SAR_PATH) => review(true),
@@ -273,7 +278,7 @@ fn vmi_cluster(vmi: Option<Value>, lease: Option<Value>) -> (Client, Log) {
     }))
 }
 
-fn message(body: &Value) -> &str {
+pub(super) fn message(body: &Value) -> &str {
     body["message"].as_str().unwrap_or_default()
 }
 
@@ -564,7 +569,10 @@ async fn console_and_vnc_without_an_upgrade_are_400_after_authorization() {
 /// Opens `path` as a websocket over an in-memory HTTP/1.1 connection to the
 /// router (an upgrade needs a real connection); an HTTP error gives
 /// (code, Status body).
-async fn open_ws(state: ApiState, path: &str) -> Result<(), (StatusCode, Value)> {
+pub(super) async fn open_ws(
+    state: ApiState,
+    path: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>, (StatusCode, Value)> {
     use tokio_tungstenite::tungstenite;
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let app = router(state).layer(Extension(Peer {
@@ -594,7 +602,7 @@ async fn open_ws(state: ApiState, path: &str) -> Result<(), (StatusCode, Value)>
         .body(())
         .unwrap();
     match tokio_tungstenite::client_async(req, ours).await {
-        Ok(_) => Ok(()),
+        Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             let code = StatusCode::from_u16(resp.status().as_u16()).unwrap();
             let body = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
