@@ -1,0 +1,313 @@
+//! VMI → libvirt domain XML: a pure function of the VMI and facts about the
+//! host, unit-tested against golden files in `handler/tests/golden/`.
+//!
+//! Also the reverse direction for the few facts the handler reads back from a
+//! live domain's XML: its ironvirt metadata, the VNC port and the MACs.
+//!
+//! # Choices
+//!
+//! - **CPU model.** Under KVM, no model or `host-model` gives
+//!   `<cpu mode='host-model'>` (KubeVirt's default), `host-passthrough` gives
+//!   `<cpu mode='host-passthrough'>`, and a named model gives
+//!   `<cpu mode='custom' match='exact'>` with `<model fallback='allow'>`.
+//!   Under TCG (domain type `qemu`) there is no host CPU to copy: no model and
+//!   `host-model` use QEMU's default model, `host-passthrough` is refused as
+//!   [`XmlError::Unsupported`] (it cannot mean anything without KVM), and a
+//!   named model is honoured with `check='none'`, so that libvirt leaves the
+//!   features TCG lacks to QEMU (which warns and runs) instead of refusing.
+//! - **Memory balloon.** `<memballoon model='none'/>`: nothing in ironvirt reads
+//!   balloon statistics or resizes guests, and without the element libvirt
+//!   adds a virtio balloon, a PCI device the guest would need a driver for.
+//! - **MACs.** An interface without `macAddress` gets a locally administered
+//!   unicast MAC (`02:…`) derived from the VMI's uid and the interface name,
+//!   so a VMI keeps its MACs across restarts of its domain.
+//! - **Port forwards.** libvirt 9.0 forwards ports only with the passt backend,
+//!   which the nodes do not have. A masquerade interface with forwarded ports
+//!   is therefore not a libvirt `<interface>` but a QEMU `-netdev user` with
+//!   `hostfwd=` options and a `-device` NIC, passed with `<qemu:commandline>`;
+//!   [`parse_live`] reads its MAC back from there. Masquerade interfaces
+//!   without forwards are libvirt `<interface type='user'>`.
+//! - **Disk targets.** virtio disks are `vda`, `vdb`, …; sata, scsi and usb
+//!   disks share `sda`, `sdb`, … in spec order. SATA and SCSI disks get an
+//!   explicit drive address (six ports per SATA controller, all SCSI disks on
+//!   the one virtio-scsi controller), since libvirt would otherwise derive it
+//!   from the shared target letters and add controllers.
+//! - **EFI.** `efi.persistent` does not change the XML: the caller chooses
+//!   where [`DomainInputs::nvram`] lives and whether it outlives the domain.
+//!
+//! # Layout
+//!
+//! [`domain_xml`] here walks the steps, one file each: `identity` (name,
+//! UUID, metadata, refused fields), `cpu` (memory, topology, CPU model),
+//! `machine` (machine type, firmware, `<os>`, `<features>`, `<sysinfo>`, boot
+//! order), `disks`, `network` (interfaces and port forwards), `devices`
+//! (`<devices>` from the two), and `element` (the XML writer). `read` goes
+//! the other way, from a live domain's XML back to facts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{Display, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::quantity::guest_memory_bytes;
+use ironvirt_crds::vmi::{
+    Bootloader, Cpu, Devices, Disk, DiskBus, DiskCache, Efi, Interface, Network, PodNetwork,
+    PortProtocol,
+};
+use ironvirt_crds::wire::{bus_name, domain_name};
+
+mod cpu;
+mod devices;
+mod disks;
+mod element;
+mod identity;
+mod machine;
+mod network;
+mod read;
+
+use cpu::*;
+use devices::*;
+use disks::*;
+use element::*;
+use identity::*;
+use machine::*;
+use network::*;
+pub use read::{LiveFacts, parse_live, parse_owner, parse_owner_element};
+
+/// The XML namespace of ironvirt's domain metadata element.
+pub const METADATA_NS: &str = "https://ironvirt.io/domain/v1";
+/// The prefix used for the metadata element (`<ironvirt:vmi …/>`).
+pub const METADATA_PREFIX: &str = "ironvirt";
+
+/// libvirt's namespace for QEMU command-line passthrough.
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// What the handler knows about its host that shapes the XML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEnv {
+    /// `qemu` (TCG) or `kvm`.
+    pub domain_type: DomainType,
+    /// OVMF firmware, when installed; EFI guests need it.
+    pub ovmf: Option<Ovmf>,
+    /// Machine type used when the VMI sets none (KubeVirt's default is q35).
+    pub default_machine: String,
+}
+
+/// The hypervisor type of the domain element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainType {
+    Qemu,
+    Kvm,
+}
+
+/// OVMF firmware files on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ovmf {
+    /// The firmware code (loader), for example /usr/share/OVMF/OVMF_CODE_4M.fd.
+    pub code: PathBuf,
+    /// The code built with Secure Boot, if installed.
+    pub secure_code: Option<PathBuf>,
+    /// The variable store template, for example /usr/share/OVMF/OVMF_VARS_4M.fd.
+    pub vars_template: PathBuf,
+    /// The Secure Boot variable template with enrolled keys, if installed.
+    pub secure_vars_template: Option<PathBuf>,
+}
+
+/// The on-node file behind each volume, resolved by [`crate::volumes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedVolume {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: ImageFormat,
+}
+
+/// Disk image formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+/// A host port forwarded to a guest port (masquerade interfaces with ports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortForward {
+    /// The interface it belongs to.
+    pub interface: String,
+    /// TCP or UDP (lower case in the QEMU option).
+    pub protocol: ironvirt_crds::vmi::PortProtocol,
+    /// Host port on 127.0.0.1.
+    pub host_port: u16,
+    /// Guest port.
+    pub guest_port: u16,
+}
+
+/// Everything [`domain_xml`] needs besides the VMI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainInputs {
+    /// The node the domain runs on; recorded in the metadata.
+    pub node: String,
+    /// The file behind each volume, by volume name.
+    pub volumes: BTreeMap<String, ResolvedVolume>,
+    /// Host ports forwarded to the guest.
+    pub port_forwards: Vec<PortForward>,
+    /// Where the EFI variable store of this VMI lives (used only for EFI guests).
+    pub nvram: PathBuf,
+}
+
+/// Why a VMI cannot become a domain. Each message names the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum XmlError {
+    /// A field ironvirt knows but cannot honour on this host or at all.
+    #[error("{field}: {reason}")]
+    Unsupported { field: String, reason: String },
+    /// The spec is inconsistent (a disk without volume, a bad quantity, …).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+/// ironvirt's metadata on a domain: which VMI it belongs to and on which node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainOwner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+}
+
+/// Builds the domain XML of `vmi` (which must have metadata.namespace, name and uid).
+///
+/// The output depends only on the arguments, so the same VMI on the same host
+/// always gives the same bytes. Every field of the VMI is either honoured or
+/// refused with an error naming it; `startStrategy`, scheduling fields and the
+/// like do not concern the domain and are left to the caller. The ports of
+/// masquerade interfaces are forwarded as `inputs.port_forwards` says: the
+/// caller picks the host ports.
+pub fn domain_xml(
+    vmi: &VirtualMachineInstance,
+    host: &HostEnv,
+    inputs: &DomainInputs,
+) -> Result<String, XmlError> {
+    let id = identity(vmi)?;
+    reject_unsupported(vmi)?;
+    let no_devices = Devices::default();
+    let devices = vmi.spec.domain.devices.as_ref().unwrap_or(&no_devices);
+    let serial_console = devices.autoattach_serial_console != Some(false);
+    let memory_kib = memory_kib(vmi)?;
+    let topology = topology(vmi)?;
+    let machine = machine(vmi, host)?;
+    let firmware = firmware(vmi, host, &machine, serial_console)?;
+    let device_boot = check_boot_orders(vmi)?;
+    let (disks, scsi) = disks(vmi, inputs)?;
+    let nics = nics(vmi, &id)?;
+    let forwards = forwards_by_nic(&nics, &inputs.port_forwards)?;
+    let serial_number = serial_number(vmi)?;
+    let smbios = serial_number.is_some();
+
+    let mut passthrough = Vec::new();
+    let mut interfaces = Vec::new();
+    let mut forwarded = 0u8;
+    for nic in &nics {
+        match forwards.get(nic.name.as_str()) {
+            Some(fw) => {
+                passthrough.extend(netdev_args(
+                    nic,
+                    fw,
+                    &passthrough_address(&machine, forwarded),
+                ));
+                forwarded += 1;
+            }
+            None => interfaces.push(interface_element(nic)),
+        }
+    }
+
+    let mut domain = Element::new("domain").attr(
+        "type",
+        match host.domain_type {
+            DomainType::Qemu => "qemu",
+            DomainType::Kvm => "kvm",
+        },
+    );
+    if !passthrough.is_empty() {
+        domain = domain.attr("xmlns:qemu", QEMU_NS);
+    }
+    let domain = domain
+        .child(Element::new("name").text(domain_name(id.namespace, id.name)))
+        .child(Element::new("uuid").text(&id.uuid))
+        .child(metadata_element(&id, &inputs.node))
+        .child(Element::new("memory").attr("unit", "KiB").text(memory_kib))
+        .child(
+            Element::new("currentMemory")
+                .attr("unit", "KiB")
+                .text(memory_kib),
+        )
+        .child(
+            Element::new("vcpu")
+                .attr("placement", "static")
+                .text(topology.vcpus),
+        )
+        .child_opt(serial_number.map(|s| sysinfo_element(&s, &id.uuid)))
+        .child(os_element(
+            &machine,
+            &firmware,
+            &inputs.nvram,
+            smbios,
+            device_boot,
+        )?)
+        .child(features_element(&firmware))
+        .child(cpu_element(vmi, host, &topology)?)
+        .child(Element::new("clock").attr("offset", "utc"))
+        .child(Element::new("on_poweroff").text("destroy"))
+        .child(Element::new("on_reboot").text("restart"))
+        .child(Element::new("on_crash").text("destroy"))
+        .child(devices_element(
+            devices,
+            disks,
+            scsi,
+            interfaces,
+            serial_console,
+        ))
+        .child_opt((!passthrough.is_empty()).then(|| commandline_element(&passthrough)));
+
+    let mut out = String::new();
+    domain.render(&mut out, 0);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Errors and field paths
+
+const DISKS: &str = "spec.domain.devices.disks";
+const INTERFACES: &str = "spec.domain.devices.interfaces";
+const EFI: &str = "spec.domain.firmware.bootloader.efi";
+const SECURE_BOOT: &str = "spec.domain.firmware.bootloader.efi.secureBoot";
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> XmlError {
+    XmlError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> XmlError {
+    XmlError::Unsupported {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// True when `s` is a non-empty run of ASCII letters, digits and `extra`.
+fn is_token(s: &str, extra: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+fn path_str<'a>(path: &'a Path, field: &str) -> Result<&'a str, XmlError> {
+    path.to_str()
+        .ok_or_else(|| invalid(field, format!("{} is not UTF-8", path.display())))
+}
+
+#[cfg(test)]
+mod tests;
