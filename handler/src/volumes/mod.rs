@@ -1,0 +1,342 @@
+//! The files behind a VMI's volumes: hostDisk images, emptyDisk qcow2 files
+//! and cloud-init NoCloud (CIDATA) disks.
+//!
+//! [`plan`] is pure: it decides, from the VMI alone, which file each volume
+//! needs and what goes into it. [`prepare`] makes the files (idempotently: a
+//! handler killed half-way runs it again) and [`cleanup`] removes the per-VMI
+//! files. Per-VMI files live in one directory per VMI uid, so removing that
+//! directory removes them all.
+//!
+//! # Layout
+//!
+//! This file holds the entry points and what every volume shares (its name,
+//! its one source); each kind has a file with its planning and its
+//! preparing: `host_disk`, `empty_disk`, `cloud_init`. `files` holds the
+//! file-system and tool helpers they use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::quantity::parse_quantity;
+use ironvirt_crds::vmi::{CloudInitNoCloudSource, EmptyDiskSource, HostDisk, HostDiskType, Volume};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::domxml::{ImageFormat, ResolvedVolume};
+
+mod cloud_init;
+mod empty_disk;
+mod files;
+mod host_disk;
+
+use cloud_init::*;
+use empty_disk::*;
+use files::*;
+use host_disk::*;
+
+/// Secret data the VMI's cloud-init volumes reference, by Secret name, then key.
+pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// What one volume needs on the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumePlan {
+    /// An image at a node path. `create` is Some(bytes) for DiskOrCreate.
+    HostDisk { path: PathBuf, create: Option<u64> },
+    /// A blank qcow2 of `bytes`, private to the VMI.
+    EmptyDisk { path: PathBuf, bytes: u64 },
+    /// A vfat disk labelled CIDATA holding these files.
+    CloudInit {
+        path: PathBuf,
+        files: CloudInitFiles,
+    },
+}
+
+/// The NoCloud files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudInitFiles {
+    /// The `user-data` file; empty when the volume gives none.
+    pub user_data: Vec<u8>,
+    /// `instance-id: <vmi uid>` and `local-hostname: <spec.hostname or name>`.
+    pub meta_data: String,
+    /// The `network-config` file, when the volume gives network data.
+    pub network_config: Option<Vec<u8>>,
+}
+
+/// Why a volume cannot be made. The message names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A source ironvirt does not support (yet), e.g. containerDisk.
+    #[error("{field}: {reason}")]
+    Unsupported { field: String, reason: String },
+    /// A bad spec: bad quantity, bad base64, missing secret key, …
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The image a hostDisk of type Disk names does not exist.
+    #[error("{field}: {path} does not exist on the node")]
+    Missing { field: String, path: PathBuf },
+    /// A file operation or a tool (qemu-img, mkfs.vfat, mcopy) failed.
+    #[error("{what}: {reason}")]
+    Io { what: String, reason: String },
+}
+
+/// The directory holding a VMI's private files: `<state_dir>/vmis/<uid>`.
+pub fn vmi_dir(state_dir: &Path, uid: &str) -> PathBuf {
+    state_dir.join("vmis").join(uid)
+}
+
+/// The names of the Secrets the VMI's cloud-init volumes reference
+/// (`cloudInitNoCloud.secretRef` and `networkDataSecretRef`), sorted and
+/// without duplicates.
+pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
+    let names: BTreeSet<&str> = vmi
+        .spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.cloud_init_no_cloud.as_ref())
+        .flat_map(|c| [c.secret_ref.as_ref(), c.network_data_secret_ref.as_ref()])
+        .flatten()
+        .map(|r| r.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.into_iter().map(str::to_owned).collect()
+}
+
+/// Plans every volume of `vmi`, by volume name. `dir` is the VMI's [`vmi_dir`].
+///
+/// Pure: it reads neither the file system nor the cluster; the data of the
+/// Secrets [`referenced_secrets`] names comes in `secrets`. Errors name the
+/// field at fault, for example `spec.volumes[1].emptyDisk.capacity`.
+pub fn plan(
+    vmi: &VirtualMachineInstance,
+    dir: &Path,
+    secrets: &SecretData,
+) -> Result<BTreeMap<String, VolumePlan>, VolumeError> {
+    let uid = vmi
+        .metadata
+        .uid
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| invalid("metadata.uid", "the VMI has no uid"))?;
+    if !uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(invalid(
+            "metadata.uid",
+            format!("{uid:?} is not a uid (letters, digits and '-')"),
+        ));
+    }
+    let mut plans = BTreeMap::new();
+    for (i, volume) in vmi.spec.volumes.iter().flatten().enumerate() {
+        let field = format!("spec.volumes[{i}]");
+        check_volume_name(&volume.name, &field)?;
+        if plans.contains_key(&volume.name) {
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("{:?} is used by more than one volume", volume.name),
+            ));
+        }
+        let plan = plan_volume(vmi, uid, volume, &field, dir, secrets)?;
+        plans.insert(volume.name.clone(), plan);
+    }
+    Ok(plans)
+}
+
+/// Makes the files of `plans` (blocking: run it off the async runtime) and
+/// says which file and format backs each volume.
+///
+/// Idempotent, so a handler killed at any instant can run it again: images
+/// appear under their final name only once complete (written to a temporary
+/// name in the same directory, then renamed), existing hostDisk and emptyDisk
+/// images are kept, and cloud-init disks are rebuilt every time. The VMI's
+/// directory is created with mode 0700 when missing.
+pub fn prepare(
+    plans: &BTreeMap<String, VolumePlan>,
+) -> Result<BTreeMap<String, ResolvedVolume>, VolumeError> {
+    let mut resolved = BTreeMap::new();
+    for (name, plan) in plans {
+        let volume = match plan {
+            VolumePlan::HostDisk { path, create } => prepare_host_disk(name, path, *create)?,
+            VolumePlan::EmptyDisk { path, bytes } => prepare_empty_disk(name, path, *bytes)?,
+            VolumePlan::CloudInit { path, files } => prepare_cloud_init(name, path, files)?,
+        };
+        resolved.insert(name.clone(), volume);
+    }
+    Ok(resolved)
+}
+
+/// Removes a VMI's private files. A missing directory is not an error.
+///
+/// Symbolic links inside `dir` are removed, not followed.
+pub fn cleanup(dir: &Path) -> Result<(), VolumeError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::debug!(dir = %dir.display(), "removed the VMI's volume files");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(format!("removing {}", dir.display()), &e)),
+    }
+}
+
+/// The volume sources a [`Volume`] may set, borrowed.
+enum Source<'a> {
+    HostDisk(&'a HostDisk),
+    EmptyDisk(&'a EmptyDiskSource),
+    CloudInit(&'a CloudInitNoCloudSource),
+    ContainerDisk,
+    /// A source ironvirt does not support, by its field name.
+    Other(&'static str),
+}
+
+impl Source<'_> {
+    fn field(&self) -> &'static str {
+        match self {
+            Source::HostDisk(_) => "hostDisk",
+            Source::EmptyDisk(_) => "emptyDisk",
+            Source::CloudInit(_) => "cloudInitNoCloud",
+            Source::ContainerDisk => "containerDisk",
+            Source::Other(field) => field,
+        }
+    }
+}
+
+/// Every source `volume` sets, in field order.
+fn sources(volume: &Volume) -> Vec<Source<'_>> {
+    let mut sources = Vec::new();
+    if volume.container_disk.is_some() {
+        sources.push(Source::ContainerDisk);
+    }
+    if let Some(c) = &volume.cloud_init_no_cloud {
+        sources.push(Source::CloudInit(c));
+    }
+    if let Some(e) = &volume.empty_disk {
+        sources.push(Source::EmptyDisk(e));
+    }
+    if let Some(h) = &volume.host_disk {
+        sources.push(Source::HostDisk(h));
+    }
+    let others = [
+        (
+            "persistentVolumeClaim",
+            volume.persistent_volume_claim.is_some(),
+        ),
+        ("dataVolume", volume.data_volume.is_some()),
+        ("ephemeral", volume.ephemeral.is_some()),
+        ("configMap", volume.config_map.is_some()),
+        ("secret", volume.secret.is_some()),
+        ("serviceAccount", volume.service_account.is_some()),
+        (
+            "cloudInitConfigDrive",
+            volume.cloud_init_config_drive.is_some(),
+        ),
+        ("downwardAPI", volume.downward_api.is_some()),
+        ("sysprep", volume.sysprep.is_some()),
+    ];
+    sources.extend(
+        others
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(field, _)| Source::Other(field)),
+    );
+    sources
+}
+
+/// The sources ironvirt supports, for messages.
+const SUPPORTED: &str = "hostDisk, emptyDisk or cloudInitNoCloud";
+
+fn plan_volume(
+    vmi: &VirtualMachineInstance,
+    uid: &str,
+    volume: &Volume,
+    field: &str,
+    dir: &Path,
+    secrets: &SecretData,
+) -> Result<VolumePlan, VolumeError> {
+    let mut sources = sources(volume);
+    if sources.len() > 1 {
+        let names: Vec<&str> = sources.iter().map(Source::field).collect();
+        return Err(invalid(
+            field,
+            format!(
+                "set exactly one volume source; found {}",
+                names.join(" and ")
+            ),
+        ));
+    }
+    let Some(source) = sources.pop() else {
+        return Err(invalid(
+            field,
+            format!("no volume source is set; set one of {SUPPORTED}"),
+        ));
+    };
+    match source {
+        Source::HostDisk(h) => plan_host_disk(h, &format!("{field}.hostDisk")),
+        Source::EmptyDisk(e) => Ok(VolumePlan::EmptyDisk {
+            path: dir.join(format!("{}.qcow2", volume.name)),
+            bytes: capacity(&e.capacity, &format!("{field}.emptyDisk.capacity"))?,
+        }),
+        Source::CloudInit(c) => Ok(VolumePlan::CloudInit {
+            path: dir.join(format!("{}.cidata.img", volume.name)),
+            files: cloud_init_files(vmi, uid, c, &format!("{field}.cloudInitNoCloud"), secrets)?,
+        }),
+        Source::ContainerDisk => Err(VolumeError::Unsupported {
+            field: format!("{field}.containerDisk"),
+            reason: format!("containerDisk is not supported yet; use {SUPPORTED}"),
+        }),
+        Source::Other(name) => Err(VolumeError::Unsupported {
+            field: format!("{field}.{name}"),
+            reason: format!("{name} volumes are not supported yet; use {SUPPORTED}"),
+        }),
+    }
+}
+
+/// Volume names become file names in the VMI's directory: letters, digits,
+/// '-', '_' and '.', not starting with '.', at most 63 characters.
+fn check_volume_name(name: &str, field: &str) -> Result<(), VolumeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("{field}.name"),
+            format!(
+                "{name:?} is not a valid volume name (1 to 63 letters, digits, '-', '_' or '.', \
+                 not starting with '.')"
+            ),
+        ))
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> VolumeError {
+    VolumeError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The field of a volume in messages of [`prepare`], which knows volumes by
+/// name only: `spec.volumes[name=root].hostDisk.path`.
+fn volume_field(name: &str, rest: &str) -> String {
+    format!("spec.volumes[name={name}].{rest}")
+}
+
+fn io_error(what: impl Into<String>, e: &io::Error) -> VolumeError {
+    VolumeError::Io {
+        what: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,511 @@
+//! Planning: which file each volume needs and what goes into it.
+
+use super::*;
+
+#[test]
+fn referenced_secrets_are_sorted_and_unique() {
+    let vmi = vmi_with(
+        "[{name: a, cloudInitNoCloud: {secretRef: {name: zeta}, networkDataSecretRef: {name: alpha}}},\
+          {name: b, cloudInitNoCloud: {secretRef: {name: alpha}}},\
+          {name: c, cloudInitNoCloud: {userData: hi, networkDataSecretRef: {name: mid}}},\
+          {name: d, hostDisk: {path: /x, type: Disk}}]",
+    );
+    assert_eq!(referenced_secrets(&vmi), ["alpha", "mid", "zeta"]);
+}
+
+#[test]
+fn no_cloud_init_means_no_secrets() {
+    assert!(referenced_secrets(&vmi_with("[{name: d, emptyDisk: {capacity: 1Gi}}]")).is_empty());
+    let no_volumes = vmi_yaml(&format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {{name: x, uid: {UID}}}\nspec: {{domain: {{}}}}\n"
+    ));
+    assert!(referenced_secrets(&no_volumes).is_empty());
+    assert!(
+        plan(&no_volumes, Path::new("/d"), &no_secrets())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// ---- plan: hostDisk ----------------------------------------------------
+
+#[test]
+fn host_disk_of_type_disk_is_used_as_is() {
+    assert_eq!(
+        plan_one(
+            "[{name: root, hostDisk: {path: /var/lib/images/a.img, type: Disk}}]",
+            &no_secrets()
+        )
+        .unwrap(),
+        VolumePlan::HostDisk {
+            path: PathBuf::from("/var/lib/images/a.img"),
+            create: None
+        }
+    );
+    // A capacity on a Disk means nothing.
+    assert_eq!(
+        plan_one(
+            "[{name: root, hostDisk: {path: /a.img, type: Disk, capacity: nonsense}}]",
+            &no_secrets()
+        )
+        .unwrap(),
+        VolumePlan::HostDisk {
+            path: PathBuf::from("/a.img"),
+            create: None
+        }
+    );
+}
+
+#[test]
+fn host_disk_or_create_carries_its_capacity() {
+    assert_eq!(
+        plan_one(
+            "[{name: data, hostDisk: {path: /d/data.img, type: DiskOrCreate, capacity: 1Gi}}]",
+            &no_secrets()
+        )
+        .unwrap(),
+        VolumePlan::HostDisk {
+            path: PathBuf::from("/d/data.img"),
+            create: Some(1 << 30)
+        }
+    );
+    assert_eq!(
+        plan_one(
+            "[{name: data, hostDisk: {path: /d/data.img, type: DiskOrCreate, capacity: '5M'}}]",
+            &no_secrets()
+        )
+        .unwrap(),
+        VolumePlan::HostDisk {
+            path: PathBuf::from("/d/data.img"),
+            create: Some(5_000_000)
+        }
+    );
+}
+
+#[test]
+fn host_disk_or_create_needs_a_good_capacity() {
+    let field = "spec.volumes[1].hostDisk.capacity";
+    let with = |hd: &str| {
+        plan(
+            &vmi_with(&format!(
+                "[{{name: a, emptyDisk: {{capacity: 1Mi}}}}, {{name: b, hostDisk: {hd}}}]"
+            )),
+            Path::new("/d"),
+            &no_secrets(),
+        )
+    };
+    assert_invalid(
+        with("{path: /b.img, type: DiskOrCreate}"),
+        field,
+        "needs a capacity",
+    );
+    assert_invalid(
+        with("{path: /b.img, type: DiskOrCreate, capacity: lots}"),
+        field,
+        "\"lots\"",
+    );
+    assert_invalid(
+        with("{path: /b.img, type: DiskOrCreate, capacity: '0'}"),
+        field,
+        "positive",
+    );
+    assert_invalid(
+        with("{path: /b.img, type: DiskOrCreate, capacity: '-1Gi'}"),
+        field,
+        "positive",
+    );
+}
+
+#[test]
+fn host_disk_paths_must_be_absolute_without_dot_dot() {
+    let field = "spec.volumes[0].hostDisk.path";
+    for (path, words) in [
+        ("images/a.img", "not an absolute path"),
+        ("./a.img", "not an absolute path"),
+        ("''", "not an absolute path"),
+        ("/images/../etc/shadow", "'..'"),
+        ("/images/..", "'..'"),
+        ("/", "does not name a file"),
+        ("\"/a\\0b\"", "NUL"),
+    ] {
+        assert_invalid(
+            plan_one(
+                &format!("[{{name: root, hostDisk: {{path: {path}, type: Disk}}}}]"),
+                &no_secrets(),
+            ),
+            field,
+            words,
+        );
+    }
+}
+
+// ---- plan: emptyDisk ---------------------------------------------------
+
+#[test]
+fn empty_disk_lives_in_the_vmi_dir() {
+    let plans = plan(
+        &vmi_with("[{name: scratch, emptyDisk: {capacity: 2Gi}}, {name: small, emptyDisk: {capacity: '1000'}}]"),
+        Path::new("/state/vmis/u"),
+        &no_secrets(),
+    )
+    .unwrap();
+    assert_eq!(
+        plans["scratch"],
+        VolumePlan::EmptyDisk {
+            path: PathBuf::from("/state/vmis/u/scratch.qcow2"),
+            bytes: 2 << 30
+        }
+    );
+    assert_eq!(
+        plans["small"],
+        VolumePlan::EmptyDisk {
+            path: PathBuf::from("/state/vmis/u/small.qcow2"),
+            bytes: 1000
+        }
+    );
+}
+
+#[test]
+fn empty_disk_needs_a_positive_capacity() {
+    let field = "spec.volumes[0].emptyDisk.capacity";
+    assert_invalid(
+        plan_one("[{name: s, emptyDisk: {capacity: big}}]", &no_secrets()),
+        field,
+        "\"big\"",
+    );
+    assert_invalid(
+        plan_one("[{name: s, emptyDisk: {capacity: '0'}}]", &no_secrets()),
+        field,
+        "positive",
+    );
+    assert_invalid(
+        plan_one("[{name: s, emptyDisk: {capacity: 1Qi}}]", &no_secrets()),
+        field,
+        "\"1Qi\"",
+    );
+}
+
+// ---- plan: cloudInitNoCloud --------------------------------------------
+
+#[test]
+fn cloud_init_inline_user_data_and_meta_data() {
+    let plan = plan_one(
+        "[{name: cloudinit, cloudInitNoCloud: {userData: \"#!/bin/sh\\necho hi\\n\"}}]",
+        &no_secrets(),
+    )
+    .unwrap();
+    assert_eq!(
+        plan,
+        VolumePlan::CloudInit {
+            path: PathBuf::from("/state/vmis/u/cloudinit.cidata.img"),
+            files: CloudInitFiles {
+                user_data: b"#!/bin/sh\necho hi\n".to_vec(),
+                meta_data: format!("instance-id: {UID}\nlocal-hostname: testvm\n"),
+                network_config: None,
+            }
+        }
+    );
+}
+
+#[test]
+fn cloud_init_hostname_comes_from_the_spec_when_set() {
+    let vmi = vmi_yaml(&format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {{name: testvm, uid: {UID}}}\n\
+         spec: {{domain: {{}}, hostname: guest-1, volumes: [{{name: ci, cloudInitNoCloud: {{}}}}]}}\n"
+    ));
+    let plans = plan(&vmi, Path::new("/d"), &no_secrets()).unwrap();
+    let VolumePlan::CloudInit { files, .. } = &plans["ci"] else {
+        panic!("{plans:?}")
+    };
+    assert_eq!(
+        files.meta_data,
+        format!("instance-id: {UID}\nlocal-hostname: guest-1\n")
+    );
+}
+
+#[test]
+fn cloud_init_rejects_a_hostname_that_is_not_a_dns_label() {
+    for bad in ["\"Guest\"", "\"a\\ninstance-id: x\"", "\"-a\"", "\"a.b\""] {
+        let vmi = vmi_yaml(&format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+             metadata: {{name: testvm, uid: {UID}}}\n\
+             spec: {{domain: {{}}, hostname: {bad}, volumes: [{{name: ci, cloudInitNoCloud: {{}}}}]}}\n"
+        ));
+        assert_invalid(
+            plan(&vmi, Path::new("/d"), &no_secrets()),
+            "spec.hostname",
+            "DNS label",
+        );
+    }
+}
+
+#[test]
+fn cloud_init_without_user_data_has_empty_user_data() {
+    let files = cloud_init("[{name: ci, cloudInitNoCloud: {}}]", &no_secrets());
+    assert!(files.user_data.is_empty());
+    assert_eq!(files.network_config, None);
+}
+
+#[test]
+fn cloud_init_user_data_base64() {
+    // "#cloud-config\n" wrapped over two lines, as base64 tools do.
+    let files = cloud_init(
+        "[{name: ci, cloudInitNoCloud: {userDataBase64: \"I2Nsb3Vk\\nLWNvbmZpZwo=\"}}]",
+        &no_secrets(),
+    );
+    assert_eq!(files.user_data, b"#cloud-config\n");
+}
+
+#[test]
+fn cloud_init_bad_base64_names_the_field() {
+    assert_invalid(
+        plan_one(
+            "[{name: ci, cloudInitNoCloud: {userDataBase64: 'not base64!'}}]",
+            &no_secrets(),
+        ),
+        "spec.volumes[0].cloudInitNoCloud.userDataBase64",
+        "base64",
+    );
+    assert_invalid(
+        plan_one(
+            "[{name: ci, cloudInitNoCloud: {userData: x, networkDataBase64: 'bad*'}}]",
+            &no_secrets(),
+        ),
+        "spec.volumes[0].cloudInitNoCloud.networkDataBase64",
+        "base64",
+    );
+}
+
+#[test]
+fn cloud_init_user_data_from_a_secret() {
+    let vol = "[{name: ci, cloudInitNoCloud: {secretRef: {name: my-secret}}}]";
+    let files = cloud_init(
+        vol,
+        &secrets(&[("my-secret", "userdata", b"from userdata")]),
+    );
+    assert_eq!(files.user_data, b"from userdata");
+    let files = cloud_init(
+        vol,
+        &secrets(&[("my-secret", "userData", b"from userData")]),
+    );
+    assert_eq!(files.user_data, b"from userData");
+    // `userdata` wins over `userData`.
+    let both = secrets(&[
+        ("my-secret", "userData", b"camel"),
+        ("my-secret", "userdata", b"lower"),
+    ]);
+    assert_eq!(cloud_init(vol, &both).user_data, b"lower");
+}
+
+#[test]
+fn cloud_init_missing_secret_or_key_names_the_field_and_key() {
+    let vol = "[{name: ci, cloudInitNoCloud: {secretRef: {name: my-secret}}}]";
+    let field = "spec.volumes[0].cloudInitNoCloud.secretRef";
+    assert_invalid(
+        plan_one(vol, &no_secrets()),
+        field,
+        "Secret \"my-secret\" not found",
+    );
+    let wrong = secrets(&[("my-secret", "user-data", b"x")]);
+    assert_invalid(
+        plan_one(vol, &wrong),
+        field,
+        "no key \"userdata\" or \"userData\"",
+    );
+}
+
+#[test]
+fn cloud_init_network_config_sources() {
+    let inline = cloud_init(
+        "[{name: ci, cloudInitNoCloud: {networkData: \"version: 2\\n\"}}]",
+        &no_secrets(),
+    );
+    assert_eq!(inline.network_config.as_deref(), Some(&b"version: 2\n"[..]));
+
+    let b64 = cloud_init(
+        "[{name: ci, cloudInitNoCloud: {networkDataBase64: dmVyc2lvbjogMgo=}}]",
+        &no_secrets(),
+    );
+    assert_eq!(b64.network_config.as_deref(), Some(&b"version: 2\n"[..]));
+
+    let vol = "[{name: ci, cloudInitNoCloud: {userData: u, networkDataSecretRef: {name: net}}}]";
+    let lower = cloud_init(vol, &secrets(&[("net", "networkdata", b"lower")]));
+    assert_eq!(lower.network_config.as_deref(), Some(&b"lower"[..]));
+    assert_eq!(lower.user_data, b"u");
+    let camel = cloud_init(vol, &secrets(&[("net", "networkData", b"camel")]));
+    assert_eq!(camel.network_config.as_deref(), Some(&b"camel"[..]));
+
+    let field = "spec.volumes[0].cloudInitNoCloud.networkDataSecretRef";
+    assert_invalid(
+        plan_one(vol, &no_secrets()),
+        field,
+        "Secret \"net\" not found",
+    );
+    assert_invalid(
+        plan_one(vol, &secrets(&[("net", "userdata", b"x")])),
+        field,
+        "no key \"networkdata\" or \"networkData\"",
+    );
+
+    // Empty network data means no network-config file, as in KubeVirt.
+    let empty = cloud_init(
+        "[{name: ci, cloudInitNoCloud: {networkData: ''}}]",
+        &no_secrets(),
+    );
+    assert_eq!(empty.network_config, None);
+}
+
+#[test]
+fn cloud_init_needs_the_vmi_uid() {
+    let vmi = vmi_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {name: testvm}\n\
+         spec: {domain: {}, volumes: [{name: ci, cloudInitNoCloud: {}}]}\n",
+    );
+    assert_invalid(
+        plan(&vmi, Path::new("/d"), &no_secrets()),
+        "metadata.uid",
+        "no uid",
+    );
+    let odd_uid = vmi_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {name: testvm, uid: '../x'}\n\
+         spec: {domain: {}, volumes: [{name: ci, cloudInitNoCloud: {}}]}\n",
+    );
+    assert_invalid(
+        plan(&odd_uid, Path::new("/d"), &no_secrets()),
+        "metadata.uid",
+        "not a uid",
+    );
+}
+
+// ---- plan: unsupported and malformed volumes ---------------------------
+
+#[test]
+fn container_disk_is_unsupported() {
+    let reason = assert_unsupported(
+        plan(
+            &vmi_with(
+                "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: root, containerDisk: {image: quay.io/x/y}}]",
+            ),
+            Path::new("/d"),
+            &no_secrets(),
+        ),
+        "spec.volumes[1].containerDisk",
+    );
+    assert_eq!(
+        reason,
+        "containerDisk is not supported yet; use hostDisk, emptyDisk or cloudInitNoCloud"
+    );
+}
+
+#[test]
+fn every_other_source_is_unsupported_by_its_field_name() {
+    for source in [
+        "persistentVolumeClaim",
+        "dataVolume",
+        "ephemeral",
+        "configMap",
+        "secret",
+        "serviceAccount",
+        "cloudInitConfigDrive",
+        "downwardAPI",
+        "sysprep",
+    ] {
+        let reason = assert_unsupported(
+            plan_one(&format!("[{{name: v, {source}: {{x: y}}}}]"), &no_secrets()),
+            &format!("spec.volumes[0].{source}"),
+        );
+        assert!(reason.contains("not supported"), "{reason}");
+    }
+}
+
+#[test]
+fn a_volume_needs_exactly_one_source() {
+    assert_invalid(
+        plan_one("[{name: v}]", &no_secrets()),
+        "spec.volumes[0]",
+        "no volume source",
+    );
+    assert_invalid(
+        plan_one(
+            "[{name: v, emptyDisk: {capacity: 1Gi}, hostDisk: {path: /a, type: Disk}}]",
+            &no_secrets(),
+        ),
+        "spec.volumes[0]",
+        "found emptyDisk and hostDisk",
+    );
+}
+
+#[test]
+fn volume_names_must_be_safe_file_names() {
+    for bad in ["a/b", "../x", ".hidden", ".", "''", "\"a b\"", "\"a\\0\""] {
+        assert_invalid(
+            plan_one(
+                &format!("[{{name: {bad}, emptyDisk: {{capacity: 1Gi}}}}]"),
+                &no_secrets(),
+            ),
+            "spec.volumes[0].name",
+            "not a valid volume name",
+        );
+    }
+    let long = "a".repeat(64);
+    assert_invalid(
+        plan_one(
+            &format!("[{{name: {long}, emptyDisk: {{capacity: 1Gi}}}}]"),
+            &no_secrets(),
+        ),
+        "spec.volumes[0].name",
+        "not a valid volume name",
+    );
+    for good in ["root", "data-1", "a_b", "v1.2", &"a".repeat(63)] {
+        plan_one(
+            &format!("[{{name: '{good}', emptyDisk: {{capacity: 1Gi}}}}]"),
+            &no_secrets(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn volume_names_must_be_unique() {
+    assert_invalid(
+        plan(
+            &vmi_with(
+                "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: a, hostDisk: {path: /a, type: Disk}}]",
+            ),
+            Path::new("/d"),
+            &no_secrets(),
+        ),
+        "spec.volumes[1].name",
+        "more than one volume",
+    );
+}
+
+#[test]
+fn a_full_vmi_plans_every_volume() {
+    let plans = plan(
+        &vmi_with(
+            "[{name: root, hostDisk: {path: /img/root.qcow2, type: Disk}},\
+              {name: scratch, emptyDisk: {capacity: 1Gi}},\
+              {name: cloudinit, cloudInitNoCloud: {userData: hello}}]",
+        ),
+        Path::new("/run/ironvirt/vmis/u"),
+        &no_secrets(),
+    )
+    .unwrap();
+    assert_eq!(
+        plans.keys().collect::<Vec<_>>(),
+        ["cloudinit", "root", "scratch"]
+    );
+    // Per-VMI files stay inside the VMI's directory.
+    for p in plans.values() {
+        if let VolumePlan::EmptyDisk { path, .. } | VolumePlan::CloudInit { path, .. } = p {
+            assert_eq!(path.parent(), Some(Path::new("/run/ironvirt/vmis/u")));
+        }
+    }
+}
+
+// ---- prepare -----------------------------------------------------------

@@ -1,0 +1,553 @@
+//! Preparing: the files on disk.
+
+use super::*;
+
+/// The path of a tool the tests need; fails with a clear message when it
+/// is not installed.
+fn tool(names: &[&str], package: &str) -> PathBuf {
+    find_tool(names, package)
+        .unwrap_or_else(|e| panic!("these tests need {package}, which is not installed: {e}"))
+}
+
+/// Runs an mtools command on an image and returns its stdout.
+fn mtools(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(tool(&[cmd], "mtools"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new(tool(&["qemu-img"], "qemu-utils (qemu-img)"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn one(name: &str, plan: VolumePlan) -> BTreeMap<String, VolumePlan> {
+    BTreeMap::from([(name.to_owned(), plan)])
+}
+
+fn prepare_one(name: &str, plan: VolumePlan) -> Result<ResolvedVolume, VolumeError> {
+    let mut resolved = prepare(&one(name, plan))?;
+    assert_eq!(resolved.len(), 1);
+    Ok(resolved.remove(name).unwrap())
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn disk_or_create_makes_a_sparse_raw_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("new/parent/data.img");
+    let plan = VolumePlan::HostDisk {
+        path: path.clone(),
+        create: Some(1 << 30),
+    };
+    let r = prepare_one("data", plan.clone()).unwrap();
+    assert_eq!(
+        r,
+        ResolvedVolume {
+            path: path.clone(),
+            format: ImageFormat::Raw
+        }
+    );
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "not sparse: {} blocks",
+        meta.blocks()
+    );
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(listing(&tmp.path().join("new/parent")), ["data.img"]);
+
+    // Again: the image, and what the guest wrote, stay.
+    fs::write(&path, b"guest data").unwrap();
+    let r = prepare_one("data", plan).unwrap();
+    assert_eq!(r.format, ImageFormat::Raw);
+    assert_eq!(fs::read(&path).unwrap(), b"guest data");
+    assert_eq!(listing(&tmp.path().join("new/parent")), ["data.img"]);
+}
+
+#[test]
+fn a_missing_disk_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("nope.img");
+    match prepare_one(
+        "root",
+        VolumePlan::HostDisk {
+            path: path.clone(),
+            create: None,
+        },
+    ) {
+        Err(e @ VolumeError::Missing { .. }) => {
+            let VolumeError::Missing { field, path: p } = &e else {
+                unreachable!()
+            };
+            assert_eq!(field, "spec.volumes[name=root].hostDisk.path");
+            assert_eq!(p, &path);
+            assert!(
+                e.to_string()
+                    .ends_with("nope.img does not exist on the node"),
+                "{e}"
+            );
+        }
+        other => panic!("expected Missing, got {other:?}"),
+    }
+    assert!(!path.exists());
+}
+
+#[test]
+fn existing_host_disks_are_probed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let qcow = tmp.path().join("root.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "16M"]);
+    let raw = tmp.path().join("root.img");
+    fs::write(&raw, vec![0u8; 4096]).unwrap();
+    let tiny = tmp.path().join("tiny.img");
+    fs::write(&tiny, b"QF").unwrap();
+    let plans = BTreeMap::from([
+        (
+            "q".to_owned(),
+            VolumePlan::HostDisk {
+                path: qcow.clone(),
+                create: None,
+            },
+        ),
+        // DiskOrCreate keeps an existing image, whatever its format.
+        (
+            "qc".to_owned(),
+            VolumePlan::HostDisk {
+                path: qcow.clone(),
+                create: Some(1 << 20),
+            },
+        ),
+        (
+            "r".to_owned(),
+            VolumePlan::HostDisk {
+                path: raw.clone(),
+                create: None,
+            },
+        ),
+        (
+            "t".to_owned(),
+            VolumePlan::HostDisk {
+                path: tiny.clone(),
+                create: None,
+            },
+        ),
+    ]);
+    let r = prepare(&plans).unwrap();
+    assert_eq!(
+        r["q"],
+        ResolvedVolume {
+            path: qcow.clone(),
+            format: ImageFormat::Qcow2
+        }
+    );
+    assert_eq!(
+        r["qc"],
+        ResolvedVolume {
+            path: qcow.clone(),
+            format: ImageFormat::Qcow2
+        }
+    );
+    assert_eq!(
+        r["r"],
+        ResolvedVolume {
+            path: raw,
+            format: ImageFormat::Raw
+        }
+    );
+    assert_eq!(
+        r["t"],
+        ResolvedVolume {
+            path: tiny,
+            format: ImageFormat::Raw
+        }
+    );
+    // DiskOrCreate left the existing image alone.
+    assert_eq!(&fs::read(&qcow).unwrap()[..4], QCOW2_MAGIC);
+}
+
+#[test]
+fn host_disks_that_point_elsewhere_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.img");
+    fs::write(&base, b"secret").unwrap();
+    let overlay = tmp.path().join("overlay.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        base.to_str().unwrap(),
+        overlay.to_str().unwrap(),
+    ]);
+    assert_invalid(
+        prepare_one(
+            "root",
+            VolumePlan::HostDisk {
+                path: overlay,
+                create: None,
+            },
+        ),
+        "spec.volumes[name=root].hostDisk.path",
+        "backing file",
+    );
+    assert_invalid(
+        prepare_one(
+            "root",
+            VolumePlan::HostDisk {
+                path: tmp.path().to_path_buf(),
+                create: Some(1),
+            },
+        ),
+        "spec.volumes[name=root].hostDisk.path",
+        "is a directory",
+    );
+}
+
+#[test]
+fn empty_disk_is_a_qcow2_made_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = vmi_dir(tmp.path(), UID);
+    let path = dir.join("scratch.qcow2");
+    let plan = VolumePlan::EmptyDisk {
+        path: path.clone(),
+        bytes: 64 << 20,
+    };
+    let r = prepare_one("scratch", plan.clone()).unwrap();
+    assert_eq!(
+        r,
+        ResolvedVolume {
+            path: path.clone(),
+            format: ImageFormat::Qcow2
+        }
+    );
+    let header = fs::read(&path).unwrap();
+    assert_eq!(&header[..4], b"QFI\xfb");
+    // The virtual size, at offset 24 of the header.
+    assert_eq!(
+        u64::from_be_bytes(header[24..32].try_into().unwrap()),
+        64 << 20
+    );
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(listing(&dir), ["scratch.qcow2"]);
+
+    let before = fs::metadata(&path).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = prepare_one("scratch", plan).unwrap();
+    assert_eq!(again, r);
+    let after = fs::metadata(&path).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.ino(), before.mtime(), before.mtime_nsec())
+    );
+    assert_eq!(listing(&dir), ["scratch.qcow2"]);
+}
+
+#[test]
+fn empty_disk_that_is_not_qcow2_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("scratch.qcow2");
+    fs::write(&path, b"raw bytes").unwrap();
+    let e = prepare_one(
+        "scratch",
+        VolumePlan::EmptyDisk {
+            path: path.clone(),
+            bytes: 1 << 20,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, VolumeError::Io { reason, .. } if reason.contains("not a qcow2")),
+        "{e:?}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), b"raw bytes");
+
+    // A link in the VMI's directory is not followed.
+    let target = tmp.path().join("elsewhere.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        target.to_str().unwrap(),
+        "1M",
+    ]);
+    let link = tmp.path().join("linked.qcow2");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = prepare_one(
+        "linked",
+        VolumePlan::EmptyDisk {
+            path: link,
+            bytes: 1 << 20,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, VolumeError::Io { reason, .. } if reason.contains("symbolic link")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn tool_failures_carry_the_command_and_its_stderr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("huge.qcow2");
+    let e = prepare_one(
+        "huge",
+        VolumePlan::EmptyDisk {
+            path: path.clone(),
+            bytes: u64::MAX,
+        },
+    )
+    .unwrap_err();
+    let VolumeError::Io { what, reason } = &e else {
+        panic!("{e:?}")
+    };
+    assert!(what.contains("qemu-img create -f qcow2 -q"), "{what}");
+    assert!(what.ends_with(&u64::MAX.to_string()), "{what}");
+    assert!(!reason.is_empty() && reason == reason.trim(), "{reason:?}");
+    // Nothing is left behind.
+    assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+}
+
+#[test]
+fn a_missing_tool_says_what_to_install() {
+    let e = find_tool(&["ironvirt-no-such-tool"], "some-package").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("ironvirt-no-such-tool"), "{text}");
+    assert!(text.contains("/usr/sbin, /sbin"), "{text}");
+    assert!(text.contains("install some-package"), "{text}");
+    // mkfs.vfat is found even when PATH lacks the sbin directories.
+    assert!(
+        find_tool(&["mkfs.vfat", "mkfs.fat"], "dosfstools")
+            .unwrap()
+            .is_absolute()
+    );
+}
+
+#[test]
+fn cidata_size_grows_from_one_mib() {
+    let files = |user: usize| CloudInitFiles {
+        user_data: vec![0; user],
+        meta_data: "instance-id: x\n".to_owned(),
+        network_config: None,
+    };
+    assert_eq!(cidata_kib(&files(0)), 1024);
+    assert_eq!(cidata_kib(&files(100_000)), 1024);
+    let big = cidata_kib(&files(10 << 20));
+    assert!(big > 10 * 1024 + 512, "{big} KiB");
+    assert!(big < 14 * 1024, "{big} KiB");
+}
+
+fn cidata_plan(dir: &Path, user_data: &[u8], network: Option<&[u8]>) -> VolumePlan {
+    VolumePlan::CloudInit {
+        path: dir.join("cloudinit.cidata.img"),
+        files: CloudInitFiles {
+            user_data: user_data.to_vec(),
+            meta_data: format!("instance-id: {UID}\nlocal-hostname: testvm\n"),
+            network_config: network.map(<[u8]>::to_vec),
+        },
+    }
+}
+
+/// The volume label in the boot sector of a FAT image (offset 43 on
+/// FAT12/16, 71 on FAT32) and the FAT type.
+fn boot_sector_label(img: &Path) -> (String, String) {
+    let bytes = fs::read(img).unwrap();
+    let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&bytes[r]).trim_end().to_owned();
+    if text(82..90) == "FAT32" {
+        (text(71..82), "FAT32".to_owned())
+    } else {
+        (text(43..54), text(54..62))
+    }
+}
+
+#[test]
+fn cloud_init_disk_is_a_cidata_vfat_with_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = vmi_dir(tmp.path(), UID);
+    let plan = cidata_plan(&dir, b"#!/bin/sh\necho hello\n", Some(b"version: 2\n"));
+    let r = prepare_one("cloudinit", plan).unwrap();
+    let img = dir.join("cloudinit.cidata.img");
+    assert_eq!(
+        r,
+        ResolvedVolume {
+            path: img.clone(),
+            format: ImageFormat::Raw
+        }
+    );
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(listing(&dir), ["cloudinit.cidata.img"]);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 1024 * 1024);
+
+    let i = img.to_str().unwrap();
+    let names = mtools("mdir", &["-i", i, "-b", "::"]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["::/meta-data", "::/network-config", "::/user-data"]);
+    assert_eq!(
+        mtools("mtype", &["-i", i, "::user-data"]),
+        "#!/bin/sh\necho hello\n"
+    );
+    assert_eq!(
+        mtools("mtype", &["-i", i, "::meta-data"]),
+        format!("instance-id: {UID}\nlocal-hostname: testvm\n")
+    );
+    assert_eq!(
+        mtools("mtype", &["-i", i, "::network-config"]),
+        "version: 2\n"
+    );
+    assert!(mtools("mlabel", &["-i", i, "-s", "::"]).contains("Volume label is CIDATA"));
+    assert_eq!(
+        boot_sector_label(&img),
+        ("CIDATA".to_owned(), "FAT12".to_owned())
+    );
+}
+
+#[test]
+fn cloud_init_disk_is_rebuilt_each_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vmi");
+    let img = dir.join("cloudinit.cidata.img");
+    prepare_one("cloudinit", cidata_plan(&dir, b"first", Some(b"net"))).unwrap();
+    let first = fs::metadata(&img).unwrap();
+
+    prepare_one("cloudinit", cidata_plan(&dir, b"second", None)).unwrap();
+    let second = fs::metadata(&img).unwrap();
+    assert_ne!(
+        first.ino(),
+        second.ino(),
+        "replaced by rename, not rewritten in place"
+    );
+    let i = img.to_str().unwrap();
+    assert_eq!(mtools("mtype", &["-i", i, "::user-data"]), "second");
+    let names = mtools("mdir", &["-i", i, "-b", "::"]);
+    assert!(!names.contains("network-config"), "{names}");
+    assert_eq!(listing(&dir), ["cloudinit.cidata.img"]);
+}
+
+#[test]
+fn cloud_init_disk_grows_with_its_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Three MiB that do not compress into fewer clusters.
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = prepare_one("cloudinit", cidata_plan(tmp.path(), &big, None)).unwrap();
+    let i = r.path.to_str().unwrap();
+    let out = Command::new(tool(&["mtype"], "mtools"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", i, "::user-data"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), big.len());
+    assert!(out.stdout == big, "user-data differs");
+    assert_eq!(boot_sector_label(&r.path).0, "CIDATA");
+}
+
+#[test]
+fn empty_user_data_still_makes_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = prepare_one("cloudinit", cidata_plan(tmp.path(), b"", None)).unwrap();
+    let i = r.path.to_str().unwrap();
+    assert_eq!(mtools("mtype", &["-i", i, "::user-data"]), "");
+    assert!(mtools("mdir", &["-i", i, "-b", "::"]).contains("::/user-data"));
+}
+
+#[test]
+fn prepare_does_the_whole_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = vmi_dir(tmp.path(), UID);
+    let root = tmp.path().join("images/root.img");
+    let vmi = vmi_with(&format!(
+        "[{{name: root, hostDisk: {{path: {}, type: DiskOrCreate, capacity: 8Mi}}}},\
+          {{name: scratch, emptyDisk: {{capacity: 8Mi}}}},\
+          {{name: cloudinit, cloudInitNoCloud: {{secretRef: {{name: s}}}}}}]",
+        root.display()
+    ));
+    let plans = plan(
+        &vmi,
+        &dir,
+        &secrets(&[("s", "userdata", b"#cloud-config\n")]),
+    )
+    .unwrap();
+    let r = prepare(&plans).unwrap();
+    assert_eq!(
+        r["root"],
+        ResolvedVolume {
+            path: root,
+            format: ImageFormat::Raw
+        }
+    );
+    assert_eq!(
+        r["scratch"],
+        ResolvedVolume {
+            path: dir.join("scratch.qcow2"),
+            format: ImageFormat::Qcow2
+        }
+    );
+    assert_eq!(
+        r["cloudinit"],
+        ResolvedVolume {
+            path: dir.join("cloudinit.cidata.img"),
+            format: ImageFormat::Raw
+        }
+    );
+    assert_eq!(listing(&dir), ["cloudinit.cidata.img", "scratch.qcow2"]);
+    assert_eq!(prepare(&plans).unwrap(), r);
+    assert_eq!(listing(&dir), ["cloudinit.cidata.img", "scratch.qcow2"]);
+}
+
+// ---- cleanup -----------------------------------------------------------
+
+#[test]
+fn cleanup_removes_the_dir_and_tolerates_a_missing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = vmi_dir(tmp.path(), UID);
+    prepare_one(
+        "scratch",
+        VolumePlan::EmptyDisk {
+            path: dir.join("scratch.qcow2"),
+            bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    // A link inside is removed, not followed.
+    let outside = tmp.path().join("outside");
+    fs::write(&outside, b"keep").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+    cleanup(&dir).unwrap();
+    assert!(!dir.exists());
+    assert_eq!(fs::read(&outside).unwrap(), b"keep");
+    cleanup(&dir).unwrap();
+    assert!(tmp.path().join("vmis").exists());
+}
