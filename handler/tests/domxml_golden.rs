@@ -9,7 +9,8 @@
 //! interface to host port `10000 + p`.
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p ironvirt-handler --test domxml_golden`
-//! rewrites the XML files.
+//! rewrites the XML files. Not in CI: with `CI` set, `UPDATE_GOLDEN` fails
+//! the test, so a pipeline can never bless its own output.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -204,9 +205,25 @@ fn check(case: &Path, update: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether to rewrite the golden files: `UPDATE_GOLDEN=1`, refused in CI.
+fn update_mode(update_golden: Option<&str>, ci: Option<&str>) -> Result<bool, String> {
+    match (update_golden, ci) {
+        (None, _) => Ok(false),
+        (Some(_), Some(ci)) => Err(format!(
+            "UPDATE_GOLDEN is set in CI (CI={ci:?}): golden files are updated on a \
+             workstation and reviewed, never rewritten by the pipeline that checks them"
+        )),
+        (Some(v), None) => Ok(v == "1"),
+    }
+}
+
 #[test]
 fn golden_domain_xml() {
-    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    let update = update_mode(
+        std::env::var("UPDATE_GOLDEN").ok().as_deref(),
+        std::env::var("CI").ok().as_deref(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let cases = files("yaml");
     assert!(!cases.is_empty(), "no cases in {}", golden_dir().display());
     let failures: Vec<String> = cases
@@ -229,4 +246,16 @@ fn every_golden_xml_has_its_case() {
         .filter(|x| !x.with_extension("yaml").exists())
         .collect();
     assert!(orphans.is_empty(), "golden XML without a case: {orphans:?}");
+}
+
+#[test]
+fn update_golden_is_refused_in_ci() {
+    assert_eq!(update_mode(None, None), Ok(false));
+    assert_eq!(update_mode(None, Some("true")), Ok(false));
+    assert_eq!(update_mode(Some("1"), None), Ok(true));
+    assert_eq!(update_mode(Some("0"), None), Ok(false));
+    for ci in ["true", "1", ""] {
+        let refused = update_mode(Some("1"), Some(ci)).unwrap_err();
+        assert!(refused.contains("UPDATE_GOLDEN is set in CI"), "{refused}");
+    }
 }
