@@ -86,31 +86,37 @@ struct Hook {
     operations: &'static [&'static str],
 }
 
+/// A validating webhook: every one checks CREATE and UPDATE.
+const fn validator(name: &'static str, path: &'static str, resource: &'static str) -> Hook {
+    Hook {
+        name,
+        path,
+        resource,
+        operations: &["CREATE", "UPDATE"],
+    }
+}
+
 const VALIDATING: [Hook; 4] = [
-    Hook {
-        name: "virtualmachineinstances-validator.ironvirt.io",
-        path: VALIDATE_VMI_PATH,
-        resource: "virtualmachineinstances",
-        operations: &["CREATE", "UPDATE"],
-    },
-    Hook {
-        name: "virtualmachines-validator.ironvirt.io",
-        path: VALIDATE_VM_PATH,
-        resource: "virtualmachines",
-        operations: &["CREATE", "UPDATE"],
-    },
-    Hook {
-        name: "virtualmachineinstancereplicasets-validator.ironvirt.io",
-        path: VALIDATE_VMIRS_PATH,
-        resource: "virtualmachineinstancereplicasets",
-        operations: &["CREATE", "UPDATE"],
-    },
-    Hook {
-        name: "virtualmachineinstancepresets-validator.ironvirt.io",
-        path: VALIDATE_PRESET_PATH,
-        resource: "virtualmachineinstancepresets",
-        operations: &["CREATE", "UPDATE"],
-    },
+    validator(
+        "virtualmachineinstances-validator.ironvirt.io",
+        VALIDATE_VMI_PATH,
+        "virtualmachineinstances",
+    ),
+    validator(
+        "virtualmachines-validator.ironvirt.io",
+        VALIDATE_VM_PATH,
+        "virtualmachines",
+    ),
+    validator(
+        "virtualmachineinstancereplicasets-validator.ironvirt.io",
+        VALIDATE_VMIRS_PATH,
+        "virtualmachineinstancereplicasets",
+    ),
+    validator(
+        "virtualmachineinstancepresets-validator.ironvirt.io",
+        VALIDATE_PRESET_PATH,
+        "virtualmachineinstancepresets",
+    ),
 ];
 
 const MUTATING: Hook = Hook {
