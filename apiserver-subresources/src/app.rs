@@ -31,6 +31,9 @@ pub struct Config {
     pub privileged_users: Vec<String>,
     /// Plain-HTTP address of /metrics and /healthz.
     pub metrics_addr: SocketAddr,
+    /// hostDisk on (under a root) or off, and the capacity limits the
+    /// validating webhooks enforce.
+    pub volume_policy: ironvirt_crds::validate::VolumePolicy,
 }
 
 /// Why ironvirt-api could not start.
@@ -141,8 +144,15 @@ fn admission_router(client: &Client, cfg: &Config) -> Router {
             instance: None,
         },
     );
+    match &cfg.volume_policy.host_disk {
+        Some(hd) => {
+            tracing::info!(root = %hd.root.display(), "hostDisk is on: images lie in <root>/<namespace>/")
+        }
+        None => tracing::info!("hostDisk is off (no --host-disk-root)"),
+    }
     let state = crate::admission::AdmissionState::new(store)
         .with_privileged_users(cfg.privileged_users.clone())
+        .with_volume_policy(cfg.volume_policy.clone())
         .with_recorder(recorder);
     crate::admission::router(state)
 }

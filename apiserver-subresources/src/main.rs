@@ -55,6 +55,42 @@ struct Args {
     /// Plain-HTTP address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Turns hostDisk on (KubeVirt's HostDisk feature gate): images must lie in
+    /// <DIR>/<namespace>/ of the VMI, without symbolic links. Absent: hostDisk is off.
+    #[arg(long, value_name = "DIR", value_parser = host_disk_root)]
+    host_disk_root: Option<PathBuf>,
+    /// The largest emptyDisk or DiskOrCreate hostDisk capacity (a quantity; 0: no limit).
+    #[arg(long, value_name = "QUANTITY", default_value = "1Ti", value_parser = byte_quantity)]
+    max_volume_size: u64,
+    /// The largest sum of a VMI's emptyDisk and DiskOrCreate capacities (0: no limit).
+    #[arg(long, value_name = "QUANTITY", default_value = "4Ti", value_parser = byte_quantity)]
+    max_vmi_volume_size: u64,
+}
+
+/// An absolute directory without `.` or `..` components.
+fn host_disk_root(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    let plain = p.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    });
+    if p.is_absolute() && plain {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute directory without '.' or '..' components"
+        ))
+    }
+}
+
+/// A quantity of bytes such as 1Ti or 500Gi.
+fn byte_quantity(s: &str) -> Result<u64, String> {
+    let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.to_owned());
+    ironvirt_crds::quantity::parse_quantity(&q, false)
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| format!("{s:?} is not a quantity of bytes such as 1Ti or 500Gi"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +223,13 @@ fn main() -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace,
         privileged_users: args.privileged_users,
         metrics_addr: args.metrics_addr,
+        volume_policy: ironvirt_crds::validate::VolumePolicy {
+            host_disk: args
+                .host_disk_root
+                .map(|root| ironvirt_crds::validate::HostDiskPolicy { root }),
+            max_volume_bytes: Some(args.max_volume_size).filter(|b| *b > 0),
+            max_vmi_bytes: Some(args.max_vmi_volume_size).filter(|b| *b > 0),
+        },
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

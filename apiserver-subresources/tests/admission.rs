@@ -20,6 +20,7 @@ use ironvirt_apiserver_subresources::admission::{
     WebhookClient, WebhookEndpoint, router, webhook_configurations,
 };
 use ironvirt_crds::VirtualMachineInstancePreset;
+use ironvirt_crds::validate::VolumePolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -182,8 +183,18 @@ fn patched(object: &Value, patch: &json_patch::Patch) -> Value {
     out
 }
 
+/// The test bed's hostDisk root (hack/lib.sh `HOSTDISK_ROOT`); the cases'
+/// hostDisk paths lie in its `default` directory.
+const HOSTDISK_ROOT: &str = "/var/lib/ironvirt/hostdisks";
+
+/// The volume policy of the test bed: hostDisk on under [`HOSTDISK_ROOT`],
+/// the default capacity limits.
+fn bed_policy() -> VolumePolicy {
+    VolumePolicy::with_host_disk_root(HOSTDISK_ROOT)
+}
+
 fn app() -> Router {
-    router(AdmissionState::without_presets())
+    router(AdmissionState::without_presets().with_volume_policy(bed_policy()))
 }
 
 fn presets_state(presets: &[Value]) -> AdmissionState {
@@ -202,7 +213,7 @@ fn presets_state(presets: &[Value]) -> AdmissionState {
         writer.apply_watcher_event(&watcher::Event::Apply(preset));
     }
     // The store stays readable (and ready) after the writer is dropped.
-    AdmissionState::new(store)
+    AdmissionState::new(store).with_volume_policy(bed_policy())
 }
 
 fn preset(name: &str, namespace: &str, selector: Value, domain: Value) -> Value {
@@ -221,7 +232,7 @@ fn small_vmi(labels: Value, domain: Value) -> Value {
         "metadata": {"name": "small-vmi", "labels": labels},
         "spec": {
             "domain": domain,
-            "volumes": [{"name": "root", "hostDisk": {"path": "/img", "type": "Disk"}}],
+            "volumes": [{"name": "root", "hostDisk": {"path": "/var/lib/ironvirt/hostdisks/default/img", "type": "Disk"}}],
         },
     })
 }
@@ -756,4 +767,208 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
         Some("https://127.0.0.1:9443/webhooks/validate/virtualmachineinstancepresets")
     );
     assert!(hooks[3].client_config.service.is_none());
+}
+
+// ---------------------------------------------------------------------------
+// hostDisk confined, capacity limits
+
+/// `object` (a VMI, or a VM or VMIRS with a template) with its first
+/// volume's hostDisk at `path`, of `type`.
+fn with_host_disk(object: &Value, path: &str, disk_type: &str) -> Value {
+    let mut out = object.clone();
+    let spec = if out["kind"] == "VirtualMachineInstance" {
+        &mut out["spec"]
+    } else {
+        &mut out["spec"]["template"]["spec"]
+    };
+    spec["volumes"][0]["hostDisk"] = json!({"path": path, "type": disk_type, "capacity": "1Gi"});
+    out
+}
+
+/// The field path of the first volume of `object`'s VMI spec.
+fn volume0(object: &Value) -> &'static str {
+    if object["kind"] == "VirtualMachineInstance" {
+        "spec.volumes[0]"
+    } else {
+        "spec.template.spec.volumes[0]"
+    }
+}
+
+/// The causes (field, message) of a denial, asserting it is a 422 Invalid.
+fn causes(r: &Value) -> Vec<(String, String)> {
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 422, "{r}");
+    assert_eq!(r["status"]["reason"], "Invalid", "{r}");
+    r["status"]["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap().to_owned(),
+                c["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn any_hostdisk_is_refused_while_hostdisk_is_off() {
+    // No --host-disk-root: the default policy, as in deploy/.
+    let app = router(AdmissionState::without_presets());
+    let file = InvalidFile::load();
+    for base in ["vmi", "vm", "vmirs"] {
+        let object = &file.bases[base];
+        for path in [
+            "/var/lib/ironvirt/hostdisks/default/busybox.qcow2",
+            "/etc/shadow",
+        ] {
+            let r = validate(&app, &Call::create(with_host_disk(object, path, "Disk"))).await;
+            let causes = causes(&r);
+            assert_eq!(causes.len(), 1, "{base} {path}: {causes:?}");
+            assert_eq!(causes[0].0, format!("{}.hostDisk", volume0(object)));
+            assert!(
+                causes[0].1.contains("hostDisk is disabled on this cluster")
+                    && causes[0].1.contains("HostDisk feature gate"),
+                "{causes:?}"
+            );
+        }
+    }
+    // Other volumes still pass.
+    let mut vmi = file.bases["vmi"].clone();
+    vmi["spec"]["volumes"][0] = json!({"name": "rootdisk", "emptyDisk": {"capacity": "1Gi"}});
+    let r = validate(&app, &Call::create(vmi)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+}
+
+#[tokio::test]
+async fn hostdisk_links_devices_and_escapes_on_the_webhooks_host_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("hostdisks");
+    let (ns1, ns2) = (root.join("ns1"), root.join("ns2"));
+    std::fs::create_dir_all(&ns1).unwrap();
+    std::fs::create_dir_all(&ns2).unwrap();
+    std::fs::write(ns1.join("disk.img"), b"mine").unwrap();
+    std::fs::write(ns2.join("secret.img"), b"theirs").unwrap();
+    std::os::unix::fs::symlink(ns2.join("secret.img"), ns1.join("link.img")).unwrap();
+    std::os::unix::fs::symlink(&ns2, ns1.join("theirs")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", ns1.join("null")).unwrap();
+    std::fs::create_dir(ns1.join("dir")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(ns1.join("sock")).unwrap();
+    // A real device node when the tests run as root (as in the test bed).
+    let device = std::process::Command::new("mknod")
+        .arg(ns1.join("zero"))
+        .args(["c", "1", "5"])
+        .status()
+        .is_ok_and(|s| s.success());
+
+    let app = router(
+        AdmissionState::without_presets()
+            .with_volume_policy(VolumePolicy::with_host_disk_root(&root)),
+    );
+    let file = InvalidFile::load();
+    let at = |p: &str| format!("{}/{p}", ns1.display());
+    let mut refused = vec![
+        (at("link.img"), "Disk", "is a symbolic link"),
+        (at("theirs/secret.img"), "Disk", "is a symbolic link"),
+        (at("null"), "DiskOrCreate", "is a symbolic link"),
+        (
+            at("sock"),
+            "Disk",
+            "is a socket: a hostDisk image must be a regular file",
+        ),
+        (at("dir"), "DiskOrCreate", "is a directory"),
+        (at("disk.img/x.img"), "DiskOrCreate", "is not a directory"),
+        (at("../ns2/secret.img"), "Disk", "'..'"),
+        (
+            format!("{}/secret.img", ns2.display()),
+            "Disk",
+            "is not inside",
+        ),
+        ("/etc/shadow".to_owned(), "Disk", "is not inside"),
+        ("/dev/null".to_owned(), "Disk", "is not inside"),
+    ];
+    if device {
+        refused.push((at("zero"), "Disk", "is a character device"));
+    }
+    for base in ["vmi", "vm", "vmirs"] {
+        let object = &file.bases[base];
+        for (path, disk_type, want) in &refused {
+            let mut call = Call::create(with_host_disk(object, path, disk_type));
+            call.namespace = "ns1".into();
+            let r = validate(&app, &call).await;
+            let causes = causes(&r);
+            assert_eq!(causes.len(), 1, "{base} {path}: {causes:?}");
+            assert_eq!(causes[0].0, format!("{}.hostDisk.path", volume0(object)));
+            assert!(
+                causes[0].1.contains(want) && causes[0].1.contains(path.as_str()),
+                "{base} {path}: {causes:?}"
+            );
+        }
+        // A regular file, a missing Disk (the handler refuses it if it is
+        // still missing when the VMI starts) and DiskOrCreate in a new
+        // directory pass.
+        for (path, disk_type) in [
+            (at("disk.img"), "Disk"),
+            (at("missing.img"), "Disk"),
+            (at("new/dir/data.img"), "DiskOrCreate"),
+        ] {
+            let mut call = Call::create(with_host_disk(object, &path, disk_type));
+            call.namespace = "ns1".into();
+            let r = validate(&app, &call).await;
+            assert_eq!(r["allowed"], true, "{base} {path}: {r}");
+        }
+    }
+    // Changing a VM's template to a link is refused like creating it.
+    let vm = with_host_disk(&file.bases["vm"], &at("disk.img"), "Disk");
+    let linked = with_host_disk(&vm, &at("link.img"), "Disk");
+    let mut call = Call::update(vm, linked);
+    call.namespace = "ns1".into();
+    let r = validate(&app, &call).await;
+    assert_eq!(
+        causes(&r)[0].0,
+        "spec.template.spec.volumes[0].hostDisk.path",
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn capacity_limits_come_from_the_policy() {
+    let file = InvalidFile::load();
+    let mut vmi = file.bases["vmi"].clone();
+    vmi["spec"]["volumes"][0] = json!({"name": "rootdisk", "emptyDisk": {"capacity": "2Gi"}});
+    let limited = router(
+        AdmissionState::without_presets().with_volume_policy(VolumePolicy {
+            max_volume_bytes: Some(1 << 30),
+            max_vmi_bytes: Some(1 << 30),
+            ..bed_policy()
+        }),
+    );
+    let r = validate(&limited, &Call::create(vmi.clone())).await;
+    assert_eq!(
+        causes(&r),
+        vec![
+            (
+                "spec.volumes[0].emptyDisk.capacity".to_owned(),
+                "'2Gi' is more than the maximum of 1Gi per volume on this cluster".to_owned()
+            ),
+            (
+                "spec.volumes".to_owned(),
+                "the emptyDisk and DiskOrCreate capacities add up to 2Gi, more than the maximum of 1Gi per VMI on this cluster".to_owned()
+            ),
+        ]
+    );
+    let unlimited = router(
+        AdmissionState::without_presets().with_volume_policy(VolumePolicy {
+            max_volume_bytes: None,
+            max_vmi_bytes: None,
+            ..bed_policy()
+        }),
+    );
+    vmi["spec"]["volumes"][0]["emptyDisk"]["capacity"] = json!("1Ei");
+    let r = validate(&unlimited, &Call::create(vmi.clone())).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    // The defaults refuse 1Ei.
+    let r = validate(&app(), &Call::create(vmi)).await;
+    assert_eq!(causes(&r).len(), 2, "{r}");
 }

@@ -7,6 +7,11 @@
 //!   KubeVirt fields); on update its spec is immutable except for the
 //!   privileged users (ironvirt's own service accounts). VMs, VMI ReplicaSets
 //!   and presets are checked on create and whenever their spec changes.
+//!   The volumes are checked against the cluster's
+//!   [`VolumePolicy`](ironvirt_crds::validate::VolumePolicy) (`--host-disk-root`,
+//!   `--max-volume-size`, `--max-vmi-volume-size`) for the object's namespace:
+//!   hostDisk off, or confined to `<root>/<namespace>/` without links or
+//!   device nodes, and capacity limits (`volumes.rs`).
 //!   Rejections are a Status with code 422, reason Invalid and one cause per
 //!   problem (at most 10), as Kubernetes and KubeVirt report them.
 //! - **Mutating** (`/webhooks/mutate/virtualmachineinstances`, VMI create):
@@ -25,6 +30,7 @@ mod review;
 mod state;
 mod uuid;
 mod validating;
+mod volumes;
 
 pub use config::{
     MUTATOR_NAME, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, webhook_configurations,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstancePreset;
+use ironvirt_crds::validate::VolumePolicy;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -34,6 +35,9 @@ pub struct AdmissionState {
     pub recorder: Option<Recorder>,
     /// How long a request waits for the preset cache's first sync.
     pub preset_sync_timeout: Duration,
+    /// hostDisk on or off and where, and the capacity limits (the default:
+    /// hostDisk off, 1Ti per volume, 4Ti per VMI).
+    pub volume_policy: VolumePolicy,
 }
 
 impl std::fmt::Debug for AdmissionState {
@@ -43,18 +47,21 @@ impl std::fmt::Debug for AdmissionState {
             .field("privileged_users", &self.privileged_users)
             .field("recorder", &self.recorder.is_some())
             .field("preset_sync_timeout", &self.preset_sync_timeout)
+            .field("volume_policy", &self.volume_policy)
             .finish()
     }
 }
 
 impl AdmissionState {
-    /// State over a preset store, with no privileged users and no recorder.
+    /// State over a preset store, with no privileged users, no recorder and
+    /// the default volume policy (hostDisk off).
     pub fn new(presets: Store<VirtualMachineInstancePreset>) -> Self {
         AdmissionState {
             presets,
             privileged_users: Vec::new(),
             recorder: None,
             preset_sync_timeout: DEFAULT_PRESET_SYNC_TIMEOUT,
+            volume_policy: VolumePolicy::default(),
         }
     }
 
@@ -87,6 +94,13 @@ impl AdmissionState {
     #[must_use]
     pub fn with_preset_sync_timeout(mut self, timeout: Duration) -> Self {
         self.preset_sync_timeout = timeout;
+        self
+    }
+
+    /// Sets the cluster's volume policy (hostDisk root, capacity limits).
+    #[must_use]
+    pub fn with_volume_policy(mut self, policy: VolumePolicy) -> Self {
+        self.volume_policy = policy;
         self
     }
 

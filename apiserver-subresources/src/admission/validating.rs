@@ -5,13 +5,14 @@
 use ironvirt_crds::validate::{self, FieldError, Reason};
 use ironvirt_crds::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePreset,
-    VirtualMachineInstanceReplicaSet,
+    VirtualMachineInstanceReplicaSet, VirtualMachineInstanceSpec,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::review::{Review, Verdict};
 use super::state::AdmissionState;
+use super::volumes;
 
 /// The kinds the validating webhooks serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +73,10 @@ pub(crate) fn review(kind: Kind, review: &Review, state: &AdmissionState) -> Ver
         return Verdict::Allow;
     };
     match (review.operation(), kind) {
-        ("CREATE", _) => verdict(check(kind, object)),
+        ("CREATE", _) => verdict(check(kind, object, &review.namespace(), state)),
         ("UPDATE", Kind::Vmi) => vmi_update(review, object, state),
         ("UPDATE", _) if spec_unchanged(review, object) || deleting(object) => Verdict::Allow,
-        ("UPDATE", _) => verdict(check(kind, object)),
+        ("UPDATE", _) => verdict(check(kind, object, &review.namespace(), state)),
         _ => Verdict::Allow,
     }
 }
@@ -88,19 +89,41 @@ fn verdict(errors: Vec<FieldError>) -> Verdict {
     }
 }
 
-/// Every problem with a raw object of `kind`.
-pub(crate) fn check(kind: Kind, object: &Value) -> Vec<FieldError> {
+/// Every problem with a raw object of `kind` in `namespace`, its volumes
+/// checked against the cluster's volume policy.
+pub(crate) fn check(
+    kind: Kind,
+    object: &Value,
+    namespace: &str,
+    state: &AdmissionState,
+) -> Vec<FieldError> {
     let missing = missing_fields(object, kind.required());
     if !missing.is_empty() {
         return missing;
     }
+    let policy = &state.volume_policy;
+    let with_volumes =
+        |mut errors: Vec<FieldError>, spec: Option<&VirtualMachineInstanceSpec>, path: &str| {
+            volumes::merge(&mut errors, volumes::check(spec, namespace, policy, path));
+            errors
+        };
     match kind {
         Kind::Vmi => typed(object, |v: VirtualMachineInstance| {
-            validate::vmi_spec(&v.spec, "spec")
+            with_volumes(validate::vmi_spec(&v.spec, "spec"), Some(&v.spec), "spec")
         }),
-        Kind::Vm => typed(object, |v: VirtualMachine| validate::vm_spec(&v.spec)),
+        Kind::Vm => typed(object, |v: VirtualMachine| {
+            with_volumes(
+                validate::vm_spec(&v.spec),
+                v.spec.template.spec.as_ref(),
+                "spec.template.spec",
+            )
+        }),
         Kind::Vmirs => typed(object, |v: VirtualMachineInstanceReplicaSet| {
-            validate::vmirs_spec(&v.spec)
+            with_volumes(
+                validate::vmirs_spec(&v.spec),
+                v.spec.template.spec.as_ref(),
+                "spec.template.spec",
+            )
         }),
         Kind::Preset => typed(object, |v: VirtualMachineInstancePreset| {
             validate::preset_spec(&v.spec)
@@ -243,7 +266,13 @@ mod tests {
 
     #[test]
     fn missing_fields_are_required() {
-        let errs = check(Kind::Vmirs, &json!({"spec": {"template": null}}));
+        let state = AdmissionState::without_presets();
+        let errs = check(
+            Kind::Vmirs,
+            &json!({"spec": {"template": null}}),
+            "default",
+            &state,
+        );
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.selector", "spec.template"]);
         assert!(errs.iter().all(|e| e.reason == Reason::Required));
@@ -251,9 +280,12 @@ mod tests {
 
     #[test]
     fn unreadable_objects_are_errors() {
+        let state = AdmissionState::without_presets();
         let errs = check(
             Kind::Vmi,
             &json!({"metadata": {"name": "x"}, "spec": {"domain": {"cpu": {"cores": "two"}}}}),
+            "default",
+            &state,
         );
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.starts_with("cannot be read: "), "{errs:?}");
