@@ -67,7 +67,10 @@ pub async fn open_ws(client: &Client, path: &str) -> Result<ApiWs, (u16, String)
         .header("Upgrade", "websocket")
         .header("Sec-WebSocket-Version", "13")
         .header("Sec-WebSocket-Key", key)
-        .header("Sec-WebSocket-Protocol", "plain.kubevirt.io")
+        .header(
+            "Sec-WebSocket-Protocol",
+            ironvirt_crds::wire::STREAM_SUBPROTOCOL,
+        )
         .body(kube::client::Body::empty())
         .map_err(|e| (0, e.to_string()))?;
     let resp = client.send(req).await.map_err(|e| (0, e.to_string()))?;

@@ -15,7 +15,7 @@ use ironvirt_tests::api::{
 };
 use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
-use ironvirt_tests::operator::{Operator, open_fds, scrape};
+use ironvirt_tests::operator::{Operator, eventually, open_fds, scrape};
 use kube::api::{Api, PostParams};
 
 const QEMU: &str = "qemu:///system";
@@ -128,7 +128,9 @@ async fn idle_consoles_survive_and_replicas_fail_over_without_leaks() {
         eprintln!("baseline: {base:?}");
 
         // Idle for two minutes: pings keep the session (and every hop on the
-        // way) alive; reading answers them as a client does.
+        // way) alive; reading answers them as a client does. This wait is the
+        // idle period under test, not a check that nothing happened: what
+        // follows shows the session survived it.
         let mut con = console(&admin, &path).await?;
         let idle = con.expect("this text never comes", IDLE).await;
         assert!(idle.is_err(), "the guest printed by itself");
@@ -160,12 +162,17 @@ async fn idle_consoles_survive_and_replicas_fail_over_without_leaks() {
         // are spread over both.
         let log = bed.info().logs_dir.join(format!("ironvirt-api-{ns}.log"));
         let mut replica = ApiReplica::start(bed, port, &log);
-        for _ in 0..100 {
-            if scrape(replica.metrics_port, "ironvirt_api_runtime_alive_tasks").await > 0.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let replica_metrics = replica.metrics_port;
+        eventually(
+            Duration::from_secs(10),
+            "the second replica's metrics",
+            || async {
+                (scrape(replica_metrics, "ironvirt_api_runtime_alive_tasks").await > 0.0)
+                    .then_some(())
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         // A new console takes over from the previous one (one writer, as in
         // KubeVirt), so count the sessions each replica accepted.
         let accepted = "ironvirt_api_requests_total{route=\"console\",code=\"101\"}";
