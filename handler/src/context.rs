@@ -23,7 +23,8 @@ use crate::libvirt::Libvirt;
 /// The handler's own metrics, served on the health port beside the runtime's.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    /// Orphan sweeps completed (successful or not).
+    /// Orphan sweeps that went through every domain and directory of the
+    /// node without an error.
     pub orphan_sweeps: Counter,
 }
 
@@ -32,7 +33,7 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "orphan_sweeps",
-            "Orphan sweeps done: looks for domains and files whose VMI is gone",
+            "Orphan sweeps completed: every domain and file of the node checked against the VMI cache",
             self.orphan_sweeps.clone(),
         );
     }

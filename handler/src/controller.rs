@@ -467,10 +467,12 @@ pub async fn sweep_orphans(
     }
     tracing::info!("VMI cache ready; sweeping orphans every {every:?}");
     loop {
-        if let Err(e) = sweep_once(&ctx, &store).await {
-            tracing::warn!(error = %e, "orphan sweep failed");
+        match sweep_once(&ctx, &store).await {
+            Ok(()) => {
+                ctx.metrics.orphan_sweeps.inc();
+            }
+            Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),
         }
-        ctx.metrics.orphan_sweeps.inc();
         tokio::time::sleep(every).await;
     }
 }

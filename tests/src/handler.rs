@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use ironvirt_crds::wire::handler_lease_name;
 use ironvirt_testbed::TestBed;
 use ironvirt_testbed::pki::{HANDLER_SERVER_NAME, names};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -18,6 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::operator::{LEASE_NAMESPACE, TEST_NODE_LABEL};
+
+/// The handler's counter of completed orphan sweeps.
+const ORPHAN_SWEEPS: &str = "ironvirt_handler_orphan_sweeps_total";
 
 /// A running handler process for node `node`; killed when dropped.
 pub struct Handler {
@@ -155,8 +159,36 @@ impl Handler {
         let nodes: Api<Node> = Api::all(client.clone());
         let _ = nodes.delete(&self.node, &DeleteParams::default()).await;
         let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-        for l in [format!("ironvirt-handler-{}", self.node), self.node.clone()] {
+        for l in [handler_lease_name(&self.node), self.node.clone()] {
             let _ = leases.delete(&l, &DeleteParams::default()).await;
+        }
+    }
+
+    /// Orphan sweeps this handler has completed without an error, from its
+    /// `/metrics`.
+    pub async fn orphan_sweeps(&self) -> f64 {
+        crate::operator::scrape(self.health_port, ORPHAN_SWEEPS).await
+    }
+
+    /// Waits until a whole orphan sweep has run after this call: two more
+    /// completed sweeps, since one may have been under way already. A sweep
+    /// runs when the VMI cache is ready and every 30 s after that.
+    pub async fn wait_for_a_full_sweep(&self, timeout: Duration) -> Result<(), String> {
+        let start = self.orphan_sweeps().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.orphan_sweeps().await;
+            if now >= start + 2.0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "handler {}: {} orphan sweeps completed in {timeout:?}, wanted 2",
+                    self.node,
+                    now - start
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

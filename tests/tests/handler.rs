@@ -431,7 +431,14 @@ async fn two_handlers_on_one_libvirtd_keep_to_their_own_domains() {
         assert_eq!((da.len(), db.len()), (1, 1));
         // Each handler sees the other's domain on the same libvirtd, and its
         // VMI is not in its cache: the sweeper must still leave it alone.
-        tokio::time::sleep(Duration::from_secs(35)).await;
+        // Both sweep at least once with both domains there (their /metrics
+        // count the sweeps), and the domains still run.
+        let (swept_a, swept_b) = tokio::join!(
+            a.wait_for_a_full_sweep(Duration::from_secs(75)),
+            b.wait_for_a_full_sweep(Duration::from_secs(75)),
+        );
+        swept_a?;
+        swept_b?;
         assert_eq!(domain_active(QEMU, &da[0]), Some(true));
         assert_eq!(domain_active(QEMU, &db[0]), Some(true));
         // The stream endpoint of one node does not serve the other's VMI.
