@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::Extension;
 use axum::body::Body;
 use axum::http::{Method, Request, Response, StatusCode};
-use ironvirt_crds::wire::{HANDLER_LEASE_NAMESPACE, STREAM_URL_ANNOTATION};
+use ironvirt_crds::wire::{HANDLER_LEASE_NAMESPACE, STREAM_URL_ANNOTATION, handler_lease_name};
 use kube::Client;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -23,8 +23,13 @@ const NS: &str = "ns";
 const SAR_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 const VMI_PATH: &str = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachineinstances/x";
 const VM_PATH: &str = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachines/x";
-const LEASE_PATH: &str =
-    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/ironvirt-handler-n1";
+/// Where the handler Lease of node n1 is read.
+fn lease_path() -> String {
+    format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{HANDLER_LEASE_NAMESPACE}/leases/{}",
+        handler_lease_name("n1")
+    )
+}
 
 /// One request the fake kube-apiserver saw.
 #[derive(Clone, Debug)]
@@ -204,7 +209,7 @@ fn vm(strategy: &str) -> Value {
 pub(super) fn lease(url: Option<&str>) -> Value {
     let annotations = url.map(|u| json!({STREAM_URL_ANNOTATION: u}));
     json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "ironvirt-handler-n1", "namespace": HANDLER_LEASE_NAMESPACE,
+        "metadata": {"name": handler_lease_name("n1"), "namespace": HANDLER_LEASE_NAMESPACE,
             "annotations": annotations}})
 }
 
@@ -270,9 +275,10 @@ pub(super) fn vmi_cluster(vmi: Option<Value>, lease: Option<Value>) -> (Client, 
             ("GET", VMI_PATH) => vmi
                 .clone()
                 .map_or_else(|| missing("virtualmachineinstances \"x\""), |v| (200, v)),
-            ("GET", LEASE_PATH) => lease
-                .clone()
-                .map_or_else(|| missing("leases \"ironvirt-handler-n1\""), |l| (200, l)),
+            ("GET", p) if p == lease_path() => lease.clone().map_or_else(
+                || missing(&format!("leases \"{}\"", handler_lease_name("n1"))),
+                |l| (200, l),
+            ),
             _ => (500, status(500, "InternalError", "unexpected request")),
         }
     }))
@@ -543,7 +549,7 @@ async fn a_handler_that_cannot_be_reached_is_503() {
                 vec![
                     (Method::POST, SAR_PATH.to_owned()),
                     (Method::GET, VMI_PATH.to_owned()),
-                    (Method::GET, LEASE_PATH.to_owned()),
+                    (Method::GET, lease_path()),
                 ]
             );
         }
