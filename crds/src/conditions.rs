@@ -2,12 +2,51 @@
 //! comparisons that ignore timestamps, so status is written only when
 //! something a user cares about changed.
 
-use crate::vmi::Condition;
+use crate::VirtualMachineInstance;
+use crate::vmi::{Condition, PhaseTransitionTimestamp, VirtualMachineInstancePhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";
+
+/// The VMI's phase transitions with `phase` entered at `now`, unless it was
+/// entered before: then its recorded time stays. The operator writes the
+/// whole list; the handler, which under server-side apply owns only the
+/// entries it writes, writes the entry for `phase` alone ([`transition`]).
+pub fn transitions(
+    vmi: &VirtualMachineInstance,
+    phase: VirtualMachineInstancePhase,
+    now: Timestamp,
+) -> Vec<PhaseTransitionTimestamp> {
+    let mut list = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.phase_transition_timestamps.clone())
+        .unwrap_or_default();
+    if !list.iter().any(|t| t.phase == phase) {
+        list.push(PhaseTransitionTimestamp {
+            phase,
+            phase_transition_timestamp: Time(now),
+        });
+    }
+    list
+}
+
+/// The entry of [`transitions`] for `phase`.
+pub fn transition(
+    vmi: &VirtualMachineInstance,
+    phase: VirtualMachineInstancePhase,
+    now: Timestamp,
+) -> PhaseTransitionTimestamp {
+    transitions(vmi, phase, now)
+        .into_iter()
+        .find(|t| t.phase == phase)
+        .unwrap_or(PhaseTransitionTimestamp {
+            phase,
+            phase_transition_timestamp: Time(now),
+        })
+}
 
 /// A condition without timestamps; [`merge`] fills them in.
 pub fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {

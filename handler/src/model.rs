@@ -7,7 +7,6 @@ use ironvirt_crds::vmi::{
     Condition, PhaseTransitionTimestamp, StartStrategy, VirtualMachineInstanceNetworkInterface,
     VirtualMachineInstancePhase as Phase,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -244,7 +243,11 @@ pub fn running_status(
         node: node.to_owned(),
         conditions: conditions::merge(current_conditions(vmi), conds, now),
         interfaces: Some(interfaces),
-        transitions: transitions(vmi, Phase::Running, now),
+        transitions: vec![ironvirt_crds::conditions::transition(
+            vmi,
+            Phase::Running,
+            now,
+        )],
     }
 }
 
@@ -267,7 +270,7 @@ pub fn final_status(
             now,
         ),
         interfaces: None,
-        transitions: transitions(vmi, phase, now),
+        transitions: vec![ironvirt_crds::conditions::transition(vmi, phase, now)],
     }
 }
 
@@ -284,22 +287,6 @@ pub fn start_failure(
 
 fn current_conditions(vmi: &VirtualMachineInstance) -> Option<&[Condition]> {
     vmi.status.as_ref().and_then(|s| s.conditions.as_deref())
-}
-
-fn transitions(
-    vmi: &VirtualMachineInstance,
-    phase: Phase,
-    now: Timestamp,
-) -> Vec<PhaseTransitionTimestamp> {
-    let mine = vmi
-        .status
-        .as_ref()
-        .and_then(|s| s.phase_transition_timestamps.as_ref())
-        .and_then(|l| l.iter().find(|t| t.phase == phase).cloned());
-    vec![mine.unwrap_or(PhaseTransitionTimestamp {
-        phase,
-        phase_transition_timestamp: Time(now),
-    })]
 }
 
 /// The part of VMI status the handler owns (field manager `ironvirt-handler`).
@@ -369,6 +356,7 @@ impl DesiredStatus {
 mod tests {
     use super::*;
     use crate::domxml::DomainOwner;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const NODE: &str = "node-a";
 

@@ -23,7 +23,6 @@ use ironvirt_crds::vmi::{
     Condition, PhaseTransitionTimestamp, VirtualMachineInstancePhase as Phase,
 };
 use ironvirt_crds::wire::{NODE_NAME_LABEL, VMI_FINALIZER};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use serde::Serialize;
@@ -178,7 +177,11 @@ pub fn plan(
             phase: Phase::Failed,
             reason: Some(Reason::NodeUnresponsive.as_str().to_owned()),
             node_name: Some(node),
-            phase_transition_timestamps: transitions(vmi, Phase::Failed, now),
+            phase_transition_timestamps: ironvirt_crds::conditions::transitions(
+                vmi,
+                Phase::Failed,
+                now,
+            ),
             conditions: conditions::merge(
                 old_conditions,
                 vec![condition(
@@ -204,7 +207,11 @@ pub fn plan(
                     phase: Phase::Scheduled,
                     reason: None,
                     node_name: Some(node.clone()),
-                    phase_transition_timestamps: transitions(vmi, Phase::Scheduled, now),
+                    phase_transition_timestamps: ironvirt_crds::conditions::transitions(
+                        vmi,
+                        Phase::Scheduled,
+                        now,
+                    ),
                     conditions: conditions::merge(
                         old_conditions,
                         vec![condition("PodScheduled", true, "", "")],
@@ -233,7 +240,11 @@ pub fn plan(
                     phase: Phase::Pending,
                     reason: None,
                     node_name: None,
-                    phase_transition_timestamps: transitions(vmi, Phase::Pending, now),
+                    phase_transition_timestamps: ironvirt_crds::conditions::transitions(
+                        vmi,
+                        Phase::Pending,
+                        now,
+                    ),
                     conditions: conditions::merge(old_conditions, new, now),
                 }));
                 plan.event = Some(EventNote::warning(Reason::FailedScheduling, message));
@@ -242,26 +253,6 @@ pub fn plan(
             plan
         }
     }
-}
-
-/// The phase transition list with `phase` entered at `now` (kept if already there).
-pub fn transitions(
-    vmi: &VirtualMachineInstance,
-    phase: Phase,
-    now: Timestamp,
-) -> Vec<PhaseTransitionTimestamp> {
-    let mut list = vmi
-        .status
-        .as_ref()
-        .and_then(|s| s.phase_transition_timestamps.clone())
-        .unwrap_or_default();
-    if !list.iter().any(|t| t.phase == phase) {
-        list.push(PhaseTransitionTimestamp {
-            phase,
-            phase_transition_timestamp: Time(now),
-        });
-    }
-    list
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use serde_json::json;
 
 use super::*;
 use crate::placement::tests::{T, at, node};
+use ironvirt_crds::conditions::transitions;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 const NOW: i64 = 1010;
 
