@@ -31,6 +31,11 @@ TEST_STATE="$REPO/.state/test"
 RUNCHECK_STATE="$REPO/.state/runcheck"
 # Where the examples expect the test guest's disk (a hostDisk path on the node).
 GUEST_IMAGE="${IRONVIRT_GUEST_IMAGE:-/var/lib/ironvirt/images/busybox.qcow2}"
+# The test bed turns hostDisk on (ironvirt-api --host-disk-root): a VMI's
+# images must lie in $HOSTDISK_ROOT/<its namespace>/. The examples use the
+# guest image in namespace default's directory; the tests link it into theirs
+# (tests/src/hostdisk.rs). deploy/ leaves hostDisk off.
+HOSTDISK_ROOT="/var/lib/ironvirt/hostdisks"
 
 die() {
   echo "ironvirt: $*" >&2
@@ -63,12 +68,20 @@ build_rust() {
     || die "cargo build failed; see the errors above."
 }
 
-# Copies the guest's disk to the path the examples document, when it changed.
+# Copies the guest's disk to $GUEST_IMAGE when it changed, and links it into
+# namespace default's hostDisk directory, the path the examples document.
 install_guest_image() {
-  local guest_dir="$1"
+  local guest_dir="$1" example="$HOSTDISK_ROOT/default/busybox.qcow2"
   if ! cmp -s "$guest_dir/disk.qcow2" "$GUEST_IMAGE" 2>/dev/null; then
     install -D -m 0644 "$guest_dir/disk.qcow2" "$GUEST_IMAGE" \
       || die "cannot write the guest image to $GUEST_IMAGE (set IRONVIRT_GUEST_IMAGE to another path)."
+  fi
+  install -d -m 0755 "$HOSTDISK_ROOT/default" \
+    || die "cannot create the hostDisk directory $HOSTDISK_ROOT/default."
+  if ! cmp -s "$GUEST_IMAGE" "$example" 2>/dev/null; then
+    rm -f "$example"
+    ln "$GUEST_IMAGE" "$example" 2>/dev/null || cp "$GUEST_IMAGE" "$example" \
+      || die "cannot place the guest image at $example."
   fi
 }
 
@@ -137,7 +150,7 @@ start_api() {
   echo "$mport" >"$state/ironvirt-api.metrics-port"
   IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-api -e "KUBECONFIG=$state/kubeconfig" -e "RUST_LOG=info" -- \
     "$api_bin" --listen "127.0.0.1:$port" --listen "[::1]:$port" \
-    --metrics-addr "127.0.0.1:$mport" \
+    --metrics-addr "127.0.0.1:$mport" --host-disk-root "$HOSTDISK_ROOT" \
     --privileged-users "admin,system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-handler,system:serviceaccount:ironvirt-system:ironvirt-api" \
     --tls-cert "$pki/ironvirt-api.crt" --tls-key "$pki/ironvirt-api.key" \
     --handler-ca "$pki/ironvirt-ca.crt" --handler-client-cert "$pki/ironvirt-api-client.crt" \

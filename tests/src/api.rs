@@ -179,6 +179,7 @@ impl ApiReplica {
             .arg(pki(names::IRONVIRT_CA, "crt"))
             .arg("--handler-client-cert")
             .arg(pki(names::HANDLER_CLIENT, "crt"))
+            .args(["--host-disk-root", crate::hostdisk::ROOT])
             .arg("--handler-client-key")
             .arg(pki(names::HANDLER_CLIENT, "key"))
             .stdin(std::process::Stdio::null())
@@ -212,8 +213,10 @@ pub const GUEST_IMAGE: &str = "/var/lib/ironvirt/images/busybox.qcow2";
 /// What the test guest prints on its serial console once booted.
 pub const GUEST_MARKER: &str = "IRONVIRT-GUEST-READY";
 
-/// A VM of the test guest (128Mi, its disk read-only so several share it).
-pub fn guest_vm(name: &str, strategy: &str) -> ironvirt_crds::VirtualMachine {
+/// A VM of the test guest in `ns` (128Mi, its disk read-only so several
+/// share it; the image in `ns`'s hostDisk directory).
+pub fn guest_vm(ns: &str, name: &str, strategy: &str) -> ironvirt_crds::VirtualMachine {
+    let image = crate::hostdisk::guest_image(ns);
     serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
         "metadata": {"name": name},
@@ -223,14 +226,15 @@ pub fn guest_vm(name: &str, strategy: &str) -> ironvirt_crds::VirtualMachine {
                 "terminationGracePeriodSeconds": 10,
                 "domain": {"memory": {"guest": "128Mi"},
                     "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
-                "volumes": [{"name": "root", "hostDisk": {"path": GUEST_IMAGE, "type": "Disk"}}],
+                "volumes": [{"name": "root", "hostDisk": {"path": image, "type": "Disk"}}],
             }},
         },
     }))
     .expect("the guest VM is a valid VirtualMachine")
 }
 
-/// A VMI of the test guest, for placing directly on a handler's node.
+/// A VMI of the test guest, for placing directly on a handler's node
+/// (`handler::place` moves its image into the namespace's hostDisk directory).
 pub fn guest_vmi(name: &str) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",

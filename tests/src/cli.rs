@@ -259,7 +259,9 @@ pub fn kubectl_apply(
 ) -> Result<String, String> {
     let mut args = vec!["apply", "-n", ns, "-f", "-"];
     args.extend_from_slice(extra);
-    let out = crate::kubectl::kubectl_with(bed, None, &args, Some(manifest));
+    // hostDisk images lie in the namespace's own directory of the bed's root.
+    let manifest = crate::hostdisk::confine_text(manifest, ns);
+    let out = crate::kubectl::kubectl_with(bed, None, &args, Some(&manifest));
     if out.success {
         Ok(out.stdout)
     } else {

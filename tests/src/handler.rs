@@ -455,6 +455,8 @@ pub async fn place(
     node: &str,
 ) -> ironvirt_crds::VirtualMachineInstance {
     use kube::api::{Patch, PatchParams, PostParams};
+    // hostDisk images lie in the namespace's own directory of the bed's root.
+    crate::hostdisk::confine(&mut vmi, ns);
     let meta = &mut vmi["metadata"];
     meta["finalizers"] = serde_json::json!(["kubevirt.io/foregroundDeleteVirtualMachine"]);
     meta["labels"]["kubevirt.io/nodeName"] = serde_json::json!(node);

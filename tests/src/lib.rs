@@ -7,6 +7,7 @@ pub mod cli;
 pub mod domain;
 pub mod e2e;
 pub mod handler;
+pub mod hostdisk;
 pub mod kubectl;
 pub mod operator;
 

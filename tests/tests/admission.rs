@@ -1,13 +1,16 @@
 //! ironvirt's admission webhooks as users meet them: registered with
 //! kube-apiserver (hack/lib.sh `start_api` registers them by URL) and reached
 //! through its REST API. The cases are the ones tests/admission.rs of
-//! apiserver-subresources sends to the webhooks' router directly.
+//! apiserver-subresources sends to the webhooks' router directly; their
+//! hostDisk paths (in namespace `default`'s directory of the bed's hostDisk
+//! root) move into the test namespace's directory.
 
 #[path = "../../apiserver-subresources/tests/cases/mod.rs"]
 mod cases;
 
 use cases::{InvalidFile, ValidCase, merged, vmi_of};
 use ironvirt_tests::api::{bind, raw};
+use ironvirt_tests::hostdisk;
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use serde_json::{Value, json};
 
@@ -29,12 +32,15 @@ fn collection(ns: &str, object: &Value) -> String {
     format!("/apis/kubevirt.io/v1/namespaces/{ns}/{}", plural(kind))
 }
 
-/// `object` moved into `ns` under `name`.
+/// `object` moved into `ns` under `name`, its hostDisk images into `ns`'s
+/// directory of the bed's hostDisk root.
 fn placed(object: &Value, ns: &str, name: &str) -> Value {
-    merged(
+    let mut object = merged(
         object,
         &json!({"metadata": {"namespace": ns, "name": name}}),
-    )
+    );
+    hostdisk::confine(&mut object, ns);
+    object
 }
 
 fn json_of(body: &str) -> Value {
@@ -227,6 +233,130 @@ async fn the_vmi_spec_is_immutable_for_users_but_not_for_metadata() {
         assert!(body.contains("spec.domain.cpu.cores"), "{body}");
         assert!(body.contains("is immutable"), "{body}");
         bed.strip_finalizers(&ns).await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+}
+
+/// A VMI whose only disk is `volume` (named root).
+fn one_volume_vmi(name: &str, volume: Value) -> Value {
+    let mut volume = volume;
+    volume["name"] = json!("root");
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {
+            "domain": {"memory": {"guest": "128Mi"},
+                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio", "readonly": true}}]}},
+            "volumes": [volume],
+        },
+    })
+}
+
+/// Issue 14: a user with only `kubevirt.io:edit` cannot reach another
+/// tenant's image, a host file or a device through hostDisk, nor ask for an
+/// enormous disk. (hostDisk while off is refused by the webhooks' router
+/// tests in apiserver-subresources/tests/admission.rs: the bed runs with
+/// hostDisk on.)
+#[tokio::test(flavor = "multi_thread")]
+async fn hostdisk_escapes_links_devices_and_huge_disks_are_refused_for_an_editor() {
+    let bed = &bed().await;
+    bed.with_namespace("hd", |ns| async move {
+        let admin = bed.admin();
+        bind(&admin, &ns, "eve", "kubevirt.io:edit").await;
+        let eve = bed.client_as("eve", &[]).await?;
+        // eve's directory, and another tenant's with an image in it.
+        let dir = hostdisk::namespace_dir(&ns);
+        let other_ns = format!("{ns}-other");
+        let other = hostdisk::namespace_dir(&other_ns);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&other)?;
+        std::fs::write(other.join("secret.img"), b"another tenant's disk")?;
+        std::os::unix::fs::symlink(other.join("secret.img"), dir.join("theirs.img"))?;
+        let device = dir.join("zero");
+        let mknod = std::process::Command::new("mknod")
+            .arg(&device)
+            .args(["c", "1", "5"])
+            .status()?;
+        anyhow::ensure!(mknod.success(), "mknod {} failed", device.display());
+        let image = hostdisk::guest_image(&ns);
+        let host_disk = |path: String| json!({"hostDisk": {"path": path, "type": "Disk"}});
+        let path_field = "spec.volumes[0].hostDisk.path";
+
+        let cases = [
+            (
+                "etc-shadow",
+                host_disk("/etc/shadow".into()),
+                path_field,
+                "is not inside",
+            ),
+            (
+                "dotdot-escape",
+                host_disk(format!("{}/../{other_ns}/secret.img", dir.display())),
+                path_field,
+                "'..'",
+            ),
+            (
+                "symlink-to-other-namespace",
+                host_disk(dir.join("theirs.img").display().to_string()),
+                path_field,
+                "is a symbolic link",
+            ),
+            (
+                "device-node",
+                host_disk(device.display().to_string()),
+                path_field,
+                "is a character device",
+            ),
+            (
+                "dev-null",
+                host_disk("/dev/null".into()),
+                path_field,
+                "is not inside",
+            ),
+            (
+                "other-namespace",
+                host_disk(other.join("secret.img").display().to_string()),
+                path_field,
+                "is not inside",
+            ),
+            (
+                "empty-disk-1ei",
+                json!({"emptyDisk": {"capacity": "1Ei"}}),
+                "spec.volumes[0].emptyDisk.capacity",
+                "more than the maximum of 1Ti per volume",
+            ),
+        ];
+        let path =
+            format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances?dryRun=All");
+        let mut failures = Vec::new();
+        for (name, volume, field, want) in cases {
+            let vmi = one_volume_vmi(name, volume);
+            let (code, body) = raw(&eve, "POST", &path, &vmi.to_string()).await;
+            let status = json_of(&body);
+            let found = status["details"]["causes"]
+                .as_array()
+                .is_some_and(|causes| {
+                    causes.iter().any(|c| {
+                        c["field"] == json!(field)
+                            && c["message"].as_str().is_some_and(|m| m.contains(want))
+                    })
+                });
+            if code != 422 || !found {
+                failures.push(format!(
+                    "{name}: HTTP {code}, want 422 with {field} ~ {want:?}: {body}"
+                ));
+            }
+        }
+        // The same user may use an image in the namespace's own directory.
+        let ok = one_volume_vmi("own-image", host_disk(image));
+        let (code, body) = raw(&eve, "POST", &path, &ok.to_string()).await;
+        if code != 201 {
+            failures.push(format!("own image: HTTP {code}, want 201: {body}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&other);
+        anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
         Ok::<_, anyhow::Error>(())
     })
     .await;

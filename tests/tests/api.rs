@@ -92,7 +92,7 @@ async fn console_through_kube_apiserver_follows_rbac() {
         let _op = Operator::start(bed, &ns, "op", &[]);
         wait_serving(&h, Duration::from_secs(60)).await;
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        vms.create(&PostParams::default(), &guest_vm("con", "Always"))
+        vms.create(&PostParams::default(), &guest_vm(&ns, "con", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         wait_phase(&admin, &ns, "con", "Running", BOOT).await?;
@@ -125,7 +125,7 @@ async fn console_through_kube_apiserver_follows_rbac() {
         }
 
         // A VMI that is not running gets a clear error.
-        vms.create(&PostParams::default(), &guest_vm("halted", "Halted"))
+        vms.create(&PostParams::default(), &guest_vm(&ns, "halted", "Halted"))
             .await
             .map_err(|e| e.to_string())?;
         let (code, body) = raw(&admin, "PUT", &vm_path(&ns, "halted", "start"), "{}").await;
@@ -165,7 +165,7 @@ async fn start_stop_restart_follow_the_run_strategy() {
         let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
 
         // Always: start conflicts; restart gives a new VMI; stop halts.
-        vms.create(&PostParams::default(), &guest_vm("always", "Always"))
+        vms.create(&PostParams::default(), &guest_vm(&ns, "always", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         let first = wait_phase(&admin, &ns, "always", "Running", BOOT).await?;
@@ -221,7 +221,7 @@ async fn start_stop_restart_follow_the_run_strategy() {
         );
 
         // Manual: start and stop are requests the VM controller carries out.
-        vms.create(&PostParams::default(), &guest_vm("manual", "Manual"))
+        vms.create(&PostParams::default(), &guest_vm(&ns, "manual", "Manual"))
             .await
             .map_err(|e| e.to_string())?;
         let (code, body) = raw(&admin, "PUT", &vm_path(&ns, "manual", "stop"), "{}").await;
@@ -266,7 +266,7 @@ async fn pause_and_screenshot_through_the_api() {
         let _op = Operator::start(bed, &ns, "op", &[]);
         wait_serving(&h, Duration::from_secs(60)).await;
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        vms.create(&PostParams::default(), &guest_vm("shot", "Always"))
+        vms.create(&PostParams::default(), &guest_vm(&ns, "shot", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         wait_phase(&admin, &ns, "shot", "Running", BOOT).await?;

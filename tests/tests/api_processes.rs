@@ -111,7 +111,7 @@ async fn idle_consoles_survive_and_replicas_fail_over_without_leaks() {
         let _op = Operator::start(bed, &ns, "op", &[]);
         wait_serving(&h, Duration::from_secs(60)).await;
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        vms.create(&PostParams::default(), &guest_vm("soak", "Always"))
+        vms.create(&PostParams::default(), &guest_vm(&ns, "soak", "Always"))
             .await
             .map_err(|e| e.to_string())?;
         wait_phase(&admin, &ns, "soak", "Running", BOOT).await?;

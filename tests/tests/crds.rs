@@ -38,9 +38,13 @@ async fn every_example_passes_strict_server_validation() {
         files.sort();
         anyhow::ensure!(files.len() >= 6, "expected at least six examples");
         for f in files {
+            // Through stdin, the hostDisk paths moved into the namespace's directory.
+            let manifest =
+                ironvirt_tests::hostdisk::confine_text(&std::fs::read_to_string(&f)?, &ns);
             let f = f.to_string_lossy();
-            let out = kubectl(
+            let out = kubectl_with(
                 bed,
+                None,
                 &[
                     "apply",
                     "--dry-run=server",
@@ -48,8 +52,9 @@ async fn every_example_passes_strict_server_validation() {
                     "-n",
                     &ns,
                     "-f",
-                    &f,
+                    "-",
                 ],
+                Some(&manifest),
             );
             anyhow::ensure!(out.success, "{f} rejected: {}", out.stderr);
         }
@@ -70,7 +75,9 @@ async fn explain_columns_and_scale_work_as_for_kubevirt() {
         let ex = repo_root().join("examples");
         for f in ["vm-busybox.yaml", "vmi-busybox.yaml", "vmirs-busybox.yaml"] {
             let p = ex.join(f);
-            let out = kubectl(bed, &["apply", "-n", &ns, "-f", &p.to_string_lossy()]);
+            let manifest =
+                ironvirt_tests::hostdisk::confine_text(&std::fs::read_to_string(&p)?, &ns);
+            let out = kubectl_with(bed, None, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
             anyhow::ensure!(out.success, "{f}: {}", out.stderr);
         }
         for (kind, header) in [
@@ -175,7 +182,7 @@ async fn bad_manifests_are_rejected_with_the_field_path() {
 
         // A known KubeVirt volume type ironvirt does not support: a clear message.
         let pvc = vmi.replace(
-            "      hostDisk:\n        path: /var/lib/ironvirt/images/busybox.qcow2\n        type: Disk",
+            "      hostDisk:\n        path: /var/lib/ironvirt/hostdisks/default/busybox.qcow2\n        type: Disk",
             "      persistentVolumeClaim:\n        claimName: data",
         );
         let err = rejected(bed, &ns, &pvc);

@@ -109,7 +109,9 @@ impl Story<'_> {
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
         let mut all = vec!["-n", self.ns.as_str()];
         all.extend_from_slice(args);
-        let out = kubectl_with(self.bed, Some(&self.kubeconfig), &all, stdin);
+        // hostDisk images lie in the namespace's own directory of the bed's root.
+        let stdin = stdin.map(|s| ironvirt_tests::hostdisk::confine_text(s, &self.ns));
+        let out = kubectl_with(self.bed, Some(&self.kubeconfig), &all, stdin.as_deref());
         if out.success {
             Ok(out.stdout)
         } else {
@@ -467,11 +469,13 @@ async fn generation_and_spec(
 }
 
 async fn step3_gitops_reapply(s: &mut Story<'_>) -> Result<(), String> {
+    // The example as a file would be applied, through stdin so that its
+    // hostDisk path moves into the test namespace's directory.
     let path = repo_root().join("examples/vm-busybox.yaml");
-    let file = path.to_string_lossy().into_owned();
-    let apply = ["apply", "--server-side", "-f", file.as_str()];
+    let file = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let apply = ["apply", "--server-side", "-f", "-"];
     s.t.restart();
-    s.kubectl(&apply, None)?;
+    s.kubectl(&apply, Some(&file))?;
     s.running("vm-busybox").await?;
     s.wait_printable("vm-busybox", "Running", Duration::from_secs(30))
         .await?;
@@ -479,7 +483,7 @@ async fn step3_gitops_reapply(s: &mut Story<'_>) -> Result<(), String> {
     s.t.done("3a apply --server-side -> Running");
 
     for round in 1..=2 {
-        let out = s.kubectl(&apply, None)?;
+        let out = s.kubectl(&apply, Some(&file))?;
         let after = generation_and_spec(s, "vm-busybox").await?;
         if after.0 != before.0 {
             return Err(format!(

@@ -9,7 +9,7 @@ use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_tests::handler::{
     Handler, domain_active, domains_of, place, wait_gone, wait_phase, wait_serving,
 };
-use ironvirt_tests::kubectl::{bed_with_crds as bed, kubectl, repo_root};
+use ironvirt_tests::kubectl::{bed_with_crds as bed, kubectl_with, repo_root};
 use ironvirt_tests::operator::{Operator, eventually};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
@@ -163,7 +163,10 @@ async fn unsupported_and_missing_volumes_fail_with_a_reason() {
         assert!(msg.contains("spec.volumes[0].containerDisk"), "message: {msg}");
 
         let mut missing = guest("missing", json!([]), json!([]));
-        missing["spec"]["volumes"][0]["hostDisk"]["path"] = json!("/nonexistent/disk.img");
+        // Inside the namespace's hostDisk directory (admission refuses any
+        // other path), but not there.
+        let absent = ironvirt_tests::hostdisk::namespace_dir(&ns).join("nonexistent/disk.img");
+        missing["spec"]["volumes"][0]["hostDisk"]["path"] = json!(absent);
         place(&client, &ns, missing, &node).await;
         let v = wait_phase(&client, &ns, "missing", "Failed", Duration::from_secs(60)).await?;
         assert_eq!(v.status.as_ref().and_then(|s| s.reason.as_deref()), Some("VolumeNotFound"));
@@ -189,7 +192,9 @@ async fn example_vmi_runs_with_a_console_and_stops_on_deletion() {
         wait_serving(&h, Duration::from_secs(60)).await;
 
         let example = repo_root().join("examples/vmi-busybox.yaml");
-        let out = kubectl(bed, &["apply", "-n", &ns, "-f", &example.to_string_lossy()]);
+        let manifest = std::fs::read_to_string(&example).map_err(|e| e.to_string())?;
+        let manifest = ironvirt_tests::hostdisk::confine_text(&manifest, &ns);
+        let out = kubectl_with(bed, None, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
         assert!(out.success, "kubectl apply: {}", out.stderr);
         let t0 = Instant::now();
         let v = wait_phase(&client, &ns, "vmi-busybox", "Running", BOOT).await?;

@@ -17,7 +17,8 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
-fn vm_json(name: &str, strategy: &str, memory: &str) -> VirtualMachine {
+fn vm_json(ns: &str, name: &str, strategy: &str, memory: &str) -> VirtualMachine {
+    let image = ironvirt_tests::hostdisk::guest_image(ns);
     serde_json::from_value(json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
         "metadata": {"name": name},
@@ -27,7 +28,7 @@ fn vm_json(name: &str, strategy: &str, memory: &str) -> VirtualMachine {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "domain": {"memory": {"guest": memory}, "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}},
-                    "volumes": [{"name": "root", "hostDisk": {"path": "/var/lib/ironvirt/images/busybox.qcow2", "type": "Disk"}}],
+                    "volumes": [{"name": "root", "hostDisk": {"path": image, "type": "Disk"}}],
                 },
             },
         },
@@ -114,7 +115,10 @@ async fn always_runs_and_deleting_the_vm_waits_for_its_vmi() {
         )
         .await;
         e.vms
-            .create(&PostParams::default(), &vm_json("web", "Always", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "web", "Always", "128Mi"),
+            )
             .await?;
         wait_status(&e.vms, "web", "Running").await?;
         let vmi = e.vmis.get("web").await?;
@@ -160,7 +164,10 @@ async fn halted_stops_and_starting_again_creates_a_new_vmi() {
         )
         .await;
         e.vms
-            .create(&PostParams::default(), &vm_json("web", "Halted", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "web", "Halted", "128Mi"),
+            )
             .await?;
         wait_status(&e.vms, "web", "Stopped").await?;
         anyhow::ensure!(
@@ -197,7 +204,10 @@ async fn manual_acts_on_state_change_requests() {
         )
         .await;
         e.vms
-            .create(&PostParams::default(), &vm_json("web", "Manual", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "web", "Manual", "128Mi"),
+            )
             .await?;
         wait_status(&e.vms, "web", "Stopped").await?;
         // What the subresource API's start writes.
@@ -241,16 +251,19 @@ async fn failing_vmis_back_off_into_crash_loop_and_once_never_reruns() {
         e.vms
             .create(
                 &PostParams::default(),
-                &vm_json("crashy", "RerunOnFailure", "128Mi"),
+                &vm_json(&ns, "crashy", "RerunOnFailure", "128Mi"),
             )
-            .await?;
-        e.vms
-            .create(&PostParams::default(), &vm_json("once", "Once", "128Mi"))
             .await?;
         e.vms
             .create(
                 &PostParams::default(),
-                &vm_json("always", "Always", "128Mi"),
+                &vm_json(&ns, "once", "Once", "128Mi"),
+            )
+            .await?;
+        e.vms
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "always", "Always", "128Mi"),
             )
             .await?;
         wait_status(&e.vms, "crashy", "CrashLoopBackOff").await?;
@@ -319,7 +332,7 @@ async fn unschedulable_until_capacity_appears() {
         )
         .await;
         e.vms
-            .create(&PostParams::default(), &vm_json("big", "Always", "1Gi"))
+            .create(&PostParams::default(), &vm_json(&ns, "big", "Always", "1Gi"))
             .await?;
         wait_status(&e.vms, "big", "ErrorUnschedulable").await?;
         let vmi = e.vmis.get("big").await?;
@@ -333,10 +346,10 @@ async fn unschedulable_until_capacity_appears() {
         anyhow::ensure!(msg.contains("Insufficient memory"), "{msg}");
         anyhow::ensure!(st.phase == Some(ironvirt_crds::VirtualMachineInstancePhase::Pending));
         // CPU, node selector and taint: each named in the VMI's condition.
-        let mut cpu = vm_json("cpu", "Always", "64Mi");
+        let mut cpu = vm_json(&ns, "cpu", "Always", "64Mi");
         cpu.spec.template.spec.as_mut().unwrap().domain.resources =
             Some(serde_json::from_value(json!({"requests": {"cpu": "64"}}))?);
-        let mut sel = vm_json("sel", "Always", "64Mi");
+        let mut sel = vm_json(&ns, "sel", "Always", "64Mi");
         sel.spec.template.spec.as_mut().unwrap().node_selector = Some([("disk".to_owned(), "nvme".to_owned())].into());
         e.vms.create(&PostParams::default(), &cpu).await?;
         e.vms.create(&PostParams::default(), &sel).await?;
@@ -391,7 +404,10 @@ async fn a_silent_node_fails_its_vmi_and_always_moves_elsewhere() {
         )
         .await;
         e.vms
-            .create(&PostParams::default(), &vm_json("web", "Always", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "web", "Always", "128Mi"),
+            )
             .await?;
         wait_status(&e.vms, "web", "Running").await?;
         let first = vmi_uid(&e.vmis, "web").await;
@@ -541,7 +557,7 @@ async fn an_invalid_template_reports_failure_without_a_hot_loop() {
         )
         .await;
         // The admission webhooks refuse an invalid template outright...
-        let mut invalid = vm_json("invalid", "Always", "128Mi");
+        let mut invalid = vm_json(&ns, "invalid", "Always", "128Mi");
         invalid.spec.template.spec.as_mut().unwrap().volumes = None;
         let refused = e.vms.create(&PostParams::default(), &invalid).await;
         anyhow::ensure!(
@@ -565,7 +581,7 @@ async fn an_invalid_template_reports_failure_without_a_hot_loop() {
                 }))?,
             )
             .await?;
-        let mut bad = serde_json::to_value(vm_json("bad", "Always", "128Mi"))?;
+        let mut bad = serde_json::to_value(vm_json(&ns, "bad", "Always", "128Mi"))?;
         bad["spec"]["template"]["metadata"]["labels"]["tier"] = json!("big");
         bad["spec"]["template"]["spec"]["domain"]["resources"] =
             json!({"limits": {"memory": "512Mi"}});
@@ -588,7 +604,10 @@ async fn an_invalid_template_reports_failure_without_a_hot_loop() {
         .await?;
         e.vms.create(&PostParams::default(), &bad).await?;
         e.vms
-            .create(&PostParams::default(), &vm_json("good", "Always", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "good", "Always", "128Mi"),
+            )
             .await?;
         let msg = eventually(T, "a Failure condition", || async {
             let st = e.vms.get("bad").await.ok()?.status?;
@@ -649,7 +668,7 @@ async fn restarting_the_operator_converges_without_duplicates() {
             e.vms
                 .create(
                     &PostParams::default(),
-                    &vm_json(&format!("vm{i}"), "Always", "64Mi"),
+                    &vm_json(&ns, &format!("vm{i}"), "Always", "64Mi"),
                 )
                 .await?;
             if i % 2 == 1 {
@@ -731,7 +750,10 @@ async fn handover(case: &Handover) {
         )
         .await;
         e.vms
-            .create(&PostParams::default(), &vm_json("web", "Always", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "web", "Always", "128Mi"),
+            )
             .await?;
         wait_status(&e.vms, "web", "Running").await?;
         let second = Operator::start(bed, &ns, "second", &args);
@@ -770,7 +792,10 @@ async fn handover(case: &Handover) {
         );
         // The new leader acts: a second VM runs, and no duplicate VMI appeared.
         e.vms
-            .create(&PostParams::default(), &vm_json("web2", "Always", "128Mi"))
+            .create(
+                &PostParams::default(),
+                &vm_json(&ns, "web2", "Always", "128Mi"),
+            )
             .await?;
         wait_status(&e.vms, "web2", "Running").await?;
         let n = e.vmis.list(&Default::default()).await?.items.len();
