@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result, io};
+use crate::etcd;
 use crate::layout::{ClusterInfo, Layout};
 use crate::libvirt;
 use crate::pki::{FRONT_PROXY_CLIENT_CN, Pki, names};
 use crate::process::Supervisor;
 
-pub const ETCD: &str = "etcd";
+pub const ETCD: &str = etcd::NAME;
 pub const APISERVER: &str = "kube-apiserver";
 pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
 
@@ -97,32 +97,14 @@ fn path_arg(flag: &str, p: &Path) -> String {
     format!("--{flag}={}", p.display())
 }
 
-/// The command line of etcd, as envtest runs it.
-pub fn etcd_args(layout: &Layout, client_port: u16, peer_port: u16) -> Vec<String> {
-    let client = format!("http://127.0.0.1:{client_port}");
-    vec![
-        "--name=ironvirt-testbed".into(),
-        path_arg("data-dir", &layout.etcd_data()),
-        format!("--listen-client-urls={client}"),
-        format!("--advertise-client-urls={client}"),
-        format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-        format!("--initial-cluster=ironvirt-testbed=http://127.0.0.1:{peer_port}"),
-        "--unsafe-no-fsync=true".into(),
-        "--quota-backend-bytes=4294967296".into(),
-        "--log-level=warn".into(),
-    ]
-}
-
 /// The command line of kube-apiserver: client-certificate users, Node+RBAC
 /// authorization, service-account keys and the front-proxy for aggregation.
 pub fn apiserver_args(layout: &Layout, port: u16, etcd_port: u16) -> Vec<String> {
     let pki = Pki::new(layout.pki());
-    vec![
+    let mut args: Vec<String> = vec![
         "--bind-address=127.0.0.1".into(),
         "--advertise-address=127.0.0.1".into(),
         format!("--secure-port={port}"),
-        format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
         path_arg("cert-dir", &layout.root().join("apiserver-certs")),
         path_arg("tls-cert-file", &pki.crt(names::APISERVER)),
         path_arg("tls-private-key-file", &pki.key(names::APISERVER)),
@@ -153,7 +135,9 @@ pub fn apiserver_args(layout: &Layout, port: u16, etcd_port: u16) -> Vec<String>
         ),
         path_arg("proxy-client-key-file", &pki.key(names::FRONT_PROXY_CLIENT)),
         "--profiling=false".into(),
-    ]
+    ];
+    args.extend(etcd::apiserver_args(layout, etcd_port));
+    args
 }
 
 /// The command line of kube-controller-manager. Each controller uses its own
@@ -215,24 +199,13 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-async fn etcd_healthy(port: u16) -> bool {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let req = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
-    matches!(read, Ok(Ok(_))) && {
-        let text = String::from_utf8_lossy(&buf);
-        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200")
-    }
-}
-
 /// Polls `check` until it holds, failing early when the process `name` dies.
-async fn wait_ready<F, Fut>(sup: &Supervisor, name: &str, secs: u64, mut check: F) -> Result<()>
+pub(crate) async fn wait_ready<F, Fut>(
+    sup: &Supervisor,
+    name: &str,
+    secs: u64,
+    mut check: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -384,20 +357,16 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
     let sup = supervisor(layout);
     let bins = &opts.binaries;
 
-    let ports = free_ports(5)?;
-    let (etcd_port, etcd_peer, api_port, kcm_port) = (ports[0], ports[1], ports[2], ports[3]);
-    sup.spawn(
-        ETCD,
-        &bins.etcd,
-        &etcd_args(layout, etcd_port, etcd_peer),
-        &[],
-    )?;
-    wait_ready(&sup, ETCD, 60, || etcd_healthy(etcd_port)).await?;
+    // etcd serves TLS and requires a client certificate of its own CA; ready
+    // once /health answers over that (verified) connection.
+    let (etcd_port, _) = etcd::start(layout, &sup, &bins.etcd).await?;
     tracing::info!(
         port = etcd_port,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "etcd ready"
+        "etcd ready (TLS, client certificates required)"
     );
+    let ports = free_ports(2)?;
+    let (api_port, kcm_port) = (ports[0], ports[1]);
 
     let api_url = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = layout.kubeconfig();
@@ -475,7 +444,7 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
 
     let mut info = ClusterInfo {
         api_url,
-        etcd_url: format!("http://127.0.0.1:{etcd_port}"),
+        etcd_url: etcd::client_url(etcd_port),
         kubeconfig,
         kubectl: bins.kubectl.clone(),
         pki_dir: layout.pki(),
@@ -534,7 +503,10 @@ mod tests {
         let has = |s: &str| args.iter().any(|a| a == s);
         assert!(has("--authorization-mode=Node,RBAC"));
         assert!(has("--secure-port=6443"));
-        assert!(has("--etcd-servers=http://127.0.0.1:2379"));
+        assert!(has("--etcd-servers=https://127.0.0.1:2379"));
+        assert!(has("--etcd-cafile=/state/pki/etcd-ca.crt"));
+        assert!(has("--etcd-certfile=/state/pki/apiserver-etcd-client.crt"));
+        assert!(has("--etcd-keyfile=/state/pki/apiserver-etcd-client.key"));
         assert!(has("--requestheader-allowed-names=front-proxy-client"));
         assert!(has(
             "--requestheader-client-ca-file=/state/pki/front-proxy-ca.crt"
@@ -543,14 +515,6 @@ mod tests {
         // The front-proxy CA differs from the client CA.
         assert!(!has("--requestheader-client-ca-file=/state/pki/ca.crt"));
         assert!(has("--advertise-address=127.0.0.1"));
-    }
-
-    #[test]
-    fn etcd_listens_on_loopback_only() {
-        let args = etcd_args(&Layout::new("/s"), 1, 2);
-        for a in args.iter().filter(|a| a.contains("urls")) {
-            assert!(a.contains("127.0.0.1"), "{a}");
-        }
     }
 
     #[test]

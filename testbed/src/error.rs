@@ -42,6 +42,13 @@ pub enum Error {
         path: PathBuf,
         source: kube::config::KubeconfigError,
     },
+    #[error("HTTPS client for {server}: {source}")]
+    HttpsClient {
+        server: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("unexpected JSON: {0}")]
+    Json(serde_json::Error),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("HTTP request: {0}")]

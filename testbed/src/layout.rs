@@ -74,6 +74,8 @@ impl Layout {
 pub struct ClusterInfo {
     /// https://127.0.0.1:PORT
     pub api_url: String,
+    /// https://127.0.0.1:PORT; etcd accepts only client certificates of its own
+    /// CA (`pki/etcd-ca.crt`), such as `pki/apiserver-etcd-client.crt`.
     pub etcd_url: String,
     pub kubeconfig: PathBuf,
     /// The kubectl built with the control plane (same version).

@@ -8,6 +8,7 @@
 
 pub mod controlplane;
 pub mod error;
+pub mod etcd;
 pub mod guest;
 pub mod harness;
 pub mod layout;

@@ -1,5 +1,6 @@
 //! The test bed's PKI: a cluster CA, a separate front-proxy CA, serving and client
-//! certificates, and the service-account key pair.
+//! certificates, the service-account key pair, and etcd's own CA with its
+//! serving, peer and kube-apiserver client certificates.
 //!
 //! Users authenticate to kube-apiserver with client certificates: CN is the user
 //! name and each O is a group, exactly as in a kubeadm cluster.
@@ -254,6 +255,16 @@ pub mod names {
     pub const HANDLER_CLIENT: &str = "ironvirt-api-client";
     /// ironvirt-api's serving certificate (aggregated API and webhooks).
     pub const API_SERVING: &str = "ironvirt-api";
+    /// etcd's own CA, separate from the cluster CA: a certificate of the
+    /// cluster CA (any Kubernetes user) must not open etcd.
+    pub const ETCD_CA: &str = "etcd-ca";
+    /// etcd's serving certificate on its client port (127.0.0.1, localhost),
+    /// also for client use: etcd's JSON gateway dials etcd with it.
+    pub const ETCD_SERVER: &str = "etcd-server";
+    /// etcd's peer certificate (server and client use, loopback names).
+    pub const ETCD_PEER: &str = "etcd-peer";
+    /// The client certificate kube-apiserver presents to etcd.
+    pub const ETCD_APISERVER_CLIENT: &str = "apiserver-etcd-client";
 }
 
 /// Namespace of ironvirt's components on a cluster (and of the test bed's
@@ -271,6 +282,9 @@ pub const HANDLER_CLIENT_CN: &str = "ironvirt-api";
 /// The CN kube-apiserver presents to aggregated API servers, and the only
 /// name they should accept (`--requestheader-allowed-names`).
 pub const FRONT_PROXY_CLIENT_CN: &str = "front-proxy-client";
+
+/// The CN of kube-apiserver's client certificate for etcd (as in kubeadm).
+pub const ETCD_APISERVER_CLIENT_CN: &str = "kube-apiserver-etcd-client";
 
 /// DNS names the kube-apiserver serving certificate carries besides loopback.
 const APISERVER_DNS: &[&str] = &[
@@ -329,7 +343,40 @@ impl Pki {
         if !self.exists() {
             self.ensure_control_plane()?;
         }
+        self.ensure_etcd()?;
         self.ensure_ironvirt()
+    }
+
+    /// etcd's PKI: its own CA, the serving and peer certificates, and
+    /// kube-apiserver's client certificate. Made when any part is missing, so
+    /// state directories from before etcd served TLS gain them.
+    fn ensure_etcd(&self) -> Result<(), PkiError> {
+        let all = [
+            names::ETCD_CA,
+            names::ETCD_SERVER,
+            names::ETCD_PEER,
+            names::ETCD_APISERVER_CLIENT,
+        ];
+        if all
+            .iter()
+            .all(|n| self.crt(n).exists() && self.key(n).exists())
+        {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let ca = Ca::generate("ironvirt-testbed-etcd-ca")?;
+        ca.pair().write(&self.dir, names::ETCD_CA)?;
+        // Server and client use, as kubeadm issues it: etcd's JSON gateway
+        // dials etcd's own gRPC port with this certificate.
+        let mut server = LeafSpec::loopback_server("etcd-server", &[]);
+        server.usage = Usage::ServerAndClient;
+        ca.issue(&server)?.write(&self.dir, names::ETCD_SERVER)?;
+        let mut peer = LeafSpec::loopback_server("etcd-peer", &[]);
+        peer.usage = Usage::ServerAndClient;
+        ca.issue(&peer)?.write(&self.dir, names::ETCD_PEER)?;
+        ca.issue(&LeafSpec::client(ETCD_APISERVER_CLIENT_CN, &[]))?
+            .write(&self.dir, names::ETCD_APISERVER_CLIENT)?;
+        Ok(())
     }
 
     /// The certificates between ironvirt's own components: a CA, the handler
@@ -553,6 +600,66 @@ mod tests {
         let fp = parse(&fs::read_to_string(pki.crt(names::FRONT_PROXY_CLIENT)).unwrap());
         assert_eq!(fp.subject_cn, vec![FRONT_PROXY_CLIENT_CN]);
         assert_eq!(fp.issuer_cn, vec!["ironvirt-testbed-front-proxy-ca"]);
+    }
+
+    #[test]
+    fn etcd_has_its_own_ca_and_certificates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.ensure().unwrap();
+        let read = |n: &str| parse(&fs::read_to_string(pki.crt(n)).unwrap());
+        for n in [
+            names::ETCD_SERVER,
+            names::ETCD_PEER,
+            names::ETCD_APISERVER_CLIENT,
+        ] {
+            assert_eq!(read(n).issuer_cn, vec!["ironvirt-testbed-etcd-ca"], "{n}");
+            let mode = fs::metadata(pki.key(n)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{n}");
+        }
+        let mode = fs::metadata(pki.key(names::ETCD_CA))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(
+            fs::read_to_string(pki.crt(names::ETCD_CA)).unwrap(),
+            fs::read_to_string(pki.crt(names::CA)).unwrap(),
+            "etcd's CA must not be the cluster CA"
+        );
+        let client = read(names::ETCD_APISERVER_CLIENT);
+        assert_eq!(client.subject_cn, vec![ETCD_APISERVER_CLIENT_CN]);
+        assert!(client.client_auth);
+        assert!(client.subject_o.is_empty());
+        // The serving certificate names 127.0.0.1 and localhost.
+        let pem = fs::read_to_string(pki.crt(names::ETCD_SERVER)).unwrap();
+        let (_, pem) = parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let sans = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(sans.contains("localhost"), "{sans}");
+        assert!(sans.contains("[127, 0, 0, 1]"), "{sans}");
+        // etcd's gateway dials etcd itself with the serving certificate.
+        assert!(read(names::ETCD_SERVER).client_auth);
+        assert!(read(names::ETCD_PEER).client_auth);
+
+        // A state directory from before etcd served TLS gains the etcd PKI,
+        // and keeps its cluster CA.
+        let ca_before = fs::read_to_string(pki.crt(names::CA)).unwrap();
+        fs::remove_file(pki.key(names::ETCD_PEER)).unwrap();
+        let etcd_ca_before = fs::read_to_string(pki.crt(names::ETCD_CA)).unwrap();
+        pki.ensure().unwrap();
+        assert!(pki.key(names::ETCD_PEER).exists());
+        assert_eq!(fs::read_to_string(pki.crt(names::CA)).unwrap(), ca_before);
+        let etcd_ca_after = fs::read_to_string(pki.crt(names::ETCD_CA)).unwrap();
+        assert_ne!(etcd_ca_after, etcd_ca_before, "made afresh, as one set");
+        assert_eq!(
+            read(names::ETCD_SERVER).issuer_cn,
+            vec!["ironvirt-testbed-etcd-ca"]
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The control-plane half of the test bed: a real kube-apiserver v1.36 with
 //! RBAC, client-certificate users, API aggregation and a kube-controller-manager
-//! that completes namespace deletion.
+//! that completes namespace deletion, on an etcd that only its client
+//! certificate opens.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ironvirt_testbed::etcd::{self, Identity};
+use ironvirt_testbed::pki::{Pki, names};
 use ironvirt_tests::TestBed;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
@@ -225,6 +228,91 @@ async fn controller_manager_creates_default_service_accounts() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(())
+    })
+    .await;
+}
+
+/// A local attacker (or a guest, through QEMU user networking) gets nothing
+/// from etcd: plain HTTP gets no answer, TLS without a client certificate or
+/// with a Kubernetes user's certificate (cluster CA, system:masters) is refused
+/// in the handshake. kube-apiserver, which holds etcd's client certificate,
+/// keeps working.
+#[tokio::test]
+async fn etcd_refuses_clients_without_its_certificate() {
+    let bed = &bed().await;
+    let info = bed.info();
+    let url = &info.etcd_url;
+    let port: u16 = url
+        .strip_prefix("https://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("etcd is not on https://127.0.0.1:PORT: {url}"));
+    let pki = Pki::new(&info.pki_dir);
+
+    let plain = etcd::plain_exchange(
+        port,
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = plain
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    eprintln!(
+        "plain HTTP GET /health: {:?}",
+        plain.as_ref().map(|_| &text)
+    );
+    assert!(
+        !text.contains("health") && !text.starts_with("HTTP/1.1 2"),
+        "plain HTTP was answered: {text}"
+    );
+
+    let attackers = [
+        (
+            "no client certificate",
+            Identity::Anonymous,
+            "CertificateRequired",
+        ),
+        (
+            "the admin certificate of the cluster CA",
+            Identity::Certificate {
+                cert: &pki.crt(names::ADMIN),
+                key: &pki.key(names::ADMIN),
+            },
+            "UnknownCA",
+        ),
+    ];
+    for (who, identity, alert) in attackers {
+        let client = etcd::https_client(url, &pki.crt(names::ETCD_CA), identity).unwrap();
+        let health = etcd::health(&client).await;
+        eprintln!("TLS with {who}: GET /health -> {health:?}");
+        assert!(
+            matches!(&health, Err(e) if format!("{e:?}").contains(alert)),
+            "TLS with {who} was not refused with {alert}: {health:?}"
+        );
+    }
+
+    // The refusals are etcd's doing: its certificate holder is served.
+    let good = etcd::apiserver_client(&pki, url).unwrap();
+    assert!(etcd::health(&good).await.unwrap());
+
+    // kube-apiserver reaches etcd with its certificate: writes and reads work.
+    bed.with_namespace("etcdtls", |ns| async move {
+        let cms: Api<ConfigMap> = Api::namespaced(bed.admin(), &ns);
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("stored".into()),
+                ..Default::default()
+            },
+            data: Some([("k".to_owned(), "v".to_owned())].into()),
+            ..Default::default()
+        };
+        cms.create(&PostParams::default(), &cm).await?;
+        let back = cms.get("stored").await?;
+        anyhow::ensure!(
+            back.data.and_then(|d| d.get("k").cloned()).as_deref() == Some("v"),
+            "the ConfigMap did not come back from etcd"
+        );
+        Ok::<(), anyhow::Error>(())
     })
     .await;
 }
