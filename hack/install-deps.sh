@@ -10,6 +10,7 @@ PKGS=(
   qemu-system-x86 qemu-utils busybox-static cpio
   syslinux syslinux-common mtools dosfstools genisoimage
   tmux curl ca-certificates openssl xz-utils zstd procps gcc libc6-dev
+  passt nftables iproute2
 )
 
 missing=()

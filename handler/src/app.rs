@@ -24,6 +24,7 @@ use crate::console::Consoles;
 use crate::context::{Context, Metrics};
 use crate::controller;
 use crate::domxml::{DomainType, HostEnv, Ovmf};
+use crate::guestnet::{self, GuestNet};
 use crate::libvirt::{self, Libvirt};
 use crate::node::{self, NodeSettings};
 use crate::streams::{self, StreamState};
@@ -47,6 +48,10 @@ pub struct Config {
     pub health_addr: SocketAddr,
     pub resync: Duration,
     pub renew_every: Duration,
+    /// The range of the VMIs' network namespaces ([`crate::guestnet`]).
+    pub guest_network_range: crate::guestnet::Range,
+    pub guest_network_dir: PathBuf,
+    pub passt: PathBuf,
 }
 
 /// Why the handler could not start or stopped.
@@ -56,6 +61,10 @@ pub enum RunError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Tls(#[from] ironvirt_stream::TlsError),
+    #[error(
+        "preparing the node for guest networks (needs root, nftables, iproute2 and passt): {0}"
+    )]
+    GuestNetwork(#[from] crate::guestnet::NetError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -145,11 +154,21 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             instance: Some(cfg.node.clone()),
         },
     );
+    let guestnet = Arc::new(GuestNet::new(lv.capabilities().guest_network.then(|| {
+        guestnet::Host {
+            range: cfg.guest_network_range,
+            run_dir: cfg.guest_network_dir.clone(),
+            passt: cfg.passt.clone(),
+            node: cfg.node.clone(),
+        }
+    })));
+    guestnet.prepare().await?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         cfg.node.clone(),
         Arc::clone(&lv),
         Arc::clone(&consoles),
+        guestnet,
         host,
         cfg.state_dir.clone(),
         recorder,

@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use crate::console::Consoles;
 use crate::domxml::HostEnv;
 use crate::error::backoff;
+use crate::guestnet::GuestNet;
 use crate::libvirt::Libvirt;
 
 /// The handler's own metrics, served on the health port beside the runtime's.
@@ -45,6 +46,8 @@ pub struct Context {
     pub node: String,
     pub libvirt: Arc<Libvirt>,
     pub consoles: Arc<Consoles>,
+    /// The VMIs' network namespaces.
+    pub guestnet: Arc<GuestNet>,
     pub host: HostEnv,
     pub state_dir: PathBuf,
     pub recorder: Recorder,
@@ -63,6 +66,7 @@ impl Context {
         node: String,
         libvirt: Arc<Libvirt>,
         consoles: Arc<Consoles>,
+        guestnet: Arc<GuestNet>,
         host: HostEnv,
         state_dir: PathBuf,
         recorder: Recorder,
@@ -73,6 +77,7 @@ impl Context {
             node,
             libvirt,
             consoles,
+            guestnet,
             host,
             state_dir,
             recorder,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstance;
-use ironvirt_crds::vmi::{PortProtocol, VirtualMachineInstancePhase as Phase};
+use ironvirt_crds::vmi::VirtualMachineInstancePhase as Phase;
 #[cfg(doc)]
 use ironvirt_crds::wire::NODE_NAME_LABEL;
 use ironvirt_crds::wire::{VMI_FINALIZER, domain_name, parse_domain_name};
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::context::Context;
 use crate::create_plan::{self, ForwardRequest, NotCreated, Refusal};
-use crate::domxml::{self, PortForward};
+use crate::domxml;
 use crate::error::Error;
 use crate::events::{self, Reason};
 use crate::libvirt::{self, LibvirtError};
@@ -97,8 +97,15 @@ async fn reconcile_inner(
                 .call(move |c| libvirt::with_domain(c, &d, libvirt::live_xml))
                 .await?;
             let facts = domxml::parse_live(&xml);
-            let desired =
-                model::running_status(vmi, &ctx.node, &observed, &facts.macs, Timestamp::now());
+            let address = ctx.guestnet.address(&uid).await;
+            let desired = model::running_status(
+                vmi,
+                &ctx.node,
+                &observed,
+                &facts.macs,
+                address,
+                Timestamp::now(),
+            );
             let was_running = vmi.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running);
             write_status(&api, vmi, &desired).await?;
             if !was_running {
@@ -178,12 +185,26 @@ async fn create(
         Ok(r) => r,
         Err(e) => return not_created(vmi, ctx, api, create_plan::prepare_failure(e)).await,
     };
-    let forwards = pick_host_ports(&plan.forwards)?;
-    if let Some(note) = create_plan::forwards_note(&ctx.node, &forwards) {
-        events::publish(&ctx.recorder, vmi, Reason::PortsForwarded, note).await;
-    }
+    let pod_network = if plan.pod_network {
+        let uid = vmi.uid().unwrap_or_default();
+        let ports = plan
+            .forwards
+            .iter()
+            .map(ForwardRequest::guest_port)
+            .collect();
+        let (address, socket) = ctx.guestnet.attach(&plan.dir, &uid, ports).await?;
+        if let Some(note) =
+            address.and_then(|a| create_plan::forwards_note(&ctx.node, a, &plan.forwards))
+        {
+            events::publish(&ctx.recorder, vmi, Reason::PortsForwarded, note).await;
+        }
+        Some(socket)
+    } else {
+        None
+    };
     let xml =
-        match create_plan::domain_xml(vmi, &ctx.host, &ctx.node, plan.nvram, resolved, forwards) {
+        match create_plan::domain_xml(vmi, &ctx.host, &ctx.node, plan.nvram, resolved, pod_network)
+        {
             Ok(x) => x,
             Err(refusal) => return fail_start(vmi, ctx, api, refusal).await,
         };
@@ -279,26 +300,6 @@ async fn ensure_console(ctx: &Context, dname: &str) -> bool {
     }
 }
 
-/// A free loopback port for each forward, chosen now. The mapping is in the
-/// domain XML and an Event.
-fn pick_host_ports(requests: &[ForwardRequest]) -> Result<Vec<PortForward>, Error> {
-    requests
-        .iter()
-        .map(|r| {
-            let port = match r.protocol {
-                PortProtocol::Tcp => std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port()),
-                PortProtocol::Udp => std::net::UdpSocket::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port()),
-            }
-            .map_err(|e| Error::Internal(format!("no free host port: {e}")))?;
-            Ok(r.on(port))
-        })
-        .collect()
-}
-
 /// The VMI cannot start on this node: Failed, with the reason.
 async fn fail_start(
     vmi: &VirtualMachineInstance,
@@ -336,7 +337,10 @@ async fn finalize(
     Ok(Action::await_change())
 }
 
+/// Removes what the node holds for VMI `uid` besides its domain: its network
+/// namespace and its files. Idempotent.
 async fn cleanup_files(ctx: &Context, uid: &str) -> Result<(), Error> {
+    ctx.guestnet.detach(uid).await?;
     let dir = volumes::vmi_dir(&ctx.state_dir, uid);
     tokio::task::spawn_blocking(move || volumes::cleanup(&dir))
         .await
@@ -509,10 +513,14 @@ async fn sweep_once(ctx: &Context, store: &Store<VirtualMachineInstance>) -> Res
             .collect(),
         Err(_) => return Ok(()),
     };
+    let networks = ctx.guestnet.attached_uids().await;
     let live: HashSet<String> = store.state().iter().filter_map(|v| v.uid()).collect();
-    for uid in dirs {
+    let mut gone: Vec<String> = dirs.into_iter().chain(networks).collect();
+    gone.sort();
+    gone.dedup();
+    for uid in gone {
         if !live.contains(&uid) && !with_domain.contains(&uid) {
-            tracing::info!(vmi.uid = %uid, "removing files of a VMI that is gone");
+            tracing::info!(vmi.uid = %uid, "removing the network and files of a VMI that is gone");
             cleanup_files(ctx, &uid).await?;
         }
     }

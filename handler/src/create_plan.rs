@@ -8,8 +8,8 @@
 //!    to forward, or a [`Refusal`] when the VMI cannot start here;
 //! 3. make the files with [`volumes::prepare`] (file system); a failure is a
 //!    refusal or, for I/O, a retry ([`prepare_failure`]);
-//! 4. pick a free host port per forward (sockets), and announce them
-//!    ([`forwards_note`]);
+//! 4. attach the VMI's network namespace with its declared ports forwarded
+//!    ([`crate::guestnet`]), and announce where they are ([`forwards_note`]);
 //! 5. [`domain_xml`]: the domain, or a refusal;
 //! 6. define and start it (libvirt); libvirt refusing it is a refusal too
 //!    ([`start_refusal`]).
@@ -24,8 +24,9 @@ use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::vmi::PortProtocol;
 use kube::ResourceExt;
 
-use crate::domxml::{self, DomainInputs, HostEnv, PortForward, ResolvedVolume, XmlError};
+use crate::domxml::{self, DomainInputs, HostEnv, ResolvedVolume, XmlError};
 use crate::events::Reason;
+use crate::guestnet::GuestPort;
 use crate::libvirt::LibvirtError;
 use crate::volumes::{self, SecretData, VolumeError, VolumePlan};
 
@@ -53,7 +54,8 @@ pub enum NotCreated {
     Retry(String),
 }
 
-/// A forwarded port of a masquerade interface, before its host port is picked.
+/// A declared port of the masquerade interface: the VMI's address forwards
+/// it to the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForwardRequest {
     pub interface: String,
@@ -62,13 +64,11 @@ pub struct ForwardRequest {
 }
 
 impl ForwardRequest {
-    /// The forward through `host_port`.
-    pub fn on(&self, host_port: u16) -> PortForward {
-        PortForward {
-            interface: self.interface.clone(),
-            protocol: self.protocol,
-            host_port,
-            guest_port: self.guest_port,
+    /// The port as the guest network forwards it.
+    pub fn guest_port(&self) -> GuestPort {
+        GuestPort {
+            udp: self.protocol == PortProtocol::Udp,
+            port: self.guest_port,
         }
     }
 }
@@ -81,10 +81,13 @@ pub struct CreatePlan {
     pub dir: PathBuf,
     /// The file behind each volume, by volume name.
     pub volumes: BTreeMap<String, VolumePlan>,
-    /// The ports to forward from the node, in spec order.
+    /// The declared ports of the masquerade interface, in spec order.
     pub forwards: Vec<ForwardRequest>,
     /// The EFI variable store, in the VMI's directory.
     pub nvram: PathBuf,
+    /// Whether the VMI has a masquerade interface, which needs its network
+    /// namespace ([`crate::guestnet`]).
+    pub pod_network: bool,
 }
 
 /// Plans the create of `vmi`'s domain. `secrets` holds the Secrets
@@ -111,6 +114,7 @@ pub fn plan(
     let forwards = forward_requests(vmi).map_err(NotCreated::Retry)?;
     Ok(CreatePlan {
         nvram: dir.join("nvram.fd"),
+        pod_network: domxml::wants_pod_network(vmi),
         dir,
         volumes,
         forwards,
@@ -162,8 +166,13 @@ pub fn prepare_failure(e: VolumeError) -> NotCreated {
     }
 }
 
-/// The note of the PortsForwarded Event, when any port is forwarded.
-pub fn forwards_note(node: &str, forwards: &[PortForward]) -> Option<String> {
+/// The note of the PortsForwarded Event, when any port is forwarded: where
+/// on the node the guest's ports answer.
+pub fn forwards_note(
+    node: &str,
+    address: std::net::Ipv4Addr,
+    forwards: &[ForwardRequest],
+) -> Option<String> {
     if forwards.is_empty() {
         return None;
     }
@@ -171,28 +180,28 @@ pub fn forwards_note(node: &str, forwards: &[PortForward]) -> Option<String> {
         .iter()
         .map(|f| {
             format!(
-                "127.0.0.1:{} -> {}/{:?} ({})",
-                f.host_port, f.guest_port, f.protocol, f.interface
+                "{address}:{} -> {}/{:?} ({})",
+                f.guest_port, f.guest_port, f.protocol, f.interface
             )
         })
         .collect();
     Some(format!("on node {node}: {}", list.join(", ")))
 }
 
-/// The domain XML of `vmi` on this node, from the made volumes and the picked
-/// host ports.
+/// The domain XML of `vmi` on this node, from the made volumes and the
+/// VMI's network (the passt socket of its masquerade interface).
 pub fn domain_xml(
     vmi: &VirtualMachineInstance,
     host: &HostEnv,
     node: &str,
     nvram: PathBuf,
     volumes: BTreeMap<String, ResolvedVolume>,
-    port_forwards: Vec<PortForward>,
+    pod_network: Option<PathBuf>,
 ) -> Result<String, Refusal> {
     let inputs = DomainInputs {
         node: node.to_owned(),
         volumes,
-        port_forwards,
+        pod_network,
         nvram,
     };
     domxml::domain_xml(vmi, host, &inputs).map_err(|e| {

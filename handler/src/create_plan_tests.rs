@@ -194,38 +194,63 @@ fn masquerade_ports_are_forwarded_in_spec_order() {
             },
         ]
     );
-    let picked: Vec<PortForward> = p
-        .forwards
-        .iter()
-        .zip([40022, 40053])
-        .map(|(f, port)| f.on(port))
-        .collect();
+    let address = std::net::Ipv4Addr::new(10, 250, 0, 6);
     assert_eq!(
-        forwards_note("node-a", &picked).as_deref(),
+        forwards_note("node-a", address, &p.forwards).as_deref(),
         Some(
-            "on node node-a: 127.0.0.1:40022 -> 22/Tcp (default), 127.0.0.1:40053 -> 53/Udp (default)"
+            "on node node-a: 10.250.0.6:22 -> 22/Tcp (default), 10.250.0.6:53 -> 53/Udp (default)"
         )
     );
-    assert_eq!(forwards_note("node-a", &[]), None);
+    assert_eq!(
+        p.forwards
+            .iter()
+            .map(ForwardRequest::guest_port)
+            .collect::<Vec<_>>(),
+        [
+            GuestPort {
+                udp: false,
+                port: 22
+            },
+            GuestPort {
+                udp: true,
+                port: 53
+            }
+        ]
+    );
+    assert!(p.pod_network);
+    assert_eq!(forwards_note("node-a", address, &[]), None);
     // A bridge interface forwards nothing.
     let bridge = vmi(
         "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      interfaces: [{name: default, bridge: {}}]\n  networks: [{name: default, pod: {}}]\n",
     );
     assert_eq!(forward_requests(&bridge), Ok(Vec::new()));
+    let bridge_plan = plan(&bridge, Path::new(STATE), &SecretData::new()).unwrap();
+    assert!(!bridge_plan.pod_network);
 }
 
 #[test]
-fn the_domain_xml_uses_the_made_files_and_picked_ports() {
+fn the_domain_xml_uses_the_made_files_and_the_vmi_network() {
     let v = vmi(FORWARDING);
     let p = plan(&v, Path::new(STATE), &SecretData::new()).unwrap();
-    let forwards: Vec<PortForward> = p
-        .forwards
-        .iter()
-        .map(|f| f.on(40000 + f.guest_port))
-        .collect();
-    let xml = domain_xml(&v, &host(), "node-a", p.nvram, BTreeMap::new(), forwards).unwrap();
-    assert!(xml.contains("hostfwd=tcp:127.0.0.1:40022-:22"), "{xml}");
+    let socket = PathBuf::from("/run/ironvirt/net/u1/passt.sock");
+    let xml = domain_xml(
+        &v,
+        &host(),
+        "node-a",
+        p.nvram,
+        BTreeMap::new(),
+        Some(socket),
+    )
+    .unwrap();
+    assert!(
+        xml.contains("stream,id=ua-default,server=off,addr.type=unix,addr.path=/run/ironvirt/net/u1/passt.sock"),
+        "{xml}"
+    );
+    assert!(!xml.contains("hostfwd"), "{xml}");
     assert!(xml.contains("node='node-a'"), "{xml}");
+    // Without a guest network, a masquerade interface cannot be connected.
+    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None).unwrap_err();
+    assert_eq!(refused.reason, Reason::Unsupported);
 }
 
 #[test]
@@ -234,7 +259,7 @@ fn xml_problems_refuse_with_their_reason() {
     let v = vmi(
         "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      disks: [{name: root, disk: {bus: virtio}}]\n",
     );
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), Vec::new()).unwrap_err();
+    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None).unwrap_err();
     assert_eq!(refused.reason, Reason::InvalidSpec);
     assert!(
         refused.message.starts_with("spec.domain.devices.disks"),
@@ -243,7 +268,7 @@ fn xml_problems_refuse_with_their_reason() {
     );
     // host-passthrough without KVM: unsupported.
     let v = vmi("  domain:\n    memory: {guest: 64Mi}\n    cpu: {model: host-passthrough}\n");
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), Vec::new()).unwrap_err();
+    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None).unwrap_err();
     assert_eq!(refused.reason, Reason::Unsupported);
     // The resolved volumes reach the XML.
     let v = vmi(
@@ -257,7 +282,15 @@ fn xml_problems_refuse_with_their_reason() {
             format: ImageFormat::Qcow2,
         },
     );
-    let xml = domain_xml(&v, &host(), "n", dir(), volumes, Vec::new()).unwrap();
+    let xml = domain_xml(
+        &v,
+        &host(),
+        "n",
+        dir(),
+        volumes,
+        Some(dir().join("passt.sock")),
+    )
+    .unwrap();
     assert!(xml.contains("/images/root.qcow2"), "{xml}");
 }
 

@@ -14,6 +14,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("VMI has no {0}")]
     MissingField(&'static str),
+    #[error("guest network: {0}")]
+    Network(#[from] crate::guestnet::NetError),
     #[error("{0}")]
     Internal(String),
 }
@@ -26,6 +28,7 @@ impl Error {
             Error::Libvirt(_) => "LibvirtError",
             Error::Kube(_) => "ApiError",
             Error::MissingField(_) => "InvalidObject",
+            Error::Network(_) => "GuestNetworkError",
             Error::Internal(_) => "Internal",
         }
     }

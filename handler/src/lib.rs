@@ -13,6 +13,7 @@ pub mod create_plan;
 pub mod domxml;
 pub mod error;
 pub mod events;
+pub mod guestnet;
 pub mod libvirt;
 pub mod model;
 pub mod node;

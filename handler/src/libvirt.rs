@@ -97,6 +97,9 @@ pub struct Capabilities {
     /// connection that reports not alive is reopened. The test driver runs in
     /// the process and has no keepalive: its connections are always kept.
     pub keepalive: bool,
+    /// Domains run a QEMU whose NIC needs the VMI's network namespace. The
+    /// test driver runs no guest, so nothing is set up for it.
+    pub guest_network: bool,
 }
 
 impl Capabilities {
@@ -106,6 +109,7 @@ impl Capabilities {
         Capabilities {
             consoles: !test_driver,
             keepalive: !test_driver,
+            guest_network: !test_driver,
         }
     }
 }

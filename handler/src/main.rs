@@ -71,6 +71,16 @@ struct Args {
     /// Renew the node heartbeat Lease this often (seconds).
     #[arg(long, default_value_t = 10)]
     renew_seconds: u64,
+    /// The IPv4 range this node gives its VMIs' network namespaces, a /30 each
+    /// (the VMI's address is the second address of its /30).
+    #[arg(long, default_value = "10.250.0.0/16")]
+    guest_network_range: String,
+    /// Where the VMIs' passt sockets live (a directory only root can write).
+    #[arg(long, default_value = "/run/ironvirt/net")]
+    guest_network_dir: PathBuf,
+    /// The passt binary that connects a guest NIC to its VMI's namespace.
+    #[arg(long, default_value = "passt")]
+    passt: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +120,10 @@ fn main() -> anyhow::Result<()> {
         health_addr: args.health_addr,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         renew_every: Duration::from_secs(args.renew_seconds.max(1)),
+        guest_network_range: ironvirt_handler::guestnet::Range::parse(&args.guest_network_range)
+            .context("--guest-network-range")?,
+        guest_network_dir: args.guest_network_dir,
+        passt: args.passt,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -187,9 +187,18 @@ pub fn running_status(
     node: &str,
     observed: &Observed,
     macs: &[(String, String)],
+    pod_address: Option<std::net::Ipv4Addr>,
     now: Timestamp,
 ) -> DesiredStatus {
     let mut conds = vec![condition("Ready", true, "", "")];
+    let masquerade: Option<String> = vmi
+        .spec
+        .domain
+        .devices
+        .as_ref()
+        .and_then(|d| d.interfaces.as_ref())
+        .and_then(|ifs| ifs.iter().find(|i| i.masquerade.is_some()))
+        .map(|i| i.name.clone());
     if observed.paused {
         conds.push(condition(
             "Paused",
@@ -225,7 +234,15 @@ pub fn running_status(
         .enumerate()
         .map(|(i, name)| {
             let alias = format!("ua-{name}");
+            // The masquerade interface (or KubeVirt's default pod interface)
+            // has the VMI's address.
+            let pod = masquerade
+                .as_deref()
+                .map_or(name == "default", |m| m == name);
+            let ip = pod_address.filter(|_| pod).map(|a| a.to_string());
             VirtualMachineInstanceNetworkInterface {
+                ip_addresses: ip.clone().map(|a| vec![a]),
+                ip_address: ip,
                 mac: macs
                     .iter()
                     .find(|(a, _)| *a == alias)
@@ -233,7 +250,6 @@ pub fn running_status(
                 interface_name: Some(format!("eth{i}")),
                 info_source: Some("domain".into()),
                 name: Some(name),
-                ..Default::default()
             }
         })
         .collect();
@@ -529,10 +545,50 @@ mod tests {
     }
 
     #[test]
+    fn the_pod_interface_reports_the_vmi_address() {
+        let v = placed("Scheduled");
+        let macs = vec![("ua-default".to_owned(), "02:00:00:00:00:01".to_owned())];
+        let addr = std::net::Ipv4Addr::new(10, 250, 0, 2);
+        let s = running_status(
+            &v,
+            NODE,
+            &Observed { paused: false },
+            &macs,
+            Some(addr),
+            at(5),
+        );
+        let body = s.apply_body();
+        assert_eq!(body["status"]["interfaces"][0]["ipAddress"], "10.250.0.2");
+        assert_eq!(
+            body["status"]["interfaces"][0]["ipAddresses"][0],
+            "10.250.0.2"
+        );
+        // A bridge interface gets none.
+        let bridge: VirtualMachineInstance = serde_yaml::from_str(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: b, namespace: ns, uid: u2}\n\
+             spec:\n  domain:\n    devices:\n      interfaces: [{name: lan, bridge: {}}]\n  networks: [{name: lan, pod: {}}]\n",
+        )
+        .unwrap();
+        let s = running_status(
+            &bridge,
+            NODE,
+            &Observed { paused: false },
+            &[],
+            Some(addr),
+            at(5),
+        );
+        assert!(
+            s.apply_body()["status"]["interfaces"][0]
+                .get("ipAddress")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn status_is_rewritten_only_when_something_but_time_changed() {
         let v = placed("Scheduled");
         let macs = vec![("ua-default".to_owned(), "02:00:00:00:00:01".to_owned())];
-        let s = running_status(&v, NODE, &Observed { paused: false }, &macs, at(5));
+        let s = running_status(&v, NODE, &Observed { paused: false }, &macs, None, at(5));
         assert!(s.differs_from(&v));
         let body = s.apply_body();
         assert_eq!(body["status"]["phase"], "Running");
@@ -541,11 +597,25 @@ mod tests {
         // After the write, the same observation at a later time changes nothing.
         let mut written = v.clone();
         written.status = serde_json::from_value(body["status"].clone()).unwrap();
-        let again = running_status(&written, NODE, &Observed { paused: false }, &macs, at(50));
+        let again = running_status(
+            &written,
+            NODE,
+            &Observed { paused: false },
+            &macs,
+            None,
+            at(50),
+        );
         assert!(!again.differs_from(&written));
         assert_eq!(again.conditions[0].last_transition_time, Some(Time(at(5))));
         // Pausing does.
-        let paused = running_status(&written, NODE, &Observed { paused: true }, &macs, at(60));
+        let paused = running_status(
+            &written,
+            NODE,
+            &Observed { paused: true },
+            &macs,
+            None,
+            at(60),
+        );
         assert!(paused.differs_from(&written));
         assert_eq!(paused.conditions.len(), 2);
     }

@@ -22,7 +22,7 @@ use ironvirt_crds::wire::{STREAM_SUBPROTOCOL, domain_name};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
 
 use ironvirt_stream::ws::{self, bounded, send};
@@ -294,18 +294,18 @@ async fn vnc(
         .libvirt
         .call(move |conn| libvirt::with_domain(conn, &lookup, libvirt::live_xml))
         .await;
-    let port = match xml {
-        Ok(x) => domxml::parse_live(&x).vnc_port,
+    let socket = match xml {
+        Ok(x) => domxml::parse_live(&x).vnc_socket,
         Err(e) => return libvirt_error(&e),
     };
-    let Some(port) = port else {
+    let Some(socket) = socket else {
         return status(
             StatusCode::CONFLICT,
             "Conflict",
             format!("VMI {name} has no VNC display (autoattachGraphicsDevice is false)"),
         );
     };
-    let tcp = match TcpStream::connect(("127.0.0.1", port)).await {
+    let vnc = match UnixStream::connect(&socket).await {
         Ok(t) => t,
         Err(e) => {
             return status(
@@ -315,18 +315,18 @@ async fn vnc(
             );
         }
     };
-    tracing::info!(vmi.namespace = %ns, vmi.name = %name, port, "vnc session");
+    tracing::info!(vmi.namespace = %ns, vmi.name = %name, socket = %socket.display(), "vnc session");
     bounded(ws)
         .protocols([STREAM_SUBPROTOCOL])
-        .on_upgrade(move |socket| vnc_session(socket, tcp, viewer))
+        .on_upgrade(move |ws| vnc_session(ws, vnc, viewer))
 }
 
 async fn vnc_session(
     mut ws: WebSocket,
-    tcp: TcpStream,
+    vnc: UnixStream,
     mut viewer: Option<(u64, tokio::sync::watch::Receiver<u64>)>,
 ) {
-    let (mut rd, mut wr) = tcp.into_split();
+    let (mut rd, mut wr) = vnc.into_split();
     let mut buf = vec![0u8; VNC_CHUNK];
     let mut ping = ws::pings();
     loop {

@@ -7,6 +7,8 @@
 //! TLS handshake and answers 401. That is tested with real TLS clients in
 //! `stream/tests/serve.rs`.
 
+use std::path::Path;
+
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode, header};
 use kube::runtime::reflector::{self, store::Writer};
@@ -53,9 +55,9 @@ fn vmi(name: &str, phase: Option<&str>) -> VirtualMachineInstance {
 /// Defines and starts the test-driver domain of VMI `name`, with a VNC
 /// display on `vnc_port` when given. Each test uses its own VMI names: the
 /// test driver's default instance is shared by the whole process.
-async fn running_domain_of(app_libvirt: &Arc<Libvirt>, name: &str, vnc_port: Option<u16>) {
-    let graphics = vnc_port.map_or_else(String::new, |p| {
-        format!("<graphics type='vnc' port='{p}' autoport='no' listen='127.0.0.1'/>")
+async fn running_domain_of(app_libvirt: &Arc<Libvirt>, name: &str, vnc_socket: Option<&Path>) {
+    let graphics = vnc_socket.map_or_else(String::new, |p| {
+        format!("<graphics type='vnc' socket='{}'/>", p.display())
     });
     let xml = format!(
         "<domain type='test'><name>{}</name><memory unit='MiB'>64</memory>\
@@ -73,10 +75,10 @@ async fn running_domain_of(app_libvirt: &Arc<Libvirt>, name: &str, vnc_port: Opt
 }
 
 /// A router whose store holds running VMI `name` with a test-driver domain.
-async fn app_with_running(name: &str, vnc_port: Option<u16>) -> Router {
+async fn app_with_running(name: &str, vnc_socket: Option<&Path>) -> Router {
     let (events, _) = mpsc::channel(16);
     let libvirt = Libvirt::new("test:///default", events);
-    running_domain_of(&libvirt, name, vnc_port).await;
+    running_domain_of(&libvirt, name, vnc_socket).await;
     app(&[vmi(name, Some("Running"))])
 }
 
@@ -277,9 +279,10 @@ async fn the_test_driver_has_no_console_to_attach() {
 
 #[tokio::test]
 async fn vnc_upgrades_when_the_display_answers() {
-    let display = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = display.local_addr().unwrap().port();
-    let app = app_with_running("ws-vnc", Some(port)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vnc.sock");
+    let display = tokio::net::UnixListener::bind(&socket).unwrap();
+    let app = app_with_running("ws-vnc", Some(&socket)).await;
     let resp = app
         .clone()
         .oneshot(ws_request(&path("ws-vnc", "vnc"), true))
@@ -309,12 +312,10 @@ async fn vnc_without_a_display_or_with_a_dead_one_is_refused() {
         "VMI ws-novnc has no VNC display (autoattachGraphicsDevice is false)"
     );
 
-    // A display port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let app = app_with_running("ws-deadvnc", Some(port)).await;
+    // A display socket nothing listens on.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vnc.sock");
+    let app = app_with_running("ws-deadvnc", Some(&socket)).await;
     let (code, body) = send(&app, ws_request(&path("ws-deadvnc", "vnc"), true)).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert!(

@@ -17,10 +17,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ironvirt_crds::VirtualMachineInstance;
-use ironvirt_crds::vmi::PortProtocol;
 use ironvirt_handler::domxml::{
-    DomainInputs, DomainOwner, DomainType, HostEnv, ImageFormat, Ovmf, PortForward, ResolvedVolume,
-    domain_xml, parse_live, parse_owner,
+    DomainInputs, DomainOwner, DomainType, HostEnv, ImageFormat, Ovmf, ResolvedVolume, domain_xml,
+    parse_live, parse_owner,
 };
 
 const NODE: &str = "node-a";
@@ -108,31 +107,10 @@ fn inputs_of(vmi: &VirtualMachineInstance) -> DomainInputs {
         };
         volumes.insert(v.name.clone(), resolved);
     }
-    let mut port_forwards = Vec::new();
-    let ifaces = vmi
-        .spec
-        .domain
-        .devices
-        .as_ref()
-        .and_then(|d| d.interfaces.as_ref());
-    for iface in ifaces.into_iter().flatten() {
-        if iface.masquerade.is_none() {
-            continue;
-        }
-        for p in iface.ports.iter().flatten() {
-            let guest_port = u16::try_from(p.port).unwrap();
-            port_forwards.push(PortForward {
-                interface: iface.name.clone(),
-                protocol: p.protocol.unwrap_or(PortProtocol::Tcp),
-                host_port: guest_port.saturating_add(10000),
-                guest_port,
-            });
-        }
-    }
     DomainInputs {
         node: NODE.into(),
         volumes,
-        port_forwards,
+        pod_network: Some(format!("/run/ironvirt/net/{uid}/passt.sock").into()),
         nvram: format!("{dir}/nvram.fd").into(),
     }
 }
@@ -176,7 +154,7 @@ fn check(case: &Path, update: bool) -> Result<(), String> {
         return Err(format!("{name}: parse_owner does not read the owner back"));
     }
     let live = parse_live(&xml);
-    if live.vnc_port.is_some() || live.macs.iter().any(|(a, _)| !a.starts_with("ua-")) {
+    if live.vnc_socket.is_some() || live.macs.iter().any(|(a, _)| !a.starts_with("ua-")) {
         return Err(format!("{name}: unexpected live facts {live:?}"));
     }
 

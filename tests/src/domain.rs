@@ -72,7 +72,7 @@ pub fn guest_xml(name: &str, boot: &Boot<'_>) -> String {
              {disk}\
              <serial type='pty'><target port='0'/></serial>\
              <console type='pty'><target type='serial' port='0'/></console>\
-             <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\
+             <graphics type='vnc'><listen type='socket'/></graphics>\
              <video><model type='vga'/></video>\
            </devices>\
          </domain>"
@@ -234,7 +234,7 @@ mod tests {
         assert!(xml.contains("<domain type='qemu'>"));
         assert!(xml.contains("<kernel>/k</kernel>"));
         assert!(xml.contains("<serial type='pty'>"));
-        assert!(xml.contains("listen='127.0.0.1'"));
+        assert!(xml.contains("<listen type='socket'/>"));
         assert!(!xml.contains("<disk"));
     }
 

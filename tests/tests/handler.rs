@@ -622,7 +622,7 @@ async fn a_guest_that_ignores_the_power_button_is_destroyed_after_the_grace_peri
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn masquerade_ports_are_forwarded_from_the_node() {
+async fn masquerade_ports_answer_at_the_vmi_address_on_the_node() {
     let bed = &bed().await;
     bed.with_namespace("ht", |ns| async move {
         let client = bed.admin();
@@ -635,10 +635,18 @@ async fn masquerade_ports_are_forwarded_from_the_node() {
         m["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
         place(&client, &ns, m, &node).await;
         let v = wait_phase(&client, &ns, "fwd", "Running", BOOT).await?;
-        let mac = v.status.as_ref().and_then(|s| s.interfaces.as_ref()).and_then(|i| i.first()).and_then(|i| i.mac.clone());
-        assert!(mac.is_some(), "no MAC reported: {:?}", v.status);
+        let iface = v.status.as_ref().and_then(|s| s.interfaces.as_ref()).and_then(|i| i.first()).cloned();
+        assert!(iface.as_ref().is_some_and(|i| i.mac.is_some()), "no MAC reported: {:?}", v.status);
+        // The VMI's own address (its network namespace's), in status.
+        let address: std::net::Ipv4Addr = iface
+            .and_then(|i| i.ip_address)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("no IPv4 address reported: {:?}", v.status))?;
+        let uid = v.metadata.uid.clone().unwrap_or_default();
+        let netns = format!("/run/netns/ivm-{uid}");
+        assert!(std::path::Path::new(&netns).exists(), "no network namespace {netns}");
 
-        // The host port is in the PortsForwarded event.
+        // The PortsForwarded event says where the port answers.
         let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
         let note = eventually(Duration::from_secs(30), "PortsForwarded event", || async {
             let list = events.list(&Default::default()).await.ok()?;
@@ -646,12 +654,7 @@ async fn masquerade_ports_are_forwarded_from_the_node() {
         })
         .await
         .map_err(|e| e.to_string())?;
-        let host_port: u16 = note
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| format!("no host port in {note:?}"))?;
+        assert!(note.contains(&format!("{address}:8080 -> 8080/Tcp (default)")), "{note}");
 
         let mut con = h.streams().websocket(&vmi_path(&ns, "fwd", "console")).await?;
         con.expect_from(0, MARKER, BOOT).await?;
@@ -659,7 +662,7 @@ async fn masquerade_ports_are_forwarded_from_the_node() {
         con.expect("listening-3", Duration::from_secs(60)).await?;
         let got = eventually(Duration::from_secs(60), "an answer through the forwarded port", || async {
             use tokio::io::AsyncReadExt;
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", host_port)).await.ok()?;
+            let mut s = tokio::net::TcpStream::connect((address, 8080)).await.ok()?;
             let mut buf = String::new();
             let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut buf)).await;
             buf.contains("pong-from-guest").then_some(buf)
@@ -669,6 +672,8 @@ async fn masquerade_ports_are_forwarded_from_the_node() {
         assert!(got.contains("pong-from-guest"));
         remove_vmi(&client, &ns, "fwd").await;
         wait_gone(&client, &ns, "fwd", Duration::from_secs(45)).await?;
+        // The VMI's network went with it.
+        assert!(!std::path::Path::new(&netns).exists(), "{netns} outlived its VMI");
         h.remove(&client).await;
         Ok::<(), String>(())
     })

@@ -11,24 +11,25 @@ use ironvirt_apiserver_subresources::rfb;
 use ironvirt_tests::TestBed;
 use ironvirt_tests::domain::{Boot, Console, DomainGuard, guest_xml, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::UnixStream;
 use virt::connect::Connect;
 
 const MARKER_TIMEOUT: Duration = Duration::from_secs(90);
 const SCREENSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The VNC port from domain XML: `<graphics type='vnc' port='5900' ...`.
-fn vnc_port(xml: &str) -> Option<u16> {
+/// The VNC socket from domain XML: `<graphics type='vnc' socket='/…' ...`
+/// (the test guests, like ironvirt's domains, have no TCP VNC listener).
+fn vnc_socket(xml: &str) -> Option<String> {
     let graphics = &xml[xml.find("<graphics type='vnc'")?..];
     let graphics = &graphics[..graphics.find('>')?];
-    let port = &graphics[graphics.find(" port='")? + " port='".len()..];
-    port[..port.find('\'')?].parse().ok()
+    let socket = &graphics[graphics.find(" socket='")? + " socket='".len()..];
+    Some(socket[..socket.find('\'')?].to_owned()).filter(|s| s.starts_with('/'))
 }
 
 /// A VNC viewer's session, connected as a shared client (RFB 3.8, no
 /// password) up to ServerInit.
-async fn user_session(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+async fn user_session(socket: &str) -> UnixStream {
+    let mut s = UnixStream::connect(socket).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         let mut version = [0u8; 12];
         s.read_exact(&mut version).await.unwrap();
@@ -54,7 +55,7 @@ async fn user_session(port: u16) -> TcpStream {
 
 /// The viewer's session still gets framebuffer updates: the screenshot did
 /// not disconnect it.
-async fn assert_still_served(s: &mut TcpStream) {
+async fn assert_still_served(s: &mut UnixStream) {
     // FramebufferUpdateRequest, non-incremental, for the top-left 8x8.
     s.write_all(&[3, 0, 0, 0, 0, 0, 0, 8, 0, 8])
         .await
@@ -67,12 +68,18 @@ async fn assert_still_served(s: &mut TcpStream) {
 }
 
 #[test]
-fn vnc_port_is_read_from_domain_xml() {
-    let xml = "<domain><devices><graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'>\
-               <listen type='address' address='127.0.0.1'/></graphics></devices></domain>";
-    assert_eq!(vnc_port(xml), Some(5901));
-    assert_eq!(vnc_port("<graphics type='vnc' port='-1'/>"), None);
-    assert_eq!(vnc_port("<graphics type='spice' port='5900'/>"), None);
+fn vnc_socket_is_read_from_domain_xml() {
+    let xml = "<domain><devices><graphics type='vnc' socket='/var/lib/libvirt/qemu/domain-1-x/vnc.sock'>\
+               <listen type='socket' socket='/var/lib/libvirt/qemu/domain-1-x/vnc.sock'/></graphics></devices></domain>";
+    assert_eq!(
+        vnc_socket(xml).as_deref(),
+        Some("/var/lib/libvirt/qemu/domain-1-x/vnc.sock")
+    );
+    assert_eq!(
+        vnc_socket("<graphics type='vnc'><listen type='socket'/></graphics>"),
+        None
+    );
+    assert_eq!(vnc_socket("<graphics type='spice' socket='/x'/>"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,13 +113,17 @@ async fn screenshot_of_a_disk_booted_guest_shows_its_console() {
             .expect(ironvirt_testbed::guest::MARKER, MARKER_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e}"));
         let live = dom.domain.xml_desc(0).expect("domain XML");
-        let port =
-            vnc_port(&live).unwrap_or_else(|| panic!("no VNC port in the domain XML:\n{live}"));
+        assert!(
+            !live.contains(" port='59"),
+            "the guest has a TCP VNC listener:\n{live}"
+        );
+        let socket =
+            vnc_socket(&live).unwrap_or_else(|| panic!("no VNC socket in the domain XML:\n{live}"));
         let shot = runtime.block_on(async {
-            let mut user = user_session(port).await;
-            let stream = TcpStream::connect(("127.0.0.1", port))
+            let mut user = user_session(&socket).await;
+            let stream = UnixStream::connect(&socket)
                 .await
-                .unwrap_or_else(|e| panic!("connect to VNC port {port}: {e}"));
+                .unwrap_or_else(|e| panic!("connect to VNC socket {socket}: {e}"));
             let shot = rfb::screenshot(stream, SCREENSHOT_TIMEOUT).await;
             assert_still_served(&mut user).await;
             shot

@@ -41,13 +41,7 @@ pub(super) fn devices_element(
         out = out.child(
             Element::new("graphics")
                 .attr("type", "vnc")
-                .attr("autoport", "yes")
-                .attr("listen", "127.0.0.1")
-                .child(
-                    Element::new("listen")
-                        .attr("type", "address")
-                        .attr("address", "127.0.0.1"),
-                ),
+                .child(Element::new("listen").attr("type", "socket")),
         );
     }
     out = out.child(

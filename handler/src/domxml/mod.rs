@@ -21,12 +21,17 @@
 //! - **MACs.** An interface without `macAddress` gets a locally administered
 //!   unicast MAC (`02:…`) derived from the VMI's uid and the interface name,
 //!   so a VMI keeps its MACs across restarts of its domain.
-//! - **Port forwards.** libvirt 9.0 forwards ports only with the passt backend,
-//!   which the nodes do not have. A masquerade interface with forwarded ports
-//!   is therefore not a libvirt `<interface>` but a QEMU `-netdev user` with
-//!   `hostfwd=` options and a `-device` NIC, passed with `<qemu:commandline>`;
-//!   [`parse_live`] reads its MAC back from there. Masquerade interfaces
-//!   without forwards are libvirt `<interface type='user'>`.
+//! - **Masquerade.** The masquerade interface (the pod network; one per VMI)
+//!   is connected to the VMI's own network namespace: a QEMU `-netdev stream`
+//!   to the passt socket [`DomainInputs::pod_network`] names, and a `-device`
+//!   NIC, passed with `<qemu:commandline>` since libvirt 9.0 would start passt
+//!   itself, outside the namespace ([`crate::guestnet`] has the design).
+//!   [`parse_live`] reads its MAC back from there. Declared ports are
+//!   forwarded by passt, not in the XML. `vmNetworkCIDR` has no effect: the
+//!   guest gets the VMI's address.
+//! - **VNC.** `<listen type='socket'/>`: libvirt puts QEMU's VNC server on a
+//!   UNIX socket in the domain's private directory (root only), which the
+//!   handler relays; there is no TCP listener for a guest or a local user.
 //! - **Disk targets.** virtio disks are `vda`, `vdb`, …; sata, scsi and usb
 //!   disks share `sda`, `sdb`, … in spec order. SATA and SCSI disks get an
 //!   explicit drive address (six ports per SATA controller, all SCSI disks on
@@ -53,7 +58,6 @@ use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::quantity::guest_memory_bytes;
 use ironvirt_crds::vmi::{
     Bootloader, Cpu, Devices, Disk, DiskBus, DiskCache, Efi, Interface, Network, PodNetwork,
-    PortProtocol,
 };
 use ironvirt_crds::wire::{bus_name, domain_name};
 
@@ -130,19 +134,6 @@ pub enum ImageFormat {
     Qcow2,
 }
 
-/// A host port forwarded to a guest port (masquerade interfaces with ports).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortForward {
-    /// The interface it belongs to.
-    pub interface: String,
-    /// TCP or UDP (lower case in the QEMU option).
-    pub protocol: ironvirt_crds::vmi::PortProtocol,
-    /// Host port on 127.0.0.1.
-    pub host_port: u16,
-    /// Guest port.
-    pub guest_port: u16,
-}
-
 /// Everything [`domain_xml`] needs besides the VMI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainInputs {
@@ -150,10 +141,24 @@ pub struct DomainInputs {
     pub node: String,
     /// The file behind each volume, by volume name.
     pub volumes: BTreeMap<String, ResolvedVolume>,
-    /// Host ports forwarded to the guest.
-    pub port_forwards: Vec<PortForward>,
+    /// The passt socket of the VMI's network namespace, for its masquerade
+    /// interface ([`crate::guestnet`]); None when the VMI has none.
+    pub pod_network: Option<PathBuf>,
     /// Where the EFI variable store of this VMI lives (used only for EFI guests).
     pub nvram: PathBuf,
+}
+
+/// Whether the VMI has a masquerade interface: one listed, or KubeVirt's
+/// default pod interface when it lists neither interfaces nor networks.
+pub fn wants_pod_network(vmi: &VirtualMachineInstance) -> bool {
+    let devices = vmi.spec.domain.devices.as_ref();
+    let ifaces = devices
+        .and_then(|d| d.interfaces.as_deref())
+        .unwrap_or_default();
+    if ifaces.is_empty() && vmi.spec.networks.as_deref().unwrap_or_default().is_empty() {
+        return devices.and_then(|d| d.autoattach_pod_interface) != Some(false);
+    }
+    ifaces.iter().any(|i| i.masquerade.is_some())
 }
 
 /// Why a VMI cannot become a domain. Each message names the field at fault.
@@ -181,9 +186,8 @@ pub struct DomainOwner {
 /// The output depends only on the arguments, so the same VMI on the same host
 /// always gives the same bytes. Every field of the VMI is either honoured or
 /// refused with an error naming it; `startStrategy`, scheduling fields and the
-/// like do not concern the domain and are left to the caller. The ports of
-/// masquerade interfaces are forwarded as `inputs.port_forwards` says: the
-/// caller picks the host ports.
+/// like do not concern the domain and are left to the caller. The masquerade
+/// interface is connected to `inputs.pod_network`, which the caller sets up.
 pub fn domain_xml(
     vmi: &VirtualMachineInstance,
     host: &HostEnv,
@@ -201,24 +205,19 @@ pub fn domain_xml(
     let device_boot = check_boot_orders(vmi)?;
     let (disks, scsi) = disks(vmi, inputs)?;
     let nics = nics(vmi, &id)?;
-    let forwards = forwards_by_nic(&nics, &inputs.port_forwards)?;
     let serial_number = serial_number(vmi)?;
     let smbios = serial_number.is_some();
 
     let mut passthrough = Vec::new();
     let mut interfaces = Vec::new();
-    let mut forwarded = 0u8;
     for nic in &nics {
-        match forwards.get(nic.name.as_str()) {
-            Some(fw) => {
-                passthrough.extend(netdev_args(
-                    nic,
-                    fw,
-                    &passthrough_address(&machine, forwarded),
-                ));
-                forwarded += 1;
-            }
-            None => interfaces.push(interface_element(nic)),
+        match nic.binding {
+            Binding::User => passthrough.extend(netdev_args(
+                nic,
+                pod_socket(nic, inputs)?,
+                &passthrough_address(&machine, 0),
+            )),
+            Binding::Bridge => interfaces.push(interface_element(nic)),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Interfaces: bindings, pod networks, MACs, and the port forwards that go to
-//! QEMU user networking.
+//! Interfaces: bindings, pod networks, MACs, and the QEMU arguments that
+//! connect the masquerade interface to the VMI's network namespace.
 
 use super::*;
 
@@ -18,7 +18,7 @@ pub(super) const NIC_MODELS: [(&str, &str); 6] = [
 /// How an interface reaches the network.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Binding {
-    /// masquerade: QEMU user networking (NAT behind the node).
+    /// masquerade: the VMI's network namespace through passt (NAT behind the node).
     User,
     /// bridge: the libvirt network named "default".
     Bridge,
@@ -34,8 +34,6 @@ pub(super) struct Nic {
     pub(super) device: &'static str,
     pub(super) mac: String,
     pub(super) boot_order: Option<u32>,
-    /// The guest networks (vmNetworkCIDR, vmIPv6NetworkCIDR) of a user interface.
-    pub(super) nets: Vec<(IpAddr, u8)>,
 }
 
 /// The interfaces of the VMI, or KubeVirt's default pod interface when it
@@ -58,10 +56,10 @@ pub(super) fn nics(vmi: &VirtualMachineInstance, id: &Identity<'_>) -> Result<Ve
             device: "virtio-net-pci",
             mac: derived_mac(id.uid, "default"),
             boot_order: None,
-            nets: Vec::new(),
         }]);
     }
     let mut out: Vec<Nic> = Vec::new();
+    let mut masquerade: Option<&str> = None;
     let disk_names: BTreeSet<&str> = devices
         .and_then(|d| d.disks.as_deref())
         .unwrap_or_default()
@@ -85,6 +83,17 @@ pub(super) fn nics(vmi: &VirtualMachineInstance, id: &Identity<'_>) -> Result<Ve
                     nic.name
                 ),
             ));
+        }
+        if nic.binding == Binding::User {
+            if let Some(first) = masquerade {
+                return Err(unsupported(
+                    format!("{field}.masquerade"),
+                    format!(
+                        "interface {first} is the VMI's masquerade interface already; ironvirt connects one (the pod network)"
+                    ),
+                ));
+            }
+            masquerade = Some(iface.name.as_str());
         }
         if let Some(other) = out.iter().find(|n| n.mac == nic.mac) {
             return Err(invalid(
@@ -133,10 +142,11 @@ pub(super) fn nic(
         })?,
         None => derived_mac(id.uid, &iface.name),
     };
-    let nets = match binding {
-        Binding::User => guest_nets(pod, j)?,
-        Binding::Bridge => Vec::new(),
-    };
+    // vmNetworkCIDR has no effect (the guest gets the VMI's address), but a
+    // malformed one is still refused, as KubeVirt does.
+    if binding == Binding::User {
+        guest_nets(pod, j)?;
+    }
     Ok(Nic {
         name: iface.name.clone(),
         field: Some(field.to_owned()),
@@ -145,7 +155,6 @@ pub(super) fn nic(
         device,
         mac,
         boot_order: iface.boot_order,
-        nets,
     })
 }
 
@@ -287,59 +296,22 @@ pub(super) fn format_mac(octets: &[u8]) -> String {
         .join(":")
 }
 
-/// The port forwards of each masquerade interface that has some.
-pub(super) fn forwards_by_nic<'a>(
-    nics: &[Nic],
-    forwards: &'a [PortForward],
-) -> Result<BTreeMap<&'a str, Vec<&'a PortForward>>, XmlError> {
-    let mut out: BTreeMap<&str, Vec<&PortForward>> = BTreeMap::new();
-    for fw in forwards {
-        let nic = nics
-            .iter()
-            .find(|n| n.name == fw.interface)
-            .ok_or_else(|| {
-                invalid(
-                    INTERFACES,
-                    format!(
-                        "a port is forwarded to interface {}, which the VMI does not have",
-                        fw.interface
-                    ),
-                )
-            })?;
-        let field = match &nic.field {
-            Some(f) => format!("{f}.ports"),
-            None => INTERFACES.to_owned(),
-        };
-        if nic.binding != Binding::User {
-            return Err(invalid(
-                field,
-                "forwarding ports needs the masquerade binding",
-            ));
-        }
-        if fw.host_port == 0 || fw.guest_port == 0 {
-            return Err(invalid(field, "ports are 1 to 65535"));
-        }
-        out.entry(fw.interface.as_str()).or_default().push(fw);
-    }
-    Ok(out)
+/// The passt socket the masquerade interface connects to.
+pub(super) fn pod_socket<'a>(nic: &Nic, inputs: &'a DomainInputs) -> Result<&'a Path, XmlError> {
+    inputs.pod_network.as_deref().ok_or_else(|| {
+        unsupported(
+            nic.field.as_deref().unwrap_or(INTERFACES),
+            "this node has no guest network for masquerade interfaces",
+        )
+    })
 }
 
-/// A libvirt `<interface>`: user networking or the libvirt network "default".
+/// A libvirt `<interface>` of a bridge binding: the libvirt network "default".
 pub(super) fn interface_element(nic: &Nic) -> Element {
-    let iface = match nic.binding {
-        Binding::User => Element::new("interface").attr("type", "user"),
-        Binding::Bridge => Element::new("interface")
-            .attr("type", "network")
-            .child(Element::new("source").attr("network", "default")),
-    };
-    iface
+    Element::new("interface")
+        .attr("type", "network")
+        .child(Element::new("source").attr("network", "default"))
         .child(Element::new("mac").attr("address", &nic.mac))
-        .children(nic.nets.iter().map(|(addr, prefix)| {
-            Element::new("ip")
-                .attr("family", if addr.is_ipv4() { "ipv4" } else { "ipv6" })
-                .attr("address", addr)
-                .attr("prefix", prefix)
-        }))
         .child(Element::new("model").attr("type", nic.model))
         .child_opt(
             nic.boot_order
@@ -348,26 +320,14 @@ pub(super) fn interface_element(nic: &Nic) -> Element {
         .child(alias(&nic.name))
 }
 
-/// The QEMU arguments of a masquerade interface with port forwards: a user
-/// netdev with `hostfwd` on 127.0.0.1 and its NIC.
-pub(super) fn netdev_args(nic: &Nic, forwards: &[&PortForward], address: &str) -> [String; 4] {
+/// The QEMU arguments of the masquerade interface: a stream netdev to passt's
+/// UNIX socket, and its NIC.
+pub(super) fn netdev_args(nic: &Nic, socket: &Path, address: &str) -> [String; 4] {
     let id = format!("ua-{}", nic.name);
-    let mut netdev = format!("user,id={id}");
-    for (addr, prefix) in &nic.nets {
-        let key = if addr.is_ipv4() { "net" } else { "ipv6-net" };
-        let _ = write!(netdev, ",{key}={addr}/{prefix}");
-    }
-    for fw in forwards {
-        let proto = match fw.protocol {
-            PortProtocol::Tcp => "tcp",
-            PortProtocol::Udp => "udp",
-        };
-        let _ = write!(
-            netdev,
-            ",hostfwd={proto}:127.0.0.1:{}-:{}",
-            fw.host_port, fw.guest_port
-        );
-    }
+    let netdev = format!(
+        "stream,id={id},server=off,addr.type=unix,addr.path={}",
+        socket.display()
+    );
     let mut device = format!("{},netdev={id},mac={},{address}", nic.device, nic.mac);
     if let Some(order) = nic.boot_order {
         let _ = write!(device, ",bootindex={order}");

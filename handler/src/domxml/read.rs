@@ -43,8 +43,8 @@ fn owner_from(vmi: roxmltree::Node<'_, '_>) -> Option<DomainOwner> {
 /// Facts read from a live domain's XML (`virDomainGetXMLDesc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LiveFacts {
-    /// The VNC port, once the domain runs (libvirt says -1 before).
-    pub vnc_port: Option<u16>,
+    /// The VNC server's UNIX socket, once the domain runs.
+    pub vnc_socket: Option<PathBuf>,
     /// The MAC of each interface, by its alias `ua-<interface name>`, in XML order.
     pub macs: Vec<(String, String)>,
 }
@@ -63,11 +63,11 @@ pub fn parse_live(xml: &str) -> LiveFacts {
     let devices = root.children().find(|n| n.has_tag_name("devices"));
     let device_children = || devices.into_iter().flat_map(|d| d.children());
 
-    let vnc_port = device_children()
+    let vnc_socket = device_children()
         .find(|n| n.has_tag_name("graphics") && n.attribute("type") == Some("vnc"))
-        .and_then(|g| g.attribute("port"))
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .filter(|p| *p > 0);
+        .and_then(|g| g.attribute("socket"))
+        .filter(|s| s.starts_with('/'))
+        .map(PathBuf::from);
 
     let mut macs: Vec<(String, String)> = device_children()
         .filter(|n| n.has_tag_name("interface"))
@@ -103,5 +103,5 @@ pub fn parse_live(xml: &str) -> LiveFacts {
             macs.push(((*netdev).to_owned(), mac.to_ascii_lowercase()));
         }
     }
-    LiveFacts { vnc_port, macs }
+    LiveFacts { vnc_socket, macs }
 }

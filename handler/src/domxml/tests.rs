@@ -47,7 +47,7 @@ fn inputs(volumes: &[&str]) -> DomainInputs {
                 ((*v).to_owned(), vol)
             })
             .collect(),
-        port_forwards: Vec::new(),
+        pod_network: Some(format!("/run/ironvirt/net/{UID}/passt.sock").into()),
         nvram: format!("/var/lib/ironvirt/vmis/{UID}/nvram.fd").into(),
     }
 }
@@ -84,8 +84,12 @@ fn a_minimal_vmi_becomes_a_domain() {
     assert_eq!(text("memory").as_deref(), Some("65536"));
     assert_eq!(text("vcpu").as_deref(), Some("1"));
     assert!(xml.contains("<boot dev='hd'/>"));
-    assert!(xml.contains("<interface type='user'>"));
-    assert!(!xml.contains("qemu:commandline"));
+    // KubeVirt's default pod interface: the VMI's network, through passt.
+    assert!(xml.contains("addr.path=/run/ironvirt/net/"), "{xml}");
+    assert!(!xml.contains("<interface"));
+    // VNC on a UNIX socket only.
+    assert!(xml.contains("<listen type='socket'/>"), "{xml}");
+    assert!(!xml.contains("127.0.0.1"), "{xml}");
 }
 
 #[test]
@@ -269,7 +273,7 @@ fn host_passthrough_needs_kvm() {
     };
     let xml = domain_xml(&vmi(&spec), &kvm, &inputs(&[])).unwrap();
     assert!(xml.contains("<cpu mode='host-passthrough'>"), "{xml}");
-    assert!(xml.starts_with("<domain type='kvm'>"));
+    assert!(xml.starts_with("<domain type='kvm'"));
 }
 
 #[test]
@@ -367,7 +371,7 @@ fn macs_are_checked_and_normalised() {
         )
     };
     let xml = build(&spec("DE-AD-00-00-BE-AF")).unwrap();
-    assert!(xml.contains("<mac address='de:ad:00:00:be:af'/>"), "{xml}");
+    assert!(xml.contains(",mac=de:ad:00:00:be:af,"), "{xml}");
     assert_eq!(
         field(build(&spec("01:00:00:00:00:01")), true),
         "spec.domain.devices.interfaces[0].macAddress"
@@ -379,7 +383,7 @@ fn macs_are_checked_and_normalised() {
 }
 
 #[test]
-fn port_forwards_go_to_qemu_user_networking() {
+fn the_masquerade_interface_goes_to_the_vmi_network() {
     let spec = format!(
         "{MEM}    devices:\n      interfaces:\n        \
          - {{name: default, masquerade: {{}}, bootOrder: 1, ports: [{{port: 22}}]}}\n        \
@@ -387,28 +391,18 @@ fn port_forwards_go_to_qemu_user_networking() {
          networks: [{{name: default, pod: {{}}}}, {{name: lan, pod: {{}}}}]\n"
     );
     let mut inp = inputs(&[]);
-    inp.port_forwards = vec![
-        PortForward {
-            interface: "default".into(),
-            protocol: PortProtocol::Tcp,
-            host_port: 40022,
-            guest_port: 22,
-        },
-        PortForward {
-            interface: "default".into(),
-            protocol: PortProtocol::Udp,
-            host_port: 40053,
-            guest_port: 53,
-        },
-    ];
     let xml = domain_xml(&vmi(&spec), &host(), &inp).unwrap();
     let mac = derived_mac(UID, "default");
-    let netdev = "<qemu:arg value='user,id=ua-default,\
-                  hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=udp:127.0.0.1:40053-:53'/>";
-    assert!(xml.contains(netdev), "{xml}");
+    let netdev = format!(
+        "<qemu:arg value='stream,id=ua-default,server=off,addr.type=unix,\
+         addr.path=/run/ironvirt/net/{UID}/passt.sock'/>"
+    );
+    assert!(xml.contains(&netdev), "{xml}");
     assert!(xml.contains(&format!(
         "<qemu:arg value='virtio-net-pci,netdev=ua-default,mac={mac},bus=pcie.0,addr=0x1d,bootindex=1'/>"
     )));
+    // Ports are passt's business, not the XML's; nothing listens on the node.
+    assert!(!xml.contains("hostfwd"), "{xml}");
     assert!(!xml.contains("<interface type='user'>"));
     assert!(!xml.contains("<boot dev="));
     let live = parse_live(&xml);
@@ -416,10 +410,30 @@ fn port_forwards_go_to_qemu_user_networking() {
     assert_eq!(names, ["ua-lan", "ua-default"]);
     assert_eq!(live.macs[1].1, mac);
 
-    // A forward to the bridge interface is refused.
-    inp.port_forwards[0].interface = "lan".into();
+    // Without a VMI network the masquerade interface cannot be connected.
+    inp.pod_network = None;
     let err = domain_xml(&vmi(&spec), &host(), &inp);
-    assert_eq!(field(err, true), "spec.domain.devices.interfaces[1].ports");
+    assert_eq!(field(err, false), "spec.domain.devices.interfaces[0]");
+    // A bridge-only VMI needs none.
+    let bridge = format!(
+        "{MEM}    devices:\n      interfaces: [{{name: lan, bridge: {{}}}}]\n  \
+         networks: [{{name: lan, pod: {{}}}}]\n"
+    );
+    assert!(domain_xml(&vmi(&bridge), &host(), &inp).is_ok());
+}
+
+#[test]
+fn one_masquerade_interface_per_vmi() {
+    let spec = format!(
+        "{MEM}    devices:\n      interfaces:\n        \
+         - {{name: a, masquerade: {{}}}}\n        \
+         - {{name: b, masquerade: {{}}}}\n  \
+         networks: [{{name: a, pod: {{}}}}, {{name: b, pod: {{}}}}]\n"
+    );
+    assert_eq!(
+        field(build(&spec), false),
+        "spec.domain.devices.interfaces[1].masquerade"
+    );
 }
 
 #[test]
@@ -453,11 +467,10 @@ fn ports_need_masquerade_and_guest_networks_are_checked() {
         ),
         "spec.networks[0].pod.vmIPv6NetworkCIDR"
     );
+    // A well-formed one is accepted and has no effect: the guest gets the
+    // VMI's address.
     let xml = build(&net("{vmIPv6NetworkCIDR: \"fd10:0:2::/64\"}")).unwrap();
-    assert!(
-        xml.contains("<ip family='ipv6' address='fd10:0:2::' prefix='64'/>"),
-        "{xml}"
-    );
+    assert!(!xml.contains("fd10"), "{xml}");
 }
 
 #[test]
@@ -595,8 +608,8 @@ const LIVE: &str = r#"<domain type='qemu' id='3' xmlns:qemu='http://libvirt.org/
   </target>
   <alias name='serial0'/>
 </serial>
-<graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'>
-  <listen type='address' address='127.0.0.1'/>
+<graphics type='vnc' socket='/var/lib/libvirt/qemu/domain-7-x/vnc.sock'>
+  <listen type='socket' socket='/var/lib/libvirt/qemu/domain-7-x/vnc.sock'/>
 </graphics>
   </devices>
   <seclabel type='none' model='none'/>
@@ -612,7 +625,10 @@ const LIVE: &str = r#"<domain type='qemu' id='3' xmlns:qemu='http://libvirt.org/
 #[test]
 fn live_facts_of_a_running_domain() {
     let facts = parse_live(LIVE);
-    assert_eq!(facts.vnc_port, Some(5901));
+    assert_eq!(
+        facts.vnc_socket.as_deref(),
+        Some(Path::new("/var/lib/libvirt/qemu/domain-7-x/vnc.sock"))
+    );
     assert_eq!(
         facts.macs,
         [
@@ -629,12 +645,11 @@ fn live_facts_of_a_running_domain() {
 
 #[test]
 fn live_facts_before_the_domain_runs() {
-    let defined = LIVE.replace("port='5901'", "port='-1'");
-    assert_eq!(parse_live(&defined).vnc_port, None);
-    let no_port = LIVE.replace("port='5901' ", "");
-    assert_eq!(parse_live(&no_port).vnc_port, None);
-    let junk = LIVE.replace("port='5901'", "port='vnc'");
-    assert_eq!(parse_live(&junk).vnc_port, None);
+    // Defined, not running: libvirt has not chosen the socket yet.
+    let defined = LIVE.replace(" socket='/var/lib/libvirt/qemu/domain-7-x/vnc.sock'>", ">");
+    assert_eq!(parse_live(&defined).vnc_socket, None);
+    let relative = LIVE.replace("socket='/var/lib", "socket='var/lib");
+    assert_eq!(parse_live(&relative).vnc_socket, None);
     assert_eq!(parse_live("<domain"), LiveFacts::default());
     assert_eq!(parse_live(""), LiveFacts::default());
     assert_eq!(parse_live("<domain/>"), LiveFacts::default());
