@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -141,10 +145,88 @@ async fn serve_one<E, F>(
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(t);
     }
+    // hyper's HTTP/1.1 header timer starts only once the protocol version
+    // has been sniffed from the first bytes: bound the wait for those too.
+    let io = FirstBytes::new(tls, options.header_read_timeout);
     if let Err(e) = builder
-        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
         .await
     {
         tracing::debug!(peer = %addr, error = %e, "connection ended");
+    }
+}
+
+/// A connection whose first read must bring data before a deadline; after
+/// that it is the connection itself. hyper-util reads the first bytes to tell
+/// HTTP/1.1 from HTTP/2 before hyper's header-read timer starts, so a client
+/// that sends nothing at all would otherwise be held forever.
+struct FirstBytes<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstBytes<S> {
+    fn new(inner: S, timeout: Option<Duration>) -> Self {
+        FirstBytes {
+            inner,
+            deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(deadline) = this.deadline.as_mut() {
+            match &polled {
+                Poll::Ready(_) if buf.filled().len() > before => this.deadline = None,
+                Poll::Ready(_) => {}
+                Poll::Pending => {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client sent nothing before the header-read timeout",
+                        )));
+                    }
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -200,3 +200,30 @@ async fn a_client_that_sends_no_headers_is_dropped() -> Res<()> {
     assert!(!String::from_utf8_lossy(&buf).contains("hello"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_at_all_is_dropped() -> Res<()> {
+    // Nothing after the TLS handshake: hyper's HTTP/1.1 header timer has not
+    // started yet (the version is still being sniffed), so the accept loop
+    // must bound this wait itself.
+    let pki = Pki::new()?;
+    let options = ServeOptions {
+        header_read_timeout: Some(Duration::from_millis(300)),
+        ..ServeOptions::default()
+    };
+    let addr = server(&pki, "ironvirt-api", options).await?;
+    let mut s = connect(&pki, addr, Some("ironvirt-api")).await?;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a silent client past the header timeout"
+    );
+    // A client that is quick enough is still served on the same settings.
+    assert!(
+        who(&pki, addr, Some("ironvirt-api"))
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+    Ok(())
+}
