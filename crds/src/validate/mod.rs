@@ -38,6 +38,7 @@ pub use hostdisk::{
     HostDiskError, HostDiskPolicy, ResolvedHostDisk, VolumePolicy, check_vm_volumes,
     check_vmirs_volumes, check_volumes, resolve_beneath,
 };
+pub use names::{dns_label, dns_subdomain};
 pub use network::NIC_MODELS;
 pub use selector::{label_selector, selector_matches, selects_everything};
 

@@ -2,7 +2,7 @@
 
 /// An RFC 1123 label: at most 63 lowercase alphanumerics or '-', starting and
 /// ending with an alphanumeric.
-pub(super) fn dns_label(s: &str) -> Result<(), String> {
+pub fn dns_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.chars()
@@ -17,7 +17,7 @@ pub(super) fn dns_label(s: &str) -> Result<(), String> {
 }
 
 /// An RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-fn dns_subdomain(s: &str) -> bool {
+pub fn dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| dns_label(l).is_ok())
 }
 
