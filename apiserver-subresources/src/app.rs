@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use kube::Client;
@@ -34,6 +35,14 @@ pub struct Config {
     /// hostDisk on (under a root) or off, and the capacity limits the
     /// validating webhooks enforce.
     pub volume_policy: ironvirt_crds::validate::VolumePolicy,
+    /// Concurrent streams and screenshots, per user and in total, and the
+    /// screenshot pixel budget.
+    pub limits: crate::limits::LimitsConfig,
+    /// A connection that has not sent a request's headers this long after
+    /// the TLS handshake (or after its previous response) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
 }
 
 /// Why ironvirt-api could not start.
@@ -90,6 +99,24 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         handler_tls: handler_tls(&cfg)?,
         lease_namespace: cfg.lease_namespace.clone(),
         metrics: Metrics::default(),
+        limits: crate::limits::Limits::new(cfg.limits),
+    };
+    tracing::info!(
+        max_streams_per_user = cfg.limits.streams.per_user,
+        max_streams = cfg.limits.streams.total,
+        max_screenshots_per_user = cfg.limits.screenshots.per_user,
+        max_screenshots = cfg.limits.screenshots.total,
+        max_screenshot_pixels = cfg.limits.screenshot_pixels,
+        header_read_timeout = ?cfg.header_read_timeout,
+        max_connections = cfg.max_connections,
+        "limits"
+    );
+    // The cap is per listening address; several addresses share the limits
+    // of streams and screenshots, which are the ones that hold memory.
+    let serve_options = ironvirt_stream::ServeOptions {
+        header_read_timeout: Some(cfg.header_read_timeout),
+        max_connections: Some(cfg.max_connections),
+        ..ironvirt_stream::ServeOptions::default()
     };
     tokio::spawn(metrics::serve(cfg.metrics_addr, state.metrics.clone()));
     let app = server::router(state.clone())
@@ -107,7 +134,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             listener,
             Arc::clone(&tls),
             app.clone(),
-            ironvirt_stream::ServeOptions::default(),
+            serve_options.clone(),
             // Every verified client is served; the front-proxy check happens
             // per request (auth.rs), where a 401 can be answered.
             |client: &ironvirt_stream::serve::Client| {

@@ -6,7 +6,10 @@
 //! certificate chains to the request-header CA and its CN is one of the
 //! allowed names. Both come from the ConfigMap
 //! kube-system/extension-apiserver-authentication and are re-read when it
-//! changes ([`RequestHeaderAuth::watch`]).
+//! changes ([`RequestHeaderAuth::watch`]). A ConfigMap that does not parse
+//! (a CA that does not load, a list that is not a JSON list of strings) is
+//! ignored with a warning: the last good configuration stays, so a garbled
+//! `requestheader-allowed-names` never widens who may assert users.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -39,27 +42,67 @@ pub struct RequestHeaderConfig {
     pub extra_prefixes: Vec<String>,
 }
 
-fn json_list(data: &BTreeMap<String, String>, key: &str, default: &[&str]) -> Vec<String> {
-    data.get(key)
-        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
-        .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+/// Why the ConfigMap's request-header settings were not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the authentication ConfigMap has no requestheader-client-ca-file")]
+    NoClientCa,
+    #[error("{key} is not a JSON list of strings ({error}): {value:?}")]
+    BadList {
+        key: &'static str,
+        value: String,
+        error: String,
+    },
+    #[error("the request-header CA does not load: {0}")]
+    BadCa(String),
+}
+
+/// A list setting: a JSON list of strings. Absent, empty or `null` (how
+/// kube-apiserver writes an unset list) means `default`, as in Kubernetes'
+/// own extension API servers; anything else that does not parse is an error,
+/// never the default.
+fn json_list(
+    data: &BTreeMap<String, String>,
+    key: &'static str,
+    default: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let default = || default.iter().map(|s| (*s).to_owned()).collect();
+    let Some(value) = data.get(key).filter(|v| !v.trim().is_empty()) else {
+        return Ok(default());
+    };
+    match serde_json::from_str::<Option<Vec<String>>>(value) {
+        Ok(Some(list)) => Ok(list),
+        Ok(None) => Ok(default()),
+        Err(e) => Err(ConfigError::BadList {
+            key,
+            value: value.chars().take(200).collect(),
+            error: e.to_string(),
+        }),
+    }
 }
 
 impl RequestHeaderConfig {
     /// Reads the settings from the ConfigMap's data.
-    pub fn from_configmap(data: &BTreeMap<String, String>) -> Option<Self> {
-        let client_ca = data.get("requestheader-client-ca-file")?.clone();
-        Some(RequestHeaderConfig {
+    pub fn from_configmap(data: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let client_ca = data
+            .get("requestheader-client-ca-file")
+            .ok_or(ConfigError::NoClientCa)?
+            .clone();
+        Ok(RequestHeaderConfig {
             client_ca,
-            allowed_names: json_list(data, "requestheader-allowed-names", &[]),
-            username_headers: json_list(data, "requestheader-username-headers", &["X-Remote-User"]),
-            group_headers: json_list(data, "requestheader-group-headers", &["X-Remote-Group"]),
-            uid_headers: json_list(data, "requestheader-uid-headers", &["X-Remote-Uid"]),
+            allowed_names: json_list(data, "requestheader-allowed-names", &[])?,
+            username_headers: json_list(
+                data,
+                "requestheader-username-headers",
+                &["X-Remote-User"],
+            )?,
+            group_headers: json_list(data, "requestheader-group-headers", &["X-Remote-Group"])?,
+            uid_headers: json_list(data, "requestheader-uid-headers", &["X-Remote-Uid"])?,
             extra_prefixes: json_list(
                 data,
                 "requestheader-extra-headers-prefix",
                 &["X-Remote-Extra-"],
-            ),
+            )?,
         })
     }
 }
@@ -111,28 +154,39 @@ impl std::fmt::Debug for RequestHeaderAuth {
     }
 }
 
-fn verifier_for(pem: &str) -> Result<Arc<dyn ClientCertVerifier>, String> {
+fn verifier_for(pem: &str) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+    let bad = |e: &dyn std::fmt::Display| ConfigError::BadCa(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("request-header CA: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("request-header CA: {e}"))?;
+        let cert = cert.map_err(|e| bad(&e))?;
+        roots.add(cert).map_err(|e| bad(&e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("request-header CA: {e}"))
+        .map_err(|e| bad(&e))
 }
 
 impl RequestHeaderAuth {
-    /// Installs new settings.
-    pub fn set(&self, cfg: RequestHeaderConfig) -> Result<(), String> {
+    /// Installs new settings; on an error the current ones stay.
+    pub fn set(&self, cfg: RequestHeaderConfig) -> Result<(), ConfigError> {
         let verifier = verifier_for(&cfg.client_ca)?;
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         *inner = Some((cfg, verifier));
         Ok(())
+    }
+
+    /// Installs the settings of the ConfigMap's `data`. When they do not
+    /// parse, the last good settings stay (none before the first good ones)
+    /// and the error says why.
+    pub fn update(&self, data: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        self.set(RequestHeaderConfig::from_configmap(data)?)
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> Option<RequestHeaderConfig> {
+        self.current().map(|(cfg, _)| cfg)
     }
 
     fn current(&self) -> Option<Loaded> {
@@ -160,17 +214,16 @@ impl RequestHeaderAuth {
             };
             for cm in cms {
                 let data = cm.data.unwrap_or_default();
-                match RequestHeaderConfig::from_configmap(&data) {
-                    Some(cfg) => {
-                        let names = cfg.allowed_names.clone();
-                        match self.set(cfg) {
-                            Ok(()) => {
-                                tracing::info!(allowed_names = ?names, "front-proxy authentication configured")
-                            }
-                            Err(e) => tracing::error!(error = %e, "bad request-header CA"),
-                        }
+                match self.update(&data) {
+                    Ok(()) => {
+                        let names = self.config().map(|c| c.allowed_names).unwrap_or_default();
+                        tracing::info!(allowed_names = ?names, "front-proxy authentication configured");
                     }
-                    None => tracing::warn!("the authentication ConfigMap has no request-header CA"),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        configured = self.is_ready(),
+                        "ignoring the authentication ConfigMap; the last good configuration stays"
+                    ),
                 }
             }
         }
@@ -366,6 +419,80 @@ mod tests {
         assert_eq!(u.name, "alice");
         assert_eq!(u.groups, vec!["dev", "system:authenticated"]);
         assert_eq!(u.extra.get("scopes/a").unwrap(), &vec!["s1".to_owned()]);
+    }
+
+    /// The ConfigMap's data with a real CA and `allowed` as the raw value
+    /// of requestheader-allowed-names.
+    fn data(allowed: &str) -> BTreeMap<String, String> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        let mut data = BTreeMap::new();
+        data.insert("requestheader-client-ca-file".into(), ca);
+        data.insert("requestheader-allowed-names".into(), allowed.into());
+        data
+    }
+
+    #[test]
+    fn allowed_names_that_do_not_parse_keep_the_last_good_configuration() {
+        let auth = RequestHeaderAuth::default();
+        let mallory = Peer {
+            verified_cn: Some("mallory".into()),
+        };
+        // Not configured yet, and a bad ConfigMap does not configure it.
+        let bad = data(r#"["front-proxy-client""#);
+        assert!(matches!(
+            auth.update(&bad),
+            Err(ConfigError::BadList {
+                key: "requestheader-allowed-names",
+                ..
+            })
+        ));
+        assert!(!auth.is_ready());
+        assert_eq!(
+            auth.authenticate(&mallory, &headers()),
+            Err(AuthnError::NotConfigured)
+        );
+
+        auth.update(&data(r#"["front-proxy-client"]"#)).unwrap();
+        let good = auth.config().unwrap();
+        assert_eq!(good.allowed_names, vec!["front-proxy-client"]);
+        for garbled in [
+            r#"["front-proxy-client""#,
+            "front-proxy-client",
+            "{}",
+            "[1]",
+        ] {
+            assert!(auth.update(&data(garbled)).is_err(), "{garbled}");
+            // Still the old list: mallory's certificate is not "any name".
+            assert_eq!(auth.config().as_ref(), Some(&good), "{garbled}");
+            assert_eq!(
+                auth.authenticate(&mallory, &headers()),
+                Err(AuthnError::NotAllowed("mallory".into()))
+            );
+        }
+        // A CA that does not load keeps it too.
+        let mut no_ca = data(r#"["someone-else"]"#);
+        no_ca.insert(
+            "requestheader-client-ca-file".into(),
+            "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n".into(),
+        );
+        assert!(matches!(auth.update(&no_ca), Err(ConfigError::BadCa(_))));
+        no_ca.remove("requestheader-client-ca-file");
+        assert_eq!(auth.update(&no_ca), Err(ConfigError::NoClientCa));
+        assert_eq!(auth.config().as_ref(), Some(&good));
+    }
+
+    #[test]
+    fn unset_allowed_names_mean_any_name_from_the_ca() {
+        // kube-apiserver writes an unset list as `null` (Go's nil slice);
+        // Kubernetes' extension API servers read that, and "", as empty.
+        for unset in ["null", "", "[]"] {
+            let cfg = RequestHeaderConfig::from_configmap(&data(unset)).unwrap();
+            assert!(cfg.allowed_names.is_empty(), "{unset:?}");
+            assert_eq!(cfg.username_headers, vec!["X-Remote-User"]);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod limits;
 pub mod metrics;
 pub mod rfb;
 pub mod server;

@@ -11,6 +11,7 @@ use ironvirt_apiserver_subresources::admission::{
     WebhookClient, WebhookEndpoint, webhook_configurations,
 };
 use ironvirt_apiserver_subresources::app::{self, Config};
+use ironvirt_apiserver_subresources::limits::{self, Limit, LimitsConfig};
 
 /// ironvirt's aggregated API server (console, VNC, start/stop, …) and admission webhooks.
 #[derive(Debug, Parser)]
@@ -65,6 +66,39 @@ struct Args {
     /// The largest sum of a VMI's emptyDisk and DiskOrCreate capacities (0: no limit).
     #[arg(long, value_name = "QUANTITY", default_value = "4Ti", value_parser = byte_quantity)]
     max_vmi_volume_size: u64,
+    /// Console and VNC streams one user may have open at once (more: 429).
+    #[arg(long, default_value_t = limits::DEFAULT_STREAMS.per_user, value_parser = at_least_one)]
+    max_streams_per_user: usize,
+    /// Console and VNC streams open at once, all users together (more: 429).
+    #[arg(long, default_value_t = limits::DEFAULT_STREAMS.total, value_parser = at_least_one)]
+    max_streams: usize,
+    /// Screenshots one user may have in progress at once (more: 429).
+    #[arg(long, default_value_t = limits::DEFAULT_SCREENSHOTS.per_user, value_parser = at_least_one)]
+    max_screenshots_per_user: usize,
+    /// Screenshots in progress at once, all users together (more: 429).
+    #[arg(long, default_value_t = limits::DEFAULT_SCREENSHOTS.total, value_parser = at_least_one)]
+    max_screenshots: usize,
+    /// The most pixels (width × height) of a screen a screenshot is taken of;
+    /// each costs 4 bytes while the screenshot is taken. Larger: 413.
+    #[arg(long, default_value_t = limits::DEFAULT_SCREENSHOT_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_screenshot_pixels: u64,
+    /// Seconds a connection may take to send a request's headers, after the
+    /// TLS handshake and between requests (idle keep-alive connections are
+    /// closed after this long).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout: u64,
+    /// Connections served at once on each --listen address; more are closed
+    /// on accept.
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    max_connections: usize,
+}
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least 1")),
+    }
 }
 
 /// An absolute directory without `.` or `..` components.
@@ -230,6 +264,19 @@ fn main() -> anyhow::Result<()> {
             max_volume_bytes: Some(args.max_volume_size).filter(|b| *b > 0),
             max_vmi_bytes: Some(args.max_vmi_volume_size).filter(|b| *b > 0),
         },
+        limits: LimitsConfig {
+            streams: Limit {
+                per_user: args.max_streams_per_user,
+                total: args.max_streams,
+            },
+            screenshots: Limit {
+                per_user: args.max_screenshots_per_user,
+                total: args.max_screenshots,
+            },
+            screenshot_pixels: args.max_screenshot_pixels,
+        },
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout),
+        max_connections: args.max_connections,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

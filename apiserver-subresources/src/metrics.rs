@@ -1,7 +1,8 @@
 //! Prometheus metrics of ironvirt-api, served on a plain-HTTP port of their
-//! own: requests by route and status code, open console/VNC streams, and the
+//! own: requests by route and status code, open console/VNC streams,
+//! screenshots in progress, requests refused by a limit (429), and the
 //! runtime's live tasks (where a leaked session shows first). Labels are
-//! route names and codes, never object names.
+//! route names, codes and limit names, never object or user names.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,11 +30,21 @@ pub struct StreamLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// streams or screenshots.
+    pub kind: &'static str,
+    /// user or total.
+    pub limit: &'static str,
+}
+
 /// The metrics, cheap to clone (shared counters).
 #[derive(Clone)]
 pub struct Metrics {
     requests: Family<RequestLabel, Counter>,
     streams: Family<StreamLabel, Gauge>,
+    screenshots: Gauge,
+    limited: Family<LimitLabel, Counter>,
     tasks: Gauge,
     registry: Arc<Registry>,
 }
@@ -43,6 +54,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("ironvirt_api");
         let requests = Family::<RequestLabel, Counter>::default();
         let streams = Family::<StreamLabel, Gauge>::default();
+        let screenshots = Gauge::default();
+        let limited = Family::<LimitLabel, Counter>::default();
         let tasks = Gauge::default();
         registry.register(
             "requests",
@@ -55,6 +68,16 @@ impl Default for Metrics {
             streams.clone(),
         );
         registry.register(
+            "screenshots_in_progress",
+            "vnc/screenshot requests being taken",
+            screenshots.clone(),
+        );
+        registry.register(
+            "limited_requests",
+            "Requests refused with 429, by what was limited (streams, screenshots) and which limit (user, total)",
+            limited.clone(),
+        );
+        registry.register(
             "runtime_alive_tasks",
             "Tasks alive in the async runtime",
             tasks.clone(),
@@ -62,13 +85,15 @@ impl Default for Metrics {
         Metrics {
             requests,
             streams,
+            screenshots,
+            limited,
             tasks,
             registry: Arc::new(registry),
         }
     }
 }
 
-/// Counts one open stream until dropped.
+/// Counts one open stream (or screenshot in progress) until dropped.
 pub struct StreamGuard {
     gauge: Gauge,
 }
@@ -85,6 +110,20 @@ impl Metrics {
         let gauge = self.streams.get_or_create(&StreamLabel { kind }).clone();
         gauge.inc();
         StreamGuard { gauge }
+    }
+
+    /// Counts a screenshot as in progress until the guard is dropped.
+    pub fn screenshot(&self) -> StreamGuard {
+        let gauge = self.screenshots.clone();
+        gauge.inc();
+        StreamGuard { gauge }
+    }
+
+    /// Counts a request refused by a limit.
+    pub fn limited(&self, kind: &'static str, limit: &'static str) {
+        self.limited
+            .get_or_create(&LimitLabel { kind, limit })
+            .inc();
     }
 
     pub fn observe(&self, route: &'static str, code: u16) {
@@ -230,6 +269,30 @@ mod tests {
         assert!(
             m.encode()
                 .contains("ironvirt_api_open_streams{kind=\"console\"} 0")
+        );
+    }
+
+    #[test]
+    fn screenshots_and_refusals_are_counted() {
+        let m = Metrics::default();
+        let shot = m.screenshot();
+        m.limited("screenshots", "user");
+        m.limited("screenshots", "user");
+        let text = m.encode();
+        assert!(
+            text.contains("ironvirt_api_screenshots_in_progress 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ironvirt_api_limited_requests_total{kind=\"screenshots\",limit=\"user\"} 2"
+            ),
+            "{text}"
+        );
+        drop(shot);
+        assert!(
+            m.encode()
+                .contains("ironvirt_api_screenshots_in_progress 0")
         );
     }
 }

@@ -27,6 +27,7 @@ pub(super) const PHASE_PNG: &str = "while encoding the PNG";
 pub(super) async fn capture<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     phase: &Mutex<&'static str>,
+    max_pixels: u64,
 ) -> Result<Screenshot, RfbError> {
     let mut conn = Conn {
         io: BufReader::with_capacity(64 * 1024, stream),
@@ -90,7 +91,7 @@ pub(super) async fn capture<S: AsyncRead + AsyncWrite + Unpin>(
     let name_len = conn.u32().await?;
     let name = conn.text(name_len).await?;
     tracing::debug!(width, height, name, "RFB ServerInit");
-    let mut fb = Framebuffer::new(width, height)?;
+    let mut fb = Framebuffer::new(width, height, max_pixels)?;
 
     let mut setup = Vec::with_capacity(SET_PIXEL_FORMAT.len() + SET_ENCODINGS.len() + 10);
     setup.extend_from_slice(&SET_PIXEL_FORMAT);

@@ -65,12 +65,21 @@ pub(super) struct Framebuffer {
     pub(super) rgb: Vec<u8>,
     drawn: Vec<bool>,
     drawn_count: usize,
+    /// The most pixels the framebuffer may have, also after a resize.
+    max_pixels: u64,
 }
 
 impl Framebuffer {
-    pub(super) fn new(width: u16, height: u16) -> Result<Self, RfbError> {
+    pub(super) fn new(width: u16, height: u16, max_pixels: u64) -> Result<Self, RfbError> {
         if width > MAX_DIMENSION || height > MAX_DIMENSION {
             return Err(RfbError::TooLarge { width, height });
+        }
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(RfbError::OverBudget {
+                width,
+                height,
+                max_pixels,
+            });
         }
         if width == 0 || height == 0 {
             return Err(RfbError::Protocol(format!(
@@ -84,6 +93,7 @@ impl Framebuffer {
             rgb: zeroed(pixels * 3)?,
             drawn: zeroed(pixels)?,
             drawn_count: 0,
+            max_pixels,
         })
     }
 
@@ -93,7 +103,7 @@ impl Framebuffer {
         self.rgb = Vec::new();
         self.drawn = Vec::new();
         self.drawn_count = 0;
-        *self = Framebuffer::new(width, height)?;
+        *self = Framebuffer::new(width, height, self.max_pixels)?;
         Ok(())
     }
 
@@ -195,7 +205,7 @@ mod tests {
 
     #[test]
     fn overlapping_copyrect_copies_as_if_through_a_temporary_buffer() {
-        let mut fb = Framebuffer::new(3, 3).unwrap();
+        let mut fb = Framebuffer::new(3, 3, 9).unwrap();
         fill(&mut fb, 0..3);
         // Scroll down by one row, and right by one column.
         let src = Rect {
@@ -227,7 +237,7 @@ mod tests {
 
     #[test]
     fn copying_undrawn_pixels_leaves_them_undrawn() {
-        let mut fb = Framebuffer::new(2, 2).unwrap();
+        let mut fb = Framebuffer::new(2, 2, 4).unwrap();
         fill(&mut fb, 0..1);
         assert_eq!(fb.drawn_count, 2);
         let top = Rect {
@@ -248,13 +258,22 @@ mod tests {
     #[test]
     fn empty_and_oversized_framebuffers_are_refused() {
         assert!(matches!(
-            Framebuffer::new(0, 10),
+            Framebuffer::new(0, 10, u64::MAX),
             Err(RfbError::Protocol(_))
         ));
         assert!(matches!(
-            Framebuffer::new(10, 8193),
+            Framebuffer::new(10, 8193, u64::MAX),
             Err(RfbError::TooLarge { .. })
         ));
-        assert!(Framebuffer::new(8192, 1).is_ok());
+        assert!(Framebuffer::new(8192, 1, u64::MAX).is_ok());
+        assert!(matches!(
+            Framebuffer::new(100, 100, 9_999),
+            Err(RfbError::OverBudget {
+                width: 100,
+                height: 100,
+                max_pixels: 9_999
+            })
+        ));
+        assert!(Framebuffer::new(100, 100, 10_000).is_ok());
     }
 }

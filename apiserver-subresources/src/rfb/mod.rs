@@ -8,10 +8,13 @@
 //! for 32-bit true-colour pixels (R at bit 16, G at 8, B at 0, little-endian)
 //! in the Raw and CopyRect encodings plus the DesktopSize pseudo-encoding,
 //! requests the whole screen and reads updates until every pixel has been
-//! drawn. Memory is bounded: framebuffers above
-//! [`MAX_DIMENSION`]×[`MAX_DIMENSION`] and rectangles outside the framebuffer
-//! are refused, and server strings (reasons, the desktop name, clipboard text)
-//! are read in bounded pieces.
+//! drawn. Memory is bounded: the client's copy of the screen costs four bytes
+//! a pixel, and a framebuffer (announced or resized to) of more pixels than
+//! the caller's budget ([`screenshot_within`]; [`DEFAULT_MAX_PIXELS`]) or
+//! above [`MAX_DIMENSION`] in either direction is refused before anything is
+//! allocated; rectangles outside the framebuffer are refused, and server
+//! strings (reasons, the desktop name, clipboard text) are read in bounded
+//! pieces.
 //!
 //! One file a step: [`messages`] holds the protocol's fixed messages and
 //! version negotiation, [`conn`] the typed reads and writes, [`client`] the
@@ -36,6 +39,10 @@ use client::{PHASE_VERSION, capture};
 
 /// The largest framebuffer width and height a screenshot may have.
 pub const MAX_DIMENSION: u16 = 8192;
+
+/// The pixel budget of [`screenshot`]: 4 Mi pixels (2560×1600 fits), 16 MiB
+/// for the client's copy of the screen.
+pub const DEFAULT_MAX_PIXELS: u64 = 4 * 1024 * 1024;
 
 /// A screenshot of a VNC server's framebuffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +85,19 @@ pub enum RfbError {
         width: u16,
         /// Announced height.
         height: u16,
+    },
+    /// The framebuffer has more pixels than the screenshot's budget.
+    #[error(
+        "the framebuffer is {width}x{height} ({} pixels), more than the {max_pixels} pixels a screenshot may have",
+        u64::from(*width) * u64::from(*height)
+    )]
+    OverBudget {
+        /// Announced width.
+        width: u16,
+        /// Announced height.
+        height: u16,
+        /// The budget.
+        max_pixels: u64,
     },
     /// A rectangle (or a CopyRect source) lies outside the framebuffer.
     #[error(
@@ -132,13 +152,24 @@ pub enum RfbError {
 /// finish within `timeout`.
 ///
 /// The client joins as a shared client, so other VNC clients of the server
-/// stay connected.
+/// stay connected. The framebuffer may have at most [`DEFAULT_MAX_PIXELS`].
 pub async fn screenshot<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     timeout: Duration,
 ) -> Result<Screenshot, RfbError> {
+    screenshot_within(stream, timeout, DEFAULT_MAX_PIXELS).await
+}
+
+/// [`screenshot`] of a framebuffer of at most `max_pixels` pixels (width ×
+/// height, also after a resize): a larger one is [`RfbError::OverBudget`],
+/// refused before its memory is allocated.
+pub async fn screenshot_within<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    timeout: Duration,
+    max_pixels: u64,
+) -> Result<Screenshot, RfbError> {
     let phase = Mutex::new(PHASE_VERSION);
-    match tokio::time::timeout(timeout, capture(stream, &phase)).await {
+    match tokio::time::timeout(timeout, capture(stream, &phase, max_pixels)).await {
         Ok(result) => result,
         Err(_) => Err(RfbError::Timeout {
             timeout,

@@ -10,7 +10,7 @@ use super::messages::{
     ENCODING_COPY_RECT, ENCODING_DESKTOP_SIZE, ENCODING_RAW, MSG_BELL, MSG_FRAMEBUFFER_UPDATE,
     MSG_SERVER_CUT_TEXT, MSG_SET_COLOUR_MAP_ENTRIES, SET_PIXEL_FORMAT, Version, negotiate_version,
 };
-use super::{RfbError, Screenshot, screenshot};
+use super::{RfbError, Screenshot, screenshot_within};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -126,9 +126,22 @@ where
     F: FnOnce(Fake) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_within(timeout, super::DEFAULT_MAX_PIXELS, script).await
+}
+
+/// [`run`] with a pixel budget of `max_pixels`.
+async fn run_within<F, Fut>(
+    timeout: Duration,
+    max_pixels: u64,
+    script: F,
+) -> Result<Screenshot, RfbError>
+where
+    F: FnOnce(Fake) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let (client, server) = duplex(64 * 1024);
     let server = tokio::spawn(script(Fake { io: server }));
-    let result = screenshot(client, timeout).await;
+    let result = screenshot_within(client, timeout, max_pixels).await;
     if let Err(e) = server.await
         && e.is_panic()
     {
@@ -352,6 +365,72 @@ async fn too_large_framebuffer_is_refused() {
             RfbError::TooLarge {
                 width: 8193,
                 height: 100
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_framebuffer_over_the_pixel_budget_is_refused_before_any_update() {
+    // 4096x2160 against the default budget: refused after ServerInit, before
+    // the client asks for (or allocates) a single pixel.
+    let err = run(TIMEOUT, |mut s| async move {
+        s.send(b"RFB 003.008\n").await;
+        s.expect(b"RFB 003.008\n").await;
+        s.send(&[1, 1]).await;
+        s.expect(&[1]).await;
+        s.send(&0u32.to_be_bytes()).await;
+        s.expect(&[1]).await;
+        s.server_init(4096, 2160).await;
+        // The client hangs up instead of sending its setup.
+        let mut rest = Vec::new();
+        s.io.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the client sent {rest:?}");
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RfbError::OverBudget {
+                width: 4096,
+                height: 2160,
+                max_pixels: super::DEFAULT_MAX_PIXELS
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the framebuffer is 4096x2160 (8847360 pixels), more than the 4194304 pixels a screenshot may have"
+    );
+    // Exactly at the budget is fine.
+    let shot = run_within(TIMEOUT, 12, |mut s| async move {
+        s.handshake_38(4, 3).await;
+        s.send(&update(&[raw(0, 0, 4, 3)])).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!((shot.width, shot.height), (4, 3));
+}
+
+#[tokio::test]
+async fn a_resize_over_the_pixel_budget_is_refused() {
+    let err = run_within(TIMEOUT, 12, |mut s| async move {
+        s.handshake_38(4, 3).await;
+        s.send(&update(&[rect_header(0, 0, 4, 4, ENCODING_DESKTOP_SIZE)]))
+            .await;
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RfbError::OverBudget {
+                width: 4,
+                height: 4,
+                max_pixels: 12
             }
         ),
         "{err:?}"

@@ -3,12 +3,16 @@
 //! power operations (forwarded to the handler) and VM start/stop/restart.
 //!
 //! A subresource request goes through the same pipeline, one file a step:
+//! 0. the namespace and name from the URL are checked as DNS names
+//!    ([`check_names`]) before anything uses them;
 //! 1. [`authz`]: authenticate the front proxy ([`crate::auth`]) and authorize
 //!    the asserted user with a SubjectAccessReview;
 //! 2. [`upstream`]: find the running VMI and its handler (the handler Lease's
 //!    stream URL), and dial the handler with mTLS;
-//! 3. [`streams`] (console, VNC, screenshot) or [`power`] (VMI operations
-//!    forwarded to the handler, VM start/stop/restart on the VM object).
+//! 3. [`streams`] (console, VNC, screenshot; each holds a permit of
+//!    [`crate::limits`] while it lasts, 429 over the limits) or [`power`]
+//!    (VMI operations forwarded to the handler, VM start/stop/restart on the
+//!    VM object).
 //!
 //! This file holds the router, the shared state and answers, and the routes
 //! that need no cluster: discovery, version, health and OpenAPI.
@@ -24,6 +28,7 @@ use kube::Client;
 use serde_json::json;
 
 use crate::auth::RequestHeaderAuth;
+use crate::limits::{LimitError, Limiter, Permit};
 
 mod authz;
 mod power;
@@ -50,6 +55,8 @@ pub struct ApiState {
     /// Namespace of the handler Leases.
     pub lease_namespace: String,
     pub metrics: crate::metrics::Metrics,
+    /// Concurrent streams and screenshots, and the screenshot pixel budget.
+    pub limits: crate::limits::Limits,
 }
 
 /// A Kubernetes Status error.
@@ -60,6 +67,69 @@ pub fn status(code: StatusCode, reason: &str, message: impl Into<String>) -> Res
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
     });
     (code, axum::Json(body)).into_response()
+}
+
+/// A permit of `limiter` for `user`; over a limit, counted and logged, and
+/// answered 429 (the [`From`] below).
+fn permit(state: &ApiState, limiter: &Limiter, user: &str) -> Result<Permit, LimitError> {
+    limiter.acquire(user).inspect_err(|e| {
+        state.metrics.limited(e.kind().as_str(), e.scope());
+        tracing::info!(user = %user, kind = e.kind().as_str(), limit = e.scope(), "over a limit: 429");
+    })
+}
+
+impl From<LimitError> for Response {
+    fn from(e: LimitError) -> Response {
+        status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            e.to_string(),
+        )
+    }
+}
+
+/// At most this many characters of a rejected value are repeated.
+const ECHO_MAX: usize = 64;
+
+fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_MAX) {
+        Some((i, _)) => format!("{:?}…", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
+/// A namespace or name from the URL that is not a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BadName {
+    #[error("invalid namespace {}: {why}", echo(.value))]
+    Namespace { value: String, why: String },
+    #[error(
+        "invalid name {}: must be an RFC 1123 subdomain: at most 253 characters, dot-separated labels of lowercase letters, digits or '-', each starting and ending with a letter or digit",
+        echo(.value)
+    )]
+    Name { value: String },
+}
+
+impl From<BadName> for Response {
+    fn from(e: BadName) -> Response {
+        status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string())
+    }
+}
+
+/// The namespace (an RFC 1123 label) and object name (an RFC 1123
+/// subdomain) from the URL, checked before any use.
+fn check_names(ns: &str, name: &str) -> Result<(), BadName> {
+    use ironvirt_crds::validate::{dns_label, dns_subdomain};
+    dns_label(ns).map_err(|why| BadName::Namespace {
+        value: ns.to_owned(),
+        why,
+    })?;
+    if !dns_subdomain(name) {
+        return Err(BadName::Name {
+            value: name.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn not_found(what: &str) -> Response {

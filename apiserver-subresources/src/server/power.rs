@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::authz::{attrs, authorize};
 use super::upstream::{forward_put, handler_status, running_vmi};
-use super::{ApiState, kube_error, not_found, status};
+use super::{ApiState, check_names, kube_error, not_found, status};
 use crate::auth::Peer;
 use crate::vmops::{self, Change, OpError, OpOptions};
 
@@ -38,6 +38,7 @@ pub(super) async fn vmi_power(
     headers: HeaderMap,
     peer: Option<Extension<Peer>>,
 ) -> Result<Response, Response> {
+    check_names(&ns, &name)?;
     if !VMI_OPS.contains(&sub.as_str()) {
         return Err(not_found(&format!(
             "subresource {sub:?} of virtualmachineinstances"
@@ -84,6 +85,7 @@ pub(super) async fn vm_power(
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, Response> {
+    check_names(&ns, &name)?;
     let Some(vm_op) = VmOp::parse(&op) else {
         return Err(not_found(&format!("subresource {op:?} of virtualmachines")));
     };

@@ -1,5 +1,7 @@
 //! Step 3 for console, VNC and screenshot: the user's websocket relayed to
 //! the handler's, or one VNC frame read from the handler and answered as PNG.
+//! Each holds a permit ([`crate::limits`]) from authorization until the
+//! stream or screenshot ends, however it ends; over a limit the answer is 429.
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use tokio_tungstenite::tungstenite;
 
 use super::authz::{attrs, authorize};
 use super::upstream::{HandlerWs, handler_ws, running_vmi};
-use super::{ApiState, not_found, status};
+use super::{ApiState, check_names, not_found, permit, status};
 use crate::auth::Peer;
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,13 +42,14 @@ pub(super) async fn vmi_stream(
     peer: Option<Extension<Peer>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Response> {
+    check_names(&ns, &name)?;
     if sub != "console" && sub != "vnc" {
         return Err(not_found(&format!(
             "subresource {sub:?} of virtualmachineinstances"
         )));
     }
     let peer = peer.map(|Extension(p)| p);
-    authorize(
+    let user = authorize(
         &state,
         peer.as_ref(),
         &headers,
@@ -60,6 +63,7 @@ pub(super) async fn vmi_stream(
             format!("{sub} is a websocket: connect with an Upgrade request"),
         ));
     };
+    let held = permit(&state, &state.limits.streams, &user.name)?;
     let (_vmi, url) = running_vmi(&state, &ns, &name).await?;
     let mut path = format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/{sub}");
     if sub == "console" && q.readonly {
@@ -77,6 +81,7 @@ pub(super) async fn vmi_stream(
         .on_upgrade(move |client| async move {
             relay(client, upstream).await;
             drop(open);
+            drop(held);
             tracing::info!(vmi.namespace = %ns, vmi.name = %name, sub = %sub, "stream closed");
         }))
 }
@@ -135,8 +140,9 @@ pub(super) async fn screenshot(
     headers: HeaderMap,
     peer: Option<Extension<Peer>>,
 ) -> Result<Response, Response> {
+    check_names(&ns, &name)?;
     let peer = peer.map(|Extension(p)| p);
-    authorize(
+    let user = authorize(
         &state,
         peer.as_ref(),
         &headers,
@@ -149,6 +155,9 @@ pub(super) async fn screenshot(
         ),
     )
     .await?;
+    // Held until this function returns, on every path.
+    let _held = permit(&state, &state.limits.screenshots, &user.name)?;
+    let _counted = state.metrics.screenshot();
     let (_vmi, url) = running_vmi(&state, &ns, &name).await?;
     let path = format!(
         "/v1/namespaces/{ns}/virtualmachineinstances/{name}/vnc?preserveSession=true&shared=true"
@@ -156,10 +165,19 @@ pub(super) async fn screenshot(
     let upstream = handler_ws(&state, &url, &path).await?;
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
     let pump = tokio::spawn(pump_ws(upstream, theirs));
-    let shot = crate::rfb::screenshot(ours, Duration::from_secs(20)).await;
+    let budget = state.limits.screenshot_pixels;
+    let shot = crate::rfb::screenshot_within(ours, Duration::from_secs(20), budget).await;
     pump.abort();
     match shot {
         Ok(s) => Ok(([(header::CONTENT_TYPE, "image/png")], s.png).into_response()),
+        Err(e @ crate::rfb::RfbError::OverBudget { .. }) => {
+            tracing::info!(vmi.namespace = %ns, vmi.name = %name, error = %e, "screenshot refused");
+            Err(status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!("taking a screenshot of VMI {name}: {e} (--max-screenshot-pixels)"),
+            ))
+        }
         Err(e) => Err(status(
             StatusCode::BAD_GATEWAY,
             "InternalError",

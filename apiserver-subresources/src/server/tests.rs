@@ -130,6 +130,7 @@ pub(super) fn state_with(client: Client, auth: RequestHeaderAuth) -> ApiState {
         handler_tls: Arc::new(handler_tls),
         lease_namespace: HANDLER_LEASE_NAMESPACE.to_owned(),
         metrics: Metrics::default(),
+        limits: crate::limits::Limits::default(),
     }
 }
 
