@@ -175,7 +175,7 @@ pub fn issue(
             &issuer,
             signing.not_after,
             HANDLER_SERVER_NAME,
-            &[HANDLER_SERVER_NAME.to_owned()],
+            &super::shared_handler_names(),
             Usage::Server,
             now,
             cfg,

@@ -26,6 +26,7 @@
 //! [`ironvirt_crds::wire::API_CLIENT_CN`].
 
 mod apply;
+pub mod handler_csr;
 mod issue;
 mod parse;
 mod patches;
@@ -60,6 +61,23 @@ pub const CA_CN_PREFIX: &str = "ironvirt-ca@";
 pub const FINGERPRINT_ANNOTATION: &str = "ironvirt.io/tls-fingerprint";
 /// Field manager of the certificate manager's writes.
 pub const MANAGER: &str = "ironvirt-operator-certs";
+
+/// The names of the one handler certificate the operator issues today
+/// (Secret `ironvirt-handler-tls`, mounted by every handler pod): the shared
+/// name and `*.ironvirt-handler`, which matches the per-node name
+/// [`ironvirt_crds::wire::handler_server_name`] that ironvirt-api verifies.
+///
+/// Interim: with one certificate for every node, a node's handler can still
+/// answer for another node. The per-node way is [`handler_csr`]: each handler
+/// asks for a certificate naming its node, and the operator signs it only
+/// for the node its ServiceAccount token names. The test bed already gives
+/// each handler its own certificate (testbed/src/handlers.rs).
+pub fn shared_handler_names() -> Vec<String> {
+    vec![
+        ironvirt_crds::wire::HANDLER_SERVER_NAME.to_owned(),
+        format!("*.{}", ironvirt_crds::wire::HANDLER_SERVER_NAME),
+    ]
+}
 
 /// What the certificate manager manages, and where.
 #[derive(Debug, Clone)]

@@ -204,7 +204,7 @@ pub fn plan(existing: &Existing, cfg: &CertConfig, now: Timestamp) -> Plan {
         ),
         &LeafWant {
             common_name: HANDLER_SERVER_NAME,
-            dns_names: &[HANDLER_SERVER_NAME.to_owned()],
+            dns_names: &super::shared_handler_names(),
         },
         &signer,
         &kept_bundle,

@@ -82,7 +82,10 @@ fn nothing_yet_issues_everything() {
     assert_eq!(client.common_name.as_deref(), Some(API_CLIENT_CN));
     assert!(client.dns_names.is_empty());
     let handler = first(&d.handler[TLS_CRT]);
-    assert_eq!(handler.dns_names, [HANDLER_SERVER_NAME]);
+    assert_eq!(
+        handler.dns_names,
+        [HANDLER_SERVER_NAME, "*.ironvirt-handler"]
+    );
     assert_eq!(handler.issuer, ca.subject);
     // Every certificate matches its key.
     for (c, k) in [
