@@ -864,3 +864,201 @@ async fn a_vm_that_changed_meanwhile_is_read_again() {
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["reason"], "Invalid");
 }
+
+/// `route` on object `name` in namespace `ns` (raw, as it goes in the URL).
+fn path_in(route: &Route, ns: &str, name: &str) -> String {
+    format!(
+        "{SUB}/namespaces/{ns}/{}/{name}/{}",
+        route.resource, route.sub
+    )
+}
+
+#[tokio::test]
+async fn bad_namespaces_and_names_are_400_before_any_use() {
+    let long_label = "a".repeat(64);
+    let long_name = ["a".repeat(63).as_str(); 5].join(".");
+    let bad_namespaces = [
+        "Default",
+        "a.b",
+        "-ns",
+        "ns-",
+        "n_s",
+        long_label.as_str(),
+        "%2E%2E",
+        "a%2Fb",
+    ];
+    let bad_names = [
+        "X",
+        "a..b",
+        ".a",
+        "a_b",
+        "%2E%2E",
+        "a%2F..",
+        long_name.as_str(),
+    ];
+    for route in routes() {
+        for ns in bad_namespaces {
+            // No review, no read: the fake cluster must not be asked.
+            let (client, log) = no_cluster();
+            let path = path_in(&route, ns, "x");
+            let (code, body) = send(state(client), &route.method, &path, "").await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(body["reason"], "BadRequest", "{path}");
+            assert!(message(&body).starts_with("invalid namespace "), "{body}");
+            assert!(log.calls().is_empty(), "{path}: {:?}", log.calls());
+        }
+        for name in bad_names {
+            let (client, log) = no_cluster();
+            let path = path_in(&route, NS, name);
+            let (code, body) = send(state(client), &route.method, &path, "").await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert!(message(&body).starts_with("invalid name "), "{body}");
+            assert!(log.calls().is_empty(), "{path}: {:?}", log.calls());
+        }
+        // The longest valid ones pass the check (and reach the review).
+        let (client, log) = cluster(Box::new(|_| review(false)));
+        let ok_name = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
+        assert_eq!(ok_name.len(), 253);
+        let path = path_in(&route, &"n".repeat(63), &ok_name);
+        let (code, body) = send(state(client), &route.method, &path, "").await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert_eq!(log.calls().len(), 1);
+    }
+    // The answer repeats at most 64 characters of what it refuses.
+    let (client, _) = no_cluster();
+    let path = path_in(&routes()[0], NS, &"X".repeat(300));
+    let (_, body) = send(state(client), &Method::GET, &path, "").await;
+    assert!(message(&body).len() < 400, "{body}");
+}
+
+/// A state whose limits are `streams` and `screenshots` (per user, total).
+fn limited_state(client: Client, streams: (usize, usize), screenshots: (usize, usize)) -> ApiState {
+    use crate::limits::{Limit, Limits, LimitsConfig};
+    let limit = |(per_user, total)| Limit { per_user, total };
+    ApiState {
+        limits: Limits::new(LimitsConfig {
+            streams: limit(streams),
+            screenshots: limit(screenshots),
+            ..LimitsConfig::default()
+        }),
+        ..state(client)
+    }
+}
+
+#[tokio::test]
+async fn screenshots_over_the_limits_are_429_after_authorization() {
+    let path = format!("{SUB}/namespaces/ns/virtualmachineinstances/x/vnc/screenshot");
+    // Alice holds two, her limit.
+    let (client, log) = vmi_cluster(None, None);
+    let s = limited_state(client, (16, 512), (2, 3));
+    let held = [
+        s.limits.screenshots.acquire("alice").unwrap(),
+        s.limits.screenshots.acquire("alice").unwrap(),
+    ];
+    let (code, body) = send(s.clone(), &Method::GET, &path, "").await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "TooManyRequests");
+    assert_eq!(body["code"], 429);
+    assert_eq!(
+        message(&body),
+        "user alice has 2 screenshots in progress; the limit is 2"
+    );
+    // Reviewed first (a refused user learns nothing of limits), never looked up.
+    assert_eq!(log.calls(), vec![(Method::POST, SAR_PATH.to_owned())]);
+
+    // Alice holds one, Bob two: everyone together is at the total.
+    drop(held);
+    let _others = [
+        s.limits.screenshots.acquire("alice").unwrap(),
+        s.limits.screenshots.acquire("bob").unwrap(),
+        s.limits.screenshots.acquire("bob").unwrap(),
+    ];
+    let (code, body) = send(s.clone(), &Method::GET, &path, "").await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        message(&body),
+        "ironvirt-api has 3 screenshots in progress; the limit is 3"
+    );
+    let metrics = s.metrics.encode();
+    for scope in ["user", "total"] {
+        let line = format!(
+            "ironvirt_api_limited_requests_total{{kind=\"screenshots\",limit=\"{scope}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{metrics}");
+    }
+    // Streams are counted apart.
+    assert_eq!(s.limits.streams.total(), 0);
+}
+
+#[tokio::test]
+async fn a_screenshot_gives_its_permit_back_on_every_exit() {
+    let path = format!("{SUB}/namespaces/ns/virtualmachineinstances/x/vnc/screenshot");
+    for (vmi, lease, want) in [
+        (None, None, StatusCode::NOT_FOUND),
+        (
+            Some(vmi("Scheduled", Some("n1"))),
+            None,
+            StatusCode::CONFLICT,
+        ),
+        (
+            Some(vmi("Running", Some("n1"))),
+            Some(lease(Some("https://127.0.0.1:1"))),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ] {
+        let (client, _) = vmi_cluster(vmi, lease);
+        let s = limited_state(client, (16, 512), (1, 1));
+        // With a limit of one, each request after the first would be 429 if
+        // a permit leaked.
+        for _ in 0..3 {
+            let (code, body) = send(s.clone(), &Method::GET, &path, "").await;
+            assert_eq!(code, want, "{body}");
+        }
+        assert_eq!(s.limits.screenshots.total(), 0);
+        assert!(
+            s.metrics
+                .encode()
+                .contains("ironvirt_api_screenshots_in_progress 0")
+        );
+    }
+}
+
+#[tokio::test]
+async fn streams_over_the_limits_are_429_and_failed_upgrades_give_permits_back() {
+    for sub in ["console", "vnc"] {
+        let path = format!("{SUB}/namespaces/ns/virtualmachineinstances/x/{sub}");
+        let (client, log) = vmi_cluster(None, None);
+        let s = limited_state(client, (1, 2), (4, 8));
+        let mine = s.limits.streams.acquire("alice").unwrap();
+        let (code, body) = open_ws(s.clone(), &path).await.unwrap_err();
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["reason"], "TooManyRequests");
+        assert_eq!(
+            message(&body),
+            "user alice has 1 streams in progress; the limit is 1"
+        );
+        assert_eq!(log.calls(), vec![(Method::POST, SAR_PATH.to_owned())]);
+        drop(mine);
+
+        let _others = [
+            s.limits.streams.acquire("bob").unwrap(),
+            s.limits.streams.acquire("carol").unwrap(),
+        ];
+        let (code, body) = open_ws(s.clone(), &path).await.unwrap_err();
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(
+            message(&body),
+            "ironvirt-api has 2 streams in progress; the limit is 2"
+        );
+        drop(_others);
+
+        // A stream that fails before the upgrade holds nothing afterwards.
+        for _ in 0..3 {
+            let (code, _) = open_ws(s.clone(), &path).await.unwrap_err();
+            assert_eq!(code, StatusCode::NOT_FOUND);
+        }
+        assert_eq!(s.limits.streams.total(), 0);
+        // Screenshots are counted apart.
+        assert_eq!(s.limits.screenshots.total(), 0);
+    }
+}
