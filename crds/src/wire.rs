@@ -10,6 +10,7 @@
 //! | VMI and VM finalizers | operator | operator, handler |
 //! | websocket subprotocol | ironvirt-api, handler | ironctl, virtctl |
 //! | handler TLS server name, ironvirt-api client CN | operator (certificates) | ironvirt-api, handler |
+//! | handler identities per node (TLS name, user, node-name extra) | operator, test bed | ironvirt-api, lease policy |
 //! | domain names | handler | handler, test bed |
 //! | VM operations | ironvirt-api | ironctl, virtctl |
 
@@ -62,6 +63,57 @@ pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";
 /// The common name of ironvirt-api's client certificate, the only client a
 /// handler accepts.
 pub const API_CLIENT_CN: &str = "ironvirt-api";
+
+/// The DNS name in the serving certificate of the handler of `node`
+/// (`<node>.ironvirt-handler`): ironvirt-api verifies it for the VMI's
+/// `status.nodeName` when it dials, so one node's handler cannot stand in for
+/// another's. A node name is a DNS subdomain, so this is one too.
+pub fn handler_server_name(node: &str) -> String {
+    format!("{node}.{HANDLER_SERVER_NAME}")
+}
+
+/// The group of the handlers' per-node user identities (client certificates
+/// with CN [`handler_user`]), as the test bed mints them.
+pub const HANDLERS_GROUP: &str = "ironvirt:handlers";
+
+/// Prefix of a handler's per-node user name; the node name follows.
+pub const HANDLER_USER_PREFIX: &str = "system:ironvirt-handler:";
+
+/// The user name of the handler of `node` when it authenticates with a
+/// client certificate (CN), in group [`HANDLERS_GROUP`].
+pub fn handler_user(node: &str) -> String {
+    format!("{HANDLER_USER_PREFIX}{node}")
+}
+
+/// The handlers' ServiceAccount in `deploy/`, as kube-apiserver names its user.
+pub const HANDLER_SERVICE_ACCOUNT: &str = "system:serviceaccount:ironvirt-system:ironvirt-handler";
+
+/// The user-info extra key in which kube-apiserver puts the node of the pod a
+/// bound ServiceAccount token was issued for.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// The node a request comes from when its user is a handler identity: the
+/// handler ServiceAccount with exactly one node-name extra, or a user
+/// [`handler_user`] in group [`HANDLERS_GROUP`]. `None` for every other user.
+/// The ValidatingAdmissionPolicy in `deploy/base/handler/lease-policy.yaml`
+/// computes the same in CEL.
+pub fn handler_node<'a>(
+    user: &'a str,
+    groups: &[String],
+    extra: &'a std::collections::BTreeMap<String, Vec<String>>,
+) -> Option<&'a str> {
+    let node = if user == HANDLER_SERVICE_ACCOUNT {
+        match extra.get(NODE_NAME_EXTRA).map(Vec::as_slice) {
+            Some([node]) => node.as_str(),
+            _ => return None,
+        }
+    } else if groups.iter().any(|g| g == HANDLERS_GROUP) {
+        user.strip_prefix(HANDLER_USER_PREFIX)?
+    } else {
+        return None;
+    };
+    (!node.is_empty()).then_some(node)
+}
 
 /// Prefix of every ironvirt libvirt domain name.
 const DOMAIN_PREFIX: &str = "ironvirt-";
@@ -144,6 +196,40 @@ mod tests {
         assert_eq!(node_of_handler_lease("ironvirt-handler-n1"), Some("n1"));
         assert_eq!(node_of_handler_lease("ironvirt-handler-"), None);
         assert_eq!(node_of_handler_lease("kubelet-n1"), None);
+    }
+
+    #[test]
+    fn handler_identities_name_their_node() {
+        use std::collections::BTreeMap;
+        assert_eq!(handler_server_name("n1"), "n1.ironvirt-handler");
+        let none = BTreeMap::new();
+        let group = [HANDLERS_GROUP.to_owned()];
+        let user = handler_user("n1");
+        assert_eq!(handler_node(&user, &group, &none), Some("n1"));
+        // The user name alone, without the group, is nobody's.
+        assert_eq!(handler_node(&user, &[], &none), None);
+        assert_eq!(
+            handler_node("system:ironvirt-handler:", &group, &none),
+            None
+        );
+        assert_eq!(handler_node("alice", &group, &none), None);
+        let mut extra = BTreeMap::new();
+        assert_eq!(handler_node(HANDLER_SERVICE_ACCOUNT, &[], &extra), None);
+        extra.insert(NODE_NAME_EXTRA.to_owned(), vec!["n2".to_owned()]);
+        assert_eq!(
+            handler_node(HANDLER_SERVICE_ACCOUNT, &[], &extra),
+            Some("n2")
+        );
+        // The extra counts only for the handler ServiceAccount.
+        assert_eq!(
+            handler_node("system:serviceaccount:x:other", &[], &extra),
+            None
+        );
+        extra.insert(
+            NODE_NAME_EXTRA.to_owned(),
+            vec!["n2".to_owned(), "n3".to_owned()],
+        );
+        assert_eq!(handler_node(HANDLER_SERVICE_ACCOUNT, &[], &extra), None);
     }
 
     #[test]
