@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::validate::VolumePolicy;
 use ironvirt_crds::wire::NODE_NAME_LABEL;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -52,6 +53,9 @@ pub struct Config {
     pub guest_network_range: crate::guestnet::Range,
     pub guest_network_dir: PathBuf,
     pub passt: PathBuf,
+    /// hostDisk on or off and its root, the capacity limits
+    /// ([`crate::volumes`]).
+    pub volume_policy: VolumePolicy,
 }
 
 /// Why the handler could not start or stopped.
@@ -163,17 +167,30 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     })));
     guestnet.prepare().await?;
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        cfg.node.clone(),
-        Arc::clone(&lv),
-        Arc::clone(&consoles),
-        guestnet,
-        host,
-        cfg.state_dir.clone(),
-        recorder,
-        cfg.resync,
-    ));
+    match &cfg.volume_policy.host_disk {
+        Some(hd) if hd.root.is_dir() => {
+            tracing::info!(root = %hd.root.display(), "hostDisk is on: images lie in <root>/<namespace>/")
+        }
+        Some(hd) => tracing::warn!(
+            root = %hd.root.display(),
+            "hostDisk is on, but its root is not a directory here (is it mounted into the handler at the same path?): every hostDisk fails"
+        ),
+        None => tracing::info!("hostDisk is off (no --host-disk-root)"),
+    }
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            cfg.node.clone(),
+            Arc::clone(&lv),
+            Arc::clone(&consoles),
+            guestnet,
+            host,
+            cfg.state_dir.clone(),
+            recorder,
+            cfg.resync,
+        )
+        .with_volume_policy(cfg.volume_policy.clone()),
+    );
 
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let wc = watcher::Config::default().labels(&format!("{NODE_NAME_LABEL}={}", cfg.node));

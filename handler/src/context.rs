@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::validate::VolumePolicy;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
@@ -53,6 +54,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub resync: Duration,
     pub metrics: Metrics,
+    /// What volumes VMIs may have on this node: hostDisk on or off and its
+    /// root, the capacity limits ([`crate::volumes`]).
+    pub volume_policy: VolumePolicy,
     /// VMIs (by uid) whose power button this handler already pressed.
     shutdown_sent: Mutex<HashSet<String>>,
     /// Consecutive failed reconciles per VMI, for exponential backoff.
@@ -83,9 +87,17 @@ impl Context {
             recorder,
             resync,
             metrics: Metrics::default(),
+            volume_policy: VolumePolicy::default(),
             shutdown_sent: Mutex::default(),
             failures: Failures::default(),
         }
+    }
+
+    /// The same context with `policy` as its volume policy (the default:
+    /// hostDisk off, the default capacity limits).
+    pub fn with_volume_policy(mut self, policy: VolumePolicy) -> Self {
+        self.volume_policy = policy;
+        self
     }
 
     /// Whether this handler already pressed the power button of VMI `uid`.

@@ -173,7 +173,7 @@ async fn create(
     paused: bool,
 ) -> Result<Action, Error> {
     let secrets = fetch_secrets(ctx, vmi).await?;
-    let plan = match create_plan::plan(vmi, &ctx.state_dir, &secrets) {
+    let plan = match create_plan::plan(vmi, &ctx.state_dir, &ctx.volume_policy, &secrets) {
         Ok(p) => p,
         Err(not) => return not_created(vmi, ctx, api, not).await,
     };

@@ -5,9 +5,13 @@
 //!
 //! 1. fetch the Secrets [`volumes::referenced_secrets`] names (cluster);
 //! 2. [`plan`]: the VMI's directory, the file behind each volume and the ports
-//!    to forward, or a [`Refusal`] when the VMI cannot start here;
+//!    to forward, or a [`Refusal`] when the VMI cannot start here (among
+//!    them the node's [`VolumePolicy`]: hostDisk off or outside the
+//!    namespace's directory, a capacity above the limits);
 //! 3. make the files with [`volumes::prepare`] (file system); a failure is a
-//!    refusal or, for I/O, a retry ([`prepare_failure`]);
+//!    refusal (a hostDisk path that is a link, not a regular file or missing;
+//!    an image larger than the free space) or, for I/O, a retry
+//!    ([`prepare_failure`]);
 //! 4. attach the VMI's network namespace with its declared ports forwarded
 //!    ([`crate::guestnet`]), and announce where they are ([`forwards_note`]);
 //! 5. [`domain_xml`]: the domain, or a refusal;
@@ -21,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::validate::{HostDiskError, VolumePolicy};
 use ironvirt_crds::vmi::PortProtocol;
 use kube::ResourceExt;
 
@@ -28,7 +33,7 @@ use crate::domxml::{self, DomainInputs, HostEnv, ResolvedVolume, XmlError};
 use crate::events::Reason;
 use crate::guestnet::GuestPort;
 use crate::libvirt::LibvirtError;
-use crate::volumes::{self, SecretData, VolumeError, VolumePlan};
+use crate::volumes::{self, PolicyViolation, SecretData, VolumeError, VolumePlan};
 
 /// The VMI cannot start on this node: it fails with this reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,12 +95,14 @@ pub struct CreatePlan {
     pub pod_network: bool,
 }
 
-/// Plans the create of `vmi`'s domain. `secrets` holds the Secrets
-/// [`volumes::referenced_secrets`] names that exist; the first one missing
-/// refuses the VMI.
+/// Plans the create of `vmi`'s domain. `policy` is the node's volume policy
+/// (`--host-disk-root`, `--max-volume-size`, `--max-vmi-volume-size`).
+/// `secrets` holds the Secrets [`volumes::referenced_secrets`] names that
+/// exist; the first one missing refuses the VMI.
 pub fn plan(
     vmi: &VirtualMachineInstance,
     state_dir: &Path,
+    policy: &VolumePolicy,
     secrets: &SecretData,
 ) -> Result<CreatePlan, NotCreated> {
     let uid = vmi.uid().unwrap_or_default();
@@ -110,7 +117,7 @@ pub fn plan(
             format!("cloud-init Secret {ns}/{missing} does not exist"),
         )));
     }
-    let volumes = volumes::plan(vmi, &dir, secrets).map_err(prepare_failure)?;
+    let volumes = volumes::plan(vmi, &dir, policy, secrets).map_err(prepare_failure)?;
     let forwards = forward_requests(vmi).map_err(NotCreated::Retry)?;
     Ok(CreatePlan {
         nvram: dir.join("nvram.fd"),
@@ -152,8 +159,33 @@ pub fn volume_reason(e: &VolumeError) -> Reason {
     match e {
         VolumeError::Unsupported { .. } => Reason::Unsupported,
         VolumeError::Invalid { .. } => Reason::InvalidSpec,
-        VolumeError::Missing { .. } => Reason::VolumeNotFound,
+        VolumeError::Policy { reason, .. } => match reason {
+            PolicyViolation::HostDiskDisabled => Reason::HostDiskDisabled,
+            PolicyViolation::HostDiskOutsideRoot => Reason::HostDiskOutsideRoot,
+            PolicyViolation::VolumeTooLarge => Reason::VolumeTooLarge,
+        },
+        VolumeError::HostDisk { source, .. } => host_disk_reason(source),
+        VolumeError::InsufficientStorage { .. } => Reason::InsufficientStorage,
         VolumeError::Io { .. } => Reason::VolumeError,
+    }
+}
+
+/// The reason of a hostDisk path the node refuses: [`HostDiskError::reason`]
+/// as a [`Reason`], except that a missing image keeps the reason a missing
+/// volume always had.
+pub fn host_disk_reason(e: &HostDiskError) -> Reason {
+    match e {
+        HostDiskError::Missing { .. } => Reason::VolumeNotFound,
+        HostDiskError::Symlink { .. } => Reason::HostDiskSymlink,
+        HostDiskError::NotADirectory { .. } | HostDiskError::NotRegular { .. } => {
+            Reason::HostDiskNotRegularFile
+        }
+        HostDiskError::NotAbsolute { .. }
+        | HostDiskError::BadComponent { .. }
+        | HostDiskError::BadNamespace { .. }
+        | HostDiskError::Outside { .. } => Reason::HostDiskOutsideRoot,
+        // The volumes module retries what cannot be examined; never refused.
+        HostDiskError::Io { .. } => Reason::VolumeError,
     }
 }
 

@@ -18,6 +18,23 @@ fn vmi(spec: &str) -> VirtualMachineInstance {
     serde_yaml::from_str(&yaml).unwrap()
 }
 
+/// The test's hostDisk root; namespace `ns` has `/hd/ns`.
+const ROOT: &str = "/hd";
+
+/// [`plan`] with hostDisk on under [`ROOT`] and the default capacity limits.
+fn plan_on(
+    vmi: &VirtualMachineInstance,
+    state_dir: &Path,
+    secrets: &SecretData,
+) -> Result<CreatePlan, NotCreated> {
+    plan(
+        vmi,
+        state_dir,
+        &VolumePolicy::with_host_disk_root(ROOT),
+        secrets,
+    )
+}
+
 fn dir() -> PathBuf {
     Path::new(STATE).join("vmis").join(UID)
 }
@@ -50,7 +67,7 @@ const FORWARDING: &str = "  domain:
 
 #[test]
 fn a_plain_vmi_plans_its_dir_nvram_and_nothing_else() {
-    let p = plan(
+    let p = plan_on(
         &vmi("  domain: {memory: {guest: 64Mi}}\n"),
         Path::new(STATE),
         &SecretData::new(),
@@ -67,7 +84,7 @@ fn volumes_are_planned_in_the_vmi_dir() {
     let v = vmi(
         "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: scratch\n    emptyDisk: {capacity: 1Gi}\n",
     );
-    let p = plan(&v, Path::new(STATE), &SecretData::new()).unwrap();
+    let p = plan_on(&v, Path::new(STATE), &SecretData::new()).unwrap();
     assert_eq!(
         p.volumes.get("scratch"),
         Some(&VolumePlan::EmptyDisk {
@@ -83,13 +100,13 @@ fn a_missing_secret_refuses_the_vmi() {
         "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: ci\n    cloudInitNoCloud: {secretRef: {name: gone}}\n",
     );
     assert_eq!(
-        plan(&v, Path::new(STATE), &SecretData::new()),
+        plan_on(&v, Path::new(STATE), &SecretData::new()),
         Err(NotCreated::Refused(Refusal {
             reason: Reason::SecretNotFound,
             message: "cloud-init Secret ns/gone does not exist".into()
         }))
     );
-    let p = plan(
+    let p = plan_on(
         &v,
         Path::new(STATE),
         &secret("gone", "userdata", b"#cloud-config\n"),
@@ -107,7 +124,7 @@ fn volume_problems_refuse_with_their_reason() {
         "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: c\n    containerDisk: {image: x}\n",
     );
     assert!(matches!(
-        plan(&unsupported, Path::new(STATE), &SecretData::new()),
+        plan_on(&unsupported, Path::new(STATE), &SecretData::new()),
         Err(NotCreated::Refused(Refusal {
             reason: Reason::Unsupported,
             ..
@@ -117,7 +134,7 @@ fn volume_problems_refuse_with_their_reason() {
         "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: e\n    emptyDisk: {capacity: '0'}\n",
     );
     assert!(matches!(
-        plan(&invalid, Path::new(STATE), &SecretData::new()),
+        plan_on(&invalid, Path::new(STATE), &SecretData::new()),
         Err(NotCreated::Refused(Refusal {
             reason: Reason::InvalidSpec,
             ..
@@ -135,17 +152,34 @@ fn preparing_failures_refuse_except_io_which_retries() {
         prepare_failure(io),
         NotCreated::Retry("qemu-img create: No space left on device".into())
     );
-    let missing = VolumeError::Missing {
+    let missing = VolumeError::HostDisk {
         field: "spec.volumes[name=root].hostDisk.path".into(),
-        path: "/images/root.img".into(),
+        source: HostDiskError::Missing {
+            path: "/hd/ns/root.img".into(),
+            at: "/hd/ns/root.img".into(),
+        },
     };
     assert_eq!(
         prepare_failure(missing),
         NotCreated::Refused(Refusal {
             reason: Reason::VolumeNotFound,
             message:
-                "spec.volumes[name=root].hostDisk.path: /images/root.img does not exist on the node"
+                "spec.volumes[name=root].hostDisk.path: '/hd/ns/root.img' does not exist on the node"
                     .into()
+        })
+    );
+    let full = VolumeError::InsufficientStorage {
+        field: "spec.volumes[name=s].emptyDisk.capacity".into(),
+        message: "emptyDisk s asks for 2Ti; /var/lib/ironvirt/handler/vmis/u has 40.5Gi free"
+            .into(),
+    };
+    assert_eq!(
+        prepare_failure(full),
+        NotCreated::Refused(Refusal {
+            reason: Reason::InsufficientStorage,
+            message: "spec.volumes[name=s].emptyDisk.capacity: emptyDisk s asks for 2Ti; \
+                      /var/lib/ironvirt/handler/vmis/u has 40.5Gi free"
+                .into()
         })
     );
     let reasons = [
@@ -177,8 +211,123 @@ fn preparing_failures_refuse_except_io_which_retries() {
 }
 
 #[test]
+fn the_volume_policy_refuses_with_its_reason() {
+    let host_disk = |path: &str| {
+        vmi(&format!(
+            "  domain: {{memory: {{guest: 64Mi}}}}\n  volumes:\n  - name: root\n    hostDisk: {{path: {path}, type: Disk}}\n"
+        ))
+    };
+    let refusal = |r: Result<CreatePlan, NotCreated>| match r {
+        Err(NotCreated::Refused(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // hostDisk off: any hostDisk, wherever it points.
+    let off = refusal(plan(
+        &host_disk("/hd/ns/a.img"),
+        Path::new(STATE),
+        &VolumePolicy::default(),
+        &SecretData::new(),
+    ));
+    assert_eq!(off.reason, Reason::HostDiskDisabled);
+    assert!(
+        off.message
+            .starts_with("spec.volumes[0].hostDisk hostDisk is disabled"),
+        "{}",
+        off.message
+    );
+    // On: only inside the namespace's own directory.
+    for path in [
+        "/etc/shadow",
+        "/hd/other/a.img",
+        "/hd/ns/../other/a.img",
+        "hd/ns/a.img",
+    ] {
+        let r = refusal(plan_on(
+            &host_disk(path),
+            Path::new(STATE),
+            &SecretData::new(),
+        ));
+        assert_eq!(
+            r.reason,
+            Reason::HostDiskOutsideRoot,
+            "{path}: {}",
+            r.message
+        );
+        assert!(
+            r.message.starts_with("spec.volumes[0].hostDisk.path"),
+            "{}",
+            r.message
+        );
+    }
+    let p = plan_on(
+        &host_disk("/hd/ns/a.img"),
+        Path::new(STATE),
+        &SecretData::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        p.volumes.get("root"),
+        Some(&VolumePlan::HostDisk {
+            path: "/hd/ns/a.img".into(),
+            create: None,
+            ns_dir: "/hd/ns".into(),
+        })
+    );
+    // Capacities above the limits.
+    let big = vmi(
+        "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: s\n    emptyDisk: {capacity: 1Ei}\n",
+    );
+    let r = refusal(plan_on(&big, Path::new(STATE), &SecretData::new()));
+    assert_eq!(r.reason, Reason::VolumeTooLarge);
+    assert!(
+        r.message.starts_with(
+            "spec.volumes[0].emptyDisk.capacity '1Ei' is more than the maximum of 1Ti per volume on this cluster"
+        ),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn host_disk_refusals_keep_the_reasons_of_the_crds_crate() {
+    let path = || "/hd/ns/a.img".to_owned();
+    let at = || PathBuf::from("/hd/ns/a.img");
+    for e in [
+        HostDiskError::NotAbsolute { path: path() },
+        HostDiskError::BadComponent { path: path() },
+        HostDiskError::BadNamespace {
+            namespace: "..".into(),
+        },
+        HostDiskError::Outside {
+            path: path(),
+            dir: at(),
+        },
+        HostDiskError::Symlink {
+            path: path(),
+            at: at(),
+        },
+        HostDiskError::NotADirectory {
+            path: path(),
+            at: at(),
+        },
+        HostDiskError::NotRegular {
+            path: path(),
+            kind: "a character device",
+        },
+    ] {
+        assert_eq!(host_disk_reason(&e).as_str(), e.reason(), "{e}");
+    }
+    // A missing image keeps the reason a missing volume always had.
+    let missing = HostDiskError::Missing {
+        path: path(),
+        at: at(),
+    };
+    assert_eq!(host_disk_reason(&missing), Reason::VolumeNotFound);
+}
+
+#[test]
 fn masquerade_ports_are_forwarded_in_spec_order() {
-    let p = plan(&vmi(FORWARDING), Path::new(STATE), &SecretData::new()).unwrap();
+    let p = plan_on(&vmi(FORWARDING), Path::new(STATE), &SecretData::new()).unwrap();
     assert_eq!(
         p.forwards,
         [
@@ -224,14 +373,14 @@ fn masquerade_ports_are_forwarded_in_spec_order() {
         "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      interfaces: [{name: default, bridge: {}}]\n  networks: [{name: default, pod: {}}]\n",
     );
     assert_eq!(forward_requests(&bridge), Ok(Vec::new()));
-    let bridge_plan = plan(&bridge, Path::new(STATE), &SecretData::new()).unwrap();
+    let bridge_plan = plan_on(&bridge, Path::new(STATE), &SecretData::new()).unwrap();
     assert!(!bridge_plan.pod_network);
 }
 
 #[test]
 fn the_domain_xml_uses_the_made_files_and_the_vmi_network() {
     let v = vmi(FORWARDING);
-    let p = plan(&v, Path::new(STATE), &SecretData::new()).unwrap();
+    let p = plan_on(&v, Path::new(STATE), &SecretData::new()).unwrap();
     let socket = PathBuf::from("/run/ironvirt/net/u1/passt.sock");
     let xml = domain_xml(
         &v,

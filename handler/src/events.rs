@@ -38,6 +38,19 @@ pub enum Reason {
     VolumeNotFound,
     /// Making a volume's file failed.
     VolumeError,
+    /// A hostDisk while hostDisk is off on this node (no --host-disk-root).
+    HostDiskDisabled,
+    /// A hostDisk path outside the VMI namespace's directory of the root.
+    HostDiskOutsideRoot,
+    /// A hostDisk path that goes through a symbolic link.
+    HostDiskSymlink,
+    /// A hostDisk image that is not a regular file (a device node, a
+    /// directory, …), or a path through something that is not a directory.
+    HostDiskNotRegularFile,
+    /// An emptyDisk or DiskOrCreate capacity, or their sum, above the limit.
+    VolumeTooLarge,
+    /// An image larger than the free space of the file system it goes on.
+    InsufficientStorage,
 }
 
 impl Reason {
@@ -58,6 +71,12 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::VolumeNotFound => "VolumeNotFound",
             Reason::VolumeError => "VolumeError",
+            Reason::HostDiskDisabled => "HostDiskDisabled",
+            Reason::HostDiskOutsideRoot => "HostDiskOutsideRoot",
+            Reason::HostDiskSymlink => "HostDiskSymlink",
+            Reason::HostDiskNotRegularFile => "HostDiskNotRegularFile",
+            Reason::VolumeTooLarge => "VolumeTooLarge",
+            Reason::InsufficientStorage => "InsufficientStorage",
         }
     }
 
@@ -103,7 +122,7 @@ pub async fn publish(
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 14] = [
+    const ALL: [Reason; 20] = [
         Reason::Started,
         Reason::ShuttingDown,
         Reason::PortsForwarded,
@@ -118,6 +137,12 @@ mod tests {
         Reason::InvalidSpec,
         Reason::VolumeNotFound,
         Reason::VolumeError,
+        Reason::HostDiskDisabled,
+        Reason::HostDiskOutsideRoot,
+        Reason::HostDiskSymlink,
+        Reason::HostDiskNotRegularFile,
+        Reason::VolumeTooLarge,
+        Reason::InsufficientStorage,
     ];
 
     #[test]

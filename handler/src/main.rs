@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use ironvirt_crds::validate::{HostDiskPolicy, VolumePolicy};
 use ironvirt_crds::wire::API_CLIENT_CN;
 use ironvirt_handler::app::{self, Config};
 use ironvirt_handler::domxml::DomainType;
@@ -81,6 +82,44 @@ struct Args {
     /// The passt binary that connects a guest NIC to its VMI's namespace.
     #[arg(long, default_value = "passt")]
     passt: PathBuf,
+    /// Turns hostDisk on (KubeVirt's HostDisk feature gate), as ironvirt-api's
+    /// flag of the same name: images must lie in <DIR>/<namespace>/ of the
+    /// VMI, without symbolic links. Absent: hostDisk is off. The directory must
+    /// be mounted into the handler at the path it has on the host.
+    #[arg(long, value_name = "DIR", value_parser = host_disk_root)]
+    host_disk_root: Option<PathBuf>,
+    /// The largest emptyDisk or DiskOrCreate hostDisk capacity (a quantity; 0: no limit).
+    #[arg(long, value_name = "QUANTITY", default_value = "1Ti", value_parser = byte_quantity)]
+    max_volume_size: u64,
+    /// The largest sum of a VMI's emptyDisk and DiskOrCreate capacities (0: no limit).
+    #[arg(long, value_name = "QUANTITY", default_value = "4Ti", value_parser = byte_quantity)]
+    max_vmi_volume_size: u64,
+}
+
+/// An absolute directory without `.` or `..` components.
+fn host_disk_root(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    let plain = p.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    });
+    if p.is_absolute() && plain {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute directory without '.' or '..' components"
+        ))
+    }
+}
+
+/// A quantity of bytes such as 1Ti or 500Gi.
+fn byte_quantity(s: &str) -> Result<u64, String> {
+    let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.to_owned());
+    ironvirt_crds::quantity::parse_quantity(&q, false)
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| format!("{s:?} is not a quantity of bytes such as 1Ti or 500Gi"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,6 +163,11 @@ fn main() -> anyhow::Result<()> {
             .context("--guest-network-range")?,
         guest_network_dir: args.guest_network_dir,
         passt: args.passt,
+        volume_policy: VolumePolicy {
+            host_disk: args.host_disk_root.map(|root| HostDiskPolicy { root }),
+            max_volume_bytes: Some(args.max_volume_size).filter(|b| *b > 0),
+            max_vmi_bytes: Some(args.max_vmi_volume_size).filter(|b| *b > 0),
+        },
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,5 +1,6 @@
 //! emptyDisk volumes: a blank qcow2 of the asked capacity, private to the VMI
-//! and made once.
+//! and made once, when the VMI directory's file system has that much free
+//! space.
 
 use super::*;
 
@@ -44,6 +45,12 @@ pub(super) fn prepare_empty_disk(
         tracing::debug!(volume = name, path = %path.display(), "emptyDisk image exists");
         return Ok(existing);
     }
+    check_free_space(
+        &volume_field(name, "emptyDisk.capacity"),
+        &format!("emptyDisk {name}"),
+        dir,
+        bytes,
+    )?;
     let qemu_img = find_tool(&["qemu-img"], "qemu-utils (qemu-img)")?;
     let tmp = TempPath::file(tmp_name(path));
     run(Command::new(qemu_img)

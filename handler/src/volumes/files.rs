@@ -177,3 +177,59 @@ pub(super) fn run(cmd: &mut Command) -> Result<(), VolumeError> {
         },
     })
 }
+
+/// The bytes available to the handler on the file system holding `dir`.
+pub(super) fn free_bytes(dir: &Path) -> Result<u64, VolumeError> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| VolumeError::Io {
+        what: format!("checking the free space of {}", dir.display()),
+        reason: e.desc().to_owned(),
+    })?;
+    #[allow(clippy::useless_conversion)] // the widths differ between targets
+    let (blocks, size) = (
+        u64::from(st.blocks_available()),
+        u64::from(st.fragment_size()),
+    );
+    Ok(blocks.saturating_mul(size))
+}
+
+/// Refuses an image of `bytes` for `what` (`emptyDisk scratch`) in `dir`
+/// when the file system there has less free space: images are sparse, but a
+/// capacity the node could never hold is refused up front.
+pub(super) fn check_free_space(
+    field: &str,
+    what: &str,
+    dir: &Path,
+    bytes: u64,
+) -> Result<(), VolumeError> {
+    let free = free_bytes(dir)?;
+    if bytes <= free {
+        return Ok(());
+    }
+    Err(VolumeError::InsufficientStorage {
+        field: field.to_owned(),
+        message: format!(
+            "{what} asks for {}; {} has {} free",
+            size_text(bytes),
+            dir.display(),
+            size_text(free)
+        ),
+    })
+}
+
+/// `bytes` for a human, in the largest binary unit it reaches: whole
+/// (`2Ti`) when it is a whole number of it, else rounded down to a tenth
+/// (`39.8Gi`); plain bytes below 1Ki.
+pub(super) fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    if bytes < 1024 {
+        return bytes.to_string();
+    }
+    let exp = (bytes.ilog2() / 10).clamp(1, 6);
+    let name = UNITS[usize::try_from(exp - 1).unwrap_or(0)];
+    let unit = 1u64 << (10 * exp);
+    if bytes.is_multiple_of(unit) {
+        return format!("{}{name}", bytes / unit);
+    }
+    let tenths = u128::from(bytes) * 10 / u128::from(unit);
+    format!("{}.{}{name}", tenths / 10, tenths % 10)
+}

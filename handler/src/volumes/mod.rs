@@ -1,11 +1,37 @@
 //! The files behind a VMI's volumes: hostDisk images, emptyDisk qcow2 files
 //! and cloud-init NoCloud (CIDATA) disks.
 //!
-//! [`plan`] is pure: it decides, from the VMI alone, which file each volume
-//! needs and what goes into it. [`prepare`] makes the files (idempotently: a
-//! handler killed half-way runs it again) and [`cleanup`] removes the per-VMI
-//! files. Per-VMI files live in one directory per VMI uid, so removing that
-//! directory removes them all.
+//! [`plan`] is pure: it decides, from the VMI and the cluster's
+//! [`VolumePolicy`], which file each volume needs and what goes into it.
+//! [`prepare`] makes the files (idempotently: a handler killed half-way runs
+//! it again) and [`cleanup`] removes the per-VMI files. Per-VMI files live in
+//! one directory per VMI uid, so removing that directory removes them all.
+//!
+//! # The volume policy, enforced on the node
+//!
+//! The admission webhook checks the same [`VolumePolicy`], but the handler
+//! does not trust that it ran (a privileged user may change a VMI's spec, a
+//! webhook may be misconfigured):
+//!
+//! - [`plan`] runs [`check_volumes`] for the VMI's namespace: hostDisk on
+//!   (`--host-disk-root`), its paths inside `<root>/<namespace>/`, and the
+//!   emptyDisk / DiskOrCreate capacities within the limits. A violation is a
+//!   [`VolumeError::Policy`].
+//! - [`prepare`] walks each hostDisk path from `<root>/<namespace>` with
+//!   [`resolve_beneath`] (no symbolic link, no `..`, a regular file), opens
+//!   the image with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and
+//!   `O_NOFOLLOW` and checks that what it opened is a regular file. A
+//!   DiskOrCreate image (and its missing directories) is created only inside
+//!   the namespace's directory, and checked the same way afterwards. A refusal
+//!   is a [`VolumeError::HostDisk`] with the reason of [`HostDiskError`].
+//! - Before it creates an image (emptyDisk, DiskOrCreate), [`prepare`] checks
+//!   the free space of the file system it goes on: a capacity above it is a
+//!   [`VolumeError::InsufficientStorage`]. (The images are sparse; a capacity
+//!   above all the free space is still refused.)
+//!
+//! The handler checks paths in its own mount namespace, so the hostDisk root
+//! must be mounted into the handler at the path it has on the host (libvirtd
+//! opens the images on the host).
 //!
 //! # Layout
 //!
@@ -26,6 +52,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::quantity::parse_quantity;
+use ironvirt_crds::validate::{
+    self, FieldError, HostDiskError, ResolvedHostDisk, VolumePolicy, check_volumes, resolve_beneath,
+};
 use ironvirt_crds::vmi::{CloudInitNoCloudSource, EmptyDiskSource, HostDisk, HostDiskType, Volume};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -47,8 +76,14 @@ pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 /// What one volume needs on the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumePlan {
-    /// An image at a node path. `create` is Some(bytes) for DiskOrCreate.
-    HostDisk { path: PathBuf, create: Option<u64> },
+    /// An image at a node path inside `ns_dir`, the VMI namespace's
+    /// directory under the hostDisk root (`<root>/<namespace>`), from where
+    /// [`prepare`] resolves it. `create` is Some(bytes) for DiskOrCreate.
+    HostDisk {
+        path: PathBuf,
+        create: Option<u64>,
+        ns_dir: PathBuf,
+    },
     /// A blank qcow2 of `bytes`, private to the VMI.
     EmptyDisk { path: PathBuf, bytes: u64 },
     /// A vfat disk labelled CIDATA holding these files.
@@ -78,12 +113,53 @@ pub enum VolumeError {
     /// A bad spec: bad quantity, bad base64, missing secret key, …
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// The image a hostDisk of type Disk names does not exist.
-    #[error("{field}: {path} does not exist on the node")]
-    Missing { field: String, path: PathBuf },
+    /// The cluster's [`VolumePolicy`] refuses the volumes (the first error
+    /// gives the reason; the message lists them all, with their fields).
+    #[error("{message}")]
+    Policy {
+        reason: PolicyViolation,
+        message: String,
+    },
+    /// A hostDisk path the node refuses: missing (a Disk's image, or the
+    /// root), a symbolic link on the way, not a regular file, outside the
+    /// namespace's directory.
+    #[error("{field}: {source}")]
+    HostDisk {
+        field: String,
+        source: HostDiskError,
+    },
+    /// The file system an image goes on has less free space than its capacity.
+    #[error("{field}: {message}")]
+    InsufficientStorage { field: String, message: String },
     /// A file operation or a tool (qemu-img, mkfs.vfat, mcopy) failed.
     #[error("{what}: {reason}")]
     Io { what: String, reason: String },
+}
+
+/// Which part of the [`VolumePolicy`] a VMI's volumes break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyViolation {
+    /// A hostDisk while hostDisk is off (no `--host-disk-root`).
+    HostDiskDisabled,
+    /// A hostDisk path outside the namespace's directory, relative, or with
+    /// `.`, `..` or empty components.
+    HostDiskOutsideRoot,
+    /// An emptyDisk / DiskOrCreate capacity, or their sum, above the limit.
+    VolumeTooLarge,
+}
+
+impl PolicyViolation {
+    /// What a [`check_volumes`] error is about, from its field:
+    /// `….hostDisk` (hostDisk off), `….hostDisk.path`, or a capacity.
+    fn of(e: &FieldError) -> Self {
+        if e.field.ends_with(".hostDisk") {
+            PolicyViolation::HostDiskDisabled
+        } else if e.field.ends_with(".hostDisk.path") {
+            PolicyViolation::HostDiskOutsideRoot
+        } else {
+            PolicyViolation::VolumeTooLarge
+        }
+    }
 }
 
 /// The directory holding a VMI's private files: `<state_dir>/vmis/<uid>`.
@@ -109,7 +185,9 @@ pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
     names.into_iter().map(str::to_owned).collect()
 }
 
-/// Plans every volume of `vmi`, by volume name. `dir` is the VMI's [`vmi_dir`].
+/// Plans every volume of `vmi`, by volume name. `dir` is the VMI's
+/// [`vmi_dir`]; `policy` the cluster's volume policy, checked first
+/// ([`check_volumes`] for the VMI's namespace).
 ///
 /// Pure: it reads neither the file system nor the cluster; the data of the
 /// Secrets [`referenced_secrets`] names comes in `secrets`. Errors name the
@@ -117,8 +195,17 @@ pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
 pub fn plan(
     vmi: &VirtualMachineInstance,
     dir: &Path,
+    policy: &VolumePolicy,
     secrets: &SecretData,
 ) -> Result<BTreeMap<String, VolumePlan>, VolumeError> {
+    let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
+    let violations = check_volumes(&vmi.spec, namespace, policy, "spec");
+    if let Some(first) = violations.first() {
+        return Err(VolumeError::Policy {
+            reason: PolicyViolation::of(first),
+            message: validate::join(&violations),
+        });
+    }
     let uid = vmi
         .metadata
         .uid
@@ -141,7 +228,7 @@ pub fn plan(
                 format!("{:?} is used by more than one volume", volume.name),
             ));
         }
-        let plan = plan_volume(vmi, uid, volume, &field, dir, secrets)?;
+        let plan = plan_volume(vmi, uid, volume, &field, dir, policy, secrets)?;
         plans.insert(volume.name.clone(), plan);
     }
     Ok(plans)
@@ -154,14 +241,20 @@ pub fn plan(
 /// appear under their final name only once complete (written to a temporary
 /// name in the same directory, then renamed), existing hostDisk and emptyDisk
 /// images are kept, and cloud-init disks are rebuilt every time. The VMI's
-/// directory is created with mode 0700 when missing.
+/// directory is created with mode 0700 when missing. hostDisk images are
+/// resolved beneath their namespace's directory, and no image is created
+/// larger than the free space of its file system (see the module docs).
 pub fn prepare(
     plans: &BTreeMap<String, VolumePlan>,
 ) -> Result<BTreeMap<String, ResolvedVolume>, VolumeError> {
     let mut resolved = BTreeMap::new();
     for (name, plan) in plans {
         let volume = match plan {
-            VolumePlan::HostDisk { path, create } => prepare_host_disk(name, path, *create)?,
+            VolumePlan::HostDisk {
+                path,
+                create,
+                ns_dir,
+            } => prepare_host_disk(name, path, *create, ns_dir)?,
             VolumePlan::EmptyDisk { path, bytes } => prepare_empty_disk(name, path, *bytes)?,
             VolumePlan::CloudInit { path, files } => prepare_cloud_init(name, path, files)?,
         };
@@ -256,6 +349,7 @@ fn plan_volume(
     volume: &Volume,
     field: &str,
     dir: &Path,
+    policy: &VolumePolicy,
     secrets: &SecretData,
 ) -> Result<VolumePlan, VolumeError> {
     let mut sources = sources(volume);
@@ -276,7 +370,10 @@ fn plan_volume(
         ));
     };
     match source {
-        Source::HostDisk(h) => plan_host_disk(h, &format!("{field}.hostDisk")),
+        Source::HostDisk(h) => {
+            let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
+            plan_host_disk(h, &format!("{field}.hostDisk"), namespace, policy)
+        }
         Source::EmptyDisk(e) => Ok(VolumePlan::EmptyDisk {
             path: dir.join(format!("{}.qcow2", volume.name)),
             bytes: capacity(&e.capacity, &format!("{field}.emptyDisk.capacity"))?,

@@ -6,6 +6,23 @@ use std::os::unix::fs::MetadataExt;
 use super::*;
 
 const UID: &str = "0b1e2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
+/// The hostDisk root of [`policy`], and namespace `default`'s directory in it.
+const ROOT: &str = "/hd";
+const NS_DIR: &str = "/hd/default";
+
+/// hostDisk on under [`ROOT`], the default capacity limits.
+fn policy() -> VolumePolicy {
+    VolumePolicy::with_host_disk_root(ROOT)
+}
+
+/// [`plan`] under [`policy`].
+fn plan_on(
+    vmi: &VirtualMachineInstance,
+    dir: &Path,
+    secrets: &SecretData,
+) -> Result<BTreeMap<String, VolumePlan>, VolumeError> {
+    plan(vmi, dir, &policy(), secrets)
+}
 
 /// A VMI named `testvm` with uid [`UID`] and these volumes (YAML flow list).
 fn vmi_with(volumes: &str) -> VirtualMachineInstance {
@@ -35,7 +52,7 @@ fn secrets(entries: &[(&str, &str, &[u8])]) -> SecretData {
 }
 
 fn plan_one(volumes: &str, secrets: &SecretData) -> Result<VolumePlan, VolumeError> {
-    let plans = plan(&vmi_with(volumes), Path::new("/state/vmis/u"), secrets)?;
+    let plans = plan_on(&vmi_with(volumes), Path::new("/state/vmis/u"), secrets)?;
     assert_eq!(plans.len(), 1, "{plans:?}");
     Ok(plans.into_values().next().unwrap())
 }
@@ -58,6 +75,21 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, VolumeError>, field: &str
             );
         }
         other => panic!("expected Invalid on {field}, got {other:?}"),
+    }
+}
+
+/// The message of a [`VolumeError::Policy`] of `reason`.
+#[track_caller]
+fn assert_policy(
+    result: Result<impl std::fmt::Debug, VolumeError>,
+    reason: PolicyViolation,
+) -> String {
+    match result {
+        Err(VolumeError::Policy { reason: r, message }) => {
+            assert_eq!(r, reason, "message: {message}");
+            message
+        }
+        other => panic!("expected a {reason:?} refusal, got {other:?}"),
     }
 }
 

@@ -8,7 +8,7 @@ fn referenced_secrets_are_sorted_and_unique() {
         "[{name: a, cloudInitNoCloud: {secretRef: {name: zeta}, networkDataSecretRef: {name: alpha}}},\
           {name: b, cloudInitNoCloud: {secretRef: {name: alpha}}},\
           {name: c, cloudInitNoCloud: {userData: hi, networkDataSecretRef: {name: mid}}},\
-          {name: d, hostDisk: {path: /x, type: Disk}}]",
+          {name: d, hostDisk: {path: /hd/default/x, type: Disk}}]",
     );
     assert_eq!(referenced_secrets(&vmi), ["alpha", "mid", "zeta"]);
 }
@@ -22,7 +22,7 @@ fn no_cloud_init_means_no_secrets() {
     ));
     assert!(referenced_secrets(&no_volumes).is_empty());
     assert!(
-        plan(&no_volumes, Path::new("/d"), &no_secrets())
+        plan_on(&no_volumes, Path::new("/d"), &no_secrets())
             .unwrap()
             .is_empty()
     );
@@ -34,24 +34,26 @@ fn no_cloud_init_means_no_secrets() {
 fn host_disk_of_type_disk_is_used_as_is() {
     assert_eq!(
         plan_one(
-            "[{name: root, hostDisk: {path: /var/lib/images/a.img, type: Disk}}]",
+            "[{name: root, hostDisk: {path: /hd/default/images/a.img, type: Disk}}]",
             &no_secrets()
         )
         .unwrap(),
         VolumePlan::HostDisk {
-            path: PathBuf::from("/var/lib/images/a.img"),
+            ns_dir: PathBuf::from(NS_DIR),
+            path: PathBuf::from("/hd/default/images/a.img"),
             create: None
         }
     );
     // A capacity on a Disk means nothing.
     assert_eq!(
         plan_one(
-            "[{name: root, hostDisk: {path: /a.img, type: Disk, capacity: nonsense}}]",
+            "[{name: root, hostDisk: {path: /hd/default/a.img, type: Disk, capacity: nonsense}}]",
             &no_secrets()
         )
         .unwrap(),
         VolumePlan::HostDisk {
-            path: PathBuf::from("/a.img"),
+            ns_dir: PathBuf::from(NS_DIR),
+            path: PathBuf::from("/hd/default/a.img"),
             create: None
         }
     );
@@ -61,23 +63,25 @@ fn host_disk_of_type_disk_is_used_as_is() {
 fn host_disk_or_create_carries_its_capacity() {
     assert_eq!(
         plan_one(
-            "[{name: data, hostDisk: {path: /d/data.img, type: DiskOrCreate, capacity: 1Gi}}]",
+            "[{name: data, hostDisk: {path: /hd/default/d/data.img, type: DiskOrCreate, capacity: 1Gi}}]",
             &no_secrets()
         )
         .unwrap(),
         VolumePlan::HostDisk {
-            path: PathBuf::from("/d/data.img"),
+            ns_dir: PathBuf::from(NS_DIR),
+            path: PathBuf::from("/hd/default/d/data.img"),
             create: Some(1 << 30)
         }
     );
     assert_eq!(
         plan_one(
-            "[{name: data, hostDisk: {path: /d/data.img, type: DiskOrCreate, capacity: '5M'}}]",
+            "[{name: data, hostDisk: {path: /hd/default/d/data.img, type: DiskOrCreate, capacity: '5M'}}]",
             &no_secrets()
         )
         .unwrap(),
         VolumePlan::HostDisk {
-            path: PathBuf::from("/d/data.img"),
+            ns_dir: PathBuf::from(NS_DIR),
+            path: PathBuf::from("/hd/default/d/data.img"),
             create: Some(5_000_000)
         }
     );
@@ -87,7 +91,7 @@ fn host_disk_or_create_carries_its_capacity() {
 fn host_disk_or_create_needs_a_good_capacity() {
     let field = "spec.volumes[1].hostDisk.capacity";
     let with = |hd: &str| {
-        plan(
+        plan_on(
             &vmi_with(&format!(
                 "[{{name: a, emptyDisk: {{capacity: 1Mi}}}}, {{name: b, hostDisk: {hd}}}]"
             )),
@@ -96,55 +100,170 @@ fn host_disk_or_create_needs_a_good_capacity() {
         )
     };
     assert_invalid(
-        with("{path: /b.img, type: DiskOrCreate}"),
+        with("{path: /hd/default/b.img, type: DiskOrCreate}"),
         field,
         "needs a capacity",
     );
     assert_invalid(
-        with("{path: /b.img, type: DiskOrCreate, capacity: lots}"),
+        with("{path: /hd/default/b.img, type: DiskOrCreate, capacity: lots}"),
         field,
         "\"lots\"",
     );
     assert_invalid(
-        with("{path: /b.img, type: DiskOrCreate, capacity: '0'}"),
+        with("{path: /hd/default/b.img, type: DiskOrCreate, capacity: '0'}"),
         field,
         "positive",
     );
     assert_invalid(
-        with("{path: /b.img, type: DiskOrCreate, capacity: '-1Gi'}"),
+        with("{path: /hd/default/b.img, type: DiskOrCreate, capacity: '-1Gi'}"),
         field,
         "positive",
     );
 }
 
 #[test]
-fn host_disk_paths_must_be_absolute_without_dot_dot() {
+fn host_disk_paths_outside_the_namespace_dir_are_refused() {
     let field = "spec.volumes[0].hostDisk.path";
     for (path, words) in [
         ("images/a.img", "not an absolute path"),
         ("./a.img", "not an absolute path"),
         ("''", "not an absolute path"),
-        ("/images/../etc/shadow", "'..'"),
-        ("/images/..", "'..'"),
-        ("/", "does not name a file"),
-        ("\"/a\\0b\"", "NUL"),
+        ("/etc/shadow", "not inside /hd/default/"),
+        ("/hd/other/a.img", "not inside /hd/default/"),
+        ("/hd/defaultx/a.img", "not inside /hd/default/"),
+        ("/hd/default", "not inside /hd/default/"),
+        ("/hd/default/../other/a.img", "'..'"),
+        ("/hd/default/images/..", "'..'"),
+        ("/hd/default/./a.img", "'.'"),
+        ("/hd/default//a.img", "empty component"),
+        ("/", "empty component"),
     ] {
-        assert_invalid(
+        let message = assert_policy(
             plan_one(
                 &format!("[{{name: root, hostDisk: {{path: {path}, type: Disk}}}}]"),
                 &no_secrets(),
             ),
-            field,
-            words,
+            PolicyViolation::HostDiskOutsideRoot,
+        );
+        assert!(message.starts_with(field), "{path}: {message}");
+        assert!(
+            message.contains(words),
+            "{path}: {message:?} lacks {words:?}"
         );
     }
+    // Inside the directory, but not a path a file can have.
+    assert_invalid(
+        plan_one(
+            "[{name: root, hostDisk: {path: \"/hd/default/a\\0b\", type: Disk}}]",
+            &no_secrets(),
+        ),
+        field,
+        "NUL",
+    );
+}
+
+#[test]
+fn host_disk_is_refused_while_host_disk_is_off() {
+    for spec in [
+        "{path: /hd/default/a.img, type: Disk}",
+        "{path: /var/lib/ironvirt/images/a.img, type: Disk}",
+        "{path: /hd/default/new.img, type: DiskOrCreate, capacity: 1Gi}",
+    ] {
+        let message = assert_policy(
+            plan(
+                &vmi_with(&format!("[{{name: root, hostDisk: {spec}}}]")),
+                Path::new("/d"),
+                &VolumePolicy::default(),
+                &no_secrets(),
+            ),
+            PolicyViolation::HostDiskDisabled,
+        );
+        assert!(
+            message.starts_with("spec.volumes[0].hostDisk hostDisk is disabled"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn capacities_above_the_limits_are_refused() {
+    for (volumes, field) in [
+        (
+            "[{name: s, emptyDisk: {capacity: 2Ti}}]",
+            "spec.volumes[0].emptyDisk.capacity",
+        ),
+        (
+            "[{name: s, emptyDisk: {capacity: 1Ei}}]",
+            "spec.volumes[0].emptyDisk.capacity",
+        ),
+        (
+            "[{name: d, hostDisk: {path: /hd/default/d.img, type: DiskOrCreate, capacity: 1025Gi}}]",
+            "spec.volumes[0].hostDisk.capacity",
+        ),
+        // Each within 1Ti, together above 4Ti.
+        (
+            "[{name: a, emptyDisk: {capacity: 1Ti}}, {name: b, emptyDisk: {capacity: 1Ti}},\
+              {name: c, emptyDisk: {capacity: 1Ti}}, {name: d, emptyDisk: {capacity: 1Ti}},\
+              {name: e, hostDisk: {path: /hd/default/e.img, type: DiskOrCreate, capacity: 1Gi}}]",
+            "spec.volumes",
+        ),
+    ] {
+        let message = assert_policy(
+            plan_on(&vmi_with(volumes), Path::new("/d"), &no_secrets()),
+            PolicyViolation::VolumeTooLarge,
+        );
+        assert!(message.starts_with(field), "{message}");
+        assert!(message.contains("more than the maximum"), "{message}");
+    }
+    // At the limits, and without limits, the plan goes through.
+    plan_on(
+        &vmi_with("[{name: s, emptyDisk: {capacity: 1Ti}}]"),
+        Path::new("/d"),
+        &no_secrets(),
+    )
+    .unwrap();
+    let unlimited = VolumePolicy {
+        max_volume_bytes: None,
+        max_vmi_bytes: None,
+        ..policy()
+    };
+    plan(
+        &vmi_with("[{name: s, emptyDisk: {capacity: 1Ei}}]"),
+        Path::new("/d"),
+        &unlimited,
+        &no_secrets(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_policy_violation_is_listed_with_the_first_as_reason() {
+    let message = assert_policy(
+        plan_on(
+            &vmi_with(
+                "[{name: a, hostDisk: {path: /etc/shadow, type: Disk}},\
+                  {name: b, emptyDisk: {capacity: 2Ti}}]",
+            ),
+            Path::new("/d"),
+            &no_secrets(),
+        ),
+        PolicyViolation::HostDiskOutsideRoot,
+    );
+    assert!(
+        message.contains("spec.volumes[0].hostDisk.path"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.volumes[1].emptyDisk.capacity"),
+        "{message}"
+    );
 }
 
 // ---- plan: emptyDisk ---------------------------------------------------
 
 #[test]
 fn empty_disk_lives_in_the_vmi_dir() {
-    let plans = plan(
+    let plans = plan_on(
         &vmi_with("[{name: scratch, emptyDisk: {capacity: 2Gi}}, {name: small, emptyDisk: {capacity: '1000'}}]"),
         Path::new("/state/vmis/u"),
         &no_secrets(),
@@ -215,7 +334,7 @@ fn cloud_init_hostname_comes_from_the_spec_when_set() {
          metadata: {{name: testvm, uid: {UID}}}\n\
          spec: {{domain: {{}}, hostname: guest-1, volumes: [{{name: ci, cloudInitNoCloud: {{}}}}]}}\n"
     ));
-    let plans = plan(&vmi, Path::new("/d"), &no_secrets()).unwrap();
+    let plans = plan_on(&vmi, Path::new("/d"), &no_secrets()).unwrap();
     let VolumePlan::CloudInit { files, .. } = &plans["ci"] else {
         panic!("{plans:?}")
     };
@@ -234,7 +353,7 @@ fn cloud_init_rejects_a_hostname_that_is_not_a_dns_label() {
              spec: {{domain: {{}}, hostname: {bad}, volumes: [{{name: ci, cloudInitNoCloud: {{}}}}]}}\n"
         ));
         assert_invalid(
-            plan(&vmi, Path::new("/d"), &no_secrets()),
+            plan_on(&vmi, Path::new("/d"), &no_secrets()),
             "spec.hostname",
             "DNS label",
         );
@@ -365,7 +484,7 @@ fn cloud_init_needs_the_vmi_uid() {
          spec: {domain: {}, volumes: [{name: ci, cloudInitNoCloud: {}}]}\n",
     );
     assert_invalid(
-        plan(&vmi, Path::new("/d"), &no_secrets()),
+        plan_on(&vmi, Path::new("/d"), &no_secrets()),
         "metadata.uid",
         "no uid",
     );
@@ -375,7 +494,7 @@ fn cloud_init_needs_the_vmi_uid() {
          spec: {domain: {}, volumes: [{name: ci, cloudInitNoCloud: {}}]}\n",
     );
     assert_invalid(
-        plan(&odd_uid, Path::new("/d"), &no_secrets()),
+        plan_on(&odd_uid, Path::new("/d"), &no_secrets()),
         "metadata.uid",
         "not a uid",
     );
@@ -386,7 +505,7 @@ fn cloud_init_needs_the_vmi_uid() {
 #[test]
 fn container_disk_is_unsupported() {
     let reason = assert_unsupported(
-        plan(
+        plan_on(
             &vmi_with(
                 "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: root, containerDisk: {image: quay.io/x/y}}]",
             ),
@@ -431,7 +550,7 @@ fn a_volume_needs_exactly_one_source() {
     );
     assert_invalid(
         plan_one(
-            "[{name: v, emptyDisk: {capacity: 1Gi}, hostDisk: {path: /a, type: Disk}}]",
+            "[{name: v, emptyDisk: {capacity: 1Gi}, hostDisk: {path: /hd/default/a, type: Disk}}]",
             &no_secrets(),
         ),
         "spec.volumes[0]",
@@ -472,9 +591,9 @@ fn volume_names_must_be_safe_file_names() {
 #[test]
 fn volume_names_must_be_unique() {
     assert_invalid(
-        plan(
+        plan_on(
             &vmi_with(
-                "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: a, hostDisk: {path: /a, type: Disk}}]",
+                "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: a, hostDisk: {path: /hd/default/a, type: Disk}}]",
             ),
             Path::new("/d"),
             &no_secrets(),
@@ -486,9 +605,9 @@ fn volume_names_must_be_unique() {
 
 #[test]
 fn a_full_vmi_plans_every_volume() {
-    let plans = plan(
+    let plans = plan_on(
         &vmi_with(
-            "[{name: root, hostDisk: {path: /img/root.qcow2, type: Disk}},\
+            "[{name: root, hostDisk: {path: /hd/default/img/root.qcow2, type: Disk}},\
               {name: scratch, emptyDisk: {capacity: 1Gi}},\
               {name: cloudinit, cloudInitNoCloud: {userData: hello}}]",
         ),

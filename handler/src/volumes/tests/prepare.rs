@@ -46,6 +46,47 @@ fn prepare_one(name: &str, plan: VolumePlan) -> Result<ResolvedVolume, VolumeErr
     Ok(resolved.remove(name).unwrap())
 }
 
+/// A hostDisk root in `tmp` with the directories of namespaces `default` and
+/// `other`; returns `default`'s.
+fn ns_dir(tmp: &Path) -> PathBuf {
+    let root = tmp.join("root");
+    fs::create_dir_all(root.join("other")).unwrap();
+    fs::create_dir_all(root.join("default")).unwrap();
+    root.join("default")
+}
+
+fn host_disk(ns_dir: &Path, path: impl Into<PathBuf>, create: Option<u64>) -> VolumePlan {
+    VolumePlan::HostDisk {
+        path: path.into(),
+        create,
+        ns_dir: ns_dir.to_owned(),
+    }
+}
+
+/// The refusal of a hostDisk: its reason (as the VMI's status says it) and
+/// message.
+#[track_caller]
+fn host_disk_refusal(result: Result<ResolvedVolume, VolumeError>) -> (&'static str, String) {
+    match result {
+        Err(e @ VolumeError::HostDisk { .. }) => {
+            let VolumeError::HostDisk { field, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(field, "spec.volumes[name=root].hostDisk.path");
+            (
+                crate::create_plan::volume_reason(&e).as_str(),
+                e.to_string(),
+            )
+        }
+        other => panic!("expected a hostDisk refusal, got {other:?}"),
+    }
+}
+
+/// The bytes available on the file system of `dir`, as the handler sees them.
+fn free_space(dir: &Path) -> u64 {
+    free_bytes(dir).unwrap()
+}
+
 /// The names in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -59,11 +100,9 @@ fn listing(dir: &Path) -> Vec<String> {
 #[test]
 fn disk_or_create_makes_a_sparse_raw_image() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("new/parent/data.img");
-    let plan = VolumePlan::HostDisk {
-        path: path.clone(),
-        create: Some(1 << 30),
-    };
+    let ns = ns_dir(tmp.path());
+    let path = ns.join("new/parent/data.img");
+    let plan = host_disk(&ns, &path, Some(1 << 30));
     let r = prepare_one("data", plan.clone()).unwrap();
     assert_eq!(
         r,
@@ -80,83 +119,65 @@ fn disk_or_create_makes_a_sparse_raw_image() {
         meta.blocks()
     );
     assert_eq!(meta.mode() & 0o777, 0o600);
-    assert_eq!(listing(&tmp.path().join("new/parent")), ["data.img"]);
+    assert_eq!(listing(&ns.join("new/parent")), ["data.img"]);
 
     // Again: the image, and what the guest wrote, stay.
     fs::write(&path, b"guest data").unwrap();
     let r = prepare_one("data", plan).unwrap();
     assert_eq!(r.format, ImageFormat::Raw);
     assert_eq!(fs::read(&path).unwrap(), b"guest data");
-    assert_eq!(listing(&tmp.path().join("new/parent")), ["data.img"]);
+    assert_eq!(listing(&ns.join("new/parent")), ["data.img"]);
+
+    // The namespace's directory itself is made when missing (inside the root).
+    fs::remove_dir_all(&ns).unwrap();
+    prepare_one("data", host_disk(&ns, ns.join("d.img"), Some(1 << 20))).unwrap();
+    assert_eq!(listing(&ns), ["d.img"]);
 }
 
 #[test]
 fn a_missing_disk_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("nope.img");
-    match prepare_one(
-        "root",
-        VolumePlan::HostDisk {
-            path: path.clone(),
-            create: None,
-        },
-    ) {
-        Err(e @ VolumeError::Missing { .. }) => {
-            let VolumeError::Missing { field, path: p } = &e else {
-                unreachable!()
-            };
-            assert_eq!(field, "spec.volumes[name=root].hostDisk.path");
-            assert_eq!(p, &path);
-            assert!(
-                e.to_string()
-                    .ends_with("nope.img does not exist on the node"),
-                "{e}"
-            );
-        }
-        other => panic!("expected Missing, got {other:?}"),
-    }
+    let ns = ns_dir(tmp.path());
+    let path = ns.join("nope.img");
+    let (reason, message) = host_disk_refusal(prepare_one("root", host_disk(&ns, &path, None)));
+    assert_eq!(reason, "VolumeNotFound");
+    assert!(
+        message.ends_with("nope.img' does not exist on the node"),
+        "{message}"
+    );
     assert!(!path.exists());
+    // A missing directory on the way, and a missing root, are missing too;
+    // nothing is created for a Disk.
+    let deep = ns.join("a/b.img");
+    let (reason, message) = host_disk_refusal(prepare_one("root", host_disk(&ns, &deep, None)));
+    assert_eq!(reason, "VolumeNotFound");
+    assert!(message.contains("is missing"), "{message}");
+    let gone = tmp.path().join("no-root/default");
+    let (reason, _) = host_disk_refusal(prepare_one(
+        "root",
+        host_disk(&gone, gone.join("x.img"), Some(1 << 20)),
+    ));
+    assert_eq!(reason, "VolumeNotFound");
+    assert_eq!(listing(&ns), Vec::<String>::new());
+    assert!(!tmp.path().join("no-root").exists());
 }
 
 #[test]
 fn existing_host_disks_are_probed() {
     let tmp = tempfile::tempdir().unwrap();
-    let qcow = tmp.path().join("root.qcow2");
+    let ns = ns_dir(tmp.path());
+    let qcow = ns.join("root.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "16M"]);
-    let raw = tmp.path().join("root.img");
+    let raw = ns.join("root.img");
     fs::write(&raw, vec![0u8; 4096]).unwrap();
-    let tiny = tmp.path().join("tiny.img");
+    let tiny = ns.join("tiny.img");
     fs::write(&tiny, b"QF").unwrap();
     let plans = BTreeMap::from([
-        (
-            "q".to_owned(),
-            VolumePlan::HostDisk {
-                path: qcow.clone(),
-                create: None,
-            },
-        ),
+        ("q".to_owned(), host_disk(&ns, &qcow, None)),
         // DiskOrCreate keeps an existing image, whatever its format.
-        (
-            "qc".to_owned(),
-            VolumePlan::HostDisk {
-                path: qcow.clone(),
-                create: Some(1 << 20),
-            },
-        ),
-        (
-            "r".to_owned(),
-            VolumePlan::HostDisk {
-                path: raw.clone(),
-                create: None,
-            },
-        ),
-        (
-            "t".to_owned(),
-            VolumePlan::HostDisk {
-                path: tiny.clone(),
-                create: None,
-            },
-        ),
+        ("qc".to_owned(), host_disk(&ns, &qcow, Some(1 << 20))),
+        ("r".to_owned(), host_disk(&ns, &raw, None)),
+        ("t".to_owned(), host_disk(&ns, &tiny, None)),
     ]);
     let r = prepare(&plans).unwrap();
     assert_eq!(
@@ -194,9 +215,10 @@ fn existing_host_disks_are_probed() {
 #[test]
 fn host_disks_that_point_elsewhere_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("base.img");
+    let ns = ns_dir(tmp.path());
+    let base = tmp.path().join("root/other/base.img");
     fs::write(&base, b"secret").unwrap();
-    let overlay = tmp.path().join("overlay.qcow2");
+    let overlay = ns.join("overlay.qcow2");
     qemu_img(&[
         "create",
         "-q",
@@ -209,27 +231,219 @@ fn host_disks_that_point_elsewhere_are_refused() {
         overlay.to_str().unwrap(),
     ]);
     assert_invalid(
-        prepare_one(
-            "root",
-            VolumePlan::HostDisk {
-                path: overlay,
-                create: None,
-            },
-        ),
+        prepare_one("root", host_disk(&ns, overlay, None)),
         "spec.volumes[name=root].hostDisk.path",
         "backing file",
     );
-    assert_invalid(
-        prepare_one(
-            "root",
-            VolumePlan::HostDisk {
-                path: tmp.path().to_path_buf(),
-                create: Some(1),
-            },
-        ),
-        "spec.volumes[name=root].hostDisk.path",
-        "is a directory",
+    fs::create_dir(ns.join("dir")).unwrap();
+    let (reason, message) =
+        host_disk_refusal(prepare_one("root", host_disk(&ns, ns.join("dir"), Some(1))));
+    assert_eq!(reason, "HostDiskNotRegularFile");
+    assert!(message.contains("is a directory"), "{message}");
+}
+
+// ---- hostDisk: what the node refuses ------------------------------------
+
+#[test]
+fn a_symlink_into_another_namespace_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = ns_dir(tmp.path());
+    let other = tmp.path().join("root/other");
+    fs::write(other.join("theirs.img"), b"their data").unwrap();
+    // A link as the image, and a link as a directory on the way.
+    std::os::unix::fs::symlink(other.join("theirs.img"), ns.join("mine.img")).unwrap();
+    std::os::unix::fs::symlink(&other, ns.join("dir")).unwrap();
+    for (path, create) in [
+        (ns.join("mine.img"), None),
+        (ns.join("mine.img"), Some(1 << 20)),
+        (ns.join("dir/theirs.img"), None),
+        (ns.join("dir/new.img"), Some(1 << 20)),
+        (ns.join("dir/sub/new.img"), Some(1 << 20)),
+    ] {
+        let (reason, message) =
+            host_disk_refusal(prepare_one("root", host_disk(&ns, &path, create)));
+        assert_eq!(reason, "HostDiskSymlink", "{}: {message}", path.display());
+        assert!(message.contains("symbolic link"), "{message}");
+    }
+    // Nothing was created in the other namespace's directory.
+    assert_eq!(listing(&other), ["theirs.img"]);
+    assert_eq!(fs::read(other.join("theirs.img")).unwrap(), b"their data");
+    // A link as the namespace directory itself is refused too.
+    let root2 = tmp.path().join("root2");
+    fs::create_dir(&root2).unwrap();
+    std::os::unix::fs::symlink(&other, root2.join("default")).unwrap();
+    let ns2 = root2.join("default");
+    let (reason, _) = host_disk_refusal(prepare_one(
+        "root",
+        host_disk(&ns2, ns2.join("theirs.img"), None),
+    ));
+    assert_eq!(reason, "HostDiskSymlink");
+}
+
+#[test]
+fn paths_outside_the_namespace_dir_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = ns_dir(tmp.path());
+    let other = tmp.path().join("root/other");
+    fs::write(other.join("theirs.img"), b"their data").unwrap();
+    for path in [
+        ns.join("../other/theirs.img"),
+        ns.join("../other/new.img"),
+        other.join("theirs.img"),
+        PathBuf::from("/etc/shadow"),
+        PathBuf::from("/dev/null"),
+    ] {
+        for create in [None, Some(1 << 20)] {
+            let (reason, message) =
+                host_disk_refusal(prepare_one("root", host_disk(&ns, &path, create)));
+            assert_eq!(
+                reason,
+                "HostDiskOutsideRoot",
+                "{}: {message}",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(listing(&other), ["theirs.img"]);
+    assert_eq!(listing(&ns), Vec::<String>::new());
+}
+
+#[test]
+fn device_nodes_and_fifos_are_refused() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = ns_dir(tmp.path());
+    // A FIFO: refused without blocking on it.
+    nix::unistd::mkfifo(&ns.join("fifo.img"), Mode::from_bits_truncate(0o600)).unwrap();
+    let (reason, message) = host_disk_refusal(prepare_one(
+        "root",
+        host_disk(&ns, ns.join("fifo.img"), Some(1 << 20)),
+    ));
+    assert_eq!(reason, "HostDiskNotRegularFile");
+    assert!(message.contains("a FIFO"), "{message}");
+    // A character device like /dev/null (1, 3): only root may make one.
+    let dev = ns.join("null.img");
+    match mknod(
+        &dev,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o600),
+        makedev(1, 3),
+    ) {
+        Ok(()) => {
+            for create in [None, Some(1 << 20)] {
+                let (reason, message) =
+                    host_disk_refusal(prepare_one("root", host_disk(&ns, &dev, create)));
+                assert_eq!(reason, "HostDiskNotRegularFile");
+                assert!(message.contains("a character device"), "{message}");
+            }
+            // And what opens an image refuses it too.
+            assert!(matches!(
+                open_beneath(&ns, &dev),
+                Err(HostDiskError::NotRegular { .. })
+            ));
+        }
+        Err(e) => eprintln!("skipping the device-node case: mknod needs root ({e})"),
+    }
+}
+
+#[test]
+fn opening_an_image_follows_no_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = ns_dir(tmp.path());
+    let other = tmp.path().join("root/other");
+    fs::write(other.join("theirs.img"), b"their data").unwrap();
+    fs::write(ns.join("mine.img"), b"mine").unwrap();
+    // What the walk saw is swapped for links before the open: refused.
+    std::os::unix::fs::symlink(other.join("theirs.img"), ns.join("link.img")).unwrap();
+    std::os::unix::fs::symlink(&other, ns.join("dir")).unwrap();
+    for path in [ns.join("link.img"), ns.join("dir/theirs.img")] {
+        match open_beneath(&ns, &path) {
+            Err(HostDiskError::Symlink { .. }) => {}
+            other => panic!(
+                "{}: expected a symlink refusal, got {other:?}",
+                path.display()
+            ),
+        }
+    }
+    assert!(matches!(
+        open_beneath(&ns, &other.join("theirs.img")),
+        Err(HostDiskError::Outside { .. })
+    ));
+    assert!(matches!(
+        open_beneath(&ns, &ns.join("gone.img")),
+        Err(HostDiskError::Missing { .. })
+    ));
+    let mut f = open_beneath(&ns, &ns.join("mine.img")).unwrap();
+    let mut text = String::new();
+    f.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "mine");
+}
+
+// ---- free space ----------------------------------------------------------
+
+#[test]
+fn images_larger_than_the_free_space_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = ns_dir(tmp.path());
+    let free = free_space(tmp.path());
+    let too_big = free.saturating_add(1 << 40);
+
+    // emptyDisk: nothing is made.
+    let dir = vmi_dir(tmp.path(), UID);
+    let e = prepare_one(
+        "scratch",
+        VolumePlan::EmptyDisk {
+            path: dir.join("scratch.qcow2"),
+            bytes: too_big,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        crate::create_plan::volume_reason(&e).as_str(),
+        "InsufficientStorage"
     );
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "spec.volumes[name=scratch].emptyDisk.capacity: emptyDisk scratch asks for {}; {} has ",
+            size_text(too_big),
+            dir.display()
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with(" free"), "{text}");
+    assert_eq!(listing(&dir), Vec::<String>::new());
+
+    // DiskOrCreate: neither the image nor its directories' content.
+    let path = ns.join("new/data.img");
+    let e = prepare_one("data", host_disk(&ns, &path, Some(too_big))).unwrap_err();
+    assert_eq!(
+        crate::create_plan::volume_reason(&e).as_str(),
+        "InsufficientStorage"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with("spec.volumes[name=data].hostDisk.capacity: hostDisk data asks for "),
+        "{text}"
+    );
+    assert!(!path.exists());
+
+    // An existing image is kept whatever its capacity says.
+    fs::write(&path, b"data").unwrap();
+    prepare_one("data", host_disk(&ns, &path, Some(too_big))).unwrap();
+}
+
+#[test]
+fn sizes_read_like_quantities() {
+    assert_eq!(size_text(0), "0");
+    assert_eq!(size_text(1000), "1000");
+    assert_eq!(size_text(41760 << 20), "40.7Gi");
+    assert_eq!(size_text(1 << 41), "2Ti");
+    assert_eq!(size_text(5 << 30), "5Gi");
+    assert_eq!(size_text((40 << 30) + (800 << 20)), "40.7Gi");
+    assert_eq!(size_text((1 << 20) + 1), "1.0Mi");
+    assert_eq!(size_text(1536), "1.5Ki");
+    assert_eq!(size_text(u64::MAX), "15.9Ei");
 }
 
 #[test]
@@ -320,13 +534,10 @@ fn empty_disk_that_is_not_qcow2_is_an_error() {
 fn tool_failures_carry_the_command_and_its_stderr() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("huge.qcow2");
-    let e = prepare_one(
-        "huge",
-        VolumePlan::EmptyDisk {
-            path: path.clone(),
-            bytes: u64::MAX,
-        },
-    )
+    let e = run(Command::new(tool(&["qemu-img"], "qemu-utils (qemu-img)"))
+        .args(["create", "-f", "qcow2", "-q"])
+        .arg(&path)
+        .arg(u64::MAX.to_string()))
     .unwrap_err();
     let VolumeError::Io { what, reason } = &e else {
         panic!("{e:?}")
@@ -334,7 +545,6 @@ fn tool_failures_carry_the_command_and_its_stderr() {
     assert!(what.contains("qemu-img create -f qcow2 -q"), "{what}");
     assert!(what.ends_with(&u64::MAX.to_string()), "{what}");
     assert!(!reason.is_empty() && reason == reason.trim(), "{reason:?}");
-    // Nothing is left behind.
     assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
 }
 
@@ -487,7 +697,7 @@ fn empty_user_data_still_makes_the_file() {
 fn prepare_does_the_whole_plan() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = vmi_dir(tmp.path(), UID);
-    let root = tmp.path().join("images/root.img");
+    let root = ns_dir(tmp.path()).join("images/root.img");
     let vmi = vmi_with(&format!(
         "[{{name: root, hostDisk: {{path: {}, type: DiskOrCreate, capacity: 8Mi}}}},\
           {{name: scratch, emptyDisk: {{capacity: 8Mi}}}},\
@@ -497,6 +707,7 @@ fn prepare_does_the_whole_plan() {
     let plans = plan(
         &vmi,
         &dir,
+        &VolumePolicy::with_host_disk_root(tmp.path().join("root")),
         &secrets(&[("s", "userdata", b"#cloud-config\n")]),
     )
     .unwrap();
