@@ -50,7 +50,7 @@ log "starting ironvirt-handler for node $node"
 IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
   "$REPO/target/debug/ironvirt-handler" --node-name "$node" --libvirt-uri qemu:///system \
   --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --state-dir "$state/handler" --register-node \
-  --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 \
+  --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 --host-disk-root "$HOSTDISK_ROOT" \
   --tls-cert "$pki/ironvirt-handler.crt" --tls-key "$pki/ironvirt-handler.key" --client-ca "$pki/ironvirt-ca.crt" >/dev/null \
   || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
 
