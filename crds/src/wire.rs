@@ -28,13 +28,6 @@ pub fn handler_lease_name(node: &str) -> String {
     format!("{HANDLER_LEASE_PREFIX}{node}")
 }
 
-/// The node a handler Lease name stands for, if it is one.
-pub fn node_of_handler_lease(lease: &str) -> Option<&str> {
-    lease
-        .strip_prefix(HANDLER_LEASE_PREFIX)
-        .filter(|n| !n.is_empty())
-}
-
 /// Annotation on the handler Lease: the `https://host:port` where the
 /// handler serves its streams (console, VNC, power operations).
 pub const STREAM_URL_ANNOTATION: &str = "ironvirt.io/stream-url";
@@ -191,11 +184,8 @@ mod tests {
     }
 
     #[test]
-    fn lease_names_round_trip() {
+    fn lease_names_carry_the_node() {
         assert_eq!(handler_lease_name("n1"), "ironvirt-handler-n1");
-        assert_eq!(node_of_handler_lease("ironvirt-handler-n1"), Some("n1"));
-        assert_eq!(node_of_handler_lease("ironvirt-handler-"), None);
-        assert_eq!(node_of_handler_lease("kubelet-n1"), None);
     }
 
     #[test]

@@ -273,11 +273,11 @@ pub const IRONVIRT_NAMESPACE: &str = "ironvirt-system";
 /// The Service (and certificate name) of ironvirt-api.
 pub const API_SERVICE: &str = "ironvirt-api";
 
+/// The CN handlers accept from the subresource API server.
+pub use ironvirt_crds::wire::API_CLIENT_CN as HANDLER_CLIENT_CN;
 /// The name every handler's stream certificate carries; clients verify it
 /// whatever address they dialled.
-pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";
-/// The CN handlers accept from the subresource API server.
-pub const HANDLER_CLIENT_CN: &str = "ironvirt-api";
+pub use ironvirt_crds::wire::HANDLER_SERVER_NAME;
 
 /// The CN kube-apiserver presents to aggregated API servers, and the only
 /// name they should accept (`--requestheader-allowed-names`).

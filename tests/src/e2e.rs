@@ -149,7 +149,7 @@ pub fn domains_with_prefix(uri: &str, prefix: &str) -> Result<Vec<String>, Strin
 
 /// The libvirt domain name of VMI `name` in `ns`, as the handler names it.
 pub fn domain_name(ns: &str, name: &str) -> String {
-    format!("ironvirt-{ns}_{name}")
+    ironvirt_crds::wire::domain_name(ns, name)
 }
 
 /// Every file under `dir`, recursively (nothing when it does not exist).

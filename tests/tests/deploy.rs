@@ -300,15 +300,22 @@ async fn the_base_matches_what_the_components_expect() {
         assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{d}");
     }
 
-    // The handler: host network, not privileged, node name from the pod spec.
+    // The handler: host network, privileged (it makes the VMIs' network
+    // namespaces, veths and nftables rules in the node's namespaces), the
+    // netns mounts shared with the node, node name from the pod spec.
     let ds = find(&objects, "DaemonSet", "ironvirt-handler");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"], true);
     let c = &spec["containers"][0];
     assert_eq!(c["image"], "ghcr.io/ironvirt/ironvirt-handler:0.1.0");
-    assert_eq!(c["securityContext"]["privileged"], false);
+    assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert!(
+        c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"]
+            == "/run/netns"
+            && m["mountPropagation"] == "Bidirectional"),
+        "{c}"
+    );
     assert!(
         c["env"]
             .as_array()

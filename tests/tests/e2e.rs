@@ -143,7 +143,7 @@ impl Story<'_> {
 
     /// The namespace's domains on this node.
     fn domains(&self) -> Result<Vec<String>, String> {
-        domains_with_prefix(QEMU, &format!("ironvirt-{}_", self.ns))
+        domains_with_prefix(QEMU, &ironvirt_crds::wire::domain_name_prefix(&self.ns))
     }
 
     async fn wait_printable(

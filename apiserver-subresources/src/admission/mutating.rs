@@ -19,7 +19,7 @@ use super::state::{AdmissionState, labels_of};
 use super::uuid::firmware_uuid;
 
 /// The finalizer every VMI gets; removed once its node-side resources are gone.
-pub const FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
+pub use ironvirt_crds::wire::VMI_FINALIZER as FINALIZER;
 /// The machine type of a VMI that sets none.
 pub const DEFAULT_MACHINE_TYPE: &str = "q35";
 /// The value of an applied preset's annotation.

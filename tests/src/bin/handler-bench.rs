@@ -297,7 +297,7 @@ async fn run(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
     );
     delete_all(client, ns, &names[1..]).await?;
     let ws = through_handler(&q, ns, &names[0]).await?;
-    let domain = format!("ironvirt-{ns}_{}", names[0]);
+    let domain = ironvirt_crds::wire::domain_name(ns, &names[0]);
     let direct = tokio::task::spawn_blocking(move || direct_pty(&domain)).await??;
     println!(
         "console_bytes_per_s: handler_websocket={ws:.0} direct_pty={direct:.0} ratio={:.2}",
