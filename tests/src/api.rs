@@ -324,3 +324,72 @@ impl Screen {
         (differing, self.pixels.len() / bpp)
     }
 }
+
+/// A GET through kube-apiserver whose body may be binary (a PNG):
+/// (status code, body).
+pub async fn get_bytes(client: &Client, path: &str) -> (u16, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let req = match Request::get(path).body(kube::client::Body::empty()) {
+        Ok(r) => r,
+        Err(e) => return (0, e.to_string().into_bytes()),
+    };
+    match client.send(req).await {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            (code, body)
+        }
+        Err(e) => (0, e.to_string().into_bytes()),
+    }
+}
+
+/// The peak resident memory of process `pid` in bytes (VmHWM of
+/// /proc/<pid>/status: the high-water mark since the process started).
+pub fn peak_rss(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("no VmHWM in {path}"))
+}
+
+/// A TLS connection straight to ironvirt-api on 127.0.0.1:`port`, trusting
+/// the serving CA in `ca` and presenting no client certificate (ironvirt-api
+/// accepts that and answers 401 where identity matters).
+pub async fn tls_to_api(
+    ca: &std::path::Path,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    // ironvirt-api's serving certificate names its Service.
+    let name = rustls::pki_types::ServerName::try_from("ironvirt-api.ironvirt-system.svc")
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to ironvirt-api: {e}"))
+}
