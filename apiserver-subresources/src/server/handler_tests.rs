@@ -1,7 +1,8 @@
 //! The routes that reach a handler, against a fake handler on 127.0.0.1
-//! with a certificate for `ironvirt-handler` from a test CA: VMI operations
-//! forwarded and their answers passed on, a console relayed both ways, and a
-//! handler's refusal of a websocket passed on.
+//! with a certificate for `n1.ironvirt-handler` from a test CA: VMI operations
+//! forwarded and their answers passed on, a console relayed both ways, a
+//! handler's refusal of a websocket passed on, and another node's handler
+//! refused.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 use futures::{SinkExt, StreamExt};
-use ironvirt_crds::wire::{HANDLER_SERVER_NAME, STREAM_SUBPROTOCOL};
+use ironvirt_crds::wire::{STREAM_SUBPROTOCOL, handler_server_name};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
@@ -22,9 +23,9 @@ use super::tests::{
     SUB, configured_auth, lease, message, open_ws, send, state_with, vmi, vmi_cluster,
 };
 
-/// A test CA, a handler serving certificate from it, and a client config
-/// that trusts it.
-fn pki() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+/// A test CA, a serving certificate from it for the handler of `node`, and a
+/// client config that trusts it.
+fn pki(node: &str) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let provider = || Arc::new(rustls::crypto::ring::default_provider());
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -32,7 +33,7 @@ fn pki() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![HANDLER_SERVER_NAME.to_owned()])
+    let cert = rcgen::CertificateParams::new(vec![handler_server_name(node)])
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
@@ -137,7 +138,12 @@ async fn fake_handler(config: Arc<rustls::ServerConfig>) -> (String, Asked) {
 /// ironvirt-api's state with a running VMI x on node n1, whose handler is
 /// the fake one.
 async fn with_handler() -> (ApiState, Asked) {
-    let (server, client_tls) = pki();
+    with_handler_of("n1").await
+}
+
+/// The same, with the fake handler's certificate naming `node`.
+async fn with_handler_of(node: &str) -> (ApiState, Asked) {
+    let (server, client_tls) = pki(node);
     let (url, asked) = fake_handler(server).await;
     let (client, _) = vmi_cluster(Some(vmi("Running", Some("n1"))), Some(lease(Some(&url))));
     let mut state = state_with(client, configured_auth());
@@ -197,4 +203,23 @@ async fn a_handler_refusing_a_stream_is_passed_on() {
     assert_eq!(body["reason"], "NotFound");
     assert_eq!(message(&body), "VMI x has no VNC display");
     assert_eq!(*asked.lock().unwrap(), vec!["GET vnc?"]);
+}
+
+/// node n1's Lease points at the handler of n2 (its certificate names n2):
+/// ironvirt-api refuses it with a 503 that says so, and the handler is never
+/// asked anything.
+#[tokio::test]
+async fn another_nodes_handler_is_refused() {
+    let (state, asked) = with_handler_of("n2").await;
+    let (code, body) = send(state.clone(), &Method::PUT, &vmi_sub("pause"), "").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["reason"], "ServiceUnavailable");
+    let msg = message(&body);
+    assert!(
+        msg.contains("is not the handler of node n1") && msg.contains("n1.ironvirt-handler"),
+        "{msg}"
+    );
+    let (code, body) = open_ws(state, &vmi_sub("console")).await.unwrap_err();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(asked.lock().unwrap().is_empty());
 }

@@ -2,6 +2,11 @@
 //! (found through the handler's Lease, whose annotation carries its stream
 //! URL), and the mTLS connection to it — a websocket for console and VNC, a
 //! plain PUT for the power operations.
+//!
+//! The Lease only says where to dial; who answers is checked by TLS: the
+//! handler's certificate must name the VMI's node
+//! ([`handler_server_name`]`(status.nodeName)`), so a Lease pointing at another
+//! node's handler (or anything else) gets a 503, never that handler.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +16,7 @@ use axum::response::Response;
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::wire::{
     HANDLER_SERVER_NAME, STREAM_SUBPROTOCOL, STREAM_URL_ANNOTATION, handler_lease_name,
+    handler_server_name,
 };
 use ironvirt_stream::ws;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -25,14 +31,22 @@ pub(super) type HandlerStream = tokio_rustls::client::TlsStream<tokio::net::TcpS
 /// A websocket to a handler.
 pub(super) type HandlerWs = tokio_tungstenite::WebSocketStream<HandlerStream>;
 
-/// The VMI, which must be running, and its handler's URL: 404 when there is
+/// Where the handler of a node serves (its Lease's stream URL), and the node
+/// whose name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HandlerAddr {
+    pub node: String,
+    pub url: String,
+}
+
+/// The VMI, which must be running, and its handler's address: 404 when there is
 /// no such VMI, 409 when it is not running or not placed, 503 when its
 /// handler has not published where it serves.
 pub(super) async fn running_vmi(
     state: &ApiState,
     ns: &str,
     name: &str,
-) -> Result<(VirtualMachineInstance, String), Response> {
+) -> Result<(VirtualMachineInstance, HandlerAddr), Response> {
     let api: Api<VirtualMachineInstance> = Api::namespaced(state.client.clone(), ns);
     let vmi = api
         .get_opt(name)
@@ -72,11 +86,13 @@ pub(super) async fn running_vmi(
                 format!("the handler of node {node} has not published its address"),
             )
         })?;
-    Ok((vmi, url))
+    Ok((vmi, HandlerAddr { node, url }))
 }
 
-/// Opens an mTLS connection to a handler at `url` (https://host:port).
-async fn dial_handler(state: &ApiState, url: &str) -> Result<HandlerStream, String> {
+/// Opens an mTLS connection to the handler of `addr.node` at `addr.url`
+/// (https://host:port): its certificate must name that node.
+async fn dial_handler(state: &ApiState, addr: &HandlerAddr) -> Result<HandlerStream, String> {
+    let HandlerAddr { node, url } = addr;
     let hostport = url
         .strip_prefix("https://")
         .ok_or_else(|| format!("handler URL {url:?} is not https"))?
@@ -89,12 +105,18 @@ async fn dial_handler(state: &ApiState, url: &str) -> Result<HandlerStream, Stri
     .map_err(|_| format!("connecting to the handler at {url} timed out"))?
     .map_err(|e| format!("connecting to the handler at {url}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let name =
-        rustls::pki_types::ServerName::try_from(HANDLER_SERVER_NAME).map_err(|e| e.to_string())?;
+    let expected = handler_server_name(node);
+    let name = rustls::pki_types::ServerName::try_from(expected.clone())
+        .map_err(|e| format!("node name {node:?} is not a TLS server name: {e}"))?;
     tokio_rustls::TlsConnector::from(Arc::clone(&state.handler_tls))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS to the handler at {url}: {e}"))
+        .map_err(|e| {
+            tracing::warn!(node = %node, url = %url, error = %e, "handler TLS refused");
+            format!(
+                "the server at {url} (stream URL of node {node}'s handler Lease) is not the handler of node {node}: TLS with the name {expected} failed: {e}"
+            )
+        })
 }
 
 fn unavailable(message: String) -> Response {
@@ -122,10 +144,10 @@ pub(super) fn handler_status(body: String) -> (Option<String>, String) {
 /// Opens the handler's websocket for `path` (below /v1/namespaces/…).
 pub(super) async fn handler_ws(
     state: &ApiState,
-    url: &str,
+    addr: &HandlerAddr,
     path: &str,
 ) -> Result<HandlerWs, Response> {
-    let tls = dial_handler(state, url).await.map_err(unavailable)?;
+    let tls = dial_handler(state, addr).await.map_err(unavailable)?;
     let request = http::Request::builder()
         .uri(format!("wss://{HANDLER_SERVER_NAME}{path}"))
         .header("Host", HANDLER_SERVER_NAME)
@@ -162,11 +184,11 @@ pub(super) async fn handler_ws(
 /// A PUT to the handler; (status code, body).
 pub(super) async fn forward_put(
     state: &ApiState,
-    url: &str,
+    addr: &HandlerAddr,
     path: &str,
 ) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = dial_handler(state, url).await?;
+    let mut tls = dial_handler(state, addr).await?;
     let req = format!(
         "PUT {path} HTTP/1.1\r\nHost: {HANDLER_SERVER_NAME}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
