@@ -31,6 +31,7 @@ use crate::auth::RequestHeaderAuth;
 use crate::limits::{LimitError, Limiter, Permit};
 
 mod authz;
+mod node_secrets;
 mod power;
 mod streams;
 mod upstream;
@@ -190,6 +191,7 @@ pub fn router(state: ApiState) -> Router {
             &format!("{base}/virtualmachineinstances/{{name}}/{{sub}}"),
             get(streams::vmi_stream).put(power::vmi_power),
         )
+        .route(&format!("{base}/virtualmachineinstances/{{name}}/secrets/{{secret}}"), get(node_secrets::vmi_secret))
         .route(
             &format!("{base}/virtualmachines/{{name}}/{{op}}"),
             put(power::vm_power),
@@ -245,7 +247,7 @@ pub fn resources() -> serde_json::Value {
         "resources": [
             vmi("console", &["get"]), vmi("vnc", &["get"]), vmi("vnc/screenshot", &["get"]),
             vmi("pause", &["update"]), vmi("unpause", &["update"]),
-            vmi("softreboot", &["update"]), vmi("reset", &["update"]),
+            vmi("softreboot", &["update"]), vmi("reset", &["update"]), vmi("secrets", &["get"]),
             vm("start"), vm("stop"), vm("restart"),
         ],
     })
