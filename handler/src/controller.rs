@@ -228,10 +228,10 @@ async fn fetch_secrets(
     vmi: &VirtualMachineInstance,
 ) -> Result<volumes::SecretData, Error> {
     let ns = vmi.namespace().unwrap_or_default();
-    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let vmi_name = vmi.name_any();
     let mut secrets = volumes::SecretData::new();
     for name in volumes::referenced_secrets(vmi) {
-        let Some(s) = secret_api.get_opt(&name).await? else {
+        let Some(s) = node_secret(&ctx.client, &ns, &vmi_name, &name).await? else {
             break;
         };
         let data = s
@@ -243,6 +243,32 @@ async fn fetch_secrets(
         secrets.insert(name, data);
     }
     Ok(secrets)
+}
+
+/// Secret `secret` of VMI `ns/vmi`, or `None` when it does not exist.
+///
+/// The handler has no Secret read: it asks ironvirt-api, through
+/// kube-apiserver, which hands a VMI's Secret only to the handler of the
+/// VMI's node, and only one the VMI references
+/// (`GET /apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{vmi}/secrets/{secret}`).
+async fn node_secret(
+    client: &kube::Client,
+    ns: &str,
+    vmi: &str,
+    secret: &str,
+) -> Result<Option<Secret>, Error> {
+    let path = format!(
+        "/apis/{}/v1/namespaces/{ns}/virtualmachineinstances/{vmi}/secrets/{secret}",
+        ironvirt_crds::SUBRESOURCES_GROUP
+    );
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    match client.request::<Secret>(request).await {
+        Ok(s) => Ok(Some(s)),
+        Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A create that stopped: the VMI fails, or the reconcile is retried.
