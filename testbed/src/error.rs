@@ -61,6 +61,8 @@ pub enum Error {
     Interrupted,
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error("manifest {file}: {reason}")]
+    Manifest { file: String, reason: String },
     #[error("timed out after {secs} s waiting for {what}")]
     Wait { what: String, secs: u64 },
 }

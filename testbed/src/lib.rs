@@ -10,6 +10,7 @@ pub mod controlplane;
 pub mod error;
 pub mod etcd;
 pub mod guest;
+pub mod handlers;
 pub mod harness;
 pub mod layout;
 pub mod libvirt;

@@ -58,6 +58,10 @@ enum Cmd {
     },
     /// Print a free TCP port on 127.0.0.1 (and ::1).
     FreePort,
+    /// Mint the identity of the handler of NODE (its own serving certificate
+    /// and kube-apiserver user), grant the handlers' group deploy/'s handler
+    /// RBAC and lease policy, and print the paths as shell assignments.
+    HandlerIdentity { node: String },
     /// Mint a client certificate (CN = user, O = groups) and print its kubeconfig's path.
     User {
         name: String,
@@ -137,6 +141,15 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .context("no port free on both 127.0.0.1 and ::1")?;
             println!("{port}");
+        }
+        Cmd::HandlerIdentity { node } => {
+            let info = ClusterInfo::load(&layout).with_context(|| {
+                format!("the test bed in {} is not running", layout.root().display())
+            })?;
+            let id = ironvirt_testbed::handlers::ensure_identity(&layout, &info, &node)?;
+            let admin = controlplane::client_from_kubeconfig(&info.kubeconfig).await?;
+            ironvirt_testbed::handlers::install_access(&admin).await?;
+            print!("{}", ironvirt_testbed::handlers::shell_vars(&id));
         }
         Cmd::User { name, groups } => {
             let info = ClusterInfo::load(&layout).with_context(|| {
