@@ -151,7 +151,7 @@ start_api() {
   IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-api -e "KUBECONFIG=$state/kubeconfig" -e "RUST_LOG=info" -- \
     "$api_bin" --listen "127.0.0.1:$port" --listen "[::1]:$port" \
     --metrics-addr "127.0.0.1:$mport" --host-disk-root "$HOSTDISK_ROOT" \
-    --privileged-users "admin,system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-handler,system:serviceaccount:ironvirt-system:ironvirt-api" \
+    --privileged-users "admin,system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-api" \
     --tls-cert "$pki/ironvirt-api.crt" --tls-key "$pki/ironvirt-api.key" \
     --handler-ca "$pki/ironvirt-ca.crt" --handler-client-cert "$pki/ironvirt-api-client.crt" \
     --handler-client-key "$pki/ironvirt-api-client.key" >/dev/null || return 1

@@ -45,13 +45,18 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubec
 # The node agent for this machine. KVM does not work on the machines this
 # test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
 node="${IRONVIRT_NODE:-node-1}"
-pki="$state/pki"
 log "starting ironvirt-handler for node $node"
-IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
+# The handler's own identity, as on a real cluster: a serving certificate
+# naming only $node.ironvirt-handler, and a kube-apiserver user for its node
+# with deploy/'s handler RBAC (no Secret read) and lease policy.
+HANDLER_KUBECONFIG="" HANDLER_TLS_CERT="" HANDLER_TLS_KEY="" HANDLER_CLIENT_CA=""
+eval "$(IRONVIRT_STATE="$state" "$TESTBED" handler-identity "$node")" \
+  || die "could not mint the identity of the handler of $node."
+IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$HANDLER_KUBECONFIG" -e "RUST_LOG=info" -- \
   "$REPO/target/debug/ironvirt-handler" --node-name "$node" --libvirt-uri qemu:///system \
   --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --state-dir "$state/handler" --register-node \
   --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 --host-disk-root "$HOSTDISK_ROOT" \
-  --tls-cert "$pki/ironvirt-handler.crt" --tls-key "$pki/ironvirt-handler.key" --client-ca "$pki/ironvirt-ca.crt" >/dev/null \
+  --tls-cert "$HANDLER_TLS_CERT" --tls-key "$HANDLER_TLS_KEY" --client-ca "$HANDLER_CLIENT_CA" >/dev/null \
   || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
 
 log "starting ironvirt-api (subresources.kubevirt.io) and registering it"
