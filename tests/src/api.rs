@@ -393,3 +393,25 @@ pub async fn tls_to_api(
         .await
         .map_err(|e| format!("TLS to ironvirt-api: {e}"))
 }
+
+/// A client for `user` in `groups` that does not retry: kube's default
+/// client answers a 429 (or 503, 504) by trying again after a backoff, which
+/// would hide ironvirt-api's limits from a test.
+pub async fn client_without_retries(
+    bed: &ironvirt_testbed::TestBed,
+    user: &str,
+    groups: &[&str],
+) -> Result<Client, String> {
+    let path = bed
+        .user_kubeconfig(user, groups)
+        .map_err(|e| e.to_string())?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).map_err(|e| e.to_string())?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| e.to_string())
+}
