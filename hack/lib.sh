@@ -99,6 +99,36 @@ testbed_down() {
   [[ -x "$TESTBED" ]] || build_rust
   destroy_bed_domains "$state"
   IRONVIRT_STATE="$state" "$TESTBED" down
+  cleanup_guest_networks
+}
+
+# guest_networks_without_domain: the uids of VMI networks (network namespace
+# ivm-<uid> and its passt, made by a handler under /run/ironvirt/net) whose VMI
+# has no running domain on this machine: what a handler killed before it could
+# clean up leaves behind.
+guest_networks_without_domain() {
+  local dir=/run/ironvirt/net running f uid d
+  [[ -d $dir ]] || return 0
+  running="$(for d in $(timeout 20 virsh -c qemu:///system list --name 2>/dev/null); do
+    timeout 20 virsh -c qemu:///system dumpxml "$d" 2>/dev/null | grep -o "uid='[^']*'" || true
+  done)"
+  for f in "$dir"/*.node; do
+    [[ -e $f ]] || continue
+    uid="$(basename "$f" .node)"
+    grep -q "uid='$uid'" <<<"$running" || echo "$uid"
+  done
+}
+
+# cleanup_guest_networks: removes the networks guest_networks_without_domain lists.
+cleanup_guest_networks() {
+  local dir=/run/ironvirt/net uid pid
+  for uid in $(guest_networks_without_domain); do
+    pid="$(cat "$dir/$uid/passt.pid" 2>/dev/null || true)"
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
+    sleep 0.2
+    ip netns delete "ivm-$uid" 2>/dev/null || true
+    rm -rf "${dir:?}/$uid" "$dir/$uid.node"
+  done
 }
 
 # destroy_bed_domains STATE: destroys and undefines the libvirt domains of the

@@ -11,7 +11,7 @@ timing() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
 # Domains of test namespaces (ironvirt-test-*, and the handler's ironvirt-ht-*).
 destroy_test_domains() {
-  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-|vctl-)' || true); do
+  for d in $(timeout 20 virsh -c qemu:///system list --all --name 2>/dev/null | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-|vctl-|iso-)' || true); do
     echo "destroying leftover test domain $d" >&2
     timeout 20 virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
     timeout 20 virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
@@ -23,6 +23,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   destroy_test_domains
+  cleanup_guest_networks
   testbed_down "$TEST_STATE" || rc=1
   testbed_down "$RUNCHECK_STATE" || rc=1
   local left
@@ -67,6 +68,7 @@ timing "test bed up (with ironvirt-api registered)"
 
 # Leftovers of an earlier, interrupted run are not this run's: clear them first.
 destroy_test_domains
+cleanup_guest_networks
 export IRONVIRT_STATE="$TEST_STATE" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN" IRONVIRT_VIRTCTL="$virtctl"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 timing "cargo test passed"
@@ -75,6 +77,8 @@ timing "cargo test passed"
 KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$TEST_STATE/kubeconfig")
 left_ns="$("${KUBECTL[@]}" get namespaces -l ironvirt.io/test -o name)"
 [[ -z "$left_ns" ]] || die "namespaces created by tests were not deleted: $left_ns"
-left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-|vctl-)' || true)"
+left_dom="$(timeout 20 virsh -c qemu:///system list --all --name | grep -E '^ironvirt-(test-|ht-|api-|cli-|e2e-|vctl-|iso-)' || true)"
 [[ -z "$left_dom" ]] || die "domains created by tests were left: $left_dom"
+left_net="$(guest_networks_without_domain)"
+[[ -z "$left_net" ]] || die "VMI networks without a domain were left (uids): $left_net"
 echo "post-test checks: no test namespace and no test domain left"

@@ -99,14 +99,35 @@ impl Outside {
             let st = Command::new("ip").args(args).status().expect("ip");
             assert!(st.success(), "ip {args:?}");
         };
-        let _ = Command::new("ip").args(["netns", "delete", &netns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &netns])
+            .stderr(std::process::Stdio::null())
+            .status();
         ip(&["netns", "add", &netns]);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ]);
         ip(&["addr", "add", &format!("{node}/30"), "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &netns, "addr", "add", &format!("{address}/30"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/30"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &netns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &netns, "route", "add", "default", "via", &node.to_string()]);
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &node.to_string(),
+        ]);
         let port = 9977;
         let server = Command::new("ip")
             .args(["netns", "exec", &netns, "sh", "-c"])
@@ -132,8 +153,12 @@ impl Drop for Outside {
             .args(["-f", &format!("nc -l -p {}", self.port)])
             .status();
         let _ = self.server.wait();
-        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
-        let _ = Command::new("ip").args(["link", "delete", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_if])
+            .status();
     }
 }
 
@@ -156,7 +181,10 @@ async fn probe(
     let wait = Duration::from_secs(10 + 3 * targets.len() as u64);
     let end = format!("probe-{}-end", 7 * round + 3);
     if let Err(e) = con.expect_from(before, &end, wait).await {
-        return Err(format!("the probe did not finish ({e}): {}", con.transcript()));
+        return Err(format!(
+            "the probe did not finish ({e}): {}",
+            con.transcript()
+        ));
     }
     let text = con.transcript();
     let mut out = Vec::new();
@@ -194,20 +222,18 @@ async fn a_guest_reaches_nothing_of_the_node_or_of_other_tenants() {
         let path = |name: &str| format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/console");
         let mut vcon = h.streams().websocket(&path("victim")).await?;
         vcon.expect_from(0, MARKER, BOOT).await?;
-        vcon.send(b"\n(while true; do echo victim-secret | nc -l -p 8080; done) & echo serving-$((2+3))\n")
+        // The guest's init asks for its address by DHCP once, in the
+        // background; ask again so the address is there before listening.
+        vcon.send(b"\nudhcpc -i eth0 -q -n -t 5 -s /bin/udhcpc-script >/dev/null 2>&1; ip -4 addr show eth0; (while true; do echo victim-secret | nc -l -p 8080; done) & echo serving-$((2+3))\n")
             .await?;
         vcon.expect("serving-5", Duration::from_secs(30)).await?;
 
         // The victim's declared port answers from the node, at its address.
         let answer = eventually(Duration::from_secs(60), "the victim's port from the node", || async {
-            use tokio::io::AsyncReadExt;
-            let mut s = tokio::net::TcpStream::connect((victim_ip, 8080)).await.ok()?;
-            let mut buf = String::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut buf)).await;
-            buf.contains("victim-secret").then_some(buf)
+            read_until((victim_ip, 8080), "victim-secret", Duration::from_secs(3)).await
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{e}; the victim's console: {}", vcon.transcript()))?;
         assert!(answer.contains("victim-secret"));
 
         // A listener on every address of the node, to show the node's other
@@ -241,6 +267,9 @@ async fn a_guest_reaches_nothing_of_the_node_or_of_other_tenants() {
         // nothing leaves the machine.)
         let mut acon = h.streams().websocket(&path("attacker")).await?;
         acon.expect_from(0, MARKER, BOOT).await?;
+        acon.send(b"\nudhcpc -i eth0 -q -n -t 5 -s /bin/udhcpc-script >/dev/null 2>&1; echo dhcp-$((3+4))\n")
+            .await?;
+        acon.expect("dhcp-7", Duration::from_secs(60)).await?;
         // A control first: the node reaches its own listener on every address.
         for a in node_addresses() {
             assert!(
@@ -315,4 +344,34 @@ async fn a_guest_reaches_nothing_of_the_node_or_of_other_tenants() {
         Ok::<(), String>(())
     })
     .await;
+}
+
+/// Connects to `addr`, says hello, and reads until `needle` arrives (the
+/// guest's `nc -l` keeps the connection open after it wrote), for at most
+/// `timeout`. The client speaks first: Debian 12's passt opens the
+/// connection to the guest only when the first bytes come from the client.
+async fn read_until(
+    addr: (std::net::Ipv4Addr, u16),
+    needle: &str,
+    timeout: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"hello\n").await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut chunk = [0u8; 512];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).contains(needle) {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.contains(needle).then_some(text)
 }
