@@ -53,6 +53,8 @@ pub struct Config {
     pub guest_network_range: crate::guestnet::Range,
     pub guest_network_dir: PathBuf,
     pub passt: PathBuf,
+    /// Start passt in the node's namespaces ([`crate::guestnet::Host::passt_on_host`]).
+    pub passt_on_host: bool,
     /// hostDisk on or off and its root, the capacity limits
     /// ([`crate::volumes`]).
     pub volume_policy: VolumePolicy,
@@ -163,6 +165,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             range: cfg.guest_network_range,
             run_dir: cfg.guest_network_dir.clone(),
             passt: cfg.passt.clone(),
+            passt_on_host: cfg.passt_on_host,
             node: cfg.node.clone(),
         }
     })));

@@ -217,6 +217,12 @@ pub struct Host {
     /// naming the node whose handler made it.
     pub run_dir: PathBuf,
     pub passt: PathBuf,
+    /// Starts passt in the node's mount namespace and cgroup (through
+    /// `nsenter --target 1`), so that it outlives the handler's container:
+    /// set where the handler runs in a pod (it then needs the host PID
+    /// namespace, and `ip` and `passt` on the node). The test bed runs the
+    /// handler on the host, where this is not needed.
+    pub passt_on_host: bool,
     /// This handler's node: several handlers may share a machine (the test
     /// bed), and each sweeps only its own networks.
     pub node: String,
@@ -418,10 +424,18 @@ impl Host {
         )?;
         set_mode(&names.dir, 0o700)?;
         let passt = self.passt.display().to_string();
-        let mut args = vec!["netns", "exec", names.netns.as_str(), passt.as_str()];
+        let (program, mut args) = if self.passt_on_host {
+            (
+                "nsenter",
+                vec!["--target", "1", "--mount", "--cgroup", "--", "ip"],
+            )
+        } else {
+            ("ip", Vec::new())
+        };
+        args.extend(["netns", "exec", names.netns.as_str(), passt.as_str()]);
         let passt_args = passt_args(names, ports);
         args.extend(passt_args.iter().map(String::as_str));
-        run("ip", &args)?;
+        run(program, &args)?;
         // passt has forked into the background; its socket is there once it listens.
         for _ in 0..50 {
             if names.socket().exists() {

@@ -82,6 +82,11 @@ struct Args {
     /// The passt binary that connects a guest NIC to its VMI's namespace.
     #[arg(long, default_value = "passt")]
     passt: PathBuf,
+    /// Start passt in the node's mount namespace and cgroup (nsenter into
+    /// PID 1's), so guest networks survive a restart of the handler's pod.
+    /// Needs hostPID, and `ip` and `passt` installed on the node.
+    #[arg(long)]
+    passt_on_host: bool,
     /// Turns hostDisk on (KubeVirt's HostDisk feature gate), as ironvirt-api's
     /// flag of the same name: images must lie in <DIR>/<namespace>/ of the
     /// VMI, without symbolic links. Absent: hostDisk is off. The directory must
@@ -163,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             .context("--guest-network-range")?,
         guest_network_dir: args.guest_network_dir,
         passt: args.passt,
+        passt_on_host: args.passt_on_host,
         volume_policy: VolumePolicy {
             host_disk: args.host_disk_root.map(|root| HostDiskPolicy { root }),
             max_volume_bytes: Some(args.max_volume_size).filter(|b| *b > 0),
