@@ -47,9 +47,15 @@ mod tests {
     fn refusals_say_what_is_accepted() {
         for s in ["", "-1", "5w", "m", "1.5h", "s5"] {
             let err = parse_duration(s).err();
-            assert!(err.as_deref().is_some_and(|e| e.contains("ms, s, m, h or d")), "{s}: {err:?}");
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("ms, s, m, h or d")),
+                "{s}: {err:?}"
+            );
         }
         assert!(parse_duration("99999999999999999999d").is_err());
-        assert!(parse_duration(&format!("{}d", u64::MAX / 2)).is_err_and(|e| e.contains("too long")));
+        assert!(
+            parse_duration(&format!("{}d", u64::MAX / 2)).is_err_and(|e| e.contains("too long"))
+        );
     }
 }

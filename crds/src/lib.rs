@@ -15,10 +15,10 @@ pub mod preset;
 pub mod quantity;
 pub mod schema;
 pub mod validate;
-pub mod wire;
 pub mod vm;
 pub mod vmi;
 pub mod vmirs;
+pub mod wire;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -311,9 +311,11 @@ async fn the_base_matches_what_the_components_expect() {
     assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert!(
-        c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"]
-            == "/run/netns"
-            && m["mountPropagation"] == "Bidirectional"),
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["mountPath"] == "/run/netns" && m["mountPropagation"] == "Bidirectional"),
         "{c}"
     );
     assert!(

@@ -191,7 +191,10 @@ pub fn router(state: ApiState) -> Router {
             &format!("{base}/virtualmachineinstances/{{name}}/{{sub}}"),
             get(streams::vmi_stream).put(power::vmi_power),
         )
-        .route(&format!("{base}/virtualmachineinstances/{{name}}/secrets/{{secret}}"), get(node_secrets::vmi_secret))
+        .route(
+            &format!("{base}/virtualmachineinstances/{{name}}/secrets/{{secret}}"),
+            get(node_secrets::vmi_secret),
+        )
         .route(
             &format!("{base}/virtualmachines/{{name}}/{{op}}"),
             put(power::vm_power),
