@@ -174,7 +174,9 @@ pub fn passt_args(names: &Names, ports: &[GuestPort]) -> Vec<String> {
 }
 
 /// The node's nftables table: VMI namespaces reach neither the node nor one
-/// another; everything else they send is forwarded with masquerade.
+/// another; everything else they send is forwarded with masquerade. Guests
+/// of the bridge binding (libvirt's network `default`, on `virbr*`) reach
+/// only its DHCP and DNS server on the node.
 pub fn ruleset() -> String {
     let i = HOST_IF_PREFIX;
     format!(
@@ -185,6 +187,10 @@ pub fn ruleset() -> String {
          \t\ttype filter hook input priority filter - 10; policy accept;\n\
          \t\tiifname \"{i}*\" ct state established,related accept\n\
          \t\tiifname \"{i}*\" counter drop\n\
+         \t\tiifname \"virbr*\" ct state established,related accept\n\
+         \t\tiifname \"virbr*\" udp dport {{ 53, 67 }} accept\n\
+         \t\tiifname \"virbr*\" tcp dport 53 accept\n\
+         \t\tiifname \"virbr*\" counter drop\n\
          \t}}\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter - 10; policy accept;\n\
@@ -682,12 +688,44 @@ mod tests {
         assert!(none.contains("--tcp-ports none --udp-ports none"));
     }
 
+    /// nftables itself accepts the ruleset (check mode: nothing changes).
+    #[test]
+    fn nft_accepts_the_ruleset() {
+        let Ok(out) = Command::new("nft").arg("--version").output() else {
+            eprintln!("nft is not installed; skipped (make test installs it)");
+            return;
+        };
+        assert!(out.status.success());
+        let dir = std::env::temp_dir().join(format!("ironvirt-nft-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rules.nft");
+        std::fs::write(&file, ruleset()).unwrap();
+        let check = Command::new("nft")
+            .arg("-c")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        if String::from_utf8_lossy(&check.stderr).contains("Operation not permitted") {
+            eprintln!("not root; skipped");
+            return;
+        }
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+
     #[test]
     fn the_ruleset_drops_input_and_cross_vmi_traffic() {
         let r = ruleset();
         assert!(r.contains("iifname \"ivh-*\" counter drop"));
         assert!(r.contains("iifname \"ivh-*\" oifname \"ivh-*\" counter drop"));
         assert!(r.contains("masquerade"));
+        assert!(r.contains("iifname \"virbr*\" udp dport { 53, 67 } accept"));
+        assert!(r.contains("iifname \"virbr*\" counter drop"));
         // Replaces any earlier version of the table in one transaction.
         assert!(r.starts_with("table inet ironvirt {}\ndelete table inet ironvirt\n"));
     }
