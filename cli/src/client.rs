@@ -209,7 +209,7 @@ impl Ctx {
         }
     }
 
-    /// Opens `path` as a websocket with subprotocol plain.kubevirt.io.
+    /// Opens `path` as a websocket with KubeVirt's subprotocol (`wire::STREAM_SUBPROTOCOL`).
     pub async fn open_ws(&self, path: &str) -> Result<Ws, WsError> {
         let key = generate_key();
         let req = Request::get(path)
