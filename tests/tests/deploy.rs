@@ -162,6 +162,8 @@ async fn the_base_matches_what_the_components_expect() {
         "APIService",
         "ValidatingWebhookConfiguration",
         "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
     for o in &objects {
         if !cluster_scoped.contains(&kind(o)) {
@@ -341,6 +343,62 @@ async fn the_base_matches_what_the_components_expect() {
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
     assert!(paths.contains(&"/run/libvirt") && paths.contains(&"/var/lib/ironvirt"));
+
+    // One identity per node: the handler reads no Secret (it asks
+    // ironvirt-api, which reads them for it), writes only its own Lease (the
+    // policy), and is not privileged for the webhooks.
+    let rules = |role: &Value| -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for r in role["rules"].as_array().into_iter().flatten() {
+            for res in r["resources"].as_array().into_iter().flatten() {
+                for verb in r["verbs"].as_array().into_iter().flatten() {
+                    out.push((
+                        res.as_str().unwrap_or_default().to_owned(),
+                        verb.as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+        out
+    };
+    let handler_rules = rules(find(&objects, "ClusterRole", "ironvirt-handler"));
+    assert!(
+        !handler_rules.iter().any(|(r, _)| r == "secrets"),
+        "{handler_rules:?}"
+    );
+    assert!(handler_rules.contains(&("virtualmachineinstances/secrets".into(), "get".into())));
+    let lease_rules = rules(find(&objects, "Role", "ironvirt-handler"));
+    assert!(
+        !lease_rules.iter().any(|(_, v)| v == "delete"),
+        "{lease_rules:?}"
+    );
+    assert!(
+        rules(find(&objects, "ClusterRole", "ironvirt-api"))
+            .contains(&("secrets".into(), "get".into()))
+    );
+    let policy = find(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "ironvirt-handler-own-lease",
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let binding = find(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "ironvirt-handler-own-lease",
+    );
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    let api_args = find(&objects, "Deployment", "ironvirt-api")["spec"]["template"]["spec"]
+        ["containers"][0]["args"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let privileged = api_args
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--privileged-users="))
+        .expect("ironvirt-api names its privileged users");
+    assert!(!privileged.contains("ironvirt-handler"), "{privileged}");
 
     // ServiceAccounts are the ones ironvirt-api's webhook trusts by default
     // (--privileged-users), and the API's delegated-auth bindings are there.
