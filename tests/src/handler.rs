@@ -1,6 +1,12 @@
 //! Running `ironvirt-handler` for a test as one node of the test bed, and a
 //! client for its stream endpoint that presents ironvirt-api's certificate,
 //! as the subresource API server will.
+//!
+//! Every handler runs with its node's own identity
+//! ([`ironvirt_testbed::handlers`]): a serving certificate naming only
+//! `<node>.ironvirt-handler`, and a kube-apiserver user
+//! `system:ironvirt-handler:<node>` with deploy/'s handler RBAC (no Secret
+//! read) and lease policy.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use ironvirt_crds::wire::handler_lease_name;
+use ironvirt_crds::wire::{handler_lease_name, handler_server_name};
 use ironvirt_testbed::TestBed;
-use ironvirt_testbed::pki::{HANDLER_SERVER_NAME, names};
+use ironvirt_testbed::handlers::HandlerIdentity;
+use ironvirt_testbed::pki::names;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -39,8 +46,35 @@ pub struct Handler {
     pub port: u16,
     /// Port of /healthz and /metrics.
     pub health_port: u16,
-    kubeconfig: PathBuf,
+    /// Its own serving certificate and kube-apiserver identity.
+    pub identity: HandlerIdentity,
     pki: PathBuf,
+}
+
+/// Grants the handlers' group deploy/'s handler RBAC and lease policy, once
+/// per test process (on a thread of its own: a kube client lives on the
+/// runtime that made it, and `Handler::start` is called from async tests).
+fn install_access_once(kubeconfig: &std::path::Path) {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let kubeconfig = kubeconfig.to_owned();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let admin = ironvirt_testbed::controlplane::client_from_kubeconfig(&kubeconfig)
+                    .await
+                    .expect("admin client");
+                ironvirt_testbed::handlers::install_access(&admin)
+                    .await
+                    .expect("install the handlers' RBAC and lease policy");
+            });
+        })
+        .join()
+        .expect("installing the handlers' access");
+    });
 }
 
 fn free_port() -> u16 {
@@ -89,6 +123,9 @@ impl Handler {
         extra: &[&str],
     ) -> Handler {
         let info = bed.info();
+        install_access_once(&info.kubeconfig);
+        let identity = ironvirt_testbed::handlers::ensure_identity(bed.layout(), info, node)
+            .expect("the handler's identity");
         Handler {
             child: None,
             profile: profile.to_owned(),
@@ -101,7 +138,7 @@ impl Handler {
             log: info.logs_dir.join(format!("handler-{node}.log")),
             port: free_port(),
             health_port: free_port(),
-            kubeconfig: info.kubeconfig.clone(),
+            identity,
             pki: info.pki_dir.clone(),
         }
     }
@@ -120,9 +157,9 @@ impl Handler {
             .append(true)
             .open(&self.log)
             .expect("handler log");
-        let pki = |n: &str, ext: &str| self.pki.join(format!("{n}.{ext}"));
+        let id = &self.identity;
         let child = Command::new(bin)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &id.kubeconfig)
             .env("RUST_LOG", "info,ironvirt_handler=debug,kube_runtime=warn")
             .args(["--node-name", &self.node])
             .args(["--libvirt-uri", &self.uri])
@@ -133,11 +170,11 @@ impl Handler {
             .args(["--node-labels", &format!("{TEST_NODE_LABEL}={}", self.ns)])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--tls-cert")
-            .arg(pki(names::HANDLER_SERVING, "crt"))
+            .arg(&id.tls_cert)
             .arg("--tls-key")
-            .arg(pki(names::HANDLER_SERVING, "key"))
+            .arg(&id.tls_key)
             .arg("--client-ca")
-            .arg(pki(names::IRONVIRT_CA, "crt"))
+            .arg(&id.client_ca)
             .args(["--health-addr", &format!("127.0.0.1:{}", self.health_port)])
             .args(if self.extra.iter().any(|a| a == "--resync-seconds") {
                 &["--renew-seconds", "2"][..]
@@ -223,7 +260,7 @@ impl Handler {
 
     /// A client for this handler's stream endpoint.
     pub fn streams(&self) -> StreamClient {
-        StreamClient::new(&self.pki, self.port, names::HANDLER_CLIENT)
+        StreamClient::new(&self.pki, self.port, names::HANDLER_CLIENT, &self.node)
     }
 }
 
@@ -254,12 +291,14 @@ pub async fn wait_serving(h: &Handler, timeout: Duration) {
 pub struct StreamClient {
     port: u16,
     tls: Arc<rustls::ClientConfig>,
+    /// The TLS name verified: the node's handler name.
+    server_name: String,
 }
 
 impl StreamClient {
-    /// Trusts the ironvirt CA and presents the client certificate `cert_name`
-    /// from the test bed's PKI.
-    pub fn new(pki: &std::path::Path, port: u16, cert_name: &str) -> StreamClient {
+    /// Trusts the ironvirt CA, presents the client certificate `cert_name`
+    /// from the test bed's PKI, and verifies the handler of `node`.
+    pub fn new(pki: &std::path::Path, port: u16, cert_name: &str, node: &str) -> StreamClient {
         let read = |n: &str| std::fs::read(pki.join(n)).expect("pki file");
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut read(&format!("{}.crt", names::IRONVIRT_CA)).as_slice())
@@ -282,6 +321,7 @@ impl StreamClient {
         StreamClient {
             port,
             tls: Arc::new(tls),
+            server_name: handler_server_name(node),
         }
     }
 
@@ -289,7 +329,7 @@ impl StreamClient {
         &self,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let name = rustls::pki_types::ServerName::try_from(HANDLER_SERVER_NAME)
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
             .map_err(std::io::Error::other)?;
         tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
@@ -300,7 +340,8 @@ impl StreamClient {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = self.connect().await?;
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {HANDLER_SERVER_NAME}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.server_name
         );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
@@ -328,7 +369,7 @@ impl StreamClient {
     /// Opens a websocket on `path` (console or vnc).
     pub async fn websocket(&self, path: &str) -> Result<WsSession<TlsTcp>, String> {
         let tls = self.connect().await.map_err(|e| e.to_string())?;
-        let url = format!("wss://{HANDLER_SERVER_NAME}{path}");
+        let url = format!("wss://{}{path}", self.server_name);
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
