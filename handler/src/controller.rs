@@ -96,16 +96,15 @@ async fn reconcile_inner(
                 .libvirt
                 .call(move |c| libvirt::with_domain(c, &d, libvirt::live_xml))
                 .await?;
-            let facts = domxml::parse_live(&xml);
+            let mut macs = domxml::parse_live(&xml).macs;
+            for (alias, mac) in domxml::spec_macs(vmi) {
+                if !macs.iter().any(|(a, _)| *a == alias) {
+                    macs.push((alias, mac));
+                }
+            }
             let address = ctx.guestnet.address(&uid).await;
-            let desired = model::running_status(
-                vmi,
-                &ctx.node,
-                &observed,
-                &facts.macs,
-                address,
-                Timestamp::now(),
-            );
+            let desired =
+                model::running_status(vmi, &ctx.node, &observed, &macs, address, Timestamp::now());
             let was_running = vmi.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running);
             write_status(&api, vmi, &desired).await?;
             if !was_running {

@@ -148,6 +148,22 @@ pub struct DomainInputs {
     pub nvram: PathBuf,
 }
 
+/// The MAC of each interface the domain of `vmi` has, by its alias
+/// (`ua-<interface name>`), as [`domain_xml`] gives them: from the spec, or
+/// derived from the uid. For drivers whose live XML does not show every NIC
+/// (libvirt's test driver keeps no `<qemu:commandline>`). Empty when the
+/// interfaces are invalid (the domain would not exist then).
+pub fn spec_macs(vmi: &VirtualMachineInstance) -> Vec<(String, String)> {
+    identity(vmi)
+        .and_then(|id| nics(vmi, &id))
+        .map(|nics| {
+            nics.into_iter()
+                .map(|n| (format!("ua-{}", n.name), n.mac))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether the VMI has a masquerade interface: one listed, or KubeVirt's
 /// default pod interface when it lists neither interfaces nor networks.
 pub fn wants_pod_network(vmi: &VirtualMachineInstance) -> bool {

@@ -423,6 +423,29 @@ fn the_masquerade_interface_goes_to_the_vmi_network() {
 }
 
 #[test]
+fn spec_macs_match_the_xml() {
+    let spec = format!(
+        "{MEM}    devices:\n      interfaces:\n        \
+         - {{name: default, masquerade: {{}}}}\n        \
+         - {{name: lan, bridge: {{}}, macAddress: \"02:00:00:00:00:07\"}}\n  \
+         networks: [{{name: default, pod: {{}}}}, {{name: lan, pod: {{}}}}]\n"
+    );
+    let v = vmi(&spec);
+    let xml = domain_xml(&v, &host(), &inputs(&[])).unwrap();
+    let mut live = parse_live(&xml).macs;
+    live.sort();
+    let mut spec_side = spec_macs(&v);
+    spec_side.sort();
+    assert_eq!(live, spec_side);
+    assert_eq!(spec_side.len(), 2);
+    // KubeVirt's default pod interface when none is listed.
+    assert_eq!(
+        spec_macs(&vmi(MEM)),
+        [("ua-default".to_owned(), derived_mac(UID, "default"))]
+    );
+}
+
+#[test]
 fn one_masquerade_interface_per_vmi() {
     let spec = format!(
         "{MEM}    devices:\n      interfaces:\n        \
