@@ -101,31 +101,9 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// An absolute directory without `.` or `..` components.
-fn host_disk_root(s: &str) -> Result<PathBuf, String> {
-    let p = PathBuf::from(s);
-    let plain = p.components().all(|c| {
-        matches!(
-            c,
-            std::path::Component::RootDir | std::path::Component::Normal(_)
-        )
-    });
-    if p.is_absolute() && plain {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{s:?} is not an absolute directory without '.' or '..' components"
-        ))
-    }
-}
-
-/// A quantity of bytes such as 1Ti or 500Gi.
-fn byte_quantity(s: &str) -> Result<u64, String> {
-    let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.to_owned());
-    ironvirt_crds::quantity::parse_quantity(&q, false)
-        .and_then(|b| u64::try_from(b).ok())
-        .ok_or_else(|| format!("{s:?} is not a quantity of bytes such as 1Ti or 500Gi"))
-}
+use ironvirt_crds::validate::hostdisk::{
+    parse_byte_quantity as byte_quantity, parse_host_disk_root as host_disk_root,
+};
 
 #[derive(Debug, Subcommand)]
 enum Command {

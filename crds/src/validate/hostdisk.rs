@@ -525,7 +525,8 @@ fn kind_of(path: &str, at: &Path) -> Result<Option<Kind>, HostDiskError> {
     }
 }
 
-fn describe(t: &std::fs::FileType) -> &'static str {
+/// What a file type is, for messages ("a directory", "a FIFO", …).
+pub fn describe(t: &std::fs::FileType) -> &'static str {
     if t.is_dir() {
         "a directory"
     } else if t.is_char_device() {
@@ -543,6 +544,31 @@ fn describe(t: &std::fs::FileType) -> &'static str {
     } else {
         "not a regular file"
     }
+}
+
+/// The `--host-disk-root` flag of ironvirt-api and the handler: an absolute
+/// directory without `.` or `..` components.
+pub fn parse_host_disk_root(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    let plain = p
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if p.is_absolute() && plain {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute directory without '.' or '..' components"
+        ))
+    }
+}
+
+/// The capacity flags of ironvirt-api and the handler: a quantity of bytes
+/// such as 1Ti or 500Gi.
+pub fn parse_byte_quantity(s: &str) -> Result<u64, String> {
+    let q = k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.to_owned());
+    parse_quantity(&q, false)
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| format!("{s:?} is not a quantity of bytes such as 1Ti or 500Gi"))
 }
 
 #[cfg(test)]

@@ -262,30 +262,10 @@ pub(super) fn open_beneath(ns_dir: &Path, path: &Path) -> Result<fs::File, HostD
     if !meta.file_type().is_file() {
         return Err(HostDiskError::NotRegular {
             path: text,
-            kind: describe(&meta.file_type()),
+            kind: ironvirt_crds::validate::hostdisk::describe(&meta.file_type()),
         });
     }
     Ok(file)
-}
-
-/// What a file that is not a regular one is, for messages.
-fn describe(t: &fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
 }
 
 /// What is at an image path.
