@@ -46,11 +46,12 @@ struct Args {
     /// Namespace of the handlers' Leases.
     #[arg(long, default_value = ironvirt_crds::wire::HANDLER_LEASE_NAMESPACE)]
     lease_namespace: String,
-    /// Users whose VMI spec changes the webhook admits (ironvirt's own service accounts).
+    /// Users whose VMI spec changes the webhook admits (ironvirt's operator and
+    /// ironvirt-api; not the handlers, which write only status and finalizers).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-handler,system:serviceaccount:ironvirt-system:ironvirt-api"
+        default_value = "system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-api"
     )]
     privileged_users: Vec<String>,
     /// Plain-HTTP address of /metrics and /healthz.
