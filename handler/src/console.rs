@@ -69,7 +69,18 @@ pub struct ConsoleHub {
     input: mpsc::Sender<Vec<u8>>,
     writer: watch::Sender<u64>,
     closed: watch::Sender<bool>,
+    /// A handle on the stream, to abort it from outside the reader.
+    stream: Mutex<Option<Stream>>,
+    /// True once the reader has let go of the stream and its connection.
+    released: watch::Sender<bool>,
 }
+
+/// How long the reader waits after the console's end before it closes the
+/// stream's connection. libvirt 9.0 deadlocks when a client connection with
+/// an open console stream closes while the domain's character devices are
+/// being freed (QEMU exiting): the wait lets libvirt finish stopping the
+/// domain first. [`Consoles::close`] avoids the race before a destroy.
+const RELEASE_AFTER_END: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a client gets when it attaches.
 pub struct Attachment {
@@ -100,6 +111,7 @@ impl ConsoleHub {
         let (input, input_rx) = mpsc::channel(INPUT_CHUNKS);
         let (writer, _) = watch::channel(0);
         let (closed, _) = watch::channel(false);
+        let (released, _) = watch::channel(false);
         let hub = Arc::new(ConsoleHub {
             domain: domain.to_owned(),
             ring: Mutex::new(Ring::new(RING_BYTES)),
@@ -107,15 +119,24 @@ impl ConsoleHub {
             input,
             writer,
             closed,
+            stream: Mutex::new(Some(stream.clone())),
+            released,
         });
         let reader_hub = Arc::clone(&hub);
         let reader = stream.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("console-r-{domain}"))
             .spawn(move || {
-                reader_hub.read_loop(&reader);
+                let aborted = reader_hub.read_loop(&reader);
+                if !aborted {
+                    std::thread::sleep(RELEASE_AFTER_END);
+                }
                 drop_quietly(reader);
+                if let Some(s) = reader_hub.take_stream() {
+                    drop_quietly(s);
+                }
                 close_quietly(conn);
+                reader_hub.released.send_replace(true);
             });
         if let Err(e) = spawned {
             return Err(LibvirtError::Call(format!(
@@ -151,7 +172,9 @@ impl ConsoleHub {
         Ok(stream)
     }
 
-    fn read_loop(&self, stream: &Stream) {
+    /// Reads until the console ends; true when it ended because
+    /// [`ConsoleHub::abort`] took the stream away.
+    fn read_loop(&self, stream: &Stream) -> bool {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             match stream.recv(&mut buf) {
@@ -175,6 +198,30 @@ impl ConsoleHub {
             }
         }
         self.closed.send_replace(true);
+        self.stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    fn take_stream(&self) -> Option<Stream> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Aborts the console stream and waits (up to `timeout`) until the reader
+    /// has closed it and its connection. Blocking.
+    fn abort(&self, timeout: std::time::Duration) {
+        if let Some(s) = self.take_stream() {
+            // abort consumes the stream (and frees it: contain a panicking free).
+            let aborted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.abort()));
+            if let Ok(Err(e)) = aborted {
+                tracing::debug!(domain = %self.domain, error = %e, "aborting the console stream");
+            }
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while !*self.released.borrow() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Whether the console has ended (the domain stopped).
@@ -307,6 +354,21 @@ impl Consoles {
     pub fn forget(&self, domain: &str) {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         hubs.remove(domain);
+    }
+
+    /// Closes the console of a domain about to be destroyed, and waits until
+    /// its stream and connection are closed, so that libvirt does not free
+    /// the domain's character devices while the stream closes (a libvirt
+    /// 9.0 deadlock). Blocking.
+    pub fn close(&self, domain: &str) {
+        let hub = self
+            .hubs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain);
+        if let Some(hub) = hub {
+            hub.abort(std::time::Duration::from_secs(5));
+        }
     }
 
     /// How many hubs are open.

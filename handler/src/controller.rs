@@ -83,7 +83,7 @@ async fn reconcile_inner(
             uid: stale_uid,
         } => {
             tracing::info!(domain = %stale, stale.uid = %stale_uid, "removing the domain of an older VMI of the same name");
-            ctx.consoles.forget(&stale);
+            close_console(ctx, &stale).await;
             ctx.libvirt
                 .call(move |c| libvirt::destroy_and_undefine(c, &stale))
                 .await?;
@@ -151,6 +151,7 @@ async fn reconcile_inner(
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         Step::Destroy => {
+            close_console(ctx, &dname).await;
             let d = dname.clone();
             ctx.libvirt
                 .call(move |c| libvirt::with_domain(c, &d, |dom| dom.destroy()))
@@ -348,7 +349,7 @@ async fn finalize(
     uid: &str,
     domain: Option<&libvirt::DomainInfo>,
 ) -> Result<Action, Error> {
-    ctx.consoles.forget(dname);
+    close_console(ctx, dname).await;
     if domain.is_some_and(|d| d.owner.uid == uid) {
         let d = dname.to_owned();
         ctx.libvirt
@@ -360,6 +361,16 @@ async fn finalize(
     remove_finalizer(api, vmi).await?;
     ctx.mark_sent(uid, false);
     Ok(Action::await_change())
+}
+
+/// Closes the console of a domain before it is destroyed (see
+/// [`crate::console::Consoles::close`]).
+async fn close_console(ctx: &Context, domain: &str) {
+    let consoles = Arc::clone(&ctx.consoles);
+    let d = domain.to_owned();
+    if let Err(e) = tokio::task::spawn_blocking(move || consoles.close(&d)).await {
+        tracing::warn!(domain, error = %e, "closing the console panicked");
+    }
 }
 
 /// Removes what the node holds for VMI `uid` besides its domain: its network
@@ -521,7 +532,7 @@ async fn sweep_once(ctx: &Context, store: &Store<VirtualMachineInstance>) -> Res
             continue;
         }
         tracing::info!(domain = %d.name, vmi.uid = %d.owner.uid, "removing a domain whose VMI is gone");
-        ctx.consoles.forget(&d.name);
+        close_console(ctx, &d.name).await;
         let name = d.name.clone();
         ctx.libvirt
             .call(move |c| libvirt::destroy_and_undefine(c, &name))
