@@ -672,3 +672,33 @@ pub fn domain_active(uri: &str, name: &str) -> Option<bool> {
     let d = conn.lookup_domain_by_name(name).ok()?;
     d.is_active().ok()
 }
+
+/// Connects to `addr`, says hello, and reads until `needle` arrives (a guest's
+/// `nc -l` keeps the connection open after it wrote), for at most `timeout`.
+/// The client speaks first: Debian 12's passt opens the connection to the
+/// guest only when the first bytes come from the client.
+pub async fn read_until(
+    addr: (std::net::Ipv4Addr, u16),
+    needle: &str,
+    timeout: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"hello\n").await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut chunk = [0u8; 512];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).contains(needle) {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.contains(needle).then_some(text)
+}

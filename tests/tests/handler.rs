@@ -661,7 +661,7 @@ async fn masquerade_ports_answer_at_the_vmi_address_on_the_node() {
         con.send(b"\nudhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1; (while true; do echo pong-from-guest | nc -l -p 8080; done) & echo listening-$((1+2))\n").await?;
         con.expect("listening-3", Duration::from_secs(60)).await?;
         let got = eventually(Duration::from_secs(60), "an answer through the forwarded port", || async {
-            read_until((address, 8080), "pong-from-guest", Duration::from_secs(3)).await
+            ironvirt_tests::handler::read_until((address, 8080), "pong-from-guest", Duration::from_secs(3)).await
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -951,34 +951,4 @@ async fn client_vmi_uid(client: &kube::Client, ns: &str, name: &str) -> String {
         .ok()
         .and_then(|v| v.uid())
         .unwrap_or_default()
-}
-
-/// Connects to `addr`, says hello, and reads until `needle` arrives (the
-/// guest's `nc -l` keeps the connection open after it wrote), for at most
-/// `timeout`. The client speaks first: Debian 12's passt opens the
-/// connection to the guest only when the first bytes come from the client.
-async fn read_until(
-    addr: (std::net::Ipv4Addr, u16),
-    needle: &str,
-    timeout: Duration,
-) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"hello\n").await.ok()?;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(timeout, async {
-        let mut chunk = [0u8; 512];
-        while let Ok(n) = s.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if String::from_utf8_lossy(&buf).contains(needle) {
-                break;
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    text.contains(needle).then_some(text)
 }

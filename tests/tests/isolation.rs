@@ -230,7 +230,7 @@ async fn a_guest_reaches_nothing_of_the_node_or_of_other_tenants() {
 
         // The victim's declared port answers from the node, at its address.
         let answer = eventually(Duration::from_secs(60), "the victim's port from the node", || async {
-            read_until((victim_ip, 8080), "victim-secret", Duration::from_secs(3)).await
+            ironvirt_tests::handler::read_until((victim_ip, 8080), "victim-secret", Duration::from_secs(3)).await
         })
         .await
         .map_err(|e| format!("{e}; the victim's console: {}", vcon.transcript()))?;
@@ -350,34 +350,4 @@ async fn a_guest_reaches_nothing_of_the_node_or_of_other_tenants() {
         Ok::<(), String>(())
     })
     .await;
-}
-
-/// Connects to `addr`, says hello, and reads until `needle` arrives (the
-/// guest's `nc -l` keeps the connection open after it wrote), for at most
-/// `timeout`. The client speaks first: Debian 12's passt opens the
-/// connection to the guest only when the first bytes come from the client.
-async fn read_until(
-    addr: (std::net::Ipv4Addr, u16),
-    needle: &str,
-    timeout: Duration,
-) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"hello\n").await.ok()?;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(timeout, async {
-        let mut chunk = [0u8; 512];
-        while let Ok(n) = s.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if String::from_utf8_lossy(&buf).contains(needle) {
-                break;
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    text.contains(needle).then_some(text)
 }
