@@ -26,7 +26,9 @@ if [[ $which == all || $which == handler ]]; then
   IRONVIRT_STATE="$state" "$REPO/target/debug/handler-bench"
 fi
 if [[ $which == all || $which == api ]]; then
-  API_BIN="$REPO/target/release/ironvirt-api" start_api "$state" >/dev/null \
+  # 50 consoles of one user: over the default per-user cap (16) on purpose,
+  # to measure ironvirt-api's memory per session.
+  API_BIN="$REPO/target/release/ironvirt-api" API_ARGS="--max-streams-per-user 64" start_api "$state" >/dev/null \
     || die "ironvirt-api did not start (log: $state/logs/ironvirt-api.log)."
   IRONVIRT_STATE="$state" "$REPO/target/debug/api-bench"
 fi

@@ -169,12 +169,14 @@ install_crds() {
 start_api() {
   local state="$1" pki="$1/pki" port mport
   # API_BIN: another build of ironvirt-api (the benchmarks use the release one).
+  # API_ARGS: more flags for it (space-separated).
   # Every component of the test bed, ironvirt-api included, acts as user
   # "admin" (the bed's kubeconfig): it is privileged like the components'
   # ServiceAccounts in deploy/, so that stop with a grace period may change a
   # VMI's terminationGracePeriodSeconds.
   local api_bin="${API_BIN:-$REPO/target/debug/ironvirt-api}"
-  local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig")
+  local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$state/kubeconfig") extra=()
+  read -ra extra <<<"${API_ARGS:-}"
   port="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
   mport="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
   echo "$mport" >"$state/ironvirt-api.metrics-port"
@@ -184,7 +186,7 @@ start_api() {
     --privileged-users "admin,system:serviceaccount:ironvirt-system:ironvirt-operator,system:serviceaccount:ironvirt-system:ironvirt-api" \
     --tls-cert "$pki/ironvirt-api.crt" --tls-key "$pki/ironvirt-api.key" \
     --handler-ca "$pki/ironvirt-ca.crt" --handler-client-cert "$pki/ironvirt-api-client.crt" \
-    --handler-client-key "$pki/ironvirt-api-client.key" >/dev/null || return 1
+    --handler-client-key "$pki/ironvirt-api-client.key" "${extra[@]}" >/dev/null || return 1
   "${kubectl[@]}" apply -f "$REPO/deploy/rbac/kubevirt-user-roles.yaml" >/dev/null || return 1
   "${kubectl[@]}" apply -f - >/dev/null <<YAML || return 1
 apiVersion: v1

@@ -52,6 +52,8 @@ pub struct Config {
     /// The range of the VMIs' network namespaces ([`crate::guestnet`]).
     pub guest_network_range: crate::guestnet::Range,
     pub guest_network_dir: PathBuf,
+    /// Where the serial consoles' sockets live ([`crate::console`]).
+    pub console_dir: PathBuf,
     pub passt: PathBuf,
     /// Start passt in the node's namespaces ([`crate::guestnet::Host::passt_on_host`]).
     pub passt_on_host: bool,
@@ -109,7 +111,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tracing::warn!(error = %e, "host capacity unknown; publishing 1 CPU and 1 GiB");
         (1, 1 << 30)
     });
-    let consoles = Arc::new(Consoles::new(&cfg.libvirt_uri, lv.capabilities()));
+    let consoles = Arc::new(Consoles::new(
+        &cfg.libvirt_uri,
+        lv.capabilities(),
+        cfg.console_dir.clone(),
+    ));
 
     // The stream server first: its address goes on the Lease.
     let tls = ironvirt_stream::tls::server_config(

@@ -8,10 +8,17 @@
 //! goes through a bounded queue to a writer thread. One client writes at a
 //! time; a new writer takes over from the previous one, as in KubeVirt.
 //!
-//! Each hub has a libvirt connection of its own: a blocking `virStreamRecv`
-//! occupies its connection, and other calls on it would wait behind it.
+//! QEMU serves the console on a UNIX socket ([`Consoles::socket_of`], in the
+//! domain XML), which the hub reads and writes directly: libvirtd is not on
+//! the data path. A domain whose serial port is a pty (made by an older
+//! handler) is read through libvirt's console API instead, on a libvirt
+//! connection of the hub's own: a blocking `virStreamRecv` occupies its
+//! connection, and other calls on it would wait behind it.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -19,6 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use virt::connect::Connect;
 use virt::stream::Stream;
 
+use crate::domxml;
 use crate::libvirt::{self, Capabilities, LibvirtError, map_err};
 
 /// Serial output kept for late clients.
@@ -69,8 +77,8 @@ pub struct ConsoleHub {
     input: mpsc::Sender<Vec<u8>>,
     writer: watch::Sender<u64>,
     closed: watch::Sender<bool>,
-    /// A handle on the stream, to abort it from outside the reader.
-    stream: Mutex<Option<Stream>>,
+    /// A handle on the console, to abort it from outside the reader.
+    stream: Mutex<Option<ConsoleIo>>,
     /// True once the reader has let go of the stream and its connection.
     released: watch::Sender<bool>,
 }
@@ -93,18 +101,53 @@ pub struct Attachment {
 }
 
 impl ConsoleHub {
-    /// Opens the console of `domain` on a new connection to `uri`, with reader
-    /// and writer threads. Blocking.
+    /// Opens the console of `domain`: its socket when the domain has one,
+    /// else libvirt's console stream on a new connection to `uri`; starts the
+    /// reader and writer threads. Blocking.
     pub fn open(uri: &str, domain: &str) -> Result<Arc<Self>, LibvirtError> {
         let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Unreachable {
             uri: uri.to_owned(),
             reason: e.message().to_owned(),
         })?;
+        let socket = match serial_socket(&conn, domain) {
+            Ok(s) => s,
+            Err(e) => {
+                close_quietly(conn);
+                return Err(e);
+            }
+        };
+        if let Some(path) = socket {
+            close_quietly(conn);
+            let io = UnixStream::connect(&path).map_err(|e| {
+                LibvirtError::Call(format!("{SOCKET_NOT_READY} {}: {e}", path.display()))
+            })?;
+            return Self::start(domain, ConsoleIo::Socket(io), None);
+        }
         let stream = match Self::attach(&conn, domain) {
             Ok(s) => s,
             Err(e) => {
                 close_quietly(conn);
                 return Err(e);
+            }
+        };
+        Self::start(domain, ConsoleIo::Libvirt(stream), Some(conn))
+    }
+
+    /// Starts the reader and writer threads on `io`; `conn` is the libvirt
+    /// connection behind it, closed when the reader is done.
+    fn start(
+        domain: &str,
+        io: ConsoleIo,
+        conn: Option<Connect>,
+    ) -> Result<Arc<Self>, LibvirtError> {
+        let (reader, writer_io) = match (io.try_clone(), io.try_clone()) {
+            (Ok(r), Ok(w)) => (r, w),
+            (Err(e), _) | (_, Err(e)) => {
+                io.release();
+                if let Some(c) = conn {
+                    close_quietly(c);
+                }
+                return Err(LibvirtError::Call(format!("cannot share the console: {e}")));
             }
         };
         let (output, _) = broadcast::channel(BROADCAST_CHUNKS);
@@ -119,23 +162,24 @@ impl ConsoleHub {
             input,
             writer,
             closed,
-            stream: Mutex::new(Some(stream.clone())),
+            stream: Mutex::new(Some(io)),
             released,
         });
         let reader_hub = Arc::clone(&hub);
-        let reader = stream.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("console-r-{domain}"))
             .spawn(move || {
                 let aborted = reader_hub.read_loop(&reader);
-                if !aborted {
+                if !aborted && reader.is_libvirt() {
                     std::thread::sleep(RELEASE_AFTER_END);
                 }
-                drop_quietly(reader);
+                reader.release();
                 if let Some(s) = reader_hub.take_stream() {
-                    drop_quietly(s);
+                    s.release();
                 }
-                close_quietly(conn);
+                if let Some(c) = conn {
+                    close_quietly(c);
+                }
                 reader_hub.released.send_replace(true);
             });
         if let Err(e) = spawned {
@@ -143,13 +187,12 @@ impl ConsoleHub {
                 "cannot start console reader: {e}"
             )));
         }
-        let writer_stream = stream;
         let name = domain.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("console-w-{domain}"))
             .spawn(move || {
-                write_loop(&name, &writer_stream, input_rx);
-                drop_quietly(writer_stream);
+                write_loop(&name, &writer_io, input_rx);
+                writer_io.release();
             });
         if let Err(e) = spawned {
             return Err(LibvirtError::Call(format!(
@@ -174,12 +217,11 @@ impl ConsoleHub {
 
     /// Reads until the console ends; true when it ended because
     /// [`ConsoleHub::abort`] took the stream away.
-    fn read_loop(&self, stream: &Stream) -> bool {
+    fn read_loop(&self, stream: &ConsoleIo) -> bool {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             match stream.recv(&mut buf) {
                 Ok(n) if n > 0 => {
-                    let n = usize::try_from(n).unwrap_or(0).min(buf.len());
                     let chunk = Bytes::copy_from_slice(&buf[..n]);
                     // Under the ring's lock, so an attaching client sees each
                     // byte exactly once: in its backlog or live.
@@ -204,7 +246,7 @@ impl ConsoleHub {
             .is_none()
     }
 
-    fn take_stream(&self) -> Option<Stream> {
+    fn take_stream(&self) -> Option<ConsoleIo> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -212,11 +254,7 @@ impl ConsoleHub {
     /// has closed it and its connection. Blocking.
     fn abort(&self, timeout: std::time::Duration) {
         if let Some(s) = self.take_stream() {
-            // abort consumes the stream (and frees it: contain a panicking free).
-            let aborted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.abort()));
-            if let Ok(Err(e)) = aborted {
-                tracing::debug!(domain = %self.domain, error = %e, "aborting the console stream");
-            }
+            s.abort(&self.domain);
         }
         let deadline = std::time::Instant::now() + timeout;
         while !*self.released.borrow() && std::time::Instant::now() < deadline {
@@ -265,13 +303,12 @@ impl ConsoleHub {
     }
 }
 
-fn write_loop(domain: &str, stream: &Stream, mut input: mpsc::Receiver<Vec<u8>>) {
+fn write_loop(domain: &str, stream: &ConsoleIo, mut input: mpsc::Receiver<Vec<u8>>) {
     while let Some(data) = input.blocking_recv() {
         let mut rest = data.as_slice();
         while !rest.is_empty() {
             match stream.send(rest) {
                 Ok(n) if n > 0 => {
-                    let n = usize::try_from(n).unwrap_or(rest.len()).min(rest.len());
                     rest = &rest[n..];
                 }
                 Ok(_) => return,
@@ -281,6 +318,107 @@ fn write_loop(domain: &str, stream: &Stream, mut input: mpsc::Receiver<Vec<u8>>)
                 }
             }
         }
+    }
+}
+
+/// Where a console's bytes go and come from.
+enum ConsoleIo {
+    /// QEMU's serial chardev socket.
+    Socket(UnixStream),
+    /// libvirt's console stream of a pty serial port.
+    Libvirt(Stream),
+}
+
+impl ConsoleIo {
+    fn try_clone(&self) -> Result<ConsoleIo, String> {
+        match self {
+            ConsoleIo::Socket(s) => s
+                .try_clone()
+                .map(ConsoleIo::Socket)
+                .map_err(|e| e.to_string()),
+            ConsoleIo::Libvirt(s) => Ok(ConsoleIo::Libvirt(s.clone())),
+        }
+    }
+
+    fn is_libvirt(&self) -> bool {
+        matches!(self, ConsoleIo::Libvirt(_))
+    }
+
+    /// Blocks until bytes arrive; 0 at the end.
+    fn recv(&self, buf: &mut [u8]) -> Result<usize, String> {
+        match self {
+            ConsoleIo::Socket(s) => loop {
+                match (&*s).read(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    r => return r.map_err(|e| e.to_string()),
+                }
+            },
+            ConsoleIo::Libvirt(s) => s
+                .recv(buf)
+                .map(|n| usize::try_from(n).unwrap_or(0).min(buf.len()))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Writes some of `data`; 0 when the console is gone.
+    fn send(&self, data: &[u8]) -> Result<usize, String> {
+        match self {
+            ConsoleIo::Socket(s) => loop {
+                match (&*s).write(data) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    r => return r.map_err(|e| e.to_string()),
+                }
+            },
+            ConsoleIo::Libvirt(s) => s
+                .send(data)
+                .map(|n| usize::try_from(n).unwrap_or(data.len()).min(data.len()))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Ends the console for the reader and writer threads.
+    fn abort(self, domain: &str) {
+        match self {
+            ConsoleIo::Socket(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            ConsoleIo::Libvirt(s) => {
+                // abort consumes the stream (and frees it: contain a panicking free).
+                let aborted =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.abort()));
+                if let Ok(Err(e)) = aborted {
+                    tracing::debug!(domain, error = %e, "aborting the console stream");
+                }
+            }
+        }
+    }
+
+    /// Lets go of this handle (closing the socket once every handle is gone).
+    fn release(self) {
+        match self {
+            ConsoleIo::Socket(s) => drop(s),
+            ConsoleIo::Libvirt(s) => drop_quietly(s),
+        }
+    }
+}
+
+/// The serial console socket in `domain`'s live XML, if its serial port is one.
+fn serial_socket(conn: &Connect, domain: &str) -> Result<Option<PathBuf>, LibvirtError> {
+    let dom = conn
+        .lookup_domain_by_name(domain)
+        .map_err(map_err(domain))?;
+    let xml = dom.xml_desc(0).map_err(map_err(domain));
+    drop_quietly(dom);
+    Ok(domxml::parse_live(&xml?).serial_socket)
+}
+
+/// The start of the error of a console socket that does not answer (yet).
+const SOCKET_NOT_READY: &str = "connecting to the serial console socket";
+
+fn remove_socket(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -297,6 +435,8 @@ fn close_quietly(conn: Connect) {
 pub struct Consoles {
     uri: String,
     capabilities: Capabilities,
+    /// Where QEMU serves the consoles' sockets, one per VMI.
+    dir: PathBuf,
     hubs: Mutex<HashMap<String, Arc<ConsoleHub>>>,
     /// Serialises opening: two openers of one console would each force the
     /// other's stream closed.
@@ -304,13 +444,47 @@ pub struct Consoles {
 }
 
 impl Consoles {
-    /// Consoles on `uri`, whose driver can do what `capabilities` says.
-    pub fn new(uri: &str, capabilities: Capabilities) -> Self {
+    /// Consoles on `uri`, whose driver can do what `capabilities` says, with
+    /// their sockets in `dir`.
+    pub fn new(uri: &str, capabilities: Capabilities, dir: PathBuf) -> Self {
         Consoles {
             uri: uri.to_owned(),
             capabilities,
+            dir,
             hubs: Mutex::default(),
             opening: Mutex::default(),
+        }
+    }
+
+    /// The socket the serial console of VMI `uid` is to be served on, for its
+    /// domain XML; None on a driver without consoles (the XML keeps a pty).
+    pub fn socket_of(&self, uid: &str) -> Option<PathBuf> {
+        self.capabilities
+            .consoles
+            .then(|| self.dir.join(format!("{uid}.sock")))
+    }
+
+    /// Makes the sockets' directory (only root may enter it: the socket is
+    /// the console, unauthenticated) and removes a stale socket of `uid`.
+    pub fn prepare_socket(&self, uid: &str) -> std::io::Result<Option<PathBuf>> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let Some(path) = self.socket_of(uid) else {
+            return Ok(None);
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        remove_socket(&path)?;
+        Ok(Some(path))
+    }
+
+    /// Removes the console socket of VMI `uid` (idempotent).
+    pub fn remove_socket(&self, uid: &str) -> std::io::Result<()> {
+        match self.socket_of(uid) {
+            Some(path) => remove_socket(&path),
+            None => Ok(()),
         }
     }
 
@@ -321,7 +495,8 @@ impl Consoles {
     }
 
     /// The hub of `domain`, opening it if none is live. Blocking. A domain
-    /// that is still starting has no pty yet: that is retried for a few seconds.
+    /// that is still starting has no pty or socket yet: that is retried for a
+    /// few seconds.
     pub fn ensure(&self, domain: &str) -> Result<Arc<ConsoleHub>, LibvirtError> {
         let _opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = self.get(domain) {
@@ -337,7 +512,8 @@ impl Consoles {
             match ConsoleHub::open(&self.uri, domain) {
                 Ok(h) => break h,
                 Err(LibvirtError::Call(m))
-                    if m.contains("not yet assigned") && std::time::Instant::now() < deadline =>
+                    if (m.contains("not yet assigned") || m.contains(SOCKET_NOT_READY))
+                        && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }

@@ -202,12 +202,24 @@ async fn create(
     } else {
         None
     };
-    let xml =
-        match create_plan::domain_xml(vmi, &ctx.host, &ctx.node, plan.nvram, resolved, pod_network)
-        {
-            Ok(x) => x,
-            Err(refusal) => return fail_start(vmi, ctx, api, refusal).await,
-        };
+    let uid = vmi.uid().unwrap_or_default();
+    let consoles = Arc::clone(&ctx.consoles);
+    let console_socket = tokio::task::spawn_blocking(move || consoles.prepare_socket(&uid))
+        .await
+        .map_err(|e| Error::Internal(format!("preparing the console socket panicked: {e}")))?
+        .map_err(|e| Error::Internal(format!("preparing the console socket: {e}")))?;
+    let xml = match create_plan::domain_xml(
+        vmi,
+        &ctx.host,
+        &ctx.node,
+        plan.nvram,
+        resolved,
+        pod_network,
+        console_socket,
+    ) {
+        Ok(x) => x,
+        Err(refusal) => return fail_start(vmi, ctx, api, refusal).await,
+    };
     let started = ctx
         .libvirt
         .call(move |c| {
@@ -374,9 +386,12 @@ async fn close_console(ctx: &Context, domain: &str) {
 }
 
 /// Removes what the node holds for VMI `uid` besides its domain: its network
-/// namespace and its files. Idempotent.
+/// namespace, its console socket and its files. Idempotent.
 async fn cleanup_files(ctx: &Context, uid: &str) -> Result<(), Error> {
     ctx.guestnet.detach(uid).await?;
+    ctx.consoles
+        .remove_socket(uid)
+        .map_err(|e| Error::Internal(format!("removing the console socket: {e}")))?;
     let dir = volumes::vmi_dir(&ctx.state_dir, uid);
     tokio::task::spawn_blocking(move || volumes::cleanup(&dir))
         .await

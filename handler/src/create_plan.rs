@@ -220,8 +220,9 @@ pub fn forwards_note(
     Some(format!("on node {node}: {}", list.join(", ")))
 }
 
-/// The domain XML of `vmi` on this node, from the made volumes and the
-/// VMI's network (the passt socket of its masquerade interface).
+/// The domain XML of `vmi` on this node, from the made volumes, the VMI's
+/// network (the passt socket of its masquerade interface) and its serial
+/// console's socket.
 pub fn domain_xml(
     vmi: &VirtualMachineInstance,
     host: &HostEnv,
@@ -229,12 +230,14 @@ pub fn domain_xml(
     nvram: PathBuf,
     volumes: BTreeMap<String, ResolvedVolume>,
     pod_network: Option<PathBuf>,
+    console_socket: Option<PathBuf>,
 ) -> Result<String, Refusal> {
     let inputs = DomainInputs {
         node: node.to_owned(),
         volumes,
         pod_network,
         nvram,
+        console_socket,
     };
     domxml::domain_xml(vmi, host, &inputs).map_err(|e| {
         let reason = match e {

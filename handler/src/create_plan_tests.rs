@@ -389,8 +389,15 @@ fn the_domain_xml_uses_the_made_files_and_the_vmi_network() {
         p.nvram,
         BTreeMap::new(),
         Some(socket),
+        Some(PathBuf::from("/run/ironvirt/console/u1.sock")),
     )
     .unwrap();
+    assert!(
+        xml.contains(
+            "<serial type='unix'>\n      <source mode='bind' path='/run/ironvirt/console/u1.sock'/>"
+        ),
+        "{xml}"
+    );
     assert!(
         xml.contains("stream,id=ua-default,server=off,addr.type=unix,addr.path=/run/ironvirt/net/u1/passt.sock"),
         "{xml}"
@@ -398,7 +405,7 @@ fn the_domain_xml_uses_the_made_files_and_the_vmi_network() {
     assert!(!xml.contains("hostfwd"), "{xml}");
     assert!(xml.contains("node='node-a'"), "{xml}");
     // Without a guest network, a masquerade interface cannot be connected.
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None).unwrap_err();
+    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None, None).unwrap_err();
     assert_eq!(refused.reason, Reason::Unsupported);
 }
 
@@ -408,7 +415,7 @@ fn xml_problems_refuse_with_their_reason() {
     let v = vmi(
         "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      disks: [{name: root, disk: {bus: virtio}}]\n",
     );
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None).unwrap_err();
+    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None, None).unwrap_err();
     assert_eq!(refused.reason, Reason::InvalidSpec);
     assert!(
         refused.message.starts_with("spec.domain.devices.disks"),
@@ -417,7 +424,7 @@ fn xml_problems_refuse_with_their_reason() {
     );
     // host-passthrough without KVM: unsupported.
     let v = vmi("  domain:\n    memory: {guest: 64Mi}\n    cpu: {model: host-passthrough}\n");
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None).unwrap_err();
+    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None, None).unwrap_err();
     assert_eq!(refused.reason, Reason::Unsupported);
     // The resolved volumes reach the XML.
     let v = vmi(
@@ -438,6 +445,7 @@ fn xml_problems_refuse_with_their_reason() {
         dir(),
         volumes,
         Some(dir().join("passt.sock")),
+        None,
     )
     .unwrap();
     assert!(xml.contains("/images/root.qcow2"), "{xml}");

@@ -79,6 +79,10 @@ struct Args {
     /// Where the VMIs' passt sockets live (a directory only root can write).
     #[arg(long, default_value = "/run/ironvirt/net")]
     guest_network_dir: PathBuf,
+    /// Where QEMU serves the VMIs' serial consoles, a UNIX socket each that
+    /// the handler reads (a directory only root can write).
+    #[arg(long, default_value = "/run/ironvirt/console")]
+    console_dir: PathBuf,
     /// The passt binary that connects a guest NIC to its VMI's namespace.
     #[arg(long, default_value = "passt")]
     passt: PathBuf,
@@ -145,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         guest_network_range: ironvirt_handler::guestnet::Range::parse(&args.guest_network_range)
             .context("--guest-network-range")?,
         guest_network_dir: args.guest_network_dir,
+        console_dir: args.console_dir,
         passt: args.passt,
         passt_on_host: args.passt_on_host,
         volume_policy: VolumePolicy {

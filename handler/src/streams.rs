@@ -23,7 +23,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use ironvirt_stream::ws::{self, bounded, send};
 
@@ -200,7 +201,8 @@ async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool
         tokio::select! {
             out = att.output.recv() => match out {
                 Ok(chunk) => {
-                    if !send(&mut ws, Message::Binary(chunk)).await {
+                    let frame = coalesce(chunk, &mut att.output);
+                    if !send(&mut ws, Message::Binary(frame)).await {
                         break;
                     }
                 }
@@ -250,6 +252,35 @@ async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool
             }
         }
     }
+}
+
+/// The most output bytes sent in one websocket frame.
+const FRAME_BYTES: usize = 16 * 1024;
+
+/// `first` and the output chunks already waiting behind it, up to
+/// [`FRAME_BYTES`], as one frame: the serial port delivers a few bytes per
+/// read, and a frame per read would cost each hop to the user a message.
+fn coalesce(first: Bytes, output: &mut broadcast::Receiver<Bytes>) -> Bytes {
+    if first.len() >= FRAME_BYTES {
+        return first;
+    }
+    let mut frame: Option<Vec<u8>> = None;
+    while frame.as_ref().map_or(first.len(), Vec::len) < FRAME_BYTES {
+        match output.try_recv() {
+            Ok(more) => frame
+                .get_or_insert_with(|| first.to_vec())
+                .extend_from_slice(&more),
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::debug!(
+                    skipped = n,
+                    "console client fell behind; output dropped for it"
+                );
+            }
+            // Nothing more yet, or the end: the loop's next recv sees it.
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    frame.map_or(first, Bytes::from)
 }
 
 #[derive(Debug, Default, Deserialize)]

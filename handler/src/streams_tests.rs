@@ -25,7 +25,11 @@ const NS: &str = "ns";
 fn app(vmis: &[VirtualMachineInstance]) -> Router {
     let (events, _) = mpsc::channel(16);
     let libvirt = Libvirt::new("test:///default", events);
-    let consoles = Arc::new(Consoles::new("test:///default", libvirt.capabilities()));
+    let consoles = Arc::new(Consoles::new(
+        "test:///default",
+        libvirt.capabilities(),
+        std::env::temp_dir().join("ironvirt-no-consoles"),
+    ));
     let (store, mut writer): (_, Writer<VirtualMachineInstance>) = reflector::store();
     for v in vmis {
         writer.apply_watcher_event(&watcher::Event::Apply(v.clone()));
@@ -322,4 +326,21 @@ async fn vnc_without_a_display_or_with_a_dead_one_is_refused() {
         message(&body).starts_with("VNC of VMI ws-deadvnc is unreachable"),
         "{body}"
     );
+}
+
+#[test]
+fn console_output_waiting_together_goes_out_as_one_frame() {
+    use axum::body::Bytes;
+    let (tx, mut rx) = tokio::sync::broadcast::channel(16);
+    for part in ["b", "c", "d"] {
+        tx.send(Bytes::from(part)).unwrap();
+    }
+    assert_eq!(coalesce(Bytes::from("a"), &mut rx), Bytes::from("abcd"));
+    // Nothing waiting: the chunk as it is.
+    assert_eq!(coalesce(Bytes::from("e"), &mut rx), Bytes::from("e"));
+    // A frame stops growing at FRAME_BYTES; the rest waits for the next one.
+    tx.send(Bytes::from(vec![b'x'; FRAME_BYTES])).unwrap();
+    tx.send(Bytes::from("tail")).unwrap();
+    assert_eq!(coalesce(Bytes::from("y"), &mut rx).len(), FRAME_BYTES + 1);
+    assert_eq!(rx.try_recv().unwrap(), Bytes::from("tail"));
 }

@@ -112,6 +112,7 @@ fn inputs_of(vmi: &VirtualMachineInstance) -> DomainInputs {
         volumes,
         pod_network: Some(format!("/run/ironvirt/net/{uid}/passt.sock").into()),
         nvram: format!("{dir}/nvram.fd").into(),
+        console_socket: Some(format!("/run/ironvirt/console/{uid}.sock").into()),
     }
 }
 

@@ -227,3 +227,69 @@ async fn a_client_that_sends_nothing_at_all_is_dropped() -> Res<()> {
     );
     Ok(())
 }
+
+/// A server whose one route is a websocket echo.
+async fn echo_server(pki: &Pki, options: ServeOptions) -> Res<std::net::SocketAddr> {
+    use axum::extract::ws::WebSocketUpgrade;
+    let (_, _, cert_pem, key_pem) = pki.leaf("server", "ironvirt-handler")?;
+    let cert = pki.dir.path().join("server.pem");
+    let key = pki.dir.path().join("server-key.pem");
+    std::fs::write(&cert, cert_pem)?;
+    std::fs::write(&key, key_pem)?;
+    let verifier = tls::require_client_ca(&pki.dir.path().join("ca.pem"))?;
+    let config = tls::server_config(&cert, &key, verifier)?;
+    let app = Router::new().route(
+        "/echo",
+        get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket| async move {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if socket.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, config, app, options, |_: &Client| Some(())));
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn an_upgraded_websocket_outlives_the_header_timeout() -> Res<()> {
+    // The header-read timeout bounds a request's head, never a websocket
+    // that has been upgraded: busy and idle stretches longer than the
+    // timeout keep echoing.
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new()?;
+    let timeout = Duration::from_millis(300);
+    let options = ServeOptions {
+        header_read_timeout: Some(timeout),
+        ..ServeOptions::default()
+    };
+    let addr = echo_server(&pki, options).await?;
+    let tls = connect(&pki, addr, Some("ironvirt-api")).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://ironvirt-handler/echo", tls).await?;
+    let start = tokio::time::Instant::now();
+    let mut round = 0u32;
+    // Busy: round trips for five timeouts, then idle for three.
+    while start.elapsed() < timeout * 5 {
+        round += 1;
+        let text = format!("round {round}");
+        ws.send(Message::text(text.clone())).await?;
+        let back = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .map_err(|_| format!("no echo of {text:?} after {:?}", start.elapsed()))?;
+        assert_eq!(back.ok_or("closed")??, Message::text(text));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(timeout * 3).await;
+    ws.send(Message::text("after idle")).await?;
+    let back = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .map_err(|_| "no echo after an idle stretch")?;
+    assert_eq!(back.ok_or("closed")??, Message::text("after idle"));
+    Ok(())
+}

@@ -4,12 +4,19 @@ use super::*;
 
 // <devices>
 
+/// The guest's serial console: where QEMU serves it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SerialConsole<'a> {
+    /// A UNIX socket QEMU listens on (the handler connects to it); None: a pty.
+    pub socket: Option<&'a Path>,
+}
+
 pub(super) fn devices_element(
     devices: &Devices,
     disks: Vec<Element>,
     scsi: bool,
     interfaces: Vec<Element>,
-    serial_console: bool,
+    serial_console: Option<SerialConsole<'_>>,
 ) -> Element {
     let graphics = devices.autoattach_graphics_device != Some(false);
     let mut out = Element::new("devices").children(disks);
@@ -22,19 +29,35 @@ pub(super) fn devices_element(
         );
     }
     out = out.children(interfaces);
-    if serial_console {
+    if let Some(serial) = serial_console {
+        // One chardev: the console element refers to the serial port.
+        let (kind, source) = match serial.socket {
+            Some(path) => (
+                "unix",
+                Some(
+                    Element::new("source")
+                        .attr("mode", "bind")
+                        .attr("path", path.display()),
+                ),
+            ),
+            None => ("pty", None),
+        };
         out = out
             .child(
                 Element::new("serial")
-                    .attr("type", "pty")
+                    .attr("type", kind)
+                    .child_opt(source.clone())
                     .child(Element::new("target").attr("port", 0)),
             )
             .child(
-                Element::new("console").attr("type", "pty").child(
-                    Element::new("target")
-                        .attr("type", "serial")
-                        .attr("port", 0),
-                ),
+                Element::new("console")
+                    .attr("type", kind)
+                    .child_opt(source)
+                    .child(
+                        Element::new("target")
+                            .attr("type", "serial")
+                            .attr("port", 0),
+                    ),
             );
     }
     if graphics {

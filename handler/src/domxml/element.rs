@@ -7,6 +7,7 @@ use super::*;
 /// An element being built. It renders with two-space indentation and
 /// single-quoted attributes, like `virsh dumpxml`. An element has text or
 /// children, not both.
+#[derive(Clone)]
 pub(super) struct Element {
     pub(super) name: String,
     pub(super) attrs: Vec<(String, String)>,

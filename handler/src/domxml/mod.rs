@@ -146,6 +146,9 @@ pub struct DomainInputs {
     pub pod_network: Option<PathBuf>,
     /// Where the EFI variable store of this VMI lives (used only for EFI guests).
     pub nvram: PathBuf,
+    /// The UNIX socket QEMU serves the serial console on, which the handler
+    /// reads directly; None: a pty, reached through libvirt's console API.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The MAC of each interface the domain of `vmi` has, by its alias
@@ -281,7 +284,9 @@ pub fn domain_xml(
             disks,
             scsi,
             interfaces,
-            serial_console,
+            serial_console.then_some(SerialConsole {
+                socket: inputs.console_socket.as_deref(),
+            }),
         ))
         .child_opt((!passthrough.is_empty()).then(|| commandline_element(&passthrough)));
 

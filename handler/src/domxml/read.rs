@@ -45,6 +45,9 @@ fn owner_from(vmi: roxmltree::Node<'_, '_>) -> Option<DomainOwner> {
 pub struct LiveFacts {
     /// The VNC server's UNIX socket, once the domain runs.
     pub vnc_socket: Option<PathBuf>,
+    /// The UNIX socket QEMU serves the serial console on (port 0), when the
+    /// serial port is one; None for a pty console.
+    pub serial_socket: Option<PathBuf>,
     /// The MAC of each interface, by its alias `ua-<interface name>`, in XML order.
     pub macs: Vec<(String, String)>,
 }
@@ -67,6 +70,14 @@ pub fn parse_live(xml: &str) -> LiveFacts {
         .find(|n| n.has_tag_name("graphics") && n.attribute("type") == Some("vnc"))
         .and_then(|g| g.attribute("socket"))
         .filter(|s| s.starts_with('/'))
+        .map(PathBuf::from);
+
+    let serial_socket = device_children()
+        .find(|n| n.has_tag_name("serial") && n.attribute("type") == Some("unix"))
+        .and_then(|s| s.children().find(|c| c.has_tag_name("source")))
+        .filter(|src| src.attribute("mode") == Some("bind"))
+        .and_then(|src| src.attribute("path"))
+        .filter(|p| p.starts_with('/'))
         .map(PathBuf::from);
 
     let mut macs: Vec<(String, String)> = device_children()
@@ -103,5 +114,9 @@ pub fn parse_live(xml: &str) -> LiveFacts {
             macs.push(((*netdev).to_owned(), mac.to_ascii_lowercase()));
         }
     }
-    LiveFacts { vnc_socket, macs }
+    LiveFacts {
+        vnc_socket,
+        serial_socket,
+        macs,
+    }
 }

@@ -49,6 +49,7 @@ fn inputs(volumes: &[&str]) -> DomainInputs {
             .collect(),
         pod_network: Some(format!("/run/ironvirt/net/{UID}/passt.sock").into()),
         nvram: format!("/var/lib/ironvirt/vmis/{UID}/nvram.fd").into(),
+        console_socket: Some(format!("/run/ironvirt/console/{UID}.sock").into()),
     }
 }
 
@@ -688,4 +689,36 @@ fn owner_from_libvirt_metadata_call_without_namespace() {
     );
     assert!(parse_owner_element("<other name='x'/>").is_none());
     assert!(parse_owner_element(r#"<vmi name="v"/>"#).is_none());
+}
+
+#[test]
+fn the_serial_console_is_a_socket_the_handler_reads_or_a_pty() {
+    let xml = build(MEM).unwrap();
+    let socket = format!("<source mode='bind' path='/run/ironvirt/console/{UID}.sock'/>");
+    assert!(xml.contains("<serial type='unix'>"), "{xml}");
+    assert!(xml.contains("<console type='unix'>"), "{xml}");
+    assert_eq!(xml.matches(&socket).count(), 2, "{xml}");
+    // What the handler reads back from the live XML.
+    assert_eq!(
+        parse_live(&xml).serial_socket,
+        Some(PathBuf::from(format!("/run/ironvirt/console/{UID}.sock")))
+    );
+    // Without a socket (libvirt's test driver): a pty, which has no path.
+    let pty = domain_xml(
+        &vmi(MEM),
+        &host(),
+        &DomainInputs {
+            console_socket: None,
+            ..inputs(&[])
+        },
+    )
+    .unwrap();
+    assert!(pty.contains("<serial type='pty'>"), "{pty}");
+    assert_eq!(parse_live(&pty).serial_socket, None);
+    // No serial console at all: neither.
+    let none = build(&format!(
+        "{MEM}    devices: {{autoattachSerialConsole: false}}\n"
+    ))
+    .unwrap();
+    assert!(!none.contains("<serial"), "{none}");
 }

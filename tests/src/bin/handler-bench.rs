@@ -5,7 +5,7 @@
 //! - Scheduled → Running latency: the time from the placement write to the
 //!   watch event that shows the VMI Running, on the test driver and on QEMU.
 //! - Serial console throughput: the guest prints 1 MB; read through the
-//!   handler's websocket, and straight from the domain's pty.
+//!   handler's websocket, and straight from QEMU's console socket.
 //!
 //! Run it with `make bench` (after the operator benchmark) or
 //! `make bench-handler`.
@@ -177,32 +177,23 @@ async fn through_handler(h: &Handler, ns: &str, name: &str) -> anyhow::Result<f6
     Ok((ws.received() - before) as f64 / secs)
 }
 
-/// Console throughput reading the domain's pty directly, in bytes/s. The
-/// handler's console stream is taken away first (a forced libvirt console,
-/// closed at once), so nothing else reads the pty.
-fn direct_pty(domain: &str) -> anyhow::Result<f64> {
+/// Console throughput reading QEMU's console socket directly, in bytes/s.
+/// The handler must have let go of it first (QEMU serves one client at a
+/// time): the caller kills the handler.
+fn direct_socket(domain: &str) -> anyhow::Result<f64> {
+    use std::os::unix::net::UnixStream;
     let conn = virt::connect::Connect::open(Some("qemu:///system"))?;
     let dom = conn.lookup_domain_by_name(domain)?;
     let xml = dom.xml_desc(0)?;
-    let pty = xml
-        .split("<console type='pty'")
+    let path = xml
+        .split("<serial type='unix'")
         .nth(1)
         .and_then(|s| s.split("path='").nth(1))
         .and_then(|s| s.split('\'').next())
-        .ok_or_else(|| anyhow::anyhow!("no console pty in the domain XML"))?
+        .ok_or_else(|| anyhow::anyhow!("no console socket in the domain XML"))?
         .to_owned();
-    let stream = virt::stream::Stream::new(&conn, 0)?;
-    dom.open_console(None, &stream, virt::sys::VIR_DOMAIN_CONSOLE_FORCE)?;
-    let _ = stream.abort();
-    std::thread::sleep(Duration::from_millis(500));
-    let stty = std::process::Command::new("stty")
-        .args(["-F", &pty, "raw", "-echo"])
-        .status()?;
-    anyhow::ensure!(stty.success(), "stty on {pty} failed");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pty)?;
+    let mut f = UnixStream::connect(&path)?;
+    f.set_read_timeout(Some(Duration::from_secs(60)))?;
     let t0 = Instant::now();
     f.write_all(flood_command().as_bytes())?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -225,7 +216,7 @@ fn direct_pty(domain: &str) -> anyhow::Result<f64> {
         }
         tail.drain(..k);
     }
-    anyhow::bail!("the end marker never came through {pty}")
+    anyhow::bail!("the end marker never came through {path}")
 }
 
 #[tokio::main]
@@ -272,7 +263,7 @@ async fn run(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
     td.remove(client).await;
 
     // QEMU: latency one VMI at a time, then console throughput.
-    let q = Handler::start_with(
+    let mut q = Handler::start_with(
         bed,
         ns,
         "bench-q",
@@ -298,11 +289,17 @@ async fn run(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
     delete_all(client, ns, &names[1..]).await?;
     let ws = through_handler(&q, ns, &names[0]).await?;
     let domain = ironvirt_crds::wire::domain_name(ns, &names[0]);
-    let direct = tokio::task::spawn_blocking(move || direct_pty(&domain)).await??;
+    // QEMU serves the console socket to one client: the handler lets go of
+    // it when it dies (the domain keeps running).
+    q.kill();
+    let direct = tokio::task::spawn_blocking(move || direct_socket(&domain)).await??;
     println!(
-        "console_bytes_per_s: handler_websocket={ws:.0} direct_pty={direct:.0} ratio={:.2}",
+        "console_bytes_per_s: handler_websocket={ws:.0} direct_socket={direct:.0} ratio={:.2}",
         ws / direct
     );
+    // Back, so that the last VMI's finalizer is removed.
+    q.restart();
+    wait_serving(&q, Duration::from_secs(60)).await;
     delete_all(client, ns, &names[..1]).await?;
     q.remove(client).await;
     Ok(())
