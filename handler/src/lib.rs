@@ -14,6 +14,7 @@ pub mod domxml;
 pub mod error;
 pub mod events;
 pub mod guestnet;
+pub mod images;
 pub mod libvirt;
 pub mod model;
 pub mod node;

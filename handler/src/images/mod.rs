@@ -1,0 +1,326 @@
+//! containerDisk images, pulled by the handler itself: there is no launcher
+//! pod, so no kubelet pulls them.
+//!
+//! One pull per node and image: the disk of each image is kept in a cache
+//! keyed by the image manifest's digest and shared by every VMI of the node
+//! (each VMI gets its own qcow2 overlay on it). Blobs stream to disk with
+//! their digests verified ([`oci_client::Client::pull_blob`]); the disk file
+//! is then taken from the layers ([`disk::extract`]) and checked
+//! ([`disk::check`]) before it enters the cache under its final name.
+//!
+//! # Cache layout (`--image-cache-dir`)
+//!
+//! - `images/<manifest digest hex>[-<path hash>]/disk`, with `format`
+//!   (`qcow2` or `raw`) beside it: a checked disk, read-only;
+//! - `refs/<hash of the reference>`: the manifest digest the reference had
+//!   when last pulled (what IfNotPresent and Never look up);
+//! - `tmp/`: downloads in progress, removed when they end and at start.
+//!
+//! A handler restart finds the cache as it was.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::domxml::ImageFormat;
+
+pub mod disk;
+pub mod reference;
+pub mod registries;
+
+pub use disk::Wanted;
+pub use reference::{ImageRef, PullPolicy};
+pub use registries::{Endpoint, Registries};
+
+/// Why an image cannot give a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The registry could not be reached or refused (ErrImagePull): the
+    /// message holds each endpoint's answer.
+    #[error("pulling {image}: {reason}")]
+    Pull { image: String, reason: String },
+    /// imagePullPolicy Never and the image is not on the node.
+    #[error("{0} is not on the node and imagePullPolicy is Never")]
+    NotPresent(String),
+    /// The image has no usable disk (KubeVirt's reasons).
+    #[error("{0}")]
+    BadImage(String),
+    /// The node's file system.
+    #[error("image cache: {0}")]
+    Io(String),
+}
+
+/// A checked disk in the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedDisk {
+    /// The image manifest's digest (`sha256:…`).
+    pub digest: String,
+    pub path: PathBuf,
+    pub format: ImageFormat,
+}
+
+/// The node's image puller and cache.
+pub struct Images {
+    dir: PathBuf,
+    registries: Registries,
+    /// One lock per reference: concurrent VMIs of one image pull once.
+    pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Images {
+    /// The cache in `dir` (made when missing; leftover downloads removed).
+    pub fn open(dir: &Path, registries: Registries) -> Result<Self, ImageError> {
+        for sub in ["images", "refs"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(io(dir))?;
+        }
+        let tmp = dir.join("tmp");
+        match std::fs::remove_dir_all(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(&tmp)(e));
+            }
+            _ => {}
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        Ok(Images {
+            dir: dir.to_owned(),
+            registries,
+            pulling: Mutex::default(),
+        })
+    }
+
+    /// The disk of `image` (the file `wanted` names), from the cache or
+    /// pulled as `policy` says, with `auth` for the registry.
+    pub async fn ensure(
+        &self,
+        image: &ImageRef,
+        wanted: &Wanted,
+        policy: PullPolicy,
+        auth: &RegistryAuth,
+    ) -> Result<CachedDisk, ImageError> {
+        let key = image.to_string();
+        let lock = {
+            let mut pulling = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(pulling.entry(key.clone()).or_default())
+        };
+        let _held = lock.lock().await;
+        let cached = self.cached(image, wanted);
+        match (policy, cached) {
+            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(hit)) => {
+                tracing::debug!(image = %key, digest = %hit.digest, "image in the cache");
+                return Ok(hit);
+            }
+            (PullPolicy::Never, None) => return Err(ImageError::NotPresent(key)),
+            _ => {}
+        }
+        self.pull(image, wanted, auth).await
+    }
+
+    /// What the cache holds for `image` by its last known digest.
+    pub fn cached(&self, image: &ImageRef, wanted: &Wanted) -> Option<CachedDisk> {
+        let digest = match &image.digest {
+            Some(d) => d.clone(),
+            None => std::fs::read_to_string(self.ref_file(image))
+                .ok()?
+                .trim()
+                .to_owned(),
+        };
+        self.disk_of(&digest, wanted)
+    }
+
+    fn disk_of(&self, digest: &str, wanted: &Wanted) -> Option<CachedDisk> {
+        let dir = self.image_dir(digest, wanted);
+        let format = match std::fs::read_to_string(dir.join("format")).ok()?.trim() {
+            "qcow2" => ImageFormat::Qcow2,
+            "raw" => ImageFormat::Raw,
+            _ => return None,
+        };
+        let path = dir.join("disk");
+        path.is_file().then(|| CachedDisk {
+            digest: digest.to_owned(),
+            path,
+            format,
+        })
+    }
+
+    fn ref_file(&self, image: &ImageRef) -> PathBuf {
+        self.dir.join("refs").join(short_hash(&image.to_string()))
+    }
+
+    fn image_dir(&self, digest: &str, wanted: &Wanted) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let name = match wanted {
+            Wanted::OnlyFileIn(d) if d == disk::DISK_FOLDER => hex.to_owned(),
+            other => format!("{hex}-{}", short_hash(&format!("{other:?}"))),
+        };
+        self.dir.join("images").join(name)
+    }
+
+    /// Pulls from each endpoint in turn until one serves the image.
+    async fn pull(
+        &self,
+        image: &ImageRef,
+        wanted: &Wanted,
+        auth: &RegistryAuth,
+    ) -> Result<CachedDisk, ImageError> {
+        let mut answers = Vec::new();
+        for endpoint in self.registries.endpoints(&image.registry) {
+            match self.pull_from(&endpoint, image, wanted, auth).await {
+                Ok(disk) => return Ok(disk),
+                Err(e @ (ImageError::BadImage(_) | ImageError::Io(_))) => return Err(e),
+                Err(e) => {
+                    tracing::info!(image = %image, endpoint = %endpoint.host, error = %e, "pull failed");
+                    answers.push(format!("{}: {}", endpoint.host, reason_of(e)));
+                }
+            }
+        }
+        Err(ImageError::Pull {
+            image: image.to_string(),
+            reason: answers.join("; "),
+        })
+    }
+
+    async fn pull_from(
+        &self,
+        endpoint: &Endpoint,
+        image: &ImageRef,
+        wanted: &Wanted,
+        auth: &RegistryAuth,
+    ) -> Result<CachedDisk, ImageError> {
+        let client = client_for(endpoint)?;
+        let mut reference = match &image.digest {
+            Some(d) => {
+                Reference::with_digest(image.registry.clone(), image.repository.clone(), d.clone())
+            }
+            None => Reference::with_tag(
+                image.registry.clone(),
+                image.repository.clone(),
+                image.tag_or_latest().to_owned(),
+            ),
+        };
+        if endpoint.host != image.registry {
+            reference.set_mirror_registry(endpoint.host.clone());
+        }
+        let pull_err = |e: oci_client::errors::OciDistributionError| ImageError::Pull {
+            image: image.to_string(),
+            reason: e.to_string(),
+        };
+        let (manifest, digest) = client
+            .pull_image_manifest(&reference, auth)
+            .await
+            .map_err(pull_err)?;
+        if let Some(hit) = self.disk_of(&digest, wanted) {
+            self.remember(image, &digest)?;
+            tracing::info!(image = %image, %digest, "image unchanged; the cached disk is used");
+            return Ok(hit);
+        }
+        let work = tempfile::Builder::new()
+            .prefix("pull-")
+            .tempdir_in(self.dir.join("tmp"))
+            .map_err(io(&self.dir))?;
+        let mut layers = Vec::new();
+        let mut bytes = 0u64;
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            let path = work.path().join(format!("layer-{i}"));
+            let file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
+            client
+                .pull_blob(&reference, layer, file)
+                .await
+                .map_err(pull_err)?;
+            bytes += u64::try_from(layer.size).unwrap_or(0);
+            layers.push(disk::Layer {
+                path,
+                media_type: layer.media_type.clone(),
+            });
+        }
+        let out = work.path().join("disk");
+        let wanted_owned = wanted.clone();
+        let out_path = out.clone();
+        let format = tokio::task::spawn_blocking(move || {
+            disk::extract(&layers, &wanted_owned, &out_path)?;
+            disk::check(&out_path)
+        })
+        .await
+        .map_err(|e| ImageError::Io(format!("extracting the disk panicked: {e}")))??;
+        let dir = self.image_dir(&digest, wanted);
+        let staged = work.path().join("image");
+        std::fs::create_dir(&staged).map_err(io(&staged))?;
+        std::fs::rename(&out, staged.join("disk")).map_err(io(&staged))?;
+        let format_name = match format {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        };
+        std::fs::write(staged.join("format"), format_name).map_err(io(&staged))?;
+        set_read_only(&staged.join("disk"))?;
+        match std::fs::rename(&staged, &dir) {
+            Ok(()) => {}
+            // Another pull of the same digest (another reference) won.
+            Err(_) if dir.join("disk").is_file() => {}
+            Err(e) => return Err(io(&dir)(e)),
+        }
+        self.remember(image, &digest)?;
+        tracing::info!(image = %image, %digest, bytes, format = format_name, "image pulled");
+        self.disk_of(&digest, wanted)
+            .ok_or_else(|| ImageError::Io(format!("{} vanished after the pull", dir.display())))
+    }
+
+    fn remember(&self, image: &ImageRef, digest: &str) -> Result<(), ImageError> {
+        if image.digest.is_some() {
+            return Ok(());
+        }
+        let file = self.ref_file(image);
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, digest).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &file).map_err(io(&file))
+    }
+}
+
+/// A client for one endpoint: HTTP or HTTPS, with its CA.
+fn client_for(endpoint: &Endpoint) -> Result<Client, ImageError> {
+    // The workspace's TLS is rustls on ring; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = ClientConfig {
+        protocol: if endpoint.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        ..ClientConfig::default()
+    };
+    if let Some(ca) = &endpoint.ca {
+        let data = std::fs::read(ca).map_err(io(ca))?;
+        config.extra_root_certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    Ok(Client::new(config))
+}
+
+/// The registry's own words, without oci-client's wrapping where it adds none.
+fn reason_of(e: ImageError) -> String {
+    match e {
+        ImageError::Pull { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+fn set_read_only(path: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).map_err(io(path))
+}
+
+/// A short stable name for `text` (file names of the cache).
+fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(text.as_bytes());
+    sum.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |e| ImageError::Io(format!("{}: {e}", path.display()))
+}
