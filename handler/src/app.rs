@@ -54,6 +54,9 @@ pub struct Config {
     pub guest_network_dir: PathBuf,
     /// Where the serial consoles' sockets live ([`crate::console`]).
     pub console_dir: PathBuf,
+    /// The containerDisk cache ([`crate::images`]) and the registries.
+    pub image_cache_dir: PathBuf,
+    pub registries: crate::images::Registries,
     pub passt: PathBuf,
     /// Start passt in the node's namespaces ([`crate::guestnet::Host::passt_on_host`]).
     pub passt_on_host: bool,
@@ -186,6 +189,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         ),
         None => tracing::info!("hostDisk is off (no --host-disk-root)"),
     }
+    let images = Arc::new(
+        crate::images::Images::open(&cfg.image_cache_dir, cfg.registries.clone()).map_err(|e| {
+            RunError::StateDir {
+                path: cfg.image_cache_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?,
+    );
+    tracing::info!(dir = %cfg.image_cache_dir.display(), "containerDisk image cache");
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -198,7 +210,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             recorder,
             cfg.resync,
         )
-        .with_volume_policy(cfg.volume_policy.clone()),
+        .with_volume_policy(cfg.volume_policy.clone())
+        .with_images(images),
     );
 
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());

@@ -61,6 +61,12 @@ pub struct Context {
     shutdown_sent: Mutex<HashSet<String>>,
     /// Consecutive failed reconciles per VMI, for exponential backoff.
     pub failures: Failures,
+    /// The node's containerDisk puller and cache; None: containerDisks are
+    /// refused.
+    pub images: Option<Arc<crate::images::Images>>,
+    /// Consecutive failed image pulls per VMI (ErrImagePull, then
+    /// ImagePullBackOff with backoff).
+    pub pull_failures: Failures,
 }
 
 impl Context {
@@ -90,7 +96,15 @@ impl Context {
             volume_policy: VolumePolicy::default(),
             shutdown_sent: Mutex::default(),
             failures: Failures::default(),
+            images: None,
+            pull_failures: Failures::default(),
         }
+    }
+
+    /// The same context pulling containerDisks with `images`.
+    pub fn with_images(mut self, images: Arc<crate::images::Images>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// The same context with `policy` as its volume policy (the default:

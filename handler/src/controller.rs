@@ -177,8 +177,12 @@ async fn create(
         Ok(p) => p,
         Err(not) => return not_created(vmi, ctx, api, not).await,
     };
+    let pulled = match pull_images(vmi, ctx, api, &plan.volumes).await? {
+        Pulled::Ready(p) => p,
+        Pulled::Stop(action) => return Ok(action),
+    };
     let volume_plans = plan.volumes;
-    let prepared = tokio::task::spawn_blocking(move || volumes::prepare(&volume_plans))
+    let prepared = tokio::task::spawn_blocking(move || volumes::prepare(&volume_plans, &pulled))
         .await
         .map_err(|e| Error::Internal(format!("preparing volumes panicked: {e}")))?;
     let resolved = match prepared {
@@ -231,6 +235,128 @@ async fn create(
         tracing::info!(domain = dname, paused, "domain defined and started");
     }
     after_start(vmi, ctx, api, dname, started).await
+}
+
+/// What [`pull_images`] leads to.
+enum Pulled {
+    /// Every containerDisk's disk is on the node.
+    Ready(volumes::PulledDisks),
+    /// The create stops here: the VMI failed, or a pull is retried later.
+    Stop(Action),
+}
+
+/// Pulls the images of the VMI's containerDisk volumes (or finds them in the
+/// node's cache). A registry failure leaves the VMI waiting with reason
+/// ErrImagePull, then ImagePullBackOff, retried with backoff; an image with
+/// no usable disk fails the VMI.
+async fn pull_images(
+    vmi: &VirtualMachineInstance,
+    ctx: &Context,
+    api: &Api<VirtualMachineInstance>,
+    plans: &std::collections::BTreeMap<String, volumes::VolumePlan>,
+) -> Result<Pulled, Error> {
+    use crate::images::ImageError;
+    let mut pulled = volumes::PulledDisks::new();
+    let key = ObjectRef::from_obj(vmi);
+    for (name, plan) in plans {
+        let volumes::VolumePlan::ContainerDisk(cd) = plan else {
+            continue;
+        };
+        let field = format!("spec.volumes[name={name}].containerDisk");
+        let Some(images) = &ctx.images else {
+            let refusal = Refusal::new(
+                Reason::Unsupported,
+                format!("{field}: this node's handler has no image cache (--image-cache-dir)"),
+            );
+            return Ok(Pulled::Stop(fail_start(vmi, ctx, api, refusal).await?));
+        };
+        let auth = match &cd.pull_secret {
+            None => oci_client::secrets::RegistryAuth::Anonymous,
+            Some(secret) => match pull_auth(ctx, vmi, secret, &cd.image.registry).await? {
+                Ok(auth) => auth,
+                Err(message) => {
+                    let e = ImageError::Pull {
+                        image: cd.image.to_string(),
+                        reason: format!("{field}.imagePullSecret: {message}"),
+                    };
+                    return pull_failed(vmi, ctx, api, &key, e).await.map(Pulled::Stop);
+                }
+            },
+        };
+        match images.ensure(&cd.image, &cd.wanted, cd.policy, &auth).await {
+            Ok(disk) => {
+                tracing::info!(volume = %name, image = %cd.image, digest = %disk.digest, "containerDisk ready");
+                let note = format!("image {} ({}) is on the node", cd.image, disk.digest);
+                events::publish(&ctx.recorder, vmi, Reason::Pulled, note).await;
+                pulled.insert(name.clone(), disk);
+            }
+            Err(ImageError::BadImage(message)) => {
+                let refusal = Refusal::new(
+                    Reason::InvalidImage,
+                    format!("{field}: image {}: {message}", cd.image),
+                );
+                return Ok(Pulled::Stop(fail_start(vmi, ctx, api, refusal).await?));
+            }
+            Err(ImageError::Io(message)) => return Err(Error::Internal(message)),
+            Err(e) => return pull_failed(vmi, ctx, api, &key, e).await.map(Pulled::Stop),
+        }
+    }
+    if !pulled.is_empty() {
+        ctx.pull_failures.succeeded(&key);
+    }
+    Ok(Pulled::Ready(pulled))
+}
+
+/// A failed pull: ErrImagePull the first time, ImagePullBackOff after, in
+/// the VMI's Ready condition and an Event; retried with backoff.
+async fn pull_failed(
+    vmi: &VirtualMachineInstance,
+    ctx: &Context,
+    api: &Api<VirtualMachineInstance>,
+    key: &ObjectRef<VirtualMachineInstance>,
+    e: crate::images::ImageError,
+) -> Result<Action, Error> {
+    let wait = ctx.pull_failures.failed(key, Duration::ZERO);
+    let first = wait <= Duration::from_secs(2);
+    let reason = if first {
+        Reason::ErrImagePull
+    } else {
+        Reason::ImagePullBackOff
+    };
+    let message = if first {
+        e.to_string()
+    } else {
+        format!("{e} (retrying in {} s)", wait.as_secs())
+    };
+    tracing::warn!(reason = reason.as_str(), %message, retry_in_s = wait.as_secs(), "image pull failed");
+    let desired = model::waiting(vmi, &ctx.node, reason.as_str(), &message, Timestamp::now());
+    write_status(api, vmi, &desired).await?;
+    events::publish(&ctx.recorder, vmi, reason, message).await;
+    Ok(Action::requeue(wait))
+}
+
+/// Registry credentials from the VMI's `imagePullSecret` (a
+/// `kubernetes.io/dockerconfigjson` Secret of its namespace, fetched as the
+/// node may: through ironvirt-api, for a VMI that names it). The inner
+/// error says why the Secret gives none.
+async fn pull_auth(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    secret: &str,
+    registry: &str,
+) -> Result<Result<oci_client::secrets::RegistryAuth, String>, Error> {
+    let ns = vmi.namespace().unwrap_or_default();
+    let Some(s) = node_secret(&ctx.client, &ns, &vmi.name_any(), secret).await? else {
+        return Ok(Err(format!("Secret {ns}/{secret} does not exist")));
+    };
+    let data = s.data.unwrap_or_default();
+    let Some(config) = data.get(".dockerconfigjson") else {
+        return Ok(Err(format!(
+            "Secret {ns}/{secret} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
+        )));
+    };
+    Ok(crate::images::docker_config_auth(&config.0, registry)
+        .map_err(|e| format!("Secret {ns}/{secret}: {e}")))
 }
 
 /// The Secrets the VMI's cloud-init volumes reference, up to the first that

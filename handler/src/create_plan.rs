@@ -43,7 +43,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: Reason, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Refusal {
             reason,
             message: message.into(),

@@ -121,7 +121,7 @@ fn a_missing_secret_refuses_the_vmi() {
 #[test]
 fn volume_problems_refuse_with_their_reason() {
     let unsupported = vmi(
-        "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: c\n    containerDisk: {image: x}\n",
+        "  domain: {memory: {guest: 64Mi}}\n  volumes:\n  - name: c\n    dataVolume: {name: x}\n",
     );
     assert!(matches!(
         plan_on(&unsupported, Path::new(STATE), &SecretData::new()),

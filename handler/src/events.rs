@@ -51,6 +51,14 @@ pub enum Reason {
     VolumeTooLarge,
     /// An image larger than the free space of the file system it goes on.
     InsufficientStorage,
+    /// A containerDisk image was pulled (or found in the node's cache).
+    Pulled,
+    /// Pulling a containerDisk image failed (the first time).
+    ErrImagePull,
+    /// Pulling a containerDisk image keeps failing; retried with backoff.
+    ImagePullBackOff,
+    /// A containerDisk image holds no usable disk.
+    InvalidImage,
 }
 
 impl Reason {
@@ -77,6 +85,10 @@ impl Reason {
             Reason::HostDiskNotRegularFile => "HostDiskNotRegularFile",
             Reason::VolumeTooLarge => "VolumeTooLarge",
             Reason::InsufficientStorage => "InsufficientStorage",
+            Reason::Pulled => "Pulled",
+            Reason::ErrImagePull => "ErrImagePull",
+            Reason::ImagePullBackOff => "ImagePullBackOff",
+            Reason::InvalidImage => "InvalidImage",
         }
     }
 
@@ -87,6 +99,7 @@ impl Reason {
             Reason::Started
             | Reason::ShuttingDown
             | Reason::PortsForwarded
+            | Reason::Pulled
             | Reason::GuestShutdown => EventType::Normal,
             _ => EventType::Warning,
         }
@@ -122,7 +135,7 @@ pub async fn publish(
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 20] = [
+    const ALL: [Reason; 24] = [
         Reason::Started,
         Reason::ShuttingDown,
         Reason::PortsForwarded,
@@ -143,6 +156,10 @@ mod tests {
         Reason::HostDiskNotRegularFile,
         Reason::VolumeTooLarge,
         Reason::InsufficientStorage,
+        Reason::Pulled,
+        Reason::ErrImagePull,
+        Reason::ImagePullBackOff,
+        Reason::InvalidImage,
     ];
 
     #[test]
@@ -163,7 +180,13 @@ mod tests {
             .collect();
         assert_eq!(
             normal,
-            ["Started", "ShuttingDown", "PortsForwarded", "GuestShutdown"]
+            [
+                "Started",
+                "ShuttingDown",
+                "PortsForwarded",
+                "GuestShutdown",
+                "Pulled"
+            ]
         );
     }
 }

@@ -79,6 +79,14 @@ struct Args {
     /// Where the VMIs' passt sockets live (a directory only root can write).
     #[arg(long, default_value = "/run/ironvirt/net")]
     guest_network_dir: PathBuf,
+    /// The node's containerDisk image cache (default: <state-dir>/image-cache).
+    /// libvirtd must be able to read it: the VMIs' overlays refer to it.
+    #[arg(long)]
+    image_cache_dir: Option<PathBuf>,
+    /// The node's registry configuration (YAML: mirrors, plain HTTP, CAs per
+    /// registry host); none: every registry over HTTPS, no mirror.
+    #[arg(long)]
+    registries_config: Option<PathBuf>,
     /// Where QEMU serves the VMIs' serial consoles, a UNIX socket each that
     /// the handler reads (a directory only root can write).
     #[arg(long, default_value = "/run/ironvirt/console")]
@@ -130,11 +138,13 @@ fn main() -> anyhow::Result<()> {
         Accel::Auto if std::path::Path::new("/dev/kvm").exists() => DomainType::Kvm,
         Accel::Auto => DomainType::Qemu,
     };
+    let state_dir = args.state_dir.clone();
+    let image_cache_dir = args.image_cache_dir.clone();
     let cfg = Config {
         node: args.node_name,
         libvirt_uri: args.libvirt_uri,
         domain_type,
-        state_dir: args.state_dir,
+        state_dir: state_dir.clone(),
         register_node: args.register_node,
         node_labels,
         listen: args.listen,
@@ -150,6 +160,13 @@ fn main() -> anyhow::Result<()> {
             .context("--guest-network-range")?,
         guest_network_dir: args.guest_network_dir,
         console_dir: args.console_dir,
+        image_cache_dir: image_cache_dir.unwrap_or_else(|| state_dir.join("image-cache")),
+        registries: match &args.registries_config {
+            Some(path) => ironvirt_handler::images::Registries::load(path)
+                .map_err(anyhow::Error::msg)
+                .context("--registries-config")?,
+            None => ironvirt_handler::images::Registries::default(),
+        },
         passt: args.passt,
         passt_on_host: args.passt_on_host,
         volume_policy: VolumePolicy {

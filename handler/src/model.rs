@@ -301,6 +301,24 @@ pub fn start_failure(
     final_status(vmi, node, Phase::Failed, reason, message, now)
 }
 
+/// A VMI waiting on the node before its domain can start (an image pull
+/// that failed and is retried): its phase unchanged, the cause in the Ready
+/// condition.
+pub fn waiting(
+    vmi: &VirtualMachineInstance,
+    node: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> DesiredStatus {
+    let phase = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(Phase::Scheduled);
+    final_status(vmi, node, phase, reason, message, now)
+}
+
 fn current_conditions(vmi: &VirtualMachineInstance) -> Option<&[Condition]> {
     vmi.status.as_ref().and_then(|s| s.conditions.as_deref())
 }

@@ -381,6 +381,12 @@ fn status_for(
     let paused = conditions::is_true(vmi_conds, "Paused");
     let unschedulable = conditions::find(vmi_conds, "PodScheduled")
         .filter(|c| c.status == conditions::FALSE && c.reason.as_deref() == Some("Unschedulable"));
+    // The handler's image-pull failures, which KubeVirt shows as the VM's
+    // printableStatus.
+    let pull_failure = conditions::find(vmi_conds, "Ready")
+        .filter(|c| c.status == conditions::FALSE)
+        .and_then(|c| c.reason.as_deref())
+        .filter(|r| matches!(*r, "ErrImagePull" | "ImagePullBackOff"));
 
     let printable = if deleting(&vm.metadata) {
         "Terminating"
@@ -397,7 +403,9 @@ fn status_for(
                 Phase::Pending | Phase::Scheduling if unschedulable.is_some() => {
                     "ErrorUnschedulable"
                 }
-                Phase::Pending | Phase::Scheduling | Phase::Scheduled => "Starting",
+                Phase::Pending | Phase::Scheduling | Phase::Scheduled => {
+                    pull_failure.unwrap_or("Starting")
+                }
                 Phase::Running if paused => "Paused",
                 Phase::Running => "Running",
                 Phase::Succeeded | Phase::Failed if backing_off => "CrashLoopBackOff",
@@ -660,6 +668,16 @@ status: {status}
         v.status = Some(serde_yaml::from_str("{phase: Pending, conditions: [{type: PodScheduled, status: 'False', reason: Unschedulable, message: '0/1 nodes are available: 1 Insufficient memory'}]}").unwrap());
         let p = plan(&vm("Always", "{}"), Some(&v), at(0));
         assert_eq!(printable(&p), "ErrorUnschedulable");
+    }
+
+    #[test]
+    fn image_pull_failures_show_as_kubevirt_does() {
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            let mut v = vmi("u1", "Scheduled");
+            v.status = Some(serde_yaml::from_str(&format!("{{phase: Scheduled, conditions: [{{type: Ready, status: 'False', reason: {reason}, message: 'pulling x: manifest unknown'}}]}}")).unwrap());
+            let p = plan(&vm("Always", "{}"), Some(&v), at(0));
+            assert_eq!(printable(&p), reason);
+        }
     }
 
     #[test]

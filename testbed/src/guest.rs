@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 pub const MARKER: &str = "IRONVIRT-GUEST-READY";
 
 /// Kernel command line for direct kernel boot: the last console is
-/// /dev/console (serial), tty0 keeps the log on the VGA screen.
-pub const CMDLINE: &str = "console=tty0 console=ttyS0";
+/// /dev/console (serial), tty0 keeps the log on the VGA screen;
+/// `no_timer_check` because under TCG on a loaded machine the kernel's
+/// IO-APIC timer check can miss its window and panic.
+pub const CMDLINE: &str = "console=tty0 console=ttyS0 no_timer_check";
 
 /// Paths of the guest artifacts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,5 +10,6 @@ pub mod handler;
 pub mod hostdisk;
 pub mod kubectl;
 pub mod operator;
+pub mod registry;
 
 pub use ironvirt_testbed::TestBed;

@@ -153,14 +153,34 @@ async fn unsupported_and_missing_volumes_fail_with_a_reason() {
         let h = Handler::start(bed, &ns, &node, TEST_DRIVER);
         wait_serving(&h, Duration::from_secs(60)).await;
 
+        // A containerDisk whose registry does not answer (nothing listens on
+        // 127.0.0.1:1): ErrImagePull, then ImagePullBackOff, with the
+        // registry's error; the VMI waits in Scheduled, retried with backoff.
         let mut cd = guest("cd", json!([]), json!([]));
-        cd["spec"]["volumes"][0] = json!({"name": "root", "containerDisk": {"image": "quay.io/kubevirt/cirros-container-disk-demo"}});
+        cd["spec"]["volumes"][0] = json!({"name": "root", "containerDisk": {"image": "127.0.0.1:1/kubevirt/cirros-container-disk-demo:v1"}});
         place(&client, &ns, cd, &node).await;
-        let v = wait_phase(&client, &ns, "cd", "Failed", Duration::from_secs(60)).await?;
-        let ready = v.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned());
-        let msg = ready.and_then(|c| c.message).unwrap_or_default();
-        assert!(msg.contains("containerDisk is not supported yet"), "message: {msg}");
-        assert!(msg.contains("spec.volumes[0].containerDisk"), "message: {msg}");
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        let ready_of = |v: &VirtualMachineInstance| {
+            v.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+        };
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            let (v, msg) = eventually(Duration::from_secs(60), reason, || async {
+                let v = vmis.get("cd").await.ok()?;
+                let c = ready_of(&v)?;
+                (c.reason.as_deref() == Some(reason)).then(|| (v, c.message.unwrap_or_default()))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            assert!(msg.contains("127.0.0.1:1"), "message: {msg}");
+            assert_eq!(
+                v.status.as_ref().and_then(|s| s.phase.map(|p| format!("{p:?}"))).as_deref(),
+                Some("Scheduled"),
+                "a failed pull is retried, not a failed VMI"
+            );
+        }
 
         let mut missing = guest("missing", json!([]), json!([]));
         // Inside the namespace's hostDisk directory (admission refuses any

@@ -38,18 +38,21 @@ pub const IRONVIRT_NAMESPACE: &str = "ironvirt-system";
 /// The Secret type no handler gets, even when a VMI names it.
 const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
 
-/// The Secrets `vmi` references, sorted and without duplicates.
+/// The Secrets `vmi` references (cloud-init's `secretRef` and
+/// `networkDataSecretRef`, containerDisk's `imagePullSecret`), sorted and
+/// without duplicates.
 pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> BTreeSet<&str> {
-    vmi.spec
-        .volumes
-        .iter()
-        .flatten()
+    let volumes = vmi.spec.volumes.iter().flatten();
+    let cloud_init = volumes
+        .clone()
         .filter_map(|v| v.cloud_init_no_cloud.as_ref())
         .flat_map(|c| [c.secret_ref.as_ref(), c.network_data_secret_ref.as_ref()])
         .flatten()
-        .map(|r| r.name.as_str())
-        .filter(|n| !n.is_empty())
-        .collect()
+        .map(|r| r.name.as_str());
+    let pull = volumes
+        .filter_map(|v| v.container_disk.as_ref())
+        .filter_map(|c| c.image_pull_secret.as_deref());
+    cloud_init.chain(pull).filter(|n| !n.is_empty()).collect()
 }
 
 fn forbidden(message: String) -> Response {
@@ -152,6 +155,7 @@ mod tests {
             "spec": {"domain": {"devices": {}}, "volumes": [
                 {"name": "ci", "cloudInitNoCloud": {"secretRef": {"name": "userdata"},
                     "networkDataSecretRef": {"name": "netdata"}}},
+                {"name": "root", "containerDisk": {"image": "quay.io/a/b", "imagePullSecret": "pull"}},
             ]},
         }))
         .unwrap();
@@ -166,8 +170,9 @@ mod tests {
         let v = vmi(Some("node-a"));
         assert_eq!(
             referenced_secrets(&v).into_iter().collect::<Vec<_>>(),
-            ["netdata", "userdata"]
+            ["netdata", "pull", "userdata"]
         );
+        assert!(may_read("node-a", &v, "ns", "pull").is_ok());
         assert!(may_read("node-a", &v, "ns", "userdata").is_ok());
         assert!(may_read("node-a", &v, "ns", "netdata").is_ok());
         let e = may_read("node-b", &v, "ns", "userdata").unwrap_err();

@@ -168,6 +168,14 @@ impl Images {
     ) -> Result<CachedDisk, ImageError> {
         let mut answers = Vec::new();
         for endpoint in self.registries.endpoints(&image.registry) {
+            // Credentials go only to the registry they are for, never to a
+            // mirror the node configured.
+            let anonymous = RegistryAuth::Anonymous;
+            let auth = if endpoint.host == image.registry {
+                auth
+            } else {
+                &anonymous
+            };
             match self.pull_from(&endpoint, image, wanted, auth).await {
                 Ok(disk) => return Ok(disk),
                 Err(e @ (ImageError::BadImage(_) | ImageError::Io(_))) => return Err(e),
@@ -278,6 +286,61 @@ impl Images {
     }
 }
 
+/// The credentials for `registry` in a Docker config JSON (the
+/// `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson` Secret): its
+/// `auths` entry for the host (written bare or as a URL; Docker Hub's
+/// `https://index.docker.io/v1/` counts for docker.io), with `username` and
+/// `password` or `auth` (base64 of `user:password`).
+pub fn docker_config_auth(json: &[u8], registry: &str) -> Result<RegistryAuth, String> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: std::collections::BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        username: Option<String>,
+        password: Option<String>,
+        auth: Option<String>,
+    }
+    let config: Config =
+        serde_json::from_slice(json).map_err(|e| format!("not a Docker config JSON: {e}"))?;
+    let host_of = |key: &str| {
+        let rest = key
+            .strip_prefix("https://")
+            .or_else(|| key.strip_prefix("http://"))
+            .unwrap_or(key);
+        rest.split('/').next().unwrap_or_default().to_owned()
+    };
+    let wanted = |host: &str| {
+        host == registry
+            || (registry == "docker.io"
+                && matches!(host, "index.docker.io" | "registry-1.docker.io"))
+    };
+    let entry = config
+        .auths
+        .iter()
+        .find(|(k, _)| wanted(&host_of(k)))
+        .map(|(_, e)| e)
+        .ok_or_else(|| format!("it has no credentials for {registry}"))?;
+    if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+        return Ok(RegistryAuth::Basic(u.clone(), p.clone()));
+    }
+    let encoded = entry.auth.as_deref().ok_or_else(|| {
+        format!("its entry for {registry} has neither username/password nor auth")
+    })?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("its auth for {registry} is not base64: {e}"))?;
+    let text =
+        String::from_utf8(decoded).map_err(|_| format!("its auth for {registry} is not UTF-8"))?;
+    let (u, p) = text
+        .split_once(':')
+        .ok_or_else(|| format!("its auth for {registry} is not user:password"))?;
+    Ok(RegistryAuth::Basic(u.to_owned(), p.to_owned()))
+}
+
 /// A client for one endpoint: HTTP or HTTPS, with its CA.
 fn client_for(endpoint: &Endpoint) -> Result<Client, ImageError> {
     // The workspace's TLS is rustls on ring; a second install is a no-op.
@@ -323,4 +386,25 @@ fn short_hash(text: &str) -> String {
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
     move |e| ImageError::Io(format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_credentials() {
+        let json = br#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTE6cDE="},"127.0.0.1:5000":{"username":"u2","password":"p2"}}}"#;
+        assert_eq!(
+            docker_config_auth(json, "docker.io").unwrap(),
+            RegistryAuth::Basic("u1".into(), "p1".into())
+        );
+        assert_eq!(
+            docker_config_auth(json, "127.0.0.1:5000").unwrap(),
+            RegistryAuth::Basic("u2".into(), "p2".into())
+        );
+        let e = docker_config_auth(json, "quay.io").unwrap_err();
+        assert!(e.contains("no credentials for quay.io"), "{e}");
+        assert!(docker_config_auth(b"{", "quay.io").is_err());
+    }
 }

@@ -1,5 +1,5 @@
-//! The files behind a VMI's volumes: hostDisk images, emptyDisk qcow2 files
-//! and cloud-init NoCloud (CIDATA) disks.
+//! The files behind a VMI's volumes: hostDisk images, emptyDisk qcow2 files,
+//! containerDisk overlays and cloud-init NoCloud (CIDATA) disks.
 //!
 //! [`plan`] is pure: it decides, from the VMI and the cluster's
 //! [`VolumePolicy`], which file each volume needs and what goes into it.
@@ -37,7 +37,7 @@
 //!
 //! This file holds the entry points and what every volume shares (its name,
 //! its one source); each kind has a file with its planning and its
-//! preparing: `host_disk`, `empty_disk`, `cloud_init`. `files` holds the
+//! preparing: `host_disk`, `empty_disk`, `container_disk`, `cloud_init`. `files` holds the
 //! file-system and tool helpers they use.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,17 +55,22 @@ use ironvirt_crds::quantity::parse_quantity;
 use ironvirt_crds::validate::{
     self, FieldError, HostDiskError, ResolvedHostDisk, VolumePolicy, check_volumes, resolve_beneath,
 };
-use ironvirt_crds::vmi::{CloudInitNoCloudSource, EmptyDiskSource, HostDisk, HostDiskType, Volume};
+use ironvirt_crds::vmi::{
+    CloudInitNoCloudSource, ContainerDiskSource, EmptyDiskSource, HostDisk, HostDiskType, Volume,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::domxml::{ImageFormat, ResolvedVolume};
 
 mod cloud_init;
+mod container_disk;
 mod empty_disk;
 mod files;
 mod host_disk;
 
 use cloud_init::*;
+pub use container_disk::ContainerDiskPlan;
+use container_disk::*;
 use empty_disk::*;
 use files::*;
 use host_disk::*;
@@ -91,7 +96,12 @@ pub enum VolumePlan {
         path: PathBuf,
         files: CloudInitFiles,
     },
+    /// An overlay on an image's disk, pulled first ([`crate::images`]).
+    ContainerDisk(ContainerDiskPlan),
 }
+
+/// The pulled disks of the VMI's containerDisk volumes, by volume name.
+pub type PulledDisks = BTreeMap<String, crate::images::CachedDisk>;
 
 /// The NoCloud files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,8 +254,11 @@ pub fn plan(
 /// directory is created with mode 0700 when missing. hostDisk images are
 /// resolved beneath their namespace's directory, and no image is created
 /// larger than the free space of its file system (see the module docs).
+///
+/// `pulled` holds the disk of each containerDisk volume, pulled beforehand.
 pub fn prepare(
     plans: &BTreeMap<String, VolumePlan>,
+    pulled: &PulledDisks,
 ) -> Result<BTreeMap<String, ResolvedVolume>, VolumeError> {
     let mut resolved = BTreeMap::new();
     for (name, plan) in plans {
@@ -257,6 +270,13 @@ pub fn prepare(
             } => prepare_host_disk(name, path, *create, ns_dir)?,
             VolumePlan::EmptyDisk { path, bytes } => prepare_empty_disk(name, path, *bytes)?,
             VolumePlan::CloudInit { path, files } => prepare_cloud_init(name, path, files)?,
+            VolumePlan::ContainerDisk(plan) => {
+                let base = pulled.get(name).ok_or_else(|| VolumeError::Io {
+                    what: format!("containerDisk {name}"),
+                    reason: format!("{} was not pulled", plan.image),
+                })?;
+                prepare_container_disk(name, plan, base)?
+            }
         };
         resolved.insert(name.clone(), volume);
     }
@@ -282,7 +302,7 @@ enum Source<'a> {
     HostDisk(&'a HostDisk),
     EmptyDisk(&'a EmptyDiskSource),
     CloudInit(&'a CloudInitNoCloudSource),
-    ContainerDisk,
+    ContainerDisk(&'a ContainerDiskSource),
     /// A source ironvirt does not support, by its field name.
     Other(&'static str),
 }
@@ -293,7 +313,7 @@ impl Source<'_> {
             Source::HostDisk(_) => "hostDisk",
             Source::EmptyDisk(_) => "emptyDisk",
             Source::CloudInit(_) => "cloudInitNoCloud",
-            Source::ContainerDisk => "containerDisk",
+            Source::ContainerDisk(_) => "containerDisk",
             Source::Other(field) => field,
         }
     }
@@ -302,8 +322,8 @@ impl Source<'_> {
 /// Every source `volume` sets, in field order.
 fn sources(volume: &Volume) -> Vec<Source<'_>> {
     let mut sources = Vec::new();
-    if volume.container_disk.is_some() {
-        sources.push(Source::ContainerDisk);
+    if let Some(c) = &volume.container_disk {
+        sources.push(Source::ContainerDisk(c));
     }
     if let Some(c) = &volume.cloud_init_no_cloud {
         sources.push(Source::CloudInit(c));
@@ -341,7 +361,7 @@ fn sources(volume: &Volume) -> Vec<Source<'_>> {
 }
 
 /// The sources ironvirt supports, for messages.
-const SUPPORTED: &str = "hostDisk, emptyDisk or cloudInitNoCloud";
+const SUPPORTED: &str = "containerDisk, hostDisk, emptyDisk or cloudInitNoCloud";
 
 fn plan_volume(
     vmi: &VirtualMachineInstance,
@@ -382,10 +402,9 @@ fn plan_volume(
             path: dir.join(format!("{}.cidata.img", volume.name)),
             files: cloud_init_files(vmi, uid, c, &format!("{field}.cloudInitNoCloud"), secrets)?,
         }),
-        Source::ContainerDisk => Err(VolumeError::Unsupported {
-            field: format!("{field}.containerDisk"),
-            reason: format!("containerDisk is not supported yet; use {SUPPORTED}"),
-        }),
+        Source::ContainerDisk(c) => {
+            plan_container_disk(c, &format!("{field}.containerDisk"), dir, &volume.name)
+        }
         Source::Other(name) => Err(VolumeError::Unsupported {
             field: format!("{field}.{name}"),
             reason: format!("{name} volumes are not supported yet; use {SUPPORTED}"),

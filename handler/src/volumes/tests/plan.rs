@@ -503,20 +503,38 @@ fn cloud_init_needs_the_vmi_uid() {
 // ---- plan: unsupported and malformed volumes ---------------------------
 
 #[test]
-fn container_disk_is_unsupported() {
-    let reason = assert_unsupported(
-        plan_on(
-            &vmi_with(
-                "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: root, containerDisk: {image: quay.io/x/y}}]",
-            ),
-            Path::new("/d"),
+fn container_disk_plans_an_overlay_on_the_pulled_image() {
+    let plans = plan_on(
+        &vmi_with(
+            "[{name: a, emptyDisk: {capacity: 1Gi}}, {name: root, containerDisk: {image: quay.io/x/y:v1, imagePullSecret: pull}}]",
+        ),
+        Path::new("/d"),
+        &no_secrets(),
+    )
+    .unwrap();
+    let Some(VolumePlan::ContainerDisk(cd)) = plans.get("root") else {
+        panic!("{plans:?}");
+    };
+    assert_eq!(cd.image.to_string(), "quay.io/x/y:v1");
+    assert_eq!(cd.policy, crate::images::PullPolicy::IfNotPresent);
+    assert_eq!(cd.pull_secret.as_deref(), Some("pull"));
+    assert_eq!(cd.overlay, Path::new("/d/root.overlay.qcow2"));
+    // Bad fields are named.
+    assert_invalid(
+        plan_one(
+            "[{name: v, containerDisk: {image: 'Quay.io/X'}}]",
             &no_secrets(),
         ),
-        "spec.volumes[1].containerDisk",
+        "spec.volumes[0].containerDisk.image",
+        "lowercase",
     );
-    assert_eq!(
-        reason,
-        "containerDisk is not supported yet; use hostDisk, emptyDisk or cloudInitNoCloud"
+    assert_invalid(
+        plan_one(
+            "[{name: v, containerDisk: {image: quay.io/x/y, path: ../../etc/shadow}}]",
+            &no_secrets(),
+        ),
+        "spec.volumes[0].containerDisk.path",
+        "inside the image",
     );
 }
 

@@ -41,7 +41,7 @@ fn one(name: &str, plan: VolumePlan) -> BTreeMap<String, VolumePlan> {
 }
 
 fn prepare_one(name: &str, plan: VolumePlan) -> Result<ResolvedVolume, VolumeError> {
-    let mut resolved = prepare(&one(name, plan))?;
+    let mut resolved = prepare(&one(name, plan), &PulledDisks::new())?;
     assert_eq!(resolved.len(), 1);
     Ok(resolved.remove(name).unwrap())
 }
@@ -179,7 +179,7 @@ fn existing_host_disks_are_probed() {
         ("r".to_owned(), host_disk(&ns, &raw, None)),
         ("t".to_owned(), host_disk(&ns, &tiny, None)),
     ]);
-    let r = prepare(&plans).unwrap();
+    let r = prepare(&plans, &PulledDisks::new()).unwrap();
     assert_eq!(
         r["q"],
         ResolvedVolume {
@@ -711,7 +711,7 @@ fn prepare_does_the_whole_plan() {
         &secrets(&[("s", "userdata", b"#cloud-config\n")]),
     )
     .unwrap();
-    let r = prepare(&plans).unwrap();
+    let r = prepare(&plans, &PulledDisks::new()).unwrap();
     assert_eq!(
         r["root"],
         ResolvedVolume {
@@ -734,7 +734,7 @@ fn prepare_does_the_whole_plan() {
         }
     );
     assert_eq!(listing(&dir), ["cloudinit.cidata.img", "scratch.qcow2"]);
-    assert_eq!(prepare(&plans).unwrap(), r);
+    assert_eq!(prepare(&plans, &PulledDisks::new()).unwrap(), r);
     assert_eq!(listing(&dir), ["cloudinit.cidata.img", "scratch.qcow2"]);
 }
 

@@ -1,0 +1,147 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (CNCF
+//! distribution 2.8) on 127.0.0.1 over plain HTTP, with its own storage and
+//! access log, and images in KubeVirt's containerDisk layout pushed to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+/// An image's files: path in the image, content.
+pub type Files<'a> = Vec<(&'a str, Vec<u8>)>;
+
+/// A registry process with its storage and access log; killed on drop.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free port of 127.0.0.1.
+    pub fn start() -> Res<Registry> {
+        let bin = which("docker-registry").ok_or(
+            "docker-registry is not installed: run `make deps` (Debian package docker-registry)",
+        )?;
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let log = dir.path().join("registry.log");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::create(
+                dir.path().join("registry.err"),
+            )?))
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&host).is_err() {
+            if Instant::now() > deadline {
+                return Err("the registry did not listen within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Registry {
+            child,
+            host,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Access-log lines so far (the registry logs each request).
+    pub fn requests(&self, needle: &str) -> usize {
+        let err = self.log.with_file_name("registry.err");
+        [&self.log, &err]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(needle))
+            .count()
+    }
+
+    /// Pushes `files` as a one-layer image `repo:tag`.
+    pub async fn push(&self, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<()> {
+        let (repo, tag) = repo_tag.split_once(':').ok_or("repo:tag")?;
+        let reference = Reference::with_tag(self.host.clone(), repo.into(), tag.into());
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let layer = ImageLayer::oci_v1_gzip(tar_gz(files)?, None);
+        let config = Config::oci_v1(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec(),
+            None,
+        );
+        client
+            .push(&reference, &[layer], config, &RegistryAuth::Anonymous, None)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn tar_gz(files: &[(&str, Vec<u8>)]) -> Res<Vec<u8>> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o440);
+        h.set_uid(107);
+        h.set_gid(107);
+        h.set_cksum();
+        b.append_data(&mut h, path, data.as_slice())?;
+    }
+    Ok(b.into_inner()?.finish()?)
+}
+
+/// A small qcow2 image, optionally with a backing file.
+pub fn qcow2(backing: Option<&Path>) -> Res<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("d.qcow2");
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(b) = backing {
+        cmd.arg("-b").arg(b).args(["-F", "raw"]);
+    }
+    let ok = cmd.arg(&path).arg("16M").status()?.success();
+    if !ok {
+        return Err("qemu-img create failed".into());
+    }
+    Ok(std::fs::read(path)?)
+}
