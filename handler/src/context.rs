@@ -67,6 +67,9 @@ pub struct Context {
     /// Consecutive failed image pulls per VMI (ErrImagePull, then
     /// ImagePullBackOff with backoff).
     pub pull_failures: Failures,
+    /// When each VMI whose pull failed may pull again: reconciles before
+    /// then (its own status write triggers one) wait instead.
+    pub pull_not_before: Mutex<HashMap<ObjectRef<VirtualMachineInstance>, std::time::Instant>>,
 }
 
 impl Context {
@@ -98,6 +101,7 @@ impl Context {
             failures: Failures::default(),
             images: None,
             pull_failures: Failures::default(),
+            pull_not_before: Mutex::default(),
         }
     }
 

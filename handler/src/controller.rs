@@ -258,6 +258,23 @@ async fn pull_images(
     use crate::images::ImageError;
     let mut pulled = volumes::PulledDisks::new();
     let key = ObjectRef::from_obj(vmi);
+    let wanted = plans
+        .values()
+        .any(|p| matches!(p, volumes::VolumePlan::ContainerDisk(_)));
+    if wanted {
+        let not_before = ctx
+            .pull_not_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(left) = not_before
+            .and_then(|t| t.checked_duration_since(std::time::Instant::now()))
+            .filter(|d| !d.is_zero())
+        {
+            return Ok(Pulled::Stop(Action::requeue(left)));
+        }
+    }
     for (name, plan) in plans {
         let volumes::VolumePlan::ContainerDisk(cd) = plan else {
             continue;
@@ -303,6 +320,10 @@ async fn pull_images(
     }
     if !pulled.is_empty() {
         ctx.pull_failures.succeeded(&key);
+        ctx.pull_not_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
     Ok(Pulled::Ready(pulled))
 }
@@ -317,6 +338,10 @@ async fn pull_failed(
     e: crate::images::ImageError,
 ) -> Result<Action, Error> {
     let wait = ctx.pull_failures.failed(key, Duration::ZERO);
+    ctx.pull_not_before
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), std::time::Instant::now() + wait);
     let first = wait <= Duration::from_secs(2);
     let reason = if first {
         Reason::ErrImagePull
@@ -487,6 +512,12 @@ async fn finalize(
     uid: &str,
     domain: Option<&libvirt::DomainInfo>,
 ) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(vmi);
+    ctx.pull_failures.succeeded(&key);
+    ctx.pull_not_before
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
     close_console(ctx, dname).await;
     if domain.is_some_and(|d| d.owner.uid == uid) {
         let d = dname.to_owned();

@@ -166,21 +166,38 @@ async fn unsupported_and_missing_volumes_fail_with_a_reason() {
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
         };
-        for reason in ["ErrImagePull", "ImagePullBackOff"] {
-            let (v, msg) = eventually(Duration::from_secs(60), reason, || async {
-                let v = vmis.get("cd").await.ok()?;
-                let c = ready_of(&v)?;
-                (c.reason.as_deref() == Some(reason)).then(|| (v, c.message.unwrap_or_default()))
-            })
+        let (v, msg) = eventually(Duration::from_secs(60), "ImagePullBackOff", || async {
+            let v = vmis.get("cd").await.ok()?;
+            let c = ready_of(&v)?;
+            (c.reason.as_deref() == Some("ImagePullBackOff")).then(|| (v, c.message.unwrap_or_default()))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        assert!(msg.contains("127.0.0.1:1") && msg.contains("onnection refused"), "message: {msg}");
+        assert_eq!(
+            v.status.as_ref().and_then(|s| s.phase.map(|p| format!("{p:?}"))).as_deref(),
+            Some("Scheduled"),
+            "a failed pull is retried, not a failed VMI"
+        );
+        // The first failure was ErrImagePull; both are Events of the VMI.
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let reasons: Vec<String> = events
+            .list(&Default::default())
             .await
-            .map_err(|e| e.to_string())?;
-            assert!(msg.contains("127.0.0.1:1"), "message: {msg}");
-            assert_eq!(
-                v.status.as_ref().and_then(|s| s.phase.map(|p| format!("{p:?}"))).as_deref(),
-                Some("Scheduled"),
-                "a failed pull is retried, not a failed VMI"
-            );
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("cd"))
+            .filter_map(|e| e.reason)
+            .collect();
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            assert!(reasons.iter().any(|r| r == reason), "no {reason} event: {reasons:?}");
         }
+        // Backoff, not a hot loop: within 10 s at most a handful of pulls.
+        let tries = |h: &Handler| h.log_text().matches("image pull failed").count();
+        let before = tries(&h);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(tries(&h) - before <= 3, "pulls retried {} times in 10 s", tries(&h) - before);
 
         let mut missing = guest("missing", json!([]), json!([]));
         // Inside the namespace's hostDisk directory (admission refuses any

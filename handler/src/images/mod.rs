@@ -214,7 +214,7 @@ impl Images {
         }
         let pull_err = |e: oci_client::errors::OciDistributionError| ImageError::Pull {
             image: image.to_string(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         };
         let (manifest, digest) = client
             .pull_image_manifest(&reference, auth)
@@ -370,6 +370,21 @@ fn reason_of(e: ImageError) -> String {
         ImageError::Pull { reason, .. } => reason,
         other => other.to_string(),
     }
+}
+
+/// `e` and its causes ("error sending request …: connection refused").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn set_read_only(path: &Path) -> Result<(), ImageError> {
