@@ -92,6 +92,50 @@ testbed_up() {
     --etcd-bin "$ETCD_BIN" --k8s-bin "$K8S_BIN" --guest-dir "$guest_dir" >/dev/null
 }
 
+# The test bed's OCI registry (Debian's docker-registry, plain HTTP on
+# 127.0.0.1), supervised with the bed, serving the test guest as a
+# containerDisk under the names KubeVirt's examples and documentation use;
+# and $1/registries.yaml, the handlers' mirror configuration mapping those
+# registries to it. Prints the registry's host:port.
+CONTAINERDISK_NAMES=(
+  kubevirt/cirros-container-disk-demo:latest kubevirt/cirros-container-disk-demo:devel
+  kubevirt/fedora-cloud-container-disk-demo:latest kubevirt/alpine-container-disk-demo:latest
+  containerdisks/fedora:latest containerdisks/ubuntu:latest
+)
+start_registry() {
+  local state="$1" port host dir="$1/registry"
+  port="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
+  host="127.0.0.1:$port"
+  mkdir -p "$dir/data"
+  cat >"$dir/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+http:
+  addr: $host
+YAML
+  IRONVIRT_STATE="$state" "$TESTBED" spawn registry -- "$(command -v docker-registry)" serve "$dir/config.yml" >/dev/null || return 1
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  "$REPO/target/debug/push-containerdisk" "$host" "$GUEST_IMAGE" "${CONTAINERDISK_NAMES[@]}" >/dev/null || return 1
+  cat >"$state/registries.yaml" <<YAML
+# The test bed's registry ($host) serves the names KubeVirt's examples use.
+registries:
+  quay.io:
+    mirrors: ["$host"]
+  "registry:5000":
+    mirrors: ["$host"]
+  "$host":
+    insecure: true
+YAML
+  echo "$host"
+}
+
 # Stops the test bed in state directory $1 (nothing to do when it has none).
 testbed_down() {
   local state="$1"

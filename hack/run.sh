@@ -45,6 +45,9 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubec
 # The node agent for this machine. KVM does not work on the machines this
 # test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
 node="${IRONVIRT_NODE:-node-1}"
+log "starting the OCI registry (containerDisks of the test guest)"
+registry="$(start_registry "$state")" || die "the registry did not start or the test guest could not be pushed (log: $state/logs/registry.log)."
+
 log "starting ironvirt-handler for node $node"
 # The handler's own identity, as on a real cluster: a serving certificate
 # naming only $node.ironvirt-handler, and a kube-apiserver user for its node
@@ -55,6 +58,7 @@ eval "$(IRONVIRT_STATE="$state" "$TESTBED" handler-identity "$node")" \
 IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$HANDLER_KUBECONFIG" -e "RUST_LOG=info" -- \
   "$REPO/target/debug/ironvirt-handler" --node-name "$node" --libvirt-uri qemu:///system \
   --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --state-dir "$state/handler" --register-node \
+  --registries-config "$state/registries.yaml" \
   --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 --host-disk-root "$HOSTDISK_ROOT" \
   --tls-cert "$HANDLER_TLS_CERT" --tls-key "$HANDLER_TLS_KEY" --client-ca "$HANDLER_CLIENT_CA" >/dev/null \
   || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
@@ -62,18 +66,23 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$HANDLE
 log "starting ironvirt-api (subresources.kubevirt.io) and registering it"
 start_api "$state" >/dev/null || die "ironvirt-api did not start or did not become Available (log: $state/logs/ironvirt-api.log)."
 
-log "starting the example VM (examples/vm-busybox.yaml)"
+log "starting the example VMs (examples/vm-cirros.yaml: a containerDisk; examples/vm-busybox.yaml: a hostDisk)"
+"${KUBECTL[@]}" apply -n default -f "$REPO/examples/vm-cirros.yaml" >/dev/null || die "applying examples/vm-cirros.yaml failed."
+"${KUBECTL[@]}" patch -n default vm vm-cirros --type merge -p '{"spec":{"running":true}}' >/dev/null \
+  || die "starting vm-cirros failed."
 "${KUBECTL[@]}" apply -n default -f "$REPO/examples/vm-busybox.yaml" >/dev/null || die "applying examples/vm-busybox.yaml failed."
-phase=""
-for _ in $(seq 1 360); do
-  phase="$("${KUBECTL[@]}" get -n default vmi vm-busybox -o jsonpath='{.status.phase}' 2>/dev/null || true)"
-  [[ "$phase" == Running ]] && break
-  sleep 0.5
+for vm in vm-cirros vm-busybox; do
+  phase=""
+  for _ in $(seq 1 360); do
+    phase="$("${KUBECTL[@]}" get -n default vmi "$vm" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+    [[ "$phase" == Running ]] && break
+    sleep 0.5
+  done
+  if [[ "$phase" != Running ]]; then
+    "${KUBECTL[@]}" get -n default vm,vmi -o wide >&2 || true
+    die "the example VM $vm did not reach Running within 180 s (logs: $state/logs/ironvirt-{operator,handler}.log)."
+  fi
 done
-if [[ "$phase" != Running ]]; then
-  "${KUBECTL[@]}" get -n default vm,vmi -o wide >&2 || true
-  die "the example VM did not reach Running within 180 s (logs: $state/logs/ironvirt-{operator,handler}.log)."
-fi
 elapsed=$(( $(date +%s) - start ))
 
 # The component logs this run writes (libvirtd's and virtlogd's only when
@@ -94,7 +103,9 @@ cat <<MSG
 
 ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
 the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset), ironvirt-operator,
-ironvirt-handler for node $node and ironvirt-api (subresources.kubevirt.io). The example VM vm-busybox is Running.
+ironvirt-handler for node $node, ironvirt-api (subresources.kubevirt.io) and an OCI registry ($registry) that
+serves the test guest as quay.io/kubevirt/cirros-container-disk-demo and the other names KubeVirt's examples use.
+The example VMs vm-cirros (containerDisk) and vm-busybox (hostDisk) are Running.
 
 make run talks only to the local cluster it started:
   cluster:     $server  (context ironvirt-testbed, user admin; state in $state)
@@ -107,7 +118,7 @@ $kubeconfig_note
 
 Try next (paste into a shell):
   export KUBECONFIG=$kubeconfig PATH=$REPO/target/debug:$K8S_BIN:\$PATH
-  ironctl console vm-busybox                        # the serial console; Ctrl+] leaves
+  ironctl console vm-cirros                         # the serial console; Ctrl+] leaves
   kubectl get vms,vmis
   ironctl vnc screenshot vm-busybox -f screen.png   # the VM's screen as a PNG
 

@@ -79,22 +79,7 @@ impl Registry {
 
     /// Pushes `files` as a one-layer image `repo:tag`.
     pub async fn push(&self, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<()> {
-        let (repo, tag) = repo_tag.split_once(':').ok_or("repo:tag")?;
-        let reference = Reference::with_tag(self.host.clone(), repo.into(), tag.into());
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..ClientConfig::default()
-        });
-        let layer = ImageLayer::oci_v1_gzip(tar_gz(files)?, None);
-        let config = Config::oci_v1(
-            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-                .to_vec(),
-            None,
-        );
-        client
-            .push(&reference, &[layer], config, &RegistryAuth::Anonymous, None)
-            .await?;
-        Ok(())
+        push(&self.host, repo_tag, files).await
     }
 }
 
@@ -103,6 +88,29 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pushes `files` as a one-layer image (gzip, KubeVirt's uid 107) `repo:tag`
+/// to the plain-HTTP registry at `host`.
+pub async fn push(host: &str, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<()> {
+    let (repo, tag) = repo_tag.split_once(':').ok_or("expected repo:tag")?;
+    // The workspace's TLS is rustls on ring; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let reference = Reference::with_tag(host.to_owned(), repo.into(), tag.into());
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let layer = ImageLayer::oci_v1_gzip(tar_gz(files)?, None);
+    let config = Config::oci_v1(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec(),
+        None,
+    );
+    client
+        .push(&reference, &[layer], config, &RegistryAuth::Anonymous, None)
+        .await?;
+    Ok(())
 }
 
 fn which(name: &str) -> Option<PathBuf> {
