@@ -56,6 +56,7 @@ pub struct Config {
     pub console_dir: PathBuf,
     /// The containerDisk cache ([`crate::images`]) and the registries.
     pub image_cache_dir: PathBuf,
+    pub image_cache_size: u64,
     pub registries: crate::images::Registries,
     pub passt: PathBuf,
     /// Start passt in the node's namespaces ([`crate::guestnet::Host::passt_on_host`]).
@@ -197,7 +198,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         })?,
     );
-    tracing::info!(dir = %cfg.image_cache_dir.display(), "containerDisk image cache");
+    tracing::info!(dir = %cfg.image_cache_dir.display(), max_bytes = cfg.image_cache_size, "containerDisk image cache");
+    match images.collect(cfg.image_cache_size, crate::images::GC_GRACE) {
+        Ok(c) => tracing::info!(
+            removed = c.removed.len(),
+            kept_bytes = c.kept_bytes,
+            "image cache collected"
+        ),
+        Err(e) => tracing::warn!(error = %e, "collecting the image cache failed"),
+    }
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -211,7 +220,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.resync,
         )
         .with_volume_policy(cfg.volume_policy.clone())
-        .with_images(images),
+        .with_images(images, cfg.image_cache_size),
     );
 
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());

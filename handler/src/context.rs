@@ -64,6 +64,8 @@ pub struct Context {
     /// The node's containerDisk puller and cache; None: containerDisks are
     /// refused.
     pub images: Option<Arc<crate::images::Images>>,
+    /// The image cache's size limit ([`crate::images::Images::collect`]).
+    pub image_cache_bytes: u64,
     /// Consecutive failed image pulls per VMI (ErrImagePull, then
     /// ImagePullBackOff with backoff).
     pub pull_failures: Failures,
@@ -100,14 +102,17 @@ impl Context {
             shutdown_sent: Mutex::default(),
             failures: Failures::default(),
             images: None,
+            image_cache_bytes: 0,
             pull_failures: Failures::default(),
             pull_not_before: Mutex::default(),
         }
     }
 
-    /// The same context pulling containerDisks with `images`.
-    pub fn with_images(mut self, images: Arc<crate::images::Images>) -> Self {
+    /// The same context pulling containerDisks with `images`, a cache of at
+    /// most `cache_bytes` of disks.
+    pub fn with_images(mut self, images: Arc<crate::images::Images>, cache_bytes: u64) -> Self {
         self.images = Some(images);
+        self.image_cache_bytes = cache_bytes;
         self
     }
 

@@ -300,7 +300,11 @@ async fn pull_images(
                 }
             },
         };
-        match images.ensure(&cd.image, &cd.wanted, cd.policy, &auth).await {
+        let uid = vmi.uid().unwrap_or_default();
+        match images
+            .ensure(&cd.image, &cd.wanted, cd.policy, &auth, &uid)
+            .await
+        {
             Ok(disk) => {
                 tracing::info!(volume = %name, image = %cd.image, digest = %disk.digest, "containerDisk ready");
                 let note = format!("image {} ({}) is on the node", cd.image, disk.digest);
@@ -549,6 +553,15 @@ async fn cleanup_files(ctx: &Context, uid: &str) -> Result<(), Error> {
     ctx.consoles
         .remove_socket(uid)
         .map_err(|e| Error::Internal(format!("removing the console socket: {e}")))?;
+    if let Some(images) = &ctx.images {
+        images
+            .release(uid)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        // Best effort: a full cache is collected again when the next VMI goes.
+        if let Err(e) = images.collect(ctx.image_cache_bytes, crate::images::GC_GRACE) {
+            tracing::warn!(error = %e, "collecting the image cache failed");
+        }
+    }
     let dir = volumes::vmi_dir(&ctx.state_dir, uid);
     tokio::task::spawn_blocking(move || volumes::cleanup(&dir))
         .await

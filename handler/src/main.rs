@@ -83,6 +83,10 @@ struct Args {
     /// libvirtd must be able to read it: the VMIs' overlays refer to it.
     #[arg(long)]
     image_cache_dir: Option<PathBuf>,
+    /// The most bytes of disks the image cache keeps; images no VMI uses are
+    /// removed, least recently used first, when a VMI goes and at start.
+    #[arg(long, value_name = "QUANTITY", default_value = "20Gi", value_parser = byte_quantity)]
+    image_cache_size: u64,
     /// The node's registry configuration (YAML: mirrors, plain HTTP, CAs per
     /// registry host); none: every registry over HTTPS, no mirror.
     #[arg(long)]
@@ -161,6 +165,7 @@ fn main() -> anyhow::Result<()> {
         guest_network_dir: args.guest_network_dir,
         console_dir: args.console_dir,
         image_cache_dir: image_cache_dir.unwrap_or_else(|| state_dir.join("image-cache")),
+        image_cache_size: args.image_cache_size,
         registries: match &args.registries_config {
             Some(path) => ironvirt_handler::images::Registries::load(path)
                 .map_err(anyhow::Error::msg)

@@ -38,7 +38,9 @@ async fn a_containerdisk_is_pulled_once_checked_and_cached() -> Res<()> {
     let policy = PullPolicy::of(None, &cirros)?;
     assert_eq!(policy, PullPolicy::IfNotPresent);
     let auth = RegistryAuth::Anonymous;
-    let got = images.ensure(&cirros, &wanted, policy, &auth).await?;
+    let got = images
+        .ensure(&cirros, &wanted, policy, &auth, "vmi-a")
+        .await?;
     assert_eq!(got.format, ImageFormat::Qcow2);
     assert_eq!(
         std::fs::read(&got.path)?,
@@ -51,8 +53,8 @@ async fn a_containerdisk_is_pulled_once_checked_and_cached() -> Res<()> {
 
     // Two VMIs at once: one answer from the cache, no second download.
     let (a, b) = tokio::join!(
-        images.ensure(&cirros, &wanted, policy, &auth),
-        images.ensure(&cirros, &wanted, policy, &auth)
+        images.ensure(&cirros, &wanted, policy, &auth, "vmi-a"),
+        images.ensure(&cirros, &wanted, policy, &auth, "vmi-a")
     );
     assert_eq!(a?.path, got.path);
     assert_eq!(b?.path, got.path);
@@ -65,7 +67,7 @@ async fn a_containerdisk_is_pulled_once_checked_and_cached() -> Res<()> {
     // Always: the registry is asked for the manifest, but an unchanged
     // digest downloads nothing.
     let again = images
-        .ensure(&cirros, &wanted, PullPolicy::Always, &auth)
+        .ensure(&cirros, &wanted, PullPolicy::Always, &auth, "vmi-a")
         .await?;
     assert_eq!(again.path, got.path);
     assert!(reg.requests("/manifests/") > manifests);
@@ -79,7 +81,7 @@ async fn a_containerdisk_is_pulled_once_checked_and_cached() -> Res<()> {
     drop(images);
     let reopened = Images::open(cache.path(), mirrors(&reg.host))?;
     let never = reopened
-        .ensure(&cirros, &wanted, PullPolicy::Never, &auth)
+        .ensure(&cirros, &wanted, PullPolicy::Never, &auth, "vmi-a")
         .await?;
     assert_eq!(never.path, got.path);
     let missing = reopened
@@ -88,12 +90,24 @@ async fn a_containerdisk_is_pulled_once_checked_and_cached() -> Res<()> {
             &wanted,
             PullPolicy::Never,
             &auth,
+            "vmi-a",
         )
         .await;
     assert!(
         matches!(missing, Err(ImageError::NotPresent(_))),
         "{missing:?}"
     );
+
+    // The VMI goes: with a limit of 0 the unused image is collected, and
+    // nothing of it is left; Never then finds nothing.
+    reopened.release("vmi-a")?;
+    let c = reopened.collect(0, std::time::Duration::ZERO)?;
+    assert_eq!(c.removed.len(), 1, "{c:?}");
+    assert_eq!(std::fs::read_dir(cache.path().join("images"))?.count(), 0);
+    let gone = reopened
+        .ensure(&cirros, &wanted, PullPolicy::Never, &auth, "vmi-b")
+        .await;
+    assert!(matches!(gone, Err(ImageError::NotPresent(_))), "{gone:?}");
     Ok(())
 }
 
@@ -106,7 +120,7 @@ async fn a_missing_tag_fails_with_the_registrys_reason_until_it_is_pushed() -> R
     let wanted = Wanted::of(None)?;
     let auth = RegistryAuth::Anonymous;
     let e = images
-        .ensure(&later, &wanted, PullPolicy::IfNotPresent, &auth)
+        .ensure(&later, &wanted, PullPolicy::IfNotPresent, &auth, "vmi-a")
         .await
         .expect_err("pulled a tag that does not exist");
     let text = e.to_string();
@@ -115,7 +129,7 @@ async fn a_missing_tag_fails_with_the_registrys_reason_until_it_is_pushed() -> R
     reg.push("kubevirt/later:v2", &[("disk/disk.img", vec![0u8; 4096])])
         .await?;
     let got = images
-        .ensure(&later, &wanted, PullPolicy::IfNotPresent, &auth)
+        .ensure(&later, &wanted, PullPolicy::IfNotPresent, &auth, "vmi-a")
         .await?;
     assert_eq!(got.format, ImageFormat::Raw);
     Ok(())
@@ -157,6 +171,7 @@ async fn bad_images_are_refused_with_kubevirts_reasons() -> Res<()> {
                 &Wanted::of(None)?,
                 PullPolicy::IfNotPresent,
                 &RegistryAuth::Anonymous,
+                "vmi-a",
             )
             .await
             .expect_err(name);

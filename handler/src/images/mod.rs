@@ -29,12 +29,17 @@ use oci_client::{Client, Reference};
 use crate::domxml::ImageFormat;
 
 pub mod disk;
+pub mod gc;
 pub mod reference;
 pub mod registries;
 
 pub use disk::Wanted;
 pub use reference::{ImageRef, PullPolicy};
 pub use registries::{Endpoint, Registries};
+
+/// How long a just-used image is safe from [`Images::collect`]: a create
+/// holds its image a moment after getting it.
+pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why an image cannot give a disk.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +98,22 @@ impl Images {
     }
 
     /// The disk of `image` (the file `wanted` names), from the cache or
-    /// pulled as `policy` says, with `auth` for the registry.
+    /// pulled as `policy` says, with `auth` for the registry; held for VMI
+    /// `user` until [`Images::release`].
     pub async fn ensure(
+        &self,
+        image: &ImageRef,
+        wanted: &Wanted,
+        policy: PullPolicy,
+        auth: &RegistryAuth,
+        user: &str,
+    ) -> Result<CachedDisk, ImageError> {
+        let disk = self.get(image, wanted, policy, auth).await?;
+        self.hold(&disk, user)?;
+        Ok(disk)
+    }
+
+    async fn get(
         &self,
         image: &ImageRef,
         wanted: &Wanted,
