@@ -49,6 +49,10 @@ pub const VM_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
 /// raw bytes in binary frames.
 pub const STREAM_SUBPROTOCOL: &str = "plain.kubevirt.io";
 
+/// The Secret holding the handlers' serving certificate: the operator issues
+/// it, every handler pod mounts it (`deploy/base/handler/daemonset.yaml`).
+pub const HANDLER_TLS_SECRET: &str = "ironvirt-handler-tls";
+
 /// The DNS name in every handler's serving certificate; ironvirt-api verifies
 /// it when it dials a handler.
 pub const HANDLER_SERVER_NAME: &str = "ironvirt-handler";

@@ -63,7 +63,7 @@ pub const FINGERPRINT_ANNOTATION: &str = "ironvirt.io/tls-fingerprint";
 pub const MANAGER: &str = "ironvirt-operator-certs";
 
 /// The names of the one handler certificate the operator issues today
-/// (Secret `ironvirt-handler-tls`, mounted by every handler pod): the shared
+/// (Secret [`ironvirt_crds::wire::HANDLER_TLS_SECRET`], mounted by every handler pod): the shared
 /// name and `*.ironvirt-handler`, which matches the per-node name
 /// [`ironvirt_crds::wire::handler_server_name`] that ironvirt-api verifies.
 ///
@@ -112,7 +112,7 @@ impl Default for CertConfig {
             service: "ironvirt-api".into(),
             ca_secret: "ironvirt-ca".into(),
             api_secret: "ironvirt-api-tls".into(),
-            handler_secret: "ironvirt-handler-tls".into(),
+            handler_secret: ironvirt_crds::wire::HANDLER_TLS_SECRET.into(),
             ca_validity: Duration::from_secs(5 * 365 * 86400),
             leaf_validity: Duration::from_secs(365 * 86400),
             ca_propagation: Duration::from_secs(3600),
@@ -159,7 +159,7 @@ pub struct CertArgs {
     #[arg(long, default_value = "ironvirt-api-tls")]
     pub cert_api_secret: String,
     /// Secret of the handlers' stream certificate.
-    #[arg(long, default_value = "ironvirt-handler-tls")]
+    #[arg(long, default_value = ironvirt_crds::wire::HANDLER_TLS_SECRET)]
     pub cert_handler_secret: String,
     /// APIService whose caBundle is kept current ("" for none).
     #[arg(long, default_value = "v1.subresources.kubevirt.io")]
