@@ -1,6 +1,7 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (CNCF
-//! distribution 2.8) on 127.0.0.1 over plain HTTP, with its own storage and
-//! access log, and images in KubeVirt's containerDisk layout pushed to it.
+//! distribution 2.8) on 127.0.0.1, over plain HTTP or, private, over TLS
+//! (a CA of the test's own) with a user and password; with its own storage
+//! and access log, and images in KubeVirt's containerDisk layout pushed to it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,13 +20,27 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
+    /// The CA of a private registry's certificate (PEM file).
+    pub ca: Option<PathBuf>,
+    /// A private registry's user and password.
+    pub credentials: Option<(String, String)>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts a registry on a free port of 127.0.0.1.
+    /// Starts a registry on a free port of 127.0.0.1, plain HTTP, open to all.
     pub fn start() -> Res<Registry> {
+        Self::start_inner(None)
+    }
+
+    /// Starts a private registry: TLS with a certificate for 127.0.0.1 from a
+    /// CA of its own ([`Registry::ca`]), and basic authentication for `user`.
+    pub fn start_private(user: &str, password: &str) -> Res<Registry> {
+        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(credentials: Option<(String, String)>) -> Res<Registry> {
         let bin = which("docker-registry").ok_or(
             "docker-registry is not installed: run `make deps` (Debian package docker-registry)",
         )?;
@@ -35,13 +50,35 @@ impl Registry {
             .port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        let mut ca = None;
+        if let Some((user, password)) = &credentials {
+            let (ca_pem, cert_pem, key_pem) = tls_for_localhost()?;
+            let (ca_path, cert, key, htpasswd) = (
+                dir.path().join("ca.pem"),
+                dir.path().join("tls.crt"),
+                dir.path().join("tls.key"),
+                dir.path().join("htpasswd"),
+            );
+            std::fs::write(&ca_path, ca_pem)?;
+            std::fs::write(&cert, cert_pem)?;
+            std::fs::write(&key, key_pem)?;
+            std::fs::write(
+                &htpasswd,
+                format!("{user}:{}\n", bcrypt::hash(password, 6)?),
+            )?;
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: ironvirt-test\n    path: {}\n",
+                cert.display(),
+                key.display(),
+                htpasswd.display()
+            ));
+            ca = Some(ca_path);
+        }
+        std::fs::write(&config, yaml)?;
         let log = dir.path().join("registry.log");
         let child = Command::new(bin)
             .arg("serve")
@@ -61,6 +98,8 @@ impl Registry {
         Ok(Registry {
             child,
             host,
+            ca,
+            credentials,
             log,
             _dir: dir,
         })
@@ -77,9 +116,23 @@ impl Registry {
             .count()
     }
 
-    /// Pushes `files` as a one-layer image `repo:tag`.
+    /// Pushes `files` as a one-layer image `repo:tag` (with the
+    /// credentials and CA of a private registry).
     pub async fn push(&self, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<()> {
-        push(&self.host, repo_tag, files).await
+        let Some((user, password)) = &self.credentials else {
+            return push(&self.host, repo_tag, files).await;
+        };
+        let ca = std::fs::read(self.ca.as_ref().ok_or("a private registry has a CA")?)?;
+        let config = ClientConfig {
+            protocol: ClientProtocol::Https,
+            extra_root_certificates: vec![oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: ca,
+            }],
+            ..ClientConfig::default()
+        };
+        let auth = RegistryAuth::Basic(user.clone(), password.clone());
+        push_with(config, &self.host, repo_tag, files, &auth).await
     }
 }
 
@@ -93,14 +146,25 @@ impl Drop for Registry {
 /// Pushes `files` as a one-layer image (gzip, KubeVirt's uid 107) `repo:tag`
 /// to the plain-HTTP registry at `host`.
 pub async fn push(host: &str, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<()> {
+    let config = ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    };
+    push_with(config, host, repo_tag, files, &RegistryAuth::Anonymous).await
+}
+
+async fn push_with(
+    config: ClientConfig,
+    host: &str,
+    repo_tag: &str,
+    files: &[(&str, Vec<u8>)],
+    auth: &RegistryAuth,
+) -> Res<()> {
     let (repo, tag) = repo_tag.split_once(':').ok_or("expected repo:tag")?;
     // The workspace's TLS is rustls on ring; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let reference = Reference::with_tag(host.to_owned(), repo.into(), tag.into());
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
+    let client = Client::new(config);
     let layer = ImageLayer::oci_v1_gzip(tar_gz(files)?, None);
     let config = Config::oci_v1(
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
@@ -108,9 +172,33 @@ pub async fn push(host: &str, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<
         None,
     );
     client
-        .push(&reference, &[layer], config, &RegistryAuth::Anonymous, None)
+        .push(&reference, &[layer], config, auth, None)
         .await?;
     Ok(())
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1 with its key (PEM).
+fn tls_for_localhost() -> Res<(String, String, String)> {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ironvirt-test-registry-ca");
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::LOCALHOST,
+        )));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let key = rcgen::KeyPair::generate()?;
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
 fn which(name: &str) -> Option<PathBuf> {

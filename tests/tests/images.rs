@@ -185,3 +185,52 @@ async fn bad_images_are_refused_with_kubevirts_reasons() -> Res<()> {
     assert!(tmp.next().is_none(), "downloads left behind");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_private_registry_over_tls_needs_its_credentials_and_ca() -> Res<()> {
+    let reg = Registry::start_private("puller", "s3cret")?;
+    reg.push("private/guest:v1", &[("disk/disk.qcow2", qcow2(None)?)])
+        .await?;
+    let ca = reg.ca.clone().ok_or("a CA")?;
+    let cache = tempfile::tempdir()?;
+    let config = Registries::parse(&format!(
+        "registries:\n  \"{}\":\n    ca: {}\n",
+        reg.host,
+        ca.display()
+    ))?;
+    let images = Images::open(cache.path(), config)?;
+    let private = image(&format!("{}/private/guest:v1", reg.host));
+    let wanted = Wanted::of(None)?;
+    let p = PullPolicy::IfNotPresent;
+    // Anonymous: the registry's 401 is the reason.
+    let e = images
+        .ensure(&private, &wanted, p, &RegistryAuth::Anonymous, "vmi-a")
+        .await
+        .expect_err("pulled a private image anonymously");
+    let text = e.to_string().to_lowercase();
+    assert!(text.contains("not authorized"), "{e}");
+    // Wrong password: refused too.
+    let wrong = RegistryAuth::Basic("puller".into(), "guess".into());
+    assert!(
+        images
+            .ensure(&private, &wanted, p, &wrong, "vmi-a")
+            .await
+            .is_err()
+    );
+    // The right credentials, from a Docker config as a pull secret holds them.
+    let json = format!(
+        r#"{{"auths":{{"{}":{{"username":"puller","password":"s3cret"}}}}}}"#,
+        reg.host
+    );
+    let auth = ironvirt_handler::images::docker_config_auth(json.as_bytes(), &reg.host)?;
+    let got = images.ensure(&private, &wanted, p, &auth, "vmi-a").await?;
+    assert_eq!(got.format, ImageFormat::Qcow2);
+    // Without the CA, the registry's certificate is not trusted.
+    let untrusted = Images::open(tempfile::tempdir()?.path(), Registries::default())?;
+    let e = untrusted
+        .ensure(&private, &wanted, p, &auth, "vmi-a")
+        .await
+        .expect_err("trusted a certificate of an unknown CA");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    Ok(())
+}
