@@ -17,7 +17,7 @@ use ironvirt_tests::api::{
     BedApi, GUEST_MARKER as MARKER, Screen, api_port, bind, client_without_retries, get_bytes,
     guest_vm, open_ws, peak_rss, raw, tls_to_api,
 };
-use ironvirt_tests::handler::{Handler, wait_phase, wait_serving};
+use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, eventually, scrape};
 use kube::api::{Api, PostParams};
@@ -150,6 +150,11 @@ async fn one_users_parallel_screenshots_over_the_limit_get_429_in_bounded_memory
         assert_eq!(in_progress, 0.0, "screenshots still counted as in progress");
         let (code, _) = get_bytes(&shooter, &path).await;
         assert_eq!(code, 200);
+        // The VM goes while its handler still runs, so the domain goes too.
+        vms.delete("shot", &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_gone(&admin, &ns, "shot", Duration::from_secs(60)).await?;
         h.remove(&admin).await;
         Ok::<(), String>(())
     })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ironvirt_tests::handler::{Handler, place, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
+use ironvirt_tests::operator::eventually;
 use ironvirt_tests::registry::Registry;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
@@ -33,6 +34,30 @@ fn from_image(name: &str) -> serde_json::Value {
     })
 }
 
+/// A QEMU handler for `node` whose registry configuration is `yaml` (kept in
+/// the returned directory), serving.
+async fn handler_with_registries(
+    bed: &ironvirt_testbed::harness::TestBed,
+    ns: &str,
+    node: &str,
+    yaml: &str,
+) -> Result<(Handler, tempfile::TempDir), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("registries.yaml");
+    std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+    let config = config.display().to_string();
+    let h = Handler::start_with(
+        bed,
+        ns,
+        node,
+        QEMU,
+        "debug",
+        &["--registries-config", &config],
+    );
+    wait_serving(&h, Duration::from_secs(60)).await;
+    Ok((h, dir))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_vmis_of_one_image_boot_from_one_pull() {
     let bed = &bed().await;
@@ -49,23 +74,13 @@ async fn two_vmis_of_one_image_boot_from_one_pull() {
     bed.with_namespace("cdisk", |ns| async move {
         let client = bed.admin();
         let node = format!("{ns}-n");
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = dir.path().join("registries.yaml");
-        std::fs::write(
-            &config,
-            format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
-        )
-        .map_err(|e| e.to_string())?;
-        let config = config.display().to_string();
-        let h = Handler::start_with(
+        let (h, _config) = handler_with_registries(
             bed,
             &ns,
             &node,
-            QEMU,
-            "debug",
-            &["--registries-config", &config],
-        );
-        wait_serving(&h, Duration::from_secs(60)).await;
+            &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
+        )
+        .await?;
         for name in ["cd-a", "cd-b"] {
             place(&client, &ns, from_image(name), &node).await;
         }
@@ -102,6 +117,118 @@ async fn two_vmis_of_one_image_boot_from_one_pull() {
         for o in &overlays {
             assert!(!o.exists(), "{} outlived its VMI", o.display());
         }
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+/// A VMI of `image` with `imagePullSecret` `secret`, if any.
+fn private_vmi(name: &str, image: &str, secret: Option<&str>) -> serde_json::Value {
+    let mut v = from_image(name);
+    v["spec"]["volumes"][0]["containerDisk"] = json!({"image": image});
+    if let Some(s) = secret {
+        v["spec"]["volumes"][0]["containerDisk"]["imagePullSecret"] = json!(s);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_image_runs_with_its_pull_secret_only() {
+    use k8s_openapi::api::core::v1::Secret;
+    let bed = &bed().await;
+    let reg = Registry::start_private("puller", "s3cret").expect("the private registry");
+    let disk =
+        std::fs::read(IMAGE).expect("the test guest's disk (make deps / hack/build-guest.sh)");
+    reg.push("private/guest:v1", &[("disk/disk.qcow2", disk)])
+        .await
+        .expect("push the guest to the private registry");
+    let host = reg.host.clone();
+    let ca = reg.ca.clone().expect("the registry's CA");
+    bed.with_namespace("cdpriv", |ns| async move {
+        let client = bed.admin();
+        let node = format!("{ns}-n");
+        let (h, _config) = handler_with_registries(
+            bed,
+            &ns,
+            &node,
+            &format!("registries:\n  \"{host}\":\n    ca: {}\n", ca.display()),
+        )
+        .await?;
+        let docker_config =
+            format!(r#"{{"auths":{{"{host}":{{"username":"puller","password":"s3cret"}}}}}}"#);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "pull"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": docker_config},
+        }))
+        .map_err(|e| e.to_string())?;
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &secret)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The same credentials in another namespace, under the name the
+        // "elsewhere" VMI gives: a VMI reaches only its own namespace's.
+        let mut foreign = secret.clone();
+        foreign.metadata.name = Some(format!("{ns}-foreign"));
+        let default_secrets = Api::<Secret>::namespaced(client.clone(), "default");
+        default_secrets
+            .create(&Default::default(), &foreign)
+            .await
+            .map_err(|e| e.to_string())?;
+        let foreign_name = format!("{ns}-foreign");
+        let image = format!("{host}/private/guest:v1");
+        place(&client, &ns, private_vmi("anon", &image, None), &node).await;
+        place(
+            &client,
+            &ns,
+            private_vmi("elsewhere", &image, Some("not-here")),
+            &node,
+        )
+        .await;
+        place(
+            &client,
+            &ns,
+            private_vmi("allowed", &image, Some("pull")),
+            &node,
+        )
+        .await;
+
+        // With its secret: Running, the guest up.
+        wait_phase(&client, &ns, "allowed", "Running", BOOT).await?;
+        let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/allowed/console");
+        let mut con = h.streams().websocket(&path).await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        // Without: the registry's refusal; with a Secret that is not in the
+        // VMI's namespace: that it does not exist. Both wait in backoff.
+        let vmis: Api<ironvirt_crds::VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        for (name, says) in [("anon", "not authorized"), ("elsewhere", "does not exist")] {
+            let msg = eventually(Duration::from_secs(60), name, || async {
+                let v = vmis.get(name).await.ok()?;
+                let c = v
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?;
+                let pulling = matches!(
+                    c.reason.as_deref(),
+                    Some("ErrImagePull" | "ImagePullBackOff")
+                );
+                pulling.then(|| c.message.unwrap_or_default())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            assert!(msg.to_lowercase().contains(says), "{name}: {msg}");
+        }
+        for name in ["anon", "elsewhere", "allowed"] {
+            let _ = vmis.delete(name, &DeleteParams::default()).await;
+        }
+        for name in ["anon", "elsewhere", "allowed"] {
+            wait_gone(&client, &ns, name, Duration::from_secs(60)).await?;
+        }
+        let _ = default_secrets
+            .delete(&foreign_name, &DeleteParams::default())
+            .await;
         h.remove(&client).await;
         Ok::<(), String>(())
     })

@@ -225,6 +225,31 @@ async fn a_private_registry_over_tls_needs_its_credentials_and_ca() -> Res<()> {
     let auth = ironvirt_handler::images::docker_config_auth(json.as_bytes(), &reg.host)?;
     let got = images.ensure(&private, &wanted, p, &auth, "vmi-a").await?;
     assert_eq!(got.format, ImageFormat::Qcow2);
+    // Now on the node: another tenant without the credentials still gets
+    // the registry's refusal, not the cached copy, even with Never.
+    let e = images
+        .ensure(&private, &wanted, p, &RegistryAuth::Anonymous, "vmi-b")
+        .await
+        .expect_err("a private image was served from the cache without credentials");
+    assert!(
+        e.to_string().to_lowercase().contains("not authorized"),
+        "{e}"
+    );
+    let never = images
+        .ensure(&private, &wanted, PullPolicy::Never, &wrong, "vmi-b")
+        .await;
+    assert!(
+        never.is_err(),
+        "Never served a private image to other credentials"
+    );
+    // The credentials that got it get it again from the cache.
+    assert_eq!(
+        images
+            .ensure(&private, &wanted, PullPolicy::Never, &auth, "vmi-c")
+            .await?
+            .path,
+        got.path
+    );
     // Without the CA, the registry's certificate is not trusted.
     let untrusted = Images::open(tempfile::tempdir()?.path(), Registries::default())?;
     let e = untrusted

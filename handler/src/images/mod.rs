@@ -128,9 +128,22 @@ impl Images {
         let _held = lock.lock().await;
         let cached = self.cached(image, wanted);
         match (policy, cached) {
-            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(hit)) => {
+            // A private image (pulled with credentials) is served from the
+            // cache only to credentials the registry accepted for it: a
+            // tenant without them gets no other tenant's private image.
+            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(hit))
+                if may_use(&hit, &image.registry, auth) =>
+            {
                 tracing::debug!(image = %key, digest = %hit.digest, "image in the cache");
                 return Ok(hit);
+            }
+            (PullPolicy::Never, Some(_)) => {
+                return Err(ImageError::Pull {
+                    image: key,
+                    reason: "the node holds this image for other registry credentials, and \
+                             imagePullPolicy is Never"
+                        .into(),
+                });
             }
             (PullPolicy::Never, None) => return Err(ImageError::NotPresent(key)),
             _ => {}
@@ -241,6 +254,7 @@ impl Images {
             .map_err(pull_err)?;
         if let Some(hit) = self.disk_of(&digest, wanted) {
             self.remember(image, &digest)?;
+            allow(&hit, &image.registry, auth)?;
             tracing::info!(image = %image, %digest, "image unchanged; the cached disk is used");
             return Ok(hit);
         }
@@ -290,8 +304,11 @@ impl Images {
         }
         self.remember(image, &digest)?;
         tracing::info!(image = %image, %digest, bytes, format = format_name, "image pulled");
-        self.disk_of(&digest, wanted)
-            .ok_or_else(|| ImageError::Io(format!("{} vanished after the pull", dir.display())))
+        let disk = self
+            .disk_of(&digest, wanted)
+            .ok_or_else(|| ImageError::Io(format!("{} vanished after the pull", dir.display())))?;
+        allow(&disk, &image.registry, auth)?;
+        Ok(disk)
     }
 
     fn remember(&self, image: &ImageRef, digest: &str) -> Result<(), ImageError> {
@@ -389,6 +406,41 @@ fn reason_of(e: ImageError) -> String {
         ImageError::Pull { reason, .. } => reason,
         other => other.to_string(),
     }
+}
+
+/// The file recording that `auth` got the image of `disk` from `registry`:
+/// None for anonymous pulls.
+fn grant_file(disk: &CachedDisk, registry: &str, auth: &RegistryAuth) -> Option<PathBuf> {
+    let RegistryAuth::Basic(user, password) = auth else {
+        return None;
+    };
+    let dir = disk.path.parent()?;
+    Some(
+        dir.join("grants")
+            .join(short_hash(&format!("{registry}\n{user}\n{password}"))),
+    )
+}
+
+/// Records that the registry gave the image of `disk` to `auth`; the first
+/// pull with credentials marks the image private.
+fn allow(disk: &CachedDisk, registry: &str, auth: &RegistryAuth) -> Result<(), ImageError> {
+    let Some(file) = grant_file(disk, registry, auth) else {
+        return Ok(());
+    };
+    if let Some(grants) = file.parent() {
+        std::fs::create_dir_all(grants).map_err(io(grants))?;
+    }
+    std::fs::write(&file, b"").map_err(io(&file))
+}
+
+/// Whether `auth` may have `disk` without asking the registry: the image is
+/// public (no pull needed credentials), or these credentials got it before.
+fn may_use(disk: &CachedDisk, registry: &str, auth: &RegistryAuth) -> bool {
+    let Some(dir) = disk.path.parent() else {
+        return false;
+    };
+    let private = std::fs::read_dir(dir.join("grants")).is_ok_and(|mut d| d.next().is_some());
+    !private || grant_file(disk, registry, auth).is_some_and(|f| f.is_file())
 }
 
 /// `e` and its causes ("error sending request …: connection refused").
