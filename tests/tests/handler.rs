@@ -416,6 +416,9 @@ async fn handler_killed_during_start_and_teardown_converges() {
         h.kill();
         assert_eq!(domains_of(QEMU, &uid).len(), 1);
         h.restart();
+        // The first handler may have reported Running before it died: wait
+        // for the new one to serve before using its streams.
+        wait_serving(&h, Duration::from_secs(60)).await;
         let v = wait_phase(&client, &ns, "crash", "Running", BOOT).await?;
         assert_eq!(
             domains_of(QEMU, &uid).len(),
