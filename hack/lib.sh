@@ -96,14 +96,23 @@ testbed_up() {
 # 127.0.0.1), supervised with the bed, serving the test guest as a
 # containerDisk under the names KubeVirt's examples and documentation use;
 # and $1/registries.yaml, the handlers' mirror configuration mapping those
-# registries to it. Prints the registry's host:port.
+# registries to it; $2 is the guest directory (its kernel and initramfs make
+# the kernel-boot image). Prints the registry's host:port.
 CONTAINERDISK_NAMES=(
   kubevirt/cirros-container-disk-demo:latest kubevirt/cirros-container-disk-demo:devel
-  kubevirt/fedora-cloud-container-disk-demo:latest kubevirt/alpine-container-disk-demo:latest
+  kubevirt/fedora-cloud-container-disk-demo:latest kubevirt/fedora-cloud-container-disk-demo:devel
+  kubevirt/alpine-container-disk-demo:latest kubevirt/alpine-container-disk-demo:devel
+  kubevirt/fedora-with-test-tooling-container-disk:devel
+  kubevirt/cirros-registry-disk-demo:latest vmidisks/fedora25:latest
   containerdisks/fedora:latest containerdisks/ubuntu:latest
 )
+# The kernel-boot image (the guest's kernel and initramfs) under the names
+# of KubeVirt's kernel-boot demo.
+KERNELBOOT_NAMES=(
+  kubevirt/alpine-ext-kernel-boot-demo:latest kubevirt/alpine-ext-kernel-boot-demo:devel
+)
 start_registry() {
-  local state="$1" port host dir="$1/registry"
+  local state="$1" guest_dir="$2" port host dir="$1/registry"
   port="$(IRONVIRT_STATE="$state" "$TESTBED" free-port)" || return 1
   host="127.0.0.1:$port"
   mkdir -p "$dir/data"
@@ -122,11 +131,14 @@ YAML
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
   done
-  "$REPO/target/debug/push-containerdisk" "$host" "$GUEST_IMAGE" "${CONTAINERDISK_NAMES[@]}" >/dev/null || return 1
+  "$REPO/target/debug/push-containerdisk" "$host" "$GUEST_IMAGE" "${CONTAINERDISK_NAMES[@]}" \
+    --kernel-boot "$guest_dir/vmlinuz" "$guest_dir/initramfs.cpio.gz" "${KERNELBOOT_NAMES[@]}" >/dev/null || return 1
   cat >"$state/registries.yaml" <<YAML
 # The test bed's registry ($host) serves the names KubeVirt's examples use.
 registries:
   quay.io:
+    mirrors: ["$host"]
+  docker.io:
     mirrors: ["$host"]
   "registry:5000":
     mirrors: ["$host"]

@@ -46,7 +46,7 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubec
 # test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
 node="${IRONVIRT_NODE:-node-1}"
 log "starting the OCI registry (containerDisks of the test guest)"
-registry="$(start_registry "$state")" || die "the registry did not start or the test guest could not be pushed (log: $state/logs/registry.log)."
+registry="$(start_registry "$state" "$guest_dir")" || die "the registry did not start or the test guest could not be pushed (log: $state/logs/registry.log)."
 
 log "starting ironvirt-handler for node $node"
 # The handler's own identity, as on a real cluster: a serving certificate

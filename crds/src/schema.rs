@@ -122,11 +122,6 @@ unsupported!(
     "sysprep volumes are not supported by ironvirt yet"
 );
 unsupported!(
-    kernel_boot,
-    object,
-    "firmware.kernelBoot is not supported by ironvirt yet; boot from a disk"
-);
-unsupported!(
     hugepages,
     object,
     "memory.hugepages is not supported by ironvirt yet"

@@ -221,10 +221,47 @@ pub struct Firmware {
     /// The bootloader: bios (the default) or efi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<Bootloader>,
-    /// Not supported by ironvirt yet.
+    /// Boot a kernel (and initrd) taken from a container image, with kernel
+    /// arguments, instead of a bootloader on a disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::kernel_boot")]
-    pub kernel_boot: Option<Value>,
+    pub kernel_boot: Option<KernelBoot>,
+}
+
+/// Direct kernel boot: the kernel and initrd come from a container image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.kernelArgs) || self.kernelArgs == '' || has(self.container)").message("kernelArgs needs kernelBoot.container: the arguments are for the kernel it gives"))]
+pub struct KernelBoot {
+    /// The kernel command line, for example "console=ttyS0".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub kernel_args: Option<String>,
+    /// The container image holding the kernel and initrd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<KernelBootContainer>,
+}
+
+/// The image a kernel boot takes its kernel and initrd from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.kernelPath) && self.kernelPath != '') || (has(self.initrdPath) && self.initrdPath != '')").message("set kernelPath, initrdPath or both"))]
+#[x_kube(validation = Rule::new("!has(self.initrdPath) || self.initrdPath == '' || (has(self.kernelPath) && self.kernelPath != '')").message("initrdPath needs kernelPath: an initrd is loaded only with a kernel"))]
+pub struct KernelBootContainer {
+    /// The container image, for example quay.io/kubevirt/alpine-ext-kernel-boot-demo.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// The name of a Secret with registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
+    /// The kernel's absolute path inside the image, for example /boot/vmlinuz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<String>,
+    /// The initrd's absolute path inside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    /// Always, IfNotPresent or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
 }
 
 /// The bootloader: set exactly one of bios or efi.

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::context::Context;
 use crate::create_plan::{self, ForwardRequest, NotCreated, Refusal};
-use crate::domxml;
+use crate::domxml::{self, DomainInputs, KernelFiles};
 use crate::error::Error;
 use crate::events::{self, Reason};
 use crate::libvirt::{self, LibvirtError};
@@ -177,8 +177,8 @@ async fn create(
         Ok(p) => p,
         Err(not) => return not_created(vmi, ctx, api, not).await,
     };
-    let pulled = match pull_images(vmi, ctx, api, &plan.volumes).await? {
-        Pulled::Ready(p) => p,
+    let (pulled, kernel_boot) = match pull_images(vmi, ctx, api, &plan).await? {
+        Pulled::Ready(disks, kernel) => (disks, kernel),
         Pulled::Stop(action) => return Ok(action),
     };
     let volume_plans = plan.volumes;
@@ -212,15 +212,15 @@ async fn create(
         .await
         .map_err(|e| Error::Internal(format!("preparing the console socket panicked: {e}")))?
         .map_err(|e| Error::Internal(format!("preparing the console socket: {e}")))?;
-    let xml = match create_plan::domain_xml(
-        vmi,
-        &ctx.host,
-        &ctx.node,
-        plan.nvram,
-        resolved,
+    let inputs = DomainInputs {
+        node: ctx.node.clone(),
+        volumes: resolved,
         pod_network,
+        nvram: plan.nvram,
         console_socket,
-    ) {
+        kernel_boot,
+    };
+    let xml = match create_plan::domain_xml(vmi, &ctx.host, &inputs) {
         Ok(x) => x,
         Err(refusal) => return fail_start(vmi, ctx, api, refusal).await,
     };
@@ -239,29 +239,82 @@ async fn create(
 
 /// What [`pull_images`] leads to.
 enum Pulled {
-    /// Every containerDisk's disk is on the node.
-    Ready(volumes::PulledDisks),
+    /// Every image file the VMI needs is on the node.
+    Ready(volumes::PulledDisks, Option<KernelFiles>),
     /// The create stops here: the VMI failed, or a pull is retried later.
     Stop(Action),
 }
 
-/// Pulls the images of the VMI's containerDisk volumes (or finds them in the
-/// node's cache). A registry failure leaves the VMI waiting with reason
-/// ErrImagePull, then ImagePullBackOff, retried with backoff; an image with
-/// no usable disk fails the VMI.
+/// An image file a create needs: a containerDisk's disk, or the kernel or
+/// initrd of a kernel boot.
+struct ImageFile<'a> {
+    /// The spec field it comes from, for messages.
+    field: String,
+    image: &'a crate::images::ImageRef,
+    policy: crate::images::PullPolicy,
+    wanted: &'a crate::images::Wanted,
+    pull_secret: Option<&'a str>,
+    slot: Slot,
+}
+
+/// Where a pulled file goes.
+enum Slot {
+    Volume(String),
+    Kernel,
+    Initrd,
+}
+
+/// The image files `plan` needs, in a fixed order: volumes by name, then
+/// the kernel and initrd.
+fn image_files(plan: &create_plan::CreatePlan) -> Vec<ImageFile<'_>> {
+    let mut files = Vec::new();
+    for (name, p) in &plan.volumes {
+        if let volumes::VolumePlan::ContainerDisk(cd) = p {
+            files.push(ImageFile {
+                field: format!("spec.volumes[name={name}].containerDisk"),
+                image: &cd.image,
+                policy: cd.policy,
+                wanted: &cd.wanted,
+                pull_secret: cd.pull_secret.as_deref(),
+                slot: Slot::Volume(name.clone()),
+            });
+        }
+    }
+    if let Some(kb) = &plan.kernel_boot {
+        let field = "spec.domain.firmware.kernelBoot.container";
+        let boot = |wanted, slot| ImageFile {
+            field: field.to_owned(),
+            image: &kb.image,
+            policy: kb.policy,
+            wanted,
+            pull_secret: kb.pull_secret.as_deref(),
+            slot,
+        };
+        files.push(boot(&kb.kernel, Slot::Kernel));
+        if let Some(initrd) = &kb.initrd {
+            files.push(boot(initrd, Slot::Initrd));
+        }
+    }
+    files
+}
+
+/// Pulls the images of the VMI's containerDisk volumes and kernel boot (or
+/// finds them in the node's cache). A registry failure leaves the VMI
+/// waiting with reason ErrImagePull, then ImagePullBackOff, retried with
+/// backoff; an image without the file fails the VMI.
 async fn pull_images(
     vmi: &VirtualMachineInstance,
     ctx: &Context,
     api: &Api<VirtualMachineInstance>,
-    plans: &std::collections::BTreeMap<String, volumes::VolumePlan>,
+    plan: &create_plan::CreatePlan,
 ) -> Result<Pulled, Error> {
     use crate::images::ImageError;
-    let mut pulled = volumes::PulledDisks::new();
+    let mut disks = volumes::PulledDisks::new();
+    let mut kernel = None;
+    let mut initrd = None;
     let key = ObjectRef::from_obj(vmi);
-    let wanted = plans
-        .values()
-        .any(|p| matches!(p, volumes::VolumePlan::ContainerDisk(_)));
-    if wanted {
+    let files = image_files(plan);
+    if !files.is_empty() {
         let not_before = ctx
             .pull_not_before
             .lock()
@@ -275,11 +328,8 @@ async fn pull_images(
             return Ok(Pulled::Stop(Action::requeue(left)));
         }
     }
-    for (name, plan) in plans {
-        let volumes::VolumePlan::ContainerDisk(cd) = plan else {
-            continue;
-        };
-        let field = format!("spec.volumes[name={name}].containerDisk");
+    for file in &files {
+        let field = &file.field;
         let Some(images) = &ctx.images else {
             let refusal = Refusal::new(
                 Reason::Unsupported,
@@ -287,13 +337,13 @@ async fn pull_images(
             );
             return Ok(Pulled::Stop(fail_start(vmi, ctx, api, refusal).await?));
         };
-        let auth = match &cd.pull_secret {
+        let auth = match file.pull_secret {
             None => oci_client::secrets::RegistryAuth::Anonymous,
-            Some(secret) => match pull_auth(ctx, vmi, secret, &cd.image.registry).await? {
+            Some(secret) => match pull_auth(ctx, vmi, secret, &file.image.registry).await? {
                 Ok(auth) => auth,
                 Err(message) => {
                     let e = ImageError::Pull {
-                        image: cd.image.to_string(),
+                        image: file.image.to_string(),
                         reason: format!("{field}.imagePullSecret: {message}"),
                     };
                     return pull_failed(vmi, ctx, api, &key, e).await.map(Pulled::Stop);
@@ -302,19 +352,25 @@ async fn pull_images(
         };
         let uid = vmi.uid().unwrap_or_default();
         match images
-            .ensure(&cd.image, &cd.wanted, cd.policy, &auth, &uid)
+            .ensure(file.image, file.wanted, file.policy, &auth, &uid)
             .await
         {
-            Ok(disk) => {
-                tracing::info!(volume = %name, image = %cd.image, digest = %disk.digest, "containerDisk ready");
-                let note = format!("image {} ({}) is on the node", cd.image, disk.digest);
+            Ok(cached) => {
+                tracing::info!(field = %field, image = %file.image, digest = %cached.digest, "image file ready");
+                let note = format!("image {} ({}) is on the node", file.image, cached.digest);
                 events::publish(&ctx.recorder, vmi, Reason::Pulled, note).await;
-                pulled.insert(name.clone(), disk);
+                match &file.slot {
+                    Slot::Volume(name) => {
+                        disks.insert(name.clone(), cached);
+                    }
+                    Slot::Kernel => kernel = Some(cached.path),
+                    Slot::Initrd => initrd = Some(cached.path),
+                }
             }
             Err(ImageError::BadImage(message)) => {
                 let refusal = Refusal::new(
                     Reason::InvalidImage,
-                    format!("{field}: image {}: {message}", cd.image),
+                    format!("{field}: image {}: {message}", file.image),
                 );
                 return Ok(Pulled::Stop(fail_start(vmi, ctx, api, refusal).await?));
             }
@@ -322,14 +378,22 @@ async fn pull_images(
             Err(e) => return pull_failed(vmi, ctx, api, &key, e).await.map(Pulled::Stop),
         }
     }
-    if !pulled.is_empty() {
+    if !files.is_empty() {
         ctx.pull_failures.succeeded(&key);
         ctx.pull_not_before
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
     }
-    Ok(Pulled::Ready(pulled))
+    let kernel_files = match (kernel, &plan.kernel_boot) {
+        (Some(kernel), Some(kb)) => Some(KernelFiles {
+            kernel,
+            initrd,
+            cmdline: kb.cmdline.clone(),
+        }),
+        _ => None,
+    };
+    Ok(Pulled::Ready(disks, kernel_files))
 }
 
 /// A failed pull: ErrImagePull the first time, ImagePullBackOff after, in

@@ -29,7 +29,7 @@ use ironvirt_crds::validate::{HostDiskError, VolumePolicy};
 use ironvirt_crds::vmi::PortProtocol;
 use kube::ResourceExt;
 
-use crate::domxml::{self, DomainInputs, HostEnv, ResolvedVolume, XmlError};
+use crate::domxml::{self, DomainInputs, HostEnv, XmlError};
 use crate::events::Reason;
 use crate::guestnet::GuestPort;
 use crate::libvirt::LibvirtError;
@@ -93,6 +93,8 @@ pub struct CreatePlan {
     /// Whether the VMI has a masquerade interface, which needs its network
     /// namespace ([`crate::guestnet`]).
     pub pod_network: bool,
+    /// The kernel to boot from an image (`firmware.kernelBoot.container`).
+    pub kernel_boot: Option<volumes::KernelBootPlan>,
 }
 
 /// Plans the create of `vmi`'s domain. `policy` is the node's volume policy
@@ -118,8 +120,10 @@ pub fn plan(
         )));
     }
     let volumes = volumes::plan(vmi, &dir, policy, secrets).map_err(prepare_failure)?;
+    let kernel_boot = volumes::plan_kernel_boot(vmi).map_err(prepare_failure)?;
     let forwards = forward_requests(vmi).map_err(NotCreated::Retry)?;
     Ok(CreatePlan {
+        kernel_boot,
         nvram: dir.join("nvram.fd"),
         pod_network: domxml::wants_pod_network(vmi),
         dir,
@@ -220,26 +224,15 @@ pub fn forwards_note(
     Some(format!("on node {node}: {}", list.join(", ")))
 }
 
-/// The domain XML of `vmi` on this node, from the made volumes, the VMI's
-/// network (the passt socket of its masquerade interface) and its serial
-/// console's socket.
+/// The domain XML of `vmi` on this node, from what the create made: the
+/// volumes' files, the VMI's network (the passt socket of its masquerade
+/// interface), its serial console's socket and a kernel to boot.
 pub fn domain_xml(
     vmi: &VirtualMachineInstance,
     host: &HostEnv,
-    node: &str,
-    nvram: PathBuf,
-    volumes: BTreeMap<String, ResolvedVolume>,
-    pod_network: Option<PathBuf>,
-    console_socket: Option<PathBuf>,
+    inputs: &DomainInputs,
 ) -> Result<String, Refusal> {
-    let inputs = DomainInputs {
-        node: node.to_owned(),
-        volumes,
-        pod_network,
-        nvram,
-        console_socket,
-    };
-    domxml::domain_xml(vmi, host, &inputs).map_err(|e| {
+    domxml::domain_xml(vmi, host, inputs).map_err(|e| {
         let reason = match e {
             XmlError::Unsupported { .. } => Reason::Unsupported,
             XmlError::Invalid { .. } => Reason::InvalidSpec,

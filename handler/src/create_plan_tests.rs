@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::domxml::{DomainType, ImageFormat};
+use crate::domxml::{DomainType, ImageFormat, ResolvedVolume};
 use crate::volumes::VolumePlan;
 
 const STATE: &str = "/var/lib/ironvirt/handler";
@@ -377,21 +377,31 @@ fn masquerade_ports_are_forwarded_in_spec_order() {
     assert!(!bridge_plan.pod_network);
 }
 
+/// Domain inputs with nothing made: no volumes, network, console socket or kernel.
+fn bare_inputs() -> DomainInputs {
+    DomainInputs {
+        node: "n".into(),
+        volumes: BTreeMap::new(),
+        pod_network: None,
+        nvram: dir(),
+        console_socket: None,
+        kernel_boot: None,
+    }
+}
+
 #[test]
 fn the_domain_xml_uses_the_made_files_and_the_vmi_network() {
     let v = vmi(FORWARDING);
     let p = plan_on(&v, Path::new(STATE), &SecretData::new()).unwrap();
     let socket = PathBuf::from("/run/ironvirt/net/u1/passt.sock");
-    let xml = domain_xml(
-        &v,
-        &host(),
-        "node-a",
-        p.nvram,
-        BTreeMap::new(),
-        Some(socket),
-        Some(PathBuf::from("/run/ironvirt/console/u1.sock")),
-    )
-    .unwrap();
+    let inputs = DomainInputs {
+        node: "node-a".into(),
+        nvram: p.nvram,
+        pod_network: Some(socket),
+        console_socket: Some(PathBuf::from("/run/ironvirt/console/u1.sock")),
+        ..bare_inputs()
+    };
+    let xml = domain_xml(&v, &host(), &inputs).unwrap();
     assert!(
         xml.contains(
             "<serial type='unix'>\n      <source mode='bind' path='/run/ironvirt/console/u1.sock'/>"
@@ -405,7 +415,7 @@ fn the_domain_xml_uses_the_made_files_and_the_vmi_network() {
     assert!(!xml.contains("hostfwd"), "{xml}");
     assert!(xml.contains("node='node-a'"), "{xml}");
     // Without a guest network, a masquerade interface cannot be connected.
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None, None).unwrap_err();
+    let refused = domain_xml(&v, &host(), &bare_inputs()).unwrap_err();
     assert_eq!(refused.reason, Reason::Unsupported);
 }
 
@@ -415,7 +425,7 @@ fn xml_problems_refuse_with_their_reason() {
     let v = vmi(
         "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      disks: [{name: root, disk: {bus: virtio}}]\n",
     );
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None, None).unwrap_err();
+    let refused = domain_xml(&v, &host(), &bare_inputs()).unwrap_err();
     assert_eq!(refused.reason, Reason::InvalidSpec);
     assert!(
         refused.message.starts_with("spec.domain.devices.disks"),
@@ -424,7 +434,7 @@ fn xml_problems_refuse_with_their_reason() {
     );
     // host-passthrough without KVM: unsupported.
     let v = vmi("  domain:\n    memory: {guest: 64Mi}\n    cpu: {model: host-passthrough}\n");
-    let refused = domain_xml(&v, &host(), "n", dir(), BTreeMap::new(), None, None).unwrap_err();
+    let refused = domain_xml(&v, &host(), &bare_inputs()).unwrap_err();
     assert_eq!(refused.reason, Reason::Unsupported);
     // The resolved volumes reach the XML.
     let v = vmi(
@@ -438,16 +448,12 @@ fn xml_problems_refuse_with_their_reason() {
             format: ImageFormat::Qcow2,
         },
     );
-    let xml = domain_xml(
-        &v,
-        &host(),
-        "n",
-        dir(),
+    let inputs = DomainInputs {
         volumes,
-        Some(dir().join("passt.sock")),
-        None,
-    )
-    .unwrap();
+        pod_network: Some(dir().join("passt.sock")),
+        ..bare_inputs()
+    };
+    let xml = domain_xml(&v, &host(), &inputs).unwrap();
     assert!(xml.contains("/images/root.qcow2"), "{xml}");
 }
 

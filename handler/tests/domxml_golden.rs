@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_handler::domxml::{
-    DomainInputs, DomainOwner, DomainType, HostEnv, ImageFormat, Ovmf, ResolvedVolume, domain_xml,
-    parse_live, parse_owner,
+    DomainInputs, DomainOwner, DomainType, HostEnv, ImageFormat, KernelFiles, Ovmf, ResolvedVolume,
+    domain_xml, parse_live, parse_owner,
 };
 
 const NODE: &str = "node-a";
@@ -113,7 +113,35 @@ fn inputs_of(vmi: &VirtualMachineInstance) -> DomainInputs {
         pod_network: Some(format!("/run/ironvirt/net/{uid}/passt.sock").into()),
         nvram: format!("{dir}/nvram.fd").into(),
         console_socket: Some(format!("/run/ironvirt/console/{uid}.sock").into()),
+        kernel_boot: kernel_files(vmi),
     }
+}
+
+/// A kernel boot's files in the node's image cache, by their paths in the image.
+fn kernel_files(vmi: &VirtualMachineInstance) -> Option<KernelFiles> {
+    let c = vmi
+        .spec
+        .domain
+        .firmware
+        .as_ref()?
+        .kernel_boot
+        .as_ref()?
+        .container
+        .as_ref()?;
+    let cached = |p: &str| PathBuf::from(format!("/var/lib/ironvirt/image-cache/images{p}/disk"));
+    Some(KernelFiles {
+        kernel: cached(c.kernel_path.as_deref()?),
+        initrd: c.initrd_path.as_deref().map(cached),
+        cmdline: vmi
+            .spec
+            .domain
+            .firmware
+            .as_ref()?
+            .kernel_boot
+            .as_ref()?
+            .kernel_args
+            .clone(),
+    })
 }
 
 /// Where `want` and `got` first differ, for the failure message.

@@ -6,11 +6,15 @@
 
 use std::time::Duration;
 
-use ironvirt_tests::handler::{Handler, place, wait_gone, wait_phase, wait_serving};
+use ironvirt_crds::{VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use ironvirt_tests::handler::{
+    Handler, TlsTcp, WsSession, place, wait_gone, wait_phase, wait_serving,
+};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
-use ironvirt_tests::operator::eventually;
+use ironvirt_tests::operator::{Operator, eventually};
 use ironvirt_tests::registry::Registry;
-use kube::api::{Api, DeleteParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 const QEMU: &str = "qemu:///system";
@@ -58,8 +62,17 @@ async fn handler_with_registries(
     Ok((h, dir))
 }
 
+/// Runs `command` on the guest's shell and waits for `done`, which the
+/// command prints computed (`$((…))`), so the echoed command line never
+/// matches it.
+async fn shell(con: &mut WsSession<TlsTcp>, command: &str, done: &str) -> Result<(), String> {
+    let from = con.received();
+    con.send(format!("{command}\n").as_bytes()).await?;
+    con.expect_from(from, done, Duration::from_secs(30)).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn two_vmis_of_one_image_boot_from_one_pull() {
+async fn a_replicaset_of_three_boots_from_one_pull_with_private_writes() {
     let bed = &bed().await;
     let reg = Registry::start().expect("the registry");
     let disk =
@@ -81,17 +94,41 @@ async fn two_vmis_of_one_image_boot_from_one_pull() {
             &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
         )
         .await?;
-        for name in ["cd-a", "cd-b"] {
-            place(&client, &ns, from_image(name), &node).await;
-        }
-        for name in ["cd-a", "cd-b"] {
+        let _op = Operator::start(bed, &ns, "cdisk", &[]);
+        let template = from_image("unused");
+        let rs: VirtualMachineInstanceReplicaSet = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+            "metadata": {"name": "cirros"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "cirros"}},
+                "template": {"metadata": {"labels": {"app": "cirros"}}, "spec": template["spec"]},
+            },
+        }))
+        .map_err(|e| e.to_string())?;
+        let rss: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(client.clone(), &ns);
+        rss.create(&PostParams::default(), &rs).await.map_err(|e| e.to_string())?;
+        let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        let names = eventually(BOOT, "three replicas", || {
+            let api = api.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                let names: Vec<String> = list.items.iter().map(ResourceExt::name_any).collect();
+                (names.len() == 3).then_some(names)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut consoles = Vec::new();
+        for name in &names {
             wait_phase(&client, &ns, name, "Running", BOOT).await?;
             let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/console");
             let mut con = h.streams().websocket(&path).await?;
             con.expect_from(0, MARKER, BOOT).await?;
+            consoles.push(con);
         }
-        // One download for both: the manifest may be asked for twice (one
-        // VMI waits for the other's pull), the layer once.
+        // One download for all three: the manifest may be asked for more
+        // than once (VMIs wait for the first one's pull), the layer once.
         assert_eq!(reg.requests("/blobs/"), 1, "the image's layer was downloaded more than once");
         // Each VMI writes to its own overlay on the one cached disk.
         let vmis_dir = h.state_dir.join("vmis");
@@ -101,18 +138,40 @@ async fn two_vmis_of_one_image_boot_from_one_pull() {
             .map(|d| d.path().join("containerdisk.overlay.qcow2"))
             .filter(|p| p.is_file())
             .collect();
-        assert_eq!(overlays.len(), 2, "{overlays:?}");
+        assert_eq!(overlays.len(), 3, "{overlays:?}");
         let cached: Vec<_> = std::fs::read_dir(h.state_dir.join("image-cache/images"))
             .map_err(|e| e.to_string())?
             .collect();
         assert_eq!(cached.len(), 1, "one cached disk");
+        // A file the first guest writes to its disk (a FAT file system) is
+        // its own: the second guest's disk does not have it.
+        let (first, rest) = consoles.split_at_mut(1);
+        let (a, b) = (&mut first[0], &mut rest[0]);
+        shell(
+            a,
+            "mount -t vfat -o iocharset=iso8859-1 /dev/vda /mnt && echo mine > /mnt/owned.txt && sync && umount /mnt && echo WROTE-$((20+1))",
+            "WROTE-21",
+        )
+        .await?;
+        shell(
+            a,
+            "mount -t vfat -o iocharset=iso8859-1 /dev/vda /mnt && [ \"$(cat /mnt/owned.txt)\" = mine ] && umount /mnt && echo KEPT-$((20+2))",
+            "KEPT-22",
+        )
+        .await?;
+        shell(
+            b,
+            "mount -t vfat -o iocharset=iso8859-1 /dev/vda /mnt && { [ -e /mnt/owned.txt ] && echo SEEN-$((30+1)) || echo UNSEEN-$((30+1)); umount /mnt; }",
+            "UNSEEN-31",
+        )
+        .await?;
 
-        let api: Api<ironvirt_crds::VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
-        for name in ["cd-a", "cd-b"] {
+        rss.delete("cirros", &DeleteParams::default()).await.map_err(|e| e.to_string())?;
+        for name in &names {
             let _ = api.delete(name, &DeleteParams::default()).await;
         }
-        for name in ["cd-a", "cd-b"] {
-            wait_gone(&client, &ns, name, Duration::from_secs(60)).await?;
+        for name in &names {
+            wait_gone(&client, &ns, name, Duration::from_secs(90)).await?;
         }
         for o in &overlays {
             assert!(!o.exists(), "{} outlived its VMI", o.display());
@@ -229,6 +288,89 @@ async fn a_private_image_runs_with_its_pull_secret_only() {
         let _ = default_secrets
             .delete(&foreign_name, &DeleteParams::default())
             .await;
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kernel_boot_vmi_boots_the_kernel_and_initrd_of_an_image() {
+    let bed = &bed().await;
+    let guest = bed.guest().expect("the test guest");
+    let reg = Registry::start().expect("the registry");
+    let read = |p: &std::path::Path| std::fs::read(p).expect("the test guest's kernel and initrd");
+    // KubeVirt's kernel-boot demo image keeps them here.
+    reg.push(
+        "kubevirt/alpine-ext-kernel-boot-demo:latest",
+        &[
+            ("boot/vmlinuz-virt", read(&guest.kernel)),
+            ("boot/initramfs-virt", read(&guest.initramfs)),
+        ],
+    )
+    .await
+    .expect("push the kernel-boot image");
+    let host = reg.host.clone();
+    bed.with_namespace("kboot", |ns| async move {
+        let client = bed.admin();
+        let node = format!("{ns}-n");
+        let (h, _config) = handler_with_registries(
+            bed,
+            &ns,
+            &node,
+            &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
+        )
+        .await?;
+        // KubeVirt's vmi-kernel-boot example, with the test guest's
+        // command line and less memory.
+        let vmi = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "kboot"},
+            "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "domain": {
+                    "devices": {},
+                    "firmware": {"kernelBoot": {
+                        "container": {
+                            "image": "quay.io/kubevirt/alpine-ext-kernel-boot-demo",
+                            "kernelPath": "/boot/vmlinuz-virt",
+                            "initrdPath": "/boot/initramfs-virt",
+                            "imagePullPolicy": "Always",
+                        },
+                        "kernelArgs": ironvirt_testbed::guest::CMDLINE,
+                    }},
+                    "resources": {"requests": {"memory": "128Mi"}},
+                },
+            },
+        });
+        let created = place(&client, &ns, vmi, &node).await;
+        wait_phase(&client, &ns, "kboot", "Running", BOOT).await?;
+        let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/kboot/console");
+        let mut con = h.streams().websocket(&path).await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        // The domain boots the cached files directly.
+        let uid = created.metadata.uid.clone().unwrap_or_default();
+        let domain = ironvirt_tests::handler::domains_of(QEMU, &uid)
+            .into_iter()
+            .next()
+            .ok_or("no domain for the VMI")?;
+        let xml = std::process::Command::new("virsh")
+            .args(["-c", QEMU, "dumpxml", &domain])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let xml = String::from_utf8_lossy(&xml.stdout).into_owned();
+        let cache = h.state_dir.join("image-cache/images");
+        assert!(
+            xml.contains(&format!("<kernel>{}", cache.display())),
+            "the kernel is not the cached file:\n{xml}"
+        );
+        assert!(xml.contains("<initrd>"), "{xml}");
+        assert!(xml.contains("<cmdline>console=tty0 console=ttyS0"), "{xml}");
+        assert_eq!(reg.requests("/blobs/"), 2, "kernel and initrd: one layer each way");
+
+        let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        let _ = api.delete("kboot", &DeleteParams::default()).await;
+        wait_gone(&client, &ns, "kboot", Duration::from_secs(60)).await?;
         h.remove(&client).await;
         Ok::<(), String>(())
     })

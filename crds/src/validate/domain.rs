@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::{FieldError, unsupported, unsupported_fields};
 use crate::quantity::parse_quantity;
-use crate::vmi::{Cpu, DomainSpec};
+use crate::vmi::{Cpu, DomainSpec, KernelBoot};
 
 /// The smallest guest memory accepted.
 const MIN_MEMORY_BYTES: i64 = 1 << 20;
@@ -207,12 +207,62 @@ fn firmware(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
             "set only one of bootloader.bios and bootloader.efi",
         ));
     }
-    if f.kernel_boot.is_some() {
-        errors.push(FieldError::unsupported(
-            format!("{fpath}.kernelBoot"),
-            unsupported::KERNEL_BOOT,
+    if let Some(k) = &f.kernel_boot {
+        kernel_boot(k, &format!("{fpath}.kernelBoot"), errors);
+    }
+}
+
+/// kernelArgs only with a container; the container names a kernel (and
+/// perhaps an initrd) by absolute paths without `.` or `..` parts.
+fn kernel_boot(k: &KernelBoot, kpath: &str, errors: &mut Vec<FieldError>) {
+    let given = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).is_some();
+    let Some(c) = &k.container else {
+        if given(&k.kernel_args) {
+            errors.push(FieldError::new(
+                format!("{kpath}.kernelArgs"),
+                "kernelArgs needs kernelBoot.container: the arguments are for the kernel it gives",
+            ));
+        }
+        return;
+    };
+    let cpath = format!("{kpath}.container");
+    if c.image.trim().is_empty() {
+        errors.push(FieldError::new(
+            format!("{cpath}.image"),
+            "must not be empty",
         ));
     }
+    match (given(&c.kernel_path), given(&c.initrd_path)) {
+        (false, false) => errors.push(FieldError::new(
+            cpath.clone(),
+            "set kernelPath, initrdPath or both",
+        )),
+        (false, true) => errors.push(FieldError::new(
+            format!("{cpath}.initrdPath"),
+            "initrdPath needs kernelPath: an initrd is loaded only with a kernel",
+        )),
+        _ => {}
+    }
+    for (name, value) in [
+        ("kernelPath", &c.kernel_path),
+        ("initrdPath", &c.initrd_path),
+    ] {
+        if let Some(p) = value.as_deref().filter(|p| !p.is_empty())
+            && !is_clean_absolute(p)
+        {
+            errors.push(FieldError::new(
+                format!("{cpath}.{name}"),
+                format!("'{p}' must be an absolute path to a file, without '.' or '..' parts"),
+            ));
+        }
+    }
+}
+
+/// `/a/b`: absolute, no empty, `.` or `..` parts, not the root.
+fn is_clean_absolute(p: &str) -> bool {
+    p.strip_prefix('/').is_some_and(|rest| {
+        !rest.is_empty() && rest.split('/').all(|c| !matches!(c, "" | "." | ".."))
+    })
 }
 
 pub(super) fn is_uuid(s: &str) -> bool {

@@ -238,3 +238,49 @@ fn names_and_macs() {
     assert!(!is_mac("de:ad:00:00:be"));
     assert!(dns_label("vm-1").is_ok() && dns_label("Vm").is_err() && dns_label("-a").is_err());
 }
+
+#[test]
+fn kernel_boot_needs_a_kernel_from_a_container() {
+    let with = |kb: &str| {
+        let s = spec(&format!(
+            "domain:\n  memory: {{guest: 128Mi}}\n  firmware:\n    kernelBoot: {kb}"
+        ));
+        vmi_spec(&s, "spec")
+    };
+    let ok = "{kernelArgs: console=ttyS0, container: {image: quay.io/x/k, kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd}}";
+    assert_eq!(with(ok), vec![]);
+    assert_eq!(
+        with("{container: {image: x, kernelPath: /vmlinuz}}"),
+        vec![]
+    );
+
+    let errs = with("{kernelArgs: console=ttyS0}");
+    assert_eq!(
+        fields(&errs),
+        ["spec.domain.firmware.kernelBoot.kernelArgs"]
+    );
+    assert!(
+        errs[0].message.contains("needs kernelBoot.container"),
+        "{errs:?}"
+    );
+
+    let errs = with("{container: {image: x}}");
+    assert_eq!(fields(&errs), ["spec.domain.firmware.kernelBoot.container"]);
+    assert!(errs[0].message.contains("kernelPath, initrdPath or both"));
+
+    let errs = with("{container: {image: x, initrdPath: /initrd}}");
+    assert_eq!(
+        fields(&errs),
+        ["spec.domain.firmware.kernelBoot.container.initrdPath"]
+    );
+
+    let errs = with("{container: {image: x, kernelPath: boot/vmlinuz, initrdPath: /boot/../etc}}");
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.domain.firmware.kernelBoot.container.kernelPath",
+            "spec.domain.firmware.kernelBoot.container.initrdPath"
+        ]
+    );
+    assert!(errs[0].message.contains("absolute path"), "{errs:?}");
+}

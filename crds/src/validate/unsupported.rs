@@ -23,9 +23,6 @@ pub const CONFIG_DRIVE: &str =
 pub const DOWNWARD_API: &str = "downwardAPI volumes are not supported by ironvirt yet";
 /// `volumes[].sysprep`
 pub const SYSPREP: &str = "sysprep volumes are not supported by ironvirt yet";
-/// `domain.firmware.kernelBoot`
-pub const KERNEL_BOOT: &str =
-    "firmware.kernelBoot is not supported by ironvirt yet; boot from a disk";
 /// `domain.memory.hugepages`
 pub const HUGEPAGES: &str = "memory.hugepages is not supported by ironvirt yet";
 /// `domain.cpu.dedicatedCpuPlacement`
@@ -65,7 +62,7 @@ pub const ACCESS_CREDENTIALS: &str =
     "accessCredentials are not supported by ironvirt yet; use cloudInitNoCloud user-data";
 
 /// Every message, for tests that compare them with the CRDs.
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 25] = [
     PVC,
     DATA_VOLUME,
     EPHEMERAL,
@@ -75,7 +72,6 @@ pub const ALL: [&str; 26] = [
     CONFIG_DRIVE,
     DOWNWARD_API,
     SYSPREP,
-    KERNEL_BOOT,
     HUGEPAGES,
     DEDICATED_CPU,
     GPUS,

@@ -87,13 +87,6 @@ pub(super) fn reject_unsupported(vmi: &VirtualMachineInstance) -> Result<(), Xml
                 .is_some_and(|m| m.hugepages.is_some()),
         ),
         (
-            "spec.domain.firmware.kernelBoot",
-            domain
-                .firmware
-                .as_ref()
-                .is_some_and(|f| f.kernel_boot.is_some()),
-        ),
-        (
             "spec.domain.devices.gpus",
             devices.is_some_and(|d| d.gpus.is_some()),
         ),

@@ -116,12 +116,14 @@ pub(super) fn efi_firmware(efi: &Efi, host: &HostEnv, machine: &str) -> Result<F
     })
 }
 
-/// `<os>`: machine, firmware, the boot device when no device has a boot
-/// order (libvirt refuses both), and SMBIOS from `<sysinfo>`.
+/// `<os>`: machine, firmware, a kernel to boot directly, the boot device
+/// when no device has a boot order (libvirt refuses both) and no kernel is
+/// booted, and SMBIOS from `<sysinfo>`.
 pub(super) fn os_element(
     machine: &str,
     firmware: &Firmware,
     nvram: &Path,
+    kernel: Option<&KernelFiles>,
     smbios: bool,
     device_boot: bool,
 ) -> Result<Element, XmlError> {
@@ -151,7 +153,21 @@ pub(super) fn os_element(
                     .text(path_str(nvram, EFI)?),
             );
     }
-    if !device_boot {
+    if let Some(k) = kernel {
+        os = os
+            .child(Element::new("kernel").text(path_str(&k.kernel, KERNEL_BOOT)?))
+            .child_opt(
+                k.initrd
+                    .as_deref()
+                    .map(|i| path_str(i, KERNEL_BOOT).map(|p| Element::new("initrd").text(p)))
+                    .transpose()?,
+            )
+            .child_opt(
+                k.cmdline
+                    .as_deref()
+                    .map(|c| Element::new("cmdline").text(c)),
+            );
+    } else if !device_boot {
         os = os.child(Element::new("boot").attr("dev", "hd"));
     }
     if smbios {

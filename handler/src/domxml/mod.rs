@@ -149,6 +149,18 @@ pub struct DomainInputs {
     /// The UNIX socket QEMU serves the serial console on, which the handler
     /// reads directly; None: a pty, reached through libvirt's console API.
     pub console_socket: Option<PathBuf>,
+    /// The kernel (and initrd) to boot directly, from the node's image cache
+    /// (`firmware.kernelBoot.container`); None: boot from the devices.
+    pub kernel_boot: Option<KernelFiles>,
+}
+
+/// A direct kernel boot: `<os>`'s `<kernel>`, `<initrd>` and `<cmdline>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelFiles {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// `kernelArgs`.
+    pub cmdline: Option<String>,
 }
 
 /// The MAC of each interface the domain of `vmi` has, by its alias
@@ -221,6 +233,28 @@ pub fn domain_xml(
     let topology = topology(vmi)?;
     let machine = machine(vmi, host)?;
     let firmware = firmware(vmi, host, &machine, serial_console)?;
+    let kernel_boot = vmi
+        .spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref());
+    if let Some(k) = kernel_boot
+        && k.container.is_none()
+        && k.kernel_args.as_deref().is_some_and(|a| !a.is_empty())
+    {
+        return Err(invalid(
+            format!("{KERNEL_BOOT}.kernelArgs"),
+            "kernelArgs needs kernelBoot.container: the arguments are for the kernel it gives",
+        ));
+    }
+    let wants_kernel = kernel_boot.is_some_and(|k| k.container.is_some());
+    if wants_kernel != inputs.kernel_boot.is_some() {
+        return Err(invalid(
+            KERNEL_BOOT,
+            "the kernel of kernelBoot.container is not on the node",
+        ));
+    }
     let device_boot = check_boot_orders(vmi)?;
     let (disks, scsi) = disks(vmi, inputs)?;
     let nics = nics(vmi, &id)?;
@@ -270,6 +304,7 @@ pub fn domain_xml(
             &machine,
             &firmware,
             &inputs.nvram,
+            inputs.kernel_boot.as_ref(),
             smbios,
             device_boot,
         )?)
@@ -302,6 +337,7 @@ const DISKS: &str = "spec.domain.devices.disks";
 const INTERFACES: &str = "spec.domain.devices.interfaces";
 const EFI: &str = "spec.domain.firmware.bootloader.efi";
 const SECURE_BOOT: &str = "spec.domain.firmware.bootloader.efi.secureBoot";
+const KERNEL_BOOT: &str = "spec.domain.firmware.kernelBoot";
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> XmlError {
     XmlError::Invalid {

@@ -50,6 +50,7 @@ fn inputs(volumes: &[&str]) -> DomainInputs {
         pod_network: Some(format!("/run/ironvirt/net/{UID}/passt.sock").into()),
         nvram: format!("/var/lib/ironvirt/vmis/{UID}/nvram.fd").into(),
         console_socket: Some(format!("/run/ironvirt/console/{UID}.sock").into()),
+        kernel_boot: None,
     }
 }
 
@@ -310,10 +311,6 @@ fn unsupported_fields_are_refused() {
         (
             "    cpu: {dedicatedCpuPlacement: true}\n",
             "spec.domain.cpu.dedicatedCpuPlacement",
-        ),
-        (
-            "    firmware: {kernelBoot: {kernelArgs: x}}\n",
-            "spec.domain.firmware.kernelBoot",
         ),
     ];
     for (extra, want) in cases {
@@ -721,4 +718,37 @@ fn the_serial_console_is_a_socket_the_handler_reads_or_a_pty() {
     ))
     .unwrap();
     assert!(!none.contains("<serial"), "{none}");
+}
+
+#[test]
+fn a_kernel_boot_boots_the_cached_kernel_and_needs_it() {
+    let spec = format!(
+        "{MEM}    firmware:\n      kernelBoot:\n        kernelArgs: console=ttyS0 quiet\n        container: {{image: quay.io/x/k, kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd}}\n"
+    );
+    // The handler did not get the kernel: refused, never booted from disk.
+    let err = build(&spec).unwrap_err();
+    assert!(err.to_string().contains("kernelBoot"), "{err}");
+    let files = KernelFiles {
+        kernel: "/cache/k/disk".into(),
+        initrd: Some("/cache/i/disk".into()),
+        cmdline: Some("console=ttyS0 quiet".into()),
+    };
+    let inputs = DomainInputs {
+        kernel_boot: Some(files),
+        ..inputs(&[])
+    };
+    let xml = domain_xml(&vmi(&spec), &host(), &inputs).unwrap();
+    assert!(
+        xml.contains("<kernel>/cache/k/disk</kernel>\n    <initrd>/cache/i/disk</initrd>\n    <cmdline>console=ttyS0 quiet</cmdline>"),
+        "{xml}"
+    );
+    assert!(!xml.contains("<boot dev="), "{xml}");
+    // kernelArgs without a kernel: refused, not dropped.
+    let args = format!("{MEM}    firmware: {{kernelBoot: {{kernelArgs: x}}}}\n");
+    assert_eq!(
+        field(build(&args), true),
+        "spec.domain.firmware.kernelBoot.kernelArgs"
+    );
+    // Files without a kernelBoot in the spec are a handler bug: refused.
+    assert!(domain_xml(&vmi(MEM), &host(), &inputs).is_err());
 }

@@ -20,6 +20,9 @@ pub enum Wanted {
     OnlyFileIn(String),
     /// A given file (`containerDisk.path`).
     File(String),
+    /// A kernel or initrd (`kernelBoot.container`): a given file, not a disk,
+    /// so it is not checked with `qemu-img`.
+    BootFile(String),
 }
 
 impl Wanted {
@@ -36,13 +39,25 @@ impl Wanted {
         }
     }
 
+    /// From `kernelBoot.container.kernelPath` or `initrdPath`.
+    pub fn boot_file(path: &str) -> Result<Self, String> {
+        normalize(path).map(Wanted::BootFile).ok_or_else(|| {
+            format!("{path:?} is not a file path inside the image (no '..', not a folder)")
+        })
+    }
+
+    /// Whether the file is a disk, checked before it enters the cache.
+    pub fn is_disk(&self) -> bool {
+        !matches!(self, Wanted::BootFile(_))
+    }
+
     fn wants(&self, path: &str) -> bool {
         match self {
             Wanted::OnlyFileIn(dir) => path
                 .strip_prefix(dir.as_str())
                 .and_then(|rest| rest.strip_prefix('/'))
                 .is_some_and(|name| !name.is_empty()),
-            Wanted::File(f) => path == f,
+            Wanted::File(f) | Wanted::BootFile(f) => path == f,
         }
     }
 }
@@ -115,7 +130,7 @@ pub fn extract(layers: &[Layer], wanted: &Wanted, out: &Path) -> Result<(), Imag
                 "no file found in folder /{dir}, no disk present"
             )));
         }
-        (Wanted::File(f), 0) => {
+        (Wanted::File(f) | Wanted::BootFile(f), 0) => {
             return Err(ImageError::BadImage(format!(
                 "no file /{f} found in the image"
             )));

@@ -11,7 +11,9 @@
 //! # Cache layout (`--image-cache-dir`)
 //!
 //! - `images/<manifest digest hex>[-<path hash>]/disk`, with `format`
-//!   (`qcow2` or `raw`) beside it: a checked disk, read-only;
+//!   (`qcow2` or `raw`) beside it: a checked disk, read-only; or a kernel
+//!   or initrd of `kernelBoot.container` (format `file`, not a disk, so not
+//!   checked with `qemu-img`);
 //! - `refs/<hash of the reference>`: the manifest digest the reference had
 //!   when last pulled (what IfNotPresent and Never look up);
 //! - `tmp/`: downloads in progress, removed when they end and at start.
@@ -40,6 +42,9 @@ pub use registries::{Endpoint, Registries};
 /// How long a just-used image is safe from [`Images::collect`]: a create
 /// holds its image a moment after getting it.
 pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The `format` of a cached kernel or initrd.
+const BOOT_FILE: &str = "file";
 
 /// Why an image cannot give a disk.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +173,8 @@ impl Images {
         let format = match std::fs::read_to_string(dir.join("format")).ok()?.trim() {
             "qcow2" => ImageFormat::Qcow2,
             "raw" => ImageFormat::Raw,
+            // A kernel or initrd: not a disk, its format is never used.
+            BOOT_FILE if !wanted.is_disk() => ImageFormat::Raw,
             _ => return None,
         };
         let path = dir.join("disk");
@@ -280,9 +287,15 @@ impl Images {
         let out = work.path().join("disk");
         let wanted_owned = wanted.clone();
         let out_path = out.clone();
-        let format = tokio::task::spawn_blocking(move || {
+        let format_name = tokio::task::spawn_blocking(move || {
             disk::extract(&layers, &wanted_owned, &out_path)?;
-            disk::check(&out_path)
+            if !wanted_owned.is_disk() {
+                return Ok(BOOT_FILE);
+            }
+            disk::check(&out_path).map(|f| match f {
+                ImageFormat::Qcow2 => "qcow2",
+                ImageFormat::Raw => "raw",
+            })
         })
         .await
         .map_err(|e| ImageError::Io(format!("extracting the disk panicked: {e}")))??;
@@ -290,10 +303,6 @@ impl Images {
         let staged = work.path().join("image");
         std::fs::create_dir(&staged).map_err(io(&staged))?;
         std::fs::rename(&out, staged.join("disk")).map_err(io(&staged))?;
-        let format_name = match format {
-            ImageFormat::Qcow2 => "qcow2",
-            ImageFormat::Raw => "raw",
-        };
         std::fs::write(staged.join("format"), format_name).map_err(io(&staged))?;
         set_read_only(&staged.join("disk"))?;
         match std::fs::rename(&staged, &dir) {

@@ -3,8 +3,9 @@
 //! go to the overlay and are lost with the VMI, as in KubeVirt; the cached
 //! disk is shared by every VMI of the image and never written.
 
-use ironvirt_crds::vmi::{ContainerDiskSource, PullPolicy as SpecPullPolicy};
+use ironvirt_crds::vmi::ContainerDiskSource;
 
+use super::kernel_boot::spec_policy;
 use super::*;
 use crate::images::{CachedDisk, ImageRef, PullPolicy, Wanted};
 
@@ -27,12 +28,7 @@ pub(super) fn plan_container_disk(
     name: &str,
 ) -> Result<VolumePlan, VolumeError> {
     let image = ImageRef::parse(&c.image).map_err(|e| invalid(format!("{field}.image"), e))?;
-    let given = c.image_pull_policy.map(|p| match p {
-        SpecPullPolicy::Always => "Always",
-        SpecPullPolicy::IfNotPresent => "IfNotPresent",
-        SpecPullPolicy::Never => "Never",
-    });
-    let policy = PullPolicy::of(given, &image)
+    let policy = PullPolicy::of(c.image_pull_policy.map(spec_policy), &image)
         .map_err(|e| invalid(format!("{field}.imagePullPolicy"), e))?;
     let wanted = Wanted::of(c.path.as_deref()).map_err(|e| invalid(format!("{field}.path"), e))?;
     Ok(VolumePlan::ContainerDisk(ContainerDiskPlan {

@@ -37,8 +37,10 @@
 //!
 //! This file holds the entry points and what every volume shares (its name,
 //! its one source); each kind has a file with its planning and its
-//! preparing: `host_disk`, `empty_disk`, `container_disk`, `cloud_init`. `files` holds the
-//! file-system and tool helpers they use.
+//! preparing: `host_disk`, `empty_disk`, `container_disk`, `cloud_init`;
+//! `kernel_boot` plans `firmware.kernelBoot.container`, whose files come from
+//! the image cache as a containerDisk's do. `files` holds the file-system and
+//! tool helpers they use.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -67,6 +69,7 @@ mod container_disk;
 mod empty_disk;
 mod files;
 mod host_disk;
+mod kernel_boot;
 
 use cloud_init::*;
 pub use container_disk::ContainerDiskPlan;
@@ -74,6 +77,7 @@ use container_disk::*;
 use empty_disk::*;
 use files::*;
 use host_disk::*;
+pub use kernel_boot::{KernelBootPlan, plan_kernel_boot};
 
 /// Secret data the VMI's cloud-init volumes reference, by Secret name, then key.
 pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;

@@ -646,3 +646,57 @@ fn a_full_vmi_plans_every_volume() {
 }
 
 // ---- prepare -----------------------------------------------------------
+
+fn kernel_boot_of(kb: &str) -> Result<Option<KernelBootPlan>, VolumeError> {
+    plan_kernel_boot(&vmi_yaml(&format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {{name: testvm, namespace: default, uid: {UID}}}\n\
+         spec: {{domain: {{firmware: {{kernelBoot: {kb}}}}}}}\n"
+    )))
+}
+
+#[test]
+fn a_kernel_boot_plans_its_image_files() {
+    use crate::images::{PullPolicy, Wanted};
+    let plan = kernel_boot_of(
+        "{kernelArgs: console=ttyS0, container: {image: quay.io/kubevirt/k, kernelPath: /boot/vmlinuz-virt, initrdPath: /boot/initramfs-virt, imagePullSecret: pull}}",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(plan.image.to_string(), "quay.io/kubevirt/k");
+    // No tag: Always, as KubeVirt defaults it.
+    assert_eq!(plan.policy, PullPolicy::Always);
+    assert_eq!(plan.kernel, Wanted::BootFile("boot/vmlinuz-virt".into()));
+    assert_eq!(
+        plan.initrd,
+        Some(Wanted::BootFile("boot/initramfs-virt".into()))
+    );
+    assert_eq!(plan.cmdline.as_deref(), Some("console=ttyS0"));
+    assert_eq!(plan.pull_secret.as_deref(), Some("pull"));
+    // No kernelBoot, or an empty one: nothing to boot.
+    assert_eq!(kernel_boot_of("{}").unwrap(), None);
+}
+
+#[test]
+fn a_kernel_boot_without_a_kernel_is_refused() {
+    assert_invalid(
+        kernel_boot_of("{kernelArgs: quiet}"),
+        "spec.domain.firmware.kernelBoot.kernelArgs",
+        "needs kernelBoot.container",
+    );
+    assert_invalid(
+        kernel_boot_of("{container: {image: quay.io/x/k, initrdPath: /initrd}}"),
+        "spec.domain.firmware.kernelBoot.container.kernelPath",
+        "is required",
+    );
+    assert_invalid(
+        kernel_boot_of("{container: {image: quay.io/x/k, kernelPath: /boot/../../etc/shadow}}"),
+        "spec.domain.firmware.kernelBoot.container.kernelPath",
+        "not a file path",
+    );
+    assert_invalid(
+        kernel_boot_of("{kernelArgs: \"a\\nb\", container: {image: quay.io/x/k, kernelPath: /k}}"),
+        "spec.domain.firmware.kernelBoot.kernelArgs",
+        "control characters",
+    );
+}
