@@ -72,7 +72,7 @@ async fn shell(con: &mut WsSession<TlsTcp>, command: &str, done: &str) -> Result
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_replicaset_of_three_boots_from_one_pull_with_private_writes() {
+async fn a_replicaset_of_three_boots_from_one_pull_with_private_writes_and_survives_a_restart() {
     let bed = &bed().await;
     let reg = Registry::start().expect("the registry");
     let disk =
@@ -87,7 +87,7 @@ async fn a_replicaset_of_three_boots_from_one_pull_with_private_writes() {
     bed.with_namespace("cdisk", |ns| async move {
         let client = bed.admin();
         let node = format!("{ns}-n");
-        let (h, _config) = handler_with_registries(
+        let (mut h, _config) = handler_with_registries(
             bed,
             &ns,
             &node,
@@ -165,12 +165,24 @@ async fn a_replicaset_of_three_boots_from_one_pull_with_private_writes() {
             "UNSEEN-31",
         )
         .await?;
+        drop(consoles);
+
+        // A handler restart finds the cache: a new VMI of the image starts
+        // without asking the registry (the tag's policy is IfNotPresent).
+        let manifests = reg.requests("/manifests/");
+        h.restart();
+        wait_serving(&h, Duration::from_secs(60)).await;
+        place(&client, &ns, from_image("after-restart"), &node).await;
+        wait_phase(&client, &ns, "after-restart", "Running", BOOT).await?;
+        assert_eq!(reg.requests("/manifests/"), manifests, "the restarted handler asked the registry");
+        assert_eq!(reg.requests("/blobs/"), 1, "the restarted handler downloaded the image again");
+        let _ = api.delete("after-restart", &DeleteParams::default()).await;
 
         rss.delete("cirros", &DeleteParams::default()).await.map_err(|e| e.to_string())?;
         for name in &names {
             let _ = api.delete(name, &DeleteParams::default()).await;
         }
-        for name in &names {
+        for name in names.iter().map(String::as_str).chain(["after-restart"]) {
             wait_gone(&client, &ns, name, Duration::from_secs(90)).await?;
         }
         for o in &overlays {
