@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test bench bench-api bench-handler deps build-k8s guest build lint crdgen clean-state
+.PHONY: help run stop test bench bench-api bench-handler bench-images deps build-k8s guest build lint crdgen clean-state
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ bench-api: ## ironvirt-api benchmark only: console throughput and latency via ku
 
 bench-handler: ## Handler benchmark only: RSS, Scheduled-to-Running latency, console throughput
 	@BENCH=handler hack/bench.sh
+
+bench-images: ## containerDisk benchmark only: cold pull + start, warm start from the cache, hostDisk start
+	@BENCH=images hack/bench.sh
 
 deps: ## Install the Debian packages the test bed needs
 	@hack/install-deps.sh

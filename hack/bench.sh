@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks of docs/benchmarks.md on a test bed of their own,
-# with release builds of the components. BENCH=operator|handler|api|all (default
+# with release builds of the components. BENCH=operator|handler|images|api|all (default
 # all); arguments: VM counts for the operator benchmark.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
@@ -24,6 +24,9 @@ if [[ $which == all || $which == operator ]]; then
 fi
 if [[ $which == all || $which == handler ]]; then
   IRONVIRT_STATE="$state" "$REPO/target/debug/handler-bench"
+fi
+if [[ $which == all || $which == images ]]; then
+  IRONVIRT_STATE="$state" HANDLER_BENCH=images "$REPO/target/debug/handler-bench"
 fi
 if [[ $which == all || $which == api ]]; then
   # 50 consoles of one user: over the default per-user cap (16) on purpose,

@@ -105,6 +105,31 @@ impl Handler {
         h
     }
 
+    /// Starts a QEMU handler whose registry configuration
+    /// (`--registries-config`) is `yaml`, kept in the returned directory, and
+    /// waits until it serves.
+    pub async fn start_with_registries(
+        bed: &TestBed,
+        ns: &str,
+        node: &str,
+        yaml: &str,
+    ) -> Result<(Handler, tempfile::TempDir), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = dir.path().join("registries.yaml");
+        std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+        let config = config.display().to_string();
+        let h = Handler::start_with(
+            bed,
+            ns,
+            node,
+            "qemu:///system",
+            "debug",
+            &["--registries-config", &config],
+        );
+        wait_serving(&h, Duration::from_secs(60)).await;
+        Ok((h, dir))
+    }
+
     /// Starts a handler like [`Handler::start`] but with hostDisk off (no
     /// `--host-disk-root`), as `deploy/` runs it.
     pub fn start_host_disk_off(bed: &TestBed, ns: &str, node: &str, uri: &str) -> Handler {

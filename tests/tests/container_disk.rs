@@ -38,28 +38,13 @@ fn from_image(name: &str) -> serde_json::Value {
     })
 }
 
-/// A QEMU handler for `node` whose registry configuration is `yaml` (kept in
-/// the returned directory), serving.
 async fn handler_with_registries(
     bed: &ironvirt_testbed::harness::TestBed,
     ns: &str,
     node: &str,
     yaml: &str,
 ) -> Result<(Handler, tempfile::TempDir), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = dir.path().join("registries.yaml");
-    std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
-    let config = config.display().to_string();
-    let h = Handler::start_with(
-        bed,
-        ns,
-        node,
-        QEMU,
-        "debug",
-        &["--registries-config", &config],
-    );
-    wait_serving(&h, Duration::from_secs(60)).await;
-    Ok((h, dir))
+    Handler::start_with_registries(bed, ns, node, yaml).await
 }
 
 /// Runs `command` on the guest's shell and waits for `done`, which the

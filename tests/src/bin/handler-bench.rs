@@ -7,6 +7,11 @@
 //! - Serial console throughput: the guest prints 1 MB; read through the
 //!   handler's websocket, and straight from QEMU's console socket.
 //!
+//! - containerDisk start (`HANDLER_BENCH=images`, `make bench-images`):
+//!   Scheduled → Running of a VMI whose containerDisk is pulled first (cold
+//!   cache: each image distinct), of one whose image is cached (warm), and
+//!   of the same guest from a hostDisk, alternated with the warm ones.
+//!
 //! Run it with `make bench` (after the operator benchmark) or
 //! `make bench-handler`.
 
@@ -90,11 +95,24 @@ async fn place_and_time(
     gap: Duration,
     sequential: bool,
 ) -> anyhow::Result<Vec<Duration>> {
+    place_and_time_of(client, ns, node, names, gap, sequential, guest_vmi).await
+}
+
+/// [`place_and_time`] with the VMIs `make` gives for each name.
+async fn place_and_time_of(
+    client: &Client,
+    ns: &str,
+    node: &str,
+    names: &[String],
+    gap: Duration,
+    sequential: bool,
+    make: impl Fn(&str) -> serde_json::Value,
+) -> anyhow::Result<Vec<Duration>> {
     let (seen, task) = watch_running(client.clone(), ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut placed = HashMap::new();
     for n in names {
-        place(client, ns, guest_vmi(n), node).await;
+        place(client, ns, make(n), node).await;
         placed.insert(n.clone(), Instant::now());
         if sequential {
             wait_phase(client, ns, n, "Running", Duration::from_secs(120))
@@ -225,7 +243,11 @@ async fn main() -> anyhow::Result<()> {
     ensure_crds(&bed);
     let client = bed.admin();
     let ns = bed.namespace("bench-handler").await?;
-    let result = run(&bed, &client, &ns).await;
+    let result = if std::env::var("HANDLER_BENCH").as_deref() == Ok("images") {
+        images(&bed, &client, &ns).await
+    } else {
+        run(&bed, &client, &ns).await
+    };
     bed.delete_namespace(&ns, Duration::from_secs(300)).await?;
     result
 }
@@ -301,6 +323,103 @@ async fn run(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
     q.restart();
     wait_serving(&q, Duration::from_secs(60)).await;
     delete_all(client, ns, &names[..1]).await?;
+    q.remove(client).await;
+    Ok(())
+}
+
+/// The guest of [`guest_vmi`] from the containerDisk `image` instead.
+fn container_disk_vmi(name: &str, image: &str) -> serde_json::Value {
+    let mut v = guest_vmi(name);
+    v["spec"]["domain"]["devices"]["disks"][0]["disk"] = serde_json::json!({"bus": "virtio"});
+    v["spec"]["volumes"][0] =
+        serde_json::json!({"name": "root", "containerDisk": {"image": image}});
+    v
+}
+
+/// containerDisk starts: cold (pulled), warm (cached), and hostDisk for
+/// comparison, one VMI at a time on a release handler.
+async fn images(bed: &TestBed, client: &Client, ns: &str) -> anyhow::Result<()> {
+    use ironvirt_tests::registry::Registry;
+    const RUNS: usize = 5;
+    let reg = Registry::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let disk = std::fs::read(ironvirt_tests::api::GUEST_IMAGE)?;
+    println!("containerdisk_bytes: {}", disk.len());
+    // Distinct images (a nonce file beside /disk) so each cold start pulls.
+    for i in 0..RUNS {
+        let nonce = format!("{i}-{}", std::process::id()).into_bytes();
+        let files = [("disk/disk.qcow2", disk.clone()), ("etc/nonce", nonce)];
+        reg.push(&format!("bench/cold:{i}"), &files)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    reg.push("bench/warm:v1", &[("disk/disk.qcow2", disk.clone())])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("registries.yaml");
+    let host = reg.host.clone();
+    std::fs::write(
+        &config,
+        format!("registries:\n  \"{host}\":\n    insecure: true\n"),
+    )?;
+    let config = config.display().to_string();
+    let q = Handler::start_with(
+        bed,
+        ns,
+        "bench-img",
+        "qemu:///system",
+        "release",
+        &["--resync-seconds", "3600", "--registries-config", &config],
+    );
+    wait_serving(&q, Duration::from_secs(60)).await;
+    let one = |name: String, vmi: serde_json::Value| {
+        let q = &q;
+        async move {
+            let lat = place_and_time_of(
+                client,
+                ns,
+                &q.node,
+                std::slice::from_ref(&name),
+                Duration::ZERO,
+                true,
+                |_| vmi.clone(),
+            )
+            .await?;
+            delete_all(client, ns, std::slice::from_ref(&name)).await?;
+            anyhow::Ok(lat[0])
+        }
+    };
+    // The warm image's first pull, not measured.
+    one(
+        "warmup".into(),
+        container_disk_vmi("warmup", &format!("{host}/bench/warm:v1")),
+    )
+    .await?;
+    let (mut cold, mut warm, mut host_disk) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let name = format!("cold-{i}");
+        let image = format!("{host}/bench/cold:{i}");
+        cold.push(one(name.clone(), container_disk_vmi(&name, &image)).await?);
+        let name = format!("host-{i}");
+        host_disk.push(one(name.clone(), guest_vmi(&name)).await?);
+        let name = format!("warm-{i}");
+        let image = format!("{host}/bench/warm:v1");
+        warm.push(one(name.clone(), container_disk_vmi(&name, &image)).await?);
+    }
+    for lat in [&mut cold, &mut warm, &mut host_disk] {
+        lat.sort();
+    }
+    report(
+        "scheduled_to_running containerDisk cold (pull + start)",
+        &cold,
+    );
+    report("scheduled_to_running containerDisk warm (cached)", &warm);
+    report("scheduled_to_running hostDisk", &host_disk);
+    let p50 = |l: &[Duration]| percentile(l, 50.0).as_millis() as i128;
+    println!(
+        "containerdisk_warm_minus_hostdisk_p50_ms: {}",
+        p50(&warm) - p50(&host_disk)
+    );
     q.remove(client).await;
     Ok(())
 }
