@@ -11,7 +11,7 @@ use ironvirt_crds::vmi::{
     DomainSpec, HostDisk, HostDiskType, Memory, VirtualMachineInstanceSpec,
     VirtualMachineInstanceTemplateSpec, Volume,
 };
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use ironvirt_crds::domain::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::args::CreateVmArgs;
