@@ -242,7 +242,11 @@ pub fn domain_xml(
     let serial_number = serial_number(vmi)?;
     let chassis = chassis_entries(vmi)?;
     let smbios = serial_number.is_some() || !chassis.is_empty();
-    let features = features_element(vmi.spec.domain.features.as_ref(), &firmware)?;
+    let features = features_element(
+        vmi.spec.domain.features.as_ref(),
+        &firmware,
+        host.domain_type,
+    )?;
     let clock = clock_element(vmi)?;
     let tpm = tpm(devices, host)?;
 

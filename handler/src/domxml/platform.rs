@@ -22,6 +22,7 @@ fn toggle(name: &str, f: Option<&FeatureState>) -> Option<Element> {
 pub(super) fn features_element(
     features: Option<&Features>,
     firmware: &Firmware,
+    domain_type: DomainType,
 ) -> Result<Element, XmlError> {
     let none = Features::default();
     let f = features.unwrap_or(&none);
@@ -38,6 +39,9 @@ pub(super) fn features_element(
         out = out.child(e);
     }
     if let Some(h) = &f.hyperv {
+        if domain_type == DomainType::Qemu {
+            tcg_hyperv(h)?;
+        }
         out = out.child(hyperv_element(h)?);
     }
     if let Some(kvm) = &f.kvm {
@@ -61,6 +65,38 @@ pub(super) fn features_element(
         (false, None) => {}
     }
     Ok(out)
+}
+
+/// Under TCG, QEMU cannot set the Hyper-V VP index, which vpindex and the
+/// features built on it (synic, synictimer, tlbflush, ipi) need; it refuses
+/// to start. The other enlightenments work.
+fn tcg_hyperv(h: &ironvirt_crds::domain::FeatureHyperv) -> Result<(), XmlError> {
+    let on = |f: Option<&FeatureState>| f.is_some_and(FeatureState::is_on);
+    let needs_kvm = [
+        ("vpindex", on(h.vpindex.as_ref())),
+        ("synic", on(h.synic.as_ref())),
+        (
+            "synictimer",
+            h.synictimer
+                .as_ref()
+                .is_some_and(|t| t.enabled != Some(false)),
+        ),
+        (
+            "tlbflush",
+            h.tlbflush
+                .as_ref()
+                .is_some_and(|t| t.enabled != Some(false)),
+        ),
+        ("ipi", on(h.ipi.as_ref())),
+    ];
+    match needs_kvm.into_iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(unsupported(
+            format!("{FEATURES}.hyperv.{name}"),
+            "needs KVM: under TCG (QEMU emulation, as on this node) QEMU cannot provide \
+             the Hyper-V VP index it relies on; turn it off",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn hyperv_element(h: &ironvirt_crds::domain::FeatureHyperv) -> Result<Element, XmlError> {
