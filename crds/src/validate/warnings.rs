@@ -67,7 +67,7 @@ pub const UPDATE_VOLUMES_STRATEGY: &str =
     "has no effect: template changes reach the VM's next VMI, when it restarts";
 
 /// Every message, for the compatibility table and its tests.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 23] = [
     EVICTION_STRATEGY,
     PRIORITY_CLASS,
     SOFT_AFFINITY,
@@ -90,6 +90,7 @@ pub const ALL: [&str; 22] = [
     EFI_PERSISTENT,
     TPM_PERSISTENT,
     TLBFLUSH_EXTRAS,
+    UPDATE_VOLUMES_STRATEGY,
 ];
 
 /// Collects `<path>.<name>: <message>` for each set field.
