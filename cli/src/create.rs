@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use ironvirt_crds::domain::ResourceRequirements;
 use ironvirt_crds::vm::{RunStrategy, VirtualMachine, VirtualMachineSpec};
 use ironvirt_crds::vmi::{
     CloudInitNoCloudSource, ContainerDiskSource, Cpu, Devices, Disk, DiskBus, DiskTarget,
     DomainSpec, HostDisk, HostDiskType, Memory, VirtualMachineInstanceSpec,
     VirtualMachineInstanceTemplateSpec, Volume,
 };
-use ironvirt_crds::domain::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::args::CreateVmArgs;
