@@ -11,6 +11,7 @@ PKGS=(
   syslinux syslinux-common mtools dosfstools genisoimage
   tmux curl ca-certificates openssl xz-utils zstd procps gcc libc6-dev
   passt nftables iproute2
+  ovmf swtpm swtpm-tools
   docker-registry
 )
 

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use ironvirt_crds::domain::ResourceRequirements;
 use ironvirt_crds::vm::{RunStrategy, VirtualMachine, VirtualMachineSpec};
 use ironvirt_crds::vmi::{
     CloudInitNoCloudSource, ContainerDiskSource, Cpu, Devices, Disk, DiskBus, DiskTarget,
     DomainSpec, HostDisk, HostDiskType, Memory, VirtualMachineInstanceSpec,
     VirtualMachineInstanceTemplateSpec, Volume,
 };
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::args::CreateVmArgs;
@@ -132,6 +132,7 @@ fn disk(name: &str, readonly: bool, boot_order: Option<u32>) -> Disk {
         disk: Some(DiskTarget {
             bus: Some(DiskBus::Virtio),
             readonly: readonly.then_some(true),
+            ..Default::default()
         }),
         boot_order,
         ..Default::default()
@@ -295,7 +296,7 @@ pub fn build_vm(
             cpu: args.cpu.as_deref().map(cpu).transpose()?,
             memory: Some(Memory {
                 guest: Some(quantity("memory", &args.memory)?),
-                hugepages: None,
+                ..Default::default()
             }),
             devices: Some(Devices {
                 disks: (!disks.is_empty()).then_some(disks),

@@ -10,6 +10,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod conditions;
+pub mod domain;
 pub mod duration;
 pub mod preset;
 pub mod quantity;

@@ -31,6 +31,20 @@ pub fn template_metadata(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Declares a schema function for a field whose value ironvirt accepts only
+/// when `rule` (a CEL expression over `self`) holds; `$ty` is the JSON type.
+macro_rules! refused_value {
+    ($fn_name:ident, $ty:literal, $rule:literal, $msg:literal) => {
+        pub fn $fn_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "description": concat!("Known KubeVirt field; some values are refused: ", $msg),
+                "type": $ty,
+                "x-kubernetes-validations": [{"rule": $rule, "message": $msg}]
+            })
+        }
+    };
+}
+
 /// Declares a schema function for a field KubeVirt has and ironvirt rejects.
 /// The field keeps KubeVirt's JSON type (object, array of objects, or string)
 /// with any content, and a CEL rule that always fails when the field is present
@@ -146,7 +160,6 @@ unsupported!(
     array,
     "filesystems (virtiofs) are not supported by ironvirt yet"
 );
-unsupported!(tpm, object, "tpm devices are not supported by ironvirt yet");
 unsupported!(
     sriov,
     object,
@@ -197,3 +210,104 @@ unsupported!(
     array,
     "accessCredentials are not supported by ironvirt yet; use cloudInitNoCloud user-data"
 );
+unsupported!(
+    launch_security,
+    object,
+    "launchSecurity (SEV, SEV-SNP, TDX) is not supported by ironvirt: no confidential-computing hardware here"
+);
+unsupported!(
+    resource_claims,
+    array,
+    "resourceClaims (dynamic resource allocation) are not supported by ironvirt"
+);
+unsupported!(
+    downward_metrics,
+    object,
+    "downwardMetrics are not supported by ironvirt yet"
+);
+unsupported!(
+    memory_dump_volume,
+    object,
+    "memoryDump volumes are not supported by ironvirt yet"
+);
+unsupported!(numa, object, "cpu.numa is not supported by ironvirt yet");
+unsupported!(
+    realtime,
+    object,
+    "cpu.realtime is not supported by ironvirt yet"
+);
+unsupported!(
+    firmware_acpi,
+    object,
+    "firmware.acpi (SLIC and MSDM tables) is not supported by ironvirt yet"
+);
+unsupported!(
+    panic_devices,
+    array,
+    "panicDevices are not supported by ironvirt yet"
+);
+unsupported!(
+    client_passthrough,
+    object,
+    "clientPassthrough (USB redirection) is not supported by ironvirt"
+);
+unsupported!(
+    sound,
+    object,
+    "sound devices are not supported by ironvirt yet"
+);
+unsupported!(
+    hyperv_passthrough,
+    object,
+    "features.hypervPassthrough is not supported by ironvirt; list the features under features.hyperv"
+);
+unsupported!(
+    pci_address,
+    string,
+    "pciAddress is not supported by ironvirt: libvirt assigns PCI addresses"
+);
+unsupported!(
+    block_size,
+    object,
+    "disk blockSize is not supported by ironvirt yet"
+);
+unsupported!(
+    macvtap,
+    object,
+    "macvtap and passtBinding interfaces are not supported by ironvirt; use masquerade or bridge"
+);
+refused_value!(
+    vsock,
+    "boolean",
+    "!self",
+    "autoattachVSOCK is not supported by ironvirt yet"
+);
+refused_value!(
+    virtio_transitional,
+    "boolean",
+    "!self",
+    "useVirtioTransitional is not supported by ironvirt: the guest needs virtio 1.0 drivers"
+);
+refused_value!(
+    lun_reservation,
+    "boolean",
+    "!self",
+    "lun.reservation (SCSI persistent reservations) is not supported by ironvirt"
+);
+refused_value!(
+    architecture,
+    "string",
+    "self == '' || self == 'amd64'",
+    "ironvirt runs amd64 guests only: set architecture to amd64 or leave it unset"
+);
+
+/// `rebootPolicy`: Reboot is what every ironvirt domain does; Terminate is
+/// refused with a message.
+pub fn reboot_policy(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "What a reboot from inside the guest does: Reboot restarts the guest (the default). Terminate (end the VMI) is refused: rebootPolicy Terminate is not supported by ironvirt yet; use Reboot",
+        "type": "string",
+        "enum": ["Reboot", "Terminate"],
+        "x-kubernetes-validations": [{"rule": "self == 'Reboot'", "message": "rebootPolicy Terminate is not supported by ironvirt yet; use Reboot"}]
+    })
+}

@@ -70,6 +70,11 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::data_volume_templates")]
     pub data_volume_templates: Option<Value>,
+    /// How volume changes reach a running VMI: Replacement or Migration.
+    /// Accepted with a warning: ironvirt applies template changes when the VM
+    /// next starts a VMI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_volumes_strategy: Option<crate::domain::UpdateVolumesStrategy>,
 }
 
 /// When a VirtualMachine's VMI runs: Always, RerunOnFailure, Once, Manual or Halted.

@@ -3,13 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, PodDNSConfig, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::domain::{
+    Chassis, Clock, CpuFeature, DhcpOptions, DiskErrorPolicy, DiskIo, DiskIoThreads, DnsPolicy,
+    Features, Input, InterfaceState, IoThreadsPolicy, RebootPolicy, ResourceRequirements,
+    TpmDevice, VideoDevice,
+};
 use crate::schema;
 
 /// The specification of a VirtualMachineInstance: its virtual hardware
@@ -113,6 +118,26 @@ pub struct VirtualMachineInstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::access_credentials")]
     pub access_credentials: Option<Value>,
+    /// The PriorityClass KubeVirt gives the VMI's pod. Accepted with a warning:
+    /// ironvirt places VMIs without priorities or preemption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class_name: Option<String>,
+    /// The DNS policy of KubeVirt's pod. Accepted with a warning: the guest's
+    /// DNS settings come from the pod network (passt), whatever it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<DnsPolicy>,
+    /// DNS settings for KubeVirt's pod. Accepted with a warning, as dnsPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDNSConfig>,
+    /// The guest architecture; ironvirt runs amd64 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::architecture")]
+    pub architecture: Option<String>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::resource_claims")]
+    pub resource_claims: Option<Value>,
 }
 
 /// What happens to a VMI when its node is drained: None, LiveMigrate,
@@ -154,6 +179,30 @@ pub struct DomainSpec {
     /// Devices: disks, network interfaces, rng, and the serial console and VNC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Devices>,
+    /// The guest's clock (UTC or a time zone) and timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<Clock>,
+    /// Platform features: ACPI, APIC, SMM, Hyper-V enlightenments, KVM visibility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
+    /// How disks share I/O threads. Accepted with a warning: ironvirt's disks use
+    /// QEMU's main loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_threads_policy: Option<IoThreadsPolicy>,
+    /// I/O thread settings. Accepted with a warning, as ioThreadsPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_threads: Option<DiskIoThreads>,
+    /// SMBIOS chassis information.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<Chassis>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::launch_security")]
+    pub launch_security: Option<Value>,
+    /// What a reboot from inside the guest does; only Reboot (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::reboot_policy")]
+    pub reboot_policy: Option<RebootPolicy>,
 }
 
 /// The vCPU topology and model. The VMI gets cores × sockets × threads vCPUs.
@@ -181,6 +230,27 @@ pub struct Cpu {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::dedicated_cpu")]
     pub dedicated_cpu_placement: Option<Value>,
+    /// The most sockets CPU hotplug could reach. Accepted with a warning:
+    /// ironvirt has no CPU hotplug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_sockets: Option<u32>,
+    /// CPU features to require, force, disable, …, on top of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub features: Option<Vec<CpuFeature>>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::numa")]
+    pub numa: Option<Value>,
+    /// A dedicated pCPU for QEMU's emulator thread. Accepted with a warning:
+    /// ironvirt pins nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolate_emulator_thread: Option<bool>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::realtime")]
+    pub realtime: Option<Value>,
 }
 
 /// The guest's memory.
@@ -194,6 +264,10 @@ pub struct Memory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::hugepages")]
     pub hugepages: Option<Value>,
+    /// The most memory hotplug could reach. Accepted with a warning: ironvirt
+    /// has no memory hotplug; the guest has memory.guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_guest: Option<Quantity>,
 }
 
 /// The emulated machine.
@@ -218,6 +292,10 @@ pub struct Firmware {
     /// The SMBIOS system serial number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::firmware_acpi")]
+    pub acpi: Option<Value>,
     /// The bootloader: bios (the default) or efi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<Bootloader>,
@@ -338,10 +416,64 @@ pub struct Devices {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::filesystems")]
     pub filesystems: Option<Value>,
+    /// An emulated TPM 2.0 (swtpm on the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmDevice>,
+    /// Input devices: tablets and keyboards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub inputs: Option<Vec<Input>>,
+    /// Add a USB tablet when no inputs are listed (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_input_device: Option<bool>,
+    /// true: a virtio memory balloon. Unset or false: none (ironvirt never
+    /// resizes guests, so unlike KubeVirt it adds none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_mem_balloon: Option<bool>,
+    /// The video device's model (with the graphics device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoDevice>,
+    /// Disk hotplug off. ironvirt has no disk hotplug, so this always holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_hotplug: Option<bool>,
+    /// Log the serial console to a file. Accepted with a warning: ironvirt
+    /// keeps no console log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_serial_console: Option<bool>,
+    /// virtio multi-queue for disks. Accepted with a warning: not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_multi_queue: Option<bool>,
+    /// virtio multi-queue for NICs. Accepted with a warning: not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_interface_multiqueue: Option<bool>,
+    /// Refused when true.
+    #[serde(
+        rename = "autoattachVSOCK",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "schema::vsock")]
+    pub autoattach_vsock: Option<bool>,
+    /// Refused when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::virtio_transitional")]
+    pub use_virtio_transitional: Option<bool>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::tpm")]
-    pub tpm: Option<Value>,
+    #[schemars(schema_with = "schema::downward_metrics")]
+    pub downward_metrics: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::panic_devices")]
+    pub panic_devices: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::client_passthrough")]
+    pub client_passthrough: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::sound")]
+    pub sound: Option<Value>,
 }
 
 /// A virtio RNG device; it has no settings.
@@ -377,6 +509,36 @@ pub struct Disk {
     /// Host cache mode: none, writethrough or writeback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<DiskCache>,
+    /// What the guest sees on an I/O error: stop (pause the guest), ignore,
+    /// report or enospace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_policy: Option<DiskErrorPolicy>,
+    /// QEMU's I/O mode. Accepted with a warning: ironvirt leaves it to QEMU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<DiskIo>,
+    /// An exclusive I/O thread. Accepted with a warning: not applied.
+    #[serde(
+        rename = "dedicatedIOThread",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dedicated_io_thread: Option<bool>,
+    /// A tag for config-drive metadata. Accepted with a warning: ironvirt has
+    /// no config drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Let several guests write the disk. Accepted with a warning: not applied
+    /// (ironvirt's overlays are per VMI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shareable: Option<bool>,
+    /// Changed-block tracking for backups. Accepted with a warning: ironvirt
+    /// has no backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_block_tracking: Option<bool>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::block_size")]
+    pub block_size: Option<Value>,
 }
 
 /// The bus a disk attaches to: virtio, sata, scsi or usb.
@@ -408,6 +570,10 @@ pub struct DiskTarget {
     /// Attach read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readonly: Option<bool>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::pci_address")]
+    pub pci_address: Option<String>,
 }
 
 /// A disk attached as a CD-ROM.
@@ -435,12 +601,16 @@ pub struct LunTarget {
     /// Attach read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readonly: Option<bool>,
+    /// Refused when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::lun_reservation")]
+    pub reservation: Option<bool>,
 }
 
 /// A network interface of the VMI. Set exactly one binding: masquerade or bridge.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.masquerade) ? 1 : 0) + (has(self.bridge) ? 1 : 0) + (has(self.sriov) ? 1 : 0) + (has(self.passt) ? 1 : 0) + (has(self.slirp) ? 1 : 0) + (has(self.binding) ? 1 : 0) == 1").message("an interface sets exactly one binding: masquerade or bridge"))]
+#[x_kube(validation = Rule::new("(has(self.masquerade) ? 1 : 0) + (has(self.bridge) ? 1 : 0) + (has(self.sriov) ? 1 : 0) + (has(self.passt) ? 1 : 0) + (has(self.slirp) ? 1 : 0) + (has(self.binding) ? 1 : 0) + (has(self.macvtap) ? 1 : 0) + (has(self.passtBinding) ? 1 : 0) == 1").message("an interface sets exactly one binding: masquerade or bridge"))]
 pub struct Interface {
     /// The interface's name; the network with the same name backs it.
     #[schemars(length(min = 1, max = 63))]
@@ -482,6 +652,38 @@ pub struct Interface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::binding_plugin")]
     pub binding: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::macvtap")]
+    pub macvtap: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::macvtap")]
+    pub passt_binding: Option<Value>,
+    /// Not supported by ironvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::pci_address")]
+    pub pci_address: Option<String>,
+    /// Extra DHCP options. Accepted with a warning: passt's DHCP server does
+    /// not send them.
+    #[serde(
+        rename = "dhcpOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dhcp_options: Option<DhcpOptions>,
+    /// A tag for config-drive metadata. Accepted with a warning: ironvirt has
+    /// no config drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The ACPI index (stable NIC naming). Accepted with a warning: not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16383))]
+    pub acpi_index: Option<i32>,
+    /// The link state: up (default); down and absent are accepted with a
+    /// warning and not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<InterfaceState>,
 }
 
 /// Masquerade binding; it has no settings.
@@ -557,7 +759,7 @@ pub struct PodNetwork {
 /// cloudInitNoCloud, emptyDisk or hostDisk.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.containerDisk) ? 1 : 0) + (has(self.cloudInitNoCloud) ? 1 : 0) + (has(self.emptyDisk) ? 1 : 0) + (has(self.hostDisk) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.dataVolume) ? 1 : 0) + (has(self.ephemeral) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.cloudInitConfigDrive) ? 1 : 0) + (has(self.downwardAPI) ? 1 : 0) + (has(self.sysprep) ? 1 : 0) == 1").message("a volume sets exactly one source: containerDisk, cloudInitNoCloud, emptyDisk or hostDisk"))]
+#[x_kube(validation = Rule::new("(has(self.containerDisk) ? 1 : 0) + (has(self.cloudInitNoCloud) ? 1 : 0) + (has(self.emptyDisk) ? 1 : 0) + (has(self.hostDisk) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.dataVolume) ? 1 : 0) + (has(self.ephemeral) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.cloudInitConfigDrive) ? 1 : 0) + (has(self.downwardAPI) ? 1 : 0) + (has(self.sysprep) ? 1 : 0) + (has(self.downwardMetrics) ? 1 : 0) + (has(self.memoryDump) ? 1 : 0) == 1").message("a volume sets exactly one source: containerDisk, cloudInitNoCloud, emptyDisk or hostDisk"))]
 pub struct Volume {
     /// The volume's name; the disk with the same name uses it.
     #[schemars(length(min = 1, max = 63))]
@@ -615,6 +817,14 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::sysprep_volume")]
     pub sysprep: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::downward_metrics")]
+    pub downward_metrics: Option<Value>,
+    /// Not supported by ironvirt yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::memory_dump_volume")]
+    pub memory_dump: Option<Value>,
 }
 
 /// A disk image shipped in a container image.

@@ -160,3 +160,16 @@ fn names_columns_and_subresources_match_kubevirt() {
         assert!(v.subresources.as_ref().unwrap().status.is_some());
     }
 }
+
+#[test]
+fn the_compatibility_table_lists_every_refusal_and_warning() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/compatibility-fields.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let messages = ironvirt_crds::validate::unsupported::ALL
+        .iter()
+        .chain(ironvirt_crds::validate::warnings::ALL.iter());
+    for m in messages {
+        assert!(doc.contains(m), "{} does not mention: {m}", path.display());
+    }
+}

@@ -101,6 +101,12 @@ pub fn detect_ovmf() -> Option<Ovmf> {
     })
 }
 
+/// Whether swtpm (which libvirt starts for an emulated TPM) is on the PATH.
+pub fn detect_swtpm() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("swtpm").is_file()))
+}
+
 /// Runs the handler until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     std::fs::create_dir_all(cfg.state_dir.join("vmis")).map_err(|source| RunError::StateDir {
@@ -162,6 +168,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         domain_type: cfg.domain_type,
         ovmf: detect_ovmf(),
         default_machine: "q35".into(),
+        swtpm: detect_swtpm(),
     };
     let recorder = Recorder::new(
         client.clone(),

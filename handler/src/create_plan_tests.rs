@@ -44,6 +44,7 @@ fn host() -> HostEnv {
         domain_type: DomainType::Qemu,
         ovmf: None,
         default_machine: "q35".into(),
+        swtpm: true,
     }
 }
 

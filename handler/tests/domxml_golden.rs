@@ -50,6 +50,7 @@ fn host(name: &str) -> HostEnv {
         domain_type: DomainType::Qemu,
         ovmf: None,
         default_machine: "q35".into(),
+        swtpm: true,
     };
     match name {
         "qemu" => qemu,

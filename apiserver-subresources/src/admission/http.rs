@@ -13,7 +13,7 @@ use kube::core::admission::AdmissionResponse;
 use serde_json::Value;
 
 use super::mutating;
-use super::review::{Review, Verdict, respond};
+use super::review::{Review, Verdict, respond_with_warnings};
 use super::state::AdmissionState;
 use super::validating::{self, Kind};
 
@@ -64,15 +64,22 @@ async fn serve(state: AdmissionState, webhook: Webhook, body: Bytes) -> Response
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    let verdict = match webhook {
-        Webhook::Validate(kind) => validating::review(kind, &review, &state),
+    let (verdict, warnings) = match webhook {
+        Webhook::Validate(kind) => {
+            let verdict = validating::review(kind, &review, &state);
+            let warnings = match verdict {
+                Verdict::Refuse { .. } => Vec::new(),
+                _ => validating::warnings(kind, &review),
+            };
+            (verdict, warnings)
+        }
         Webhook::MutateVmi => match validating::wrong_kind(&review, Kind::Vmi.name()) {
-            Some(v) => v,
-            None => mutating::review_vmi(&review, &state).await,
+            Some(v) => (v, Vec::new()),
+            None => (mutating::review_vmi(&review, &state).await, Vec::new()),
         },
     };
     log(&review, webhook, &verdict);
-    match wire(respond(&review, verdict)) {
+    match wire(respond_with_warnings(&review, verdict, warnings)) {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
             tracing::error!(uid = %review.request.uid, error = %e, "cannot serialize the admission response");
@@ -111,4 +118,114 @@ fn log(review: &Review, webhook: Webhook, verdict: &Verdict) {
         detail = %detail,
         "admission review"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use ironvirt_crds::validate::{unsupported, warnings};
+    use serde_json::json;
+    use tower::ServiceExt;
+
+    /// Posts a CREATE review of `object` (of `kind`) to `path`; the response.
+    async fn create(path: &str, kind: &str, object: Value) -> Value {
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "kubevirt.io", "version": "v1", "kind": kind},
+                "resource": {"group": "kubevirt.io", "version": "v1", "resource": "x"},
+                "namespace": "default",
+                "operation": "CREATE",
+                "userInfo": {"username": "alice"},
+                "object": object,
+            }
+        });
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        let resp = router(AdmissionState::without_presets())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
+    }
+
+    fn vmi(spec: Value) -> Value {
+        json!({
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "metadata": {"name": "w", "namespace": "default"},
+            "spec": spec,
+        })
+    }
+
+    #[tokio::test]
+    async fn accepted_fields_without_effect_come_back_as_warnings() {
+        let spec = json!({
+            "domain": {"memory": {"guest": "64Mi"}, "ioThreadsPolicy": "auto"},
+            "evictionStrategy": "LiveMigrate",
+        });
+        let resp = create(VALIDATE_VMI_PATH, "VirtualMachineInstance", vmi(spec)).await;
+        assert_eq!(resp["allowed"], true, "{resp}");
+        assert_eq!(
+            resp["warnings"],
+            json!([
+                format!("spec.evictionStrategy: {}", warnings::EVICTION_STRATEGY),
+                format!("spec.domain.ioThreadsPolicy: {}", warnings::IO_THREADS),
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_vmi_has_no_warnings_and_refusals_keep_theirs() {
+        let plain = vmi(json!({"domain": {"memory": {"guest": "64Mi"}}}));
+        let resp = create(VALIDATE_VMI_PATH, "VirtualMachineInstance", plain).await;
+        assert_eq!(resp["allowed"], true);
+        assert!(resp.get("warnings").is_none_or(Value::is_null), "{resp}");
+
+        let refused = vmi(json!({
+            "domain": {"memory": {"guest": "64Mi"}, "launchSecurity": {"sev": {}}},
+            "priorityClassName": "high",
+        }));
+        let resp = create(VALIDATE_VMI_PATH, "VirtualMachineInstance", refused).await;
+        assert_eq!(resp["allowed"], false);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(message.contains(unsupported::LAUNCH_SECURITY), "{message}");
+        assert_eq!(
+            resp["warnings"][0],
+            format!("spec.priorityClassName: {}", warnings::PRIORITY_CLASS)
+        );
+    }
+
+    #[tokio::test]
+    async fn vm_warnings_name_the_template_path() {
+        let vm = json!({
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine",
+            "metadata": {"name": "w", "namespace": "default"},
+            "spec": {
+                "runStrategy": "Halted",
+                "template": {"spec": {"domain": {"memory": {"guest": "64Mi"}}, "subdomain": "s"}},
+            },
+        });
+        let resp = create(VALIDATE_VM_PATH, "VirtualMachine", vm).await;
+        assert_eq!(resp["allowed"], true, "{resp}");
+        assert_eq!(
+            resp["warnings"],
+            json!([format!(
+                "spec.template.spec.subdomain: {}",
+                warnings::SUBDOMAIN
+            )])
+        );
+    }
 }

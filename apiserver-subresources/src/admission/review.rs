@@ -145,6 +145,20 @@ pub enum Verdict {
     },
 }
 
+/// The response to `review` for `verdict` with `warnings` (which kubectl
+/// prints; none when empty), with the request's uid.
+pub fn respond_with_warnings(
+    review: &Review,
+    verdict: Verdict,
+    warnings: Vec<String>,
+) -> AdmissionResponse {
+    let mut response = respond(review, verdict);
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
+}
+
 /// The response to `review` for `verdict`, with the request's uid.
 pub fn respond(review: &Review, verdict: Verdict) -> AdmissionResponse {
     let response = AdmissionResponse::from(&review.request);

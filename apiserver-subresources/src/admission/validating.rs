@@ -81,6 +81,40 @@ pub(crate) fn review(kind: Kind, review: &Review, state: &AdmissionState) -> Ver
     }
 }
 
+/// The warnings for the object of a request to the validating webhook for
+/// `kind`: fields it sets that ironvirt accepts without acting on them
+/// ([`validate::warnings`]). On create, and on updates that change a VM's,
+/// VMI ReplicaSet's or preset's spec (a VMI's spec cannot change).
+pub(crate) fn warnings(kind: Kind, review: &Review) -> Vec<String> {
+    let Some(object) = &review.object else {
+        return Vec::new();
+    };
+    match (review.operation(), kind) {
+        ("CREATE", _) => {}
+        ("UPDATE", Kind::Vm | Kind::Vmirs | Kind::Preset) if !spec_unchanged(review, object) => {}
+        _ => return Vec::new(),
+    }
+    fn read<K: DeserializeOwned>(object: &Value, f: impl FnOnce(K) -> Vec<String>) -> Vec<String> {
+        serde_json::from_value::<K>(object.clone())
+            .map(f)
+            .unwrap_or_default()
+    }
+    match kind {
+        Kind::Vmi => read(object, |v: VirtualMachineInstance| {
+            validate::warnings::vmi_spec(&v.spec, "spec")
+        }),
+        Kind::Vm => read(object, |v: VirtualMachine| {
+            validate::warnings::vm_spec(&v.spec)
+        }),
+        Kind::Vmirs => read(object, |v: VirtualMachineInstanceReplicaSet| {
+            validate::warnings::vmirs_spec(&v.spec)
+        }),
+        Kind::Preset => read(object, |v: VirtualMachineInstancePreset| {
+            validate::warnings::preset_spec(&v.spec)
+        }),
+    }
+}
+
 fn verdict(errors: Vec<FieldError>) -> Verdict {
     if errors.is_empty() {
         Verdict::Allow

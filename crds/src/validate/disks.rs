@@ -25,6 +25,26 @@ pub(super) fn disks(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mut 
                 "a disk sets at most one of disk, cdrom and lun",
             ));
         }
+        let refused = &[
+            (
+                "disk.pciAddress",
+                disk.disk.as_ref().is_some_and(|d| d.pci_address.is_some()),
+                unsupported::PCI_ADDRESS,
+            ),
+            (
+                "lun.reservation",
+                disk.lun
+                    .as_ref()
+                    .is_some_and(|l| l.reservation == Some(true)),
+                unsupported::LUN_RESERVATION,
+            ),
+            (
+                "blockSize",
+                disk.block_size.is_some(),
+                unsupported::BLOCK_SIZE,
+            ),
+        ];
+        unsupported_fields(&field, refused, errors);
         if let Some(cdrom) = &disk.cdrom {
             if let Some(bus @ (DiskBus::Virtio | DiskBus::Usb)) = cdrom.bus {
                 errors.push(FieldError::unsupported(
@@ -80,6 +100,16 @@ fn volume(v: &Volume, field: &str, errors: &mut Vec<FieldError>) {
             unsupported::DOWNWARD_API,
         ),
         ("sysprep", v.sysprep.is_some(), unsupported::SYSPREP),
+        (
+            "downwardMetrics",
+            v.downward_metrics.is_some(),
+            unsupported::DOWNWARD_METRICS,
+        ),
+        (
+            "memoryDump",
+            v.memory_dump.is_some(),
+            unsupported::MEMORY_DUMP,
+        ),
     ];
     let supported = [
         v.container_disk.is_some(),

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::{FieldError, unsupported, unsupported_fields};
+use crate::domain::RebootPolicy;
+use crate::domain::ResourceRequirements;
 use crate::quantity::parse_quantity;
 use crate::vmi::{Cpu, DomainSpec, KernelBoot};
 
@@ -22,6 +23,67 @@ pub(super) fn domain(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) 
     }
     firmware(d, dpath, errors);
     device_switches(d, dpath, errors);
+    platform(d, dpath, errors);
+}
+
+/// Features, clock, inputs and the domain-level fields ironvirt refuses.
+fn platform(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
+    let refused = &[
+        (
+            "launchSecurity",
+            d.launch_security.is_some(),
+            unsupported::LAUNCH_SECURITY,
+        ),
+        (
+            "rebootPolicy",
+            d.reboot_policy == Some(RebootPolicy::Terminate),
+            unsupported::REBOOT_POLICY,
+        ),
+        (
+            "features.hypervPassthrough",
+            d.features
+                .as_ref()
+                .is_some_and(|f| f.hyperv_passthrough.is_some()),
+            unsupported::HYPERV_PASSTHROUGH,
+        ),
+    ];
+    unsupported_fields(dpath, refused, errors);
+    if let Some(c) = &d.clock
+        && c.utc.is_some()
+        && c.timezone.is_some()
+    {
+        errors.push(FieldError::new(
+            format!("{dpath}.clock"),
+            "set only one of clock.utc and clock.timezone",
+        ));
+    }
+    let secure_boot = d
+        .firmware
+        .as_ref()
+        .and_then(|f| f.bootloader.as_ref())
+        .and_then(|b| b.efi.as_ref())
+        .is_some_and(|e| e.secure_boot != Some(false));
+    let smm_off = d
+        .features
+        .as_ref()
+        .and_then(|f| f.smm.as_ref())
+        .is_some_and(|s| !s.is_on());
+    if secure_boot && smm_off {
+        errors.push(FieldError::new(
+            format!("{dpath}.features.smm.enabled"),
+            "EFI Secure Boot needs SMM: enable smm or set efi.secureBoot to false",
+        ));
+    }
+    let inputs = d.devices.as_ref().and_then(|d| d.inputs.as_ref());
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, input) in inputs.into_iter().flatten().enumerate() {
+        if !seen.insert(input.name.as_str()) {
+            errors.push(FieldError::duplicate(
+                format!("{dpath}.devices.inputs[{i}].name"),
+                format!("'{}' is used by more than one input", input.name),
+            ));
+        }
+    }
 }
 
 /// A quantity in bytes (or millicores), or an error naming the field.
@@ -178,12 +240,16 @@ fn cpu_topology(cpu: &Cpu, cpath: &str, errors: &mut Vec<FieldError>) {
             _ => {}
         }
     }
-    if cpu.dedicated_cpu_placement.is_some() {
-        errors.push(FieldError::unsupported(
-            format!("{cpath}.dedicatedCpuPlacement"),
+    let refused = &[
+        (
+            "dedicatedCpuPlacement",
+            cpu.dedicated_cpu_placement.is_some(),
             unsupported::DEDICATED_CPU,
-        ));
-    }
+        ),
+        ("numa", cpu.numa.is_some(), unsupported::NUMA),
+        ("realtime", cpu.realtime.is_some(), unsupported::REALTIME),
+    ];
+    unsupported_fields(cpath, refused, errors);
 }
 
 /// The firmware UUID is a UUID; one bootloader at most; no kernelBoot.
@@ -205,6 +271,12 @@ fn firmware(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new(
             format!("{fpath}.bootloader"),
             "set only one of bootloader.bios and bootloader.efi",
+        ));
+    }
+    if f.acpi.is_some() {
+        errors.push(FieldError::unsupported(
+            format!("{fpath}.acpi"),
+            unsupported::FIRMWARE_ACPI,
         ));
     }
     if let Some(k) = &f.kernel_boot {
@@ -286,7 +358,32 @@ fn device_switches(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
             dev.filesystems.is_some(),
             unsupported::FILESYSTEMS,
         ),
-        ("tpm", dev.tpm.is_some(), unsupported::TPM),
+        (
+            "downwardMetrics",
+            dev.downward_metrics.is_some(),
+            unsupported::DOWNWARD_METRICS,
+        ),
+        (
+            "panicDevices",
+            dev.panic_devices.is_some(),
+            unsupported::PANIC_DEVICES,
+        ),
+        (
+            "clientPassthrough",
+            dev.client_passthrough.is_some(),
+            unsupported::CLIENT_PASSTHROUGH,
+        ),
+        ("sound", dev.sound.is_some(), unsupported::SOUND),
+        (
+            "autoattachVSOCK",
+            dev.autoattach_vsock == Some(true),
+            unsupported::VSOCK,
+        ),
+        (
+            "useVirtioTransitional",
+            dev.use_virtio_transitional == Some(true),
+            unsupported::VIRTIO_TRANSITIONAL,
+        ),
     ];
     unsupported_fields(&format!("{dpath}.devices"), checks, errors);
 }

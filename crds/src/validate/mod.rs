@@ -16,6 +16,8 @@
 //! and volume sources), `network` (interfaces and networks), `scheduling`
 //! (the rest of the spec), then `selector` (label selectors), `names` (DNS
 //! labels, label keys and values) and [`unsupported`] (the messages).
+//! [`warnings`] lists the fields accepted without effect, for the webhooks'
+//! AdmissionReview warnings.
 //! [`hostdisk`] holds the cluster's [`VolumePolicy`] (hostDisk on or off and
 //! confined to `<root>/<namespace>/`, capacity limits): [`check_volumes`]
 //! depends on the namespace and the cluster's settings, so it is not part of
@@ -30,6 +32,7 @@ mod references;
 mod scheduling;
 mod selector;
 pub mod unsupported;
+pub mod warnings;
 
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,12 @@ fn interface(iface: &Interface, field: &str, errors: &mut Vec<FieldError>) {
             iface.binding.is_some(),
             unsupported::BINDING_PLUGIN,
         ),
+        ("macvtap", iface.macvtap.is_some(), unsupported::MACVTAP),
+        (
+            "passtBinding",
+            iface.passt_binding.is_some(),
+            unsupported::MACVTAP,
+        ),
     ];
     let supported = usize::from(iface.masquerade.is_some()) + usize::from(iface.bridge.is_some());
     let bindings = supported + unsupported_fields(field, unsupported_bindings, errors);
@@ -52,6 +58,12 @@ fn interface(iface: &Interface, field: &str, errors: &mut Vec<FieldError>) {
         "an interface sets exactly one binding: masquerade or bridge",
         errors,
     );
+    if iface.pci_address.is_some() {
+        errors.push(FieldError::unsupported(
+            format!("{field}.pciAddress"),
+            unsupported::PCI_ADDRESS,
+        ));
+    }
     if let Some(model) = iface.model.as_deref()
         && !NIC_MODELS.contains(&model)
     {

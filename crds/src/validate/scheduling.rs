@@ -36,6 +36,18 @@ pub(super) fn scheduling(
             spec.access_credentials.is_some(),
             unsupported::ACCESS_CREDENTIALS,
         ),
+        (
+            "resourceClaims",
+            spec.resource_claims.is_some(),
+            unsupported::RESOURCE_CLAIMS,
+        ),
+        (
+            "architecture",
+            spec.architecture
+                .as_deref()
+                .is_some_and(|a| !a.is_empty() && a != "amd64"),
+            unsupported::ARCHITECTURE,
+        ),
     ];
     unsupported_fields(path, checks, errors);
     if let Some(t) = spec.termination_grace_period_seconds.filter(|t| *t < 0) {

@@ -284,3 +284,145 @@ fn kernel_boot_needs_a_kernel_from_a_container() {
     );
     assert!(errs[0].message.contains("absolute path"), "{errs:?}");
 }
+
+/// Every field refused at admission, with the message the CRD gives it too.
+#[test]
+fn every_refused_field_has_its_message() {
+    let s = spec(
+        r#"
+domain:
+  memory: {guest: 1Gi, hugepages: {pageSize: 2Mi}}
+  cpu: {dedicatedCpuPlacement: true, numa: {guestMappingPassthrough: {}}, realtime: {}}
+  firmware: {acpi: {slicNameRef: x}}
+  launchSecurity: {sev: {}}
+  rebootPolicy: Terminate
+  features: {hypervPassthrough: {enabled: true}}
+  devices:
+    downwardMetrics: {}
+    panicDevices: [{model: isa}]
+    clientPassthrough: {}
+    sound: {name: s}
+    autoattachVSOCK: true
+    useVirtioTransitional: true
+    disks:
+      - {name: a, disk: {pciAddress: "0000:81:01.1"}, blockSize: {custom: {logical: 512}}}
+      - {name: b, lun: {reservation: true}}
+    interfaces:
+      - {name: m, macvtap: {}}
+      - {name: p, passtBinding: {}, pciAddress: "0000:81:01.2"}
+volumes:
+  - {name: a, downwardMetrics: {}}
+  - {name: b, memoryDump: {claimName: d}}
+networks: [{name: m, pod: {}}, {name: p, pod: {}}]
+resourceClaims: [{name: c}]
+architecture: arm64
+"#,
+    );
+    let errs = vmi_spec(&s, "spec");
+    let want = [
+        ("spec.domain.memory.hugepages", unsupported::HUGEPAGES),
+        (
+            "spec.domain.cpu.dedicatedCpuPlacement",
+            unsupported::DEDICATED_CPU,
+        ),
+        ("spec.domain.cpu.numa", unsupported::NUMA),
+        ("spec.domain.cpu.realtime", unsupported::REALTIME),
+        ("spec.domain.firmware.acpi", unsupported::FIRMWARE_ACPI),
+        (
+            "spec.domain.devices.downwardMetrics",
+            unsupported::DOWNWARD_METRICS,
+        ),
+        (
+            "spec.domain.devices.panicDevices",
+            unsupported::PANIC_DEVICES,
+        ),
+        (
+            "spec.domain.devices.clientPassthrough",
+            unsupported::CLIENT_PASSTHROUGH,
+        ),
+        ("spec.domain.devices.sound", unsupported::SOUND),
+        ("spec.domain.devices.autoattachVSOCK", unsupported::VSOCK),
+        (
+            "spec.domain.devices.useVirtioTransitional",
+            unsupported::VIRTIO_TRANSITIONAL,
+        ),
+        ("spec.domain.launchSecurity", unsupported::LAUNCH_SECURITY),
+        ("spec.domain.rebootPolicy", unsupported::REBOOT_POLICY),
+        (
+            "spec.domain.features.hypervPassthrough",
+            unsupported::HYPERV_PASSTHROUGH,
+        ),
+        (
+            "spec.domain.devices.disks[0].disk.pciAddress",
+            unsupported::PCI_ADDRESS,
+        ),
+        (
+            "spec.domain.devices.disks[0].blockSize",
+            unsupported::BLOCK_SIZE,
+        ),
+        (
+            "spec.domain.devices.disks[1].lun.reservation",
+            unsupported::LUN_RESERVATION,
+        ),
+        (
+            "spec.domain.devices.interfaces[0].macvtap",
+            unsupported::MACVTAP,
+        ),
+        (
+            "spec.domain.devices.interfaces[1].passtBinding",
+            unsupported::MACVTAP,
+        ),
+        (
+            "spec.domain.devices.interfaces[1].pciAddress",
+            unsupported::PCI_ADDRESS,
+        ),
+        (
+            "spec.volumes[0].downwardMetrics",
+            unsupported::DOWNWARD_METRICS,
+        ),
+        ("spec.volumes[1].memoryDump", unsupported::MEMORY_DUMP),
+        ("spec.resourceClaims", unsupported::RESOURCE_CLAIMS),
+        ("spec.architecture", unsupported::ARCHITECTURE),
+    ];
+    for (field, message) in want {
+        assert!(
+            errs.iter().any(|e| e.field == field
+                && e.message == message
+                && e.reason == Reason::NotSupported),
+            "no {field}: {message} in {errs:#?}"
+        );
+    }
+    // The refused sources and bindings count as the one source or binding.
+    assert!(
+        !errs.iter().any(|e| e.message.contains("exactly one")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn allowed_values_of_value_refused_fields_pass() {
+    let s = spec(&format!("{VALID}\narchitecture: amd64\n")).clone();
+    let mut s = s;
+    let d = s.domain.devices.get_or_insert_with(Default::default);
+    d.autoattach_vsock = Some(false);
+    d.use_virtio_transitional = Some(false);
+    s.domain.reboot_policy = Some(crate::domain::RebootPolicy::Reboot);
+    assert_eq!(vmi_spec(&s, "spec"), vec![]);
+}
+
+#[test]
+fn clock_inputs_and_secure_boot_smm_are_checked() {
+    let s = spec(
+        "domain:\n  memory: {guest: 1Gi}\n  clock: {utc: {}, timezone: Europe/Paris}\n  features: {smm: {enabled: false}}\n  firmware: {bootloader: {efi: {}}}\n  devices:\n    inputs: [{name: t, type: tablet}, {name: t, type: keyboard, bus: virtio}]\n",
+    );
+    let errs = vmi_spec(&s, "spec");
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.domain.clock",
+            "spec.domain.features.smm.enabled",
+            "spec.domain.devices.inputs[1].name"
+        ],
+        "{errs:#?}"
+    );
+}

@@ -33,8 +33,6 @@ pub const GPUS: &str = "gpus and hostDevices are not supported by ironvirt yet";
 pub const WATCHDOG: &str = "watchdog devices are not supported by ironvirt yet";
 /// `domain.devices.filesystems`
 pub const FILESYSTEMS: &str = "filesystems (virtiofs) are not supported by ironvirt yet";
-/// `domain.devices.tpm`
-pub const TPM: &str = "tpm devices are not supported by ironvirt yet";
 /// `interfaces[].sriov`
 pub const SRIOV: &str = "sriov interfaces are not supported by ironvirt; use masquerade or bridge";
 /// `interfaces[].passt` and `interfaces[].slirp`
@@ -61,8 +59,56 @@ pub const SCHEDULER_NAME: &str = "schedulerName is not supported: ironvirt place
 pub const ACCESS_CREDENTIALS: &str =
     "accessCredentials are not supported by ironvirt yet; use cloudInitNoCloud user-data";
 
+/// `domain.launchSecurity`
+pub const LAUNCH_SECURITY: &str = "launchSecurity (SEV, SEV-SNP, TDX) is not supported by ironvirt: no confidential-computing hardware here";
+/// `resourceClaims`
+pub const RESOURCE_CLAIMS: &str =
+    "resourceClaims (dynamic resource allocation) are not supported by ironvirt";
+/// `domain.devices.downwardMetrics` and `volumes[].downwardMetrics`
+pub const DOWNWARD_METRICS: &str = "downwardMetrics are not supported by ironvirt yet";
+/// `volumes[].memoryDump`
+pub const MEMORY_DUMP: &str = "memoryDump volumes are not supported by ironvirt yet";
+/// `domain.cpu.numa`
+pub const NUMA: &str = "cpu.numa is not supported by ironvirt yet";
+/// `domain.cpu.realtime`
+pub const REALTIME: &str = "cpu.realtime is not supported by ironvirt yet";
+/// `domain.firmware.acpi`
+pub const FIRMWARE_ACPI: &str =
+    "firmware.acpi (SLIC and MSDM tables) is not supported by ironvirt yet";
+/// `domain.devices.panicDevices`
+pub const PANIC_DEVICES: &str = "panicDevices are not supported by ironvirt yet";
+/// `domain.devices.clientPassthrough`
+pub const CLIENT_PASSTHROUGH: &str =
+    "clientPassthrough (USB redirection) is not supported by ironvirt";
+/// `domain.devices.sound`
+pub const SOUND: &str = "sound devices are not supported by ironvirt yet";
+/// `domain.features.hypervPassthrough`
+pub const HYPERV_PASSTHROUGH: &str = "features.hypervPassthrough is not supported by ironvirt; list the features under features.hyperv";
+/// `disks[].disk.pciAddress` and `interfaces[].pciAddress`
+pub const PCI_ADDRESS: &str =
+    "pciAddress is not supported by ironvirt: libvirt assigns PCI addresses";
+/// `disks[].blockSize`
+pub const BLOCK_SIZE: &str = "disk blockSize is not supported by ironvirt yet";
+/// `interfaces[].macvtap` and `interfaces[].passtBinding`
+pub const MACVTAP: &str =
+    "macvtap and passtBinding interfaces are not supported by ironvirt; use masquerade or bridge";
+/// `domain.devices.autoattachVSOCK: true`
+pub const VSOCK: &str = "autoattachVSOCK is not supported by ironvirt yet";
+/// `domain.devices.useVirtioTransitional: true`
+pub const VIRTIO_TRANSITIONAL: &str =
+    "useVirtioTransitional is not supported by ironvirt: the guest needs virtio 1.0 drivers";
+/// `disks[].lun.reservation: true`
+pub const LUN_RESERVATION: &str =
+    "lun.reservation (SCSI persistent reservations) is not supported by ironvirt";
+/// `architecture` other than amd64
+pub const ARCHITECTURE: &str =
+    "ironvirt runs amd64 guests only: set architecture to amd64 or leave it unset";
+/// `domain.rebootPolicy: Terminate`
+pub const REBOOT_POLICY: &str =
+    "rebootPolicy Terminate is not supported by ironvirt yet; use Reboot";
+
 /// Every message, for tests that compare them with the CRDs.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 43] = [
     PVC,
     DATA_VOLUME,
     EPHEMERAL,
@@ -77,7 +123,6 @@ pub const ALL: [&str; 25] = [
     GPUS,
     WATCHDOG,
     FILESYSTEMS,
-    TPM,
     SRIOV,
     PASST,
     BINDING_PLUGIN,
@@ -88,4 +133,23 @@ pub const ALL: [&str; 25] = [
     TOPOLOGY_SPREAD,
     SCHEDULER_NAME,
     ACCESS_CREDENTIALS,
+    LAUNCH_SECURITY,
+    RESOURCE_CLAIMS,
+    DOWNWARD_METRICS,
+    MEMORY_DUMP,
+    NUMA,
+    REALTIME,
+    FIRMWARE_ACPI,
+    PANIC_DEVICES,
+    CLIENT_PASSTHROUGH,
+    SOUND,
+    HYPERV_PASSTHROUGH,
+    PCI_ADDRESS,
+    BLOCK_SIZE,
+    MACVTAP,
+    VSOCK,
+    VIRTIO_TRANSITIONAL,
+    LUN_RESERVATION,
+    ARCHITECTURE,
+    REBOOT_POLICY,
 ];

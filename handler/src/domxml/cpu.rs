@@ -112,11 +112,41 @@ pub(super) fn cpu_element(
             cpu.child(Element::new("model").attr("fallback", "allow").text(named))
         }
     };
-    Ok(cpu.child(
-        Element::new("topology")
-            .attr("sockets", topology.sockets)
-            .attr("dies", 1)
-            .attr("cores", topology.cores)
-            .attr("threads", topology.threads),
-    ))
+    let features = vmi
+        .spec
+        .domain
+        .cpu
+        .as_ref()
+        .and_then(|c| c.features.as_deref())
+        .unwrap_or_default();
+    if !features.is_empty() && host.domain_type == DomainType::Qemu && cpu.attrs.is_empty() {
+        return Err(unsupported(
+            "spec.domain.cpu.features",
+            "CPU features need a CPU model under TCG (QEMU emulation); set cpu.model to a named model",
+        ));
+    }
+    let mut feature_elements = Vec::new();
+    for (i, f) in features.iter().enumerate() {
+        if !is_token(&f.name, "._-") {
+            return Err(invalid(
+                format!("spec.domain.cpu.features[{i}].name"),
+                format!("{:?} is not a CPU feature name", f.name),
+            ));
+        }
+        let policy = f.policy.map_or("require", |p| p.as_str());
+        feature_elements.push(
+            Element::new("feature")
+                .attr("policy", policy)
+                .attr("name", &f.name),
+        );
+    }
+    Ok(cpu
+        .child(
+            Element::new("topology")
+                .attr("sockets", topology.sockets)
+                .attr("dies", 1)
+                .attr("cores", topology.cores)
+                .attr("threads", topology.threads),
+        )
+        .children(feature_elements))
 }

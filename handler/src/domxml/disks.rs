@@ -59,6 +59,9 @@ pub(super) fn disk_element(
     if let Some(cache) = disk.cache {
         driver = driver.attr("cache", cache_name(cache));
     }
+    if let Some(policy) = disk.error_policy {
+        driver = driver.attr("error_policy", policy.as_str());
+    }
     let mut target_element = Element::new("target")
         .attr("dev", dev)
         .attr("bus", bus_name(target.bus));

@@ -2,6 +2,7 @@
 //! the KubeVirt fields ironvirt refuses.
 
 use super::*;
+use ironvirt_crds::domain::RebootPolicy;
 
 // Identity, metadata and unsupported fields
 
@@ -74,6 +75,8 @@ pub(super) fn reject_unsupported(vmi: &VirtualMachineInstance) -> Result<(), Xml
     let domain = &spec.domain;
     let cpu = domain.cpu.as_ref();
     let devices = domain.devices.as_ref();
+    let disks = devices.and_then(|d| d.disks.as_deref()).unwrap_or_default();
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
     let present = [
         (
             "spec.domain.cpu.dedicatedCpuPlacement",
@@ -103,8 +106,94 @@ pub(super) fn reject_unsupported(vmi: &VirtualMachineInstance) -> Result<(), Xml
             devices.is_some_and(|d| d.filesystems.is_some()),
         ),
         (
-            "spec.domain.devices.tpm",
-            devices.is_some_and(|d| d.tpm.is_some()),
+            "spec.domain.devices.downwardMetrics",
+            devices.is_some_and(|d| d.downward_metrics.is_some()),
+        ),
+        (
+            "spec.domain.devices.panicDevices",
+            devices.is_some_and(|d| d.panic_devices.is_some()),
+        ),
+        (
+            "spec.domain.devices.clientPassthrough",
+            devices.is_some_and(|d| d.client_passthrough.is_some()),
+        ),
+        (
+            "spec.domain.devices.sound",
+            devices.is_some_and(|d| d.sound.is_some()),
+        ),
+        (
+            "spec.domain.devices.autoattachVSOCK",
+            devices.is_some_and(|d| d.autoattach_vsock == Some(true)),
+        ),
+        (
+            "spec.domain.devices.useVirtioTransitional",
+            devices.is_some_and(|d| d.use_virtio_transitional == Some(true)),
+        ),
+        (
+            "spec.domain.devices.disks[].disk.pciAddress",
+            disks
+                .iter()
+                .any(|d| d.disk.as_ref().is_some_and(|t| t.pci_address.is_some())),
+        ),
+        (
+            "spec.domain.devices.disks[].blockSize",
+            disks.iter().any(|d| d.block_size.is_some()),
+        ),
+        (
+            "spec.domain.devices.disks[].lun.reservation",
+            disks
+                .iter()
+                .any(|d| d.lun.as_ref().is_some_and(|l| l.reservation == Some(true))),
+        ),
+        (
+            "spec.domain.devices.interfaces[].pciAddress",
+            devices
+                .and_then(|d| d.interfaces.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .any(|i| i.pci_address.is_some()),
+        ),
+        (
+            "spec.domain.cpu.numa",
+            cpu.is_some_and(|c| c.numa.is_some()),
+        ),
+        (
+            "spec.domain.cpu.realtime",
+            cpu.is_some_and(|c| c.realtime.is_some()),
+        ),
+        (
+            "spec.domain.firmware.acpi",
+            domain.firmware.as_ref().is_some_and(|f| f.acpi.is_some()),
+        ),
+        (
+            "spec.domain.launchSecurity",
+            domain.launch_security.is_some(),
+        ),
+        (
+            "spec.domain.rebootPolicy",
+            domain.reboot_policy == Some(RebootPolicy::Terminate),
+        ),
+        (
+            "spec.domain.features.hypervPassthrough",
+            domain
+                .features
+                .as_ref()
+                .is_some_and(|f| f.hyperv_passthrough.is_some()),
+        ),
+        ("spec.resourceClaims", spec.resource_claims.is_some()),
+        (
+            "spec.architecture",
+            spec.architecture
+                .as_deref()
+                .is_some_and(|a| !a.is_empty() && a != "amd64"),
+        ),
+        (
+            "spec.volumes[].downwardMetrics",
+            volumes.iter().any(|v| v.downward_metrics.is_some()),
+        ),
+        (
+            "spec.volumes[].memoryDump",
+            volumes.iter().any(|v| v.memory_dump.is_some()),
         ),
         ("spec.livenessProbe", spec.liveness_probe.is_some()),
         ("spec.readinessProbe", spec.readiness_probe.is_some()),

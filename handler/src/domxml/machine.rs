@@ -179,17 +179,6 @@ pub(super) fn os_element(
     Ok(os)
 }
 
-/// `<features>`: ACPI (for ACPI shutdown), and SMM for Secure Boot.
-pub(super) fn features_element(firmware: &Firmware) -> Element {
-    let features = Element::new("features").child(Element::new("acpi"));
-    match firmware {
-        Firmware::Efi { secure: true, .. } => {
-            features.child(Element::new("smm").attr("state", "on"))
-        }
-        _ => features,
-    }
-}
-
 /// The SMBIOS serial number from `firmware.serial`, if set.
 pub(super) fn serial_number(vmi: &VirtualMachineInstance) -> Result<Option<String>, XmlError> {
     let serial = vmi
@@ -209,14 +198,46 @@ pub(super) fn serial_number(vmi: &VirtualMachineInstance) -> Result<Option<Strin
     }
 }
 
-/// `<sysinfo type='smbios'>` with the serial number and the domain's UUID
-/// (libvirt requires the two UUIDs to agree).
-pub(super) fn sysinfo_element(serial: &str, uuid: &str) -> Element {
+/// The SMBIOS chassis entries from `domain.chassis`, if any.
+pub(super) fn chassis_entries(
+    vmi: &VirtualMachineInstance,
+) -> Result<Vec<(&'static str, String)>, XmlError> {
+    let Some(chassis) = &vmi.spec.domain.chassis else {
+        return Ok(Vec::new());
+    };
+    chassis
+        .entries()
+        .into_iter()
+        .map(|(name, value)| {
+            if value.chars().any(char::is_control) {
+                Err(invalid(
+                    format!("spec.domain.chassis.{name}"),
+                    "must not contain control characters",
+                ))
+            } else {
+                Ok((name, value.to_owned()))
+            }
+        })
+        .collect()
+}
+
+/// `<sysinfo type='smbios'>` with the serial number, the domain's UUID
+/// (libvirt requires the two UUIDs to agree) and the chassis entries.
+pub(super) fn sysinfo_element(
+    serial: Option<&str>,
+    uuid: &str,
+    chassis: &[(&str, String)],
+) -> Element {
     let entry = |name: &str, value: &str| Element::new("entry").attr("name", name).text(value);
     let system = Element::new("system")
-        .child(entry("serial", serial))
+        .child_opt(serial.map(|s| entry("serial", s)))
         .child(entry("uuid", uuid));
-    Element::new("sysinfo").attr("type", "smbios").child(system)
+    let chassis = (!chassis.is_empty())
+        .then(|| Element::new("chassis").children(chassis.iter().map(|(k, v)| entry(k, v))));
+    Element::new("sysinfo")
+        .attr("type", "smbios")
+        .child(system)
+        .child_opt(chassis)
 }
 
 // ---------------------------------------------------------------------------

@@ -15,9 +15,20 @@
 //!   [`XmlError::Unsupported`] (it cannot mean anything without KVM), and a
 //!   named model is honoured with `check='none'`, so that libvirt leaves the
 //!   features TCG lacks to QEMU (which warns and runs) instead of refusing.
-//! - **Memory balloon.** `<memballoon model='none'/>`: nothing in ironvirt reads
+//! - **Memory balloon.** `<memballoon model='none'/>` unless
+//!   `autoattachMemBalloon: true` (then virtio): nothing in ironvirt reads
 //!   balloon statistics or resizes guests, and without the element libvirt
 //!   adds a virtio balloon, a PCI device the guest would need a driver for.
+//! - **Features and clock.** `<acpi/>` unless `features.acpi.enabled` is
+//!   false; every other feature (APIC, Hyper-V enlightenments, KVM hidden,
+//!   pvspinlock, SMM) and timer appears only when listed, with
+//!   `state`/`present` from `enabled`/`present` (default on); SMM is also on
+//!   for Secure Boot, which refuses `smm.enabled: false`.
+//! - **TPM.** `devices.tpm` is a TPM 2.0 CRB device emulated by swtpm, which
+//!   libvirt starts; [`HostEnv::swtpm`] says whether it is installed. Its state
+//!   lives with the domain, so it lasts as long as the VMI.
+//! - **Inputs.** Listed inputs keep their names as `ua-` aliases; with none
+//!   listed, `autoattachInputDevice: true` adds a USB tablet.
 //! - **MACs.** An interface without `macAddress` gets a locally administered
 //!   unicast MAC (`02:…`) derived from the VMI's uid and the interface name,
 //!   so a VMI keeps its MACs across restarts of its domain.
@@ -44,8 +55,8 @@
 //!
 //! [`domain_xml`] here walks the steps, one file each: `identity` (name,
 //! UUID, metadata, refused fields), `cpu` (memory, topology, CPU model),
-//! `machine` (machine type, firmware, `<os>`, `<features>`, `<sysinfo>`, boot
-//! order), `disks`, `network` (interfaces and port forwards), `devices`
+//! `machine` (machine type, firmware, `<os>`, `<sysinfo>`, boot order),
+//! `platform` (`<features>` and `<clock>`), `disks`, `network` (interfaces and port forwards), `devices`
 //! (`<devices>` from the two), and `element` (the XML writer). `read` goes
 //! the other way, from a live domain's XML back to facts.
 
@@ -68,6 +79,7 @@ mod element;
 mod identity;
 mod machine;
 mod network;
+mod platform;
 mod read;
 
 use cpu::*;
@@ -77,6 +89,7 @@ use element::*;
 use identity::*;
 use machine::*;
 use network::*;
+use platform::*;
 pub use read::{LiveFacts, parse_live, parse_owner, parse_owner_element};
 
 /// The XML namespace of ironvirt's domain metadata element.
@@ -96,6 +109,8 @@ pub struct HostEnv {
     pub ovmf: Option<Ovmf>,
     /// Machine type used when the VMI sets none (KubeVirt's default is q35).
     pub default_machine: String,
+    /// Whether swtpm is installed, which emulated TPMs need.
+    pub swtpm: bool,
 }
 
 /// The hypervisor type of the domain element.
@@ -259,7 +274,15 @@ pub fn domain_xml(
     let (disks, scsi) = disks(vmi, inputs)?;
     let nics = nics(vmi, &id)?;
     let serial_number = serial_number(vmi)?;
-    let smbios = serial_number.is_some();
+    let chassis = chassis_entries(vmi)?;
+    let smbios = serial_number.is_some() || !chassis.is_empty();
+    let features = features_element(
+        vmi.spec.domain.features.as_ref(),
+        &firmware,
+        host.domain_type,
+    )?;
+    let clock = clock_element(vmi)?;
+    let tpm = tpm(devices, host)?;
 
     let mut passthrough = Vec::new();
     let mut interfaces = Vec::new();
@@ -299,7 +322,7 @@ pub fn domain_xml(
                 .attr("placement", "static")
                 .text(topology.vcpus),
         )
-        .child_opt(serial_number.map(|s| sysinfo_element(&s, &id.uuid)))
+        .child_opt(smbios.then(|| sysinfo_element(serial_number.as_deref(), &id.uuid, &chassis)))
         .child(os_element(
             &machine,
             &firmware,
@@ -308,9 +331,9 @@ pub fn domain_xml(
             smbios,
             device_boot,
         )?)
-        .child(features_element(&firmware))
+        .child(features)
         .child(cpu_element(vmi, host, &topology)?)
-        .child(Element::new("clock").attr("offset", "utc"))
+        .child(clock)
         .child(Element::new("on_poweroff").text("destroy"))
         .child(Element::new("on_reboot").text("restart"))
         .child(Element::new("on_crash").text("destroy"))
@@ -322,7 +345,8 @@ pub fn domain_xml(
             serial_console.then_some(SerialConsole {
                 socket: inputs.console_socket.as_deref(),
             }),
-        ))
+            tpm,
+        )?)
         .child_opt((!passthrough.is_empty()).then(|| commandline_element(&passthrough)));
 
     let mut out = String::new();

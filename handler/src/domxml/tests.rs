@@ -18,6 +18,7 @@ fn host() -> HostEnv {
         domain_type: DomainType::Qemu,
         ovmf: None,
         default_machine: "q35".into(),
+        swtpm: true,
     }
 }
 
@@ -307,7 +308,15 @@ fn unsupported_fields_are_refused() {
             "    devices: {watchdog: {name: w}}\n",
             "spec.domain.devices.watchdog",
         ),
-        ("    devices: {tpm: {}}\n", "spec.domain.devices.tpm"),
+        (
+            "    devices: {sound: {name: s}}\n",
+            "spec.domain.devices.sound",
+        ),
+        (
+            "    launchSecurity: {sev: {}}\n",
+            "spec.domain.launchSecurity",
+        ),
+        ("    rebootPolicy: Terminate\n", "spec.domain.rebootPolicy"),
         (
             "    cpu: {dedicatedCpuPlacement: true}\n",
             "spec.domain.cpu.dedicatedCpuPlacement",
@@ -751,4 +760,159 @@ fn a_kernel_boot_boots_the_cached_kernel_and_needs_it() {
     );
     // Files without a kernelBoot in the spec are a handler bug: refused.
     assert!(domain_xml(&vmi(MEM), &host(), &inputs).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Features, clock, inputs, TPM, video, balloon, chassis, CPU features
+
+#[test]
+fn features_follow_the_spec() {
+    let spec = format!(
+        "{MEM}    features:\n      acpi: {{enabled: false}}\n      apic: {{endOfInterrupt: true}}\n      smm: {{}}\n      kvm: {{hidden: true}}\n      pvspinlock: {{enabled: false}}\n      hyperv: {{relaxed: {{}}, spinlocks: {{spinlocks: 8191}}, vendorid: {{vendorid: ironvirt}}, synictimer: {{direct: {{}}}}}}\n"
+    );
+    let kvm = HostEnv {
+        domain_type: DomainType::Kvm,
+        ..host()
+    };
+    // Under TCG the synthetic timers (which need the VP index) are refused.
+    assert_eq!(
+        field(domain_xml(&vmi(&spec), &host(), &inputs(&[])), false),
+        "spec.domain.features.hyperv.synictimer"
+    );
+    let xml = domain_xml(&vmi(&spec), &kvm, &inputs(&[])).unwrap();
+    assert!(!xml.contains("<acpi/>"), "{xml}");
+    for want in [
+        "<apic eoi='on'/>",
+        "<relaxed state='on'/>",
+        "<spinlocks state='on' retries='8191'/>",
+        "<vendor_id state='on' value='ironvirt'/>",
+        "<stimer state='on'>",
+        "<direct state='on'/>",
+        "<hidden state='on'/>",
+        "<pvspinlock state='off'/>",
+        "<smm state='on'/>",
+    ] {
+        assert!(xml.contains(want), "{want} missing from {xml}");
+    }
+}
+
+#[test]
+fn secure_boot_without_smm_and_vendorid_without_value_are_invalid() {
+    let spec = format!(
+        "{MEM}    firmware: {{bootloader: {{efi: {{}}}}}}\n    features: {{smm: {{enabled: false}}}}\n"
+    );
+    let err = domain_xml(&vmi(&spec), &ovmf_host(true), &inputs(&[]));
+    assert_eq!(field(err, true), "spec.domain.features.smm.enabled");
+    let spec = format!("{MEM}    features: {{hyperv: {{vendorid: {{}}}}}}\n");
+    assert_eq!(
+        field(build(&spec), true),
+        "spec.domain.features.hyperv.vendorid.vendorid"
+    );
+}
+
+#[test]
+fn clock_offsets_and_timers() {
+    let xml = build(&format!(
+        "{MEM}    clock: {{utc: {{offsetSeconds: -3600}}, timer: {{hpet: {{present: false}}, pit: {{tickPolicy: delay}}, rtc: {{tickPolicy: catchup, track: wall}}, kvm: {{}}, hyperv: {{}}}}}}\n"
+    ))
+    .unwrap();
+    assert!(
+        xml.contains("<clock offset='variable' adjustment='-3600' basis='utc'>"),
+        "{xml}"
+    );
+    for want in [
+        "<timer name='hpet' present='no'/>",
+        "<timer name='kvmclock' present='yes'/>",
+        "<timer name='pit' present='yes' tickpolicy='delay'/>",
+        "<timer name='rtc' present='yes' tickpolicy='catchup' track='wall'/>",
+        "<timer name='hypervclock' present='yes'/>",
+    ] {
+        assert!(xml.contains(want), "{want} missing from {xml}");
+    }
+    let tz = build(&format!("{MEM}    clock: {{timezone: Europe/Paris}}\n")).unwrap();
+    assert!(
+        tz.contains("<clock offset='timezone' timezone='Europe/Paris'/>"),
+        "{tz}"
+    );
+    let bad = format!("{MEM}    clock: {{timer: {{rtc: {{tickPolicy: merge}}}}}}\n");
+    assert_eq!(
+        field(build(&bad), true),
+        "spec.domain.clock.timer.rtc.tickPolicy"
+    );
+    let both = format!("{MEM}    clock: {{utc: {{}}, timezone: UTC}}\n");
+    assert_eq!(field(build(&both), true), "spec.domain.clock");
+}
+
+#[test]
+fn inputs_tpm_video_and_balloon() {
+    let xml = build(&format!(
+        "{MEM}    devices:\n      inputs: [{{name: tab, type: tablet}}, {{name: kbd, type: keyboard, bus: virtio}}]\n      tpm: {{}}\n      video: {{type: virtio}}\n      autoattachMemBalloon: true\n"
+    ))
+    .unwrap();
+    for want in [
+        "<input type='tablet' bus='usb'>\n      <alias name='ua-tab'/>",
+        "<input type='keyboard' bus='virtio'>",
+        "<tpm model='tpm-crb'>\n      <backend type='emulator' version='2.0'/>",
+        "<model type='virtio'/>",
+        "<memballoon model='virtio'/>",
+    ] {
+        assert!(xml.contains(want), "{want} missing from {xml}");
+    }
+    let auto = build(&format!(
+        "{MEM}    devices: {{autoattachInputDevice: true}}\n"
+    ))
+    .unwrap();
+    assert!(auto.contains("<input type='tablet' bus='usb'/>"), "{auto}");
+    let off = build(&format!("{MEM}    devices: {{tpm: {{enabled: false}}}}\n")).unwrap();
+    assert!(!off.contains("<tpm"), "{off}");
+    let no_swtpm = HostEnv {
+        swtpm: false,
+        ..host()
+    };
+    let err = domain_xml(
+        &vmi(&format!("{MEM}    devices: {{tpm: {{}}}}\n")),
+        &no_swtpm,
+        &inputs(&[]),
+    );
+    assert_eq!(field(err, false), "spec.domain.devices.tpm");
+}
+
+#[test]
+fn chassis_goes_to_sysinfo() {
+    let xml = build(&format!(
+        "{MEM}    chassis: {{manufacturer: Acme, asset: A-1}}\n"
+    ))
+    .unwrap();
+    assert!(xml.contains("<smbios mode='sysinfo'/>"), "{xml}");
+    assert!(
+        xml.contains("<chassis>\n      <entry name='manufacturer'>Acme</entry>\n      <entry name='asset'>A-1</entry>\n    </chassis>"),
+        "{xml}"
+    );
+    assert!(!xml.contains("name='serial'"), "{xml}");
+}
+
+#[test]
+fn cpu_features_need_a_model_under_tcg() {
+    let spec =
+        format!("{MEM}    cpu: {{features: [{{name: vmx, policy: disable}}, {{name: pcid}}]}}\n");
+    assert_eq!(field(build(&spec), false), "spec.domain.cpu.features");
+    let named = spec.replace("cpu: {", "cpu: {model: Westmere, ");
+    let xml = build(&named).unwrap();
+    assert!(
+        xml.contains("<feature policy='disable' name='vmx'/>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<feature policy='require' name='pcid'/>"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn disk_error_policy_goes_to_the_driver() {
+    let spec = format!(
+        "{MEM}    devices:\n      disks: [{{name: a, errorPolicy: report}}]\n  volumes:\n  - {{name: a, emptyDisk: {{capacity: 1Gi}}}}\n"
+    );
+    let xml = domain_xml(&vmi(&spec), &host(), &inputs(&["a"])).unwrap();
+    assert!(xml.contains("error_policy='report'"), "{xml}");
 }
