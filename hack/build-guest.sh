@@ -3,14 +3,17 @@
 #   vmlinuz          a Debian cloud kernel (dpkg -x of linux-image-*-cloud-amd64)
 #   initramfs.cpio.gz a busybox initramfs whose init prints the marker line to ttyS0,
 #                    runs a shell on the serial console and powers off on ACPI shutdown
-#   disk.qcow2       a bootable disk (syslinux on a FAT superfloppy) of the same guest
+#   disk.qcow2       a bootable disk of the same guest: a FAT superfloppy (no partition
+#                    table) that boots under SeaBIOS (syslinux) and under UEFI/OVMF, with
+#                    or without Secure Boot (Debian's signed shim -> signed GRUB -> signed
+#                    kernel; shim is signed by Microsoft's UEFI CA, which OVMF_VARS*.ms.fd enrol)
 # Prints the guest directory on stdout.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 . "$HACK/lib.sh"
 
-for tool in dpkg-deb cpio mcopy mkfs.vfat syslinux qemu-img apt-get xz flock; do
+for tool in dpkg-deb cpio mcopy mmd mkfs.vfat syslinux qemu-img apt-get xz flock; do
   command -v "$tool" >/dev/null || die "$tool is missing; run 'make deps' (hack/install-deps.sh) first."
 done
 [[ -x /bin/busybox ]] || die "busybox-static is missing; run 'make deps' first."
@@ -63,6 +66,26 @@ kver="${kpkg#linux-image-}"
 vmlinuz="$work/kernel/boot/vmlinuz-$kver"
 [[ -f "$vmlinuz" ]] || die "the kernel package $kpkg has no /boot/vmlinuz-$kver"
 
+# The Secure Boot chain for UEFI: shim (signed by Microsoft) and GRUB (signed by Debian).
+# Only downloaded and unpacked, never installed, like the kernel.
+for pkg in shim-signed grub-efi-amd64-signed; do
+  pdeb="$debdir/$pkg.deb"
+  if ! dpkg-deb --info "$pdeb" >/dev/null 2>&1; then
+    mkdir -p "$work/dl"
+    if ! (cd "$work/dl" && apt-get download "$pkg" >/dev/null 2>&1); then
+      apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+      (cd "$work/dl" && apt-get download "$pkg" >/dev/null) \
+        || die "apt-get download $pkg failed (the guest's UEFI boot loader); check that Debian's package mirror is reachable."
+    fi
+    mv "$work/dl/${pkg}_"*.deb "$pdeb"
+  fi
+  dpkg-deb -x "$pdeb" "$work/efi"
+done
+shim="$work/efi/usr/lib/shim/shimx64.efi.signed"
+grub="$work/efi/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+[[ -f "$shim" ]] || die "the package shim-signed has no /usr/lib/shim/shimx64.efi.signed"
+[[ -f "$grub" ]] || die "the package grub-efi-amd64-signed has no /usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+
 # The initramfs.
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib/modules,root}
@@ -88,7 +111,13 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 done
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -9) >"$work/initramfs.cpio.gz"
 
-# The bootable disk: syslinux on a 64 MiB FAT superfloppy.
+# The bootable disk: a 64 MiB FAT superfloppy. SeaBIOS boots it through syslinux
+# (boot sector + ldlinux.sys, syslinux.cfg); OVMF finds the removable-media path
+# EFI/BOOT/BOOTX64.EFI on it (virtio or SATA), which is shim: shim loads grubx64.efi
+# from its own directory (without fbx64.efi beside it shim does not run its fallback,
+# which would write boot entries and reset), and GRUB, built with the prefix
+# /EFI/debian, reads /EFI/debian/grub.cfg. Under Secure Boot shim checks GRUB and,
+# through GRUB, the kernel against Debian's CA; the initramfs needs no signature.
 img="$work/disk.img"
 truncate -s 64M "$img"
 mkfs.vfat -n IRONVIRT "$img" >/dev/null
@@ -106,6 +135,18 @@ CFG
 mcopy -i "$img" "$vmlinuz" ::vmlinuz
 mcopy -i "$img" "$work/initramfs.cpio.gz" ::initrd.gz
 mcopy -i "$img" "$work/syslinux.cfg" ::syslinux.cfg
+cat >"$work/grub.cfg" <<CFG
+set default=0
+set timeout=0
+menuentry guest {
+  linux /vmlinuz console=tty0 console=ttyS0 no_timer_check
+  initrd /initrd.gz
+}
+CFG
+mmd -i "$img" ::EFI ::EFI/BOOT ::EFI/debian
+mcopy -i "$img" "$shim" ::EFI/BOOT/BOOTX64.EFI
+mcopy -i "$img" "$grub" ::EFI/BOOT/grubx64.efi
+mcopy -i "$img" "$work/grub.cfg" ::EFI/debian/grub.cfg
 syslinux --install "$img"
 qemu-img convert -q -f raw -O qcow2 "$img" "$work/disk.qcow2"
 
