@@ -72,6 +72,8 @@ pub struct ConsoleArgs {
     pub vmi: String,
     /// How long to wait for the VMI to be running: seconds, or a number with
     /// ms, s, m, h or d (virtctl's --timeout counts minutes). 0 does not wait.
+    /// While waiting, each new state of the VMI's image pull (Pulling with
+    /// the bytes so far, ErrImagePull, ImagePullBackOff) is a line on stderr.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
 }

@@ -1,5 +1,6 @@
 //! Is the VMI running? Read through kube-apiserver before a console or VNC
-//! session, so that the user gets a clear line (and `--timeout` can wait).
+//! session, so that the user gets a clear line (and `--timeout` can wait,
+//! showing how the VMI's image pull goes meanwhile).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ pub enum Observed {
     /// It exists in another phase (Pending, Scheduling, Scheduled, Succeeded, Failed, …).
     NotRunning {
         phase: String,
+        /// How its image pull goes, if one is under way or failed ([`pull_note`]).
+        pull: Option<String>,
     },
     /// No VMI; `vm` is the printableStatus of the VM of that name, if there is one.
     Missing {
@@ -52,8 +55,14 @@ pub fn decide(
     match seen {
         Observed::Running | Observed::Unknown => Decision::Proceed,
         _ if time_left => Decision::Wait,
-        Observed::NotRunning { phase } => Decision::Fail(format!(
+        Observed::NotRunning { phase, pull: None } => Decision::Fail(format!(
             "VirtualMachineInstance \"{name}\" is not running{after} (phase {phase})"
+        )),
+        Observed::NotRunning {
+            phase,
+            pull: Some(pull),
+        } => Decision::Fail(format!(
+            "VirtualMachineInstance \"{name}\" is not running{after} (phase {phase}; {pull})"
         )),
         Observed::Missing { vm: None } => Decision::Fail(format!(
             "VirtualMachineInstance \"{name}\" not found in namespace \"{namespace}\"{after}"
@@ -71,6 +80,43 @@ pub fn phase_of(vmi: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("Pending")
         .to_owned()
+}
+
+/// The reasons of the VMI's Ready condition that are about its image:
+/// the handler's download progress and kubelet's pull failures.
+pub const PULL_REASONS: [&str; 3] = ["Pulling", "ErrImagePull", "ImagePullBackOff"];
+
+/// How the VMI's image pull goes, from its Ready condition when that is
+/// False for one of the [`PULL_REASONS`]: `Pulling: pulling quay.io/x:tag:
+/// 12.3 MiB of 40.0 MiB (30%)`.
+pub fn pull_note(vmi: &Value) -> Option<String> {
+    let ready = vmi
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))?;
+    if ready.get("status").and_then(Value::as_str) != Some("False") {
+        return None;
+    }
+    let reason = ready.get("reason").and_then(Value::as_str)?;
+    if !PULL_REASONS.contains(&reason) {
+        return None;
+    }
+    match ready.get("message").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() => Some(format!("{reason}: {m}")),
+        _ => Some(reason.to_owned()),
+    }
+}
+
+/// The line to print while waiting, if any: the pull note when it differs
+/// from the one printed last (one line per change, none for the same).
+pub fn changed_note<'a>(printed: Option<&str>, seen: &'a Observed) -> Option<&'a str> {
+    match seen {
+        Observed::NotRunning {
+            pull: Some(note), ..
+        } if printed != Some(note.as_str()) => Some(note),
+        _ => None,
+    }
 }
 
 async fn get(ctx: &Ctx, resource: &str, name: &str) -> Result<(u16, Value, Failure)> {
@@ -99,6 +145,7 @@ pub async fn observe(ctx: &Ctx, name: &str) -> Result<Observed> {
         200 if phase_of(&vmi) == "Running" => Ok(Observed::Running),
         200 => Ok(Observed::NotRunning {
             phase: phase_of(&vmi),
+            pull: pull_note(&vmi),
         }),
         401 | 403 => Ok(Observed::Unknown),
         404 if failure.reason == "NotFound" && failure.message.contains(name) => {
@@ -175,13 +222,21 @@ pub fn forbidden_line(
     )
 }
 
-/// Waits up to `timeout` for the VMI to be running (0: looks once).
+/// Waits up to `timeout` for the VMI to be running (0: looks once). While
+/// it waits, each new state of the VMI's image pull is a line on stderr.
 pub async fn wait_running(ctx: &Ctx, name: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let mut told = false;
+    let mut printed: Option<String> = None;
     loop {
         let seen = observe(ctx, name).await?;
         let waited = start.elapsed();
+        if waited < timeout
+            && let Some(note) = changed_note(printed.as_deref(), &seen)
+        {
+            eprintln!("{name}: {note}");
+            printed = Some(note.to_owned());
+        }
         match decide(name, &ctx.namespace, &seen, waited, waited < timeout) {
             Decision::Proceed => return Ok(()),
             Decision::Fail(m) => return Err(Error::Api(m)),
@@ -224,6 +279,7 @@ mod tests {
     fn waits_while_time_is_left() {
         let seen = Observed::NotRunning {
             phase: "Scheduling".into(),
+            pull: None,
         };
         assert_eq!(decide("v", "ns", &seen, S0, true), Decision::Wait);
         assert_eq!(
@@ -236,6 +292,7 @@ mod tests {
     fn clear_lines_when_it_is_not_running() {
         let seen = Observed::NotRunning {
             phase: "Scheduling".into(),
+            pull: None,
         };
         assert_eq!(
             decide("v", "ns", &seen, S0, false),
@@ -268,6 +325,93 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn a_timeout_during_a_pull_says_how_the_pull_goes() {
+        let seen = Observed::NotRunning {
+            phase: "Scheduled".into(),
+            pull: Some("ImagePullBackOff: pulling r/x:1: refused (retrying in 8 s)".into()),
+        };
+        assert_eq!(
+            decide("v", "ns", &seen, Duration::from_secs(60), false),
+            Decision::Fail(
+                "VirtualMachineInstance \"v\" is not running after waiting 60 s (phase \
+                 Scheduled; ImagePullBackOff: pulling r/x:1: refused (retrying in 8 s))"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn pull_notes_come_from_the_ready_condition() {
+        let with_ready = |ready: Value| {
+            json!({"status": {"phase": "Scheduled", "conditions": [
+                {"type": "Paused", "status": "False", "reason": "Pulling", "message": "not this"},
+                ready,
+            ]}})
+        };
+        let line = "pulling quay.io/x:tag: 12.3 MiB of 40.0 MiB (30%)";
+        assert_eq!(
+            pull_note(&with_ready(
+                json!({"type": "Ready", "status": "False", "reason": "Pulling", "message": line})
+            ))
+            .as_deref(),
+            Some("Pulling: pulling quay.io/x:tag: 12.3 MiB of 40.0 MiB (30%)")
+        );
+        assert_eq!(
+            pull_note(&with_ready(
+                json!({"type": "Ready", "status": "False", "reason": "ErrImagePull", "message": "pulling r/x: refused"})
+            ))
+            .as_deref(),
+            Some("ErrImagePull: pulling r/x: refused")
+        );
+        assert_eq!(
+            pull_note(&with_ready(
+                json!({"type": "Ready", "status": "False", "reason": "ImagePullBackOff"})
+            ))
+            .as_deref(),
+            Some("ImagePullBackOff")
+        );
+        // Other reasons, a true Ready, no Ready, no status: nothing.
+        for ready in [
+            json!({"type": "Ready", "status": "False", "reason": "QemuCrashed", "message": "x"}),
+            json!({"type": "Ready", "status": "True", "reason": "Pulling", "message": "x"}),
+            json!({"type": "Other", "status": "False", "reason": "Pulling", "message": "x"}),
+        ] {
+            assert_eq!(pull_note(&with_ready(ready)), None);
+        }
+        assert_eq!(pull_note(&json!({"status": {"phase": "Pending"}})), None);
+        assert_eq!(pull_note(&Value::Null), None);
+    }
+
+    #[test]
+    fn one_line_per_change_of_the_pull() {
+        let pulling = |note: &str| Observed::NotRunning {
+            phase: "Scheduled".into(),
+            pull: Some(note.into()),
+        };
+        let a = pulling("Pulling: pulling r/x: 1.0 MiB of 4.0 MiB (25%)");
+        let b = pulling("Pulling: pulling r/x: 2.0 MiB of 4.0 MiB (50%)");
+        assert_eq!(
+            changed_note(None, &a),
+            Some("Pulling: pulling r/x: 1.0 MiB of 4.0 MiB (25%)")
+        );
+        assert_eq!(
+            changed_note(Some("Pulling: pulling r/x: 1.0 MiB of 4.0 MiB (25%)"), &a),
+            None
+        );
+        assert_eq!(
+            changed_note(Some("Pulling: pulling r/x: 1.0 MiB of 4.0 MiB (25%)"), &b),
+            Some("Pulling: pulling r/x: 2.0 MiB of 4.0 MiB (50%)")
+        );
+        let quiet = Observed::NotRunning {
+            phase: "Scheduled".into(),
+            pull: None,
+        };
+        assert_eq!(changed_note(Some("x"), &quiet), None);
+        assert_eq!(changed_note(None, &Observed::Running), None);
+        assert_eq!(changed_note(None, &Observed::Missing { vm: None }), None);
     }
 
     #[test]

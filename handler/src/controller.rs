@@ -25,12 +25,18 @@ use crate::create_plan::{self, ForwardRequest, NotCreated, Refusal};
 use crate::domxml::{self, DomainInputs, KernelFiles};
 use crate::error::Error;
 use crate::events::{self, Reason};
+use crate::images::progress::{REPORT_EVERY, Reported, progress_line, report_due};
+use crate::images::{PullProgress, Stage};
 use crate::libvirt::{self, LibvirtError};
 use crate::model::{self, DesiredStatus, Step};
 use crate::volumes;
 
 /// The field manager of the handler's status writes.
 pub const MANAGER: &str = "ironvirt-handler";
+
+/// How often a pull's reporter looks at its progress (it writes at most
+/// every [`REPORT_EVERY`]).
+const PROGRESS_TICK: Duration = Duration::from_millis(500);
 
 /// Reconciles one VMI.
 #[tracing::instrument(skip_all, fields(vmi.namespace = vmi.namespace().unwrap_or_default(), vmi.name = %vmi.name_any()))]
@@ -299,7 +305,8 @@ fn image_files(plan: &create_plan::CreatePlan) -> Vec<ImageFile<'_>> {
 }
 
 /// Pulls the images of the VMI's containerDisk volumes and kernel boot (or
-/// finds them in the node's cache). A registry failure leaves the VMI
+/// finds them in the node's cache). While an image downloads, the VMI
+/// shows how far it is ([`report_pull`]). A registry failure leaves the VMI
 /// waiting with reason ErrImagePull, then ImagePullBackOff, retried with
 /// backoff; an image without the file fails the VMI.
 async fn pull_images(
@@ -314,6 +321,8 @@ async fn pull_images(
     let mut initrd = None;
     let key = ObjectRef::from_obj(vmi);
     let files = image_files(plan);
+    // The VMI as the last progress report left it.
+    let mut latest: Option<VirtualMachineInstance> = None;
     if !files.is_empty() {
         let not_before = ctx
             .pull_not_before
@@ -330,12 +339,15 @@ async fn pull_images(
     }
     for file in &files {
         let field = &file.field;
+        // The VMI as the last status write left it, for the writes below
+        // to compare with.
+        let current = latest.as_ref().unwrap_or(vmi);
         let Some(images) = &ctx.images else {
             let refusal = Refusal::new(
                 Reason::Unsupported,
                 format!("{field}: this node's handler has no image cache (--image-cache-dir)"),
             );
-            return Ok(Pulled::Stop(fail_start(vmi, ctx, api, refusal).await?));
+            return Ok(Pulled::Stop(fail_start(current, ctx, api, refusal).await?));
         };
         let auth = match file.pull_secret {
             None => oci_client::secrets::RegistryAuth::Anonymous,
@@ -346,15 +358,34 @@ async fn pull_images(
                         image: file.image.to_string(),
                         reason: format!("{field}.imagePullSecret: {message}"),
                     };
-                    return pull_failed(vmi, ctx, api, &key, e).await.map(Pulled::Stop);
+                    return pull_failed(current, ctx, api, &key, e)
+                        .await
+                        .map(Pulled::Stop);
                 }
             },
         };
         let uid = vmi.uid().unwrap_or_default();
-        match images
-            .ensure(file.image, file.wanted, file.policy, &auth, &uid)
-            .await
-        {
+        let image = file.image.to_string();
+        let progress = PullProgress::new();
+        let pull = async {
+            let got = images
+                .ensure_reporting(file.image, file.wanted, file.policy, &auth, &uid, &progress)
+                .await;
+            progress.finish();
+            got
+        };
+        // The reporter runs beside the pull in this reconcile (other VMIs
+        // reconcile concurrently), and its last write is done before any
+        // status written after the pull.
+        let (got, reported) = tokio::join!(
+            pull,
+            report_pull(ctx, api.clone(), current, &image, &progress)
+        );
+        if reported.is_some() {
+            latest = reported;
+        }
+        let vmi = latest.as_ref().unwrap_or(vmi);
+        match got {
             Ok(cached) => {
                 tracing::info!(field = %field, image = %file.image, digest = %cached.digest, "image file ready");
                 let note = format!("image {} ({}) is on the node", file.image, cached.digest);
@@ -394,6 +425,62 @@ async fn pull_images(
         _ => None,
     };
     Ok(Pulled::Ready(disks, kernel_files))
+}
+
+/// Reports the pull `progress` of `image` on the VMI until it finishes:
+/// once a download starts (never for a cache hit), an Event Pulling, and
+/// the VMI's Ready condition False with reason Pulling and the progress
+/// line, rewritten when the line changed, at most every
+/// [`REPORT_EVERY`]. Writes through `api` (its own handle) as the
+/// handler's field manager, like every status write. Returns the VMI as
+/// the last write left it, if it wrote.
+async fn report_pull(
+    ctx: &Context,
+    api: Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    image: &str,
+    progress: &PullProgress,
+) -> Option<VirtualMachineInstance> {
+    let mut stages = progress.subscribe();
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut latest: Option<VirtualMachineInstance> = None;
+    let mut last: Option<Reported> = None;
+    loop {
+        tokio::select! {
+            changed = stages.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
+        }
+        let stage = *stages.borrow_and_update();
+        if stage == Stage::Finished {
+            break;
+        }
+        let Some(line) = progress_line(image, stage, progress.done()) else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        if !report_due(last.as_ref(), &line, now, REPORT_EVERY) {
+            continue;
+        }
+        if last.is_none() {
+            let note = format!("pulling image {image}");
+            events::publish(&ctx.recorder, vmi, Reason::Pulling, note).await;
+        }
+        tracing::debug!(image, progress = %line, "pull progress");
+        last = Some(Reported {
+            line: line.clone(),
+            at: now,
+        });
+        let base = latest.as_ref().unwrap_or(vmi);
+        let desired = model::pulling(base, &ctx.node, &line, Timestamp::now());
+        match apply_status(&api, base, &desired).await {
+            Ok(Some(written)) => latest = Some(written),
+            Ok(None) => {}
+            // Best effort: the pull goes on; the next line tries again.
+            Err(e) => tracing::warn!(image, error = %e, "could not report the pull's progress"),
+        }
+    }
+    latest
 }
 
 /// A failed pull: ErrImagePull the first time, ImagePullBackOff after, in
@@ -665,16 +752,27 @@ async fn write_status(
     vmi: &VirtualMachineInstance,
     desired: &DesiredStatus,
 ) -> Result<(), Error> {
+    apply_status(api, vmi, desired).await.map(|_| ())
+}
+
+/// Applies `desired` (server-side apply, field manager [`MANAGER`]) unless
+/// only timestamps would change; returns the VMI as written, if written.
+async fn apply_status(
+    api: &Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    desired: &DesiredStatus,
+) -> Result<Option<VirtualMachineInstance>, Error> {
     if !desired.differs_from(vmi) {
-        return Ok(());
+        return Ok(None);
     }
-    api.patch_status(
-        &vmi.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(desired.apply_body()),
-    )
-    .await?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &vmi.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(desired.apply_body()),
+        )
+        .await?;
+    Ok(Some(written))
 }
 
 /// Failed reconciles retry with exponential backoff per VMI

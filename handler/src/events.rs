@@ -51,6 +51,9 @@ pub enum Reason {
     VolumeTooLarge,
     /// An image larger than the free space of the file system it goes on.
     InsufficientStorage,
+    /// A containerDisk or kernelBoot image started to download (not for a
+    /// cache hit); its progress is in the Ready condition, reason Pulling.
+    Pulling,
     /// A containerDisk image was pulled (or found in the node's cache).
     Pulled,
     /// Pulling a containerDisk image failed (the first time).
@@ -85,6 +88,7 @@ impl Reason {
             Reason::HostDiskNotRegularFile => "HostDiskNotRegularFile",
             Reason::VolumeTooLarge => "VolumeTooLarge",
             Reason::InsufficientStorage => "InsufficientStorage",
+            Reason::Pulling => "Pulling",
             Reason::Pulled => "Pulled",
             Reason::ErrImagePull => "ErrImagePull",
             Reason::ImagePullBackOff => "ImagePullBackOff",
@@ -99,6 +103,7 @@ impl Reason {
             Reason::Started
             | Reason::ShuttingDown
             | Reason::PortsForwarded
+            | Reason::Pulling
             | Reason::Pulled
             | Reason::GuestShutdown => EventType::Normal,
             _ => EventType::Warning,
@@ -135,7 +140,7 @@ pub async fn publish(
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 24] = [
+    const ALL: [Reason; 25] = [
         Reason::Started,
         Reason::ShuttingDown,
         Reason::PortsForwarded,
@@ -156,6 +161,7 @@ mod tests {
         Reason::HostDiskNotRegularFile,
         Reason::VolumeTooLarge,
         Reason::InsufficientStorage,
+        Reason::Pulling,
         Reason::Pulled,
         Reason::ErrImagePull,
         Reason::ImagePullBackOff,
@@ -185,6 +191,7 @@ mod tests {
                 "ShuttingDown",
                 "PortsForwarded",
                 "GuestShutdown",
+                "Pulling",
                 "Pulled"
             ]
         );

@@ -319,6 +319,22 @@ pub fn waiting(
     final_status(vmi, node, phase, reason, message, now)
 }
 
+/// A VMI whose image downloads: its phase unchanged (Scheduled, not yet
+/// Running), Ready=False with reason Pulling and `progress` (how far the
+/// download is) as its message. No status reason: nothing failed, and a
+/// reason an earlier failed pull left goes.
+pub fn pulling(
+    vmi: &VirtualMachineInstance,
+    node: &str,
+    progress: &str,
+    now: Timestamp,
+) -> DesiredStatus {
+    DesiredStatus {
+        reason: None,
+        ..waiting(vmi, node, Reason::Pulling.as_str(), progress, now)
+    }
+}
+
 fn current_conditions(vmi: &VirtualMachineInstance) -> Option<&[Condition]> {
     vmi.status.as_ref().and_then(|s| s.conditions.as_deref())
 }
@@ -636,6 +652,44 @@ mod tests {
         );
         assert!(paused.differs_from(&written));
         assert_eq!(paused.conditions.len(), 2);
+    }
+
+    #[test]
+    fn a_pull_in_progress_keeps_the_vmi_scheduled_with_its_progress() {
+        let v = vmi(&format!(
+            "status:\n  phase: Scheduled\n  nodeName: {NODE}\n  reason: ErrImagePull\n  \
+             conditions: [{{type: Ready, status: 'False', reason: ErrImagePull, message: refused}}]\n"
+        ));
+        let line = "pulling quay.io/x:tag: 12.3 MiB of 40.0 MiB (30%)";
+        let s = pulling(&v, NODE, line, at(5));
+        assert!(s.differs_from(&v));
+        let body = s.apply_body();
+        assert_eq!(body["status"]["phase"], "Scheduled");
+        // The earlier failure's reason goes (apply drops what it omits).
+        assert!(body["status"].get("reason").is_none());
+        let ready = &body["status"]["conditions"][0];
+        assert_eq!(ready["type"], "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "Pulling");
+        assert_eq!(ready["message"], line);
+        // Still False: the transition time stays the earlier one's (none here).
+        let mut written = v.clone();
+        written.status = serde_json::from_value(body["status"].clone()).unwrap();
+        assert!(!pulling(&written, NODE, line, at(9)).differs_from(&written));
+        let further = "pulling quay.io/x:tag: 20.0 MiB of 40.0 MiB (50%)";
+        let next = pulling(&written, NODE, further, at(9));
+        assert!(next.differs_from(&written));
+        assert_eq!(
+            next.conditions[0].last_transition_time,
+            written
+                .status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()[0]
+                .last_transition_time
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! their digests verified ([`oci_client::Client::pull_blob`]); the disk file
 //! is then taken from the layers ([`disk::extract`]) and checked
 //! ([`disk::check`]) before it enters the cache under its final name.
+//! The bytes of a download are counted as they are written
+//! ([`progress::PullProgress`]), for the VMI to show how far it is.
 //!
 //! # Cache layout (`--image-cache-dir`)
 //!
@@ -32,10 +34,12 @@ use crate::domxml::ImageFormat;
 
 pub mod disk;
 pub mod gc;
+pub mod progress;
 pub mod reference;
 pub mod registries;
 
 pub use disk::Wanted;
+pub use progress::{PullProgress, Stage};
 pub use reference::{ImageRef, PullPolicy};
 pub use registries::{Endpoint, Registries};
 
@@ -113,7 +117,24 @@ impl Images {
         auth: &RegistryAuth,
         user: &str,
     ) -> Result<CachedDisk, ImageError> {
-        let disk = self.get(image, wanted, policy, auth).await?;
+        let progress = PullProgress::new();
+        self.ensure_reporting(image, wanted, policy, auth, user, &progress)
+            .await
+    }
+
+    /// [`Images::ensure`], counting a download's bytes in `progress` (which
+    /// stays [`Stage::Idle`] when nothing downloads). The caller ends it
+    /// with [`PullProgress::finish`].
+    pub async fn ensure_reporting(
+        &self,
+        image: &ImageRef,
+        wanted: &Wanted,
+        policy: PullPolicy,
+        auth: &RegistryAuth,
+        user: &str,
+        progress: &PullProgress,
+    ) -> Result<CachedDisk, ImageError> {
+        let disk = self.get(image, wanted, policy, auth, progress).await?;
         self.hold(&disk, user)?;
         Ok(disk)
     }
@@ -124,6 +145,7 @@ impl Images {
         wanted: &Wanted,
         policy: PullPolicy,
         auth: &RegistryAuth,
+        progress: &PullProgress,
     ) -> Result<CachedDisk, ImageError> {
         let key = image.to_string();
         let lock = {
@@ -153,7 +175,7 @@ impl Images {
             (PullPolicy::Never, None) => return Err(ImageError::NotPresent(key)),
             _ => {}
         }
-        self.pull(image, wanted, auth).await
+        self.pull(image, wanted, auth, progress).await
     }
 
     /// What the cache holds for `image` by its last known digest.
@@ -204,6 +226,7 @@ impl Images {
         image: &ImageRef,
         wanted: &Wanted,
         auth: &RegistryAuth,
+        progress: &PullProgress,
     ) -> Result<CachedDisk, ImageError> {
         let mut answers = Vec::new();
         for endpoint in self.registries.endpoints(&image.registry) {
@@ -215,7 +238,10 @@ impl Images {
             } else {
                 &anonymous
             };
-            match self.pull_from(&endpoint, image, wanted, auth).await {
+            match self
+                .pull_from(&endpoint, image, wanted, auth, progress)
+                .await
+            {
                 Ok(disk) => return Ok(disk),
                 Err(e @ (ImageError::BadImage(_) | ImageError::Io(_))) => return Err(e),
                 Err(e) => {
@@ -236,6 +262,7 @@ impl Images {
         image: &ImageRef,
         wanted: &Wanted,
         auth: &RegistryAuth,
+        progress: &PullProgress,
     ) -> Result<CachedDisk, ImageError> {
         let client = client_for(endpoint)?;
         let mut reference = match &image.digest {
@@ -271,11 +298,18 @@ impl Images {
             .map_err(io(&self.dir))?;
         let mut layers = Vec::new();
         let mut bytes = 0u64;
+        let total = manifest
+            .layers
+            .iter()
+            .map(|l| u64::try_from(l.size).unwrap_or(0))
+            .fold(0u64, u64::saturating_add);
+        tracing::info!(image = %image, endpoint = %endpoint.host, %digest, layers = manifest.layers.len(), total_bytes = total, "downloading the image");
+        progress.start(total);
         for (i, layer) in manifest.layers.iter().enumerate() {
             let path = work.path().join(format!("layer-{i}"));
             let file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
             client
-                .pull_blob(&reference, layer, file)
+                .pull_blob(&reference, layer, progress.counting(file))
                 .await
                 .map_err(pull_err)?;
             bytes += u64::try_from(layer.size).unwrap_or(0);
@@ -284,6 +318,7 @@ impl Images {
                 media_type: layer.media_type.clone(),
             });
         }
+        progress.unpacking();
         let out = work.path().join("disk");
         let wanted_owned = wanted.clone();
         let out_path = out.clone();
@@ -501,5 +536,34 @@ mod tests {
         let e = docker_config_auth(json, "quay.io").unwrap_err();
         assert!(e.contains("no credentials for quay.io"), "{e}");
         assert!(docker_config_auth(b"{", "quay.io").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_cache_hit_downloads_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let images = Images::open(d.path(), Registries::default()).unwrap();
+        let hex = "ab".repeat(32);
+        // An unreachable registry: only the cache can answer.
+        let image = ImageRef::parse(&format!("127.0.0.1:1/x/disk@sha256:{hex}")).unwrap();
+        let wanted = Wanted::of(None).unwrap();
+        let dir = d.path().join("images").join(&hex);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("disk"), b"disk").unwrap();
+        std::fs::write(dir.join("format"), "raw").unwrap();
+        let progress = PullProgress::new();
+        let got = images
+            .ensure_reporting(
+                &image,
+                &wanted,
+                PullPolicy::IfNotPresent,
+                &RegistryAuth::Anonymous,
+                "vmi-a",
+                &progress,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.path, dir.join("disk"));
+        assert_eq!(progress.stage(), Stage::Idle);
+        assert_eq!(progress.done(), 0);
     }
 }
