@@ -51,6 +51,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         VirtualMachineInstanceReplicaSet::crd(),
     ];
     for crd in &mut crds {
+        add_v1alpha3(crd);
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
                 .schema
@@ -62,6 +63,28 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         }
     }
     crds
+}
+
+/// KubeVirt still serves `kubevirt.io/v1alpha3`, deprecated, with v1's
+/// schema; manifests written for it (its quick-start lab among them) apply
+/// unchanged. Objects are stored as v1 (no conversion is needed: only
+/// `apiVersion` differs), so every controller and webhook sees v1.
+fn add_v1alpha3(crd: &mut CustomResourceDefinition) {
+    let Some(v1) = crd.spec.versions.iter().find(|v| v.name == "v1").cloned() else {
+        return;
+    };
+    crd.spec.versions.push(
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion {
+            name: "v1alpha3".into(),
+            served: true,
+            storage: false,
+            deprecated: Some(true),
+            deprecation_warning: Some(
+                "kubevirt.io/v1alpha3 is deprecated; use kubevirt.io/v1".into(),
+            ),
+            ..v1
+        },
+    );
 }
 
 /// Adjusts what schemars emits to what Kubernetes expects: OpenAPI has no

@@ -121,6 +121,7 @@ fn apply_presets(obj: &mut Value, matched: &[MatchedPreset]) -> Option<String> {
 
 /// The defaults of a VMI spec (see [`mutate_vmi`]).
 fn defaults(spec: &mut Map<String, Value>, uuid: &str) {
+    default_volume_disks(spec);
     if let Some(domain) = spec.get_mut("domain").and_then(Value::as_object_mut) {
         default_machine(domain);
         default_firmware_uuid(domain, uuid);
@@ -168,6 +169,54 @@ fn default_firmware_uuid(domain: &mut Map<String, Value>, uuid: &str) {
         if unset {
             firmware.insert("uuid".into(), json!(uuid));
         }
+    }
+}
+
+/// A disk for each volume that no disk or filesystem names, as KubeVirt
+/// adds one (its target is then defaulted to a virtio disk): KubeVirt's
+/// examples list volumes with `devices: {}`.
+fn default_volume_disks(spec: &mut Map<String, Value>) {
+    let names: Vec<String> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let domain = spec.get_mut("domain").and_then(Value::as_object_mut);
+    let Some(devices) = child(domain, "devices") else {
+        return;
+    };
+    let named = |devices: &Map<String, Value>, key: &str| -> Vec<String> {
+        devices
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.get("name").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut taken = named(devices, "disks");
+    taken.extend(named(devices, "filesystems"));
+    let missing: Vec<Value> = names
+        .into_iter()
+        .filter(|n| !taken.contains(n))
+        .map(|n| json!({"name": n}))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let disks = devices.entry("disks").or_insert(Value::Null);
+    if disks.is_null() {
+        *disks = Value::Array(Vec::new());
+    }
+    if let Some(list) = disks.as_array_mut() {
+        list.extend(missing);
     }
 }
 
@@ -355,6 +404,25 @@ mod tests {
                     "networks": [{"name": "default", "pod": {}}]
                 }
             })
+        );
+    }
+
+    #[test]
+    fn volumes_without_disks_get_virtio_disks() {
+        let v = mutate(json!({"metadata": {"name": "vm"}, "spec": {
+            "domain": {"memory": {"guest": "64Mi"}, "devices": {"disks": [{"name": "a", "cdrom": {}}]}},
+            "volumes": [{"name": "a", "emptyDisk": {"capacity": "1Gi"}}, {"name": "b", "containerDisk": {"image": "x"}}]}}));
+        assert_eq!(
+            v["spec"]["domain"]["devices"]["disks"],
+            json!([{"name": "a", "cdrom": {"bus": "sata"}}, {"name": "b", "disk": {"bus": "virtio"}}])
+        );
+        // `devices: {}`, as KubeVirt's vmi-sata example has it.
+        let v = mutate(json!({"metadata": {"name": "vm"}, "spec": {
+            "domain": {"memory": {"guest": "64Mi"}, "devices": {}},
+            "volumes": [{"name": "c", "containerDisk": {"image": "x"}}]}}));
+        assert_eq!(
+            v["spec"]["domain"]["devices"]["disks"],
+            json!([{"name": "c", "disk": {"bus": "virtio"}}])
         );
     }
 

@@ -101,7 +101,12 @@ pub(crate) fn warnings(kind: Kind, review: &Review) -> Vec<String> {
     }
     match kind {
         Kind::Vmi => read(object, |v: VirtualMachineInstance| {
-            validate::warnings::vmi_spec(&v.spec, "spec")
+            let mut w = validate::warnings::annotations(
+                v.metadata.annotations.as_ref(),
+                "metadata.annotations",
+            );
+            w.extend(validate::warnings::vmi_spec(&v.spec, "spec"));
+            w
         }),
         Kind::Vm => read(object, |v: VirtualMachine| {
             validate::warnings::vm_spec(&v.spec)

@@ -93,6 +93,52 @@ pub const ALL: [&str; 23] = [
     UPDATE_VOLUMES_STRATEGY,
 ];
 
+/// KubeVirt annotations that change what virt-launcher does, which ironvirt
+/// (no launcher pod) accepts without effect: the annotation and why.
+pub const ANNOTATIONS: [(&str, &str); 3] = [
+    (
+        "hooks.kubevirt.io/hookSidecars",
+        "has no effect: ironvirt runs no hook sidecars (there is no launcher pod); the domain is built from the spec alone",
+    ),
+    (
+        "kubevirt.io/ignitiondata",
+        "has no effect: ironvirt does not pass Ignition data to the guest; use cloudInitNoCloud",
+    ),
+    (
+        "kubevirt.io/libvirt-log-filters",
+        "has no effect: ironvirt uses the node's libvirtd and its log settings",
+    ),
+];
+
+/// The warnings for the annotations at `path` (`metadata.annotations`, or
+/// `spec.template.metadata.annotations`).
+pub fn annotations(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    path: &str,
+) -> Vec<String> {
+    let Some(set) = annotations else {
+        return Vec::new();
+    };
+    ANNOTATIONS
+        .iter()
+        .filter(|(name, _)| set.contains_key(*name))
+        .map(|(name, why)| format!("{path}[{name}]: {why}"))
+        .collect()
+}
+
+/// [`annotations`] of a VM's or VMI ReplicaSet's VMI template.
+pub fn template_annotations(
+    template: &crate::vmi::VirtualMachineInstanceTemplateSpec,
+) -> Vec<String> {
+    annotations(
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref()),
+        "spec.template.metadata.annotations",
+    )
+}
+
 /// Collects `<path>.<name>: <message>` for each set field.
 struct Warnings(Vec<String>);
 
@@ -306,6 +352,7 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<String> {
         UPDATE_VOLUMES_STRATEGY,
     );
     let mut out = w.0;
+    out.extend(template_annotations(&spec.template));
     if let Some(t) = &spec.template.spec {
         out.extend(vmi_spec(t, "spec.template.spec"));
     }
@@ -314,11 +361,11 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<String> {
 
 /// The warnings for a VMI ReplicaSet spec (at `spec`).
 pub fn vmirs_spec(spec: &VirtualMachineInstanceReplicaSetSpec) -> Vec<String> {
-    spec.template
-        .spec
-        .as_ref()
-        .map(|t| vmi_spec(t, "spec.template.spec"))
-        .unwrap_or_default()
+    let mut out = template_annotations(&spec.template);
+    if let Some(t) = &spec.template.spec {
+        out.extend(vmi_spec(t, "spec.template.spec"));
+    }
+    out
 }
 
 /// The warnings for a preset's domain (at `spec.domain`).
@@ -471,5 +518,26 @@ domain:
             preset_spec(&preset),
             [format!("spec.domain.ioThreadsPolicy: {IO_THREADS}")]
         );
+    }
+
+    #[test]
+    fn launcher_annotations_are_warned_where_they_are() {
+        let hook = ANNOTATIONS[0].1;
+        let vm: VirtualMachineSpec = serde_yaml::from_str(
+            "template:\n  metadata: {annotations: {hooks.kubevirt.io/hookSidecars: '[]', other: x}}\n  spec: {domain: {}}",
+        )
+        .unwrap();
+        assert_eq!(
+            vm_spec(&vm),
+            [format!(
+                "spec.template.metadata.annotations[hooks.kubevirt.io/hookSidecars]: {hook}"
+            )]
+        );
+        let mut set = std::collections::BTreeMap::new();
+        set.insert("kubevirt.io/ignitiondata".to_owned(), "{}".to_owned());
+        let w = annotations(Some(&set), "metadata.annotations");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("metadata.annotations[kubevirt.io/ignitiondata]: has no effect"));
+        assert!(annotations(None, "metadata.annotations").is_empty());
     }
 }
