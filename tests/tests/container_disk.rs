@@ -373,3 +373,62 @@ async fn a_kernel_boot_vmi_boots_the_kernel_and_initrd_of_an_image() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_tag_backs_off_then_runs_once_it_is_pushed() {
+    let bed = &bed().await;
+    let reg = Registry::start().expect("the registry");
+    let host = reg.host.clone();
+    let reg = &reg;
+    bed.with_namespace("cdlate", |ns| async move {
+        let client = bed.admin();
+        let node = format!("{ns}-n");
+        let (h, _config) = handler_with_registries(
+            bed,
+            &ns,
+            &node,
+            &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
+        )
+        .await?;
+        let mut vmi = from_image("late");
+        vmi["spec"]["volumes"][0]["containerDisk"]["image"] =
+            json!("quay.io/kubevirt/cirros-container-disk-demo:late");
+        place(&client, &ns, vmi, &node).await;
+        let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+        let reason_of = |v: &VirtualMachineInstance| {
+            v.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+        };
+        // The registry's own answer, then backoff; the VMI waits.
+        for wanted in ["ErrImagePull", "ImagePullBackOff"] {
+            let msg = eventually(Duration::from_secs(60), wanted, || async {
+                let v = api.get("late").await.ok()?;
+                let (reason, msg) = reason_of(&v)?;
+                (reason == wanted).then_some(msg)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            assert!(msg.to_lowercase().contains("manifest unknown"), "{wanted}: {msg}");
+        }
+        // The tag appears: the same VMI runs, with no action on it.
+        let uid = api.get("late").await.map_err(|e| e.to_string())?.metadata.uid;
+        let disk = std::fs::read(IMAGE).map_err(|e| e.to_string())?;
+        reg.push("kubevirt/cirros-container-disk-demo:late", &[("disk/disk.qcow2", disk)])
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_phase(&client, &ns, "late", "Running", BOOT).await?;
+        let after = api.get("late").await.map_err(|e| e.to_string())?;
+        assert_eq!(after.metadata.uid, uid, "the VMI was recreated");
+        let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/late/console");
+        let mut con = h.streams().websocket(&path).await?;
+        con.expect_from(0, MARKER, BOOT).await?;
+        let _ = api.delete("late", &DeleteParams::default()).await;
+        wait_gone(&client, &ns, "late", Duration::from_secs(60)).await?;
+        h.remove(&client).await;
+        Ok::<(), String>(())
+    })
+    .await;
+}

@@ -194,8 +194,10 @@ pub fn spec_macs(vmi: &VirtualMachineInstance) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Whether the VMI has a masquerade interface: one listed, or KubeVirt's
-/// default pod interface when it lists neither interfaces nor networks.
+/// Whether the VMI is connected to its network namespace: it has a
+/// masquerade or bridge interface (the first bridge one is connected when
+/// there is no masquerade one), or KubeVirt's default pod interface when it
+/// lists neither interfaces nor networks.
 pub fn wants_pod_network(vmi: &VirtualMachineInstance) -> bool {
     let devices = vmi.spec.domain.devices.as_ref();
     let ifaces = devices
@@ -204,7 +206,9 @@ pub fn wants_pod_network(vmi: &VirtualMachineInstance) -> bool {
     if ifaces.is_empty() && vmi.spec.networks.as_deref().unwrap_or_default().is_empty() {
         return devices.and_then(|d| d.autoattach_pod_interface) != Some(false);
     }
-    ifaces.iter().any(|i| i.masquerade.is_some())
+    ifaces
+        .iter()
+        .any(|i| i.masquerade.is_some() || i.bridge.is_some())
 }
 
 /// Why a VMI cannot become a domain. Each message names the field at fault.

@@ -18,9 +18,10 @@ pub(super) const NIC_MODELS: [(&str, &str); 6] = [
 /// How an interface reaches the network.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Binding {
-    /// masquerade: the VMI's network namespace through passt (NAT behind the node).
+    /// masquerade (or the first bridge interface of a VMI without one): the
+    /// VMI's network namespace through passt.
     User,
-    /// bridge: the libvirt network named "default".
+    /// bridge (beside a masquerade interface): the libvirt network named "default".
     Bridge,
 }
 
@@ -102,6 +103,16 @@ pub(super) fn nics(vmi: &VirtualMachineInstance, id: &Identity<'_>) -> Result<Ve
             ));
         }
         out.push(nic);
+    }
+    // KubeVirt's bridge binding on the pod network gives the guest the pod's
+    // address. Without a masquerade interface, the first bridge interface is
+    // connected to the VMI's network namespace as masquerade is (passt hands
+    // the guest the VMI's address by DHCP); other bridge interfaces use the
+    // node's libvirt network "default".
+    if masquerade.is_none()
+        && let Some(first) = out.iter_mut().find(|n| n.binding == Binding::Bridge)
+    {
+        first.binding = Binding::User;
     }
     Ok(out)
 }

@@ -421,12 +421,21 @@ fn the_masquerade_interface_goes_to_the_vmi_network() {
     inp.pod_network = None;
     let err = domain_xml(&vmi(&spec), &host(), &inp);
     assert_eq!(field(err, false), "spec.domain.devices.interfaces[0]");
-    // A bridge-only VMI needs none.
+    // A bridge-only VMI is on its network too (KubeVirt's bridge on the pod
+    // network gives the guest the pod's address): it needs one as well.
     let bridge = format!(
         "{MEM}    devices:\n      interfaces: [{{name: lan, bridge: {{}}}}]\n  \
          networks: [{{name: lan, pod: {{}}}}]\n"
     );
-    assert!(domain_xml(&vmi(&bridge), &host(), &inp).is_ok());
+    assert_eq!(
+        field(domain_xml(&vmi(&bridge), &host(), &inp), false),
+        "spec.domain.devices.interfaces[0]"
+    );
+    assert!(wants_pod_network(&vmi(&bridge)));
+    inp.pod_network = Some("/run/ironvirt/net/x/passt.sock".into());
+    let xml = domain_xml(&vmi(&bridge), &host(), &inp).unwrap();
+    assert!(xml.contains("netdev=ua-lan"), "{xml}");
+    assert!(!xml.contains("<interface type='network'>"), "{xml}");
 }
 
 #[test]
