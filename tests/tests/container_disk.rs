@@ -47,6 +47,19 @@ async fn handler_with_registries(
     Handler::start_with_registries(bed, ns, node, yaml).await
 }
 
+/// A handler whose node mirrors quay.io to the plain-HTTP registry `host`.
+async fn handler_mirroring_quay(
+    bed: &ironvirt_testbed::harness::TestBed,
+    ns: &str,
+    node: &str,
+    host: &str,
+) -> Result<(Handler, tempfile::TempDir), String> {
+    let yaml = format!(
+        "registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"
+    );
+    handler_with_registries(bed, ns, node, &yaml).await
+}
+
 /// Runs `command` on the guest's shell and waits for `done`, which the
 /// command prints computed (`$((…))`), so the echoed command line never
 /// matches it.
@@ -72,12 +85,7 @@ async fn a_replicaset_of_three_boots_from_one_pull_with_private_writes_and_survi
     bed.with_namespace("cdisk", |ns| async move {
         let client = bed.admin();
         let node = format!("{ns}-n");
-        let (mut h, _config) = handler_with_registries(
-            bed,
-            &ns,
-            &node,
-            &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
-        )
+        let (mut h, _config) = handler_mirroring_quay(bed, &ns, &node, &host)
         .await?;
         let _op = Operator::start(bed, &ns, "cdisk", &[]);
         let template = from_image("unused");
@@ -311,13 +319,7 @@ async fn a_kernel_boot_vmi_boots_the_kernel_and_initrd_of_an_image() {
     bed.with_namespace("kboot", |ns| async move {
         let client = bed.admin();
         let node = format!("{ns}-n");
-        let (h, _config) = handler_with_registries(
-            bed,
-            &ns,
-            &node,
-            &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
-        )
-        .await?;
+        let (h, _config) = handler_mirroring_quay(bed, &ns, &node, &host).await?;
         // KubeVirt's vmi-kernel-boot example, with the test guest's
         // command line and less memory.
         let vmi = json!({
@@ -363,7 +365,11 @@ async fn a_kernel_boot_vmi_boots_the_kernel_and_initrd_of_an_image() {
         );
         assert!(xml.contains("<initrd>"), "{xml}");
         assert!(xml.contains("<cmdline>console=tty0 console=ttyS0"), "{xml}");
-        assert_eq!(reg.requests("/blobs/"), 2, "kernel and initrd: one layer each way");
+        assert_eq!(
+            reg.requests("/blobs/"),
+            2,
+            "kernel and initrd: one layer each way"
+        );
 
         let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
         let _ = api.delete("kboot", &DeleteParams::default()).await;
@@ -383,13 +389,7 @@ async fn a_missing_tag_backs_off_then_runs_once_it_is_pushed() {
     bed.with_namespace("cdlate", |ns| async move {
         let client = bed.admin();
         let node = format!("{ns}-n");
-        let (h, _config) = handler_with_registries(
-            bed,
-            &ns,
-            &node,
-            &format!("registries:\n  quay.io:\n    mirrors: [\"{host}\"]\n  \"{host}\":\n    insecure: true\n"),
-        )
-        .await?;
+        let (h, _config) = handler_mirroring_quay(bed, &ns, &node, &host).await?;
         let mut vmi = from_image("late");
         vmi["spec"]["volumes"][0]["containerDisk"]["image"] =
             json!("quay.io/kubevirt/cirros-container-disk-demo:late");
@@ -400,7 +400,12 @@ async fn a_missing_tag_backs_off_then_runs_once_it_is_pushed() {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                .map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+                .map(|c| {
+                    (
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                })
         };
         // The registry's own answer, then backoff; the VMI waits.
         for wanted in ["ErrImagePull", "ImagePullBackOff"] {
@@ -411,14 +416,25 @@ async fn a_missing_tag_backs_off_then_runs_once_it_is_pushed() {
             })
             .await
             .map_err(|e| e.to_string())?;
-            assert!(msg.to_lowercase().contains("manifest unknown"), "{wanted}: {msg}");
+            assert!(
+                msg.to_lowercase().contains("manifest unknown"),
+                "{wanted}: {msg}"
+            );
         }
         // The tag appears: the same VMI runs, with no action on it.
-        let uid = api.get("late").await.map_err(|e| e.to_string())?.metadata.uid;
-        let disk = std::fs::read(IMAGE).map_err(|e| e.to_string())?;
-        reg.push("kubevirt/cirros-container-disk-demo:late", &[("disk/disk.qcow2", disk)])
+        let uid = api
+            .get("late")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .metadata
+            .uid;
+        let disk = std::fs::read(IMAGE).map_err(|e| e.to_string())?;
+        reg.push(
+            "kubevirt/cirros-container-disk-demo:late",
+            &[("disk/disk.qcow2", disk)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         wait_phase(&client, &ns, "late", "Running", BOOT).await?;
         let after = api.get("late").await.map_err(|e| e.to_string())?;
         assert_eq!(after.metadata.uid, uid, "the VMI was recreated");
