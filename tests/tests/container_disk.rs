@@ -438,6 +438,26 @@ async fn a_missing_tag_backs_off_then_runs_once_it_is_pushed() {
         wait_phase(&client, &ns, "late", "Running", BOOT).await?;
         let after = api.get("late").await.map_err(|e| e.to_string())?;
         assert_eq!(after.metadata.uid, uid, "the VMI was recreated");
+        // The download was announced (its progress went to the Ready
+        // condition), then its end.
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let notes: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("late"))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        for reason in ["Pulling", "Pulled"] {
+            assert!(
+                notes
+                    .iter()
+                    .any(|(r, n)| r == reason && n.contains("cirros-container-disk-demo:late")),
+                "no {reason} event naming the image: {notes:?}"
+            );
+        }
         let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/late/console");
         let mut con = h.streams().websocket(&path).await?;
         con.expect_from(0, MARKER, BOOT).await?;
