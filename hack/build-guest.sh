@@ -7,6 +7,9 @@
 #                    table) that boots under SeaBIOS (syslinux) and under UEFI/OVMF, with
 #                    or without Secure Boot (Debian's signed shim -> signed GRUB -> signed
 #                    kernel; shim is signed by Microsoft's UEFI CA, which OVMF_VARS*.ms.fd enrol)
+#   vmlinuz-small    the small kernel (hack/build-small-kernel.sh): boots in 64M, unsigned
+#   disk-small.qcow2 the same disk with the small kernel: served under the cirros names,
+#                    as KubeVirt's cirros examples give their guests 64M
 # Prints the guest directory on stdout.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
@@ -34,9 +37,12 @@ if [[ -z "$kpkg" ]]; then
 fi
 [[ -n "$kpkg" ]] || die "cannot resolve $GUEST_KERNEL_PKG to a kernel package; run 'apt-get update' and check that Debian's mirror is reachable."
 
-key="$(cat "$HACK/build-guest.sh" "$HACK/guest/init" "$HACK/guest/udhcpc-script" /bin/busybox | sha256sum | cut -c1-12)"
+# The small kernel (cached on its own: a change to the initramfs does not rebuild it).
+small="$("$HACK/build-small-kernel.sh")" || die "the small guest kernel did not build (see above)"
+
+key="$({ cat "$HACK/build-guest.sh" "$HACK/guest/init" "$HACK/guest/udhcpc-script" /bin/busybox; echo "$small"; } | sha256sum | cut -c1-12)"
 out="$IRONVIRT_CACHE/guest/$kpkg-$key"
-if [[ -f "$out/disk.qcow2" && -f "$out/vmlinuz" && -f "$out/initramfs.cpio.gz" ]]; then
+if [[ -f "$out/disk.qcow2" && -f "$out/disk-small.qcow2" && -f "$out/vmlinuz" && -f "$out/initramfs.cpio.gz" ]]; then
   touch "$out"
   echo "$out"
   exit 0
@@ -118,12 +124,13 @@ done
 # which would write boot entries and reset), and GRUB, built with the prefix
 # /EFI/debian, reads /EFI/debian/grub.cfg. Under Secure Boot shim checks GRUB and,
 # through GRUB, the kernel against Debian's CA; the initramfs needs no signature.
-img="$work/disk.img"
-truncate -s 64M "$img"
-mkfs.vfat -n IRONVIRT "$img" >/dev/null
-# no_timer_check: under TCG on a loaded machine the kernel's IO-APIC timer
-# check can miss its window and panic ("IO-APIC + timer doesn't work!").
-cat >"$work/syslinux.cfg" <<CFG
+make_disk() {
+  local vmlinuz="$1" qcow2="$2" img="$work/disk.img"
+  truncate -s 64M "$img"
+  mkfs.vfat -n IRONVIRT "$img" >/dev/null
+  # no_timer_check: under TCG on a loaded machine the kernel's IO-APIC timer
+  # check can miss its window and panic ("IO-APIC + timer doesn't work!").
+  cat >"$work/syslinux.cfg" <<CFG
 DEFAULT guest
 PROMPT 0
 TIMEOUT 0
@@ -132,10 +139,10 @@ LABEL guest
   INITRD initrd.gz
   APPEND console=tty0 console=ttyS0 no_timer_check
 CFG
-mcopy -i "$img" "$vmlinuz" ::vmlinuz
-mcopy -i "$img" "$work/initramfs.cpio.gz" ::initrd.gz
-mcopy -i "$img" "$work/syslinux.cfg" ::syslinux.cfg
-cat >"$work/grub.cfg" <<CFG
+  mcopy -i "$img" "$vmlinuz" ::vmlinuz
+  mcopy -i "$img" "$work/initramfs.cpio.gz" ::initrd.gz
+  mcopy -i "$img" "$work/syslinux.cfg" ::syslinux.cfg
+  cat >"$work/grub.cfg" <<CFG
 set default=0
 set timeout=0
 menuentry guest {
@@ -143,16 +150,21 @@ menuentry guest {
   initrd /initrd.gz
 }
 CFG
-mmd -i "$img" ::EFI ::EFI/BOOT ::EFI/debian
-mcopy -i "$img" "$shim" ::EFI/BOOT/BOOTX64.EFI
-mcopy -i "$img" "$grub" ::EFI/BOOT/grubx64.efi
-mcopy -i "$img" "$work/grub.cfg" ::EFI/debian/grub.cfg
-syslinux --install "$img"
-qemu-img convert -q -f raw -O qcow2 "$img" "$work/disk.qcow2"
+  mmd -i "$img" ::EFI ::EFI/BOOT ::EFI/debian
+  mcopy -i "$img" "$shim" ::EFI/BOOT/BOOTX64.EFI
+  mcopy -i "$img" "$grub" ::EFI/BOOT/grubx64.efi
+  mcopy -i "$img" "$work/grub.cfg" ::EFI/debian/grub.cfg
+  syslinux --install "$img"
+  qemu-img convert -q -f raw -O qcow2 "$img" "$qcow2"
+  rm -f "$img"
+}
+make_disk "$vmlinuz" "$work/disk.qcow2"
+make_disk "$small" "$work/disk-small.qcow2"
 
 mkdir -p "$out.tmp"
 cp "$vmlinuz" "$out.tmp/vmlinuz"
-cp "$work/initramfs.cpio.gz" "$work/disk.qcow2" "$out.tmp/"
+cp "$small" "$out.tmp/vmlinuz-small"
+cp "$work/initramfs.cpio.gz" "$work/disk.qcow2" "$work/disk-small.qcow2" "$out.tmp/"
 cat >"$out.tmp/guest.env" <<ENV
 GUEST_KERNEL_PACKAGE=$kpkg
 GUEST_MARKER=IRONVIRT-GUEST-READY

@@ -12,6 +12,7 @@ PKGS=(
   tmux curl ca-certificates openssl xz-utils zstd procps gcc libc6-dev
   passt nftables iproute2
   ovmf swtpm swtpm-tools
+  make flex bison bc libelf-dev
   docker-registry
 )
 

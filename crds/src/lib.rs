@@ -12,6 +12,7 @@
 pub mod conditions;
 pub mod domain;
 pub mod duration;
+pub mod network;
 pub mod preset;
 pub mod quantity;
 pub mod schema;
@@ -19,6 +20,7 @@ pub mod validate;
 pub mod vm;
 pub mod vmi;
 pub mod vmirs;
+pub mod volumes;
 pub mod wire;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

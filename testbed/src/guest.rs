@@ -1,5 +1,6 @@
 //! The test guest built by `hack/build-guest.sh`: a Debian cloud kernel with a
-//! busybox initramfs, and a bootable qcow2 disk of the same guest.
+//! busybox initramfs, and a bootable qcow2 disk of the same guest; and the
+//! same disk with the small kernel, which boots in 64M.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,10 @@ pub struct Guest {
     /// A bootable qcow2 (syslinux, SeaBIOS). Open it read-only, or give each
     /// domain its own copy: QEMU locks images it writes.
     pub disk: PathBuf,
+    /// The same disk with the small kernel (`hack/build-small-kernel.sh`):
+    /// it boots in the 64M KubeVirt's cirros examples give, where the cloud
+    /// kernel needs 80M. Not for Secure Boot (the kernel is unsigned).
+    pub disk_small: PathBuf,
 }
 
 impl Guest {
@@ -33,11 +38,13 @@ impl Guest {
             kernel: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs.cpio.gz"),
             disk: dir.join("disk.qcow2"),
+            disk_small: dir.join("disk-small.qcow2"),
         };
         for (what, p) in [
             ("the guest kernel", &g.kernel),
             ("the guest initramfs", &g.initramfs),
             ("the guest disk", &g.disk),
+            ("the guest disk with the small kernel", &g.disk_small),
         ] {
             if !p.is_file() {
                 return Err(Error::Missing {
