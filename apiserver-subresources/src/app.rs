@@ -50,6 +50,8 @@ pub struct Config {
 pub enum RunError {
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Config(#[from] kube::config::InferConfigError),
     #[error("TLS: {0}")]
     Tls(#[from] ironvirt_stream::TlsError),
     #[error("listening on {addr}: {source}")]
@@ -84,9 +86,27 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, RunError> {
     socket.listen(1024).map_err(err)
 }
 
+/// The most requests ironvirt-api has in flight to kube-apiserver at once.
+/// Its client speaks HTTP/1.1 and keeps a pooled connection per concurrent
+/// request (idle for 90 s): a burst of subresource calls (50 port-forward
+/// connections: a review, a VMI and a Lease each) would otherwise leave that
+/// many connections behind. Watches hold a slot only until their headers.
+pub const API_CLIENT_CONCURRENCY: usize = 8;
+
+/// The client for kube-apiserver, with at most [`API_CLIENT_CONCURRENCY`]
+/// requests in flight.
+pub async fn client() -> Result<Client, RunError> {
+    let config = kube::Config::infer().await?;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+            API_CLIENT_CONCURRENCY,
+        ))
+        .build())
+}
+
 /// Runs ironvirt-api until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
-    let client = Client::try_default().await?;
+    let client = client().await?;
     let auth = RequestHeaderAuth::default();
     tokio::spawn(auth.clone().watch(client.clone()));
 

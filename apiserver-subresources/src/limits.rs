@@ -1,5 +1,5 @@
 //! How much one user, and everyone together, may hold open at once: console
-//! and VNC streams, and screenshots in progress. A request over a limit is
+//! and VNC streams, port-forward connections, and screenshots in progress. A request over a limit is
 //! answered 429 with a Status naming the limit; one within gets a
 //! [`Permit`] that counts until it is dropped, on whatever path the request
 //! or stream ends. Users are counted by the name kube-apiserver asserted
@@ -15,6 +15,8 @@ pub enum Kind {
     Streams,
     /// `vnc/screenshot` requests.
     Screenshots,
+    /// `portforward` websockets (one per forwarded connection).
+    PortForwards,
 }
 
 impl Kind {
@@ -22,6 +24,7 @@ impl Kind {
         match self {
             Kind::Streams => "streams",
             Kind::Screenshots => "screenshots",
+            Kind::PortForwards => "port-forward connections",
         }
     }
 }
@@ -38,6 +41,7 @@ pub struct Limit {
 pub struct LimitsConfig {
     pub streams: Limit,
     pub screenshots: Limit,
+    pub port_forwards: Limit,
     /// The most pixels a screenshot's framebuffer may have (the client's
     /// copy costs four bytes a pixel).
     pub screenshot_pixels: u64,
@@ -47,6 +51,14 @@ pub struct LimitsConfig {
 pub const DEFAULT_STREAMS: Limit = Limit {
     per_user: 16,
     total: 512,
+};
+
+/// The default number of concurrent port-forward connections per user and
+/// in total: each is one websocket and one TCP connection on the node, with
+/// two 64 KiB buffers.
+pub const DEFAULT_PORT_FORWARDS: Limit = Limit {
+    per_user: 128,
+    total: 1024,
 };
 
 /// The default number of concurrent screenshots per user and in total.
@@ -65,6 +77,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             streams: DEFAULT_STREAMS,
             screenshots: DEFAULT_SCREENSHOTS,
+            port_forwards: DEFAULT_PORT_FORWARDS,
             screenshot_pixels: DEFAULT_SCREENSHOT_PIXELS,
         }
     }
@@ -203,6 +216,7 @@ impl Drop for Permit {
 pub struct Limits {
     pub streams: Limiter,
     pub screenshots: Limiter,
+    pub port_forwards: Limiter,
     pub screenshot_pixels: u64,
 }
 
@@ -211,6 +225,7 @@ impl Limits {
         Limits {
             streams: Limiter::new(Kind::Streams, cfg.streams),
             screenshots: Limiter::new(Kind::Screenshots, cfg.screenshots),
+            port_forwards: Limiter::new(Kind::PortForwards, cfg.port_forwards),
             screenshot_pixels: cfg.screenshot_pixels,
         }
     }

@@ -73,6 +73,12 @@ struct Args {
     /// Console and VNC streams open at once, all users together (more: 429).
     #[arg(long, default_value_t = limits::DEFAULT_STREAMS.total, value_parser = at_least_one)]
     max_streams: usize,
+    /// Port-forward connections one user may have open at once (more: 429).
+    #[arg(long, default_value_t = limits::DEFAULT_PORT_FORWARDS.per_user, value_parser = at_least_one)]
+    max_port_forwards_per_user: usize,
+    /// Port-forward connections open at once, all users together (more: 429).
+    #[arg(long, default_value_t = limits::DEFAULT_PORT_FORWARDS.total, value_parser = at_least_one)]
+    max_port_forwards: usize,
     /// Screenshots one user may have in progress at once (more: 429).
     #[arg(long, default_value_t = limits::DEFAULT_SCREENSHOTS.per_user, value_parser = at_least_one)]
     max_screenshots_per_user: usize,
@@ -251,6 +257,10 @@ fn main() -> anyhow::Result<()> {
             screenshots: Limit {
                 per_user: args.max_screenshots_per_user,
                 total: args.max_screenshots,
+            },
+            port_forwards: Limit {
+                per_user: args.max_port_forwards_per_user,
+                total: args.max_port_forwards,
             },
             screenshot_pixels: args.max_screenshot_pixels,
         },

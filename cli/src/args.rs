@@ -56,6 +56,9 @@ pub enum Command {
     SoftReboot(VmiTarget),
     /// Reset a VMI at once, like pressing its reset button.
     Reset(VmiTarget),
+    /// Forward local ports to ports of a VM's guest (TYPE/NAME[.NAMESPACE] [LOCAL:]REMOTE...).
+    #[command(name = "port-forward")]
+    PortForward(PortForwardArgs),
     /// Print manifests (YAML) built from flags, ready for kubectl apply or a GitOps repo.
     #[command(subcommand)]
     Create(CreateCommand),
@@ -63,6 +66,23 @@ pub enum Command {
     Version(VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// vm/NAME or vmi/NAME, optionally NAME.NAMESPACE.
+    #[arg(value_name = "TYPE/NAME")]
+    pub target: String,
+    /// [LOCAL:]REMOTE: a local TCP port (0: a free one) and the guest's port.
+    #[arg(value_name = "[LOCAL:]REMOTE")]
+    pub ports: Vec<String>,
+    /// The local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Forward stdin and stdout instead of listening (one port), for ssh's
+    /// ProxyCommand: ssh -o ProxyCommand='ironctl port-forward --stdio vm/NAME.NS 22' user@vm
+    #[arg(long)]
+    pub stdio: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,9 @@ pub mod client;
 pub mod console;
 pub mod create;
 pub mod error;
+pub mod portforward;
 pub mod power;
+pub mod relay;
 pub mod status;
 pub mod terminal;
 pub mod version;
@@ -54,6 +56,7 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
                 (None, Some(vmi)) => vnc::proxy(ctx, a, vmi).await,
                 (None, None) => Err(Error::Usage("ironctl vnc needs a VMI".into())),
             },
+            Command::PortForward(a) => portforward::run(ctx, a).await,
             Command::Start(a) => power::start(ctx, a).await,
             Command::Stop(a) => power::stop(ctx, power::VmOp::Stop, a).await,
             Command::Restart(a) => power::stop(ctx, power::VmOp::Restart, a).await,

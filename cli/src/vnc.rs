@@ -3,26 +3,19 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{ScreenshotArgs, VncArgs};
 use crate::client::Ctx;
-use crate::console::{DEAD_AFTER, PING_EVERY};
 use crate::error::{Error, Result};
 use crate::status::{Kind, Subject};
 
 /// The PNG file signature.
 pub const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-/// Bytes read from the viewer at once.
-const CHUNK: usize = 32 * 1024;
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A VNC viewer ironctl knows how to start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,7 +143,10 @@ pub async fn proxy(ctx: &Ctx, args: &VncArgs, vmi: &str) -> Result<()> {
     }
     let ws = ctx.open_stream(&path, &subject).await?;
     let result = tokio::select! {
-        r = relay(tcp, ws) => r,
+        ended = {
+            let (rd, wr) = tcp.into_split();
+            crate::relay::relay(rd, wr, ws)
+        } => ended.why().map_or(Ok(()), Err),
         _ = term.recv() => Ok(()),
         _ = int.recv() => Ok(()),
     };
@@ -160,70 +156,6 @@ pub async fn proxy(ctx: &Ctx, args: &VncArgs, vmi: &str) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), v.wait()).await;
     }
     result.map_err(|why| Error::Session(format!("the VNC connection to {vmi} ended: {why}")))
-}
-
-/// Relays one viewer's TCP connection ⇄ the websocket. Ok when the viewer
-/// closes; Err(reason) when the server side ends or breaks.
-async fn relay(tcp: TcpStream, ws: crate::client::Ws) -> std::result::Result<(), String> {
-    let (mut rd, mut wr) = tcp.into_split();
-    let (mut sink, mut stream) = ws.split();
-    let mut buf = vec![0u8; CHUNK];
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut last_heard = Instant::now();
-    let sent = |r: std::result::Result<
-        std::result::Result<(), tokio_tungstenite::tungstenite::Error>,
-        tokio::time::error::Elapsed,
-    >| match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the server did not take data in time".to_owned()),
-    };
-    loop {
-        tokio::select! {
-            n = rd.read(&mut buf) => match n {
-                Ok(0) | Err(_) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-                    return Ok(());
-                }
-                Ok(n) => sent(tokio::time::timeout(
-                    SEND_TIMEOUT,
-                    sink.send(Message::Binary(buf[..n].to_vec().into())),
-                ).await)?,
-            },
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    last_heard = Instant::now();
-                    if wr.write_all(&b).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(Ok(Message::Text(t))) => {
-                    last_heard = Instant::now();
-                    if wr.write_all(t.as_bytes()).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let _ = wr.shutdown().await;
-                    return Err(frame
-                        .map(|f| f.reason.to_string())
-                        .filter(|r| !r.trim().is_empty())
-                        .unwrap_or_else(|| "closed by the server".into()));
-                }
-                Some(Ok(_)) => last_heard = Instant::now(),
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("the connection ended".into()),
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > DEAD_AFTER {
-                    return Err(format!("no answer for {} s", DEAD_AFTER.as_secs()));
-                }
-                sent(tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Ping(Vec::new().into()))).await)?;
-            }
-        }
-    }
 }
 
 /// Checks that `body` (with `content_type`) is a PNG image.

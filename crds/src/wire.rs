@@ -49,6 +49,24 @@ pub const VM_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
 /// raw bytes in binary frames.
 pub const STREAM_SUBPROTOCOL: &str = "plain.kubevirt.io";
 
+/// The TCP ports at which a VMI is reachable (its address on the node, and
+/// port-forward) when its pod-network interface declares no `ports`.
+/// KubeVirt forwards every port then; ironvirt's guest network (passt) holds
+/// a socket per forwarded port, so it forwards these common service ports
+/// (SSH, HTTP, HTTPS, RDP and two alternative HTTP(S) ports) and warns at
+/// admission.
+pub const DEFAULT_FORWARDED_PORTS: [u16; 6] = [22, 80, 443, 3389, 8080, 8443];
+
+/// The index of a VMI's interface on the pod network, the one its network
+/// namespace connects: the first masquerade interface, else the first bridge
+/// one; None when it has neither.
+pub fn pod_interface(ifaces: &[crate::vmi::Interface]) -> Option<usize> {
+    ifaces
+        .iter()
+        .position(|i| i.masquerade.is_some())
+        .or_else(|| ifaces.iter().position(|i| i.bridge.is_some()))
+}
+
 /// The Secret holding the handlers' serving certificate: the operator issues
 /// it, every handler pod mounts it (`deploy/base/handler/daemonset.yaml`).
 pub const HANDLER_TLS_SECRET: &str = "ironvirt-handler-tls";

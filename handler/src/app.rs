@@ -220,7 +220,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.node.clone(),
             Arc::clone(&lv),
             Arc::clone(&consoles),
-            guestnet,
+            Arc::clone(&guestnet),
             host,
             cfg.state_dir.clone(),
             recorder,
@@ -256,6 +256,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         consoles: Arc::clone(&consoles),
         vmis: store.clone(),
         vnc: Arc::default(),
+        guestnet: Arc::clone(&guestnet),
     };
     let allowed = cfg.allowed_client_cn.clone();
     tokio::spawn(ironvirt_stream::serve(

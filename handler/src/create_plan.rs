@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::validate::{HostDiskError, VolumePolicy};
 use ironvirt_crds::vmi::PortProtocol;
+use ironvirt_crds::wire::{DEFAULT_FORWARDED_PORTS, pod_interface};
 use kube::ResourceExt;
 
 use crate::domxml::{self, DomainInputs, HostEnv, XmlError};
@@ -132,19 +133,18 @@ pub fn plan(
     })
 }
 
-/// The forwarded ports of the masquerade interfaces, in spec order.
+/// The ports the VMI's address forwards to its guest, in spec order: the
+/// declared ports of its masquerade interface; when the interface on the pod
+/// network (masquerade, the first bridge one, or KubeVirt's default
+/// interface) declares none, [`DEFAULT_FORWARDED_PORTS`] over TCP, where
+/// KubeVirt forwards every port (the admission webhook warns about it).
 pub fn forward_requests(vmi: &VirtualMachineInstance) -> Result<Vec<ForwardRequest>, String> {
-    let ifaces = vmi
-        .spec
-        .domain
-        .devices
-        .as_ref()
-        .and_then(|d| d.interfaces.as_ref());
+    let devices = vmi.spec.domain.devices.as_ref();
+    let ifaces = devices
+        .and_then(|d| d.interfaces.as_deref())
+        .unwrap_or_default();
     let mut out = Vec::new();
-    for iface in ifaces.into_iter().flatten() {
-        if iface.masquerade.is_none() {
-            continue;
-        }
+    for iface in ifaces.iter().filter(|i| i.masquerade.is_some()) {
         for p in iface.ports.iter().flatten() {
             let guest_port =
                 u16::try_from(p.port).map_err(|_| format!("port {} out of range", p.port))?;
@@ -155,7 +155,19 @@ pub fn forward_requests(vmi: &VirtualMachineInstance) -> Result<Vec<ForwardReque
             });
         }
     }
-    Ok(out)
+    if !out.is_empty() || !domxml::wants_pod_network(vmi) {
+        return Ok(out);
+    }
+    let interface =
+        pod_interface(ifaces).map_or_else(|| "default".to_owned(), |i| ifaces[i].name.clone());
+    Ok(DEFAULT_FORWARDED_PORTS
+        .iter()
+        .map(|&guest_port| ForwardRequest {
+            interface: interface.clone(),
+            protocol: PortProtocol::Tcp,
+            guest_port,
+        })
+        .collect())
 }
 
 /// The reason of a volume that cannot be made.

@@ -69,7 +69,7 @@ const FORWARDING: &str = "  domain:
 #[test]
 fn a_plain_vmi_plans_its_dir_nvram_and_nothing_else() {
     let p = plan_on(
-        &vmi("  domain: {memory: {guest: 64Mi}}\n"),
+        &vmi("  domain: {memory: {guest: 64Mi}, devices: {autoattachPodInterface: false}}\n"),
         Path::new(STATE),
         &SecretData::new(),
     )
@@ -369,14 +369,60 @@ fn masquerade_ports_are_forwarded_in_spec_order() {
     );
     assert!(p.pod_network);
     assert_eq!(forwards_note("node-a", address, &[]), None);
-    // A bridge interface forwards nothing, but is on the VMI's network
-    // (without a masquerade interface, the first bridge one is).
+    // Without a masquerade interface, the first bridge one is on the VMI's
+    // network, with the default ports (it cannot declare any).
     let bridge = vmi(
-        "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      interfaces: [{name: default, bridge: {}}]\n  networks: [{name: default, pod: {}}]\n",
+        "  domain:\n    memory: {guest: 64Mi}\n    devices:\n      interfaces: [{name: lan, bridge: {}}]\n  networks: [{name: lan, pod: {}}]\n",
     );
-    assert_eq!(forward_requests(&bridge), Ok(Vec::new()));
+    let defaults: Vec<ForwardRequest> = DEFAULT_FORWARDED_PORTS
+        .iter()
+        .map(|&guest_port| ForwardRequest {
+            interface: "lan".into(),
+            protocol: PortProtocol::Tcp,
+            guest_port,
+        })
+        .collect();
+    assert_eq!(forward_requests(&bridge), Ok(defaults));
     let bridge_plan = plan_on(&bridge, Path::new(STATE), &SecretData::new()).unwrap();
     assert!(bridge_plan.pod_network);
+}
+
+#[test]
+fn an_interface_on_the_pod_network_without_ports_forwards_the_default_ones() {
+    let ports = |yaml: &str| {
+        forward_requests(&vmi(yaml))
+            .unwrap()
+            .iter()
+            .map(|f| (f.interface.clone(), f.guest_port, f.protocol))
+            .collect::<Vec<_>>()
+    };
+    let tcp = |name: &str| {
+        DEFAULT_FORWARDED_PORTS
+            .iter()
+            .map(|&p| (name.to_owned(), p, PortProtocol::Tcp))
+            .collect::<Vec<_>>()
+    };
+    // KubeVirt's default interface (no interfaces, no networks).
+    assert_eq!(ports("  domain: {memory: {guest: 64Mi}}\n"), tcp("default"));
+    // A masquerade interface without ports.
+    assert_eq!(
+        ports(
+            "  domain:\n    devices:\n      interfaces: [{name: nic, masquerade: {}}]\n  networks: [{name: nic, pod: {}}]\n"
+        ),
+        tcp("nic")
+    );
+    // Declared ports replace the default ones.
+    assert_eq!(
+        ports(
+            "  domain:\n    devices:\n      interfaces: [{name: nic, masquerade: {}, ports: [{port: 5432}]}]\n  networks: [{name: nic, pod: {}}]\n"
+        ),
+        [("nic".to_owned(), 5432, PortProtocol::Tcp)]
+    );
+    // No pod network: nothing.
+    assert_eq!(
+        ports("  domain:\n    devices: {autoattachPodInterface: false}\n"),
+        []
+    );
 }
 
 /// Domain inputs with nothing made: no volumes, network, console socket or kernel.

@@ -18,5 +18,6 @@ pub mod images;
 pub mod libvirt;
 pub mod model;
 pub mod node;
+pub mod portforward;
 pub mod streams;
 pub mod volumes;

@@ -1,6 +1,6 @@
-//! The handler's HTTPS endpoint for the subresource API server: serial console
-//! and VNC as websockets with binary frames, and the power operations (pause,
-//! unpause, soft reboot, reset).
+//! The handler's HTTPS endpoint for the subresource API server: serial console,
+//! VNC and port-forward ([`crate::portforward`]) as websockets with binary
+//! frames, and the power operations (pause, unpause, soft reboot, reset).
 //!
 //! Only clients whose certificate chains to the configured CA and whose CN is
 //! the API server's are served: `app::run` puts the router behind
@@ -43,6 +43,8 @@ pub struct StreamState {
     pub consoles: Arc<Consoles>,
     pub vmis: Store<VirtualMachineInstance>,
     pub vnc: Arc<VncSessions>,
+    /// The VMIs' networks, where port-forward connects.
+    pub guestnet: Arc<crate::guestnet::GuestNet>,
 }
 
 /// The VNC viewer of each domain: one at a time, as in KubeVirt. A new viewer
@@ -79,7 +81,7 @@ impl VncSessions {
 }
 
 /// A Kubernetes Status body with `code`.
-fn status(code: StatusCode, reason: &str, message: String) -> Response {
+pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Response {
     let body = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
@@ -110,12 +112,24 @@ pub fn router(state: StreamState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route(&format!("{base}/console"), get(console))
         .route(&format!("{base}/vnc"), get(vnc))
+        .route(
+            &format!("{base}/portforward/{{port}}"),
+            get(crate::portforward::tcp),
+        )
+        .route(
+            &format!("{base}/portforward/{{port}}/{{protocol}}"),
+            get(crate::portforward::with_protocol),
+        )
         .route(&format!("{base}/{{op}}"), put(power))
         .with_state(state)
 }
 
-/// The domain of a VMI that runs on this node, or the error response.
-fn running_domain(state: &StreamState, ns: &str, name: &str) -> Result<String, Box<Response>> {
+/// The VMI, which must be on this node and running, or the error response.
+pub(crate) fn running_vmi(
+    state: &StreamState,
+    ns: &str,
+    name: &str,
+) -> Result<Arc<VirtualMachineInstance>, Box<Response>> {
     let vmi = state
         .vmis
         .get(&ObjectRef::new(name).within(ns))
@@ -135,6 +149,12 @@ fn running_domain(state: &StreamState, ns: &str, name: &str) -> Result<String, B
             format!("VMI {name} is not running (phase {shown})"),
         )));
     }
+    Ok(vmi)
+}
+
+/// The domain of a VMI that runs on this node, or the error response.
+fn running_domain(state: &StreamState, ns: &str, name: &str) -> Result<String, Box<Response>> {
+    running_vmi(state, ns, name)?;
     Ok(domain_name(ns, name))
 }
 

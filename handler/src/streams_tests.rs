@@ -40,6 +40,7 @@ fn app(vmis: &[VirtualMachineInstance]) -> Router {
         consoles,
         vmis: store,
         vnc: Arc::default(),
+        guestnet: Arc::new(crate::guestnet::GuestNet::new(None)),
     })
 }
 
@@ -343,4 +344,79 @@ fn console_output_waiting_together_goes_out_as_one_frame() {
     tx.send(Bytes::from("tail")).unwrap();
     assert_eq!(coalesce(Bytes::from("y"), &mut rx).len(), FRAME_BYTES + 1);
     assert_eq!(rx.try_recv().unwrap(), Bytes::from("tail"));
+}
+
+/// A running VMI of this node with `interfaces` (YAML flow list) on the pod network.
+fn vmi_with(name: &str, interfaces: &str) -> VirtualMachineInstance {
+    let yaml = format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {{name: {name}, namespace: {NS}, uid: uid-{name}}}\n\
+         spec:\n  domain:\n    memory: {{guest: 64Mi}}\n    devices:\n      interfaces: {interfaces}\n  \
+         networks: [{{name: nic, pod: {{}}}}]\n\
+         status: {{phase: Running, nodeName: {NODE}}}\n"
+    );
+    serde_yaml::from_str(&yaml).unwrap()
+}
+
+#[tokio::test]
+async fn port_forward_checks_the_vmi_the_port_and_the_protocol_before_the_upgrade() {
+    let app = app(&[
+        vmi("waiting", Some("Scheduled")),
+        vmi_with(
+            "web",
+            "[{name: nic, masquerade: {}, ports: [{port: 80}, {port: 53, protocol: UDP}]}]",
+        ),
+        vmi_with("plain", "[{name: nic, masquerade: {}}]"),
+    ]);
+    let pf = |name: &str, rest: &str| {
+        format!("/v1/namespaces/{NS}/virtualmachineinstances/{name}/portforward/{rest}")
+    };
+    let cases = [
+        (pf("ghost", "80"), StatusCode::NOT_FOUND, "VMI ns/ghost is not on node node-a".to_owned()),
+        (pf("waiting", "80"), StatusCode::CONFLICT, "VMI waiting is not running (phase Scheduled)".to_owned()),
+        (pf("web", "0"), StatusCode::BAD_REQUEST, "\"0\" is not a port number (1 to 65535)".to_owned()),
+        (pf("web", "http"), StatusCode::BAD_REQUEST, "\"http\" is not a port number (1 to 65535)".to_owned()),
+        (pf("web", "80/sctp"), StatusCode::BAD_REQUEST, "protocol \"sctp\": use tcp or udp".to_owned()),
+        (
+            pf("web", "22"),
+            StatusCode::BAD_REQUEST,
+            "port 22/tcp of VMI web is not forwarded: its interface nic forwards 80/tcp, 53/udp; list the port in its `ports`".to_owned(),
+        ),
+        (
+            pf("web", "80/udp"),
+            StatusCode::BAD_REQUEST,
+            "port 80/udp of VMI web is not forwarded: its interface nic forwards 80/tcp, 53/udp; list the port in its `ports`".to_owned(),
+        ),
+        // Forwarded, but this handler (the test driver) has no guest network.
+        (pf("web", "80"), StatusCode::CONFLICT, "VMI web has no guest network on node node-a".to_owned()),
+        (pf("web", "53/UDP"), StatusCode::CONFLICT, "VMI web has no guest network on node node-a".to_owned()),
+        // No ports declared: the default ones (SSH among them).
+        (pf("plain", "22/tcp"), StatusCode::CONFLICT, "VMI plain has no guest network on node node-a".to_owned()),
+        (
+            pf("plain", "5432"),
+            StatusCode::BAD_REQUEST,
+            "port 5432/tcp of VMI plain is not forwarded: its interface nic forwards 22/tcp, 80/tcp, 443/tcp, 3389/tcp, 8080/tcp, 8443/tcp; list the port in its `ports`".to_owned(),
+        ),
+    ];
+    for (uri, code, want) in cases {
+        let (got, body) = send(&app, ws_request(&uri, true)).await;
+        assert_eq!(got, code, "{uri}: {body}");
+        assert_eq!(message(&body), want, "{uri}");
+    }
+}
+
+#[test]
+fn a_vmi_without_a_pod_network_interface_has_nothing_to_forward() {
+    let yaml = format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {{name: alone, namespace: {NS}}}\n\
+         spec: {{domain: {{devices: {{autoattachPodInterface: false}}}}}}\n"
+    );
+    let v: VirtualMachineInstance = serde_yaml::from_str(&yaml).unwrap();
+    let (code, _, message) = crate::portforward::target(&v, "22", "tcp").unwrap_err();
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message,
+        "VMI alone has no interface on the pod network (masquerade or bridge): port-forward reaches the guest through it"
+    );
 }

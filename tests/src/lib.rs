@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod domain;
 pub mod e2e;
+pub mod footprint;
 pub mod handler;
 pub mod hostdisk;
 pub mod kubectl;

@@ -13,9 +13,10 @@ use ironvirt_crds::VirtualMachine;
 use ironvirt_tests::api::{
     ApiReplica, ApiWs, BedApi, GUEST_MARKER as MARKER, api_port, guest_vm, open_ws,
 };
+use ironvirt_tests::footprint::{Footprint, settles_to, steady};
 use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
-use ironvirt_tests::operator::{Operator, eventually, open_fds, scrape};
+use ironvirt_tests::operator::{Operator, eventually, scrape};
 use kube::api::{Api, PostParams};
 
 const QEMU: &str = "qemu:///system";
@@ -25,74 +26,6 @@ const IDLE: Duration = Duration::from_secs(125);
 /// Sessions opened and closed after the idle one: a leak of even one task or
 /// descriptor per session shows as CHURN of them.
 const CHURN: usize = 20;
-/// What the counts may be above the baseline without a leak: kube-apiserver
-/// keeps a few idle HTTP connections to ironvirt-api (a descriptor and a task
-/// each) for discovery and its availability checks, opened and closed on its
-/// own schedule.
-const SLACK: usize = 3;
-
-/// Tasks and open descriptors of ironvirt-api and the handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Footprint {
-    api_tasks: u64,
-    api_fds: usize,
-    handler_tasks: u64,
-    handler_fds: usize,
-}
-
-impl Footprint {
-    async fn now(api: BedApi, h: &Handler) -> Footprint {
-        // Whole numbers of tasks, read as f64 from the exposition.
-        let tasks = |v: f64| v.max(0.0).round() as u64;
-        Footprint {
-            api_tasks: tasks(scrape(api.metrics_port, "ironvirt_api_runtime_alive_tasks").await),
-            api_fds: open_fds(api.pid),
-            handler_tasks: tasks(
-                scrape(h.health_port, "ironvirt_handler_runtime_alive_tasks").await,
-            ),
-            handler_fds: open_fds(h.pid()),
-        }
-    }
-
-    /// At most `SLACK` above `base` in every count.
-    fn within(&self, base: &Footprint) -> bool {
-        self.api_tasks <= base.api_tasks + SLACK as u64
-            && self.api_fds <= base.api_fds + SLACK
-            && self.handler_tasks <= base.handler_tasks + SLACK as u64
-            && self.handler_fds <= base.handler_fds + SLACK
-    }
-}
-
-/// Waits until the footprint is back within `base`.
-async fn settles_to(api: BedApi, h: &Handler, base: &Footprint) -> Result<Footprint, String> {
-    let mut last = Footprint::now(api, h).await;
-    for _ in 0..40 {
-        if last.within(base) {
-            return Ok(last);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        last = Footprint::now(api, h).await;
-    }
-    Err(format!(
-        "left behind after closing: now {last:?}, before {base:?}"
-    ))
-}
-
-/// The footprint once it has stopped changing (idle connections and
-/// finished sessions wind down over a few seconds).
-async fn steady(api: BedApi, h: &Handler) -> Footprint {
-    let mut last = Footprint::now(api, h).await;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let now = Footprint::now(api, h).await;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    last
-}
-
 async fn console(client: &kube::Client, path: &str) -> Result<ApiWs, String> {
     open_ws(client, path)
         .await

@@ -172,7 +172,8 @@ mod tests {
     #[tokio::test]
     async fn accepted_fields_without_effect_come_back_as_warnings() {
         let spec = json!({
-            "domain": {"memory": {"guest": "64Mi"}, "ioThreadsPolicy": "auto"},
+            "domain": {"memory": {"guest": "64Mi"}, "ioThreadsPolicy": "auto",
+                "devices": {"autoattachPodInterface": false}},
             "evictionStrategy": "LiveMigrate",
         });
         let resp = create(VALIDATE_VMI_PATH, "VirtualMachineInstance", vmi(spec)).await;
@@ -188,7 +189,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_plain_vmi_has_no_warnings_and_refusals_keep_theirs() {
-        let plain = vmi(json!({"domain": {"memory": {"guest": "64Mi"}}}));
+        let plain = vmi(json!({
+            "domain": {"memory": {"guest": "64Mi"}, "devices": {"interfaces": [
+                {"name": "n", "masquerade": {}, "ports": [{"port": 22}]}]}},
+            "networks": [{"name": "n", "pod": {}}],
+        }));
         let resp = create(VALIDATE_VMI_PATH, "VirtualMachineInstance", plain).await;
         assert_eq!(resp["allowed"], true);
         assert!(resp.get("warnings").is_none_or(Value::is_null), "{resp}");
@@ -215,7 +220,8 @@ mod tests {
             "metadata": {"name": "w", "namespace": "default"},
             "spec": {
                 "runStrategy": "Halted",
-                "template": {"spec": {"domain": {"memory": {"guest": "64Mi"}}, "subdomain": "s"}},
+                "template": {"spec": {"domain": {"memory": {"guest": "64Mi"},
+                    "devices": {"autoattachPodInterface": false}}, "subdomain": "s"}},
             },
         });
         let resp = create(VALIDATE_VM_PATH, "VirtualMachine", vm).await;

@@ -32,6 +32,7 @@ use crate::limits::{LimitError, Limiter, Permit};
 
 mod authz;
 mod node_secrets;
+mod portforward;
 mod power;
 mod streams;
 mod upstream;
@@ -188,6 +189,22 @@ pub fn router(state: ApiState) -> Router {
             get(streams::screenshot),
         )
         .route(
+            &format!("{base}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
+            get(portforward::vmi_tcp),
+        )
+        .route(
+            &format!("{base}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(portforward::vmi_protocol),
+        )
+        .route(
+            &format!("{base}/virtualmachines/{{name}}/portforward/{{port}}"),
+            get(portforward::vm_tcp),
+        )
+        .route(
+            &format!("{base}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(portforward::vm_protocol),
+        )
+        .route(
             &format!("{base}/virtualmachineinstances/{{name}}/{{sub}}"),
             get(streams::vmi_stream).put(power::vmi_power),
         )
@@ -241,17 +258,19 @@ pub fn resources() -> serde_json::Value {
         json!({"name": format!("virtualmachineinstances/{sub}"), "singularName": "",
             "namespaced": true, "kind": "VirtualMachineInstance", "verbs": verbs})
     };
-    let vm = |sub: &str| {
+    let vm = |sub: &str, verbs: &[&str]| {
         json!({"name": format!("virtualmachines/{sub}"), "singularName": "",
-            "namespaced": true, "kind": "VirtualMachine", "verbs": ["update"]})
+            "namespaced": true, "kind": "VirtualMachine", "verbs": verbs})
     };
     json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/{VERSION}"),
         "resources": [
             vmi("console", &["get"]), vmi("vnc", &["get"]), vmi("vnc/screenshot", &["get"]),
+            vmi("portforward", &["get"]),
             vmi("pause", &["update"]), vmi("unpause", &["update"]),
             vmi("softreboot", &["update"]), vmi("reset", &["update"]), vmi("secrets", &["get"]),
-            vm("start"), vm("stop"), vm("restart"),
+            vm("start", &["update"]), vm("stop", &["update"]), vm("restart", &["update"]),
+            vm("portforward", &["get"]),
         ],
     })
 }

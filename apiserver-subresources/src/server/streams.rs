@@ -88,7 +88,7 @@ pub(super) async fn vmi_stream(
 
 /// Relays frames between the user's websocket and the handler's until either
 /// side closes. Pings keep idle sessions alive through proxies.
-async fn relay(mut client: WebSocket, mut upstream: HandlerWs) {
+pub(super) async fn relay(mut client: WebSocket, mut upstream: HandlerWs) {
     let mut ping = ws::pings();
     loop {
         tokio::select! {

@@ -221,11 +221,16 @@ struct Route {
     resource: &'static str,
     sub: &'static str,
     verb: &'static str,
+    /// More path after the subresource (portforward's port).
+    tail: &'static str,
 }
 
 impl Route {
     fn path(&self) -> String {
-        format!("{SUB}/namespaces/{NS}/{}/x/{}", self.resource, self.sub)
+        format!(
+            "{SUB}/namespaces/{NS}/{}/x/{}{}",
+            self.resource, self.sub, self.tail
+        )
     }
 }
 
@@ -235,6 +240,7 @@ fn vmi_route(method: Method, sub: &'static str, verb: &'static str) -> Route {
         resource: "virtualmachineinstances",
         sub,
         verb,
+        tail: "",
     }
 }
 
@@ -244,6 +250,10 @@ fn routes() -> Vec<Route> {
         vmi_route(Method::GET, "console", "get"),
         vmi_route(Method::GET, "vnc", "get"),
         vmi_route(Method::GET, "vnc/screenshot", "get"),
+        Route {
+            tail: "/22",
+            ..vmi_route(Method::GET, "portforward", "get")
+        },
     ];
     for sub in ["pause", "unpause", "softreboot", "reset"] {
         all.push(vmi_route(Method::PUT, sub, "update"));
@@ -254,8 +264,16 @@ fn routes() -> Vec<Route> {
             resource: "virtualmachines",
             sub,
             verb: "update",
+            tail: "",
         });
     }
+    all.push(Route {
+        method: Method::GET,
+        resource: "virtualmachines",
+        sub: "portforward",
+        verb: "get",
+        tail: "/53/udp",
+    });
     all
 }
 
@@ -263,7 +281,10 @@ fn routes() -> Vec<Route> {
 fn vmi_lookup_routes() -> Vec<Route> {
     routes()
         .into_iter()
-        .filter(|r| r.resource == "virtualmachineinstances" && r.sub != "console" && r.sub != "vnc")
+        .filter(|r| {
+            r.resource == "virtualmachineinstances"
+                && !["console", "vnc", "portforward"].contains(&r.sub)
+        })
         .collect()
 }
 
@@ -655,8 +676,8 @@ async fn console_and_vnc_upgrades_reach_the_vmi_lookup() {
 /// `route` on object `name` in namespace `ns` (raw, as it goes in the URL).
 fn path_in(route: &Route, ns: &str, name: &str) -> String {
     format!(
-        "{SUB}/namespaces/{ns}/{}/{name}/{}",
-        route.resource, route.sub
+        "{SUB}/namespaces/{ns}/{}/{name}/{}{}",
+        route.resource, route.sub, route.tail
     )
 }
 

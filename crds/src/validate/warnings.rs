@@ -62,12 +62,16 @@ pub const TPM_PERSISTENT: &str =
 /// `features.hyperv.tlbflush.direct` and `.extended`
 pub const TLBFLUSH_EXTRAS: &str =
     "has no effect: libvirt 9.0 cannot pass it on (tlbflush itself is on)";
+/// The pod-network interface (masquerade, else the first bridge one, or
+/// KubeVirt's default interface) without `ports`: the ports are
+/// [`crate::wire::DEFAULT_FORWARDED_PORTS`].
+pub const DEFAULT_PORTS: &str = "none declared: the VMI is reachable (at its address on the node, and by port-forward and ssh) at TCP ports 22, 80, 443, 3389, 8080 and 8443 only, where KubeVirt forwards every port; list the ports the guest serves in a masquerade interface's ports";
 /// VM `updateVolumesStrategy`
 pub const UPDATE_VOLUMES_STRATEGY: &str =
     "has no effect: template changes reach the VM's next VMI, when it restarts";
 
 /// Every message, for the compatibility table and its tests.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     EVICTION_STRATEGY,
     PRIORITY_CLASS,
     SOFT_AFFINITY,
@@ -91,6 +95,7 @@ pub const ALL: [&str; 23] = [
     TPM_PERSISTENT,
     TLBFLUSH_EXTRAS,
     UPDATE_VOLUMES_STRATEGY,
+    DEFAULT_PORTS,
 ];
 
 /// KubeVirt annotations that change what virt-launcher does, which ironvirt
@@ -200,6 +205,25 @@ pub fn vmi_spec(spec: &VirtualMachineInstanceSpec, path: &str) -> Vec<String> {
     );
     w.add(spec.dns_policy.is_some(), path, "dnsPolicy", DNS);
     w.add(spec.dns_config.is_some(), path, "dnsConfig", DNS);
+    let devices = spec.domain.devices.as_ref();
+    let ifaces = devices
+        .and_then(|d| d.interfaces.as_deref())
+        .unwrap_or_default();
+    if ifaces.is_empty() && spec.networks.as_deref().unwrap_or_default().is_empty() {
+        w.add(
+            devices.and_then(|d| d.autoattach_pod_interface) != Some(false),
+            &format!("{path}.domain.devices"),
+            "interfaces",
+            DEFAULT_PORTS,
+        );
+    } else if let Some(i) = crate::wire::pod_interface(ifaces) {
+        w.add(
+            ifaces[i].ports.as_deref().unwrap_or_default().is_empty(),
+            &format!("{path}.domain.devices.interfaces[{i}]"),
+            "ports",
+            DEFAULT_PORTS,
+        );
+    }
     let mut out = w.0;
     out.extend(domain(&spec.domain, &format!("{path}.domain")));
     out
@@ -388,7 +412,7 @@ mod tests {
     #[test]
     fn a_plain_spec_has_no_warnings() {
         let s = spec(
-            "domain: {memory: {guest: 1Gi}, devices: {tpm: {}, disks: [{name: a}]}}\nevictionStrategy: None\naffinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: []}}}",
+            "domain: {memory: {guest: 1Gi}, devices: {tpm: {}, disks: [{name: a}], interfaces: [{name: n, masquerade: {}, ports: [{port: 22}]}]}}\nnetworks: [{name: n, pod: {}}]\nevictionStrategy: None\naffinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: []}}}",
         );
         assert_eq!(vmi_spec(&s, "spec"), Vec::<String>::new());
     }
@@ -438,6 +462,7 @@ domain:
             ("spec.subdomain", SUBDOMAIN),
             ("spec.dnsPolicy", DNS),
             ("spec.dnsConfig", DNS),
+            ("spec.domain.devices.interfaces[0].ports", DEFAULT_PORTS),
             (
                 "spec.domain.cpu.isolateEmulatorThread",
                 ISOLATE_EMULATOR_THREAD,
@@ -488,9 +513,38 @@ domain:
     }
 
     #[test]
+    fn the_pod_interface_without_ports_is_warned_about_the_default_ones() {
+        let warned = |yaml: &str| vmi_spec(&spec(yaml), "spec");
+        let on = |path: &str| vec![format!("{path}: {DEFAULT_PORTS}")];
+        // KubeVirt's default interface.
+        assert_eq!(warned("domain: {}"), on("spec.domain.devices.interfaces"));
+        // A masquerade interface without ports, after a bridge one.
+        assert_eq!(
+            warned(
+                "domain: {devices: {interfaces: [{name: b, bridge: {}}, {name: m, masquerade: {}}]}}\nnetworks: [{name: m, pod: {}}]"
+            ),
+            on("spec.domain.devices.interfaces[1].ports")
+        );
+        // The first bridge interface is on the pod network without a masquerade one.
+        assert_eq!(
+            warned(
+                "domain: {devices: {interfaces: [{name: b, bridge: {}}]}}\nnetworks: [{name: b, pod: {}}]"
+            ),
+            on("spec.domain.devices.interfaces[0].ports")
+        );
+        // Declared ports, or no pod network: nothing.
+        assert!(warned("domain: {devices: {interfaces: [{name: m, masquerade: {}, ports: [{port: 80}]}]}}\nnetworks: [{name: m, pod: {}}]").is_empty());
+        assert!(warned("domain: {devices: {autoattachPodInterface: false}}").is_empty());
+        // The message names exactly the ports the handler forwards.
+        for p in crate::wire::DEFAULT_FORWARDED_PORTS {
+            assert!(DEFAULT_PORTS.contains(&format!(" {p}")), "{p}");
+        }
+    }
+
+    #[test]
     fn vm_vmirs_and_preset_warnings_use_their_paths() {
         let vm: VirtualMachineSpec = serde_yaml::from_str(
-            "updateVolumesStrategy: Replacement\ntemplate: {spec: {domain: {}, subdomain: s}}",
+            "updateVolumesStrategy: Replacement\ntemplate: {spec: {domain: {devices: {autoattachPodInterface: false}}, subdomain: s}}",
         )
         .unwrap();
         assert_eq!(
@@ -501,7 +555,7 @@ domain:
             ]
         );
         let rs: VirtualMachineInstanceReplicaSetSpec = serde_yaml::from_str(
-            "selector: {matchLabels: {a: b}}\ntemplate: {spec: {domain: {}, priorityClassName: p}}",
+            "selector: {matchLabels: {a: b}}\ntemplate: {spec: {domain: {devices: {autoattachPodInterface: false}}, priorityClassName: p}}",
         )
         .unwrap();
         assert_eq!(
@@ -524,7 +578,7 @@ domain:
     fn launcher_annotations_are_warned_where_they_are() {
         let hook = ANNOTATIONS[0].1;
         let vm: VirtualMachineSpec = serde_yaml::from_str(
-            "template:\n  metadata: {annotations: {hooks.kubevirt.io/hookSidecars: '[]', other: x}}\n  spec: {domain: {}}",
+            "template:\n  metadata: {annotations: {hooks.kubevirt.io/hookSidecars: '[]', other: x}}\n  spec: {domain: {devices: {autoattachPodInterface: false}}}",
         )
         .unwrap();
         assert_eq!(
