@@ -2,7 +2,9 @@
 # Builds the test guest from Debian packages and caches it:
 #   vmlinuz          a Debian cloud kernel (dpkg -x of linux-image-*-cloud-amd64)
 #   initramfs.cpio.gz a busybox initramfs whose init prints the marker line to ttyS0,
-#                    runs a shell on the serial console and powers off on ACPI shutdown
+#                    runs a shell on the serial console and powers off on ACPI shutdown;
+#                    with an SSH server (Debian's dropbear) taking its authorized keys
+#                    from cloud-init's ssh_authorized_keys
 #   disk.qcow2       a bootable disk of the same guest: a FAT superfloppy (no partition
 #                    table) that boots under SeaBIOS (syslinux) and under UEFI/OVMF, with
 #                    or without Secure Boot (Debian's signed shim -> signed GRUB -> signed
@@ -92,6 +94,23 @@ grub="$work/efi/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
 [[ -f "$shim" ]] || die "the package shim-signed has no /usr/lib/shim/shimx64.efi.signed"
 [[ -f "$grub" ]] || die "the package grub-efi-amd64-signed has no /usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
 
+# The SSH server (dropbear, with its two libraries), scp's server side
+# (OpenSSH's scp) and OpenSSH's sftp-server (OpenSSH 9's scp speaks SFTP),
+# unpacked like the rest.
+for pkg in dropbear-bin libtomcrypt1 libtommath1 openssh-client openssh-sftp-server; do
+  pdeb="$debdir/$pkg.deb"
+  if ! dpkg-deb --info "$pdeb" >/dev/null 2>&1; then
+    mkdir -p "$work/dl"
+    if ! (cd "$work/dl" && apt-get download "$pkg" >/dev/null 2>&1); then
+      apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+      (cd "$work/dl" && apt-get download "$pkg" >/dev/null) \
+        || die "apt-get download $pkg failed (the guest's SSH server); check that Debian's package mirror is reachable."
+    fi
+    mv "$work/dl/${pkg}_"*.deb "$pdeb"
+  fi
+  dpkg-deb -x "$pdeb" "$work/ssh"
+done
+
 # The initramfs.
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib/modules,root}
@@ -99,6 +118,25 @@ cp /bin/busybox "$root/bin/busybox"
 cp "$HACK/guest/init" "$root/init"
 cp "$HACK/guest/udhcpc-script" "$root/bin/udhcpc-script"
 chmod +x "$root/init" "$root/bin/udhcpc-script"
+# dropbear and scp are dynamically linked: every library ldd finds for them,
+# the packages' own first, the rest (libc, libz, libgmp, …) from this Debian
+# machine.
+install -D -m 0755 "$work/ssh/usr/sbin/dropbear" "$root/sbin/dropbear"
+install -D -m 0755 "$work/ssh/usr/bin/scp" "$root/bin/scp"
+# Where Debian's dropbear looks for it.
+install -D -m 0755 "$work/ssh/usr/lib/openssh/sftp-server" "$root/usr/lib/sftp-server"
+mkdir -p "$root/lib/x86_64-linux-gnu" "$root/lib64"
+for bin in "$root/sbin/dropbear" "$root/bin/scp" "$root/usr/lib/sftp-server"; do
+  libs="$(LD_LIBRARY_PATH="$work/ssh/usr/lib/x86_64-linux-gnu" ldd "$bin")" \
+    || die "ldd $bin failed"
+  if grep -q "not found" <<<"$libs"; then
+    die "$bin needs libraries this machine lacks: $(grep 'not found' <<<"$libs" | tr -s ' \t\n' ' ')"
+  fi
+  for lib in $(awk '$2 == "=>" && $3 ~ /^\// {print $3}' <<<"$libs"); do
+    cp -L "$lib" "$root/lib/x86_64-linux-gnu/"
+  done
+done
+cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
 echo 'root:x:0:' >"$root/etc/group"
 echo 'export PS1="\h:\w# "' >"$root/etc/profile"

@@ -13,6 +13,7 @@ PKGS=(
   passt nftables iproute2
   ovmf swtpm swtpm-tools
   make flex bison bc libelf-dev
+  openssh-client
   docker-registry
 )
 

@@ -59,6 +59,10 @@ pub enum Command {
     /// Forward local ports to ports of a VM's guest (TYPE/NAME[.NAMESPACE] [LOCAL:]REMOTE...).
     #[command(name = "port-forward")]
     PortForward(PortForwardArgs),
+    /// Open an SSH session to a VM's guest with the system's ssh, through port-forward.
+    Ssh(SshArgs),
+    /// Copy files to or from a VM's guest with the system's scp, through port-forward.
+    Scp(ScpArgs),
     /// Print manifests (YAML) built from flags, ready for kubectl apply or a GitOps repo.
     #[command(subcommand)]
     Create(CreateCommand),
@@ -83,6 +87,48 @@ pub struct PortForwardArgs {
     /// ProxyCommand: ssh -o ProxyCommand='ironctl port-forward --stdio vm/NAME.NS 22' user@vm
     #[arg(long)]
     pub stdio: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// [USER@]vm/NAME or [USER@]vmi/NAME, optionally NAME.NAMESPACE.
+    #[arg(value_name = "[USER@]TYPE/NAME")]
+    pub target: String,
+    /// The private key (ssh's -i).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// Run this command instead of a shell.
+    #[arg(short = 'c', long)]
+    pub command: Option<String>,
+    /// The guest's SSH port.
+    #[arg(short = 'p', long, default_value_t = 22)]
+    pub port: u16,
+    /// The user, when the target names none.
+    #[arg(short = 'l', long)]
+    pub username: Option<String>,
+    /// More options for ssh (repeatable), e.g. -t '-o StrictHostKeyChecking=no'.
+    #[arg(short = 't', long, value_name = "OPTS", allow_hyphen_values = true)]
+    pub local_ssh_opts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScpArgs {
+    /// A local path, or [USER@]TYPE/NAME[.NAMESPACE]:PATH.
+    pub source: String,
+    /// A local path, or [USER@]TYPE/NAME[.NAMESPACE]:PATH.
+    pub destination: String,
+    /// The private key (scp's -i).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// Copy directories recursively.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The guest's SSH port.
+    #[arg(short = 'P', long, default_value_t = 22)]
+    pub port: u16,
+    /// More options for scp (repeatable), e.g. -t '-o StrictHostKeyChecking=no'.
+    #[arg(short = 't', long, value_name = "OPTS", allow_hyphen_values = true)]
+    pub local_ssh_opts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,10 @@ pub enum Error {
     /// Local files, terminals and sockets.
     #[error("{0}")]
     Local(String),
+    /// A program ironctl ran (ssh, scp) exited with this code, having said
+    /// why itself.
+    #[error("exit status {0}")]
+    Exit(i32),
 }
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod portforward;
 pub mod power;
 pub mod relay;
+pub mod ssh;
 pub mod status;
 pub mod terminal;
 pub mod version;
@@ -57,6 +58,8 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
                 (None, None) => Err(Error::Usage("ironctl vnc needs a VMI".into())),
             },
             Command::PortForward(a) => portforward::run(ctx, a).await,
+            Command::Ssh(a) => ssh::ssh(a, &cli.global, &ctx.namespace).await,
+            Command::Scp(a) => ssh::scp(a, &cli.global, &ctx.namespace).await,
             Command::Start(a) => power::start(ctx, a).await,
             Command::Stop(a) => power::stop(ctx, power::VmOp::Stop, a).await,
             Command::Restart(a) => power::stop(ctx, power::VmOp::Restart, a).await,

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     ironvirt_cli::init_tracing();
     match ironvirt_cli::run(cli, display) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(ironvirt_cli::Error::Exit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {}", e.line());
             ExitCode::FAILURE

@@ -34,8 +34,8 @@ impl Target {
     }
 }
 
-/// Parses virtctl's `TYPE/NAME[.NAMESPACE]`: TYPE is `vm`, `vmi`,
-/// `virtualmachine` or `virtualmachineinstance` (plurals too).
+/// Parses virtctl's `TYPE/NAME/NAMESPACE` or `TYPE/NAME[.NAMESPACE]`: TYPE
+/// is `vm`, `vmi`, `virtualmachine` or `virtualmachineinstance` (plurals too).
 pub fn parse_target(s: &str) -> std::result::Result<Target, String> {
     let (kind, rest) = s
         .split_once('/')
@@ -49,7 +49,7 @@ pub fn parse_target(s: &str) -> std::result::Result<Target, String> {
             ));
         }
     };
-    let (name, namespace) = match rest.split_once('.') {
+    let (name, namespace) = match rest.split_once('/').or_else(|| rest.split_once('.')) {
         Some((n, ns)) => (n, Some(ns.to_owned())),
         None => (rest, None),
     };

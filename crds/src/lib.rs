@@ -9,6 +9,7 @@
 // kube-derive's `printcolumn(...)` and `shortname` repeat keys by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod access;
 pub mod conditions;
 pub mod domain;
 pub mod duration;

@@ -206,9 +206,19 @@ unsupported!(
     "schedulerName is not supported: ironvirt places VMIs itself"
 );
 unsupported!(
-    access_credentials,
-    array,
-    "accessCredentials are not supported by ironvirt yet; use cloudInitNoCloud user-data"
+    user_password,
+    object,
+    "userPassword access credentials are not supported by ironvirt: they need the QEMU guest agent; use sshPublicKey with propagationMethod noCloud"
+);
+unsupported!(
+    config_drive_propagation,
+    object,
+    "propagationMethod configDrive is not supported by ironvirt yet (no cloudInitConfigDrive volumes); use noCloud"
+);
+unsupported!(
+    guest_agent_propagation,
+    object,
+    "propagationMethod qemuGuestAgent is not supported by ironvirt: it needs the QEMU guest agent; use noCloud"
 );
 unsupported!(
     launch_security,

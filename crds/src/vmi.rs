@@ -117,10 +117,9 @@ pub struct VirtualMachineInstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::scheduler_name")]
     pub scheduler_name: Option<Value>,
-    /// Not supported by ironvirt yet.
+    /// SSH public keys for the guest, from Secrets (propagation noCloud).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::access_credentials")]
-    pub access_credentials: Option<Value>,
+    pub access_credentials: Option<Vec<crate::access::AccessCredential>>,
     /// The PriorityClass KubeVirt gives the VMI's pod. Accepted with a warning:
     /// ironvirt places VMIs without priorities or preemption.
     #[serde(default, skip_serializing_if = "Option::is_none")]

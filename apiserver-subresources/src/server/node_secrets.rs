@@ -39,8 +39,8 @@ pub const IRONVIRT_NAMESPACE: &str = "ironvirt-system";
 const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
 
 /// The Secrets `vmi` references (cloud-init's `secretRef` and
-/// `networkDataSecretRef`, containerDisk's `imagePullSecret`), sorted and
-/// without duplicates.
+/// `networkDataSecretRef`, containerDisk's `imagePullSecret`, the SSH keys
+/// of `accessCredentials`), sorted and without duplicates.
 pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> BTreeSet<&str> {
     let volumes = vmi.spec.volumes.iter().flatten();
     let cloud_init = volumes
@@ -52,7 +52,12 @@ pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> BTreeSet<&str> {
     let pull = volumes
         .filter_map(|v| v.container_disk.as_ref())
         .filter_map(|c| c.image_pull_secret.as_deref());
-    cloud_init.chain(pull).filter(|n| !n.is_empty()).collect()
+    let access = ironvirt_crds::access::secret_names(vmi.spec.access_credentials.as_deref());
+    cloud_init
+        .chain(pull)
+        .chain(access)
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 fn forbidden(message: String) -> Response {

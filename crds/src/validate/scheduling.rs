@@ -32,11 +32,6 @@ pub(super) fn scheduling(
             unsupported::SCHEDULER_NAME,
         ),
         (
-            "accessCredentials",
-            spec.access_credentials.is_some(),
-            unsupported::ACCESS_CREDENTIALS,
-        ),
-        (
             "resourceClaims",
             spec.resource_claims.is_some(),
             unsupported::RESOURCE_CLAIMS,
@@ -50,6 +45,7 @@ pub(super) fn scheduling(
         ),
     ];
     unsupported_fields(path, checks, errors);
+    access_credentials(spec, path, errors);
     if let Some(t) = spec.termination_grace_period_seconds.filter(|t| *t < 0) {
         errors.push(FieldError::new(
             format!("{path}.terminationGracePeriodSeconds"),
@@ -63,6 +59,70 @@ pub(super) fn scheduling(
             errors.push(FieldError::new(
                 format!("{path}.{name}"),
                 format!("'{v}': {m}"),
+            ));
+        }
+    }
+}
+
+/// Each access credential is SSH keys from a Secret, propagated by noCloud
+/// into the VMI's cloudInitNoCloud volume.
+fn access_credentials(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mut Vec<FieldError>) {
+    let has_no_cloud = spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.cloud_init_no_cloud.is_some());
+    for (i, c) in spec.access_credentials.iter().flatten().enumerate() {
+        let field = format!("{path}.accessCredentials[{i}]");
+        let refused = [(
+            "userPassword",
+            c.user_password.is_some(),
+            unsupported::USER_PASSWORD,
+        )];
+        let kinds =
+            usize::from(c.ssh_public_key.is_some()) + unsupported_fields(&field, &refused, errors);
+        if kinds != 1 {
+            errors.push(FieldError::new(
+                field.clone(),
+                "an access credential sets exactly one of sshPublicKey or userPassword",
+            ));
+        }
+        let Some(key) = &c.ssh_public_key else {
+            continue;
+        };
+        let kfield = format!("{field}.sshPublicKey");
+        if key.source.secret.is_none() {
+            errors.push(FieldError::new(
+                format!("{kfield}.source.secret"),
+                "the keys' Secret is required (source.secret.secretName)",
+            ));
+        }
+        let m = &key.propagation_method;
+        let pfield = format!("{kfield}.propagationMethod");
+        let refused = [
+            (
+                "configDrive",
+                m.config_drive.is_some(),
+                unsupported::CONFIG_DRIVE_PROPAGATION,
+            ),
+            (
+                "qemuGuestAgent",
+                m.qemu_guest_agent.is_some(),
+                unsupported::GUEST_AGENT_PROPAGATION,
+            ),
+        ];
+        let methods =
+            usize::from(m.no_cloud.is_some()) + unsupported_fields(&pfield, &refused, errors);
+        if methods != 1 {
+            errors.push(FieldError::new(
+                pfield.clone(),
+                "set exactly one propagation method: noCloud",
+            ));
+        }
+        if m.no_cloud.is_some() && !has_no_cloud {
+            errors.push(FieldError::new(
+                format!("{pfield}.noCloud"),
+                "propagation noCloud needs a cloudInitNoCloud volume: the keys go into its user-data",
             ));
         }
     }

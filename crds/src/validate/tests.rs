@@ -426,3 +426,41 @@ fn clock_inputs_and_secure_boot_smm_are_checked() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn access_credentials_need_one_method_noclouds_volume_and_a_secret() {
+    let creds = |c: &str, volumes: &str| {
+        spec(&format!(
+            "domain: {{memory: {{guest: 128Mi}}}}\nvolumes: {volumes}\naccessCredentials: {c}"
+        ))
+    };
+    let cloud = "[{name: ci, cloudInitNoCloud: {userData: '#cloud-config'}}]";
+    let ok =
+        "[{sshPublicKey: {source: {secret: {secretName: k}}, propagationMethod: {noCloud: {}}}}]";
+    assert_eq!(vmi_spec(&creds(ok, cloud), "spec"), vec![]);
+    let errs = vmi_spec(&creds(ok, "[]"), "spec");
+    assert_eq!(
+        fields(&errs),
+        ["spec.accessCredentials[0].sshPublicKey.propagationMethod.noCloud"]
+    );
+    assert!(
+        errs[0].message.contains("needs a cloudInitNoCloud volume"),
+        "{}",
+        errs[0].message
+    );
+    let none = "[{sshPublicKey: {source: {}, propagationMethod: {}}}]";
+    assert_eq!(
+        fields(&vmi_spec(&creds(none, cloud), "spec")),
+        [
+            "spec.accessCredentials[0].sshPublicKey.source.secret",
+            "spec.accessCredentials[0].sshPublicKey.propagationMethod",
+        ]
+    );
+    let drive = "[{sshPublicKey: {source: {secret: {secretName: k}}, propagationMethod: {configDrive: {}}}}]";
+    let errs = vmi_spec(&creds(drive, cloud), "spec");
+    assert_eq!(
+        fields(&errs),
+        ["spec.accessCredentials[0].sshPublicKey.propagationMethod.configDrive"]
+    );
+    assert_eq!(errs[0].message, unsupported::CONFIG_DRIVE_PROPAGATION);
+}

@@ -55,9 +55,12 @@ pub const TOPOLOGY_SPREAD: &str =
     "topologySpreadConstraints are not supported by ironvirt yet; use affinity";
 /// `schedulerName`
 pub const SCHEDULER_NAME: &str = "schedulerName is not supported: ironvirt places VMIs itself";
-/// `accessCredentials`
-pub const ACCESS_CREDENTIALS: &str =
-    "accessCredentials are not supported by ironvirt yet; use cloudInitNoCloud user-data";
+/// `accessCredentials[].userPassword`
+pub const USER_PASSWORD: &str = "userPassword access credentials are not supported by ironvirt: they need the QEMU guest agent; use sshPublicKey with propagationMethod noCloud";
+/// `accessCredentials[].sshPublicKey.propagationMethod.configDrive`
+pub const CONFIG_DRIVE_PROPAGATION: &str = "propagationMethod configDrive is not supported by ironvirt yet (no cloudInitConfigDrive volumes); use noCloud";
+/// `accessCredentials[].sshPublicKey.propagationMethod.qemuGuestAgent`
+pub const GUEST_AGENT_PROPAGATION: &str = "propagationMethod qemuGuestAgent is not supported by ironvirt: it needs the QEMU guest agent; use noCloud";
 
 /// `domain.launchSecurity`
 pub const LAUNCH_SECURITY: &str = "launchSecurity (SEV, SEV-SNP, TDX) is not supported by ironvirt: no confidential-computing hardware here";
@@ -108,7 +111,7 @@ pub const REBOOT_POLICY: &str =
     "rebootPolicy Terminate is not supported by ironvirt yet; use Reboot";
 
 /// Every message, for tests that compare them with the CRDs.
-pub const ALL: [&str; 43] = [
+pub const ALL: [&str; 45] = [
     PVC,
     DATA_VOLUME,
     EPHEMERAL,
@@ -132,7 +135,9 @@ pub const ALL: [&str; 43] = [
     DATA_VOLUME_TEMPLATES,
     TOPOLOGY_SPREAD,
     SCHEDULER_NAME,
-    ACCESS_CREDENTIALS,
+    USER_PASSWORD,
+    CONFIG_DRIVE_PROPAGATION,
+    GUEST_AGENT_PROPAGATION,
     LAUNCH_SECURITY,
     RESOURCE_CLAIMS,
     DOWNWARD_METRICS,

@@ -202,7 +202,24 @@ pub(super) fn reject_unsupported(vmi: &VirtualMachineInstance) -> Result<(), Xml
             spec.topology_spread_constraints.is_some(),
         ),
         ("spec.schedulerName", spec.scheduler_name.is_some()),
-        ("spec.accessCredentials", spec.access_credentials.is_some()),
+        (
+            "spec.accessCredentials[].userPassword",
+            spec.access_credentials
+                .iter()
+                .flatten()
+                .any(|c| c.user_password.is_some()),
+        ),
+        (
+            "spec.accessCredentials[].sshPublicKey.propagationMethod",
+            spec.access_credentials
+                .iter()
+                .flatten()
+                .filter_map(|c| c.ssh_public_key.as_ref())
+                .any(|k| {
+                    let m = &k.propagation_method;
+                    m.config_drive.is_some() || m.qemu_guest_agent.is_some()
+                }),
+        ),
     ];
     match present.into_iter().find(|(_, is_set)| *is_set) {
         Some((field, _)) => Err(unsupported(field, "not supported by ironvirt yet")),

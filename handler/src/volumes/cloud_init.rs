@@ -42,11 +42,93 @@ pub(super) fn cloud_init_files(
     };
     // Like KubeVirt, empty network data means none: no network-config file.
     let network_config = network_config.filter(|n| !n.is_empty());
+    let keys = access_keys(vmi, secrets)?;
+    let user_data = with_ssh_keys(user_data, &keys, field)?;
     Ok(CloudInitFiles {
         user_data,
         meta_data: format!("instance-id: {uid}\nlocal-hostname: {}\n", hostname(vmi)?),
         network_config,
     })
+}
+
+/// The SSH public keys of the VMI's `accessCredentials` (propagation
+/// noCloud): every value of each Secret, a key per non-empty line, in
+/// order and without repeats.
+pub(super) fn access_keys(
+    vmi: &VirtualMachineInstance,
+    secrets: &SecretData,
+) -> Result<Vec<String>, VolumeError> {
+    let mut keys: Vec<String> = Vec::new();
+    for (i, c) in vmi.spec.access_credentials.iter().flatten().enumerate() {
+        let Some(k) = c
+            .ssh_public_key
+            .as_ref()
+            .filter(|k| k.propagation_method.no_cloud.is_some())
+        else {
+            continue;
+        };
+        let Some(name) = k.source.secret.as_ref().map(|s| s.secret_name.as_str()) else {
+            continue;
+        };
+        let field = format!("spec.accessCredentials[{i}].sshPublicKey.source.secret");
+        let data = secrets
+            .get(name)
+            .ok_or_else(|| invalid(&field, format!("Secret {name:?} not found")))?;
+        for value in data.values() {
+            let text = String::from_utf8_lossy(value);
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                if !keys.iter().any(|k| k == line) {
+                    keys.push(line.to_owned());
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// `user_data` with `keys` in its `ssh_authorized_keys`: empty user-data
+/// becomes a `#cloud-config` with them; a `#cloud-config` gets the list
+/// appended. Other user-data (a script) cannot carry them, nor can a
+/// `#cloud-config` that lists keys itself (they would be two lists).
+pub(super) fn with_ssh_keys(
+    user_data: Vec<u8>,
+    keys: &[String],
+    field: &str,
+) -> Result<Vec<u8>, VolumeError> {
+    if keys.is_empty() {
+        return Ok(user_data);
+    }
+    let text = String::from_utf8_lossy(&user_data).into_owned();
+    let mut out = if text.trim().is_empty() {
+        "#cloud-config\n".to_owned()
+    } else if text.starts_with("#cloud-config") {
+        if text.lines().any(|l| l.starts_with("ssh_authorized_keys:")) {
+            return Err(invalid(
+                format!("{field}.userData"),
+                "lists ssh_authorized_keys itself; accessCredentials with propagation noCloud add theirs there: put all keys in one place",
+            ));
+        }
+        let mut t = text;
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t
+    } else {
+        return Err(invalid(
+            format!("{field}.userData"),
+            "is not #cloud-config: accessCredentials with propagation noCloud put their keys into a #cloud-config user-data's ssh_authorized_keys",
+        ));
+    };
+    out.push_str("ssh_authorized_keys:\n");
+    for k in keys {
+        // JSON strings are YAML double-quoted scalars.
+        out.push_str(&format!("  - {}\n", serde_json::Value::from(k.as_str())));
+    }
+    Ok(out.into_bytes())
 }
 
 /// `spec.hostname`, else the VMI's name; checked, since it goes into
@@ -192,4 +274,77 @@ pub(super) fn cidata_kib(files: &CloudInitFiles) -> u64 {
         .map(|l| (*l as u64).div_ceil(SLACK) * SLACK)
         .sum();
     ((data + data / 4).div_ceil(1024) + 512).max(1024)
+}
+
+#[cfg(test)]
+mod ssh_key_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn vmi(yaml: &str) -> VirtualMachineInstance {
+        serde_yaml::from_str(&format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: v, namespace: ns}}\nspec:\n{yaml}"
+        ))
+        .unwrap()
+    }
+
+    const CREDS: &str = "  domain: {}\n  accessCredentials:\n  - sshPublicKey:\n      source: {secret: {secretName: keys}}\n      propagationMethod: {noCloud: {}}\n";
+
+    #[test]
+    fn keys_come_from_every_value_of_the_secret_a_line_each() {
+        let mut secrets = SecretData::new();
+        secrets.insert(
+            "keys".into(),
+            BTreeMap::from([
+                (
+                    "a".into(),
+                    b"ssh-ed25519 AAAA a@x\n\nssh-rsa BBBB b@x\n".to_vec(),
+                ),
+                ("b".into(), b"# comment\nssh-ed25519 AAAA a@x\n".to_vec()),
+            ]),
+        );
+        assert_eq!(
+            access_keys(&vmi(CREDS), &secrets).unwrap(),
+            ["ssh-ed25519 AAAA a@x", "ssh-rsa BBBB b@x"]
+        );
+        let e = access_keys(&vmi(CREDS), &SecretData::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.accessCredentials[0].sshPublicKey.source.secret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_join_cloud_config_user_data_and_nothing_else() {
+        let keys = vec!["ssh-ed25519 AAAA a@x".to_owned()];
+        let f = "spec.volumes[0].cloudInitNoCloud";
+        assert_eq!(
+            String::from_utf8(with_ssh_keys(Vec::new(), &keys, f).unwrap()).unwrap(),
+            "#cloud-config\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAA a@x\"\n"
+        );
+        assert_eq!(
+            String::from_utf8(
+                with_ssh_keys(b"#cloud-config\nhostname: h".to_vec(), &keys, f).unwrap()
+            )
+            .unwrap(),
+            "#cloud-config\nhostname: h\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAA a@x\"\n"
+        );
+        assert_eq!(
+            with_ssh_keys(b"#!/bin/sh\n".to_vec(), &[], f).unwrap(),
+            b"#!/bin/sh\n"
+        );
+        let e = with_ssh_keys(b"#!/bin/sh\necho hi\n".to_vec(), &keys, f).unwrap_err();
+        assert!(e.to_string().contains("is not #cloud-config"), "{e}");
+        let e = with_ssh_keys(
+            b"#cloud-config\nssh_authorized_keys: [x]\n".to_vec(),
+            &keys,
+            f,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("lists ssh_authorized_keys itself"),
+            "{e}"
+        );
+    }
 }

@@ -181,8 +181,9 @@ pub fn vmi_dir(state_dir: &Path, uid: &str) -> PathBuf {
     state_dir.join("vmis").join(uid)
 }
 
-/// The names of the Secrets the VMI's cloud-init volumes reference
-/// (`cloudInitNoCloud.secretRef` and `networkDataSecretRef`), sorted and
+/// The names of the Secrets the VMI references for its guest: cloud-init
+/// (`cloudInitNoCloud.secretRef`, `networkDataSecretRef`) and the SSH keys of
+/// `accessCredentials`, sorted and
 /// without duplicates.
 pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
     let names: BTreeSet<&str> = vmi
@@ -195,6 +196,9 @@ pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
         .flatten()
         .map(|r| r.name.as_str())
         .filter(|n| !n.is_empty())
+        .chain(ironvirt_crds::access::secret_names(
+            vmi.spec.access_credentials.as_deref(),
+        ))
         .collect();
     names.into_iter().map(str::to_owned).collect()
 }
