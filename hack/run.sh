@@ -128,6 +128,8 @@ More:
   ironctl restart vm-busybox; ironctl stop vm-busybox; ironctl start vm-busybox
   kubectl apply -f $REPO/examples/vmirs-busybox.yaml && kubectl get vmis -w
   kubectl delete vm vm-busybox                      # ACPI power-off, then the VMI goes
+  ssh-keygen -q -t ed25519 -N '' -f /tmp/vmkey && kubectl create secret generic vm-ssh-keys --from-file=key=/tmp/vmkey.pub
+  kubectl apply -f $REPO/examples/vm-ssh.yaml && ironctl ssh -i /tmp/vmkey root@vm/vm-ssh   # SSH via port-forward
   IRONVIRT_STATE=$state $TESTBED user alice --group dev   # mint a client certificate; prints its kubeconfig
 
 Stop everything with: $stop_cmd
