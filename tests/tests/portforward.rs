@@ -19,7 +19,7 @@ use ironvirt_apiserver_subresources::app::API_CLIENT_CONCURRENCY;
 use ironvirt_tests::api::{BedApi, GUEST_MARKER as MARKER, bind, guest_vmi};
 use ironvirt_tests::cli::{ironctl_bin, ironctl_in};
 use ironvirt_tests::footprint::{Footprint, settles_to, steady};
-use ironvirt_tests::handler::{Handler, place, wait_phase, wait_serving};
+use ironvirt_tests::handler::{Handler, place, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{eventually, scrape};
 use serde_json::json;
@@ -245,6 +245,13 @@ async fn port_forward_reaches_the_guest_through_kube_apiserver_as_rbac_allows() 
             let line = run.one_error_line("forbidden")?;
             assert!(line.contains("portforward"), "{who}: {line}");
         }
+        // Leave nothing behind: the VMI, its domain and network, the handler.
+        kube::Api::<ironvirt_crds::VirtualMachineInstance>::namespaced(admin.clone(), &ns)
+            .delete("web", &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_gone(&admin, &ns, "web", Duration::from_secs(60)).await?;
+        h.remove(&admin).await;
         Ok::<(), String>(())
     })
     .await;

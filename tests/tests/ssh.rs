@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ironvirt_tests::api::{GUEST_MARKER as MARKER, bind, guest_vmi};
 use ironvirt_tests::cli::ironctl_bin;
-use ironvirt_tests::handler::{Handler, place, wait_phase, wait_serving};
+use ironvirt_tests::handler::{Handler, place, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::eventually;
 use k8s_openapi::api::core::v1::Secret;
@@ -255,6 +255,13 @@ async fn ssh_and_scp_reach_the_guest_with_the_key_from_access_credentials() {
             assert_eq!(code, 0, "ironctl scp {args:?}: {out} {err}");
         }
         assert_eq!(sha256(&down), want, "ironctl scp: the copy differs");
+        // Leave nothing behind: the VMI, its domain and network, the handler.
+        kube::Api::<ironvirt_crds::VirtualMachineInstance>::namespaced(admin.clone(), &ns)
+            .delete("box", &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_gone(&admin, &ns, "box", Duration::from_secs(60)).await?;
+        h.remove(&admin).await;
         Ok::<(), String>(())
     })
     .await;
