@@ -42,7 +42,7 @@ fi
 # The small kernel (cached on its own: a change to the initramfs does not rebuild it).
 small="$("$HACK/build-small-kernel.sh")" || die "the small guest kernel did not build (see above)"
 
-key="$({ cat "$HACK/build-guest.sh" "$HACK/guest/init" "$HACK/guest/udhcpc-script" /bin/busybox; echo "$small"; } | sha256sum | cut -c1-12)"
+key="$({ cat "$HACK/build-guest.sh" "$HACK/guest/init" "$HACK/guest/udhcpc-script" "$HACK/guest/pagesrv.c" /bin/busybox; echo "$small"; } | sha256sum | cut -c1-12)"
 out="$IRONVIRT_CACHE/guest/$kpkg-$key"
 if [[ -f "$out/disk.qcow2" && -f "$out/disk-small.qcow2" && -f "$out/vmlinuz" && -f "$out/initramfs.cpio.gz" ]]; then
   touch "$out"
@@ -74,21 +74,30 @@ kver="${kpkg#linux-image-}"
 vmlinuz="$work/kernel/boot/vmlinuz-$kver"
 [[ -f "$vmlinuz" ]] || die "the kernel package $kpkg has no /boot/vmlinuz-$kver"
 
+# unpack_debs DEST WHAT PKG...: unpacks (dpkg -x, never installs) each
+# package into DEST, downloading it into the cache once; WHAT names it in
+# the error.
+unpack_debs() {
+  local dest="$1" what="$2" pkg pdeb
+  shift 2
+  for pkg in "$@"; do
+    pdeb="$debdir/$pkg.deb"
+    if ! dpkg-deb --info "$pdeb" >/dev/null 2>&1; then
+      mkdir -p "$work/dl"
+      if ! (cd "$work/dl" && apt-get download "$pkg" >/dev/null 2>&1); then
+        apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+        (cd "$work/dl" && apt-get download "$pkg" >/dev/null) \
+          || die "apt-get download $pkg failed ($what); check that Debian's package mirror is reachable."
+      fi
+      mv "$work/dl/${pkg}_"*.deb "$pdeb"
+    fi
+    dpkg-deb -x "$pdeb" "$dest"
+  done
+}
+
 # The Secure Boot chain for UEFI: shim (signed by Microsoft) and GRUB (signed by Debian).
 # Only downloaded and unpacked, never installed, like the kernel.
-for pkg in shim-signed grub-efi-amd64-signed; do
-  pdeb="$debdir/$pkg.deb"
-  if ! dpkg-deb --info "$pdeb" >/dev/null 2>&1; then
-    mkdir -p "$work/dl"
-    if ! (cd "$work/dl" && apt-get download "$pkg" >/dev/null 2>&1); then
-      apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
-      (cd "$work/dl" && apt-get download "$pkg" >/dev/null) \
-        || die "apt-get download $pkg failed (the guest's UEFI boot loader); check that Debian's package mirror is reachable."
-    fi
-    mv "$work/dl/${pkg}_"*.deb "$pdeb"
-  fi
-  dpkg-deb -x "$pdeb" "$work/efi"
-done
+unpack_debs "$work/efi" "the guest's UEFI boot loader" shim-signed grub-efi-amd64-signed
 shim="$work/efi/usr/lib/shim/shimx64.efi.signed"
 grub="$work/efi/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
 [[ -f "$shim" ]] || die "the package shim-signed has no /usr/lib/shim/shimx64.efi.signed"
@@ -97,19 +106,8 @@ grub="$work/efi/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
 # The SSH server (dropbear, with its two libraries), scp's server side
 # (OpenSSH's scp) and OpenSSH's sftp-server (OpenSSH 9's scp speaks SFTP),
 # unpacked like the rest.
-for pkg in dropbear-bin libtomcrypt1 libtommath1 openssh-client openssh-sftp-server; do
-  pdeb="$debdir/$pkg.deb"
-  if ! dpkg-deb --info "$pdeb" >/dev/null 2>&1; then
-    mkdir -p "$work/dl"
-    if ! (cd "$work/dl" && apt-get download "$pkg" >/dev/null 2>&1); then
-      apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
-      (cd "$work/dl" && apt-get download "$pkg" >/dev/null) \
-        || die "apt-get download $pkg failed (the guest's SSH server); check that Debian's package mirror is reachable."
-    fi
-    mv "$work/dl/${pkg}_"*.deb "$pdeb"
-  fi
-  dpkg-deb -x "$pdeb" "$work/ssh"
-done
+unpack_debs "$work/ssh" "the guest's SSH server" \
+  dropbear-bin libtomcrypt1 libtommath1 openssh-client openssh-sftp-server
 
 # The initramfs.
 root="$work/root"
@@ -137,6 +135,9 @@ for bin in "$root/sbin/dropbear" "$root/bin/scp" "$root/usr/lib/sftp-server"; do
   done
 done
 cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+# A web server that takes bursts of connections (see hack/guest/pagesrv.c).
+gcc -static -Os -s -o "$root/bin/pagesrv" "$HACK/guest/pagesrv.c" \
+  || die "compiling hack/guest/pagesrv.c failed (gcc and libc6-dev: 'make deps')"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
 echo 'root:x:0:' >"$root/etc/group"
 echo 'export PS1="\h:\w# "' >"$root/etc/profile"
