@@ -1,5 +1,5 @@
 //! `spec.accessCredentials`: SSH public keys from a Secret, put into the
-//! guest by cloud-init (`propagationMethod.noCloud`).
+//! guest by cloud-init (`propagationMethod.noCloud` or `configDrive`).
 
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,8 @@ pub struct SecretSource {
     pub secret_name: String,
 }
 
-/// How SSH keys reach the guest: noCloud is built; configDrive and
-/// qemuGuestAgent are refused with the reason.
+/// How SSH keys reach the guest: noCloud and configDrive are built;
+/// qemuGuestAgent is refused with the reason.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SshPublicKeyPropagation {
@@ -59,10 +59,10 @@ pub struct SshPublicKeyPropagation {
     /// (`ssh_authorized_keys` of its `#cloud-config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_cloud: Option<NoCloudPropagation>,
-    /// Not supported yet: ironvirt has no cloudInitConfigDrive volumes.
+    /// The keys go into the `public_keys` of the VMI's cloudInitConfigDrive
+    /// volume's meta_data.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::config_drive_propagation")]
-    pub config_drive: Option<Value>,
+    pub config_drive: Option<ConfigDrivePropagation>,
     /// Not supported: it needs the QEMU guest agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::guest_agent_propagation")]
@@ -72,6 +72,10 @@ pub struct SshPublicKeyPropagation {
 /// `propagationMethod.noCloud: {}`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct NoCloudPropagation {}
+
+/// `propagationMethod.configDrive: {}`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigDrivePropagation {}
 
 /// The Secrets the access credentials of `creds` name.
 pub fn secret_names(creds: Option<&[AccessCredential]>) -> Vec<&str> {

@@ -121,11 +121,6 @@ unsupported!(
     "serviceAccount volumes are not supported by ironvirt yet"
 );
 unsupported!(
-    config_drive_volume,
-    object,
-    "cloudInitConfigDrive is not supported by ironvirt yet; use cloudInitNoCloud"
-);
-unsupported!(
     downward_api_volume,
     object,
     "downwardAPI volumes are not supported by ironvirt yet"
@@ -208,17 +203,12 @@ unsupported!(
 unsupported!(
     user_password,
     object,
-    "userPassword access credentials are not supported by ironvirt: they need the QEMU guest agent; use sshPublicKey with propagationMethod noCloud"
-);
-unsupported!(
-    config_drive_propagation,
-    object,
-    "propagationMethod configDrive is not supported by ironvirt yet (no cloudInitConfigDrive volumes); use noCloud"
+    "userPassword access credentials are not supported by ironvirt: they need the QEMU guest agent; use sshPublicKey with propagationMethod noCloud or configDrive"
 );
 unsupported!(
     guest_agent_propagation,
     object,
-    "propagationMethod qemuGuestAgent is not supported by ironvirt: it needs the QEMU guest agent; use noCloud"
+    "propagationMethod qemuGuestAgent is not supported by ironvirt: it needs the QEMU guest agent; use noCloud or configDrive"
 );
 unsupported!(
     launch_security,

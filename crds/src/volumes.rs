@@ -8,10 +8,10 @@ use serde_json::Value;
 use crate::schema;
 
 /// A volume backing a disk. Set exactly one source: containerDisk,
-/// cloudInitNoCloud, emptyDisk or hostDisk.
+/// cloudInitNoCloud, cloudInitConfigDrive, emptyDisk or hostDisk.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.containerDisk) ? 1 : 0) + (has(self.cloudInitNoCloud) ? 1 : 0) + (has(self.emptyDisk) ? 1 : 0) + (has(self.hostDisk) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.dataVolume) ? 1 : 0) + (has(self.ephemeral) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.cloudInitConfigDrive) ? 1 : 0) + (has(self.downwardAPI) ? 1 : 0) + (has(self.sysprep) ? 1 : 0) + (has(self.downwardMetrics) ? 1 : 0) + (has(self.memoryDump) ? 1 : 0) == 1").message("a volume sets exactly one source: containerDisk, cloudInitNoCloud, emptyDisk or hostDisk"))]
+#[x_kube(validation = Rule::new("(has(self.containerDisk) ? 1 : 0) + (has(self.cloudInitNoCloud) ? 1 : 0) + (has(self.emptyDisk) ? 1 : 0) + (has(self.hostDisk) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.dataVolume) ? 1 : 0) + (has(self.ephemeral) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.cloudInitConfigDrive) ? 1 : 0) + (has(self.downwardAPI) ? 1 : 0) + (has(self.sysprep) ? 1 : 0) + (has(self.downwardMetrics) ? 1 : 0) + (has(self.memoryDump) ? 1 : 0) == 1").message("a volume sets exactly one source: containerDisk, cloudInitNoCloud, cloudInitConfigDrive, emptyDisk or hostDisk"))]
 pub struct Volume {
     /// The volume's name; the disk with the same name uses it.
     #[schemars(length(min = 1, max = 63))]
@@ -53,10 +53,11 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::service_account_volume")]
     pub service_account: Option<Value>,
-    /// Not supported by ironvirt yet.
+    /// An OpenStack config drive for cloud-init (an ISO 9660 disk labelled
+    /// config-2 with openstack/latest/user_data, meta_data.json and
+    /// network_data.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::config_drive_volume")]
-    pub cloud_init_config_drive: Option<Value>,
+    pub cloud_init_config_drive: Option<CloudInitConfigDriveSource>,
     /// Not supported by ironvirt yet.
     #[serde(
         rename = "downwardAPI",
@@ -77,6 +78,16 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::memory_dump_volume")]
     pub memory_dump: Option<Value>,
+}
+
+impl Volume {
+    /// The volume's cloud-init source, NoCloud or config drive (they have
+    /// the same fields).
+    pub fn cloud_init(&self) -> Option<&CloudInitNoCloudSource> {
+        self.cloud_init_no_cloud
+            .as_ref()
+            .or(self.cloud_init_config_drive.as_ref())
+    }
 }
 
 /// A disk image shipped in a container image.
@@ -131,6 +142,10 @@ pub struct CloudInitNoCloudSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data_secret_ref: Option<LocalObjectReference>,
 }
+
+/// Config drive cloud-init data: the same fields as NoCloud's. user-data
+/// becomes openstack/latest/user_data, network data network_data.json.
+pub type CloudInitConfigDriveSource = CloudInitNoCloudSource;
 
 /// A reference to an object in the same namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

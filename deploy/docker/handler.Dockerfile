@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # (emptyDisk, hostDisk DiskOrCreate), mkfs.vfat and mcopy (cloud-init CIDATA).
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libvirt0 qemu-utils dosfstools mtools passt nftables iproute2 \
+ && apt-get install -y --no-install-recommends libvirt0 qemu-utils dosfstools mtools genisoimage passt nftables iproute2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ironvirt-handler /usr/local/bin/ironvirt-handler
 # Root: libvirtd's socket admits root (see deploy/base/handler/daemonset.yaml

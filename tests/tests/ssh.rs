@@ -4,7 +4,11 @@
 //! `virtctl ssh` (v1.8: the system's ssh through `virtctl port-forward
 //! --stdio`), `ironctl ssh`, plain
 //! `ssh` with `ironctl port-forward --stdio` as ProxyCommand, and `virtctl scp`
-//! and `ironctl scp` copying 1 MiB each way with the same checksum.
+//! and `ironctl scp` copying 1 MiB each way with the same checksum. With
+//! propagation configDrive the keys reach the guest through a
+//! cloudInitConfigDrive volume's meta_data.json; a key added to the Secret
+//! reaches the guest at its next start, not while it runs (KubeVirt's rule
+//! for both cloud-init propagation methods).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -89,6 +93,181 @@ fn sha256(path: &Path) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A new ed25519 key pair at `dir/name`; its public key.
+fn keygen(dir: &Path, name: &str) -> Result<String, String> {
+    let key = dir.join(name);
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .map_err(|e| format!("ssh-keygen: {e}"))?;
+    assert!(made.success());
+    std::fs::read_to_string(key.with_extension("pub")).map_err(|e| e.to_string())
+}
+
+/// `ironctl ssh -i KEY -c COMMAND root@vmi/NAME.NS` as the user of `kc`.
+async fn ironctl_ssh(
+    kc: &Path,
+    key: &Path,
+    vmi: &str,
+    command: &str,
+    home: &Path,
+) -> (i32, String, String) {
+    let mut args = strings(&[
+        "--kubeconfig",
+        &kc.display().to_string(),
+        "ssh",
+        "-i",
+        &key.display().to_string(),
+    ]);
+    for o in NO_HOST_KEYS.chunks(2) {
+        args.extend(strings(&["-t", &o.join(" ")]));
+    }
+    args.extend(strings(&["-c", command, &format!("root@vmi/{vmi}")]));
+    run(&ironctl_bin(), &args, b"", home).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_drive_keys_reach_the_guest_and_a_new_key_only_at_its_next_start() {
+    let bed = &bed().await;
+    bed.with_namespace("cdrive", |ns| async move {
+        let admin = bed.admin();
+        bind(&admin, &ns, "cara", "kubevirt.io:admin").await;
+        let kc = bed
+            .user_kubeconfig("cara", &["dev"])
+            .map_err(|e| e.to_string())?;
+        let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let first = keygen(home.path(), "first")?;
+        let second = keygen(home.path(), "second")?;
+        let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "keys"}, "stringData": {"first": first},
+        }))
+        .map_err(|e| e.to_string())?;
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let node = format!("{ns}-n");
+        let h = Handler::start(bed, &ns, &node, QEMU);
+        wait_serving(&h, Duration::from_secs(60)).await;
+        let mut vmi = guest_vmi("cd");
+        let spec = &mut vmi["spec"];
+        spec["domain"]["devices"]["disks"]
+            .as_array_mut()
+            .ok_or("disks")?
+            .push(json!({"name": "ci", "disk": {"bus": "virtio"}}));
+        spec["volumes"]
+            .as_array_mut()
+            .ok_or("volumes")?
+            .push(json!({"name": "ci", "cloudInitConfigDrive": {"userData": "#cloud-config\n"}}));
+        spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
+        spec["networks"] = json!([{"name": "default", "pod": {}}]);
+        spec["accessCredentials"] = json!([{"sshPublicKey": {
+            "source": {"secret": {"secretName": "keys"}},
+            "propagationMethod": {"configDrive": {}},
+        }}]);
+        let vmis =
+            kube::Api::<ironvirt_crds::VirtualMachineInstance>::namespaced(admin.clone(), &ns);
+        let target = format!("cd.{ns}");
+        let boot = |keys: &'static str| {
+            let (admin, ns, node, vmi, h) =
+                (admin.clone(), ns.clone(), node.clone(), vmi.clone(), &h);
+            async move {
+                place(&admin, &ns, vmi, &node).await;
+                wait_phase(&admin, &ns, "cd", "Running", BOOT).await?;
+                let mut con = h
+                    .streams()
+                    .websocket(&format!(
+                        "/v1/namespaces/{ns}/virtualmachineinstances/cd/console"
+                    ))
+                    .await?;
+                con.expect_from(0, "ironvirt-guest: config drive", BOOT)
+                    .await?;
+                con.expect_from(0, keys, BOOT).await?;
+                con.expect_from(0, MARKER, BOOT).await
+            }
+        };
+        boot("1 ssh authorized key(s)").await?;
+        let (code, out, err) = eventually(
+            Duration::from_secs(60),
+            "ssh with the first key",
+            || async {
+                let r = ironctl_ssh(
+                    &kc,
+                    &home.path().join("first"),
+                    &target,
+                    "echo drive-$((40+6))",
+                    home.path(),
+                )
+                .await;
+                (r.0 == 0).then_some(r)
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        assert!(out.contains("drive-46"), "{code} {out} {err}");
+
+        // A second key in the Secret: not in the running guest…
+        let patch = json!({"stringData": {"second": second}});
+        secrets
+            .patch(
+                "keys",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (code, out, err) = ironctl_ssh(
+            &kc,
+            &home.path().join("second"),
+            &target,
+            "echo no",
+            home.path(),
+        )
+        .await;
+        assert_ne!(
+            code, 0,
+            "the second key got in before a restart: {out} {err}"
+        );
+        assert!(err.contains("Permission denied"), "{code} {out} {err}");
+
+        // …until its next start.
+        vmis.delete("cd", &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_gone(&admin, &ns, "cd", Duration::from_secs(60)).await?;
+        boot("2 ssh authorized key(s)").await?;
+        let (code, out, err) = eventually(
+            Duration::from_secs(60),
+            "ssh with the second key",
+            || async {
+                let r = ironctl_ssh(
+                    &kc,
+                    &home.path().join("second"),
+                    &target,
+                    "echo second-$((40+7))",
+                    home.path(),
+                )
+                .await;
+                (r.0 == 0).then_some(r)
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        assert!(out.contains("second-47"), "{code} {out} {err}");
+
+        vmis.delete("cd", &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_gone(&admin, &ns, "cd", Duration::from_secs(60)).await?;
+        h.remove(&admin).await;
+        Ok::<(), String>(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

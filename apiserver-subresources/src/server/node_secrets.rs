@@ -45,7 +45,7 @@ pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> BTreeSet<&str> {
     let volumes = vmi.spec.volumes.iter().flatten();
     let cloud_init = volumes
         .clone()
-        .filter_map(|v| v.cloud_init_no_cloud.as_ref())
+        .filter_map(ironvirt_crds::vmi::Volume::cloud_init)
         .flat_map(|c| [c.secret_ref.as_ref(), c.network_data_secret_ref.as_ref()])
         .flatten()
         .map(|r| r.name.as_str());

@@ -90,11 +90,6 @@ fn volume(v: &Volume, field: &str, errors: &mut Vec<FieldError>) {
             unsupported::SERVICE_ACCOUNT,
         ),
         (
-            "cloudInitConfigDrive",
-            v.cloud_init_config_drive.is_some(),
-            unsupported::CONFIG_DRIVE,
-        ),
-        (
             "downwardAPI",
             v.downward_api.is_some(),
             unsupported::DOWNWARD_API,
@@ -114,6 +109,7 @@ fn volume(v: &Volume, field: &str, errors: &mut Vec<FieldError>) {
     let supported = [
         v.container_disk.is_some(),
         v.cloud_init_no_cloud.is_some(),
+        v.cloud_init_config_drive.is_some(),
         v.empty_disk.is_some(),
         v.host_disk.is_some(),
     ];
@@ -122,8 +118,8 @@ fn volume(v: &Volume, field: &str, errors: &mut Vec<FieldError>) {
     exactly_one(
         sources,
         field,
-        "a volume needs a source: set one of containerDisk, cloudInitNoCloud, emptyDisk or hostDisk",
-        "a volume sets exactly one source: containerDisk, cloudInitNoCloud, emptyDisk or hostDisk",
+        "a volume needs a source: set one of containerDisk, cloudInitNoCloud, cloudInitConfigDrive, emptyDisk or hostDisk",
+        "a volume sets exactly one source: containerDisk, cloudInitNoCloud, cloudInitConfigDrive, emptyDisk or hostDisk",
         errors,
     );
     if let Some(c) = &v.container_disk
@@ -160,6 +156,9 @@ fn volume(v: &Volume, field: &str, errors: &mut Vec<FieldError>) {
     }
     if let Some(c) = &v.cloud_init_no_cloud {
         cloud_init(c, &format!("{field}.cloudInitNoCloud"), errors);
+    }
+    if let Some(c) = &v.cloud_init_config_drive {
+        cloud_init(c, &format!("{field}.cloudInitConfigDrive"), errors);
     }
 }
 

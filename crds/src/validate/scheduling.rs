@@ -65,13 +65,12 @@ pub(super) fn scheduling(
 }
 
 /// Each access credential is SSH keys from a Secret, propagated by noCloud
-/// into the VMI's cloudInitNoCloud volume.
+/// into the VMI's cloudInitNoCloud volume or by configDrive into its
+/// cloudInitConfigDrive volume.
 fn access_credentials(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mut Vec<FieldError>) {
-    let has_no_cloud = spec
-        .volumes
-        .iter()
-        .flatten()
-        .any(|v| v.cloud_init_no_cloud.is_some());
+    let volumes = || spec.volumes.iter().flatten();
+    let has_no_cloud = volumes().any(|v| v.cloud_init_no_cloud.is_some());
+    let has_config_drive = volumes().any(|v| v.cloud_init_config_drive.is_some());
     for (i, c) in spec.access_credentials.iter().flatten().enumerate() {
         let field = format!("{path}.accessCredentials[{i}]");
         let refused = [(
@@ -99,24 +98,24 @@ fn access_credentials(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mu
         }
         let m = &key.propagation_method;
         let pfield = format!("{kfield}.propagationMethod");
-        let refused = [
-            (
-                "configDrive",
-                m.config_drive.is_some(),
-                unsupported::CONFIG_DRIVE_PROPAGATION,
-            ),
-            (
-                "qemuGuestAgent",
-                m.qemu_guest_agent.is_some(),
-                unsupported::GUEST_AGENT_PROPAGATION,
-            ),
-        ];
-        let methods =
-            usize::from(m.no_cloud.is_some()) + unsupported_fields(&pfield, &refused, errors);
+        let refused = [(
+            "qemuGuestAgent",
+            m.qemu_guest_agent.is_some(),
+            unsupported::GUEST_AGENT_PROPAGATION,
+        )];
+        let methods = usize::from(m.no_cloud.is_some())
+            + usize::from(m.config_drive.is_some())
+            + unsupported_fields(&pfield, &refused, errors);
         if methods != 1 {
             errors.push(FieldError::new(
                 pfield.clone(),
-                "set exactly one propagation method: noCloud",
+                "set exactly one propagation method: noCloud or configDrive",
+            ));
+        }
+        if m.config_drive.is_some() && !has_config_drive {
+            errors.push(FieldError::new(
+                format!("{pfield}.configDrive"),
+                "propagation configDrive needs a cloudInitConfigDrive volume: the keys go into its meta_data.json",
             ));
         }
         if m.no_cloud.is_some() && !has_no_cloud {

@@ -456,11 +456,33 @@ fn access_credentials_need_one_method_noclouds_volume_and_a_secret() {
             "spec.accessCredentials[0].sshPublicKey.propagationMethod",
         ]
     );
+    // configDrive needs a cloudInitConfigDrive volume, and only that.
     let drive = "[{sshPublicKey: {source: {secret: {secretName: k}}, propagationMethod: {configDrive: {}}}}]";
     let errs = vmi_spec(&creds(drive, cloud), "spec");
     assert_eq!(
         fields(&errs),
         ["spec.accessCredentials[0].sshPublicKey.propagationMethod.configDrive"]
     );
-    assert_eq!(errs[0].message, unsupported::CONFIG_DRIVE_PROPAGATION);
+    assert!(
+        errs[0]
+            .message
+            .contains("needs a cloudInitConfigDrive volume"),
+        "{}",
+        errs[0].message
+    );
+    let config_drive = "[{name: ci, cloudInitConfigDrive: {userData: '#cloud-config'}}]";
+    assert_eq!(vmi_spec(&creds(drive, config_drive), "spec"), vec![]);
+    let both = "[{sshPublicKey: {source: {secret: {secretName: k}}, propagationMethod: {noCloud: {}, configDrive: {}}}}]";
+    let errs = vmi_spec(&creds(both, config_drive), "spec");
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.accessCredentials[0].sshPublicKey.propagationMethod",
+            "spec.accessCredentials[0].sshPublicKey.propagationMethod.noCloud",
+        ],
+        "{errs:#?}"
+    );
+    let agent = "[{sshPublicKey: {source: {secret: {secretName: k}}, propagationMethod: {qemuGuestAgent: {users: [root]}}}}]";
+    let errs = vmi_spec(&creds(agent, cloud), "spec");
+    assert_eq!(errs[0].message, unsupported::GUEST_AGENT_PROPAGATION);
 }

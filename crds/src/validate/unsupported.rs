@@ -16,9 +16,6 @@ pub const CONFIG_MAP: &str = "configMap volumes are not supported by ironvirt ye
 pub const SECRET: &str = "secret volumes are not supported by ironvirt yet";
 /// `volumes[].serviceAccount`
 pub const SERVICE_ACCOUNT: &str = "serviceAccount volumes are not supported by ironvirt yet";
-/// `volumes[].cloudInitConfigDrive`
-pub const CONFIG_DRIVE: &str =
-    "cloudInitConfigDrive is not supported by ironvirt yet; use cloudInitNoCloud";
 /// `volumes[].downwardAPI`
 pub const DOWNWARD_API: &str = "downwardAPI volumes are not supported by ironvirt yet";
 /// `volumes[].sysprep`
@@ -56,11 +53,9 @@ pub const TOPOLOGY_SPREAD: &str =
 /// `schedulerName`
 pub const SCHEDULER_NAME: &str = "schedulerName is not supported: ironvirt places VMIs itself";
 /// `accessCredentials[].userPassword`
-pub const USER_PASSWORD: &str = "userPassword access credentials are not supported by ironvirt: they need the QEMU guest agent; use sshPublicKey with propagationMethod noCloud";
-/// `accessCredentials[].sshPublicKey.propagationMethod.configDrive`
-pub const CONFIG_DRIVE_PROPAGATION: &str = "propagationMethod configDrive is not supported by ironvirt yet (no cloudInitConfigDrive volumes); use noCloud";
+pub const USER_PASSWORD: &str = "userPassword access credentials are not supported by ironvirt: they need the QEMU guest agent; use sshPublicKey with propagationMethod noCloud or configDrive";
 /// `accessCredentials[].sshPublicKey.propagationMethod.qemuGuestAgent`
-pub const GUEST_AGENT_PROPAGATION: &str = "propagationMethod qemuGuestAgent is not supported by ironvirt: it needs the QEMU guest agent; use noCloud";
+pub const GUEST_AGENT_PROPAGATION: &str = "propagationMethod qemuGuestAgent is not supported by ironvirt: it needs the QEMU guest agent; use noCloud or configDrive";
 
 /// `domain.launchSecurity`
 pub const LAUNCH_SECURITY: &str = "launchSecurity (SEV, SEV-SNP, TDX) is not supported by ironvirt: no confidential-computing hardware here";
@@ -111,14 +106,13 @@ pub const REBOOT_POLICY: &str =
     "rebootPolicy Terminate is not supported by ironvirt yet; use Reboot";
 
 /// Every message, for tests that compare them with the CRDs.
-pub const ALL: [&str; 45] = [
+pub const ALL: [&str; 43] = [
     PVC,
     DATA_VOLUME,
     EPHEMERAL,
     CONFIG_MAP,
     SECRET,
     SERVICE_ACCOUNT,
-    CONFIG_DRIVE,
     DOWNWARD_API,
     SYSPREP,
     HUGEPAGES,
@@ -136,7 +130,6 @@ pub const ALL: [&str; 45] = [
     TOPOLOGY_SPREAD,
     SCHEDULER_NAME,
     USER_PASSWORD,
-    CONFIG_DRIVE_PROPAGATION,
     GUEST_AGENT_PROPAGATION,
     LAUNCH_SECURITY,
     RESOURCE_CLAIMS,

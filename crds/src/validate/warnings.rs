@@ -41,7 +41,7 @@ pub const MULTIQUEUE: &str = "has no effect: ironvirt does not configure virtio 
 /// `disks[].io`
 pub const DISK_IO: &str = "has no effect: ironvirt leaves the I/O mode to QEMU";
 /// `disks[].tag` and `interfaces[].tag`
-pub const TAG: &str = "has no effect: ironvirt has no config drive to publish tags in";
+pub const TAG: &str = "has no effect: ironvirt's config drive does not list tagged devices yet";
 /// `disks[].shareable: true`
 pub const SHAREABLE: &str = "has no effect: ironvirt does not mark disks shareable";
 /// `disks[].changedBlockTracking: true`

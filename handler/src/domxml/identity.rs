@@ -217,7 +217,7 @@ pub(super) fn reject_unsupported(vmi: &VirtualMachineInstance) -> Result<(), Xml
                 .filter_map(|c| c.ssh_public_key.as_ref())
                 .any(|k| {
                     let m = &k.propagation_method;
-                    m.config_drive.is_some() || m.qemu_guest_agent.is_some()
+                    m.qemu_guest_agent.is_some()
                 }),
         ),
     ];

@@ -1,6 +1,8 @@
-//! cloudInitNoCloud volumes: the NoCloud files (user-data, meta-data,
-//! network-config) from inline text, base64 or Secrets, and the vfat disk
-//! labelled CIDATA that carries them, rebuilt every time.
+//! cloud-init volumes: the files (user-data, meta-data, network-config)
+//! from inline text, base64 or Secrets, and the disk that carries them,
+//! rebuilt every time: for cloudInitNoCloud a vfat disk labelled CIDATA, for
+//! cloudInitConfigDrive an ISO 9660 disk labelled config-2 in OpenStack's
+//! layout (as KubeVirt builds it).
 
 use super::*;
 
@@ -8,6 +10,7 @@ pub(super) fn cloud_init_files(
     vmi: &VirtualMachineInstance,
     uid: &str,
     source: &CloudInitNoCloudSource,
+    kind: CloudInitKind,
     field: &str,
     secrets: &SecretData,
 ) -> Result<CloudInitFiles, VolumeError> {
@@ -42,29 +45,66 @@ pub(super) fn cloud_init_files(
     };
     // Like KubeVirt, empty network data means none: no network-config file.
     let network_config = network_config.filter(|n| !n.is_empty());
-    let keys = access_keys(vmi, secrets)?;
-    let user_data = with_ssh_keys(user_data, &keys, field)?;
-    Ok(CloudInitFiles {
-        user_data,
-        meta_data: format!("instance-id: {uid}\nlocal-hostname: {}\n", hostname(vmi)?),
-        network_config,
+    let keys = access_keys(vmi, secrets, kind)?;
+    let host = hostname(vmi)?;
+    Ok(match kind {
+        // NoCloud: the keys join the #cloud-config's ssh_authorized_keys.
+        CloudInitKind::NoCloud => CloudInitFiles {
+            kind,
+            user_data: with_ssh_keys(user_data, &keys, field)?,
+            meta_data: format!("instance-id: {uid}\nlocal-hostname: {host}\n"),
+            network_config,
+        },
+        // Config drive: they are meta_data.json's public_keys.
+        CloudInitKind::ConfigDrive => CloudInitFiles {
+            kind,
+            user_data,
+            meta_data: config_drive_meta_data(uid, host, &keys),
+            network_config,
+        },
     })
 }
 
-/// The SSH public keys of the VMI's `accessCredentials` (propagation
-/// noCloud): every value of each Secret, a key per non-empty line, in
-/// order and without repeats.
+/// A config drive's meta_data.json: the instance's `uuid` and `hostname`,
+/// and `public_keys` by index ("0", "1", …) when there are keys.
+pub(super) fn config_drive_meta_data(uid: &str, host: &str, keys: &[String]) -> String {
+    let mut meta = serde_json::json!({
+        "uuid": uid,
+        "hostname": host,
+        "instance_type": "",
+        "availability_zone": "",
+    });
+    if !keys.is_empty() {
+        let public: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i.to_string(), serde_json::Value::from(k.as_str())))
+            .collect();
+        meta["public_keys"] = serde_json::Value::Object(public);
+    }
+    // One member per line: the test guest's init reads it with sed.
+    let mut text = serde_json::to_string_pretty(&meta).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The SSH public keys of the VMI's `accessCredentials` propagated to
+/// `kind` (noCloud or configDrive): every value of each Secret, a key per
+/// non-empty line, in order and without repeats.
 pub(super) fn access_keys(
     vmi: &VirtualMachineInstance,
     secrets: &SecretData,
+    kind: CloudInitKind,
 ) -> Result<Vec<String>, VolumeError> {
     let mut keys: Vec<String> = Vec::new();
     for (i, c) in vmi.spec.access_credentials.iter().flatten().enumerate() {
-        let Some(k) = c
-            .ssh_public_key
-            .as_ref()
-            .filter(|k| k.propagation_method.no_cloud.is_some())
-        else {
+        let Some(k) = c.ssh_public_key.as_ref().filter(|k| {
+            let m = &k.propagation_method;
+            match kind {
+                CloudInitKind::NoCloud => m.no_cloud.is_some(),
+                CloudInitKind::ConfigDrive => m.config_drive.is_some(),
+            }
+        }) else {
             continue;
         };
         let Some(name) = k.source.secret.as_ref().map(|s| s.secret_name.as_str()) else {
@@ -203,6 +243,71 @@ pub(super) fn prepare_cloud_init(
     path: &Path,
     files: &CloudInitFiles,
 ) -> Result<ResolvedVolume, VolumeError> {
+    match files.kind {
+        CloudInitKind::NoCloud => prepare_no_cloud(name, path, files),
+        CloudInitKind::ConfigDrive => prepare_config_drive(name, path, files),
+    }
+}
+
+/// An ISO 9660 image (with Rock Ridge and Joliet names) labelled config-2:
+/// openstack/latest/{meta_data.json,user_data,network_data.json}.
+fn prepare_config_drive(
+    name: &str,
+    path: &Path,
+    files: &CloudInitFiles,
+) -> Result<ResolvedVolume, VolumeError> {
+    let dir = vmi_dir_of(path)?;
+    ensure_vmi_dir(dir)?;
+    let mkisofs = find_tool(&["genisoimage", "mkisofs", "xorrisofs"], "genisoimage")?;
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let stage = TempPath::dir(dir.join(format!(".{file_name}.stage-{}", unique_suffix())));
+    let latest = stage.path().join("openstack/latest");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&latest)
+        .map_err(|e| io_error(format!("creating {}", latest.display()), &e))?;
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("meta_data.json", files.meta_data.as_bytes()),
+        ("user_data", &files.user_data),
+    ];
+    if let Some(n) = &files.network_config {
+        entries.push(("network_data.json", n));
+    }
+    for (entry, data) in &entries {
+        let p = latest.join(entry);
+        fs::write(&p, data).map_err(|e| io_error(format!("writing {}", p.display()), &e))?;
+    }
+    let tmp = TempPath::file(tmp_name(path));
+    run(Command::new(mkisofs)
+        .args([
+            "-quiet", "-volid", "config-2", "-joliet", "-rock", "-output",
+        ])
+        .arg(tmp.path())
+        .arg(stage.path()))?;
+    sync_file(tmp.path())?;
+    let tmp_path = tmp.keep();
+    fs::rename(&tmp_path, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp_path);
+        io_error(
+            format!("renaming {} to {}", tmp_path.display(), path.display()),
+            &e,
+        )
+    })?;
+    tracing::info!(
+        volume = name,
+        path = %path.display(),
+        network_config = files.network_config.is_some(),
+        "built config drive"
+    );
+    Ok(resolved(path, ImageFormat::Raw))
+}
+
+fn prepare_no_cloud(
+    name: &str,
+    path: &Path,
+    files: &CloudInitFiles,
+) -> Result<ResolvedVolume, VolumeError> {
     let dir = vmi_dir_of(path)?;
     ensure_vmi_dir(dir)?;
     let mkfs = find_tool(&["mkfs.vfat", "mkfs.fat"], "dosfstools (mkfs.vfat)")?;
@@ -304,10 +409,16 @@ mod ssh_key_tests {
             ]),
         );
         assert_eq!(
-            access_keys(&vmi(CREDS), &secrets).unwrap(),
+            access_keys(&vmi(CREDS), &secrets, CloudInitKind::NoCloud).unwrap(),
             ["ssh-ed25519 AAAA a@x", "ssh-rsa BBBB b@x"]
         );
-        let e = access_keys(&vmi(CREDS), &SecretData::new()).unwrap_err();
+        // Keys propagated by noCloud are not the config drive's.
+        assert!(
+            access_keys(&vmi(CREDS), &secrets, CloudInitKind::ConfigDrive)
+                .unwrap()
+                .is_empty()
+        );
+        let e = access_keys(&vmi(CREDS), &SecretData::new(), CloudInitKind::NoCloud).unwrap_err();
         assert!(
             e.to_string()
                 .contains("spec.accessCredentials[0].sshPublicKey.source.secret"),

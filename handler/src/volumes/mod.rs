@@ -95,7 +95,8 @@ pub enum VolumePlan {
     },
     /// A blank qcow2 of `bytes`, private to the VMI.
     EmptyDisk { path: PathBuf, bytes: u64 },
-    /// A vfat disk labelled CIDATA holding these files.
+    /// A cloud-init disk holding these files: vfat labelled CIDATA
+    /// (NoCloud) or ISO 9660 labelled config-2 (config drive).
     CloudInit {
         path: PathBuf,
         files: CloudInitFiles,
@@ -107,14 +108,40 @@ pub enum VolumePlan {
 /// The pulled disks of the VMI's containerDisk volumes, by volume name.
 pub type PulledDisks = BTreeMap<String, crate::images::CachedDisk>;
 
-/// The NoCloud files.
+/// The cloud-init data source a disk is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudInitKind {
+    /// `cloudInitNoCloud`: user-data, meta-data and network-config on a
+    /// vfat disk labelled CIDATA.
+    NoCloud,
+    /// `cloudInitConfigDrive`: openstack/latest/user_data, meta_data.json
+    /// and network_data.json on an ISO 9660 disk labelled config-2.
+    ConfigDrive,
+}
+
+impl CloudInitKind {
+    /// The volume source's field name.
+    pub fn field(self) -> &'static str {
+        match self {
+            CloudInitKind::NoCloud => "cloudInitNoCloud",
+            CloudInitKind::ConfigDrive => "cloudInitConfigDrive",
+        }
+    }
+}
+
+/// The cloud-init files of a NoCloud or config drive disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudInitFiles {
-    /// The `user-data` file; empty when the volume gives none.
+    /// Which data source the disk is for.
+    pub kind: CloudInitKind,
+    /// The user-data; empty when the volume gives none.
     pub user_data: Vec<u8>,
-    /// `instance-id: <vmi uid>` and `local-hostname: <spec.hostname or name>`.
+    /// NoCloud: `instance-id: <vmi uid>` and `local-hostname: <spec.hostname
+    /// or name>`. Config drive: meta_data.json with `uuid`, `hostname` and
+    /// the `public_keys` of accessCredentials propagated by configDrive.
     pub meta_data: String,
-    /// The `network-config` file, when the volume gives network data.
+    /// The network-config (NoCloud) or network_data.json (config drive),
+    /// when the volume gives network data.
     pub network_config: Option<Vec<u8>>,
 }
 
@@ -191,7 +218,7 @@ pub fn referenced_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
         .volumes
         .iter()
         .flatten()
-        .filter_map(|v| v.cloud_init_no_cloud.as_ref())
+        .filter_map(Volume::cloud_init)
         .flat_map(|c| [c.secret_ref.as_ref(), c.network_data_secret_ref.as_ref()])
         .flatten()
         .map(|r| r.name.as_str())
@@ -309,7 +336,7 @@ pub fn cleanup(dir: &Path) -> Result<(), VolumeError> {
 enum Source<'a> {
     HostDisk(&'a HostDisk),
     EmptyDisk(&'a EmptyDiskSource),
-    CloudInit(&'a CloudInitNoCloudSource),
+    CloudInit(&'a CloudInitNoCloudSource, CloudInitKind),
     ContainerDisk(&'a ContainerDiskSource),
     /// A source ironvirt does not support, by its field name.
     Other(&'static str),
@@ -320,7 +347,7 @@ impl Source<'_> {
         match self {
             Source::HostDisk(_) => "hostDisk",
             Source::EmptyDisk(_) => "emptyDisk",
-            Source::CloudInit(_) => "cloudInitNoCloud",
+            Source::CloudInit(_, kind) => kind.field(),
             Source::ContainerDisk(_) => "containerDisk",
             Source::Other(field) => field,
         }
@@ -334,7 +361,10 @@ fn sources(volume: &Volume) -> Vec<Source<'_>> {
         sources.push(Source::ContainerDisk(c));
     }
     if let Some(c) = &volume.cloud_init_no_cloud {
-        sources.push(Source::CloudInit(c));
+        sources.push(Source::CloudInit(c, CloudInitKind::NoCloud));
+    }
+    if let Some(c) = &volume.cloud_init_config_drive {
+        sources.push(Source::CloudInit(c, CloudInitKind::ConfigDrive));
     }
     if let Some(e) = &volume.empty_disk {
         sources.push(Source::EmptyDisk(e));
@@ -352,10 +382,6 @@ fn sources(volume: &Volume) -> Vec<Source<'_>> {
         ("configMap", volume.config_map.is_some()),
         ("secret", volume.secret.is_some()),
         ("serviceAccount", volume.service_account.is_some()),
-        (
-            "cloudInitConfigDrive",
-            volume.cloud_init_config_drive.is_some(),
-        ),
         ("downwardAPI", volume.downward_api.is_some()),
         ("sysprep", volume.sysprep.is_some()),
     ];
@@ -369,7 +395,8 @@ fn sources(volume: &Volume) -> Vec<Source<'_>> {
 }
 
 /// The sources ironvirt supports, for messages.
-const SUPPORTED: &str = "containerDisk, hostDisk, emptyDisk or cloudInitNoCloud";
+const SUPPORTED: &str =
+    "containerDisk, hostDisk, emptyDisk, cloudInitNoCloud or cloudInitConfigDrive";
 
 fn plan_volume(
     vmi: &VirtualMachineInstance,
@@ -406,9 +433,19 @@ fn plan_volume(
             path: dir.join(format!("{}.qcow2", volume.name)),
             bytes: capacity(&e.capacity, &format!("{field}.emptyDisk.capacity"))?,
         }),
-        Source::CloudInit(c) => Ok(VolumePlan::CloudInit {
-            path: dir.join(format!("{}.cidata.img", volume.name)),
-            files: cloud_init_files(vmi, uid, c, &format!("{field}.cloudInitNoCloud"), secrets)?,
+        Source::CloudInit(c, kind) => Ok(VolumePlan::CloudInit {
+            path: dir.join(match kind {
+                CloudInitKind::NoCloud => format!("{}.cidata.img", volume.name),
+                CloudInitKind::ConfigDrive => format!("{}.config-2.iso", volume.name),
+            }),
+            files: cloud_init_files(
+                vmi,
+                uid,
+                c,
+                kind,
+                &format!("{field}.{}", kind.field()),
+                secrets,
+            )?,
         }),
         Source::ContainerDisk(c) => {
             plan_container_disk(c, &format!("{field}.containerDisk"), dir, &volume.name)

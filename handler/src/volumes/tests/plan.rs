@@ -319,12 +319,58 @@ fn cloud_init_inline_user_data_and_meta_data() {
         VolumePlan::CloudInit {
             path: PathBuf::from("/state/vmis/u/cloudinit.cidata.img"),
             files: CloudInitFiles {
+                kind: CloudInitKind::NoCloud,
                 user_data: b"#!/bin/sh\necho hi\n".to_vec(),
                 meta_data: format!("instance-id: {UID}\nlocal-hostname: testvm\n"),
                 network_config: None,
             }
         }
     );
+}
+
+#[test]
+fn config_drive_keeps_user_data_and_puts_its_keys_in_meta_data_json() {
+    let vmi = vmi_yaml(&format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+         metadata: {{name: testvm, namespace: default, uid: {UID}}}\n\
+         spec:\n  domain: {{}}\n\
+         \x20 volumes: [{{name: ci, cloudInitConfigDrive: {{userData: \"#cloud-config\\n\", networkDataSecretRef: {{name: net}}}}}}]\n\
+         \x20 accessCredentials:\n\
+         \x20 - sshPublicKey: {{source: {{secret: {{secretName: drive}}}}, propagationMethod: {{configDrive: {{}}}}}}\n\
+         \x20 - sshPublicKey: {{source: {{secret: {{secretName: cloud}}}}, propagationMethod: {{noCloud: {{}}}}}}\n"
+    ));
+    assert_eq!(referenced_secrets(&vmi), ["cloud", "drive", "net"]);
+    let secrets = secrets(&[
+        ("drive", "k", b"ssh-ed25519 AAAA d@x\nssh-rsa BBBB e@x\n"),
+        ("cloud", "k", b"ssh-ed25519 CCCC c@x\n"),
+        ("net", "networkdata", b"{\"links\": []}"),
+    ]);
+    let plans = plan_on(&vmi, Path::new("/state/vmis/u"), &secrets).unwrap();
+    let Some(VolumePlan::CloudInit { path, files }) = plans.get("ci") else {
+        panic!("{plans:?}");
+    };
+    assert_eq!(path, Path::new("/state/vmis/u/ci.config-2.iso"));
+    assert_eq!(files.kind, CloudInitKind::ConfigDrive);
+    // The user-data is the volume's own; only configDrive keys are in meta_data.json.
+    assert_eq!(files.user_data, b"#cloud-config\n");
+    assert_eq!(
+        files.network_config.as_deref(),
+        Some(&b"{\"links\": []}"[..])
+    );
+    let meta: serde_json::Value = serde_json::from_str(&files.meta_data).unwrap();
+    assert_eq!(meta["uuid"], UID);
+    assert_eq!(meta["hostname"], "testvm");
+    assert_eq!(
+        meta["public_keys"],
+        serde_json::json!({"0": "ssh-ed25519 AAAA d@x", "1": "ssh-rsa BBBB e@x"})
+    );
+    // Without keys there is no public_keys member.
+    let files = cloud_init(
+        "[{name: ci, cloudInitConfigDrive: {userData: x}}]",
+        &no_secrets(),
+    );
+    let meta: serde_json::Value = serde_json::from_str(&files.meta_data).unwrap();
+    assert!(meta.get("public_keys").is_none(), "{meta}");
 }
 
 #[test]
@@ -547,7 +593,6 @@ fn every_other_source_is_unsupported_by_its_field_name() {
         "configMap",
         "secret",
         "serviceAccount",
-        "cloudInitConfigDrive",
         "downwardAPI",
         "sysprep",
     ] {

@@ -566,6 +566,7 @@ fn a_missing_tool_says_what_to_install() {
 #[test]
 fn cidata_size_grows_from_one_mib() {
     let files = |user: usize| CloudInitFiles {
+        kind: CloudInitKind::NoCloud,
         user_data: vec![0; user],
         meta_data: "instance-id: x\n".to_owned(),
         network_config: None,
@@ -581,6 +582,7 @@ fn cidata_plan(dir: &Path, user_data: &[u8], network: Option<&[u8]>) -> VolumePl
     VolumePlan::CloudInit {
         path: dir.join("cloudinit.cidata.img"),
         files: CloudInitFiles {
+            kind: CloudInitKind::NoCloud,
             user_data: user_data.to_vec(),
             meta_data: format!("instance-id: {UID}\nlocal-hostname: testvm\n"),
             network_config: network.map(<[u8]>::to_vec),
@@ -640,6 +642,59 @@ fn cloud_init_disk_is_a_cidata_vfat_with_the_files() {
         boot_sector_label(&img),
         ("CIDATA".to_owned(), "FAT12".to_owned())
     );
+}
+
+#[test]
+fn config_drive_is_an_iso9660_labelled_config_2_in_openstack_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = vmi_dir(tmp.path(), UID);
+    let meta = format!("{{\n  \"uuid\": \"{UID}\"\n}}\n");
+    let plan = VolumePlan::CloudInit {
+        path: dir.join("ci.config-2.iso"),
+        files: CloudInitFiles {
+            kind: CloudInitKind::ConfigDrive,
+            user_data: b"#cloud-config\n".to_vec(),
+            meta_data: meta.clone(),
+            network_config: Some(b"{}".to_vec()),
+        },
+    };
+    let r = prepare_one("ci", plan).unwrap();
+    assert_eq!(r.format, ImageFormat::Raw);
+    assert_eq!(listing(&dir), ["ci.config-2.iso"]);
+    let iso = fs::read(&r.path).unwrap();
+    // The primary volume descriptor (sector 16): type 1, "CD001", the
+    // volume identifier at offset 40.
+    let pvd = &iso[16 * 2048..17 * 2048];
+    assert_eq!(&pvd[..6], b"\x01CD001");
+    assert_eq!(String::from_utf8_lossy(&pvd[40..72]).trim_end(), "config-2");
+    // The files, by their Rock Ridge names, as isoinfo lists them.
+    let isoinfo = find_tool(&["isoinfo"], "genisoimage").unwrap();
+    let out = Command::new(&isoinfo)
+        .args(["-R", "-f", "-i"])
+        .arg(&r.path)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout);
+    let mut names: Vec<&str> = names.lines().filter(|l| l.contains('_')).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "/openstack/latest/meta_data.json",
+            "/openstack/latest/network_data.json",
+            "/openstack/latest/user_data"
+        ]
+    );
+    let read = |file: &str| {
+        let out = Command::new(&isoinfo)
+            .args(["-R", "-x", file, "-i"])
+            .arg(&r.path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(read("/openstack/latest/meta_data.json"), meta);
+    assert_eq!(read("/openstack/latest/user_data"), "#cloud-config\n");
 }
 
 #[test]
