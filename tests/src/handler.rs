@@ -519,6 +519,22 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsSession<S> {
         }
     }
 
+    /// Reads binary frames until the peer closes, counting their bytes
+    /// without keeping them; an error when `timeout` passes first.
+    pub async fn drain_to_close(&mut self, timeout: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + timeout;
+        let mut n = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => n += b.len(),
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return Ok(n),
+                Ok(Some(Ok(_))) => {}
+                Err(_) => return Err(format!("no close after {timeout:?} ({n} bytes)")),
+            }
+        }
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> usize {
         self.seen.len()

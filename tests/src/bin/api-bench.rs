@@ -6,6 +6,10 @@
 //!   ratio of the two.
 //! - Added latency: the round trip of a typed line to the guest's tty echo,
 //!   both ways; the difference of the medians.
+//! - Port-forward throughput (a 16 MiB HTTP download from the guest's
+//!   pagesrv) and connect latency (websocket open, and first byte of a small
+//!   answer) along kube-apiserver → ironvirt-api → handler and straight to
+//!   the handler; the ratios.
 //! - ironvirt-api's RSS idle and with 50 open console sessions (one writer and
 //!   49 read-only observers of one VMI: what ironvirt-api holds per session
 //!   does not depend on the VMI).
@@ -26,6 +30,12 @@ const CONSOLE_BYTES: usize = 1_000_000;
 const RUNS: usize = 3;
 const ROUND_TRIPS: usize = 40;
 const SESSIONS: usize = 50;
+/// The port-forward download's size, and the guest ports serving it and a
+/// small answer.
+const PF_BYTES: usize = 16 << 20;
+const PF_BIG: u16 = 8080;
+const PF_SMALL: u16 = 8081;
+const CONNECTS: usize = 30;
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -111,6 +121,49 @@ where
     Ok(out)
 }
 
+/// Bytes per second of one download of [`PF_BYTES`] through `ws`, a
+/// port-forward to [`PF_BIG`].
+async fn pf_download<S>(ws: &mut WsSession<S>) -> anyhow::Result<f64>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let t0 = Instant::now();
+    ws.send(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let n = ws
+        .drain_to_close(Duration::from_secs(600))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(n >= PF_BYTES, "the download ended after {n} bytes");
+    Ok(n as f64 / secs)
+}
+
+/// Milliseconds from sending a request on `ws` (a port-forward to
+/// [`PF_SMALL`]) to the answer's first byte; reads the rest.
+async fn pf_first_byte<S>(ws: &mut WsSession<S>) -> anyhow::Result<f64>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let t0 = Instant::now();
+    ws.send(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ws.next_binary(Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no answer through the port-forward"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    ws.drain_to_close(Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(ms)
+}
+
+fn ms_since(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1000.0
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bed = TestBed::shared().await?;
@@ -129,7 +182,12 @@ async fn main() -> anyhow::Result<()> {
     );
     wait_serving(&h, Duration::from_secs(60)).await;
     let name = "c-0";
-    place(&client, &ns, guest_vmi(name), &h.node).await;
+    let mut vmi = guest_vmi(name);
+    vmi["spec"]["domain"]["devices"]["interfaces"] = serde_json::json!([{
+        "name": "default", "masquerade": {}, "ports": [{"port": PF_BIG}, {"port": PF_SMALL}],
+    }]);
+    vmi["spec"]["networks"] = serde_json::json!([{"name": "default", "pod": {}}]);
+    place(&client, &ns, vmi, &h.node).await;
     wait_phase(&client, &ns, name, "Running", Duration::from_secs(180))
         .await
         .map_err(anyhow::Error::msg)?;
@@ -142,6 +200,20 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|(c, b)| anyhow::anyhow!("console via kube-apiserver: {c} {b}"))?;
     a.expect_from(0, MARKER, Duration::from_secs(120))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    // The guest's servers for the port-forward measurements.
+    a.send(
+        format!(
+            "\ndd if=/dev/zero of=/tmp/big bs=1M count={} 2>/dev/null; echo small > /tmp/small; \
+             (pagesrv {PF_BIG} /tmp/big &); (pagesrv {PF_SMALL} /tmp/small &); echo pf-$((3+4))-ready\n",
+            PF_BYTES >> 20
+        )
+        .as_bytes(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    a.expect("pf-7-ready", Duration::from_secs(60))
         .await
         .map_err(anyhow::Error::msg)?;
     a.close().await;
@@ -183,6 +255,78 @@ async fn main() -> anyhow::Result<()> {
         percentile(&rt_direct, 50.0),
         percentile(&rt_direct, 95.0),
         percentile(&rt_api, 50.0) - percentile(&rt_direct, 50.0),
+    );
+
+    // Port-forward: downloads, then connects, the two paths in turn.
+    let pf = |port: u16| {
+        (
+            format!(
+                "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/portforward/{port}"
+            ),
+            format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/portforward/{port}"),
+        )
+    };
+    let open_api = |path: String| {
+        let client = client.clone();
+        async move {
+            open_ws(&client, &path)
+                .await
+                .map_err(|(c, b)| anyhow::anyhow!("port-forward via kube-apiserver: {c} {b}"))
+        }
+    };
+    let (big_api, big_direct) = pf(PF_BIG);
+    let (mut dl_api, mut dl_direct) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let mut ws = open_api(big_api.clone()).await?;
+        dl_api.push(pf_download(&mut ws).await?);
+        let mut ws = h
+            .streams()
+            .websocket(&big_direct)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        dl_direct.push(pf_download(&mut ws).await?);
+    }
+    let (dl_api_bps, dl_direct_bps) = (median(dl_api.clone()), median(dl_direct.clone()));
+    println!(
+        "portforward_bytes_per_s ({} MiB download, median of {RUNS}): via_kube_apiserver={dl_api_bps:.0} handler_direct={dl_direct_bps:.0} ratio={:.2} (runs: {dl_api:.0?} / {dl_direct:.0?})",
+        PF_BYTES >> 20,
+        dl_api_bps / dl_direct_bps
+    );
+    let (small_api, small_direct) = pf(PF_SMALL);
+    let (mut open_a, mut open_d, mut first_a, mut first_d) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..CONNECTS {
+        let t0 = Instant::now();
+        let mut ws = open_api(small_api.clone()).await?;
+        open_a.push(ms_since(t0));
+        first_a.push(pf_first_byte(&mut ws).await?);
+        let t0 = Instant::now();
+        let mut ws = h
+            .streams()
+            .websocket(&small_direct)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        open_d.push(ms_since(t0));
+        first_d.push(pf_first_byte(&mut ws).await?);
+    }
+    for v in [&mut open_a, &mut open_d, &mut first_a, &mut first_d] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "portforward_connect_ms (n={CONNECTS}, websocket open incl. the handler's connect to the guest): via_kube_apiserver p50={:.2} p95={:.2}; handler_direct p50={:.2} p95={:.2}; ratio_p50={:.2}",
+        percentile(&open_a, 50.0),
+        percentile(&open_a, 95.0),
+        percentile(&open_d, 50.0),
+        percentile(&open_d, 95.0),
+        percentile(&open_a, 50.0) / percentile(&open_d, 50.0),
+    );
+    println!(
+        "portforward_first_byte_ms (request to first answer byte on an open forward): via_kube_apiserver p50={:.2} p95={:.2}; handler_direct p50={:.2} p95={:.2}; added_p50={:.2}",
+        percentile(&first_a, 50.0),
+        percentile(&first_a, 95.0),
+        percentile(&first_d, 50.0),
+        percentile(&first_d, 95.0),
+        percentile(&first_a, 50.0) - percentile(&first_d, 50.0),
     );
 
     // 50 sessions: one writer and read-only observers.
