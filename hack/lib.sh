@@ -215,13 +215,17 @@ destroy_bed_domains() {
   done
 }
 
-# install_crds STATE: the kubevirt.io CRDs (server-side apply), Established.
+# install_crds STATE: the kubevirt.io and instancetype.kubevirt.io CRDs
+# (server-side apply), Established; then the common cluster instancetypes
+# and preferences.
 install_crds() {
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$1/kubeconfig")
   "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/crds" >/dev/null \
     || { echo "installing the CRDs failed; see the error above." >&2; return 1; }
   "${kubectl[@]}" wait --for=condition=Established --timeout=60s -f "$REPO/deploy/crds" >/dev/null \
     || { echo "the CRDs did not become Established." >&2; return 1; }
+  "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/instancetypes" >/dev/null \
+    || { echo "installing the common instancetypes failed; see the error above." >&2; return 1; }
 }
 
 # Starts ironvirt-api for the test bed in state directory $1 and registers it

@@ -13,6 +13,8 @@ pub mod access;
 pub mod conditions;
 pub mod domain;
 pub mod duration;
+pub mod expand;
+pub mod instancetype;
 pub mod network;
 pub mod preset;
 pub mod quantity;
@@ -52,9 +54,15 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         VirtualMachineInstance::crd(),
         VirtualMachineInstancePreset::crd(),
         VirtualMachineInstanceReplicaSet::crd(),
+        instancetype::VirtualMachineInstancetype::crd(),
+        instancetype::VirtualMachineClusterInstancetype::crd(),
+        instancetype::VirtualMachinePreference::crd(),
+        instancetype::VirtualMachineClusterPreference::crd(),
     ];
     for crd in &mut crds {
-        add_v1alpha3(crd);
+        if crd.spec.group == GROUP {
+            add_v1alpha3(crd);
+        }
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
                 .schema

@@ -181,11 +181,6 @@ unsupported!(
     "liveness and readiness probes are not supported by ironvirt yet"
 );
 unsupported!(
-    instancetype,
-    object,
-    "instancetype and preference are not supported by ironvirt yet; set spec.template.spec.domain directly"
-);
-unsupported!(
     data_volume_templates,
     array,
     "dataVolumeTemplates are not supported by ironvirt (no CDI)"
@@ -311,3 +306,29 @@ pub fn reboot_policy(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-validations": [{"rule": "self == 'Reboot'", "message": "rebootPolicy Terminate is not supported by ironvirt yet; use Reboot"}]
     })
 }
+
+/// An object kept as written (KubeVirt's shape, passed on to the VMI where
+/// the VMI's own schema checks it).
+pub fn any_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// A list of objects kept as written.
+pub fn any_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "nullable": true,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+refused_value!(
+    infer_from_volume,
+    "string",
+    "self == ''",
+    "inferFromVolume is not supported by ironvirt yet; name the instancetype or preference"
+);

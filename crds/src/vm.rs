@@ -6,6 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::instancetype::{Matcher, StatusRef};
 use crate::schema;
 use crate::vmi::{Condition, VirtualMachineInstanceTemplateSpec};
 
@@ -58,14 +59,13 @@ pub struct VirtualMachineSpec {
     pub run_strategy: Option<RunStrategy>,
     /// The VMI to run: its metadata (labels, annotations) and spec.
     pub template: VirtualMachineInstanceTemplateSpec,
-    /// Not supported by ironvirt yet.
+    /// The instancetype (vCPUs, memory, …) the VMI gets; the template must
+    /// then leave those fields unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::instancetype")]
-    pub instancetype: Option<Value>,
-    /// Not supported by ironvirt yet.
+    pub instancetype: Option<Matcher>,
+    /// The preference whose defaults fill the fields the template leaves unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::instancetype")]
-    pub preference: Option<Value>,
+    pub preference: Option<Matcher>,
     /// Not supported by ironvirt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::data_volume_templates")]
@@ -133,6 +133,12 @@ pub struct VirtualMachineStatus {
     /// The run strategy in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_strategy: Option<RunStrategy>,
+    /// The instancetype the VM uses, and the ControllerRevision with its copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instancetype_ref: Option<StatusRef>,
+    /// The preference the VM uses, and the ControllerRevision with its copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference_ref: Option<StatusRef>,
 }
 
 /// A pending start or stop request.

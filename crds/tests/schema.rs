@@ -124,6 +124,41 @@ fn names_columns_and_subresources_match_kubevirt() {
     for crd in crds() {
         let names = &crd.spec.names;
         let cats = names.categories.clone().unwrap_or_default();
+        let short = names.short_names.clone().unwrap_or_default();
+        if crd.spec.group == ironvirt_crds::instancetype::GROUP {
+            // KubeVirt's: the namespaced kinds in "all", no columns, no status.
+            let (scope, want_cats, want_short): (&str, &[&str], &[&str]) = match names.kind.as_str()
+            {
+                "VirtualMachineInstancetype" => (
+                    "Namespaced",
+                    &["all"],
+                    &["vminstancetype", "vminstancetypes", "vmf", "vmfs"],
+                ),
+                "VirtualMachineClusterInstancetype" => (
+                    "Cluster",
+                    &[],
+                    &[
+                        "vmclusterinstancetype",
+                        "vmclusterinstancetypes",
+                        "vmcf",
+                        "vmcfs",
+                    ],
+                ),
+                "VirtualMachinePreference" => (
+                    "Namespaced",
+                    &["all"],
+                    &["vmpref", "vmprefs", "vmp", "vmps"],
+                ),
+                "VirtualMachineClusterPreference" => ("Cluster", &[], &["vmcp", "vmcps"]),
+                other => panic!("unexpected kind {other}"),
+            };
+            assert_eq!(crd.spec.scope, scope, "{}", names.kind);
+            assert_eq!(cats, want_cats, "{}", names.kind);
+            assert_eq!(short, want_short, "{}", names.kind);
+            let versions: Vec<&str> = crd.spec.versions.iter().map(|v| v.name.as_str()).collect();
+            assert_eq!(versions, ["v1beta1"], "{}", names.kind);
+            continue;
+        }
         assert_eq!(cats, ["all", "kubevirt"], "{}", names.kind);
         assert_eq!(crd.spec.scope, "Namespaced");
         let v = &crd.spec.versions[0];
@@ -133,7 +168,6 @@ fn names_columns_and_subresources_match_kubevirt() {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        let short = names.short_names.clone().unwrap_or_default();
         match names.kind.as_str() {
             "VirtualMachineInstance" => {
                 assert_eq!(columns, ["Age", "Phase", "IP", "NodeName", "Ready"]);

@@ -66,6 +66,50 @@ fn until(now: Timestamp, t: Timestamp) -> Duration {
 /// The VMI a VM runs: its template, named after the VM, owned by it, labelled
 /// with `kubevirt.io/vm=<name>`, with the VMI finalizer.
 pub fn vmi_for(vm: &VirtualMachine) -> Result<VirtualMachineInstance, Vec<FieldError>> {
+    vmi_with(vm, &Instancetypes::default())
+}
+
+/// [`vmi_for`], with the VM's instancetype and preference expanded into it.
+pub fn vmi_with(
+    vm: &VirtualMachine,
+    it: &Instancetypes,
+) -> Result<VirtualMachineInstance, Vec<FieldError>> {
+    let mut vmi = vmi_base(vm)?;
+    let resolved = ironvirt_crds::expand::Resolved {
+        instancetype: vm
+            .spec
+            .instancetype
+            .as_ref()
+            .zip(it.instancetype.as_ref().map(|s| &s.spec)),
+        preference: vm
+            .spec
+            .preference
+            .as_ref()
+            .zip(it.preference.as_ref().map(|s| &s.spec)),
+    };
+    let mut annotations = vmi.metadata.annotations.take().unwrap_or_default();
+    ironvirt_crds::expand::apply(&mut vmi.spec, &mut annotations, &resolved, "spec")?;
+    vmi.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    Ok(vmi)
+}
+
+/// A copy of an instancetype or preference the VM uses, and where it is kept.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot<T> {
+    pub spec: T,
+    pub status: ironvirt_crds::instancetype::StatusRef,
+}
+
+/// The VM's instancetype and preference as the controller found them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Instancetypes {
+    pub instancetype: Option<Snapshot<ironvirt_crds::instancetype::VirtualMachineInstancetypeSpec>>,
+    pub preference: Option<Snapshot<ironvirt_crds::instancetype::VirtualMachinePreferenceSpec>>,
+    /// Why they could not be found or kept: (reason, message).
+    pub failure: Option<(String, String)>,
+}
+
+fn vmi_base(vm: &VirtualMachine) -> Result<VirtualMachineInstance, Vec<FieldError>> {
     let name = vm.metadata.name.clone().unwrap_or_default();
     let Some(spec) = vm.spec.template.spec.clone() else {
         return Err(vec![FieldError::new(
@@ -74,6 +118,8 @@ pub fn vmi_for(vm: &VirtualMachine) -> Result<VirtualMachineInstance, Vec<FieldE
         )]);
     };
     let errors = validate::vmi_spec_references(&spec, "spec.template.spec");
+    // (With an instancetype, memory and vCPUs come from it; the expansion
+    // checks the template against it.)
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -132,6 +178,17 @@ fn running_since(vmi: &VirtualMachineInstance) -> Option<Timestamp> {
 
 /// Decides what one reconcile of `vm` does, given its VMI and the time.
 pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Timestamp) -> VmPlan {
+    plan_with(vm, vmi, &Instancetypes::default(), now)
+}
+
+/// [`plan`] for a VM whose instancetype and preference the controller
+/// resolved into `it`.
+pub fn plan_with(
+    vm: &VirtualMachine,
+    vmi: Option<&VirtualMachineInstance>,
+    it: &Instancetypes,
+    now: Timestamp,
+) -> VmPlan {
     let strategy = vm.spec.effective_run_strategy();
     let old = vm.status.clone().unwrap_or_default();
     let mut start_failure = old.start_failure.clone();
@@ -195,8 +252,12 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
         .map(|t| t.0)
         .filter(|t| *t > now);
 
-    let create =
-        |event: &mut Option<EventNote>, failure: &mut Option<(String, String)>| match vmi_for(vm) {
+    let create = |event: &mut Option<EventNote>, failure: &mut Option<(String, String)>| {
+        if let Some(f) = &it.failure {
+            *failure = Some(f.clone());
+            return VmiAction::Nothing;
+        }
+        match vmi_with(vm, it) {
             Ok(new) => {
                 *event = Some(EventNote::normal(
                     Reason::SuccessfulCreate,
@@ -211,7 +272,8 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
                 *failure = Some(("InvalidTemplate".into(), validate::join(&errors)));
                 VmiAction::Nothing
             }
-        };
+        }
+    };
 
     if deleting(&vm.metadata) {
         // The VM is going: its VMI goes first (the finalizer waits for it).
@@ -310,7 +372,7 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
         }
     }
 
-    let status = status_for(
+    let mut status = status_for(
         vm,
         vmi,
         &action,
@@ -321,6 +383,20 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Time
         retry_at.is_some(),
         now,
     );
+    status.instancetype_ref = it
+        .instancetype
+        .as_ref()
+        .map(|s| s.status.clone())
+        .or_else(|| kept_ref(vm, false));
+    status.preference_ref = it
+        .preference
+        .as_ref()
+        .map(|s| s.status.clone())
+        .or_else(|| kept_ref(vm, true));
+    if it.failure.is_some() && failure.is_some() {
+        // The instancetype may appear: look again, not only on a change.
+        requeue = Some(requeue.map_or(BASE_BACKOFF, |r: Duration| r.min(BASE_BACKOFF)));
+    }
     if let Some((reason, message)) = &failure {
         event = Some(EventNote::warning(
             Reason::FailedCreate,
@@ -354,10 +430,34 @@ pub fn plan_conflict(vm: &VirtualMachine, now: Timestamp, message: &str) -> VmPl
     );
     VmPlan {
         action: VmiAction::Nothing,
-        status,
+        status: VirtualMachineStatus {
+            instancetype_ref: kept_ref(vm, false),
+            preference_ref: kept_ref(vm, true),
+            ..status
+        },
         requeue: None,
         event: None,
     }
+}
+
+/// The status ref the VM already has, while it still names that object.
+fn kept_ref(
+    vm: &VirtualMachine,
+    preference: bool,
+) -> Option<ironvirt_crds::instancetype::StatusRef> {
+    let status = vm.status.as_ref()?;
+    let (m, r) = if preference {
+        (
+            vm.spec.preference.as_ref()?,
+            status.preference_ref.as_ref()?,
+        )
+    } else {
+        (
+            vm.spec.instancetype.as_ref()?,
+            status.instancetype_ref.as_ref()?,
+        )
+    };
+    (m.name == r.name).then(|| r.clone())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -450,6 +550,8 @@ fn status_for(
         observed_generation: vm.metadata.generation,
         desired_generation: vm.metadata.generation,
         run_strategy: Some(vm.spec.effective_run_strategy()),
+        instancetype_ref: None,
+        preference_ref: None,
     }
 }
 

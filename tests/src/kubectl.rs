@@ -57,8 +57,8 @@ pub fn kubectl(bed: &TestBed, args: &[&str]) -> Output {
     kubectl_with(bed, None, args, None)
 }
 
-/// Installs deploy/crds (server-side apply, idempotent) and waits until every
-/// CRD is Established.
+/// Installs deploy/crds (server-side apply, idempotent), waits until every
+/// CRD is Established, and installs deploy/instancetypes.
 pub fn ensure_crds(bed: &TestBed) {
     let dir = repo_root().join("deploy/crds");
     let dir = dir.to_string_lossy();
@@ -108,6 +108,24 @@ pub fn ensure_crds(bed: &TestBed) {
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+    // The common cluster instancetypes and preferences, as `make run` installs them.
+    let set = repo_root().join("deploy/instancetypes");
+    let out = kubectl(
+        bed,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=ironvirt-tests",
+            "-f",
+            &set.to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.success,
+        "installing the common instancetypes failed: {}",
+        out.stderr
+    );
 }
 
 /// The run's test bed, with ironvirt's CRDs installed.

@@ -247,29 +247,81 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<FieldError> {
             "running and runStrategy are mutually exclusive: set only runStrategy (running is deprecated)",
         ));
     }
+    for (field, m, preference) in [
+        ("spec.instancetype", &spec.instancetype, false),
+        ("spec.preference", &spec.preference, true),
+    ] {
+        if let Some(m) = m {
+            matcher(m, field, preference, &mut errors);
+        }
+    }
     unsupported_fields(
         "spec",
-        &[
-            (
-                "instancetype",
-                spec.instancetype.is_some(),
-                unsupported::INSTANCETYPE,
-            ),
-            (
-                "preference",
-                spec.preference.is_some(),
-                unsupported::INSTANCETYPE,
-            ),
-            (
-                "dataVolumeTemplates",
-                spec.data_volume_templates.is_some(),
-                unsupported::DATA_VOLUME_TEMPLATES,
-            ),
-        ],
+        &[(
+            "dataVolumeTemplates",
+            spec.data_volume_templates.is_some(),
+            unsupported::DATA_VOLUME_TEMPLATES,
+        )],
         &mut errors,
     );
-    template(spec.template.spec.as_ref(), "the VMI to run", &mut errors);
+    match (&spec.instancetype, spec.template.spec.as_ref()) {
+        (Some(_), Some(t)) => {
+            // The instancetype owns vCPUs and memory: the template must leave
+            // them unset, and is checked as the VMI it expands to would be.
+            errors.extend(crate::expand::owned_field_conflicts(
+                t,
+                "spec.template.spec",
+            ));
+            let mut expanded = t.clone();
+            expanded
+                .domain
+                .memory
+                .get_or_insert_with(Default::default)
+                .guest
+                .get_or_insert_with(|| {
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into())
+                });
+            errors.extend(
+                vmi_spec(&expanded, "spec.template.spec")
+                    .into_iter()
+                    .filter(|e| !e.field.starts_with("spec.template.spec.domain.memory")),
+            );
+        }
+        _ => template(spec.template.spec.as_ref(), "the VMI to run", &mut errors),
+    }
     errors
+}
+
+/// A VM's `spec.instancetype` or `spec.preference`: a name, a kind these
+/// resources have, and no inference (not built yet).
+fn matcher(
+    m: &crate::instancetype::Matcher,
+    field: &str,
+    preference: bool,
+    errors: &mut Vec<FieldError>,
+) {
+    if !m.infer_from_volume.is_empty() {
+        errors.push(FieldError::unsupported(
+            format!("{field}.inferFromVolume"),
+            unsupported::INFER_FROM_VOLUME,
+        ));
+    } else if m.name.is_empty() {
+        errors.push(FieldError::required(
+            format!("{field}.name"),
+            "is required: the name of the object to use",
+        ));
+    }
+    if !crate::instancetype::is_known_kind(&m.kind, preference) {
+        let kinds = if preference {
+            "VirtualMachineClusterPreference (the default) or VirtualMachinePreference"
+        } else {
+            "VirtualMachineClusterInstancetype (the default) or VirtualMachineInstancetype"
+        };
+        errors.push(FieldError::new(
+            format!("{field}.kind"),
+            format!("'{}' is not a kind this can name: use {kinds}", m.kind),
+        ));
+    }
 }
 
 /// Validates a VirtualMachineInstanceReplicaSet spec (at `spec`): replicas,

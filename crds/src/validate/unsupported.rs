@@ -42,8 +42,9 @@ pub const BINDING_PLUGIN: &str =
 pub const MULTUS: &str = "multus networks are not supported by ironvirt yet; use pod";
 /// `livenessProbe` and `readinessProbe`
 pub const PROBES: &str = "liveness and readiness probes are not supported by ironvirt yet";
-/// VM `instancetype` and `preference`
-pub const INSTANCETYPE: &str = "instancetype and preference are not supported by ironvirt yet; set spec.template.spec.domain directly";
+/// VM `instancetype.inferFromVolume` and `preference.inferFromVolume`
+pub const INFER_FROM_VOLUME: &str =
+    "inferFromVolume is not supported by ironvirt yet; name the instancetype or preference";
 /// VM `dataVolumeTemplates`
 pub const DATA_VOLUME_TEMPLATES: &str =
     "dataVolumeTemplates are not supported by ironvirt (no CDI)";
@@ -125,7 +126,7 @@ pub const ALL: [&str; 43] = [
     BINDING_PLUGIN,
     MULTUS,
     PROBES,
-    INSTANCETYPE,
+    INFER_FROM_VOLUME,
     DATA_VOLUME_TEMPLATES,
     TOPOLOGY_SPREAD,
     SCHEDULER_NAME,

@@ -63,8 +63,13 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
 
     let current = vmis.get_opt(&name).await?;
     let mine = current.as_ref().filter(|v| owned_by(v, vm));
+    let instancetypes = if deleting {
+        vm::Instancetypes::default()
+    } else {
+        crate::instancetypes::resolve(&ctx.client, vm, &ns).await?
+    };
     let now = Timestamp::now();
-    let mut plan = vm::plan(vm, mine, now);
+    let mut plan = vm::plan_with(vm, mine, &instancetypes, now);
 
     if current.as_ref().is_some_and(|v| !owned_by(v, vm)) {
         plan = vm::plan_conflict(
