@@ -230,9 +230,10 @@ pub struct CreateVmArgs {
     /// The VM's name (default: vm- and five random characters).
     #[arg(long)]
     pub name: Option<String>,
-    /// Guest memory, as a Kubernetes quantity.
-    #[arg(long, default_value = "512Mi")]
-    pub memory: String,
+    /// Guest memory, as a Kubernetes quantity (default 512Mi; with
+    /// --instancetype, the instancetype's).
+    #[arg(long)]
+    pub memory: Option<String>,
     /// vCPUs: a number of cores, or cores:N,sockets:N,threads:N.
     #[arg(long, value_name = "CPU")]
     pub cpu: Option<String>,
@@ -259,11 +260,13 @@ pub struct CreateVmArgs {
     /// Cloud-init user-data from a file.
     #[arg(long, value_name = "FILE")]
     pub cloud_init_user_data_file: Option<PathBuf>,
-    /// Not supported by ironvirt yet.
-    #[arg(long, value_name = "NAME")]
+    /// The instancetype that sizes the VM: [KIND/]NAME, a cluster instancetype
+    /// unless KIND is virtualmachineinstancetype.
+    #[arg(long, value_name = "[KIND/]NAME")]
     pub instancetype: Option<String>,
-    /// Not supported by ironvirt yet.
-    #[arg(long, value_name = "NAME")]
+    /// The preference for the VM's defaults: [KIND/]NAME, a cluster
+    /// preference unless KIND is virtualmachinepreference.
+    #[arg(long, value_name = "[KIND/]NAME")]
     pub preference: Option<String>,
 }
 

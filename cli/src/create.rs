@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use ironvirt_crds::domain::ResourceRequirements;
+use ironvirt_crds::instancetype::Matcher;
 use ironvirt_crds::vm::{RunStrategy, VirtualMachine, VirtualMachineSpec};
 use ironvirt_crds::vmi::{
     CloudInitNoCloudSource, ContainerDiskSource, Cpu, Devices, Disk, DiskBus, DiskTarget,
@@ -161,21 +162,60 @@ fn boolean(flag: &str, key: &str, s: &str) -> Result<bool> {
     }
 }
 
+/// The guest memory without --memory or --instancetype.
+const DEFAULT_MEMORY: &str = "512Mi";
+
+/// `[KIND/]NAME` of --instancetype or --preference.
+fn matcher(flag: &str, value: &str, preference: bool) -> Result<Matcher> {
+    let (kind, name) = match value.split_once('/') {
+        Some((k, n)) => (k, n),
+        None => ("", value),
+    };
+    if !ironvirt_crds::instancetype::is_known_kind(kind, preference) {
+        let kinds = if preference {
+            "virtualmachineclusterpreference or virtualmachinepreference"
+        } else {
+            "virtualmachineclusterinstancetype or virtualmachineinstancetype"
+        };
+        return Err(Error::Usage(format!("--{flag}: {kind:?} is not {kinds}")));
+    }
+    if name.is_empty() {
+        return Err(Error::Usage(format!("--{flag}: the name is missing")));
+    }
+    Ok(Matcher {
+        name: name.to_owned(),
+        kind: kind.to_owned(),
+        ..Default::default()
+    })
+}
+
 /// Builds the VirtualMachine `name` from the flags.
 pub fn build_vm(
     args: &CreateVmArgs,
     name: &str,
     user_data: Option<UserData>,
 ) -> Result<VirtualMachine> {
-    if args.instancetype.is_some() {
-        return Err(Error::Usage(
-            "--instancetype is not supported by ironvirt yet; give --memory and --cpu".into(),
-        ));
-    }
-    if args.preference.is_some() {
-        return Err(Error::Usage(
-            "--preference is not supported by ironvirt yet".into(),
-        ));
+    let instancetype = args
+        .instancetype
+        .as_deref()
+        .map(|s| matcher("instancetype", s, false))
+        .transpose()?;
+    let preference = args
+        .preference
+        .as_deref()
+        .map(|s| matcher("preference", s, true))
+        .transpose()?;
+    if instancetype.is_some() {
+        for (flag, set) in [
+            ("memory", args.memory.is_some()),
+            ("cpu", args.cpu.is_some()),
+        ] {
+            if set {
+                return Err(Error::Usage(format!(
+                    "--{flag} conflicts with --instancetype: the instancetype gives the VM its vCPUs and memory"
+                )));
+            }
+        }
     }
     if !is_dns_label(name) {
         return Err(Error::Usage(format!(
@@ -294,10 +334,16 @@ pub fn build_vm(
         domain: DomainSpec {
             resources: Some(ResourceRequirements::default()),
             cpu: args.cpu.as_deref().map(cpu).transpose()?,
-            memory: Some(Memory {
-                guest: Some(quantity("memory", &args.memory)?),
-                ..Default::default()
-            }),
+            memory: match &instancetype {
+                Some(_) => None,
+                None => Some(Memory {
+                    guest: Some(quantity(
+                        "memory",
+                        args.memory.as_deref().unwrap_or(DEFAULT_MEMORY),
+                    )?),
+                    ..Default::default()
+                }),
+            },
             devices: Some(Devices {
                 disks: (!disks.is_empty()).then_some(disks),
                 ..Default::default()
@@ -316,6 +362,8 @@ pub fn build_vm(
                 metadata: None,
                 spec: Some(spec),
             },
+            instancetype,
+            preference,
             ..Default::default()
         },
     );
@@ -479,12 +527,38 @@ spec:
     }
 
     #[test]
+    fn instancetype_and_preference_replace_cpu_and_memory() {
+        let got = yaml(
+            &[
+                "--instancetype=u1.small",
+                "--preference=virtualmachinepreference/mine",
+            ],
+            None,
+        );
+        let spec = &got["spec"];
+        assert_eq!(
+            spec["instancetype"]["name"],
+            serde_yaml::Value::from("u1.small")
+        );
+        assert!(spec["instancetype"].get("kind").is_none());
+        assert_eq!(
+            spec["preference"]["kind"],
+            serde_yaml::Value::from("virtualmachinepreference")
+        );
+        assert!(spec["template"]["spec"]["domain"].get("memory").is_none());
+    }
+
+    #[test]
     fn clear_errors_for_bad_flags() {
         let err = |extra: &[&str]| build_vm(&args(extra), "web", None).unwrap_err().line();
         assert_eq!(
-            err(&["--instancetype=u1.small"]),
-            "--instancetype is not supported by ironvirt yet; give --memory and --cpu"
+            err(&["--instancetype=u1.small", "--memory=1Gi"]),
+            "--memory conflicts with --instancetype: the instancetype gives the VM its vCPUs and memory"
         );
+        assert!(
+            err(&["--instancetype=pods/x"]).contains("is not virtualmachineclusterinstancetype")
+        );
+        assert!(err(&["--preference=virtualmachinepreference/"]).contains("the name is missing"));
         assert!(err(&["--run-strategy=always"]).contains("is not one of Always"));
         assert!(err(&["--memory=lots"]).contains("is not a positive quantity"));
         assert!(err(&["--volume-containerdisk=quay.io/x:1"]).contains("unknown parameter"));

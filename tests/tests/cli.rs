@@ -634,9 +634,20 @@ async fn created_manifests_pass_a_server_dry_run() {
             .await
             .map_err(|e| e.to_string())?;
         assert!(list.items.is_empty());
-        ironctl(bed, &ns, &["create", "vm", "--instancetype", "u1.small"])
-            .await
-            .one_error_line("--instancetype is not supported by ironvirt yet")?;
+        ironctl(
+            bed,
+            &ns,
+            &[
+                "create",
+                "vm",
+                "--instancetype",
+                "u1.small",
+                "--memory",
+                "1Gi",
+            ],
+        )
+        .await
+        .one_error_line("--memory conflicts with --instancetype")?;
         Ok::<(), String>(())
     })
     .await;

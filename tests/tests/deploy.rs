@@ -144,7 +144,10 @@ async fn the_base_is_accepted_by_kube_apiserver() {
     ] {
         assert!(kinds.contains_key(k), "no {k} rendered");
     }
-    assert_eq!(kinds["CustomResourceDefinition"], 4);
+    assert_eq!(kinds["CustomResourceDefinition"], 8);
+    // The common cluster instancetypes and preferences.
+    assert!(kinds["VirtualMachineClusterInstancetype"] >= 10);
+    assert!(kinds["VirtualMachineClusterPreference"] >= 5);
     dry_run_apply(&bed, &yaml, objects.len());
 }
 
@@ -164,6 +167,8 @@ async fn the_base_matches_what_the_components_expect() {
         "MutatingWebhookConfiguration",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "VirtualMachineClusterInstancetype",
+        "VirtualMachineClusterPreference",
     ];
     for o in &objects {
         if !cluster_scoped.contains(&kind(o)) {

@@ -216,6 +216,10 @@ async fn run_lane(lane: usize, files: Vec<(String, Outcome)>, registry: String) 
         );
         let (h, _config) = Handler::start_with_registries(bed, &ns, &node, &mirrors).await?;
         let _op = Operator::start(bed, &ns, &format!("kvex{lane}"), &[]);
+        // The instancetypes and preferences the instancetype examples name.
+        let types = examples_dir().join("../kubevirt-example-instancetypes.yaml");
+        let applied = kubectl(bed, &["apply", "-n", &ns, "-f", &types.display().to_string()]);
+        assert!(applied.success, "{}", applied.stderr);
         let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
         let vms: Api<ironvirt_crds::VirtualMachine> = Api::namespaced(client.clone(), &ns);
         let mut failures = Vec::new();
