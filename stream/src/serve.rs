@@ -75,10 +75,6 @@ pub async fn serve<E, F>(
                 continue;
             }
         };
-        // Streams carry keystrokes and small request/answer exchanges: a
-        // small write must not wait for the peer's delayed ACK (Nagle), which
-        // cost an upgrade through kube-apiserver about 90 ms.
-        let _ = tcp.set_nodelay(true);
         let permit = match &slots {
             Some(s) => match Arc::clone(s).try_acquire_owned() {
                 Ok(p) => Some(p),

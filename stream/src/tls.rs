@@ -77,6 +77,14 @@ pub fn server_config(
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No TLS 1.3 session tickets: our clients (kube-apiserver's proxy,
+    // ironvirt-api) open a new connection per stream and never resume, and a
+    // ticket written after the handshake left the upgrade answer waiting for
+    // the client's delayed ACK (Nagle): about 40 ms per hop on every console,
+    // VNC and port-forward open. (TCP_NODELAY would avoid that too, but costs
+    // a console's throughput through the three hops more than half: every
+    // small UART chunk becomes its own segment.)
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -354,6 +354,9 @@ impl StreamClient {
         &self,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        // As ironvirt-api's own connections to handlers: no Nagle wait for
+        // the request written after the TLS handshake.
+        tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
             .map_err(std::io::Error::other)?;
         tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
