@@ -57,12 +57,9 @@ pub fn kubectl(bed: &TestBed, args: &[&str]) -> Output {
     kubectl_with(bed, None, args, None)
 }
 
-/// Installs deploy/crds (server-side apply, idempotent), waits until every
-/// CRD is Established, and installs deploy/instancetypes.
-pub fn ensure_crds(bed: &TestBed) {
-    let dir = repo_root().join("deploy/crds");
-    let dir = dir.to_string_lossy();
-    let out = kubectl(
+/// `kubectl apply --server-side` of `path` as the tests' field manager.
+fn apply_server_side(bed: &TestBed, path: &std::path::Path) -> Output {
+    kubectl(
         bed,
         &[
             "apply",
@@ -70,10 +67,18 @@ pub fn ensure_crds(bed: &TestBed) {
             "--force-conflicts",
             "--field-manager=ironvirt-tests",
             "-f",
-            &dir,
+            &path.to_string_lossy(),
         ],
-    );
+    )
+}
+
+/// Installs deploy/crds (server-side apply, idempotent), waits until every
+/// CRD is Established, and installs deploy/instancetypes.
+pub fn ensure_crds(bed: &TestBed) {
+    let dir = repo_root().join("deploy/crds");
+    let out = apply_server_side(bed, &dir);
     assert!(out.success, "installing CRDs failed: {}", out.stderr);
+    let dir = dir.to_string_lossy();
     let out = kubectl(
         bed,
         &[
@@ -109,18 +114,7 @@ pub fn ensure_crds(bed: &TestBed) {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     // The common cluster instancetypes and preferences, as `make run` installs them.
-    let set = repo_root().join("deploy/instancetypes");
-    let out = kubectl(
-        bed,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=ironvirt-tests",
-            "-f",
-            &set.to_string_lossy(),
-        ],
-    );
+    let out = apply_server_side(bed, &repo_root().join("deploy/instancetypes"));
     assert!(
         out.success,
         "installing the common instancetypes failed: {}",

@@ -95,6 +95,29 @@ fn sha256(path: &Path) -> String {
         .to_owned()
 }
 
+/// The test guest with a masquerade interface, a cloud-init `volume`
+/// (cloudInitNoCloud or cloudInitConfigDrive) with an empty #cloud-config,
+/// and the keys of Secret `keys` propagated by `method`.
+fn ssh_vmi(name: &str, volume: &str, method: &str) -> Result<serde_json::Value, String> {
+    let mut vmi = guest_vmi(name);
+    let spec = &mut vmi["spec"];
+    spec["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .ok_or("disks")?
+        .push(json!({"name": "ci", "disk": {"bus": "virtio"}}));
+    spec["volumes"]
+        .as_array_mut()
+        .ok_or("volumes")?
+        .push(json!({"name": "ci", volume: {"userData": "#cloud-config\n"}}));
+    spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
+    spec["networks"] = json!([{"name": "default", "pod": {}}]);
+    spec["accessCredentials"] = json!([{"sshPublicKey": {
+        "source": {"secret": {"secretName": "keys"}},
+        "propagationMethod": {method: {}},
+    }}]);
+    Ok(vmi)
+}
+
 /// A new ed25519 key pair at `dir/name`; its public key.
 fn keygen(dir: &Path, name: &str) -> Result<String, String> {
     let key = dir.join(name);
@@ -154,22 +177,7 @@ async fn config_drive_keys_reach_the_guest_and_a_new_key_only_at_its_next_start(
         let node = format!("{ns}-n");
         let h = Handler::start(bed, &ns, &node, QEMU);
         wait_serving(&h, Duration::from_secs(60)).await;
-        let mut vmi = guest_vmi("cd");
-        let spec = &mut vmi["spec"];
-        spec["domain"]["devices"]["disks"]
-            .as_array_mut()
-            .ok_or("disks")?
-            .push(json!({"name": "ci", "disk": {"bus": "virtio"}}));
-        spec["volumes"]
-            .as_array_mut()
-            .ok_or("volumes")?
-            .push(json!({"name": "ci", "cloudInitConfigDrive": {"userData": "#cloud-config\n"}}));
-        spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
-        spec["networks"] = json!([{"name": "default", "pod": {}}]);
-        spec["accessCredentials"] = json!([{"sshPublicKey": {
-            "source": {"secret": {"secretName": "keys"}},
-            "propagationMethod": {"configDrive": {}},
-        }}]);
+        let vmi = ssh_vmi("cd", "cloudInitConfigDrive", "configDrive")?;
         let vmis =
             kube::Api::<ironvirt_crds::VirtualMachineInstance>::namespaced(admin.clone(), &ns);
         let target = format!("cd.{ns}");
@@ -301,22 +309,7 @@ async fn ssh_and_scp_reach_the_guest_with_the_key_from_access_credentials() {
         let node = format!("{ns}-n");
         let h = Handler::start(bed, &ns, &node, QEMU);
         wait_serving(&h, Duration::from_secs(60)).await;
-        let mut vmi = guest_vmi("box");
-        let spec = &mut vmi["spec"];
-        spec["domain"]["devices"]["disks"]
-            .as_array_mut()
-            .ok_or("disks")?
-            .push(json!({"name": "ci", "disk": {"bus": "virtio"}}));
-        spec["volumes"]
-            .as_array_mut()
-            .ok_or("volumes")?
-            .push(json!({"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\n"}}));
-        spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
-        spec["networks"] = json!([{"name": "default", "pod": {}}]);
-        spec["accessCredentials"] = json!([{"sshPublicKey": {
-            "source": {"secret": {"secretName": "keys"}},
-            "propagationMethod": {"noCloud": {}},
-        }}]);
+        let vmi = ssh_vmi("box", "cloudInitNoCloud", "noCloud")?;
         place(&admin, &ns, vmi, &node).await;
         wait_phase(&admin, &ns, "box", "Running", BOOT).await?;
         let mut con = h
@@ -358,16 +351,14 @@ async fn ssh_and_scp_reach_the_guest_with_the_key_from_access_credentials() {
 
         // ironctl ssh.
         let ictl = ironctl_bin();
-        let mut args = strings(&["--kubeconfig", &kcs, "ssh", "-i", &key_s]);
-        for o in NO_HOST_KEYS.chunks(2) {
-            args.extend(strings(&["-t", &o.join(" ")]));
-        }
-        args.extend(strings(&[
-            "-c",
+        let (code, out, err) = ironctl_ssh(
+            &kc,
+            &key,
+            &format!("box.{ns}"),
             "echo ironctl-$((40+4))",
-            &format!("root@vmi/box.{ns}"),
-        ]));
-        let (code, out, err) = run(&ictl, &args, b"", home.path()).await;
+            home.path(),
+        )
+        .await;
         assert!(
             out.contains("ironctl-44"),
             "ironctl ssh: {code} {out} {err}"

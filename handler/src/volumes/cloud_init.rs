@@ -256,17 +256,7 @@ fn prepare_config_drive(
     path: &Path,
     files: &CloudInitFiles,
 ) -> Result<ResolvedVolume, VolumeError> {
-    let dir = vmi_dir_of(path)?;
-    ensure_vmi_dir(dir)?;
     let mkisofs = find_tool(&["genisoimage", "mkisofs", "xorrisofs"], "genisoimage")?;
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let stage = TempPath::dir(dir.join(format!(".{file_name}.stage-{}", unique_suffix())));
-    let latest = stage.path().join("openstack/latest");
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&latest)
-        .map_err(|e| io_error(format!("creating {}", latest.display()), &e))?;
     let mut entries: Vec<(&str, &[u8])> = vec![
         ("meta_data.json", files.meta_data.as_bytes()),
         ("user_data", &files.user_data),
@@ -274,10 +264,7 @@ fn prepare_config_drive(
     if let Some(n) = &files.network_config {
         entries.push(("network_data.json", n));
     }
-    for (entry, data) in &entries {
-        let p = latest.join(entry);
-        fs::write(&p, data).map_err(|e| io_error(format!("writing {}", p.display()), &e))?;
-    }
+    let stage = stage_files(path, "openstack/latest", &entries)?;
     let tmp = TempPath::file(tmp_name(path));
     run(Command::new(mkisofs)
         .args([
@@ -286,14 +273,7 @@ fn prepare_config_drive(
         .arg(tmp.path())
         .arg(stage.path()))?;
     sync_file(tmp.path())?;
-    let tmp_path = tmp.keep();
-    fs::rename(&tmp_path, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp_path);
-        io_error(
-            format!("renaming {} to {}", tmp_path.display(), path.display()),
-            &e,
-        )
-    })?;
+    rename_into_place(tmp, path)?;
     tracing::info!(
         volume = name,
         path = %path.display(),
@@ -308,19 +288,8 @@ fn prepare_no_cloud(
     path: &Path,
     files: &CloudInitFiles,
 ) -> Result<ResolvedVolume, VolumeError> {
-    let dir = vmi_dir_of(path)?;
-    ensure_vmi_dir(dir)?;
     let mkfs = find_tool(&["mkfs.vfat", "mkfs.fat"], "dosfstools (mkfs.vfat)")?;
     let mcopy = find_tool(&["mcopy"], "mtools (mcopy)")?;
-
-    // Stage the files under the names they get on the disk. Volume names
-    // never start with '.', so this cannot clash with a volume's file.
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let stage = TempPath::dir(dir.join(format!(".{file_name}.stage-{}", unique_suffix())));
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(stage.path())
-        .map_err(|e| io_error(format!("creating {}", stage.path().display()), &e))?;
     let mut entries: Vec<(&str, &[u8])> = vec![
         ("user-data", &files.user_data),
         ("meta-data", files.meta_data.as_bytes()),
@@ -328,10 +297,7 @@ fn prepare_no_cloud(
     if let Some(n) = &files.network_config {
         entries.push(("network-config", n));
     }
-    for (entry, data) in &entries {
-        let p = stage.path().join(entry);
-        fs::write(&p, data).map_err(|e| io_error(format!("writing {}", p.display()), &e))?;
-    }
+    let stage = stage_files(path, "", &entries)?;
 
     let tmp = TempPath::file(tmp_name(path));
     run(Command::new(mkfs)
@@ -347,14 +313,7 @@ fn prepare_no_cloud(
             .arg(format!("::{entry}")))?;
     }
     sync_file(tmp.path())?;
-    let tmp_path = tmp.keep();
-    fs::rename(&tmp_path, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp_path);
-        io_error(
-            format!("renaming {} to {}", tmp_path.display(), path.display()),
-            &e,
-        )
-    })?;
+    rename_into_place(tmp, path)?;
     tracing::info!(
         volume = name,
         path = %path.display(),
@@ -362,6 +321,28 @@ fn prepare_no_cloud(
         "built cloud-init disk"
     );
     Ok(resolved(path, ImageFormat::Raw))
+}
+
+/// Writes `entries` into `sub` (a relative directory, or "") of a fresh
+/// staging directory next to the disk at `path`, in the VMI's directory
+/// (made if missing); removed when the returned [`TempPath`] drops. Volume
+/// names never start with '.', so the stage cannot clash with a volume's file.
+fn stage_files(path: &Path, sub: &str, entries: &[(&str, &[u8])]) -> Result<TempPath, VolumeError> {
+    let dir = vmi_dir_of(path)?;
+    ensure_vmi_dir(dir)?;
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let stage = TempPath::dir(dir.join(format!(".{file_name}.stage-{}", unique_suffix())));
+    let target = stage.path().join(sub);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&target)
+        .map_err(|e| io_error(format!("creating {}", target.display()), &e))?;
+    for (entry, data) in entries {
+        let p = target.join(entry);
+        fs::write(&p, data).map_err(|e| io_error(format!("writing {}", p.display()), &e))?;
+    }
+    Ok(stage)
 }
 
 /// The size of a CIDATA disk in KiB: each file rounded up to 64 KiB, a

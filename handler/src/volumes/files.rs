@@ -106,6 +106,19 @@ pub(super) fn sync_file(path: &Path) -> Result<(), VolumeError> {
         .map_err(|e| io_error(format!("syncing {}", path.display()), &e))
 }
 
+/// Renames `tmp` to `path`, replacing what is there; `tmp` is removed if the
+/// rename fails.
+pub(super) fn rename_into_place(tmp: TempPath, path: &Path) -> Result<(), VolumeError> {
+    let tmp_path = tmp.keep();
+    fs::rename(&tmp_path, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp_path);
+        io_error(
+            format!("renaming {} to {}", tmp_path.display(), path.display()),
+            &e,
+        )
+    })
+}
+
 /// Gives the complete file `tmp` its final name `path`, unless `path` exists
 /// by now (then `tmp` is dropped and false returned): images may hold data
 /// and are never replaced. Falls back to rename where hard links fail.
@@ -114,14 +127,7 @@ pub(super) fn publish_no_clobber(tmp: TempPath, path: &Path) -> Result<bool, Vol
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(_) => {
-            let tmp_path = tmp.keep();
-            fs::rename(&tmp_path, path).map_err(|e| {
-                let _ = fs::remove_file(&tmp_path);
-                io_error(
-                    format!("renaming {} to {}", tmp_path.display(), path.display()),
-                    &e,
-                )
-            })?;
+            rename_into_place(tmp, path)?;
             Ok(true)
         }
     }
