@@ -215,7 +215,7 @@ destroy_bed_domains() {
   done
 }
 
-# install_crds STATE: the kubevirt.io and instancetype.kubevirt.io CRDs
+# install_crds STATE: the kubevirt.io, instancetype.kubevirt.io and pool.kubevirt.io CRDs
 # (server-side apply), Established; then the common cluster instancetypes
 # and preferences.
 install_crds() {

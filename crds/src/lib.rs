@@ -16,6 +16,7 @@ pub mod duration;
 pub mod expand;
 pub mod instancetype;
 pub mod network;
+pub mod pool;
 pub mod preset;
 pub mod quantity;
 pub mod schema;
@@ -58,10 +59,14 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         instancetype::VirtualMachineClusterInstancetype::crd(),
         instancetype::VirtualMachinePreference::crd(),
         instancetype::VirtualMachineClusterPreference::crd(),
+        pool::VirtualMachinePool::crd(),
     ];
     for crd in &mut crds {
         if crd.spec.group == GROUP {
             add_v1alpha3(crd);
+        }
+        if crd.spec.group == pool::GROUP {
+            add_pool_v1alpha1(crd);
         }
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
@@ -94,6 +99,29 @@ fn add_v1alpha3(crd: &mut CustomResourceDefinition) {
                 "kubevirt.io/v1alpha3 is deprecated; use kubevirt.io/v1".into(),
             ),
             ..v1
+        },
+    );
+}
+
+/// KubeVirt serves `pool.kubevirt.io/v1alpha1` beside the stored v1beta1;
+/// ironvirt serves it with v1beta1's schema (v1alpha1's fields are a subset
+/// of it, so no conversion is needed).
+fn add_pool_v1alpha1(crd: &mut CustomResourceDefinition) {
+    let Some(stored) = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == pool::VERSION)
+        .cloned()
+    else {
+        return;
+    };
+    crd.spec.versions.push(
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion {
+            name: pool::OLD_VERSION.into(),
+            served: true,
+            storage: false,
+            ..stored
         },
     );
 }

@@ -186,6 +186,16 @@ unsupported!(
     "dataVolumeTemplates are not supported by ironvirt (no CDI)"
 );
 unsupported!(
+    pool_autohealing,
+    object,
+    "VirtualMachinePool autohealing is not supported by ironvirt yet"
+);
+unsupported!(
+    pool_node_selector_matcher,
+    array,
+    "nodeSelectorRequirementMatcher is not supported by ironvirt yet; use labelSelector"
+);
+unsupported!(
     topology_spread,
     array,
     "topologySpreadConstraints are not supported by ironvirt yet; use affinity"
@@ -288,6 +298,12 @@ refused_value!(
     "boolean",
     "!self",
     "lun.reservation (SCSI persistent reservations) is not supported by ironvirt"
+);
+refused_value!(
+    pool_state_preservation,
+    "string",
+    "self == 'Disabled'",
+    "statePreservation Offline and Online are not supported by ironvirt: it has no persistent volumes to keep; use Disabled"
 );
 refused_value!(
     architecture,

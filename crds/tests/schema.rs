@@ -189,6 +189,28 @@ fn names_columns_and_subresources_match_kubevirt() {
                 );
             }
             "VirtualMachineInstancePreset" => assert_eq!(short, ["vmipreset", "vmipresets"]),
+            "VirtualMachinePool" => {
+                assert_eq!(columns, ["Desired", "Current", "Ready", "Age"]);
+                assert_eq!(short, ["vmpool", "vmpools"]);
+                let scale = v.subresources.as_ref().unwrap().scale.as_ref().unwrap();
+                assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+                assert_eq!(
+                    scale.label_selector_path.as_deref(),
+                    Some(".status.labelSelector")
+                );
+                // v1beta1 stored, v1alpha1 served with the same schema.
+                let versions: Vec<(&str, bool, bool)> = crd
+                    .spec
+                    .versions
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.served, v.storage))
+                    .collect();
+                assert_eq!(
+                    versions,
+                    [("v1beta1", true, true), ("v1alpha1", true, false)]
+                );
+                assert_eq!(crd.spec.versions[0].schema, crd.spec.versions[1].schema);
+            }
             other => panic!("unexpected kind {other}"),
         }
         assert!(v.subresources.as_ref().unwrap().status.is_some());

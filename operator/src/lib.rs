@@ -15,5 +15,7 @@ pub mod instancetypes;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
+pub mod pool;
+pub mod replicas;
 pub mod vm;
 pub mod vmirs;

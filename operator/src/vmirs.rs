@@ -6,14 +6,14 @@ use ironvirt_crds::{
     VirtualMachineInstance, VirtualMachineInstanceReplicaSet,
     VirtualMachineInstanceReplicaSetStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
-use ironvirt_crds::validate::selector_matches;
 use ironvirt_crds::wire::VMI_FINALIZER;
 
 use crate::conditions::{self, condition};
+use crate::replicas;
 
 /// What one reconcile of a replica set does.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -26,34 +26,6 @@ pub struct RsPlan {
     /// Names to delete (finished VMIs and scale-down victims).
     pub delete: Vec<String>,
     pub status: VirtualMachineInstanceReplicaSetStatus,
-}
-
-/// The selector as a string, for status.labelSelector (the scale subresource).
-pub fn selector_string(selector: &LabelSelector) -> String {
-    let mut parts: Vec<String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for r in selector.match_expressions.iter().flatten() {
-        let values = r.values.clone().unwrap_or_default().join(",");
-        parts.push(match r.operator.as_str() {
-            "In" => format!("{} in ({values})", r.key),
-            "NotIn" => format!("{} notin ({values})", r.key),
-            "Exists" => r.key.clone(),
-            "DoesNotExist" => format!("!{}", r.key),
-            other => format!("{} {other} ({values})", r.key),
-        });
-    }
-    parts.join(",")
-}
-
-fn controller_uid(vmi: &VirtualMachineInstance) -> Option<&str> {
-    vmi.owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 fn phase(vmi: &VirtualMachineInstance) -> Phase {
@@ -73,14 +45,7 @@ fn ready(vmi: &VirtualMachineInstance) -> bool {
 
 /// The controller reference a replica set puts on its VMIs.
 pub fn owner_ref(rs: &VirtualMachineInstanceReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: VirtualMachineInstanceReplicaSet::api_version(&()).into_owned(),
-        kind: VirtualMachineInstanceReplicaSet::kind(&()).into_owned(),
-        name: rs.name_any(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+    replicas::owner_ref(rs)
 }
 
 /// A new VMI from the template: generateName `<rs>-`, owned by the replica set.
@@ -123,29 +88,15 @@ pub fn plan(
     now: Timestamp,
 ) -> RsPlan {
     let uid = rs.metadata.uid.as_deref().unwrap_or_default();
-    let mut p = RsPlan::default();
-    let mut active: Vec<&VirtualMachineInstance> = Vec::new();
-    for v in vmis {
-        let matches = selector_matches(&rs.spec.selector, v.labels());
-        let going = v.metadata.deletion_timestamp.is_some();
-        match controller_uid(v) {
-            Some(owner) if owner == uid => {
-                if !matches {
-                    p.release.push(v.name_any());
-                } else if !going && phase(v).is_final() {
-                    // Finished VMIs are replaced.
-                    p.delete.push(v.name_any());
-                } else if !going {
-                    active.push(v);
-                }
-            }
-            None if matches && !going && !phase(v).is_final() => {
-                p.adopt.push(v.name_any());
-                active.push(v);
-            }
-            _ => {}
-        }
-    }
+    let sorted = replicas::sort_out(uid, &rs.spec.selector, vmis, |v| phase(v).is_final());
+    let mut p = RsPlan {
+        adopt: sorted.adopt,
+        release: sorted.release,
+        // Finished VMIs are replaced.
+        delete: sorted.finished,
+        ..RsPlan::default()
+    };
+    let mut active = sorted.active;
     let paused = rs.spec.paused.unwrap_or(false);
     let want = usize::try_from(rs.spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
     if !paused {
@@ -177,7 +128,7 @@ pub fn plan(
         ready_replicas: Some(
             i32::try_from(active.iter().filter(|v| ready(v)).count()).unwrap_or(i32::MAX),
         ),
-        label_selector: Some(selector_string(&rs.spec.selector)),
+        label_selector: Some(replicas::selector_string(&rs.spec.selector)),
         conditions: Some(conditions::merge(old, conds, now)),
     };
     p
@@ -282,14 +233,5 @@ mod tests {
             p.status.conditions.as_deref(),
             "ReplicaPaused"
         ));
-    }
-
-    #[test]
-    fn selector_strings() {
-        let sel: LabelSelector = serde_yaml::from_str(
-            "{matchLabels: {app: x}, matchExpressions: [{key: tier, operator: In, values: [a, b]}, {key: gone, operator: DoesNotExist}]}",
-        )
-        .unwrap();
-        assert_eq!(selector_string(&sel), "app=x,tier in (a,b),!gone");
     }
 }

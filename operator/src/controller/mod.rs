@@ -1,7 +1,9 @@
-//! Wiring: the three controllers on their watches, the health and metrics
+//! Wiring: the four controllers on their watches, the health and metrics
 //! server, CRD readiness, and leader election.
 
 pub mod placement;
+pub mod pool;
+pub mod replicas;
 pub mod vm;
 pub mod vmirs;
 
@@ -15,6 +17,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
+use ironvirt_crds::pool::VirtualMachinePool;
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
@@ -174,6 +177,7 @@ pub async fn wait_for_crds(client: &Client) {
         "virtualmachines.kubevirt.io",
         "virtualmachineinstances.kubevirt.io",
         "virtualmachineinstancereplicasets.kubevirt.io",
+        "virtualmachinepools.pool.kubevirt.io",
     ];
     loop {
         let mut missing = Vec::new();
@@ -235,14 +239,21 @@ where
 /// A metadata-only watch of `api` that also reports deletions: enough to find
 /// owners (owner references) and matching replica sets (labels), at a fraction
 /// of the memory of full objects. This is what `Controller::owns` does.
-fn meta_stream(
+fn meta_stream<K>(
     client: &Client,
     ns: Option<&str>,
     wc: watcher::Config,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<VirtualMachineInstance>, watcher::Error>>
-+ Send
-+ 'static {
-    let api: Api<PartialObjectMeta<VirtualMachineInstance>> = match ns {
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<PartialObjectMeta<K>> = match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -260,7 +271,7 @@ where
     }
 }
 
-/// Runs the three controllers until `shutdown` resolves.
+/// Runs the four controllers until `shutdown` resolves.
 pub async fn run_controllers(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -293,7 +304,11 @@ pub async fn run_controllers(
     let (vm_store, vm_stream) =
         slim_reflector(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone());
     let vm_controller = Controller::for_stream(vm_stream, vm_store)
-        .owns_stream(meta_stream(&client, ns.as_deref(), wc.clone()))
+        .owns_stream(meta_stream::<VirtualMachineInstance>(
+            &client,
+            ns.as_deref(),
+            wc.clone(),
+        ))
         .graceful_shutdown_on(shutdown.clone())
         .run(vm::reconcile, vm::error_policy, ctx.clone())
         .for_each(|_| async {});
@@ -331,10 +346,14 @@ pub async fn run_controllers(
     );
     let rs_lookup = rs_store.clone();
     let rs_controller = Controller::for_stream(rs_stream, rs_store)
-        .owns_stream(meta_stream(&client, ns.as_deref(), wc.clone()))
+        .owns_stream(meta_stream::<VirtualMachineInstance>(
+            &client,
+            ns.as_deref(),
+            wc.clone(),
+        ))
         // Orphans are adopted by any replica set in their namespace whose selector matches.
         .watches_stream(
-            meta_stream(&client, ns.as_deref(), wc.clone()),
+            meta_stream::<VirtualMachineInstance>(&client, ns.as_deref(), wc.clone()),
             move |vmi| {
                 let vmi_ns = vmi.namespace();
                 rs_lookup
@@ -352,9 +371,49 @@ pub async fn run_controllers(
         .run(vmirs::reconcile, vmirs::error_policy, ctx.clone())
         .for_each(|_| async {});
 
+    let (pool_store, pool_stream) = slim_reflector(
+        scoped::<VirtualMachinePool>(&client, ns.as_deref()),
+        wc.clone(),
+    );
+    let pool_lookup = pool_store.clone();
+    let pool_controller = Controller::for_stream(pool_stream, pool_store)
+        // VM changes (status.ready among them) wake the pool that owns them.
+        .owns_stream(meta_stream::<VirtualMachine>(
+            &client,
+            ns.as_deref(),
+            wc.clone(),
+        ))
+        // Orphan VMs are adopted by any pool in their namespace whose selector matches.
+        .watches_stream(
+            meta_stream::<VirtualMachine>(&client, ns.as_deref(), wc.clone()),
+            move |vm| {
+                if vm
+                    .owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true))
+                {
+                    return Vec::new();
+                }
+                let vm_ns = vm.namespace();
+                pool_lookup
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.namespace() == vm_ns)
+                    .filter(|p| {
+                        ironvirt_crds::validate::selector_matches(&p.spec.selector, vm.labels())
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(pool::reconcile, pool::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
     tokio::select! {
         _ = async { tokio::join!(vm_controller, placement_controller) } => {}
         _ = rs_controller => {}
+        _ = pool_controller => {}
         _ = node_stream => {}
         _ = lease_stream => {}
         _ = phases => {}

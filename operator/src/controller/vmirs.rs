@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use ironvirt_crds::{VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+
+use super::replicas;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -44,45 +46,22 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
     let vmis = vmis_api.list(&Default::default()).await?.items;
     let plan = vmirs::plan(rs, &vmis, Timestamp::now());
 
-    for name in &plan.adopt {
-        ctx.metrics.write(NAME, "vmi");
-        let patch = json!({"metadata": {"ownerReferences": [vmirs::owner_ref(rs)]}});
-        ignore_gone(
-            vmis_api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await,
-        )?;
-    }
-    for name in &plan.release {
-        if let Some(v) = vmis.iter().find(|v| &v.name_any() == name) {
-            let keep: Vec<_> = v
-                .owner_references()
-                .iter()
-                .filter(|o| Some(o.uid.as_str()) != rs.metadata.uid.as_deref())
-                .cloned()
-                .collect();
-            let patch = json!({"metadata": {"ownerReferences": keep, "resourceVersion": v.resource_version()}});
-            ctx.metrics.write(NAME, "vmi");
-            ignore_gone(
-                vmis_api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await,
-            )?;
-        }
-    }
+    let writes = (NAME, "vmi");
+    replicas::adopt_and_release(
+        ctx,
+        writes,
+        &vmis_api,
+        &vmirs::owner_ref(rs),
+        &vmis,
+        &plan.adopt,
+        &plan.release,
+    )
+    .await?;
     for new in &plan.create {
         ctx.metrics.write(NAME, "vmi");
         vmis_api.create(&PostParams::default(), new).await?;
     }
-    for name in &plan.delete {
-        ctx.metrics.write(NAME, "vmi");
-        ignore_gone(
-            vmis_api
-                .delete(name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )?;
-    }
+    replicas::delete_all(ctx, writes, &vmis_api, &plan.delete).await?;
     if vmirs::status_changed(rs.status.as_ref(), &plan.status) {
         let apply = json!({
             "apiVersion": VirtualMachineInstanceReplicaSet::api_version(&()),
@@ -99,14 +78,6 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
             .await?;
     }
     Ok(Action::requeue(RESYNC))
-}
-
-fn ignore_gone<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 pub fn error_policy(
