@@ -66,6 +66,8 @@ pub enum Command {
     /// Print manifests (YAML) built from flags, ready for kubectl apply or a GitOps repo.
     #[command(subcommand)]
     Create(CreateCommand),
+    /// Print a VM with its instancetype and preference expanded into its template.
+    Expand(ExpandArgs),
     /// Print the client's and the server's versions.
     Version(VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -270,6 +272,29 @@ pub struct CreateVmArgs {
     pub preference: Option<String>,
 }
 
+/// `ironctl expand`: which VM, and how to print it.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["vm", "file"])))]
+pub struct ExpandArgs {
+    /// A VirtualMachine in the cluster (expanded as its VM controller would).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+    /// A VirtualMachine manifest (YAML or JSON; "-" reads standard input),
+    /// expanded with the cluster's current instancetypes and preferences.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// yaml or json.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Yaml)]
+    pub output: OutputFormat,
+}
+
+/// How a printed object is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct VersionArgs {
     /// Print the client's version only.
@@ -326,6 +351,29 @@ mod tests {
     #[test]
     fn the_clap_definition_is_consistent() {
         command("ironctl").debug_assert();
+    }
+
+    #[test]
+    fn expand_takes_a_vm_or_a_file_and_an_output_format() {
+        let cli = parse_args(&["ironctl", "expand", "--vm", "v"]).unwrap();
+        let Command::Expand(a) = cli.command else {
+            panic!("not expand")
+        };
+        assert_eq!(
+            (a.vm.as_deref(), a.file.is_none(), a.output),
+            (Some("v"), true, OutputFormat::Yaml)
+        );
+        let cli = parse_args(&["ironctl", "expand", "-f", "vm.yaml", "-o", "json"]).unwrap();
+        let Command::Expand(a) = cli.command else {
+            panic!("not expand")
+        };
+        assert_eq!(
+            (a.file, a.output),
+            (Some(PathBuf::from("vm.yaml")), OutputFormat::Json)
+        );
+        assert!(parse_args(&["ironctl", "expand"]).is_err());
+        assert!(parse_args(&["ironctl", "expand", "--vm", "v", "--file", "f"]).is_err());
+        assert!(parse_args(&["ironctl", "expand", "--vm", "v", "-o", "wide"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod console;
 pub mod create;
 pub mod error;
+pub mod expand;
 pub mod portforward;
 pub mod power;
 pub mod relay;
@@ -67,6 +68,7 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
             Command::Unpause(t) => power::vmi_op(ctx, power::VmiOp::Unpause, t).await,
             Command::SoftReboot(t) => power::vmi_op(ctx, power::VmiOp::SoftReboot, t).await,
             Command::Reset(t) => power::vmi_op(ctx, power::VmiOp::Reset, t).await,
+            Command::Expand(a) => expand::run(ctx, a, &cli.global).await,
             Command::Version(v) => version::run(Some(ctx), v).await,
             Command::Create(_) | Command::Completion(_) => Ok(()),
         }

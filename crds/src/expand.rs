@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 
+use crate::VirtualMachine;
 use crate::instancetype::{
     Matcher, PreferredCpuTopology, SpreadAcross, VirtualMachineInstancetypeSpec,
     VirtualMachinePreferenceSpec, is_namespaced_kind,
@@ -605,6 +606,63 @@ fn apply_preference(
     } else {
         Err(errors)
     }
+}
+
+/// Where a VM's template spec is: the base of the paths its expansion reports.
+pub const VM_TEMPLATE_SPEC: &str = "spec.template.spec";
+
+/// What KubeVirt's expand subresources answer: `vm` with the instancetype and
+/// preference its matchers resolved to (`it`, `pref`) expanded into
+/// `spec.template` and the matchers removed, so that the VM can be created as
+/// it is. A VM without matchers comes back unchanged. The template's
+/// annotations gain the instancetype's own, not the `kubevirt.io/*-name` ones
+/// the VM controller puts on VMIs (the expanded VM names no instancetype).
+/// Errors (conflicts, unmet requirements) have paths from the VM's root.
+pub fn expand_vm(
+    mut vm: VirtualMachine,
+    it: Option<&VirtualMachineInstancetypeSpec>,
+    pref: Option<&VirtualMachinePreferenceSpec>,
+) -> Result<VirtualMachine, Vec<FieldError>> {
+    let it_matcher = vm.spec.instancetype.take();
+    let pref_matcher = vm.spec.preference.take();
+    if it_matcher.is_none() && pref_matcher.is_none() {
+        return Ok(vm);
+    }
+    let resolved = Resolved {
+        instancetype: it_matcher.as_ref().zip(it),
+        preference: pref_matcher.as_ref().zip(pref),
+    };
+    let template = &mut vm.spec.template;
+    let had_metadata = template.metadata.is_some();
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    let before = meta.annotations.clone().unwrap_or_default();
+    let mut annotations = before.clone();
+    let spec = template.spec.get_or_insert_with(Default::default);
+    apply(spec, &mut annotations, &resolved, VM_TEMPLATE_SPEC).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| match e.field.strip_prefix("annotations.") {
+                Some(key) => conflict(&format!("spec.template.metadata.annotations.{key}")),
+                None => e,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    for key in [
+        INSTANCETYPE_ANNOTATION,
+        CLUSTER_INSTANCETYPE_ANNOTATION,
+        PREFERENCE_ANNOTATION,
+        CLUSTER_PREFERENCE_ANNOTATION,
+    ] {
+        match before.get(key) {
+            Some(v) => annotations.insert(key.to_owned(), v.clone()),
+            None => annotations.remove(key),
+        };
+    }
+    meta.annotations = (!annotations.is_empty()).then_some(annotations);
+    if !had_metadata && *meta == Default::default() {
+        template.metadata = None;
+    }
+    Ok(vm)
 }
 
 #[cfg(test)]

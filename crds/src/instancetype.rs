@@ -7,6 +7,8 @@
 //! the VM controller keeps a copy of each in a ControllerRevision and expands
 //! them into the VMI ([`crate::expand`]).
 
+pub mod lookup;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

@@ -7,16 +7,15 @@
 //! by owner).
 
 use ironvirt_crds::VirtualMachine;
+use ironvirt_crds::instancetype::lookup::{self, Found, LookupError, Target};
 use ironvirt_crds::instancetype::{
     self as it, ControllerRevisionRef, Matcher, StatusRef, VirtualMachineInstancetypeSpec,
-    VirtualMachinePreferenceSpec, is_namespaced_kind,
+    VirtualMachinePreferenceSpec,
 };
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
@@ -25,22 +24,6 @@ use crate::vm::{Instancetypes, Snapshot};
 /// Label keys on the revisions (KubeVirt's).
 const LABEL_PREFIX: &str = "instancetype.kubevirt.io/object-";
 
-/// The four kinds, by (preference, namespaced).
-fn kind_of(preference: bool, namespaced: bool) -> (&'static str, &'static str) {
-    match (preference, namespaced) {
-        (false, true) => ("VirtualMachineInstancetype", "virtualmachineinstancetypes"),
-        (false, false) => (
-            "VirtualMachineClusterInstancetype",
-            "virtualmachineclusterinstancetypes",
-        ),
-        (true, true) => ("VirtualMachinePreference", "virtualmachinepreferences"),
-        (true, false) => (
-            "VirtualMachineClusterPreference",
-            "virtualmachineclusterpreferences",
-        ),
-    }
-}
-
 /// The revision's name for a copy of object `obj` (uid, generation) taken
 /// for `vm`: `<vm>-<object>-<version>-<uid>-<generation>`.
 pub fn revision_name(vm: &str, obj: &str, uid: &str, generation: i64) -> String {
@@ -48,12 +31,7 @@ pub fn revision_name(vm: &str, obj: &str, uid: &str, generation: i64) -> String 
 }
 
 /// The spec inside a revision's data (the whole object as stored).
-pub fn decode<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, String> {
-    let spec = data
-        .get("spec")
-        .ok_or_else(|| "the revision's data has no spec".to_owned())?;
-    serde_json::from_value(spec.clone()).map_err(|e| format!("the revision's data: {e}"))
-}
+pub use ironvirt_crds::instancetype::lookup::decode;
 
 /// The revision for `object` (a fetched instancetype or preference), owned by `vm`.
 pub fn revision_for(vm: &VirtualMachine, object: &DynamicObject, kind: &str) -> ControllerRevision {
@@ -134,19 +112,9 @@ async fn snapshot<T: serde::de::DeserializeOwned>(
     m: &Matcher,
     preference: bool,
 ) -> Result<Result<Snapshot<T>, Failure>, kube::Error> {
-    let namespaced = is_namespaced_kind(&m.kind, preference);
-    let (kind, plural) = kind_of(preference, namespaced);
-    let what = if preference {
-        "preference"
-    } else {
-        "instancetype"
-    };
-    let field = if preference {
-        "preference"
-    } else {
-        "instancetype"
-    };
-    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let target = Target::for_matcher(m, preference);
+    let (kind, what) = (target.kind, target.field());
+    let failed = || format!("FailedFind{}", capitalized(what));
     let status = |rev: &str| StatusRef {
         name: m.name.clone(),
         kind: kind.to_owned(),
@@ -154,59 +122,36 @@ async fn snapshot<T: serde::de::DeserializeOwned>(
             name: rev.to_owned(),
         }),
     };
-    // The revision the VM records, while it is a copy of the object named.
-    if !m.revision_name.is_empty() {
-        match revisions.get_opt(&m.revision_name).await? {
-            Some(rev)
-                if rev
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(&format!("{LABEL_PREFIX}name")))
-                    .is_none_or(|n| n == &m.name) =>
-            {
-                let data = rev.data.map(|d| d.0).unwrap_or(Value::Null);
-                return Ok(match decode::<T>(&data) {
-                    Ok(spec) => Ok(Snapshot {
-                        spec,
-                        status: status(&m.revision_name),
-                    }),
-                    Err(e) => Err((
-                        format!("FailedFind{}", capitalized(what)),
-                        format!("ControllerRevision {}: {e}", m.revision_name),
-                    )),
-                });
-            }
-            // A revision of another object: the user named a new one.
-            Some(_) => {}
-            None => {
-                return Ok(Err((
-                    format!("FailedFind{}", capitalized(what)),
-                    format!(
-                        "spec.{field}.revisionName: ControllerRevision {:?} not found; clear revisionName to use the {what}'s current version",
-                        m.revision_name
-                    ),
-                )));
-            }
+    // The revision the VM records while it is a copy of the object named;
+    // else the current object, of which a revision is stored below.
+    let found = lookup::find(client, ns, m, target, true).await?;
+    let object = match found {
+        Found::Current(object) => *object,
+        Found::Revision { name, data } => {
+            return Ok(match decode::<T>(&data) {
+                Ok(spec) => Ok(Snapshot {
+                    spec,
+                    status: status(&name),
+                }),
+                Err(reason) => Err((
+                    failed(),
+                    LookupError::BadRevision { name, reason }.to_string(),
+                )),
+            });
         }
-    }
-    let gvk = GroupVersionKind::gvk(it::GROUP, it::VERSION, kind);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
-    let objects: Api<DynamicObject> = if namespaced {
-        Api::namespaced_with(client.clone(), ns, &ar)
-    } else {
-        Api::all_with(client.clone(), &ar)
+        Found::RevisionMissing => {
+            let e = LookupError::revision_missing(m, target);
+            return Ok(Err((failed(), e.to_string())));
+        }
+        Found::Missing => {
+            let e = LookupError::missing(m, target);
+            return Ok(Err((
+                failed(),
+                format!("{e}: the VM starts once it exists"),
+            )));
+        }
     };
-    let Some(object) = objects.get_opt(&m.name).await? else {
-        return Ok(Err((
-            format!("FailedFind{}", capitalized(what)),
-            format!(
-                "{plural}.{} {:?} not found: the VM starts once it exists",
-                it::GROUP,
-                m.name
-            ),
-        )));
-    };
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
     let rev = revision_for(vm, &object, kind);
     let name = rev.metadata.name.clone().unwrap_or_default();
     match revisions.create(&PostParams::default(), &rev).await {
@@ -224,7 +169,7 @@ async fn snapshot<T: serde::de::DeserializeOwned>(
     }
     // Record it on the VM, as KubeVirt's VM controller does.
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), ns);
-    let patch = json!({"spec": {field: {"revisionName": name}}});
+    let patch = json!({"spec": {what: {"revisionName": name}}});
     vms.patch(
         &vm.metadata.name.clone().unwrap_or_default(),
         &PatchParams::default(),
@@ -238,7 +183,7 @@ async fn snapshot<T: serde::de::DeserializeOwned>(
             spec,
             status: status(&name),
         })
-        .map_err(|e| (format!("FailedFind{}", capitalized(what)), e)))
+        .map_err(|e| (failed(), e)))
 }
 
 fn capitalized(s: &str) -> String {

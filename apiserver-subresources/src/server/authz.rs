@@ -44,14 +44,16 @@ pub(super) async fn authorize(
         .map_err(|e| kube_error(&e))?;
     let allowed = answer.status.as_ref().is_some_and(|s| s.allowed);
     if !allowed {
-        let sub = attrs.subresource.clone().unwrap_or_default();
+        let resource = attrs.resource.clone().unwrap_or_default();
+        // resource/subresource, or the resource alone (expand-vm-spec).
+        let full = match attrs.subresource.as_deref() {
+            Some(sub) if !sub.is_empty() => format!("{resource}/{sub}"),
+            _ => resource.clone(),
+        };
         let message = format!(
-            "{} is forbidden: User \"{}\" cannot {} resource \"{}/{}\" in API group \"{}\" in the namespace \"{}\"",
-            attrs.resource.clone().unwrap_or_default(),
+            "{resource} is forbidden: User \"{}\" cannot {} resource \"{full}\" in API group \"{}\" in the namespace \"{}\"",
             user.name,
             attrs.verb.clone().unwrap_or_default(),
-            attrs.resource.clone().unwrap_or_default(),
-            sub,
             GROUP,
             attrs.namespace.clone().unwrap_or_default()
         );

@@ -1,6 +1,8 @@
 //! The aggregated API `subresources.kubevirt.io/v1`: discovery, the console
 //! and VNC websockets relayed to the VMI's handler, vnc/screenshot, the VMI
-//! power operations (forwarded to the handler) and VM start/stop/restart.
+//! power operations (forwarded to the handler), VM start/stop/restart, and
+//! the expand subresources (a VM with its instancetype and preference
+//! expanded).
 //!
 //! A subresource request goes through the same pipeline, one file a step:
 //! 0. the namespace and name from the URL are checked as DNS names
@@ -12,7 +14,8 @@
 //! 3. [`streams`] (console, VNC, screenshot; each holds a permit of
 //!    [`crate::limits`] while it lasts, 429 over the limits) or [`power`]
 //!    (VMI operations forwarded to the handler, VM start/stop/restart on the
-//!    VM object).
+//!    VM object), or [`expand`] (the VM with its instancetype and preference
+//!    expanded; reads only).
 //!
 //! This file holds the router, the shared state and answers, and the routes
 //! that need no cluster: discovery, version, health and OpenAPI.
@@ -31,6 +34,7 @@ use crate::auth::RequestHeaderAuth;
 use crate::limits::{LimitError, Limiter, Permit};
 
 mod authz;
+mod expand;
 mod node_secrets;
 mod portforward;
 mod power;
@@ -213,8 +217,16 @@ pub fn router(state: ApiState) -> Router {
             get(node_secrets::vmi_secret),
         )
         .route(
+            &format!("{base}/virtualmachines/{{name}}/{}", expand::EXPAND_SPEC),
+            get(expand::expand_spec),
+        )
+        .route(
             &format!("{base}/virtualmachines/{{name}}/{{op}}"),
             put(power::vm_power),
+        )
+        .route(
+            &format!("{base}/{}", expand::EXPAND_VM_SPEC),
+            put(expand::expand_vm_spec),
         )
         .with_state(state)
 }
@@ -270,7 +282,9 @@ pub fn resources() -> serde_json::Value {
             vmi("pause", &["update"]), vmi("unpause", &["update"]),
             vmi("softreboot", &["update"]), vmi("reset", &["update"]), vmi("secrets", &["get"]),
             vm("start", &["update"]), vm("stop", &["update"]), vm("restart", &["update"]),
-            vm("portforward", &["get"]),
+            vm("portforward", &["get"]), vm("expand-spec", &["get"]),
+            json!({"name": "expand-vm-spec", "singularName": "", "namespaced": true,
+                "kind": "VirtualMachine", "verbs": ["update"]}),
         ],
     })
 }

@@ -274,6 +274,13 @@ fn routes() -> Vec<Route> {
         verb: "get",
         tail: "/53/udp",
     });
+    all.push(Route {
+        method: Method::GET,
+        resource: "virtualmachines",
+        sub: "expand-spec",
+        verb: "get",
+        tail: "",
+    });
     all
 }
 
@@ -334,6 +341,8 @@ async fn discovery_version_health_and_openapi_need_no_cluster() {
         .position(|n| n.starts_with("virtualmachines/"))
         .unwrap();
     want.insert(vm_start, "virtualmachineinstances/secrets".into());
+    // A resource of its own, with no object (tests_expand.rs).
+    want.push("expand-vm-spec".into());
     assert_eq!(names, want);
 
     let (code, body) = send(
@@ -873,3 +882,6 @@ async fn streams_over_the_limits_are_429_and_failed_upgrades_give_permits_back()
 
 #[path = "tests_vm_ops.rs"]
 mod vm_ops;
+
+#[path = "tests_expand.rs"]
+mod expand;

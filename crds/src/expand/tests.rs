@@ -223,3 +223,95 @@ fn preference_requirements_are_checked_against_the_instancetype() {
         errs[1].message
     );
 }
+
+fn vm(yaml: &str) -> VirtualMachine {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const VM: &str = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: v, namespace: ns}\nspec:\n  runStrategy: Halted\n  instancetype: {name: u1.small, revisionName: v-u1.small-1}\n  preference: {name: p, kind: VirtualMachinePreference}\n  template:\n    metadata:\n      labels: {app: v}\n      annotations: {mine: kept}\n    spec:\n      domain:\n        devices:\n          disks: [{name: root}]\n      volumes: [{name: root, containerDisk: {image: x}}]\n";
+
+#[test]
+fn an_expanded_vm_has_the_instancetype_in_its_template_and_no_matchers() {
+    let small = it("cpu: {guest: 2}\nmemory: {guest: 2Gi}\nannotations: {from-it: 'yes'}\n");
+    let p = pref("cpu: {preferredCPUTopology: cores}\ndevices: {preferredDiskBus: virtio}\n");
+    let out = expand_vm(vm(VM), Some(&small), Some(&p)).unwrap();
+    assert_eq!(out.spec.instancetype, None);
+    assert_eq!(out.spec.preference, None);
+    let s = out.spec.template.spec.as_ref().unwrap();
+    let cpu = s.domain.cpu.as_ref().unwrap();
+    assert_eq!(
+        (cpu.sockets, cpu.cores, cpu.threads),
+        (Some(1), Some(2), Some(1))
+    );
+    let guest = s.domain.memory.as_ref().unwrap().guest.as_ref().unwrap();
+    assert_eq!(guest.0, "2Gi");
+    let disk = &s.domain.devices.as_ref().unwrap().disks.as_ref().unwrap()[0];
+    assert_eq!(
+        serde_json::to_value(disk).unwrap()["disk"]["bus"],
+        serde_json::json!("virtio")
+    );
+    // The template keeps its own metadata, gains the instancetype's
+    // annotations, and not the names the VM controller puts on VMIs.
+    let meta = out.spec.template.metadata.as_ref().unwrap();
+    let annotations = meta.annotations.as_ref().unwrap();
+    assert_eq!(annotations.len(), 2, "{annotations:?}");
+    assert_eq!(annotations["mine"], "kept");
+    assert_eq!(annotations["from-it"], "yes");
+    assert_eq!(meta.labels.as_ref().unwrap()["app"], "v");
+    // The rest of the VM is as it was.
+    assert_eq!(out.metadata.name.as_deref(), Some("v"));
+    assert_eq!(out.spec.run_strategy, Some(crate::RunStrategy::Halted));
+}
+
+#[test]
+fn a_vm_without_matchers_comes_back_unchanged() {
+    let plain = vm(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: v}\nspec:\n  template:\n    spec:\n      domain: {cpu: {cores: 3}}\n",
+    );
+    assert_eq!(expand_vm(plain.clone(), None, None).unwrap(), plain);
+    // Neither does a template without metadata gain an empty one.
+    let mut with_it = plain.clone();
+    with_it.spec.template.spec.as_mut().unwrap().domain.cpu = None;
+    with_it.spec.instancetype = Some(matcher("u1.small", ""));
+    let out = expand_vm(
+        with_it,
+        Some(&it("cpu: {guest: 1}\nmemory: {guest: 1Gi}\n")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(out.spec.template.metadata, None);
+}
+
+#[test]
+fn conflicts_name_the_vms_fields() {
+    let mut v = vm(VM);
+    v.spec.preference = None;
+    let s = v.spec.template.spec.as_mut().unwrap();
+    s.domain.cpu = Some(Cpu {
+        sockets: Some(2),
+        ..Default::default()
+    });
+    v.spec
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("from-it".into(), "no".into());
+    let small = it("cpu: {guest: 2}\nmemory: {guest: 2Gi}\nannotations: {from-it: 'yes'}\n");
+    let errs = expand_vm(v, Some(&small), None).unwrap_err();
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.template.spec.domain.cpu.sockets",
+            "spec.template.metadata.annotations.from-it"
+        ]
+    );
+    assert_eq!(
+        errs[0].message,
+        "VM field(s) spec.template.spec.domain.cpu.sockets conflicts with selected instance type"
+    );
+}

@@ -18,7 +18,6 @@
 //! labels, label keys and values) and [`unsupported`] (the messages).
 //! [`warnings`] lists the fields accepted without effect, for the webhooks'
 //! AdmissionReview warnings.
-//! [`instancetype`] checks the four `instancetype.kubevirt.io` kinds.
 //! [`hostdisk`] holds the cluster's [`VolumePolicy`] (hostDisk on or off and
 //! confined to `<root>/<namespace>/`, capacity limits): [`check_volumes`]
 //! depends on the namespace and the cluster's settings, so it is not part of
@@ -27,7 +26,6 @@
 mod disks;
 mod domain;
 pub mod hostdisk;
-pub mod instancetype;
 mod names;
 mod network;
 mod references;
@@ -249,14 +247,7 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<FieldError> {
             "running and runStrategy are mutually exclusive: set only runStrategy (running is deprecated)",
         ));
     }
-    for (field, m, preference) in [
-        ("spec.instancetype", &spec.instancetype, false),
-        ("spec.preference", &spec.preference, true),
-    ] {
-        if let Some(m) = m {
-            matcher(m, field, preference, &mut errors);
-        }
-    }
+    errors.extend(vm_matchers(spec));
     unsupported_fields(
         "spec",
         &[(
@@ -290,6 +281,21 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<FieldError> {
             );
         }
         _ => template(spec.template.spec.as_ref(), "the VMI to run", &mut errors),
+    }
+    errors
+}
+
+/// A VM's `spec.instancetype` and `spec.preference` (see [`matcher`]); the
+/// expand subresources check a posted VM's with this.
+pub fn vm_matchers(spec: &VirtualMachineSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (field, m, preference) in [
+        ("spec.instancetype", &spec.instancetype, false),
+        ("spec.preference", &spec.preference, true),
+    ] {
+        if let Some(m) = m {
+            matcher(m, field, preference, &mut errors);
+        }
     }
     errors
 }
