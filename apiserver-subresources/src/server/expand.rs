@@ -172,7 +172,28 @@ async fn expand(
     source: Source,
 ) -> Result<Response, Response> {
     let vm_name = vm.metadata.name.clone().unwrap_or_default();
-    let errors = vm_matchers(&vm.spec);
+    let mut errors = vm_matchers(&vm.spec);
+    // A matcher to be inferred from a volume names nothing yet: the VM
+    // controller fills the name in on the stored VM.
+    for (field, m) in [
+        ("spec.instancetype", &vm.spec.instancetype),
+        ("spec.preference", &vm.spec.preference),
+    ] {
+        if let Some(m) = m.as_ref().filter(|m| m.name.is_empty())
+            && !errors.iter().any(|e| e.field.starts_with(field))
+        {
+            let why = if m.infer_from_volume.is_empty() {
+                "is required: the name of the object to expand"
+            } else {
+                "is required: expand does not infer it from a volume; expand the stored VM once its controller has"
+            };
+            errors.push(FieldError::with_reason(
+                Reason::Required,
+                format!("{field}.name"),
+                why,
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(cannot_expand(source, &vm_name, &errors));
     }

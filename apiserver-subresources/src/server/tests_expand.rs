@@ -297,6 +297,8 @@ async fn expand_vm_spec_refuses_another_namespaces_vm_and_bad_bodies_before_read
     other["metadata"]["namespace"] = json!("other");
     let mut not_vm = vm_with("");
     not_vm["kind"] = json!("VirtualMachineInstance");
+    let mut nameless = vm_with("");
+    nameless["spec"]["preference"] = json!({"kind": "VirtualMachinePreference"});
     let mut bad_kind = vm_with("");
     bad_kind["spec"]["instancetype"]["kind"] = json!("Pod");
     let big = format!(
