@@ -16,8 +16,10 @@ use cases::{CaseRequest, InvalidFile, ValidCase, crate_dir, merged, vmi_of, yaml
 use http::{Request, StatusCode};
 use ironvirt_apiserver_subresources::admission::{
     AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_VMI_PATH, MUTATOR_NAME,
-    VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME,
-    WebhookClient, WebhookEndpoint, router, webhook_configurations,
+    VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
+    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, router,
+    webhook_configurations,
 };
 use ironvirt_crds::VirtualMachineInstancePreset;
 use ironvirt_crds::validate::VolumePolicy;
@@ -29,15 +31,58 @@ use tower::ServiceExt;
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// The plural resource and the validating webhook's path of a kind.
-fn resource_of(kind: &str) -> (&'static str, &'static str) {
+/// What kube-apiserver knows of a kind: its group, version and plural
+/// resource, whether it is namespaced, and the validating webhook's path.
+struct Resource {
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    path: &'static str,
+}
+
+fn resource_of(kind: &str) -> Resource {
+    let kubevirt = |plural, path| Resource {
+        group: "kubevirt.io",
+        version: "v1",
+        plural,
+        namespaced: true,
+        path,
+    };
+    let instancetype = |plural, namespaced, path| Resource {
+        group: "instancetype.kubevirt.io",
+        version: "v1beta1",
+        plural,
+        namespaced,
+        path,
+    };
     match kind {
-        "VirtualMachineInstance" => ("virtualmachineinstances", VALIDATE_VMI_PATH),
-        "VirtualMachine" => ("virtualmachines", VALIDATE_VM_PATH),
+        "VirtualMachineInstance" => kubevirt("virtualmachineinstances", VALIDATE_VMI_PATH),
+        "VirtualMachine" => kubevirt("virtualmachines", VALIDATE_VM_PATH),
         "VirtualMachineInstanceReplicaSet" => {
-            ("virtualmachineinstancereplicasets", VALIDATE_VMIRS_PATH)
+            kubevirt("virtualmachineinstancereplicasets", VALIDATE_VMIRS_PATH)
         }
-        "VirtualMachineInstancePreset" => ("virtualmachineinstancepresets", VALIDATE_PRESET_PATH),
+        "VirtualMachineInstancePreset" => {
+            kubevirt("virtualmachineinstancepresets", VALIDATE_PRESET_PATH)
+        }
+        "VirtualMachineInstancetype" => instancetype(
+            "virtualmachineinstancetypes",
+            true,
+            VALIDATE_INSTANCETYPE_PATH,
+        ),
+        "VirtualMachineClusterInstancetype" => instancetype(
+            "virtualmachineclusterinstancetypes",
+            false,
+            VALIDATE_CLUSTER_INSTANCETYPE_PATH,
+        ),
+        "VirtualMachinePreference" => {
+            instancetype("virtualmachinepreferences", true, VALIDATE_PREFERENCE_PATH)
+        }
+        "VirtualMachineClusterPreference" => instancetype(
+            "virtualmachineclusterpreferences",
+            false,
+            VALIDATE_CLUSTER_PREFERENCE_PATH,
+        ),
         other => panic!("no webhook for kind {other}"),
     }
 }
@@ -95,9 +140,15 @@ impl Call {
     /// The AdmissionReview kube-apiserver would send.
     fn review(&self, uid: &str) -> Value {
         let kind = self.kind();
-        let (plural, _) = resource_of(&kind);
-        let gvk = json!({"group": "kubevirt.io", "version": "v1", "kind": kind});
-        let gvr = json!({"group": "kubevirt.io", "version": "v1", "resource": plural});
+        let r = resource_of(&kind);
+        let gvk = json!({"group": r.group, "version": r.version, "kind": kind});
+        let gvr = json!({"group": r.group, "version": r.version, "resource": r.plural});
+        // Cluster-scoped objects have no namespace.
+        let namespace = if r.namespaced {
+            self.namespace.as_str()
+        } else {
+            ""
+        };
         let options_kind = if self.operation == "CREATE" {
             "CreateOptions"
         } else {
@@ -113,7 +164,7 @@ impl Call {
                 "requestKind": gvk,
                 "requestResource": gvr,
                 "name": self.object["metadata"]["name"].as_str().unwrap_or_default(),
-                "namespace": self.namespace,
+                "namespace": namespace,
                 "operation": self.operation,
                 "userInfo": {
                     "username": self.user,
@@ -164,8 +215,7 @@ async fn admit(app: &Router, path: &str, call: &Call) -> Value {
 }
 
 async fn validate(app: &Router, call: &Call) -> Value {
-    let (_, path) = resource_of(&call.kind());
-    admit(app, path, call).await
+    admit(app, resource_of(&call.kind()).path, call).await
 }
 
 /// The JSONPatch of a response, decoded from base64.
@@ -280,6 +330,10 @@ async fn invalid_manifests_are_rejected_with_field_paths_and_messages() {
         "VirtualMachine",
         "VirtualMachineInstanceReplicaSet",
         "VirtualMachineInstancePreset",
+        "VirtualMachineInstancetype",
+        "VirtualMachineClusterInstancetype",
+        "VirtualMachinePreference",
+        "VirtualMachineClusterPreference",
     ] {
         for op in ["CREATE", "UPDATE"] {
             assert!(
@@ -673,6 +727,12 @@ async fn unknown_paths_are_404() {
 
 #[test]
 fn webhook_configurations_are_scoped_to_kubevirt_resources() {
+    let instancetypes = [
+        "virtualmachineinstancetypes",
+        "virtualmachineclusterinstancetypes",
+        "virtualmachinepreferences",
+        "virtualmachineclusterpreferences",
+    ];
     let client = WebhookClient {
         endpoint: WebhookEndpoint::Service {
             namespace: "ironvirt".into(),
@@ -709,12 +769,26 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
         let rules = hook["rules"].as_array().unwrap();
         assert_eq!(rules.len(), 1);
         let rule = &rules[0];
-        assert_eq!(rule["apiGroups"], json!(["kubevirt.io"]));
-        assert_eq!(rule["apiVersions"], json!(["v1"]));
-        assert_eq!(rule["scope"], "Namespaced");
+        // Equivalent: requests in another served version (v1alpha3) are
+        // converted to the registered one, so they are reviewed too.
+        assert_eq!(hook["matchPolicy"], "Equivalent");
         let resources = rule["resources"].as_array().unwrap();
         assert_eq!(resources.len(), 1);
         let resource = resources[0].as_str().unwrap().to_owned();
+        if instancetypes.contains(&resource.as_str()) {
+            assert_eq!(rule["apiGroups"], json!(["instancetype.kubevirt.io"]));
+            assert_eq!(rule["apiVersions"], json!(["v1beta1"]));
+            let cluster = resource.contains("cluster");
+            assert_eq!(
+                rule["scope"],
+                if cluster { "Cluster" } else { "Namespaced" },
+                "{resource}"
+            );
+        } else {
+            assert_eq!(rule["apiGroups"], json!(["kubevirt.io"]));
+            assert_eq!(rule["apiVersions"], json!(["v1"]));
+            assert_eq!(rule["scope"], "Namespaced");
+        }
         assert!(
             !resource.contains('*') && !resource.contains('/'),
             "{resource}"
@@ -748,6 +822,26 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
             (
                 VALIDATE_PRESET_PATH.to_owned(),
                 "virtualmachineinstancepresets".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_INSTANCETYPE_PATH.to_owned(),
+                "virtualmachineinstancetypes".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_CLUSTER_INSTANCETYPE_PATH.to_owned(),
+                "virtualmachineclusterinstancetypes".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_PREFERENCE_PATH.to_owned(),
+                "virtualmachinepreferences".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_CLUSTER_PREFERENCE_PATH.to_owned(),
+                "virtualmachineclusterpreferences".to_owned(),
                 json!(["CREATE", "UPDATE"])
             ),
             (

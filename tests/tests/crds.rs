@@ -208,3 +208,100 @@ async fn bad_manifests_are_rejected_with_the_field_path() {
     })
     .await;
 }
+
+/// Acceptance 6: a `kubevirt.io/v1alpha3` VirtualMachine applies with kubectl,
+/// which prints the version's deprecation warning; it reads back as v1 (the
+/// stored version) and runs, and its guest boots. The validating webhooks
+/// (registered for v1 with matchPolicy Equivalent) review v1alpha3 requests
+/// too: a v1alpha3 VM that only the webhook can fault is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_v1alpha3_vm_applies_reads_back_as_v1_and_runs() {
+    use std::time::Duration;
+
+    use ironvirt_crds::VirtualMachine;
+    use ironvirt_tests::api::{GUEST_MARKER, api_port, open_ws};
+    use ironvirt_tests::handler::{Handler, wait_gone, wait_phase, wait_serving};
+    use ironvirt_tests::operator::Operator;
+
+    const BOOT: Duration = Duration::from_secs(120);
+    let bed = &bed().await;
+    bed.with_namespace("alpha3", |ns| async move {
+        let v1alpha3 = example("vm-busybox.yaml").replace(
+            "apiVersion: kubevirt.io/v1\n",
+            "apiVersion: kubevirt.io/v1alpha3\n",
+        );
+        anyhow::ensure!(v1alpha3.contains("kubevirt.io/v1alpha3"), "{v1alpha3}");
+        let manifest = ironvirt_tests::hostdisk::confine_text(&v1alpha3, &ns);
+
+        // Only the webhook knows that a disk needs a volume of its name.
+        let orphan = manifest.replace("      volumes:\n        - name: rootdisk", "      volumes:\n        - name: otherdisk");
+        anyhow::ensure!(orphan != manifest, "the example's volume changed");
+        let out = kubectl_with(bed, None, &["apply", "-n", &ns, "-f", "-"], Some(&orphan));
+        anyhow::ensure!(!out.success, "a v1alpha3 VM without its volume was accepted");
+        anyhow::ensure!(
+            out.stderr.contains(
+                "The VirtualMachine \"vm-busybox\" is invalid: spec.template.spec.domain.devices.disks[0].name: 'rootdisk' has no volume"
+            ),
+            "{}",
+            out.stderr
+        );
+        // Through the REST API, the Status names the webhook that refused it.
+        let orphan_json: serde_json::Value = serde_yaml::from_str(&orphan)?;
+        let (code, body) = ironvirt_tests::api::raw(
+            &bed.admin(),
+            "POST",
+            &format!("/apis/kubevirt.io/v1alpha3/namespaces/{ns}/virtualmachines?dryRun=All"),
+            &orphan_json.to_string(),
+        )
+        .await;
+        anyhow::ensure!(
+            code == 422
+                && body.contains("admission webhook \\\"virtualmachines-validator.ironvirt.io\\\" denied the request"),
+            "HTTP {code}: {body}"
+        );
+
+        api_port(&bed.admin()).await.map_err(anyhow::Error::msg)?;
+        let h = Handler::start(bed, &ns, &format!("{ns}-n"), "qemu:///system");
+        let _op = Operator::start(bed, &ns, "op", &[]);
+        wait_serving(&h, Duration::from_secs(60)).await;
+
+        let out = kubectl_with(bed, None, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
+        anyhow::ensure!(out.success, "{}", out.stderr);
+        anyhow::ensure!(
+            out.stderr.contains("Warning: kubevirt.io/v1alpha3 is deprecated; use kubevirt.io/v1"),
+            "no deprecation warning on stderr: {:?}",
+            out.stderr
+        );
+        anyhow::ensure!(out.stdout.contains("virtualmachine.kubevirt.io/vm-busybox created"), "{}", out.stdout);
+
+        let out = kubectl(bed, &["get", "vm", "vm-busybox", "-n", &ns, "-o", "jsonpath={.apiVersion}"]);
+        anyhow::ensure!(out.success, "{}", out.stderr);
+        anyhow::ensure!(out.stdout.trim() == "kubevirt.io/v1", "read back as {:?}", out.stdout);
+        // Still served as v1alpha3 to whoever asks for it.
+        let out = kubectl(
+            bed,
+            &["get", "virtualmachines.v1alpha3.kubevirt.io", "vm-busybox", "-n", &ns, "-o", "jsonpath={.apiVersion}"],
+        );
+        anyhow::ensure!(out.stdout.trim() == "kubevirt.io/v1alpha3", "{:?} {}", out.stdout, out.stderr);
+
+        let admin = bed.admin();
+        wait_phase(&admin, &ns, "vm-busybox", "Running", BOOT).await.map_err(anyhow::Error::msg)?;
+        let mut con = open_ws(
+            &admin,
+            &format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/vm-busybox/console"),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        con.expect_from(0, GUEST_MARKER, BOOT).await.map_err(anyhow::Error::msg)?;
+        con.close().await;
+        let out = kubectl(bed, &["get", "vm", "vm-busybox", "-n", &ns, "-o", "jsonpath={.status.printableStatus}"]);
+        anyhow::ensure!(out.stdout.trim() == "Running", "printableStatus {:?}", out.stdout);
+
+        let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
+        vms.delete("vm-busybox", &Default::default()).await?;
+        wait_gone(&admin, &ns, "vm-busybox", Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+        h.remove(&admin).await;
+        Ok(())
+    })
+    .await;
+}

@@ -1,8 +1,10 @@
 //! The `ValidatingWebhookConfiguration` and `MutatingWebhookConfiguration`
 //! that register the webhooks with kube-apiserver. Their rules name only
-//! `kubevirt.io/v1` and the exact resources and operations each webhook
-//! handles, so that a webhook outage (failurePolicy Fail) cannot block
-//! anything else.
+//! `kubevirt.io/v1` (or `instancetype.kubevirt.io/v1beta1`) and the exact
+//! resources, scope and operations each webhook handles, so that a webhook
+//! outage (failurePolicy Fail) cannot block anything else. With matchPolicy
+//! Equivalent, a request in another served version (`kubevirt.io/v1alpha3`)
+//! is converted and reviewed as the registered one.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +15,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::http::{
-    MUTATE_VMI_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH,
-};
+use super::http::MUTATE_VMI_PATH;
+use super::validating::Kind;
 
 /// The name of the ValidatingWebhookConfiguration.
 pub const VALIDATOR_NAME: &str = "ironvirt-validator";
@@ -78,67 +79,63 @@ impl WebhookClient {
     }
 }
 
-/// One webhook: its name, path, resource and operations.
+/// One webhook: its name, path, what it matches and its operations.
 struct Hook {
-    name: &'static str,
+    name: String,
     path: &'static str,
+    group: &'static str,
+    version: &'static str,
     resource: &'static str,
+    namespaced: bool,
     operations: &'static [&'static str],
 }
 
-/// A validating webhook: every one checks CREATE and UPDATE.
-const fn validator(name: &'static str, path: &'static str, resource: &'static str) -> Hook {
+/// The validating webhook for `kind`: `<resource>-validator.ironvirt.io`,
+/// CREATE and UPDATE.
+fn validator(kind: Kind) -> Hook {
+    let (group, version) = kind.group_version();
     Hook {
-        name,
-        path,
-        resource,
+        name: format!("{}-validator.ironvirt.io", kind.resource()),
+        path: kind.path(),
+        group,
+        version,
+        resource: kind.resource(),
+        namespaced: kind.namespaced(),
         operations: &["CREATE", "UPDATE"],
     }
 }
 
-const VALIDATING: [Hook; 4] = [
-    validator(
-        "virtualmachineinstances-validator.ironvirt.io",
-        VALIDATE_VMI_PATH,
-        "virtualmachineinstances",
-    ),
-    validator(
-        "virtualmachines-validator.ironvirt.io",
-        VALIDATE_VM_PATH,
-        "virtualmachines",
-    ),
-    validator(
-        "virtualmachineinstancereplicasets-validator.ironvirt.io",
-        VALIDATE_VMIRS_PATH,
-        "virtualmachineinstancereplicasets",
-    ),
-    validator(
-        "virtualmachineinstancepresets-validator.ironvirt.io",
-        VALIDATE_PRESET_PATH,
-        "virtualmachineinstancepresets",
-    ),
-];
-
-const MUTATING: Hook = Hook {
-    name: "virtualmachineinstances-mutator.ironvirt.io",
-    path: MUTATE_VMI_PATH,
-    resource: "virtualmachineinstances",
-    operations: &["CREATE"],
-};
-
-impl Hook {
-    /// Only `kubevirt.io/v1` `<resource>` (not its subresources), namespaced.
-    fn rules(&self) -> Option<Vec<RuleWithOperations>> {
-        Some(vec![RuleWithOperations {
-            api_groups: Some(vec![ironvirt_crds::GROUP.to_owned()]),
-            api_versions: Some(vec![ironvirt_crds::VERSION.to_owned()]),
-            operations: Some(self.operations.iter().map(|o| (*o).to_owned()).collect()),
-            resources: Some(vec![self.resource.to_owned()]),
-            scope: Some("Namespaced".to_owned()),
-        }])
+fn mutator() -> Hook {
+    Hook {
+        name: "virtualmachineinstances-mutator.ironvirt.io".to_owned(),
+        path: MUTATE_VMI_PATH,
+        group: ironvirt_crds::GROUP,
+        version: ironvirt_crds::VERSION,
+        resource: "virtualmachineinstances",
+        namespaced: true,
+        operations: &["CREATE"],
     }
 }
 
+impl Hook {
+    /// Only `<group>/<version>` `<resource>` (not its subresources), in its scope.
+    fn rules(&self) -> Option<Vec<RuleWithOperations>> {
+        Some(vec![RuleWithOperations {
+            api_groups: Some(vec![self.group.to_owned()]),
+            api_versions: Some(vec![self.version.to_owned()]),
+            operations: Some(self.operations.iter().map(|o| (*o).to_owned()).collect()),
+            resources: Some(vec![self.resource.to_owned()]),
+            scope: Some(
+                if self.namespaced {
+                    "Namespaced"
+                } else {
+                    "Cluster"
+                }
+                .to_owned(),
+            ),
+        }])
+    }
+}
 fn metadata(name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
@@ -161,12 +158,13 @@ pub fn webhook_configurations(
     let validating = ValidatingWebhookConfiguration {
         metadata: metadata(VALIDATOR_NAME),
         webhooks: Some(
-            VALIDATING
-                .iter()
+            Kind::ALL
+                .into_iter()
+                .map(validator)
                 .map(|h| ValidatingWebhook {
-                    name: h.name.to_owned(),
                     client_config: client.config(h.path),
                     rules: h.rules(),
+                    name: h.name,
                     failure_policy: Some("Fail".to_owned()),
                     match_policy: Some("Equivalent".to_owned()),
                     side_effects: "None".to_owned(),
@@ -177,12 +175,13 @@ pub fn webhook_configurations(
                 .collect(),
         ),
     };
+    let m = mutator();
     let mutating = MutatingWebhookConfiguration {
         metadata: metadata(MUTATOR_NAME),
         webhooks: Some(vec![MutatingWebhook {
-            name: MUTATING.name.to_owned(),
-            client_config: client.config(MUTATING.path),
-            rules: MUTATING.rules(),
+            client_config: client.config(m.path),
+            rules: m.rules(),
+            name: m.name,
             failure_policy: Some("Fail".to_owned()),
             match_policy: Some("Equivalent".to_owned()),
             side_effects: "NoneOnDryRun".to_owned(),
@@ -197,6 +196,7 @@ pub fn webhook_configurations(
 
 #[cfg(test)]
 mod tests {
+    use super::super::http::VALIDATE_VM_PATH;
     use super::*;
 
     #[test]

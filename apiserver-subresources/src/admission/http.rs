@@ -25,6 +25,16 @@ pub const VALIDATE_VM_PATH: &str = "/webhooks/validate/virtualmachines";
 pub const VALIDATE_VMIRS_PATH: &str = "/webhooks/validate/virtualmachineinstancereplicasets";
 /// Validating webhook for VirtualMachineInstancePresets (CREATE, UPDATE).
 pub const VALIDATE_PRESET_PATH: &str = "/webhooks/validate/virtualmachineinstancepresets";
+/// Validating webhook for VirtualMachineInstancetypes (CREATE, UPDATE).
+pub const VALIDATE_INSTANCETYPE_PATH: &str = "/webhooks/validate/virtualmachineinstancetypes";
+/// Validating webhook for VirtualMachineClusterInstancetypes (CREATE, UPDATE).
+pub const VALIDATE_CLUSTER_INSTANCETYPE_PATH: &str =
+    "/webhooks/validate/virtualmachineclusterinstancetypes";
+/// Validating webhook for VirtualMachinePreferences (CREATE, UPDATE).
+pub const VALIDATE_PREFERENCE_PATH: &str = "/webhooks/validate/virtualmachinepreferences";
+/// Validating webhook for VirtualMachineClusterPreferences (CREATE, UPDATE).
+pub const VALIDATE_CLUSTER_PREFERENCE_PATH: &str =
+    "/webhooks/validate/virtualmachineclusterpreferences";
 /// Mutating webhook for VirtualMachineInstances (CREATE).
 pub const MUTATE_VMI_PATH: &str = "/webhooks/mutate/virtualmachineinstances";
 
@@ -46,11 +56,11 @@ pub fn router(state: AdmissionState) -> Router {
     let route = |webhook: Webhook| {
         post(move |State(state): State<AdmissionState>, body: Bytes| serve(state, webhook, body))
     };
-    Router::new()
-        .route(VALIDATE_VMI_PATH, route(Webhook::Validate(Kind::Vmi)))
-        .route(VALIDATE_VM_PATH, route(Webhook::Validate(Kind::Vm)))
-        .route(VALIDATE_VMIRS_PATH, route(Webhook::Validate(Kind::Vmirs)))
-        .route(VALIDATE_PRESET_PATH, route(Webhook::Validate(Kind::Preset)))
+    Kind::ALL
+        .into_iter()
+        .fold(Router::new(), |router, kind| {
+            router.route(kind.path(), route(Webhook::Validate(kind)))
+        })
         .route(MUTATE_VMI_PATH, route(Webhook::MutateVmi))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -73,7 +83,7 @@ async fn serve(state: AdmissionState, webhook: Webhook, body: Bytes) -> Response
             };
             (verdict, warnings)
         }
-        Webhook::MutateVmi => match validating::wrong_kind(&review, Kind::Vmi.name()) {
+        Webhook::MutateVmi => match validating::wrong_kind(&review, Kind::Vmi) {
             Some(v) => (v, Vec::new()),
             None => (mutating::review_vmi(&review, &state).await, Vec::new()),
         },
@@ -132,13 +142,18 @@ mod tests {
 
     /// Posts a CREATE review of `object` (of `kind`) to `path`; the response.
     async fn create(path: &str, kind: &str, object: Value) -> Value {
+        create_in("kubevirt.io", "v1", path, kind, object).await
+    }
+
+    /// [`create`] for a kind of `group`/`version`.
+    async fn create_in(group: &str, version: &str, path: &str, kind: &str, object: Value) -> Value {
         let body = json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
                 "uid": "u-1",
-                "kind": {"group": "kubevirt.io", "version": "v1", "kind": kind},
-                "resource": {"group": "kubevirt.io", "version": "v1", "resource": "x"},
+                "kind": {"group": group, "version": version, "kind": kind},
+                "resource": {"group": group, "version": version, "resource": "x"},
                 "namespace": "default",
                 "operation": "CREATE",
                 "userInfo": {"username": "alice"},
@@ -233,5 +248,79 @@ mod tests {
                 warnings::SUBDOMAIN
             )])
         );
+    }
+
+    #[tokio::test]
+    async fn instancetypes_and_preferences_have_webhooks_of_their_own() {
+        let it = |kind: &str, spec: Value| {
+            json!({"apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": kind,
+                "metadata": {"name": "w"}, "spec": spec})
+        };
+        let group = "instancetype.kubevirt.io";
+        let good = json!({"cpu": {"guest": 2}, "memory": {"guest": "2Gi"}});
+        for (path, kind) in [
+            (VALIDATE_INSTANCETYPE_PATH, "VirtualMachineInstancetype"),
+            (
+                VALIDATE_CLUSTER_INSTANCETYPE_PATH,
+                "VirtualMachineClusterInstancetype",
+            ),
+        ] {
+            let resp = create_in(group, "v1beta1", path, kind, it(kind, good.clone())).await;
+            assert_eq!(resp["allowed"], true, "{resp}");
+            let bad = json!({"cpu": {"guest": 2}, "memory": {"guest": "2Gi", "overcommitPercent": 20,
+                "hugepages": {"pageSize": "2Mi"}}});
+            let resp = create_in(group, "v1beta1", path, kind, it(kind, bad)).await;
+            assert_eq!(resp["allowed"], false, "{resp}");
+            assert_eq!(resp["status"]["code"], 422);
+            let cause = &resp["status"]["details"]["causes"][0];
+            assert_eq!(cause["field"], "spec.memory.overcommitPercent", "{resp}");
+            assert_eq!(
+                cause["message"],
+                "spec.memory.overcommitPercent and spec.memory.hugepages should not be requested together."
+            );
+            let message = resp["status"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!("{kind} \"w\" is invalid: ")),
+                "{message}"
+            );
+            // The same kind in kubevirt.io is not this webhook's.
+            let resp = create_in("kubevirt.io", "v1", path, kind, it(kind, good.clone())).await;
+            assert_eq!(resp["status"]["code"], 400, "{resp}");
+        }
+        for (path, kind) in [
+            (VALIDATE_PREFERENCE_PATH, "VirtualMachinePreference"),
+            (
+                VALIDATE_CLUSTER_PREFERENCE_PATH,
+                "VirtualMachineClusterPreference",
+            ),
+        ] {
+            let deprecated = json!({"cpu": {"preferredCPUTopology": "preferThreads"}});
+            let resp = create_in(group, "v1beta1", path, kind, it(kind, deprecated)).await;
+            assert_eq!(resp["allowed"], true, "{resp}");
+            assert_eq!(
+                resp["warnings"],
+                json!([
+                    "PreferredCPUTopology preferThreads is deprecated for removal in a future release, please use threads instead"
+                ])
+            );
+            let bad = json!({"cpu": {"preferredCPUTopology": "spread",
+                "spreadOptions": {"across": "CoresThreads", "ratio": 3}}});
+            let resp = create_in(group, "v1beta1", path, kind, it(kind, bad)).await;
+            assert_eq!(resp["allowed"], false, "{resp}");
+            assert_eq!(
+                resp["status"]["details"]["causes"][0]["field"],
+                "spec.cpu.spreadOptions.ratio"
+            );
+        }
+        // A preference sent to the instancetype webhook is refused as such.
+        let resp = create_in(
+            group,
+            "v1beta1",
+            VALIDATE_INSTANCETYPE_PATH,
+            "VirtualMachinePreference",
+            it("VirtualMachinePreference", json!({})),
+        )
+        .await;
+        assert_eq!(resp["status"]["code"], 400, "{resp}");
     }
 }

@@ -1,12 +1,16 @@
-//! ironvirt's admission webhooks: validation of VMIs, VMs, VMI ReplicaSets and
-//! presets, and VMI defaulting (including presets).
+//! ironvirt's admission webhooks: validation of VMIs, VMs, VMI ReplicaSets,
+//! presets, instancetypes and preferences, and VMI defaulting (including
+//! presets).
 //!
 //! - **Validating** (`/webhooks/validate/…`): a VMI on create is checked in
 //!   full ([`ironvirt_crds::validate::vmi_spec`]: disks ↔ volumes, interfaces ↔
 //!   networks, unique names and boot orders, memory and CPU, unsupported
 //!   KubeVirt fields); on update its spec is immutable except for the
 //!   privileged users (ironvirt's own service accounts). VMs, VMI ReplicaSets
-//!   and presets are checked on create and whenever their spec changes.
+//!   and presets are checked on create and whenever their spec changes, and
+//!   so are the four `instancetype.kubevirt.io` kinds
+//!   ([`ironvirt_crds::validate::instancetype`]: KubeVirt's checks on memory
+//!   overcommit and CPU spread, quantities, buses, models and names).
 //!   The volumes are checked against the cluster's
 //!   [`VolumePolicy`](ironvirt_crds::validate::VolumePolicy) (`--host-disk-root`,
 //!   `--max-volume-size`, `--max-vmi-volume-size`) for the object's namespace:
@@ -36,8 +40,9 @@ pub use config::{
     MUTATOR_NAME, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, webhook_configurations,
 };
 pub use http::{
-    MUTATE_VMI_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH,
-    VALIDATE_VMIRS_PATH, router,
+    MUTATE_VMI_PATH, VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
+    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, router,
 };
 pub use mutating::{DEFAULT_MACHINE_TYPE, FINALIZER, Identity, Mutated, mutate_vmi};
 pub use presets::{

@@ -1,20 +1,32 @@
 //! The validating webhooks: VMI (create: the whole spec; update: the spec is
-//! immutable), VM, VMI ReplicaSet and preset (create, and updates that change
-//! the spec).
+//! immutable), VM, VMI ReplicaSet, preset, and the four instancetype and
+//! preference kinds (create, and updates that change the spec).
 
-use ironvirt_crds::validate::{self, FieldError, Reason};
+use ironvirt_crds::instancetype::{
+    self as instancetype_api, VirtualMachineInstancetypeSpec, VirtualMachinePreferenceSpec,
+};
+use ironvirt_crds::validate::{self, FieldError, Reason, instancetype};
 use ironvirt_crds::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePreset,
     VirtualMachineInstanceReplicaSet, VirtualMachineInstanceSpec,
 };
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::http::{
+    VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
+    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH,
+};
 use super::review::{Review, Verdict};
 use super::state::AdmissionState;
 use super::volumes;
 
-/// The kinds the validating webhooks serve.
+/// The kinds the validating webhooks serve, one webhook (and path) each. A new
+/// kind is a variant here with an arm in each method, plus its checks in
+/// [`check`] and [`warnings`]; the router and the webhook configuration follow
+/// [`Kind::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// VirtualMachineInstance
@@ -25,9 +37,29 @@ pub(crate) enum Kind {
     Vmirs,
     /// VirtualMachineInstancePreset
     Preset,
+    /// VirtualMachineInstancetype (instancetype.kubevirt.io)
+    Instancetype,
+    /// VirtualMachineClusterInstancetype (instancetype.kubevirt.io)
+    ClusterInstancetype,
+    /// VirtualMachinePreference (instancetype.kubevirt.io)
+    Preference,
+    /// VirtualMachineClusterPreference (instancetype.kubevirt.io)
+    ClusterPreference,
 }
 
 impl Kind {
+    /// Every kind, in the order of the webhook configuration.
+    pub(crate) const ALL: [Kind; 8] = [
+        Kind::Vmi,
+        Kind::Vm,
+        Kind::Vmirs,
+        Kind::Preset,
+        Kind::Instancetype,
+        Kind::ClusterInstancetype,
+        Kind::Preference,
+        Kind::ClusterPreference,
+    ];
+
     /// The kind's name, as in `request.kind.kind`.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -35,6 +67,58 @@ impl Kind {
             Kind::Vm => "VirtualMachine",
             Kind::Vmirs => "VirtualMachineInstanceReplicaSet",
             Kind::Preset => "VirtualMachineInstancePreset",
+            Kind::Instancetype => "VirtualMachineInstancetype",
+            Kind::ClusterInstancetype => "VirtualMachineClusterInstancetype",
+            Kind::Preference => "VirtualMachinePreference",
+            Kind::ClusterPreference => "VirtualMachineClusterPreference",
+        }
+    }
+
+    /// The API group and the version the webhook is registered for (with
+    /// matchPolicy Equivalent, requests in other served versions arrive
+    /// converted to it).
+    pub(crate) fn group_version(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Vmi | Kind::Vm | Kind::Vmirs | Kind::Preset => {
+                (ironvirt_crds::GROUP, ironvirt_crds::VERSION)
+            }
+            Kind::Instancetype
+            | Kind::ClusterInstancetype
+            | Kind::Preference
+            | Kind::ClusterPreference => (instancetype_api::GROUP, instancetype_api::VERSION),
+        }
+    }
+
+    /// The plural resource name.
+    pub(crate) fn resource(self) -> &'static str {
+        match self {
+            Kind::Vmi => "virtualmachineinstances",
+            Kind::Vm => "virtualmachines",
+            Kind::Vmirs => "virtualmachineinstancereplicasets",
+            Kind::Preset => "virtualmachineinstancepresets",
+            Kind::Instancetype => "virtualmachineinstancetypes",
+            Kind::ClusterInstancetype => "virtualmachineclusterinstancetypes",
+            Kind::Preference => "virtualmachinepreferences",
+            Kind::ClusterPreference => "virtualmachineclusterpreferences",
+        }
+    }
+
+    /// Whether the resource is namespaced (else cluster-scoped).
+    pub(crate) fn namespaced(self) -> bool {
+        !matches!(self, Kind::ClusterInstancetype | Kind::ClusterPreference)
+    }
+
+    /// The validating webhook's path.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Kind::Vmi => VALIDATE_VMI_PATH,
+            Kind::Vm => VALIDATE_VM_PATH,
+            Kind::Vmirs => VALIDATE_VMIRS_PATH,
+            Kind::Preset => VALIDATE_PRESET_PATH,
+            Kind::Instancetype => VALIDATE_INSTANCETYPE_PATH,
+            Kind::ClusterInstancetype => VALIDATE_CLUSTER_INSTANCETYPE_PATH,
+            Kind::Preference => VALIDATE_PREFERENCE_PATH,
+            Kind::ClusterPreference => VALIDATE_CLUSTER_PREFERENCE_PATH,
         }
     }
 
@@ -45,19 +129,28 @@ impl Kind {
             Kind::Vm => &["spec", "spec.template"],
             Kind::Vmirs => &["spec", "spec.selector", "spec.template"],
             Kind::Preset => &["spec", "spec.selector"],
+            Kind::Instancetype | Kind::ClusterInstancetype => &[
+                "spec",
+                "spec.cpu",
+                "spec.cpu.guest",
+                "spec.memory",
+                "spec.memory.guest",
+            ],
+            Kind::Preference | Kind::ClusterPreference => &["spec"],
         }
     }
 }
 
 /// A 400 when the request is for another kind than the endpoint serves.
-pub(crate) fn wrong_kind(review: &Review, expected: &str) -> Option<Verdict> {
+pub(crate) fn wrong_kind(review: &Review, expected: Kind) -> Option<Verdict> {
     let gvk = &review.request.kind;
-    (gvk.group != ironvirt_crds::GROUP || gvk.kind != expected).then(|| Verdict::Refuse {
+    let (group, _) = expected.group_version();
+    (gvk.group != group || gvk.kind != expected.name()).then(|| Verdict::Refuse {
         code: 400,
         reason: "BadRequest",
         message: format!(
-            "this webhook validates {}/{expected}, not {}/{}",
-            ironvirt_crds::GROUP,
+            "this webhook validates {group}/{}, not {}/{}",
+            expected.name(),
             gvk.group,
             gvk.kind
         ),
@@ -66,7 +159,7 @@ pub(crate) fn wrong_kind(review: &Review, expected: &str) -> Option<Verdict> {
 
 /// The validating webhook for `kind`.
 pub(crate) fn review(kind: Kind, review: &Review, state: &AdmissionState) -> Verdict {
-    if let Some(v) = wrong_kind(review, kind.name()) {
+    if let Some(v) = wrong_kind(review, kind) {
         return v;
     }
     let Some(object) = &review.object else {
@@ -91,7 +184,7 @@ pub(crate) fn warnings(kind: Kind, review: &Review) -> Vec<String> {
     };
     match (review.operation(), kind) {
         ("CREATE", _) => {}
-        ("UPDATE", Kind::Vm | Kind::Vmirs | Kind::Preset) if !spec_unchanged(review, object) => {}
+        ("UPDATE", k) if k != Kind::Vmi && !spec_unchanged(review, object) => {}
         _ => return Vec::new(),
     }
     fn read<K: DeserializeOwned>(object: &Value, f: impl FnOnce(K) -> Vec<String>) -> Vec<String> {
@@ -117,7 +210,24 @@ pub(crate) fn warnings(kind: Kind, review: &Review) -> Vec<String> {
         Kind::Preset => read(object, |v: VirtualMachineInstancePreset| {
             validate::warnings::preset_spec(&v.spec)
         }),
+        Kind::Instancetype | Kind::ClusterInstancetype => {
+            read(object, |v: SpecOf<VirtualMachineInstancetypeSpec>| {
+                instancetype::instancetype_warnings(&v.spec, "spec")
+            })
+        }
+        Kind::Preference | Kind::ClusterPreference => {
+            read(object, |v: SpecOf<VirtualMachinePreferenceSpec>| {
+                instancetype::preference_warnings(&v.spec, "spec")
+            })
+        }
     }
+}
+
+/// The `spec` of an object: the namespaced and cluster instancetype (and
+/// preference) kinds share their spec, so both are read as this.
+#[derive(Deserialize)]
+struct SpecOf<S> {
+    spec: S,
 }
 
 fn verdict(errors: Vec<FieldError>) -> Verdict {
@@ -167,19 +277,60 @@ pub(crate) fn check(
         Kind::Preset => typed(object, |v: VirtualMachineInstancePreset| {
             validate::preset_spec(&v.spec)
         }),
+        Kind::Instancetype | Kind::ClusterInstancetype => layered(
+            instancetype::instancetype_values(&object["spec"], "spec"),
+            object,
+            |v: SpecOf<VirtualMachineInstancetypeSpec>| {
+                instancetype::instancetype_spec(&v.spec, "spec")
+            },
+        ),
+        Kind::Preference | Kind::ClusterPreference => layered(
+            instancetype::preference_values(&object["spec"], "spec"),
+            object,
+            |v: SpecOf<VirtualMachinePreferenceSpec>| {
+                instancetype::preference_spec(&v.spec, "spec")
+            },
+        ),
     }
 }
 
-/// The `required` dotted paths that are absent or null.
+/// The errors found in the raw object (values its type cannot hold), then
+/// those of the typed checks when it reads; an object that does not read is
+/// an error only when the raw checks found nothing to say why.
+fn layered<K: DeserializeOwned>(
+    mut errors: Vec<FieldError>,
+    object: &Value,
+    check: impl FnOnce(K) -> Vec<FieldError>,
+) -> Vec<FieldError> {
+    match serde_json::from_value::<K>(object.clone()) {
+        Ok(k) => errors.extend(check(k)),
+        Err(e) if errors.is_empty() => {
+            errors.push(FieldError::new("spec", format!("cannot be read: {e}")));
+        }
+        Err(_) => {}
+    }
+    errors
+}
+
+/// The `required` dotted paths that are absent or null (a field under one
+/// already missing is not repeated).
 fn missing_fields(object: &Value, required: &[&str]) -> Vec<FieldError> {
-    required
-        .iter()
-        .filter(|path| {
-            object
-                .pointer(&format!("/{}", path.replace('.', "/")))
-                .is_none_or(Value::is_null)
-        })
-        .map(|path| FieldError::with_reason(Reason::Required, *path, "is required"))
+    let mut missing: Vec<&str> = Vec::new();
+    for path in required {
+        let under_missing = missing.iter().any(|m| {
+            path.strip_prefix(m)
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
+        let absent = object
+            .pointer(&format!("/{}", path.replace('.', "/")))
+            .is_none_or(Value::is_null);
+        if absent && !under_missing {
+            missing.push(path);
+        }
+    }
+    missing
+        .into_iter()
+        .map(|path| FieldError::with_reason(Reason::Required, path, "is required"))
         .collect()
 }
 
@@ -315,6 +466,87 @@ mod tests {
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.selector", "spec.template"]);
         assert!(errs.iter().all(|e| e.reason == Reason::Required));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_path_resource_and_group() {
+        let mut paths: Vec<_> = Kind::ALL.iter().map(|k| k.path()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), Kind::ALL.len());
+        for k in Kind::ALL {
+            assert!(k.path().ends_with(&format!("/{}", k.resource())), "{k:?}");
+            assert_eq!(k.resource(), format!("{}s", k.name().to_lowercase()));
+            let (group, version) = k.group_version();
+            let instancetypes =
+                k.name().contains("Instancetype") || k.name().contains("Preference");
+            assert_eq!(
+                (group, version),
+                if instancetypes {
+                    ("instancetype.kubevirt.io", "v1beta1")
+                } else {
+                    ("kubevirt.io", "v1")
+                }
+            );
+            assert_eq!(k.namespaced(), !k.name().contains("Cluster"));
+        }
+    }
+
+    #[test]
+    fn instancetypes_need_cpu_and_memory_guests() {
+        let state = AdmissionState::without_presets();
+        for kind in [Kind::Instancetype, Kind::ClusterInstancetype] {
+            let errs = check(
+                kind,
+                &json!({"spec": {"cpu": {"model": "host-model"}}}),
+                "",
+                &state,
+            );
+            let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, ["spec.cpu.guest", "spec.memory"], "{kind:?}");
+            assert!(errs.iter().all(|e| e.reason == Reason::Required));
+        }
+        // A preference needs no field at all.
+        assert!(check(Kind::ClusterPreference, &json!({"spec": {}}), "", &state).is_empty());
+    }
+
+    #[test]
+    fn raw_values_are_reported_by_path_not_as_unreadable() {
+        let state = AdmissionState::without_presets();
+        let errs = check(
+            Kind::Instancetype,
+            &json!({"spec": {"cpu": {"guest": -2}, "memory": {"guest": "1Gi"}}}),
+            "default",
+            &state,
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.cpu.guest");
+        assert_eq!(errs[0].message, "-2 must be greater than or equal to 1");
+        // Raw and typed problems together.
+        let errs = check(
+            Kind::Instancetype,
+            &json!({"spec": {"cpu": {"guest": 0}, "memory": {"guest": "1Gi", "overcommitPercent": 101}}}),
+            "default",
+            &state,
+        );
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.cpu.guest", "spec.memory.overcommitPercent"]);
+        let errs = check(
+            Kind::Preference,
+            &json!({"spec": {"cpu": {"preferredCPUTopology": "diagonal"}}}),
+            "default",
+            &state,
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.cpu.preferredCPUTopology");
+        // What the raw checks do not cover is still an unreadable object.
+        let errs = check(
+            Kind::Preference,
+            &json!({"spec": {"preferredSubdomain": 7}}),
+            "default",
+            &state,
+        );
+        assert!(errs[0].message.starts_with("cannot be read: "), "{errs:?}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::quantity::parse_quantity;
 use crate::vmi::{Cpu, DomainSpec, KernelBoot};
 
 /// The smallest guest memory accepted.
-const MIN_MEMORY_BYTES: i64 = 1 << 20;
+pub(super) const MIN_MEMORY_BYTES: i64 = 1 << 20;
 
 /// The domain checks a VMI and a preset share: quantities parse, memory and
 /// CPU are consistent, firmware is well formed, no unsupported fields.

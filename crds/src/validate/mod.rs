@@ -18,6 +18,7 @@
 //! labels, label keys and values) and [`unsupported`] (the messages).
 //! [`warnings`] lists the fields accepted without effect, for the webhooks'
 //! AdmissionReview warnings.
+//! [`instancetype`] checks the four `instancetype.kubevirt.io` kinds.
 //! [`hostdisk`] holds the cluster's [`VolumePolicy`] (hostDisk on or off and
 //! confined to `<root>/<namespace>/`, capacity limits): [`check_volumes`]
 //! depends on the namespace and the cluster's settings, so it is not part of
@@ -26,6 +27,7 @@
 mod disks;
 mod domain;
 pub mod hostdisk;
+pub mod instancetype;
 mod names;
 mod network;
 mod references;
