@@ -17,9 +17,9 @@ use http::{Request, StatusCode};
 use ironvirt_apiserver_subresources::admission::{
     AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_VMI_PATH, MUTATOR_NAME,
     VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
-    VALIDATE_INSTANCETYPE_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
-    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, router,
-    webhook_configurations,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH,
+    VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient,
+    WebhookEndpoint, router, webhook_configurations,
 };
 use ironvirt_crds::VirtualMachineInstancePreset;
 use ironvirt_crds::validate::VolumePolicy;
@@ -83,6 +83,13 @@ fn resource_of(kind: &str) -> Resource {
             false,
             VALIDATE_CLUSTER_PREFERENCE_PATH,
         ),
+        "VirtualMachinePool" => Resource {
+            group: "pool.kubevirt.io",
+            version: "v1beta1",
+            plural: "virtualmachinepools",
+            namespaced: true,
+            path: VALIDATE_POOL_PATH,
+        },
         other => panic!("no webhook for kind {other}"),
     }
 }
@@ -334,6 +341,7 @@ async fn invalid_manifests_are_rejected_with_field_paths_and_messages() {
         "VirtualMachineClusterInstancetype",
         "VirtualMachinePreference",
         "VirtualMachineClusterPreference",
+        "VirtualMachinePool",
     ] {
         for op in ["CREATE", "UPDATE"] {
             assert!(
@@ -775,7 +783,11 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
         let resources = rule["resources"].as_array().unwrap();
         assert_eq!(resources.len(), 1);
         let resource = resources[0].as_str().unwrap().to_owned();
-        if instancetypes.contains(&resource.as_str()) {
+        if resource == "virtualmachinepools" {
+            assert_eq!(rule["apiGroups"], json!(["pool.kubevirt.io"]));
+            assert_eq!(rule["apiVersions"], json!(["v1beta1"]));
+            assert_eq!(rule["scope"], "Namespaced");
+        } else if instancetypes.contains(&resource.as_str()) {
             assert_eq!(rule["apiGroups"], json!(["instancetype.kubevirt.io"]));
             assert_eq!(rule["apiVersions"], json!(["v1beta1"]));
             let cluster = resource.contains("cluster");
@@ -842,6 +854,11 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
             (
                 VALIDATE_CLUSTER_PREFERENCE_PATH.to_owned(),
                 "virtualmachineclusterpreferences".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
+                VALIDATE_POOL_PATH.to_owned(),
+                "virtualmachinepools".to_owned(),
                 json!(["CREATE", "UPDATE"])
             ),
             (

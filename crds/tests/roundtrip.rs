@@ -242,6 +242,9 @@ fn every_example_roundtrips() {
             "VirtualMachineInstancePreset" => {
                 drop(roundtrip::<VirtualMachineInstancePreset>(&text))
             }
+            "VirtualMachinePool" => {
+                drop(roundtrip::<ironvirt_crds::pool::VirtualMachinePool>(&text))
+            }
             other => panic!("{}: unexpected kind {other}", path.display()),
         }
         seen += 1;

@@ -31,6 +31,7 @@ fn resource(kind: &str) -> (&'static str, &'static str, bool) {
         "VirtualMachineClusterInstancetype" => (IT, "virtualmachineclusterinstancetypes", false),
         "VirtualMachinePreference" => (IT, "virtualmachinepreferences", true),
         "VirtualMachineClusterPreference" => (IT, "virtualmachineclusterpreferences", false),
+        "VirtualMachinePool" => ("pool.kubevirt.io/v1beta1", "virtualmachinepools", true),
         other => panic!("no resource for kind {other}"),
     }
 }

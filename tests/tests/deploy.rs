@@ -144,7 +144,7 @@ async fn the_base_is_accepted_by_kube_apiserver() {
     ] {
         assert!(kinds.contains_key(k), "no {k} rendered");
     }
-    assert_eq!(kinds["CustomResourceDefinition"], 8);
+    assert_eq!(kinds["CustomResourceDefinition"], 9);
     // The common cluster instancetypes and preferences.
     assert!(kinds["VirtualMachineClusterInstancetype"] >= 10);
     assert!(kinds["VirtualMachineClusterPreference"] >= 5);

@@ -35,6 +35,8 @@ pub const VALIDATE_PREFERENCE_PATH: &str = "/webhooks/validate/virtualmachinepre
 /// Validating webhook for VirtualMachineClusterPreferences (CREATE, UPDATE).
 pub const VALIDATE_CLUSTER_PREFERENCE_PATH: &str =
     "/webhooks/validate/virtualmachineclusterpreferences";
+/// Validating webhook for VirtualMachinePools (CREATE, UPDATE).
+pub const VALIDATE_POOL_PATH: &str = "/webhooks/validate/virtualmachinepools";
 /// Mutating webhook for VirtualMachineInstances (CREATE).
 pub const MUTATE_VMI_PATH: &str = "/webhooks/mutate/virtualmachineinstances";
 

@@ -1,10 +1,12 @@
 //! The validating webhooks: VMI (create: the whole spec; update: the spec is
-//! immutable), VM, VMI ReplicaSet, preset, and the four instancetype and
-//! preference kinds (create, and updates that change the spec).
+//! immutable), VM, VMI ReplicaSet, preset, VM pool, and the four
+//! instancetype and preference kinds (create, and updates that change the
+//! spec).
 
 use ironvirt_crds::instancetype::{
     self as instancetype_api, VirtualMachineInstancetypeSpec, VirtualMachinePreferenceSpec,
 };
+use ironvirt_crds::pool::{self as pool_api, VirtualMachinePool};
 use ironvirt_crds::validate::{self, FieldError, Reason, instancetype};
 use ironvirt_crds::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePreset,
@@ -16,8 +18,8 @@ use serde_json::Value;
 
 use super::http::{
     VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
-    VALIDATE_INSTANCETYPE_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
-    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH,
+    VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH,
 };
 use super::review::{Review, Verdict};
 use super::state::AdmissionState;
@@ -45,11 +47,13 @@ pub(crate) enum Kind {
     Preference,
     /// VirtualMachineClusterPreference (instancetype.kubevirt.io)
     ClusterPreference,
+    /// VirtualMachinePool (pool.kubevirt.io)
+    Pool,
 }
 
 impl Kind {
     /// Every kind, in the order of the webhook configuration.
-    pub(crate) const ALL: [Kind; 8] = [
+    pub(crate) const ALL: [Kind; 9] = [
         Kind::Vmi,
         Kind::Vm,
         Kind::Vmirs,
@@ -58,6 +62,7 @@ impl Kind {
         Kind::ClusterInstancetype,
         Kind::Preference,
         Kind::ClusterPreference,
+        Kind::Pool,
     ];
 
     /// The kind's name, as in `request.kind.kind`.
@@ -71,6 +76,7 @@ impl Kind {
             Kind::ClusterInstancetype => "VirtualMachineClusterInstancetype",
             Kind::Preference => "VirtualMachinePreference",
             Kind::ClusterPreference => "VirtualMachineClusterPreference",
+            Kind::Pool => "VirtualMachinePool",
         }
     }
 
@@ -86,6 +92,7 @@ impl Kind {
             | Kind::ClusterInstancetype
             | Kind::Preference
             | Kind::ClusterPreference => (instancetype_api::GROUP, instancetype_api::VERSION),
+            Kind::Pool => (pool_api::GROUP, pool_api::VERSION),
         }
     }
 
@@ -100,6 +107,7 @@ impl Kind {
             Kind::ClusterInstancetype => "virtualmachineclusterinstancetypes",
             Kind::Preference => "virtualmachinepreferences",
             Kind::ClusterPreference => "virtualmachineclusterpreferences",
+            Kind::Pool => "virtualmachinepools",
         }
     }
 
@@ -119,6 +127,7 @@ impl Kind {
             Kind::ClusterInstancetype => VALIDATE_CLUSTER_INSTANCETYPE_PATH,
             Kind::Preference => VALIDATE_PREFERENCE_PATH,
             Kind::ClusterPreference => VALIDATE_CLUSTER_PREFERENCE_PATH,
+            Kind::Pool => VALIDATE_POOL_PATH,
         }
     }
 
@@ -137,6 +146,13 @@ impl Kind {
                 "spec.memory.guest",
             ],
             Kind::Preference | Kind::ClusterPreference => &["spec"],
+            Kind::Pool => &[
+                "spec",
+                "spec.selector",
+                "spec.virtualMachineTemplate",
+                "spec.virtualMachineTemplate.spec",
+                "spec.virtualMachineTemplate.spec.template",
+            ],
         }
     }
 }
@@ -220,6 +236,9 @@ pub(crate) fn warnings(kind: Kind, review: &Review) -> Vec<String> {
                 instancetype::preference_warnings(&v.spec, "spec")
             })
         }
+        Kind::Pool => read(object, |v: VirtualMachinePool| {
+            validate::pool::pool_warnings(&v.spec)
+        }),
     }
 }
 
@@ -291,6 +310,13 @@ pub(crate) fn check(
                 instancetype::preference_spec(&v.spec, "spec")
             },
         ),
+        Kind::Pool => typed(object, |v: VirtualMachinePool| {
+            with_volumes(
+                validate::pool_spec(&v.spec),
+                v.spec.virtual_machine_template.spec.template.spec.as_ref(),
+                "spec.virtualMachineTemplate.spec.template.spec",
+            )
+        }),
     }
 }
 

@@ -30,6 +30,7 @@ pub mod hostdisk;
 pub mod instancetype;
 mod names;
 mod network;
+pub mod pool;
 mod references;
 mod scheduling;
 mod selector;
@@ -45,6 +46,7 @@ pub use hostdisk::{
 };
 pub use names::{dns_label, dns_subdomain};
 pub use network::NIC_MODELS;
+pub use pool::pool_spec;
 pub use selector::{label_selector, selector_matches, selects_everything};
 
 use crate::vmi::VirtualMachineInstanceSpec;
@@ -172,7 +174,7 @@ pub fn more_suffix(total: usize) -> String {
 
 /// Reports as not supported each of `fields` (its name under `path`, whether
 /// it is set, the message) that is set. Returns how many are set.
-fn unsupported_fields(
+pub(crate) fn unsupported_fields(
     path: &str,
     fields: &[(&str, bool, &str)],
     errors: &mut Vec<FieldError>,

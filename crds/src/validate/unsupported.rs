@@ -106,14 +106,16 @@ pub const ARCHITECTURE: &str =
 pub const REBOOT_POLICY: &str =
     "rebootPolicy Terminate is not supported by ironvirt yet; use Reboot";
 
-/// Every message, for tests that compare them with the CRDs.
 /// Pool `autohealing`
-pub const POOL_AUTOHEALING: &str = "VirtualMachinePool autohealing is not supported by ironvirt yet";
+pub const POOL_AUTOHEALING: &str =
+    "VirtualMachinePool autohealing is not supported by ironvirt yet";
 /// Pool `selectionPolicy.selectors.nodeSelectorRequirementMatcher`
-pub const POOL_NODE_MATCHER: &str = "nodeSelectorRequirementMatcher is not supported by ironvirt yet; use labelSelector";
+pub const POOL_NODE_MATCHER: &str =
+    "nodeSelectorRequirementMatcher is not supported by ironvirt yet; use labelSelector";
 /// Pool `statePreservation` other than Disabled
 pub const POOL_STATE_PRESERVATION: &str = "statePreservation Offline and Online are not supported by ironvirt: it has no persistent volumes to keep; use Disabled";
 
+/// Every message, for tests that compare them with the CRDs.
 pub const ALL: [&str; 46] = [
     PVC,
     DATA_VOLUME,
