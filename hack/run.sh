@@ -37,16 +37,20 @@ log "installing the kubevirt.io CRDs"
 install_crds "$state" || die "the kubevirt.io CRDs could not be installed."
 
 # The components built so far, supervised with the test bed (stopped by make stop).
+log "starting the OCI registry (containerDisks of the test guest)"
+registry="$(start_registry "$state" "$guest_dir")" || die "the registry did not start or the test guest could not be pushed (log: $state/logs/registry.log)."
+
+# The operator reads containerDisk labels (inferFromVolume) through the same
+# registry configuration as the handler.
 log "starting ironvirt-operator"
 IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubeconfig" -e "RUST_LOG=info" -- \
-  "$REPO/target/debug/ironvirt-operator" --metrics-addr 127.0.0.1:0 --leader-election-namespace default >/dev/null \
+  "$REPO/target/debug/ironvirt-operator" --metrics-addr 127.0.0.1:0 --leader-election-namespace default \
+  --registries-config "$state/registries.yaml" >/dev/null \
   || die "could not start ironvirt-operator (log: $state/logs/ironvirt-operator.log)."
 
 # The node agent for this machine. KVM does not work on the machines this
 # test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
 node="${IRONVIRT_NODE:-node-1}"
-log "starting the OCI registry (containerDisks of the test guest)"
-registry="$(start_registry "$state" "$guest_dir")" || die "the registry did not start or the test guest could not be pushed (log: $state/logs/registry.log)."
 
 log "starting ironvirt-handler for node $node"
 # The handler's own identity, as on a real cluster: a serving certificate

@@ -473,11 +473,16 @@ pub struct Matcher {
     /// controller. Clear it to take up the object's current version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub revision_name: String,
-    /// Infer the name from this volume's labels (not supported by ironvirt yet).
+    /// Infer the name and kind from the labels of this volume of the
+    /// template (a containerDisk's image config labels
+    /// instancetype.kubevirt.io/default-instancetype, -kind,
+    /// default-preference, -kind); the VM controller then sets name and kind
+    /// and removes this field.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(schema_with = "crate::schema::infer_from_volume")]
     pub infer_from_volume: String,
-    /// Reject or Ignore a failed inference.
+    /// Reject (the default: a failed inference is the VM's Failure
+    /// condition, retried) or Ignore (a missing label or a volume without
+    /// labels removes the matcher; the template must then set memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infer_from_volume_failure_policy: Option<String>,
 }

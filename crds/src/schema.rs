@@ -341,10 +341,3 @@ pub fn any_list(_: &mut SchemaGenerator) -> Schema {
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
 }
-
-refused_value!(
-    infer_from_volume,
-    "string",
-    "self == ''",
-    "inferFromVolume is not supported by ironvirt yet; name the instancetype or preference"
-);

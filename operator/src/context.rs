@@ -20,6 +20,9 @@ pub struct Settings {
     pub node_lease_timeout: Duration,
     /// Only nodes with these labels are candidates (`key=value,...`; all when empty).
     pub node_label_selector: Option<String>,
+    /// How to reach registries (mirrors, plain HTTP, CAs), for the image
+    /// labels `inferFromVolume` reads ([`crate::infer`]); the handlers' file.
+    pub registries: ironvirt_images::Registries,
 }
 
 impl Default for Settings {
@@ -29,6 +32,7 @@ impl Default for Settings {
             lease_namespace: ironvirt_crds::wire::HANDLER_LEASE_NAMESPACE.to_owned(),
             node_lease_timeout: Duration::from_secs(60),
             node_label_selector: None,
+            registries: ironvirt_images::Registries::default(),
         }
     }
 }

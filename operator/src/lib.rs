@@ -11,6 +11,7 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod infer;
 pub mod instancetypes;
 pub mod leader;
 pub mod metrics;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use ironvirt_crds::duration::parse_duration;
 use ironvirt_crds::wire;
@@ -51,6 +52,11 @@ struct Args {
     /// How often the leader renews the lease.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     renew_interval: Duration,
+    /// The nodes' registry configuration (YAML: mirrors, plain HTTP, CAs;
+    /// the handler's `--registries-config` format), used to read the labels
+    /// of containerDisk images for `inferFromVolume`.
+    #[arg(long)]
+    registries_config: Option<std::path::PathBuf>,
     #[command(flatten)]
     certs: ironvirt_operator::certs::CertArgs,
 }
@@ -67,6 +73,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let registries = match &args.registries_config {
+        Some(path) => ironvirt_images::Registries::load(path)
+            .map_err(anyhow::Error::msg)
+            .context("--registries-config")?,
+        None => ironvirt_images::Registries::default(),
+    };
     let client = kube::Client::try_default().await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -77,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         lease_namespace: args.node_lease_namespace.clone(),
         node_lease_timeout: args.node_lease_timeout,
         node_label_selector: args.node_label_selector.clone(),
+        registries,
     };
     let health = Health::default();
     let ctx = Arc::new(Context::new(

@@ -119,8 +119,31 @@ impl Registry {
     /// Pushes `files` as a one-layer image `repo:tag` (with the
     /// credentials and CA of a private registry).
     pub async fn push(&self, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<()> {
+        self.push_labelled(repo_tag, files, &[]).await
+    }
+
+    /// [`Registry::push`], with `labels` in the image config
+    /// (`config.Labels`, what `LABEL` in a Containerfile sets).
+    pub async fn push_labelled(
+        &self,
+        repo_tag: &str,
+        files: &[(&str, Vec<u8>)],
+        labels: &[(&str, &str)],
+    ) -> Res<()> {
         let Some((user, password)) = &self.credentials else {
-            return push(&self.host, repo_tag, files).await;
+            let config = ClientConfig {
+                protocol: ClientProtocol::Http,
+                ..ClientConfig::default()
+            };
+            return push_with(
+                config,
+                &self.host,
+                repo_tag,
+                files,
+                labels,
+                &RegistryAuth::Anonymous,
+            )
+            .await;
         };
         let ca = std::fs::read(self.ca.as_ref().ok_or("a private registry has a CA")?)?;
         let config = ClientConfig {
@@ -132,7 +155,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         let auth = RegistryAuth::Basic(user.clone(), password.clone());
-        push_with(config, &self.host, repo_tag, files, &auth).await
+        push_with(config, &self.host, repo_tag, files, labels, &auth).await
     }
 }
 
@@ -150,7 +173,7 @@ pub async fn push(host: &str, repo_tag: &str, files: &[(&str, Vec<u8>)]) -> Res<
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
     };
-    push_with(config, host, repo_tag, files, &RegistryAuth::Anonymous).await
+    push_with(config, host, repo_tag, files, &[], &RegistryAuth::Anonymous).await
 }
 
 async fn push_with(
@@ -158,6 +181,7 @@ async fn push_with(
     host: &str,
     repo_tag: &str,
     files: &[(&str, Vec<u8>)],
+    labels: &[(&str, &str)],
     auth: &RegistryAuth,
 ) -> Res<()> {
     let (repo, tag) = repo_tag.split_once(':').ok_or("expected repo:tag")?;
@@ -166,11 +190,18 @@ async fn push_with(
     let reference = Reference::with_tag(host.to_owned(), repo.into(), tag.into());
     let client = Client::new(config);
     let layer = ImageLayer::oci_v1_gzip(tar_gz(files)?, None);
-    let config = Config::oci_v1(
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec(),
-        None,
-    );
+    let mut image_config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    if !labels.is_empty() {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        image_config["config"] = serde_json::json!({ "Labels": labels });
+    }
+    let config = Config::oci_v1(serde_json::to_vec(&image_config)?, None);
     client
         .push(&reference, &[layer], config, auth, None)
         .await?;

@@ -262,7 +262,10 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<FieldError> {
         &mut errors,
     );
     match (&spec.instancetype, spec.template.spec.as_ref()) {
-        (Some(_), Some(t)) => {
+        // An instancetype inferred under policy Ignore may be dropped: the
+        // template must then run alone (the controller removes its memory
+        // when an instancetype is found, as KubeVirt does).
+        (Some(m), Some(t)) if !infers_or_may_drop(m) => {
             // The instancetype owns vCPUs and memory: the template must leave
             // them unset, and is checked as the VMI it expands to would be.
             errors.extend(crate::expand::owned_field_conflicts(
@@ -293,34 +296,72 @@ pub fn vm_spec(spec: &VirtualMachineSpec) -> Vec<FieldError> {
 /// expand subresources check a posted VM's with this.
 pub fn vm_matchers(spec: &VirtualMachineSpec) -> Vec<FieldError> {
     let mut errors = Vec::new();
+    let volumes = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|t| t.volumes.as_deref())
+        .unwrap_or_default();
     for (field, m, preference) in [
         ("spec.instancetype", &spec.instancetype, false),
         ("spec.preference", &spec.preference, true),
     ] {
         if let Some(m) = m {
-            matcher(m, field, preference, &mut errors);
+            matcher(m, field, preference, volumes, &mut errors);
         }
     }
     errors
 }
 
-/// A VM's `spec.instancetype` or `spec.preference`: a name, a kind these
-/// resources have, and no inference (not built yet).
+/// Whether a matcher is inferred under `inferFromVolumeFailurePolicy: Ignore`
+/// (so it may be removed and the template run alone).
+fn infers_or_may_drop(m: &crate::instancetype::Matcher) -> bool {
+    !m.infer_from_volume.is_empty()
+        && m.infer_from_volume_failure_policy.as_deref() == Some("Ignore")
+}
+
+/// A VM's `spec.instancetype` or `spec.preference`: a name or a volume of
+/// the template to infer it from (not both, as KubeVirt says), a failure
+/// policy KubeVirt has, and a kind these resources have.
 fn matcher(
     m: &crate::instancetype::Matcher,
     field: &str,
     preference: bool,
+    volumes: &[crate::volumes::Volume],
     errors: &mut Vec<FieldError>,
 ) {
-    if !m.infer_from_volume.is_empty() {
-        errors.push(FieldError::unsupported(
-            format!("{field}.inferFromVolume"),
-            unsupported::INFER_FROM_VOLUME,
-        ));
-    } else if m.name.is_empty() {
-        errors.push(FieldError::required(
-            format!("{field}.name"),
-            "is required: the name of the object to use",
+    let volume = &m.infer_from_volume;
+    if volume.is_empty() {
+        if m.name.is_empty() {
+            errors.push(FieldError::required(
+                format!("{field}.name"),
+                "is required: the name of the object to use (or inferFromVolume, a volume to infer it from)",
+            ));
+        }
+    } else {
+        for (set, key) in [(!m.name.is_empty(), "name"), (!m.kind.is_empty(), "kind")] {
+            if set {
+                errors.push(FieldError::new(
+                    format!("{field}.{key}"),
+                    format!("must not be set with inferFromVolume: the {key} is inferred from volume {volume}"),
+                ));
+            }
+        }
+        if !volumes.iter().any(|v| &v.name == volume) {
+            errors.push(FieldError::new(
+                format!("{field}.inferFromVolume"),
+                format!("volume {volume} is not in spec.template.spec.volumes: name the volume to infer from"),
+            ));
+        }
+    }
+    if let Some(p) = m
+        .infer_from_volume_failure_policy
+        .as_deref()
+        .filter(|p| !matches!(*p, "Reject" | "Ignore"))
+    {
+        errors.push(FieldError::new(
+            format!("{field}.inferFromVolumeFailurePolicy"),
+            format!("'{p}' is not a policy: use Reject (the default) or Ignore"),
         ));
     }
     if !crate::instancetype::is_known_kind(&m.kind, preference) {

@@ -171,6 +171,77 @@ fn vm_running_and_run_strategy_are_exclusive() {
 }
 
 #[test]
+fn vm_matchers_infer_from_a_volume_of_the_template() {
+    // VALID's memory, with or without it.
+    let vm = |matchers: &str, memory: bool| -> VirtualMachineSpec {
+        let template = if memory {
+            VALID.to_owned()
+        } else {
+            VALID.replace("  memory: {guest: 128Mi}\n", "")
+        };
+        serde_yaml::from_str(&format!(
+            "{matchers}\ntemplate:\n  spec:\n{}",
+            template
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        ))
+        .unwrap()
+    };
+    let ok = vm(
+        "instancetype: {inferFromVolume: root}\npreference: {inferFromVolume: root, inferFromVolumeFailurePolicy: Reject}",
+        false,
+    );
+    assert_eq!(vm_spec(&ok), vec![]);
+    let errs = vm_spec(&vm(
+        "instancetype: {inferFromVolume: boot, name: u1.small, kind: VirtualMachineInstancetype}\npreference: {inferFromVolume: root, inferFromVolumeFailurePolicy: Sometimes}",
+        false,
+    ));
+    assert_eq!(
+        fields(&errs),
+        [
+            "spec.instancetype.name",
+            "spec.instancetype.kind",
+            "spec.instancetype.inferFromVolume",
+            "spec.preference.inferFromVolumeFailurePolicy"
+        ]
+    );
+    assert!(
+        errs[0]
+            .message
+            .contains("must not be set with inferFromVolume")
+    );
+    assert_eq!(
+        errs[2].message,
+        "volume boot is not in spec.template.spec.volumes: name the volume to infer from"
+    );
+    assert!(errs[3].message.contains("'Sometimes' is not a policy"));
+    // Neither a name nor a volume.
+    let errs = vm_spec(&vm(
+        "instancetype: {kind: VirtualMachineInstancetype}",
+        false,
+    ));
+    assert_eq!(fields(&errs), ["spec.instancetype.name"]);
+    // Under Ignore the instancetype may be dropped: the template needs its
+    // memory, and may have it.
+    let ignoring = "instancetype: {inferFromVolume: root, inferFromVolumeFailurePolicy: Ignore}";
+    assert_eq!(vm_spec(&vm(ignoring, true)), vec![]);
+    let errs = vm_spec(&vm(ignoring, false));
+    assert!(
+        fields(&errs)
+            .iter()
+            .any(|f| f.starts_with("spec.template.spec.domain.memory")),
+        "{errs:?}"
+    );
+    // Under Reject the instancetype owns memory.
+    let errs = vm_spec(&vm("instancetype: {inferFromVolume: root}", true));
+    assert!(
+        join(&errs).contains("conflicts with selected instance type"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn vmirs_selector_must_match_template_labels() {
     let rs = |sel: &str| -> VirtualMachineInstanceReplicaSetSpec {
         serde_yaml::from_str(&format!(

@@ -42,9 +42,6 @@ pub const BINDING_PLUGIN: &str =
 pub const MULTUS: &str = "multus networks are not supported by ironvirt yet; use pod";
 /// `livenessProbe` and `readinessProbe`
 pub const PROBES: &str = "liveness and readiness probes are not supported by ironvirt yet";
-/// VM `instancetype.inferFromVolume` and `preference.inferFromVolume`
-pub const INFER_FROM_VOLUME: &str =
-    "inferFromVolume is not supported by ironvirt yet; name the instancetype or preference";
 /// VM `dataVolumeTemplates`
 pub const DATA_VOLUME_TEMPLATES: &str =
     "dataVolumeTemplates are not supported by ironvirt (no CDI)";
@@ -116,7 +113,7 @@ pub const POOL_NODE_MATCHER: &str =
 pub const POOL_STATE_PRESERVATION: &str = "statePreservation Offline and Online are not supported by ironvirt: it has no persistent volumes to keep; use Disabled";
 
 /// Every message, for tests that compare them with the CRDs.
-pub const ALL: [&str; 46] = [
+pub const ALL: [&str; 45] = [
     PVC,
     DATA_VOLUME,
     EPHEMERAL,
@@ -135,7 +132,6 @@ pub const ALL: [&str; 46] = [
     BINDING_PLUGIN,
     MULTUS,
     PROBES,
-    INFER_FROM_VOLUME,
     DATA_VOLUME_TEMPLATES,
     TOPOLOGY_SPREAD,
     SCHEDULER_NAME,

@@ -26,17 +26,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use ironvirt_images::{client_for, reference_for, with_causes};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
 use crate::domxml::ImageFormat;
 
 pub mod disk;
 pub mod gc;
 pub mod progress;
-pub mod reference;
-pub mod registries;
+/// References, pull policies and the node's registry configuration live in
+/// the shared `ironvirt-images` crate (the operator reads image labels with
+/// them too).
+pub use ironvirt_images::{reference, registries};
 
 pub use disk::Wanted;
 pub use progress::{PullProgress, Stage};
@@ -264,20 +265,8 @@ impl Images {
         auth: &RegistryAuth,
         progress: &PullProgress,
     ) -> Result<CachedDisk, ImageError> {
-        let client = client_for(endpoint)?;
-        let mut reference = match &image.digest {
-            Some(d) => {
-                Reference::with_digest(image.registry.clone(), image.repository.clone(), d.clone())
-            }
-            None => Reference::with_tag(
-                image.registry.clone(),
-                image.repository.clone(),
-                image.tag_or_latest().to_owned(),
-            ),
-        };
-        if endpoint.host != image.registry {
-            reference.set_mirror_registry(endpoint.host.clone());
-        }
+        let client = client_for(endpoint).map_err(|e| ImageError::Io(e.to_string()))?;
+        let reference = reference_for(image, endpoint);
         let pull_err = |e: oci_client::errors::OciDistributionError| ImageError::Pull {
             image: image.to_string(),
             reason: with_causes(&e),
@@ -421,29 +410,6 @@ pub fn docker_config_auth(json: &[u8], registry: &str) -> Result<RegistryAuth, S
     Ok(RegistryAuth::Basic(u.to_owned(), p.to_owned()))
 }
 
-/// A client for one endpoint: HTTP or HTTPS, with its CA.
-fn client_for(endpoint: &Endpoint) -> Result<Client, ImageError> {
-    // The workspace's TLS is rustls on ring; a second install is a no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = ClientConfig {
-        protocol: if endpoint.insecure {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-        ..ClientConfig::default()
-    };
-    if let Some(ca) = &endpoint.ca {
-        let data = std::fs::read(ca).map_err(io(ca))?;
-        config.extra_root_certificates.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data,
-        });
-    }
-    Ok(Client::new(config))
-}
-
 /// The registry's own words, without oci-client's wrapping where it adds none.
 fn reason_of(e: ImageError) -> String {
     match e {
@@ -485,21 +451,6 @@ fn may_use(disk: &CachedDisk, registry: &str, auth: &RegistryAuth) -> bool {
     };
     let private = std::fs::read_dir(dir.join("grants")).is_ok_and(|mut d| d.next().is_some());
     !private || grant_file(disk, registry, auth).is_some_and(|f| f.is_file())
-}
-
-/// `e` and its causes ("error sending request …: connection refused").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn set_read_only(path: &Path) -> Result<(), ImageError> {

@@ -17,6 +17,7 @@ use super::{FinalizerOp, has_finalizer, update_finalizer};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::{EventNote, Reason};
+use crate::infer;
 use crate::vm::{self, VmiAction};
 
 /// The field manager of everything this controller writes.
@@ -63,8 +64,22 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
 
     let current = vmis.get_opt(&name).await?;
     let mine = current.as_ref().filter(|v| owned_by(v, vm));
+    // inferFromVolume first: the matchers it fills are resolved next time.
+    let mut inference_failed = None;
+    if !deleting && infer::wanted(vm) {
+        match infer_matchers(vm, &vms, ctx).await? {
+            Inference::Written => return Ok(Action::await_change()),
+            Inference::Failed(f) => inference_failed = Some(f),
+            Inference::Nothing => {}
+        }
+    }
     let instancetypes = if deleting {
         vm::Instancetypes::default()
+    } else if let Some(failure) = inference_failed {
+        vm::Instancetypes {
+            failure: Some(failure),
+            ..vm::Instancetypes::default()
+        }
     } else {
         crate::instancetypes::resolve(&ctx.client, vm, &ns).await?
     };
@@ -127,6 +142,69 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
         Some(d) => Action::requeue(d + Duration::from_millis(100)),
         None => Action::requeue(RESYNC),
     })
+}
+
+/// What [`infer_matchers`] did.
+enum Inference {
+    /// The VM's spec was patched; the watch brings it back.
+    Written,
+    /// The VM's Failure condition: (reason, message).
+    Failed((String, String)),
+    /// Nothing to infer.
+    Nothing,
+}
+
+/// Reads the labels of the images the VM's `inferFromVolume` matchers name
+/// and writes the outcome of [`infer::plan`] to the VM's spec.
+async fn infer_matchers(
+    vm: &VirtualMachine,
+    vms: &Api<VirtualMachine>,
+    ctx: &Context,
+) -> Result<Inference> {
+    let mut fetched = infer::Fetched::new();
+    for (written, image) in infer::images(vm) {
+        // Anonymous: the operator does not read the volumes' pull secrets.
+        let labels = ironvirt_images::config_labels(
+            &ctx.settings.registries,
+            &image,
+            &ironvirt_images::RegistryAuth::Anonymous,
+        )
+        .await
+        .map_err(|e| e.to_string());
+        fetched.insert(written, labels);
+    }
+    let plan = infer::plan(vm, &fetched);
+    for reason in &plan.ignored {
+        tracing::info!(%reason, "inference failed; inferFromVolumeFailurePolicy Ignore removes the matcher");
+    }
+    if let Some(failure) = plan.failure {
+        tracing::info!(reason = %failure.0, message = %failure.1, "inference failed");
+        return Ok(Inference::Failed(failure));
+    }
+    let Some(patch) = plan.patch else {
+        return Ok(Inference::Nothing);
+    };
+    ctx.metrics.write(NAME, "vm");
+    match vms
+        .patch(
+            &vm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(instancetype = %patch["spec"]["instancetype"], preference = %patch["spec"]["preference"], "inferred from the volume");
+            Ok(Inference::Written)
+        }
+        // The admission refused the outcome (say, Ignore removed the
+        // instancetype and the template has no memory).
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Ok(Inference::Failed((
+            "FailedInferInstancetype".to_owned(),
+            format!("the inferred VM was refused: {}", s.message),
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes the VM's status by server-side apply, only when something other than

@@ -1,6 +1,7 @@
 //! The node's registry configuration: mirrors, plain HTTP, custom CAs.
 //!
-//! A YAML file (`--registries-config`), in the spirit of containerd's
+//! A YAML file (`--registries-config` of the handler, and of the operator,
+//! which reads image labels with it), in the spirit of containerd's
 //! `hosts.toml`, keyed by the registry host an image reference names:
 //!
 //! ```yaml
