@@ -216,15 +216,21 @@ destroy_bed_domains() {
 }
 
 # install_crds STATE: the kubevirt.io, instancetype.kubevirt.io and pool.kubevirt.io CRDs
-# (server-side apply), Established; then the common cluster instancetypes
-# and preferences.
+# (server-side apply), Established.
 install_crds() {
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$1/kubeconfig")
   "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/crds" >/dev/null \
     || { echo "installing the CRDs failed; see the error above." >&2; return 1; }
   "${kubectl[@]}" wait --for=condition=Established --timeout=60s -f "$REPO/deploy/crds" >/dev/null \
     || { echo "the CRDs did not become Established." >&2; return 1; }
-  "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=ironvirt -f "$REPO/deploy/instancetypes" >/dev/null \
+}
+
+# install_instancetypes STATE: the common cluster instancetypes and
+# preferences. Their validating webhooks must be reachable (start_api calls
+# this once ironvirt-api's webhooks answer).
+install_instancetypes() {
+  "$K8S_BIN/kubectl" --kubeconfig "$1/kubeconfig" apply --server-side --force-conflicts --field-manager=ironvirt \
+    -f "$REPO/deploy/instancetypes" >/dev/null \
     || { echo "installing the common instancetypes failed; see the error above." >&2; return 1; }
 }
 
@@ -313,5 +319,8 @@ YAML
     (( i == 100 )) && { echo "the admission webhooks did not become active: $out" >&2; return 1; }
     sleep 0.1
   done
+  # After the webhooks (a restarted ironvirt-api has a new port: until they
+  # are re-registered, the instancetype webhooks would point at the old one).
+  install_instancetypes "$state" || return 1
   echo "$port"
 }

@@ -510,6 +510,8 @@ mod tests {
                 (group, version),
                 if instancetypes {
                     ("instancetype.kubevirt.io", "v1beta1")
+                } else if k == Kind::Pool {
+                    ("pool.kubevirt.io", "v1beta1")
                 } else {
                     ("kubevirt.io", "v1")
                 }
