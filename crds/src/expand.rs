@@ -173,11 +173,14 @@ pub fn topology(
         PreferredCpuTopology::Threads => (1, 1, guest),
         PreferredCpuTopology::Spread => {
             let spread = cpu.and_then(|c| c.spread_options.as_ref());
+            // 0 means unset, as in KubeVirt: the default ratio is 2.
             let ratio = spread
                 .and_then(|s| s.ratio)
-                .or(pref.and_then(|p| p.prefer_spread_socket_to_core_ratio))
-                .unwrap_or(2)
-                .max(1);
+                .filter(|r| *r > 0)
+                .or(pref
+                    .and_then(|p| p.prefer_spread_socket_to_core_ratio)
+                    .filter(|r| *r > 0))
+                .unwrap_or(2);
             let across = spread
                 .and_then(|s| s.across)
                 .unwrap_or(SpreadAcross::SocketsCores);

@@ -124,7 +124,8 @@ async fn snapshot<T: serde::de::DeserializeOwned>(
     };
     // The revision the VM records while it is a copy of the object named;
     // else the current object, of which a revision is stored below.
-    let found = lookup::find(client, ns, m, target, true).await?;
+    let vm_uid = vm.metadata.uid.as_deref().unwrap_or_default();
+    let found = lookup::find(client, ns, m, target, Some(vm_uid)).await?;
     let object = match found {
         Found::Current(object) => *object,
         Found::Revision { name, data } => {

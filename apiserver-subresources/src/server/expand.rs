@@ -197,7 +197,9 @@ async fn expand(
     if !errors.is_empty() {
         return Err(cannot_expand(source, &vm_name, &errors));
     }
-    let revisions = source.uses_revisions();
+    // Only the stored VM's own revisions are followed (see lookup::find).
+    let vm_uid = vm.metadata.uid.as_deref().unwrap_or_default();
+    let revisions = source.uses_revisions().then_some(vm_uid);
     let client = &state.client;
     let failed = |e: LookupError, field: &str| lookup_failure(source, &vm_name, field, e);
     let it = match &vm.spec.instancetype {

@@ -24,7 +24,7 @@ fn expand_vm_spec(ns: &str) -> String {
 /// `revision`, if not empty) and namespaced preference p.
 fn vm_with(revision: &str) -> Value {
     json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "x", "namespace": NS, "resourceVersion": "7"},
+        "metadata": {"name": "x", "namespace": NS, "resourceVersion": "7", "uid": "vm-uid"},
         "spec": {
             "runStrategy": "Halted",
             "instancetype": {"name": "u1.small", "revisionName": revision},
@@ -51,7 +51,9 @@ fn preference() -> Value {
 fn revision() -> Value {
     json!({"apiVersion": "apps/v1", "kind": "ControllerRevision",
         "metadata": {"name": "x-u1.small-rev", "namespace": NS,
-            "labels": {"instancetype.kubevirt.io/object-name": "u1.small"}},
+            "labels": {"instancetype.kubevirt.io/object-name": "u1.small"},
+            "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                "name": "x", "uid": "vm-uid", "controller": true}]},
         "data": {"apiVersion": "instancetype.kubevirt.io/v1beta1",
             "kind": "VirtualMachineClusterInstancetype", "metadata": {"name": "u1.small"},
             "spec": {"cpu": {"guest": 4}, "memory": {"guest": "8Gi"}}},
@@ -93,6 +95,22 @@ fn reads(log: &Log) -> Vec<String> {
             p.clone()
         })
         .collect()
+}
+
+#[tokio::test]
+async fn another_vms_revision_is_not_read_in_place_of_the_object() {
+    // A VM recreated under the same name (or one naming another VM's
+    // revision) gets the current object, not the other VM's copy.
+    let mut vm = vm_with("x-u1.small-rev");
+    vm["metadata"]["uid"] = json!("another-uid");
+    let (client, log) = expand_cluster(Some(vm), true);
+    let (code, body) = send(state(client), &Method::GET, &expand_spec(), "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(domain(&body)["memory"]["guest"], "2Gi", "{body}");
+    assert_eq!(
+        reads(&log),
+        [VM_PATH, REV_PATH, IT_PATH, PREF_PATH].map(str::to_owned)
+    );
 }
 
 #[tokio::test]

@@ -76,6 +76,11 @@ fn the_instancetype_gives_vcpus_memory_and_the_preferred_topology() {
     assert_eq!(topology(8, Some(&p)).unwrap(), (2, 2, 2));
     let p = pref("cpu: {preferredCPUTopology: spread, spreadOptions: {ratio: 4}}\n");
     assert!(topology(6, Some(&p)).unwrap_err().contains("not divisible"));
+    // A ratio of 0 is unset (2), as in KubeVirt, wherever it is given.
+    let p = pref("cpu: {preferredCPUTopology: spread, spreadOptions: {ratio: 0}}\n");
+    assert_eq!(topology(4, Some(&p)).unwrap(), (2, 2, 1));
+    let p = pref("cpu: {preferredCPUTopology: spread}\npreferSpreadSocketToCoreRatio: 0\n");
+    assert_eq!(topology(4, Some(&p)).unwrap(), (2, 2, 1));
 }
 
 #[test]

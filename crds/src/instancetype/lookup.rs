@@ -86,25 +86,30 @@ pub enum Found {
 
 /// Looks up what `m` (the VM's instancetype matcher, or its preference
 /// matcher when `t.preference`) names for a VM in namespace `ns`. With
-/// `use_revision` false, `revisionName` is ignored and the current object is
-/// read. Only reads: a ControllerRevision in `ns` and the object.
+/// `revisions_of` (the VM's uid), the revision `revisionName` names is used
+/// while it copies the object named and is owned by that VM; without it,
+/// `revisionName` is ignored and the current object is read. Only reads: a
+/// ControllerRevision in `ns` and the object.
 pub async fn find(
     client: &Client,
     ns: &str,
     m: &Matcher,
     t: Target,
-    use_revision: bool,
+    revisions_of: Option<&str>,
 ) -> Result<Found, kube::Error> {
-    if use_revision && !m.revision_name.is_empty() {
+    if let Some(vm_uid) = revisions_of
+        && !m.revision_name.is_empty()
+    {
         let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
         match revisions.get_opt(&m.revision_name).await? {
-            Some(rev) if copies(&rev, &m.name) => {
+            Some(rev) if copies(&rev, &m.name) && owned_by(&rev, vm_uid) => {
                 return Ok(Found::Revision {
                     name: m.revision_name.clone(),
                     data: rev.data.map(|d| d.0).unwrap_or(Value::Null),
                 });
             }
-            // A revision of another object: the user named a new one.
+            // A revision of another object (the user named a new one), or
+            // another VM's: never read in place of this VM's own copy.
             Some(_) => {}
             None => return Ok(Found::RevisionMissing),
         }
@@ -130,6 +135,16 @@ fn copies(rev: &ControllerRevision, name: &str) -> bool {
         .as_ref()
         .and_then(|l| l.get(REVISION_OBJECT_NAME_LABEL))
         .is_none_or(|n| n == name)
+}
+
+/// Whether `rev` belongs to the VM with uid `vm_uid` (the VM controller
+/// creates each VM's revisions with the VM as their controller).
+fn owned_by(rev: &ControllerRevision, vm_uid: &str) -> bool {
+    rev.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == vm_uid && o.controller == Some(true))
 }
 
 /// The spec inside a revision's data (the whole object as stored).
@@ -224,10 +239,10 @@ pub async fn spec<T: serde::de::DeserializeOwned>(
     ns: &str,
     m: &Matcher,
     preference: bool,
-    use_revision: bool,
+    revisions_of: Option<&str>,
 ) -> Result<T, LookupError> {
     let t = Target::for_matcher(m, preference);
-    let found = find(client, ns, m, t, use_revision).await?;
+    let found = find(client, ns, m, t, revisions_of).await?;
     spec_of(found, m, t)
 }
 
@@ -357,5 +372,29 @@ mod tests {
             &rev(Some(json!({REVISION_OBJECT_NAME_LABEL: "b"}))),
             "a"
         ));
+    }
+
+    #[test]
+    fn only_the_vms_own_revisions_are_read() {
+        let rev = |owner: Value| -> ControllerRevision {
+            serde_json::from_value(json!({
+                "metadata": {"name": "r", "ownerReferences": owner}, "revision": 1,
+            }))
+            .unwrap()
+        };
+        let vm = |uid: &str, controller: bool| {
+            json!([{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "vm",
+                    "uid": uid, "controller": controller}])
+        };
+        assert!(owned_by(&rev(vm("mine", true)), "mine"));
+        assert!(
+            !owned_by(&rev(vm("theirs", true)), "mine"),
+            "another VM's copy"
+        );
+        assert!(
+            !owned_by(&rev(vm("mine", false)), "mine"),
+            "not its controller"
+        );
+        assert!(!owned_by(&rev(Value::Null), "mine"), "nobody's");
     }
 }
