@@ -71,8 +71,8 @@ pub struct VirtualMachinePoolSpec {
     /// While true, the pool neither creates, deletes nor updates VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
-    /// How many VMs a proactive update may restart at once: a number or a
-    /// percentage of replicas (default 1).
+    /// How many VMs a proactive update may have down at once: a number or a
+    /// percentage of replicas, rounded down (default 100%; at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
     /// Per-index suffixes for the ConfigMap and Secret volumes of each VM.
@@ -208,8 +208,7 @@ pub struct UpdateStrategy {
     pub proactive: Option<ProactiveUpdate>,
     /// The VM is updated; its VMI picks the change up when it next starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::any_object")]
-    pub opportunistic: Option<serde_json::Value>,
+    pub opportunistic: Option<ProactiveUpdate>,
     /// VMs are never updated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::any_object")]
@@ -267,7 +266,10 @@ impl VirtualMachinePoolSpec {
     pub fn update(&self) -> Update {
         match &self.update_strategy {
             Some(s) if s.unmanaged.is_some() => Update::Unmanaged,
-            Some(s) if s.opportunistic.is_some() => Update::Opportunistic,
+            Some(UpdateStrategy {
+                opportunistic: Some(o),
+                ..
+            }) => Update::Opportunistic(o.selection_policy.clone().unwrap_or_default()),
             Some(UpdateStrategy {
                 proactive: Some(p), ..
             }) => Update::Proactive(p.selection_policy.clone().unwrap_or_default()),
@@ -284,10 +286,11 @@ pub enum ScaleIn {
     Unmanaged,
 }
 
-/// A pool's update strategy, resolved.
+/// A pool's update strategy, resolved: which VMs it updates (a selection
+/// policy's labelSelector limits them; its order ranks the restarts).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
     Proactive(SelectionPolicy),
-    Opportunistic,
+    Opportunistic(SelectionPolicy),
     Unmanaged,
 }

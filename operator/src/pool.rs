@@ -40,9 +40,11 @@ pub struct PoolPlan {
     /// VMs brought to the current revision: replaced with these (each keeps
     /// the resourceVersion read, so a concurrent change is a conflict).
     pub update: Vec<VirtualMachine>,
-    /// VMIs to restart (deleted; their VM, runStrategy Always, starts a new
-    /// one from the updated template).
-    pub restart: Vec<String>,
+    /// VMIs to restart, (name, uid): deleted (only that VMI, by its uid);
+    /// their VM, runStrategy Always, starts a new one from the new template.
+    pub restart: Vec<(String, String)>,
+    /// VMIs whose template did not change: given the current revision label.
+    pub relabel: Vec<String>,
     /// The ControllerRevision holding the current template.
     pub revision: ControllerRevision,
     /// Older revisions no VM uses any more.
@@ -54,10 +56,10 @@ pub struct PoolPlan {
 /// the template as JSON (labels and annotations are sorted maps, so equal
 /// templates give equal names).
 pub fn revision_name(pool: &str, template: &VirtualMachineTemplateSpec) -> String {
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-    format!("{pool}-{hash}")
+    format!(
+        "{pool}-{}",
+        hash(&serde_json::to_vec(template).unwrap_or_default())
+    )
 }
 
 /// The ControllerRevision holding the pool's current template, owned by it.
@@ -83,8 +85,9 @@ pub fn index_of(pool: &str, vm: &str) -> Option<u32> {
     vm.strip_prefix(pool)?.strip_prefix('-')?.parse().ok()
 }
 
-/// The spec of VM `n`: the template's, with `-<n>` appended to the configMap
-/// and secret volume names that `nameGeneration` asks for.
+/// The spec of VM `n`: the template's, with `-<n>` appended to the names
+/// `nameGeneration` asks for: configMap volumes, and secret volumes and the
+/// cloud-init secret references (user data and network data), as KubeVirt.
 fn indexed_spec(pool: &VirtualMachinePool, n: u32) -> ironvirt_crds::VirtualMachineSpec {
     let mut spec = pool.spec.virtual_machine_template.spec.clone();
     let gen_ = pool.spec.name_generation.clone().unwrap_or_default();
@@ -92,6 +95,7 @@ fn indexed_spec(pool: &VirtualMachinePool, n: u32) -> ironvirt_crds::VirtualMach
         gen_.append_index_to_config_map_refs.unwrap_or(false),
         gen_.append_index_to_secret_refs.unwrap_or(false),
     );
+    let suffix = |name: &mut String| name.push_str(&format!("-{n}"));
     if let Some(vmi) = spec.template.spec.as_mut() {
         for v in vmi.volumes.iter_mut().flatten() {
             for (on, source, key) in [
@@ -101,7 +105,23 @@ fn indexed_spec(pool: &VirtualMachinePool, n: u32) -> ironvirt_crds::VirtualMach
                 if let (true, Some(Value::Object(o))) = (on, source)
                     && let Some(Value::String(name)) = o.get_mut(key)
                 {
-                    name.push_str(&format!("-{n}"));
+                    suffix(name);
+                }
+            }
+            if secret {
+                for ci in [
+                    v.cloud_init_no_cloud.as_mut(),
+                    v.cloud_init_config_drive.as_mut(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    for r in [ci.secret_ref.as_mut(), ci.network_data_secret_ref.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        suffix(&mut r.name);
+                    }
                 }
             }
         }
@@ -196,26 +216,27 @@ pub fn select<'a>(
     out
 }
 
-/// How many VMs a proactive update may have down at once.
+/// How many VMs a proactive update may have down at once: maxUnavailable, a
+/// count or a percentage of spec.replicas rounded down; KubeVirt's default
+/// is 100%. Never less than 1, so a rollout always moves.
 fn max_unavailable(pool: &VirtualMachinePool, replicas: usize) -> usize {
+    let pct = |pct: usize| replicas * pct / 100;
     match &pool.spec.max_unavailable {
-        None => 1,
+        None => pct(100),
         Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(0),
-        Some(IntOrString::String(s)) => {
-            let pct: usize = s.trim_end_matches('%').trim().parse().unwrap_or(0);
-            (replicas * pct).div_ceil(100)
-        }
+        Some(IntOrString::String(s)) => pct(s.trim_end_matches('%').trim().parse().unwrap_or(0)),
     }
     .max(1)
 }
 
 /// Decides one reconcile of `pool`, given every VM and VMI in its namespace
-/// and the names of its ControllerRevisions.
+/// and its ControllerRevisions (name → [`vmi_template_hash`] of the template
+/// each holds, when it can be read).
 pub fn plan(
     pool: &VirtualMachinePool,
     vms: &[VirtualMachine],
     vmis: &[VirtualMachineInstance],
-    revisions: &[String],
+    revisions: &BTreeMap<String, Option<String>>,
     now: Timestamp,
 ) -> PoolPlan {
     let name = pool.name_any();
@@ -252,11 +273,11 @@ pub fn plan(
             active.retain(|v| !victims.contains(&v.name_any()));
             p.delete = victims;
         }
-        plan_update(pool, &current, &active, vmis, &mut p);
+        plan_update(pool, &current, &active, vmis, revisions, &mut p);
     }
     let used: BTreeSet<&str> = active.iter().filter_map(|v| revision_of(*v)).collect();
     p.prune = revisions
-        .iter()
+        .keys()
         .filter(|r| **r != current && !used.contains(r.as_str()))
         .cloned()
         .collect();
@@ -288,27 +309,43 @@ pub fn plan(
     p
 }
 
-/// Brings `active` VMs to the current revision by the update strategy: VMs
-/// of an older revision are replaced with the current template (keeping
-/// their name, owner references and resourceVersion); proactive updates then
-/// restart the VMIs of older revisions, up to maxUnavailable VMs down at once.
+/// Brings `active` VMs to the current revision by the update strategy (the
+/// VMs its labelSelector matches, when it has one): VMs of an older revision
+/// are replaced with the current template (keeping their name, owner
+/// references and resourceVersion). A proactive update then restarts the
+/// VMIs whose VMI template changed, up to maxUnavailable VMs down at once,
+/// and only relabels those whose VMI template is the same (as KubeVirt).
 fn plan_update(
     pool: &VirtualMachinePool,
     current: &str,
     active: &[&VirtualMachine],
     vmis: &[VirtualMachineInstance],
+    revisions: &BTreeMap<String, Option<String>>,
     p: &mut PoolPlan,
 ) {
     let name = pool.name_any();
     let policy = match pool.spec.update() {
         Update::Unmanaged => return,
-        Update::Opportunistic => None,
-        Update::Proactive(policy) => Some(policy),
+        Update::Opportunistic(policy) | Update::Proactive(policy) => policy,
     };
-    for vm in active {
+    let proactive = matches!(pool.spec.update(), Update::Proactive(_));
+    let selector = policy
+        .selectors
+        .as_ref()
+        .and_then(|s| s.label_selector.as_ref());
+    let in_scope: Vec<&VirtualMachine> = active
+        .iter()
+        .copied()
+        .filter(|vm| selector.is_none_or(|s| selector_matches(s, vm.labels())))
+        .collect();
+    // VMs at the current revision once this reconcile's updates are written.
+    let mut current_vms: Vec<&VirtualMachine> = Vec::new();
+    for vm in &in_scope {
         if revision_of(*vm) == Some(current) {
+            current_vms.push(vm);
             continue;
         }
+        // A stranger (no index) keeps its spec: the pool cannot name it.
         let Some(n) = index_of(&name, &vm.name_any()) else {
             continue;
         };
@@ -327,30 +364,80 @@ fn plan_update(
         updated.status = None;
         updated.metadata.managed_fields = None;
         p.update.push(updated);
+        current_vms.push(vm);
     }
-    let Some(policy) = policy else { return };
+    if !proactive {
+        return;
+    }
     let vmi_of = |vm: &VirtualMachine| {
         vmis.iter().find(|i| {
-            i.name_any() == vm.name_any()
-                && i.labels().get(VM_LABEL) == Some(&vm.name_any())
-                && i.metadata.deletion_timestamp.is_none()
+            i.name_any() == vm.name_any() && i.labels().get(VM_LABEL) == Some(&vm.name_any())
         })
     };
+    let current_hash = vmi_template_hash(&pool.spec.virtual_machine_template);
     // Only VMs that start again by themselves are restarted; the others take
     // the new template at their next start.
-    let outdated: Vec<&VirtualMachine> = active
+    let mut outdated: Vec<&VirtualMachine> = Vec::new();
+    for vm in current_vms {
+        if vm.spec.effective_run_strategy() != RunStrategy::Always {
+            continue;
+        }
+        let Some(vmi) = vmi_of(vm).filter(|i| i.metadata.deletion_timestamp.is_none()) else {
+            continue;
+        };
+        match revision_of(vmi) {
+            Some(r) if r == current => {}
+            // The VMI template did not change: a new label, not a restart.
+            Some(r)
+                if revisions
+                    .get(r)
+                    .is_some_and(|h| h.as_deref() == Some(&current_hash)) =>
+            {
+                p.relabel.push(vmi.name_any());
+            }
+            _ => outdated.push(vm),
+        }
+    }
+    // Down: an Always VM whose VMI is missing, going away, or not Running and
+    // Ready (read from the VMIs, not the VM's status, which lags).
+    let down = active
         .iter()
-        .copied()
         .filter(|vm| vm.spec.effective_run_strategy() == RunStrategy::Always)
-        .filter(|vm| vmi_of(vm).is_some_and(|i| revision_of(i) != Some(current)))
-        .collect();
-    let down = active.iter().filter(|v| !ready(v)).count();
-    let budget = max_unavailable(pool, active.len()).saturating_sub(down);
+        .filter(|vm| {
+            !vmi_of(vm).is_some_and(|i| i.metadata.deletion_timestamp.is_none() && vmi_ready(i))
+        })
+        .count();
+    let replicas = usize::try_from(pool.spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
+    let budget = max_unavailable(pool, replicas).saturating_sub(down);
     p.restart = select(&name, &policy, &outdated)
         .into_iter()
         .take(budget)
-        .map(|v| v.name_any())
+        .filter_map(|vm| {
+            let vmi = vmi_of(vm)?;
+            Some((vmi.name_any(), vmi.metadata.uid.clone().unwrap_or_default()))
+        })
         .collect();
+}
+
+/// Whether a VMI is Running with a true Ready condition.
+fn vmi_ready(vmi: &VirtualMachineInstance) -> bool {
+    let status = vmi.status.as_ref();
+    status.and_then(|s| s.phase) == Some(ironvirt_crds::VirtualMachineInstancePhase::Running)
+        && conditions::is_true(status.and_then(|s| s.conditions.as_deref()), "Ready")
+}
+
+/// A hash of the VMI template inside a pool template: two revisions with
+/// the same one differ only in VM-level fields, and their VMIs need no restart.
+pub fn vmi_template_hash(template: &VirtualMachineTemplateSpec) -> String {
+    hash(&serde_json::to_vec(&template.spec.template).unwrap_or_default())
+}
+
+fn hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether the status differs in anything but condition timestamps.

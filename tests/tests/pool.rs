@@ -66,6 +66,7 @@ async fn a_pool_scales_rolls_out_its_template_and_leaves_nothing_behind() {
             "metadata": {"name": "p", "namespace": ns},
             "spec": {
                 "replicas": 0,
+                "maxUnavailable": 1,
                 "selector": {"matchLabels": {"kubevirt.io/vmpool": "p"}},
                 "scaleInStrategy": {"proactive": {"selectionPolicy": {
                     "selectors": {"labelSelector": {"matchLabels": {"drain": "yes"}}},
@@ -161,11 +162,21 @@ async fn a_pool_scales_rolls_out_its_template_and_leaves_nothing_behind() {
         })
         .await
         .map_err(|e| e.to_string())?;
-        eventually(BOOT, "both VMIs restarted with 96Mi", || async {
-            (running(&vmis, "96Mi").await == set(&["p-0", "p-1"])).then_some(())
+        // maxUnavailable 1: one VMI restarts at a time; the other keeps
+        // running (sampled through the rollout).
+        let fewest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
+        eventually(BOOT, "both VMIs restarted with 96Mi", || {
+            let (vmis, fewest) = (vmis.clone(), fewest.clone());
+            async move {
+                let up = running(&vmis, "128Mi").await.len() + running(&vmis, "96Mi").await.len();
+                fewest.fetch_min(up, std::sync::atomic::Ordering::Relaxed);
+                (running(&vmis, "96Mi").await == set(&["p-0", "p-1"])).then_some(())
+            }
         })
         .await
         .map_err(|e| e.to_string())?;
+        let fewest = fewest.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(fewest >= 1, "both VMIs were down at once during the rollout");
         for name in ["p-0", "p-1"] {
             let vm = vms.get(name).await.map_err(|e| e.to_string())?;
             assert_eq!(vm.labels().get(REVISION_LABEL), Some(&new_rev), "{name}");

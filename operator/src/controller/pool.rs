@@ -1,13 +1,14 @@
 //! The VirtualMachinePool controller at the edges: apply [`crate::pool::plan`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironvirt_crds::pool::{POOL_LABEL, VirtualMachinePool};
+use ironvirt_crds::pool::{POOL_LABEL, REVISION_LABEL, VirtualMachinePool};
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -20,6 +21,8 @@ use crate::pool;
 pub const MANAGER: &str = "ironvirt-pool-controller";
 pub const NAME: &str = "pool";
 const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a reconcile that met a concurrent change reads again.
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 
 #[tracing::instrument(skip_all, fields(pool.namespace = %p.namespace().unwrap_or_default(), pool.name = %p.name_any()))]
 pub async fn reconcile(p: Arc<VirtualMachinePool>, ctx: Arc<Context>) -> Result<Action> {
@@ -46,26 +49,40 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
     let vms = vms_api.list(&Default::default()).await?.items;
     let vmis = vmis_api.list(&Default::default()).await?.items;
     let uid = p.metadata.uid.clone().unwrap_or_default();
-    let revisions: Vec<String> = revs_api
+    // The pool's revisions: name → the hash of the VMI template each holds.
+    let revisions: BTreeMap<String, Option<String>> = revs_api
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={}", p.name_any())))
         .await?
         .items
         .into_iter()
         .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
-        .map(|r| r.name_any())
+        .map(|r| {
+            let hash = r
+                .data
+                .as_ref()
+                .and_then(|d| d.0.pointer("/spec/virtualMachineTemplate").cloned())
+                .and_then(|t| serde_json::from_value(t).ok())
+                .map(|t| pool::vmi_template_hash(&t));
+            (r.name_any(), hash)
+        })
         .collect();
     let plan = pool::plan(p, &vms, &vmis, &revisions, Timestamp::now());
 
     // The current template's revision first: VMs name it.
     let rev_name = plan.revision.name_any();
-    if !revisions.contains(&rev_name) {
+    if !revisions.contains_key(&rev_name) {
         ctx.metrics.write(NAME, "controllerrevision");
         match revs_api
             .create(&PostParams::default(), &plan.revision)
             .await
         {
             Ok(_) => tracing::info!(revision = %rev_name, "stored the pool's template"),
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // One of the same name owned by an older pool of this name, not
+            // yet garbage-collected: wait for it to go.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::info!(revision = %rev_name, "a revision of this name belongs to an older pool; waiting for its removal");
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -92,15 +109,48 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
     replicas::delete_all(ctx, writes, &vms_api, &plan.delete).await?;
     for vm in &plan.update {
         ctx.metrics.write(NAME, "vm");
-        vms_api
+        match vms_api
             .replace(&vm.name_any(), &PostParams::default(), vm)
-            .await?;
-        tracing::info!(vm = %vm.name_any(), revision = %rev_name, "updated to the current template");
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(vm = %vm.name_any(), revision = %rev_name, "updated to the current template");
+            }
+            // Changed since the list (a status write): read again soon, and
+            // restart nothing before every VM has the new template.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    // VMIs restart only once every VM carries the new template.
-    replicas::delete_all(ctx, (NAME, "vmi"), &vmis_api, &plan.restart).await?;
-    for vmi in &plan.restart {
-        tracing::info!(vmi = %vmi, revision = %rev_name, "restarted for the current template");
+    for vmi in &plan.relabel {
+        ctx.metrics.write(NAME, "vmi");
+        let patch = json!({"metadata": {"labels": {REVISION_LABEL: rev_name}}});
+        replicas::ignore_gone(
+            vmis_api
+                .patch(vmi, &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+        )?;
+    }
+    // Only the VMI read (by uid): one already recreated from the new
+    // template is left alone.
+    for (vmi, vmi_uid) in &plan.restart {
+        ctx.metrics.write(NAME, "vmi");
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(vmi_uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match vmis_api.delete(vmi, &dp).await {
+            Ok(_) => {
+                tracing::info!(vmi = %vmi, revision = %rev_name, "restarted for the current template")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     replicas::delete_all(ctx, (NAME, "controllerrevision"), &revs_api, &plan.prune).await?;
 

@@ -26,8 +26,16 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     for name in adopt {
+        let Some(o) = objs.iter().find(|o| &o.name_any() == name) else {
+            continue;
+        };
+        // Guarded by the version read (two owners with overlapping selectors
+        // cannot both adopt), keeping any other owners' references.
+        let mut refs = o.owner_references().to_vec();
+        refs.push(owner.clone());
+        let patch =
+            json!({"metadata": {"ownerReferences": refs, "resourceVersion": o.resource_version()}});
         ctx.metrics.write(controller, resource);
-        let patch = json!({"metadata": {"ownerReferences": [owner]}});
         ignore_gone(
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await,

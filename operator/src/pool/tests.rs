@@ -1,5 +1,6 @@
 use super::*;
 use kube::Resource;
+use std::collections::BTreeMap;
 
 fn pool(extra: &str) -> VirtualMachinePool {
     serde_yaml::from_str(&format!(
@@ -44,15 +45,33 @@ status: {{ready: {ready}}}
     .unwrap()
 }
 
+/// A Running, Ready VMI of VM `name` made from `revision`.
 fn vmi(name: &str, revision: &str) -> VirtualMachineInstance {
     serde_yaml::from_str(&format!(
         "apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
-metadata: {{name: {name}, namespace: ns, labels: {{{VM_LABEL}: {name}, {REVISION_LABEL}: {revision}}}}}
+metadata: {{name: {name}, namespace: ns, uid: {name}-uid, labels: {{{VM_LABEL}: {name}, {REVISION_LABEL}: {revision}}}}}
 spec: {{domain: {{}}}}
+status: {{phase: Running, conditions: [{{type: Ready, status: 'True'}}]}}
 "
     ))
     .unwrap()
+}
+
+/// The revisions map: name → the VMI template hash it holds (None: unread).
+fn revs(entries: &[(&str, Option<String>)]) -> BTreeMap<String, Option<String>> {
+    entries
+        .iter()
+        .map(|(n, h)| ((*n).to_owned(), h.clone()))
+        .collect()
+}
+
+fn none() -> BTreeMap<String, Option<String>> {
+    BTreeMap::new()
+}
+
+fn restarted(plan: &PoolPlan) -> Vec<&str> {
+    plan.restart.iter().map(|(n, _)| n.as_str()).collect()
 }
 
 fn now() -> Timestamp {
@@ -70,7 +89,7 @@ fn current(p: &VirtualMachinePool) -> String {
 #[test]
 fn scales_up_with_indexed_names_labels_and_owner() {
     let p = with_replicas(3, "");
-    let plan = plan(&p, &[], &[], &[], now());
+    let plan = plan(&p, &[], &[], &none(), now());
     assert_eq!(names(&plan.create), ["p-0", "p-1", "p-2"]);
     let v = &plan.create[0];
     let rev = current(&p);
@@ -113,7 +132,7 @@ fn new_vms_take_the_lowest_free_indexes() {
     stranger.metadata.owner_references = None;
     stranger.metadata.labels = None; // not ours, not matching: its name is still taken
     let vms = [vm("p-0", &rev, 1, true), stranger, vm("p-3", &rev, 1, true)];
-    let plan = plan(&p, &vms, &[], &[], now());
+    let plan = plan(&p, &vms, &[], &none(), now());
     assert_eq!(names(&plan.create), ["p-2", "p-4"]);
 }
 
@@ -126,7 +145,7 @@ fn scale_in_removes_the_highest_indexes_by_default() {
         vm("p-1", &rev, 1, true),
         vm("p-2", &rev, 2, true),
     ];
-    let plan = plan(&p, &vms, &[], &[], now());
+    let plan = plan(&p, &vms, &[], &none(), now());
     assert_eq!(plan.delete, ["p-2", "p-1"]);
     assert_eq!(plan.status.replicas, Some(1));
 }
@@ -148,26 +167,26 @@ fn scale_in_sort_policies_and_label_selector() {
         vm("p-2", &rev, 2, true),
     ];
     assert_eq!(
-        plan(&policy("Newest", ""), &vms, &[], &[], now()).delete,
+        plan(&policy("Newest", ""), &vms, &[], &none(), now()).delete,
         ["p-0", "p-2"]
     );
     assert_eq!(
-        plan(&policy("Oldest", ""), &vms, &[], &[], now()).delete,
+        plan(&policy("Oldest", ""), &vms, &[], &none(), now()).delete,
         ["p-1", "p-2"]
     );
     assert_eq!(
-        plan(&policy("AscendingOrder", ""), &vms, &[], &[], now()).delete,
+        plan(&policy("AscendingOrder", ""), &vms, &[], &none(), now()).delete,
         ["p-0", "p-1"]
     );
     assert_eq!(
-        plan(&policy("DescendingOrder", ""), &vms, &[], &[], now()).delete,
+        plan(&policy("DescendingOrder", ""), &vms, &[], &none(), now()).delete,
         ["p-2", "p-1"]
     );
-    let random = plan(&policy("Random", ""), &vms, &[], &[], now()).delete;
+    let random = plan(&policy("Random", ""), &vms, &[], &none(), now()).delete;
     assert_eq!(random.len(), 2);
     assert_eq!(
         random,
-        plan(&policy("Random", ""), &vms, &[], &[], now()).delete,
+        plan(&policy("Random", ""), &vms, &[], &none(), now()).delete,
         "stable"
     );
     // VMs the labelSelector matches go first, whatever the order.
@@ -179,7 +198,7 @@ fn scale_in_sort_policies_and_label_selector() {
         .insert("drain".into(), "yes".into());
     let sel = ", selectors: {labelSelector: {matchLabels: {drain: 'yes'}}}";
     assert_eq!(
-        plan(&policy("DescendingOrder", sel), &vms, &[], &[], now()).delete,
+        plan(&policy("DescendingOrder", sel), &vms, &[], &none(), now()).delete,
         ["p-0", "p-2"]
     );
 }
@@ -190,7 +209,7 @@ fn opportunistic_and_unmanaged_scale_in_delete_nothing() {
         let p = with_replicas(1, &format!("  scaleInStrategy: {{{s}}}\n"));
         let rev = current(&p);
         let vms = [vm("p-0", &rev, 1, true), vm("p-1", &rev, 1, true)];
-        let plan = plan(&p, &vms, &[], &[], now());
+        let plan = plan(&p, &vms, &[], &none(), now());
         assert!(plan.delete.is_empty() && plan.create.is_empty(), "{s}");
         assert_eq!(plan.status.replicas, Some(2));
     }
@@ -206,7 +225,13 @@ fn a_template_change_updates_every_vm_and_restarts_max_unavailable_at_a_time() {
         vm("p-2", &rev, 1, true),
     ];
     let vmis = [vmi("p-0", "p-old"), vmi("p-1", "p-old"), vmi("p-2", &rev)];
-    let plan = plan(&p, &vms, &vmis, &["p-old".into(), rev.clone()], now());
+    let plan = plan(
+        &p,
+        &vms,
+        &vmis,
+        &revs(&[("p-old", None), (&rev, None)]),
+        now(),
+    );
     assert_eq!(names(&plan.update), ["p-0", "p-1"]);
     let u = &plan.update[0];
     assert_eq!(u.labels()[REVISION_LABEL], rev);
@@ -217,17 +242,44 @@ fn a_template_change_updates_every_vm_and_restarts_max_unavailable_at_a_time() {
     );
     assert_eq!(u.owner_references()[0].uid, "pool-uid");
     assert!(u.status.is_none());
-    // Default maxUnavailable 1, highest index first.
-    assert_eq!(plan.restart, ["p-1"]);
+    // Default maxUnavailable 100%: both, highest index first, by uid.
+    assert_eq!(restarted(&plan), ["p-1", "p-0"]);
+    assert_eq!(plan.restart[0].1, "p-1-uid");
     assert_eq!(plan.status.updated_replicas, Some(3));
     assert!(plan.prune.is_empty(), "p-old is still in use");
 
-    // A VM already down uses the budget up.
-    let mut down = vms.clone();
-    down[2].status.as_mut().unwrap().ready = Some(false);
-    assert!(super::plan(&p, &down, &vmis, &[], now()).restart.is_empty());
+    // A VM already down (its VMI not Ready, whatever the VM's status says)
+    // uses the budget of 1 up.
+    let p = with_replicas(3, "  maxUnavailable: 1\n");
+    let rev = current(&p);
+    let vms = [
+        vm("p-0", "p-old", 1, true),
+        vm("p-1", "p-old", 1, true),
+        vm("p-2", &rev, 1, true),
+    ];
+    let mut down = [vmi("p-0", "p-old"), vmi("p-1", "p-old"), vmi("p-2", &rev)];
+    down[2].status.as_mut().unwrap().conditions = None;
+    assert!(
+        super::plan(&p, &vms, &down, &none(), now())
+            .restart
+            .is_empty()
+    );
+    // So does one whose VMI is being deleted.
+    let mut going = [vmi("p-0", "p-old"), vmi("p-1", "p-old"), vmi("p-2", &rev)];
+    going[1].metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    let plan = super::plan(&p, &vms, &going, &none(), now());
+    assert!(restarted(&plan).is_empty(), "{:?}", plan.restart);
+    let plan = super::plan(
+        &p,
+        &vms,
+        &[vmi("p-0", "p-old"), vmi("p-1", "p-old"), vmi("p-2", &rev)],
+        &none(),
+        now(),
+    );
+    assert_eq!(restarted(&plan), ["p-1"]);
 
-    // maxUnavailable as a percentage of replicas, rounded up.
+    // maxUnavailable as a percentage of replicas, rounded down (at least 1).
     let p = with_replicas(3, "  maxUnavailable: 50%\n");
     let rev = current(&p);
     let vms = [
@@ -236,8 +288,65 @@ fn a_template_change_updates_every_vm_and_restarts_max_unavailable_at_a_time() {
         vm("p-2", "p-old", 1, true),
     ];
     let vmis = [vmi("p-0", "p-old"), vmi("p-1", "p-old"), vmi("p-2", &rev)];
-    let plan = super::plan(&p, &vms, &vmis, &[], now());
-    assert_eq!(plan.restart, ["p-1", "p-0"], "p-2's VMI is already current");
+    let plan = super::plan(&p, &vms, &vmis, &none(), now());
+    assert_eq!(restarted(&plan), ["p-1"], "p-2's VMI is already current");
+}
+
+#[test]
+fn a_change_outside_the_vmi_template_relabels_and_restarts_nothing() {
+    let old = with_replicas(2, "");
+    let mut p = old.clone();
+    p.spec
+        .virtual_machine_template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("team".into(), "a".into());
+    let (old_rev, rev) = (current(&old), current(&p));
+    assert_ne!(old_rev, rev);
+    let same = vmi_template_hash(&p.spec.virtual_machine_template);
+    assert_eq!(same, vmi_template_hash(&old.spec.virtual_machine_template));
+    let vms = [vm("p-0", &old_rev, 1, true), vm("p-1", &old_rev, 1, true)];
+    let vmis = [vmi("p-0", &old_rev), vmi("p-1", &old_rev)];
+    let plan = plan(&p, &vms, &vmis, &revs(&[(&old_rev, Some(same))]), now());
+    assert_eq!(names(&plan.update), ["p-0", "p-1"]);
+    assert!(plan.restart.is_empty(), "{:?}", plan.restart);
+    assert_eq!(plan.relabel, ["p-0", "p-1"]);
+    // An old revision that cannot be read: restart, to be safe.
+    let plan = super::plan(&p, &vms, &vmis, &revs(&[(&old_rev, None)]), now());
+    assert_eq!(restarted(&plan), ["p-1", "p-0"]);
+}
+
+#[test]
+fn an_adopted_vm_without_an_index_is_neither_updated_nor_restarted() {
+    let p = with_replicas(1, "");
+    let vms = [vm("stranger", "p-old", 1, true)];
+    let vmis = [vmi("stranger", "p-old")];
+    let plan = plan(&p, &vms, &vmis, &none(), now());
+    assert!(
+        plan.update.is_empty() && plan.restart.is_empty(),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn the_update_selector_limits_which_vms_are_updated() {
+    let p = with_replicas(
+        2,
+        "  updateStrategy: {proactive: {selectionPolicy: {selectors: {labelSelector: {matchLabels: {canary: 'yes'}}}}}}\n",
+    );
+    let mut vms = [vm("p-0", "p-old", 1, true), vm("p-1", "p-old", 1, true)];
+    vms[1]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("canary".into(), "yes".into());
+    let vmis = [vmi("p-0", "p-old"), vmi("p-1", "p-old")];
+    let plan = plan(&p, &vms, &vmis, &none(), now());
+    assert_eq!(names(&plan.update), ["p-1"]);
+    assert_eq!(restarted(&plan), ["p-1"]);
 }
 
 #[test]
@@ -245,11 +354,11 @@ fn opportunistic_updates_do_not_restart_and_unmanaged_ones_do_nothing() {
     let vms = [vm("p-0", "p-old", 1, true)];
     let vmis = [vmi("p-0", "p-old")];
     let p = with_replicas(1, "  updateStrategy: {opportunistic: {}}\n");
-    let plan = plan(&p, &vms, &vmis, &[], now());
+    let plan = plan(&p, &vms, &vmis, &none(), now());
     assert_eq!(names(&plan.update), ["p-0"]);
     assert!(plan.restart.is_empty());
     let p = with_replicas(1, "  updateStrategy: {unmanaged: {}}\n");
-    let plan = super::plan(&p, &vms, &vmis, &["p-old".into()], now());
+    let plan = super::plan(&p, &vms, &vmis, &revs(&[("p-old", None)]), now());
     assert!(plan.update.is_empty() && plan.restart.is_empty());
     assert!(plan.prune.is_empty());
 }
@@ -258,7 +367,7 @@ fn opportunistic_updates_do_not_restart_and_unmanaged_ones_do_nothing() {
 fn paused_does_nothing_and_says_so() {
     let p = with_replicas(3, "  paused: true\n");
     let vms = [vm("p-0", "p-old", 1, true)];
-    let plan = plan(&p, &vms, &[vmi("p-0", "p-old")], &[], now());
+    let plan = plan(&p, &vms, &[vmi("p-0", "p-old")], &none(), now());
     assert!(plan.create.is_empty() && plan.delete.is_empty() && plan.update.is_empty());
     assert!(conditions::is_true(
         plan.status.conditions.as_deref(),
@@ -284,6 +393,7 @@ spec:
           volumes:
           - {name: s, secret: {secretName: creds}}
           - {name: c, configMap: {name: settings}}
+          - {name: ci, cloudInitNoCloud: {secretRef: {name: userdata}, networkDataSecretRef: {name: net}}}
 ",
     )
     .unwrap();
@@ -303,6 +413,9 @@ spec:
         "settings",
         "not asked for"
     );
+    let ci = vols[2].cloud_init_no_cloud.as_ref().unwrap();
+    assert_eq!(ci.secret_ref.as_ref().unwrap().name, "userdata-7");
+    assert_eq!(ci.network_data_secret_ref.as_ref().unwrap().name, "net-7");
 }
 
 #[test]
@@ -318,7 +431,7 @@ fn revisions_follow_the_template_and_unused_ones_are_pruned() {
         &a,
         &[vm("p-0", &rev, 1, true)],
         &[],
-        &["p-gone".into(), rev.clone()],
+        &revs(&[("p-gone", None), (&rev, None)]),
         now(),
     );
     assert_eq!(plan.prune, ["p-gone"]);
@@ -331,10 +444,17 @@ fn revisions_follow_the_template_and_unused_ones_are_pruned() {
 #[test]
 fn status_changes_ignore_condition_timestamps() {
     let p = with_replicas(0, "  paused: true\n");
-    let first = plan(&p, &[], &[], &[], now()).status;
+    let first = plan(&p, &[], &[], &none(), now()).status;
     let mut p2 = p.clone();
     p2.status = Some(first.clone());
-    let later = plan(&p2, &[], &[], &[], Timestamp::from_second(2000).unwrap()).status;
+    let later = plan(
+        &p2,
+        &[],
+        &[],
+        &none(),
+        Timestamp::from_second(2000).unwrap(),
+    )
+    .status;
     assert!(!status_changed(Some(&first), &later));
     assert!(status_changed(None, &later));
 }
