@@ -13,6 +13,9 @@ use crate::{ImageRef, Registries};
 
 /// How long one endpoint may take to connect, and to send each read.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading one endpoint may take in all (a registry that trickles
+/// bytes stays within `TIMEOUT` per read forever otherwise).
+const ENDPOINT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why an image's config labels could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,14 @@ pub enum LabelsError {
     /// The registry served a config that is not an image config.
     #[error("the config of {image} is not an image config: {reason}")]
     BadConfig { image: String, reason: String },
+    /// The registry is not in the registry configuration: labels are read
+    /// only from registries an administrator named there, never from any
+    /// host a VM's image names (which would let a tenant make the reader
+    /// connect anywhere its network reaches).
+    #[error(
+        "registry {registry} is not in the registries configuration: image labels are read only from the registries it names"
+    )]
+    NotConfigured { registry: String },
     /// An endpoint's CA file could not be read.
     #[error("the CA of {host}: {source}")]
     Ca {
@@ -36,12 +47,19 @@ pub enum LabelsError {
 /// The labels of `image`'s config, asked of its endpoints in order (the
 /// mirrors `registries` names, then the registry itself); `auth` goes only
 /// to the image's own registry, never to a mirror. An image without labels
-/// gives an empty map.
+/// gives an empty map. Only registries `registries` names are asked
+/// ([`LabelsError::NotConfigured`]), each endpoint for at most
+/// `ENDPOINT_DEADLINE`.
 pub async fn config_labels(
     registries: &Registries,
     image: &ImageRef,
     auth: &RegistryAuth,
 ) -> Result<BTreeMap<String, String>, LabelsError> {
+    if !registries.names(&image.registry) {
+        return Err(LabelsError::NotConfigured {
+            registry: image.registry.clone(),
+        });
+    }
     let mut answers = Vec::new();
     for endpoint in registries.endpoints(&image.registry) {
         let anonymous = RegistryAuth::Anonymous;
@@ -58,7 +76,24 @@ pub async fn config_labels(
         config.read_timeout = Some(TIMEOUT);
         let client = Client::new(config);
         let reference = reference_for(image, &endpoint);
-        match client.pull_manifest_and_config(&reference, auth).await {
+        let pulled = tokio::time::timeout(
+            ENDPOINT_DEADLINE,
+            client.pull_manifest_and_config(&reference, auth),
+        )
+        .await;
+        let pulled = match pulled {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::info!(image = %image, endpoint = %endpoint.host, "reading the image config timed out");
+                answers.push(format!(
+                    "{}: no answer within {} s",
+                    endpoint.host,
+                    ENDPOINT_DEADLINE.as_secs()
+                ));
+                continue;
+            }
+        };
+        match pulled {
             Ok((_, digest, config)) => {
                 tracing::debug!(image = %image, endpoint = %endpoint.host, %digest, "read the image config");
                 return labels_of_config(&config).map_err(|reason| LabelsError::BadConfig {
@@ -128,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_registry_gives_each_endpoints_answer() {
         let registries = Registries::parse(
-            "registries:\n  r.invalid:\n    mirrors: [\"127.0.0.1:1\"]\n  \"127.0.0.1:1\":\n    insecure: true\n",
+            "registries:\n  r.invalid:\n    mirrors: [\"127.0.0.1:1\"]\n  \"127.0.0.1:1\":\n    insecure: true\n  \"r.invalid:1\": {}\n",
         )
         .unwrap();
         let image = ImageRef::parse("r.invalid:1/x/disk:v1").unwrap();
@@ -147,5 +182,28 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("; r.invalid: "), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_registry_the_configuration_does_not_name_is_never_asked() {
+        // A tenant's image naming an internal address: refused before any
+        // connection (nothing listens on 127.0.0.1:1 to tell either way).
+        let registries = Registries::parse("registries:\n  quay.io: {}\n").unwrap();
+        for image in [
+            "127.0.0.1:1/x/disk:v1",
+            "169.254.169.254/latest/meta:v1",
+            "docker.io/x/y:v1",
+        ] {
+            let image = ImageRef::parse(image).unwrap();
+            let e = config_labels(&registries, &image, &RegistryAuth::Anonymous)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, LabelsError::NotConfigured { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("is not in the registries configuration"),
+                "{e}"
+            );
+        }
     }
 }

@@ -81,6 +81,12 @@ impl Registries {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Whether the configuration names `registry` (as a registry of its own,
+    /// with or without mirrors).
+    pub fn names(&self, registry: &str) -> bool {
+        self.hosts.contains_key(registry)
+    }
+
     /// Where to pull an image of `registry` from, in order: its mirrors,
     /// then the registry itself. Each endpoint's protocol and CA come from
     /// its own entry.

@@ -199,10 +199,17 @@ async fn infer_matchers(
         }
         // The admission refused the outcome (say, Ignore removed the
         // instancetype and the template has no memory).
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Ok(Inference::Failed((
-            "FailedInferInstancetype".to_owned(),
-            format!("the inferred VM was refused: {}", s.message),
-        ))),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            let reason = if patch["spec"].get("instancetype").is_some() {
+                "FailedInferInstancetype"
+            } else {
+                "FailedInferPreference"
+            };
+            Ok(Inference::Failed((
+                reason.to_owned(),
+                format!("the inferred VM was refused: {}", s.message),
+            )))
+        }
         Err(e) => Err(e.into()),
     }
 }
