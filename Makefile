@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test bench bench-api bench-handler bench-images deps build-k8s guest build lint crdgen clean-state
+.PHONY: help run stop test bench bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ bench-handler: ## Handler benchmark only: RSS, Scheduled-to-Running latency, con
 
 bench-images: ## containerDisk benchmark only: cold pull + start, warm start from the cache, hostDisk start
 	@BENCH=images hack/bench.sh
+
+fuzz-specs: ## 10,000 generated VM/VMI specs through validation, defaulting, domain XML and libvirt's schema (no test bed)
+	IRONVIRT_SPEC_CASES=$${IRONVIRT_SPEC_CASES:-10000} cargo test -p ironvirt-tests --test generated_specs -- --nocapture
 
 deps: ## Install the Debian packages the test bed needs
 	@hack/install-deps.sh

@@ -14,6 +14,7 @@ PKGS=(
   ovmf swtpm swtpm-tools
   make flex bison bc libelf-dev
   openssh-client
+  libxml2-utils
   docker-registry
 )
 
