@@ -48,5 +48,10 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+.PHONY: fuzz
+fuzz: ## Parser fuzzing: 100,000 cases per property (RFB client, websocket frames, quantities, durations, selectors, image refs and configs)
+	IRONVIRT_FUZZ_CASES=$${IRONVIRT_FUZZ_CASES:-100000} cargo test -p ironvirt-crds -p ironvirt-images -p ironvirt-stream -p ironvirt-apiserver-subresources \
+		--test fuzz_parsers --test fuzz_frames --test fuzz_rfb
+
 clean-state: stop ## Stop and remove the state directories (.state/)
 	rm -rf .state
