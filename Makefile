@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test bench bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state
+.PHONY: help run stop test bench bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ guest: ## Build the test guest (cached); prints its directory
 build: ## cargo build the workspace (and link target/debug/kubectl-ironctl, the kubectl plugin)
 	cargo build --workspace
 	ln -sfn ironctl target/debug/kubectl-ironctl
+
+ui: ## Rebuild the web console (cli/ui/dist) from its TypeScript with npm ci + esbuild
+	@hack/ui.sh
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all --check

@@ -1,0 +1,46 @@
+// Builds the web console of `ironctl ui` into DIR (default dist/): exactly
+// index.html, app.js and app.css, which cli/src/ui.rs embeds. Deterministic:
+// the same sources and lockfile give byte-identical files.
+//
+//   node build.mjs [DIR]
+
+import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const out = resolve(process.argv[2] ?? join(here, 'dist'));
+
+const banner =
+  '/* ironvirt web console (cli/ui). Bundles @xterm/xterm 6.0.0 (MIT, https://github.com/xtermjs/xterm.js) ' +
+  'and @novnc/novnc 1.7.0 (MPL-2.0, https://github.com/novnc/noVNC; with pako, MIT/Zlib). */';
+
+await mkdir(out, { recursive: true });
+for (const f of await readdir(out)) {
+  if (!['index.html', 'app.js', 'app.css'].includes(f)) await rm(join(out, f), { recursive: true, force: true });
+}
+
+await esbuild.build({
+  absWorkingDir: here,
+  entryPoints: { app: 'src/main.ts' },
+  outdir: out,
+  bundle: true,
+  format: 'esm', // noVNC uses top-level await
+  platform: 'browser',
+  target: ['es2022', 'chrome100', 'firefox100', 'safari16'],
+  minify: true,
+  sourcemap: false,
+  legalComments: 'none',
+  banner: { js: banner, css: banner },
+  charset: 'utf8',
+  logLevel: 'warning',
+  metafile: false,
+  write: true,
+});
+await copyFile(join(here, 'index.html'), join(out, 'index.html'));
+
+const files = (await readdir(out)).sort();
+if (files.join(' ') !== 'app.css app.js index.html') {
+  throw new Error(`${out} holds ${files.join(', ')}; expected app.css, app.js, index.html`);
+}
