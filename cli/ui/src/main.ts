@@ -342,7 +342,7 @@ function render(): void {
 }
 
 function renderListErrors(): void {
-  const lines = [...listErrors.values()];
+  const lines = [...new Set(listErrors.values())];
   listErrorEl.replaceChildren(...lines.map((l) => h('div', {}, l)));
   listErrorEl.hidden = lines.length === 0;
 }
