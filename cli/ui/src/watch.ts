@@ -78,7 +78,6 @@ export async function listWatch<T extends KObject>(
       if (signal.aborted) return;
       rv = list.metadata?.resourceVersion ?? '';
       h.reset(list.items ?? []);
-      h.error(null);
     } catch (e) {
       if (signal.aborted) return;
       await fail(e instanceof ApiError ? e.message : unreachable(e));
@@ -90,7 +89,9 @@ export async function listWatch<T extends KObject>(
     try {
       for (;;) {
         const started = Date.now();
-        rv = await watchOnce(path, rv, resource, group, namespace, signal, h);
+        // An error shown stays until a watch is running again (a list that
+        // works and a watch that is refused must not make it flicker).
+        rv = await watchOnce(path, rv, resource, group, namespace, signal, h, () => h.error(null));
         if (signal.aborted) return;
         if (Date.now() - started < 1000) {
           // A watch that ends at once, again and again, must not spin.
@@ -121,6 +122,7 @@ async function watchOnce<T extends KObject>(
   namespace: string,
   signal: AbortSignal,
   h: WatchHandlers<T>,
+  watching: () => void,
 ): Promise<string> {
   const q = new URLSearchParams({ watch: '1', allowWatchBookmarks: 'true' });
   if (rv) q.set('resourceVersion', rv);
@@ -131,6 +133,7 @@ async function watchOnce<T extends KObject>(
     throw new ApiError(f, describeList(resource, group, namespace, f));
   }
   if (!resp.body) throw new Error('the browser cannot stream responses');
+  watching();
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   try {
