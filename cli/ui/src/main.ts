@@ -265,15 +265,23 @@ function updateShot(row: Row, running: boolean): void {
       'data-screenshot': row.name,
       alt: `screen of ${row.name}`,
       title: `screen of ${row.name}: click for VNC`,
-      width: '72',
-      height: '45',
+      width: '64',
+      height: '40',
       decoding: 'async',
       referrerpolicy: 'no-referrer',
     });
     img.hidden = true;
     img.addEventListener('load', () => (img.hidden = false));
     img.addEventListener('error', () => (img.hidden = true));
+    img.tabIndex = 0;
+    img.setAttribute('role', 'button');
     img.addEventListener('click', () => vncPane?.open(ui.namespace, row.name));
+    img.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' || e.key === ' ') {
+        e.preventDefault();
+        vncPane?.open(ui.namespace, row.name);
+      }
+    });
     row.shotCell.append(img);
     row.img = img;
     refreshShot(row);
