@@ -16,6 +16,7 @@ PKGS=(
   openssh-client
   libxml2-utils
   docker-registry
+  chromium fonts-dejavu-core
 )
 
 missing=()

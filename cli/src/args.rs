@@ -68,10 +68,26 @@ pub enum Command {
     Create(CreateCommand),
     /// Print a VM with its instancetype and preference expanded into its template.
     Expand(ExpandArgs),
+    /// Serve a web console on this machine: VMs, serial consoles and screens in the browser, with your kubeconfig identity.
+    Ui(UiArgs),
     /// Print the client's and the server's versions.
     Version(VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// The loopback address to listen on (the UI carries your credentials over
+    /// plain HTTP, so only 127.0.0.1, ::1 or localhost).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// The port to listen on (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Print the URL but do not open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 #[derive(Debug, Args)]

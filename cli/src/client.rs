@@ -34,6 +34,8 @@ pub struct Ctx {
     pub namespace: String,
     /// kube-apiserver's URL, for messages.
     pub server: String,
+    /// The kubeconfig context in use, if the kubeconfig names one.
+    pub context: Option<String>,
 }
 
 /// An HTTP answer.
@@ -86,6 +88,10 @@ pub async fn connect(global: &Global) -> Result<Ctx> {
         None => Kubeconfig::read(),
     }
     .map_err(|e| kubeconfig_error(&e))?;
+    let context = global
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone());
     let options = KubeConfigOptions {
         context: global.context.clone(),
         ..Default::default()
@@ -118,6 +124,7 @@ pub async fn connect(global: &Global) -> Result<Ctx> {
         client,
         namespace,
         server: server.trim_end_matches('/').to_owned(),
+        context,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod ssh;
 pub mod status;
 pub mod terminal;
+pub mod ui;
 pub mod version;
 pub mod vmi;
 pub mod vnc;
@@ -69,6 +70,7 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
             Command::SoftReboot(t) => power::vmi_op(ctx, power::VmiOp::SoftReboot, t).await,
             Command::Reset(t) => power::vmi_op(ctx, power::VmiOp::Reset, t).await,
             Command::Expand(a) => expand::run(ctx, a, &cli.global).await,
+            Command::Ui(a) => ui::run(ctx, a).await,
             Command::Version(v) => version::run(Some(ctx), v).await,
             Command::Create(_) | Command::Completion(_) => Ok(()),
         }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod browser;
 pub mod cli;
 pub mod domain;
 pub mod e2e;
