@@ -7,10 +7,13 @@ SHELL := /bin/bash
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-run: ## Install what is missing, build, start the control plane, libvirt and ironvirt; leave them running
-	@hack/run.sh
+# make run NODES=2: nodes node-1 … node-N, each in namespaces of its own with its own libvirtd and handler.
+NODES ?= 1
 
-stop: ## Stop everything `make run` (or an interrupted `make test`) started
+run: ## Install what is missing, build, start the control plane, libvirt and ironvirt; leave them running (NODES=N: N nodes in namespaces)
+	@NODES=$(NODES) hack/run.sh
+
+stop: ## Stop everything `make run` (or an interrupted `make test`) started, nodes' namespaces, bridge and mounts included
 	@hack/stop.sh
 
 test: ## Install what is missing, build, and run every test (unit and against the real test bed)

@@ -85,11 +85,38 @@ install_guest_image() {
   fi
 }
 
-# Starts the test bed in state directory $1 with libvirt and the guest in $2.
+# Starts the test bed in state directory $1 with libvirt and the guest in $2
+# ($3 = --no-libvirt: without the host's libvirtd, for a bed whose nodes all
+# run in namespaces of their own, see start_nodes).
 testbed_up() {
-  local state="$1" guest_dir="$2"
-  IRONVIRT_STATE="$state" "$TESTBED" up --libvirt \
+  local state="$1" guest_dir="$2" libvirt=(--libvirt)
+  [[ "${3:-}" == --no-libvirt ]] && libvirt=()
+  IRONVIRT_STATE="$state" "$TESTBED" up "${libvirt[@]}" \
     --etcd-bin "$ETCD_BIN" --k8s-bin "$K8S_BIN" --guest-dir "$guest_dir" >/dev/null
+}
+
+# start_nodes STATE N REGISTRY_PORT: nodes node-1 … node-N (issue #18), each
+# in network and mount namespaces of its own with its own virtlogd, libvirtd
+# (own host_uuid) and ironvirt-handler, on the bed's bridge (10.213.0.0/24 or
+# the first free /24 after it; IRONVIRT_NODE_SUBNET chooses one). The node
+# reaches kube-apiserver and the registry on its own 127.0.0.1 through a
+# forwarder; ironvirt-api reaches the handler's streams at the node's address.
+# `ironvirt-testbed down` (make stop) removes all of it. Prints one line per
+# node: name, address, libvirt URI.
+start_nodes() {
+  local state="$1" count="$2" registry_port="$3" k node vars
+  local NODE_NAME NODE_ADDR NODE_NETNS NODE_LIBVIRT_URI NODE_STATE_DIR
+  for ((k = 1; k <= count; k++)); do
+    node="node-$k"
+    vars="$(IRONVIRT_STATE="$state" "$TESTBED" node-up "$node" --handler "$REPO/target/debug/ironvirt-handler" \
+      --forward-port "$registry_port" -e RUST_LOG=info -- \
+      --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --register-node \
+      --node-labels "kubernetes.io/hostname=$node" \
+      --registries-config "$state/registries.yaml" --host-disk-root "$HOSTDISK_ROOT")" || return 1
+    NODE_NAME="" NODE_ADDR="" NODE_NETNS="" NODE_LIBVIRT_URI="" NODE_STATE_DIR=""
+    eval "$vars"
+    echo "$NODE_NAME $NODE_ADDR $NODE_LIBVIRT_URI"
+  done
 }
 
 # The test bed's OCI registry (Debian's docker-registry, plain HTTP on

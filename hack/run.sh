@@ -12,6 +12,13 @@ start=$(date +%s)
 # neither used nor changed: unset it here so that no tool falls back to it.
 user_kubeconfig="${KUBECONFIG:-}"
 unset KUBECONFIG
+# NODES=N (make run NODES=2): N nodes, each in namespaces of its own with its
+# own libvirtd and handler (issue #18). 1: the handler of node-1 in the host's
+# namespaces with the host's libvirtd, as always.
+nodes="${NODES:-1}"
+[[ "$nodes" =~ ^[1-9][0-9]?$ ]] || die "NODES=$nodes: want a number of nodes from 1 to 99."
+up_args=()
+((nodes == 1)) || up_args=(--no-libvirt)
 
 "$HACK/install-deps.sh"
 "$HACK/build-k8s.sh"
@@ -23,7 +30,7 @@ state="${IRONVIRT_STATE:-$RUN_STATE}"
 log "starting the test bed in $state"
 # Interrupted while starting: stop what was started.
 trap 'echo "interrupted; stopping the test bed" >&2; testbed_down "$state" || true; exit 130' INT TERM
-if ! testbed_up "$state" "$guest_dir"; then
+if ! testbed_up "$state" "$guest_dir" "${up_args[@]}"; then
   left=""
   [[ -d "$state/pids" ]] && left="$(ls "$state/pids")"
   [[ -z "$left" ]] || die "the test bed did not start, and stopping it failed too: run 'make stop' (logs in $state/logs)."
@@ -52,20 +59,27 @@ IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-operator -e "KUBECONFIG=$kubec
 # test bed targets, so guests run under TCG unless IRONVIRT_DOMAIN_TYPE says kvm.
 node="${IRONVIRT_NODE:-node-1}"
 
-log "starting ironvirt-handler for node $node"
-# The handler's own identity, as on a real cluster: a serving certificate
-# naming only $node.ironvirt-handler, and a kube-apiserver user for its node
-# with deploy/'s handler RBAC (no Secret read) and lease policy.
-HANDLER_KUBECONFIG="" HANDLER_TLS_CERT="" HANDLER_TLS_KEY="" HANDLER_CLIENT_CA=""
-eval "$(IRONVIRT_STATE="$state" "$TESTBED" handler-identity "$node")" \
-  || die "could not mint the identity of the handler of $node."
-IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$HANDLER_KUBECONFIG" -e "RUST_LOG=info" -- \
-  "$REPO/target/debug/ironvirt-handler" --node-name "$node" --libvirt-uri qemu:///system \
-  --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --state-dir "$state/handler" --register-node \
-  --registries-config "$state/registries.yaml" \
-  --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 --host-disk-root "$HOSTDISK_ROOT" \
-  --tls-cert "$HANDLER_TLS_CERT" --tls-key "$HANDLER_TLS_KEY" --client-ca "$HANDLER_CLIENT_CA" >/dev/null \
-  || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
+if ((nodes > 1)); then
+  log "starting nodes node-1 … node-$nodes (namespaces, libvirtd and ironvirt-handler each)"
+  node_lines="$(start_nodes "$state" "$nodes" "${registry##*:}")" \
+    || die "the nodes did not start (logs: $state/logs/node-*.log)."
+  node="node-1 … node-$nodes"
+else
+  log "starting ironvirt-handler for node $node"
+  # The handler's own identity, as on a real cluster: a serving certificate
+  # naming only $node.ironvirt-handler, and a kube-apiserver user for its node
+  # with deploy/'s handler RBAC (no Secret read) and lease policy.
+  HANDLER_KUBECONFIG="" HANDLER_TLS_CERT="" HANDLER_TLS_KEY="" HANDLER_CLIENT_CA=""
+  eval "$(IRONVIRT_STATE="$state" "$TESTBED" handler-identity "$node")" \
+    || die "could not mint the identity of the handler of $node."
+  IRONVIRT_STATE="$state" "$TESTBED" spawn ironvirt-handler -e "KUBECONFIG=$HANDLER_KUBECONFIG" -e "RUST_LOG=info" -- \
+    "$REPO/target/debug/ironvirt-handler" --node-name "$node" --libvirt-uri qemu:///system \
+    --domain-type "${IRONVIRT_DOMAIN_TYPE:-qemu}" --state-dir "$state/handler" --register-node \
+    --registries-config "$state/registries.yaml" \
+    --listen 127.0.0.1:0 --health-addr 127.0.0.1:0 --host-disk-root "$HOSTDISK_ROOT" \
+    --tls-cert "$HANDLER_TLS_CERT" --tls-key "$HANDLER_TLS_KEY" --client-ca "$HANDLER_CLIENT_CA" >/dev/null \
+    || die "could not start ironvirt-handler (log: $state/logs/ironvirt-handler.log)."
+fi
 
 log "starting ironvirt-api (subresources.kubevirt.io) and registering it"
 start_api "$state" >/dev/null || die "ironvirt-api did not start or did not become Available (log: $state/logs/ironvirt-api.log)."
@@ -84,7 +98,7 @@ for vm in vm-cirros vm-busybox; do
   done
   if [[ "$phase" != Running ]]; then
     "${KUBECTL[@]}" get -n default vm,vmi -o wide >&2 || true
-    die "the example VM $vm did not reach Running within 180 s (logs: $state/logs/ironvirt-{operator,handler}.log)."
+    die "the example VM $vm did not reach Running within 180 s (logs: $state/logs/ironvirt-operator.log and the handlers' logs there)."
   fi
 done
 elapsed=$(( $(date +%s) - start ))
@@ -103,9 +117,22 @@ else
   kubeconfig_note="KUBECONFIG is not set in your shell; the export line below points it at the test bed."
 fi
 
+libvirt_line="libvirt (qemu:///system)"
+wide_note="vm-busybox runs on node $node"
+virsh_line="virsh -c qemu:///system list --all                # the domain: ironvirt-default_vm-busybox"
+if ((nodes > 1)); then
+  libvirt_line="$nodes nodes in namespaces of their own (each its own libvirtd)"
+  wide_note="NODENAME: the node each VMI runs on"
+  virsh_line="IRONVIRT_STATE=$state $TESTBED nodes   # each node's address and libvirt URI (virsh -c URI list)"
+  where="$("${KUBECTL[@]}" get -n default vmi -o jsonpath='{range .items[*]}{.metadata.name} on {.status.nodeName}; {end}' 2>/dev/null || true)"
+  echo "nodes (name, address on the bridge, libvirt URI):" >&2
+  echo "$node_lines" >&2
+  echo "example VMs: $where" >&2
+fi
+
 cat <<MSG
 
-ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, libvirt (qemu:///system),
+ironvirt test bed is up (${elapsed}s): a Kubernetes $K8S_VERSION control plane on 127.0.0.1, $libvirt_line,
 the kubevirt.io/v1 API (VirtualMachine, VirtualMachineInstance, ReplicaSet, Preset), ironvirt-operator,
 ironvirt-handler for node $node, ironvirt-api (subresources.kubevirt.io) and an OCI registry ($registry) that
 serves the test guest as quay.io/kubevirt/cirros-container-disk-demo and the other names KubeVirt's examples use.
@@ -127,8 +154,8 @@ Try next (paste into a shell):
   ironctl vnc screenshot vm-busybox -f screen.png   # the VM's screen as a PNG
 
 More:
-  kubectl get vms,vmis -o wide                      # vm-busybox runs on node $node
-  virsh -c qemu:///system list --all                # the domain: ironvirt-default_vm-busybox
+  kubectl get vms,vmis -o wide                      # $wide_note
+  $virsh_line
   ironctl restart vm-busybox; ironctl stop vm-busybox; ironctl start vm-busybox
   kubectl apply -f $REPO/examples/vmirs-busybox.yaml && kubectl get vmis -w
   kubectl delete vm vm-busybox                      # ACPI power-off, then the VMI goes

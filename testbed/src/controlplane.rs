@@ -476,6 +476,15 @@ pub async fn down(layout: &Layout) -> Result<()> {
 }
 
 async fn down_locked(layout: &Layout) -> Result<()> {
+    // The nodes first (issue #18): their handlers, guests, libvirtds,
+    // namespaces, mounts and bridge.
+    let nodes_layout = layout.clone();
+    let nodes = tokio::task::spawn_blocking(move || crate::nodes::down_all(&nodes_layout))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+    if let Err(e) = &nodes {
+        tracing::error!(error = %e, "stopping the nodes failed; stopping the rest");
+    }
     let sup = supervisor(layout);
     let owns_libvirt = sup
         .recorded()
@@ -489,6 +498,7 @@ async fn down_locked(layout: &Layout) -> Result<()> {
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
     let _ = fs::remove_file(layout.cluster_info());
+    nodes?;
     Ok(())
 }
 

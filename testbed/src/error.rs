@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use crate::nodes::NodeError;
 use crate::pki::PkiError;
 use crate::process::ProcessError;
 
@@ -17,6 +18,8 @@ pub enum Error {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

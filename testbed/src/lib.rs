@@ -9,11 +9,13 @@
 pub mod controlplane;
 pub mod error;
 pub mod etcd;
+pub mod forward;
 pub mod guest;
 pub mod handlers;
 pub mod harness;
 pub mod layout;
 pub mod libvirt;
+pub mod nodes;
 pub mod pki;
 pub mod process;
 

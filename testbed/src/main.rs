@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use ironvirt_testbed::controlplane::{self, Binaries, UpOptions};
 use ironvirt_testbed::harness::write_user_kubeconfig;
 use ironvirt_testbed::layout::{ClusterInfo, Layout, STATE_ENV};
+use ironvirt_testbed::nodes;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +63,45 @@ enum Cmd {
     /// and kube-apiserver user), grant the handlers' group deploy/'s handler
     /// RBAC and lease policy, and print the paths as shell assignments.
     HandlerIdentity { node: String },
+    /// Start node NAME in namespaces of its own (issue #18): network and
+    /// mount namespaces, an address on the bed's bridge, its own virtlogd,
+    /// libvirtd and ironvirt-handler (arguments after `--` go to the
+    /// handler), and a forwarder of kube-apiserver's port (and
+    /// --forward-port) onto its loopback. Prints shell assignments.
+    NodeUp {
+        name: String,
+        /// The ironvirt-handler binary.
+        #[arg(long)]
+        handler: PathBuf,
+        /// Another host port the node reaches on its 127.0.0.1 (repeatable).
+        #[arg(long = "forward-port")]
+        forward_ports: Vec<u16>,
+        /// An environment variable for the handler (KEY=VALUE, repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// More arguments for the handler, after `--`.
+        #[arg(last = true)]
+        handler_args: Vec<String>,
+    },
+    /// Stop node NAME and remove its namespaces, mounts and veth (the bridge
+    /// goes with the last node).
+    NodeDown { name: String },
+    /// Stop every node of the bed and remove the bridge (`down` does this too).
+    NodesDown,
+    /// List the bed's nodes.
+    Nodes,
+    /// Forward ports from a network namespace's 127.0.0.1 to this
+    /// namespace's 127.0.0.1 (what node-up runs for each node).
+    Forward {
+        /// The network namespace file (/run/netns/NAME).
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long = "port", required = true)]
+        ports: Vec<u16>,
+        /// Created once every port listens.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Mint a client certificate (CN = user, O = groups) and print its kubeconfig's path.
     User {
         name: String,
@@ -151,6 +191,83 @@ async fn main() -> anyhow::Result<()> {
             ironvirt_testbed::handlers::install_access(&admin).await?;
             print!("{}", ironvirt_testbed::handlers::shell_vars(&id));
         }
+        Cmd::NodeUp {
+            name,
+            handler,
+            forward_ports,
+            env,
+            handler_args,
+        } => {
+            let info = ClusterInfo::load(&layout).with_context(|| {
+                format!("the test bed in {} is not running", layout.root().display())
+            })?;
+            let identity = ironvirt_testbed::handlers::ensure_identity(&layout, &info, &name)?;
+            let admin = controlplane::client_from_kubeconfig(&info.kubeconfig).await?;
+            ironvirt_testbed::handlers::install_access(&admin).await?;
+            let mut ports = vec![api_port(&info.api_url)?];
+            ports.extend(forward_ports);
+            let spec = nodes::NodeSpec {
+                name,
+                forward_ports: ports,
+                testbed_bin: std::env::current_exe().context("this program's path")?,
+                handler: nodes::HandlerSpec {
+                    bin: handler,
+                    identity,
+                    health_addr: None,
+                    args: handler_args,
+                    env: env
+                        .iter()
+                        .map(|kv| {
+                            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+                            (k.to_owned(), v.to_owned())
+                        })
+                        .collect(),
+                },
+            };
+            let rec = tokio::task::spawn_blocking(move || nodes::start_node(&layout, &spec))
+                .await
+                .context("node-up")??;
+            print!("{}", node_vars(&rec));
+        }
+        Cmd::NodeDown { name } => {
+            tokio::task::spawn_blocking(move || nodes::stop_node(&layout, &name))
+                .await
+                .context("node-down")??;
+        }
+        Cmd::NodesDown => {
+            tokio::task::spawn_blocking(move || nodes::down_all(&layout))
+                .await
+                .context("nodes-down")??;
+        }
+        Cmd::Nodes => {
+            if let Some(net) = nodes::net_record(&layout)? {
+                println!(
+                    "bridge {} {}/24 (host {})",
+                    net.bridge, net.subnet, net.host_addr
+                );
+            }
+            for rec in nodes::records(&layout)? {
+                println!(
+                    "{:<16} {:<15} netns {:<28} {}",
+                    rec.name,
+                    rec.addr,
+                    rec.netns,
+                    rec.libvirt_uri()
+                );
+            }
+        }
+        Cmd::Forward {
+            netns,
+            ports,
+            ready_file,
+        } => {
+            let listeners = ironvirt_testbed::forward::listen_in(&netns, &ports)?;
+            tracing::info!(netns = %netns.display(), ?ports, "forwarding to the host's 127.0.0.1");
+            if let Some(f) = ready_file {
+                std::fs::write(&f, b"").with_context(|| format!("{}", f.display()))?;
+            }
+            ironvirt_testbed::forward::serve(listeners).await?;
+        }
         Cmd::User { name, groups } => {
             let info = ClusterInfo::load(&layout).with_context(|| {
                 format!("the test bed in {} is not running", layout.root().display())
@@ -161,4 +278,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The port of kube-apiserver's URL (https://127.0.0.1:PORT).
+fn api_port(url: &str) -> anyhow::Result<u16> {
+    url.rsplit_once(':')
+        .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("no port in the API URL {url:?}"))
+}
+
+/// A node's facts as shell assignments (for hack/run.sh).
+fn node_vars(rec: &nodes::NodeRecord) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    format!(
+        "NODE_NAME={}\nNODE_ADDR={}\nNODE_NETNS={}\nNODE_LIBVIRT_URI={}\nNODE_STATE_DIR={}\n",
+        q(&rec.name),
+        q(&rec.addr.to_string()),
+        q(&rec.netns),
+        q(&rec.libvirt_uri()),
+        q(&rec.handler_state_dir().display().to_string())
+    )
 }

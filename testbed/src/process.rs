@@ -74,6 +74,21 @@ impl Supervisor {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Result<Recorded, ProcessError> {
+        self.spawn_in(name, &[], program, args, env)
+    }
+
+    /// Like [`Supervisor::spawn`], but runs `program` through `wrapper`, a
+    /// command that ends by executing its arguments in place (such as
+    /// `nsenter --net=… --mount=… --`): the pid stays the same, and `program`
+    /// is recorded as the executable, so that `stop` recognises it.
+    pub fn spawn_in(
+        &self,
+        name: &str,
+        wrapper: &[String],
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Recorded, ProcessError> {
         for dir in [&self.pid_dir, &self.log_dir] {
             fs::create_dir_all(dir).map_err(|source| ProcessError::Io {
                 path: dir.clone(),
@@ -93,7 +108,14 @@ impl Supervisor {
             path: log_path.clone(),
             source,
         })?;
-        let mut cmd = Command::new(program);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -104,7 +126,9 @@ impl Supervisor {
         }
         let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
             name: name.to_owned(),
-            program: program.to_owned(),
+            program: wrapper
+                .first()
+                .map_or_else(|| program.to_owned(), PathBuf::from),
             source,
         })?;
         let exe = fs::canonicalize(program).unwrap_or_else(|_| program.to_owned());
