@@ -384,6 +384,18 @@ fn link_exists(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Deletes a network interface of the host's namespace; one that is gone
+/// (or going: a veth whose peer's namespace was just deleted) is no error.
+fn delete_link(name: &str) -> Result<()> {
+    if !link_exists(name) {
+        return Ok(());
+    }
+    match run("ip", ["link", "delete", name]) {
+        Err(_) if !link_exists(name) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 /// Whether two IPv4 prefixes overlap.
 fn overlaps(a: Ipv4Addr, alen: u8, b: Ipv4Addr, blen: u8) -> bool {
     let len = alen.min(blen).min(32);
@@ -651,7 +663,17 @@ fn supervisor(layout: &Layout) -> Supervisor {
 pub fn start_node(layout: &Layout, spec: &NodeSpec) -> Result<NodeRecord> {
     check_name(&spec.name)?;
     let _lock = lock_nodes(layout)?;
-    if record(layout, &spec.name)?.is_some() {
+    if let Some(old) = record(layout, &spec.name)? {
+        // A node that still runs keeps its namespaces, libvirtd and guests
+        // (as the host's libvirtd does when `make run` runs again): only its
+        // forwarder and handler start again, with `spec`'s settings.
+        if let Some(net) = net_record(layout)?
+            && node_alive(layout, &old, &net)
+        {
+            tracing::info!(node = %old.name, "node runs; restarting its forwarder and handler");
+            start_services(layout, spec, &old, Instant::now())?;
+            return Ok(old);
+        }
         stop_node_locked(layout, &spec.name)?;
     }
     let net = ensure_net(layout)?;
@@ -780,7 +802,41 @@ fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRec
     )?;
     wait_libvirtd(&sup, rec, libvirtd.pid)?;
     tracing::info!(node = %rec.name, uri = %rec.libvirt_uri(), elapsed_ms = started.elapsed().as_millis() as u64, "node libvirtd ready");
+    start_services(layout, spec, rec, started)
+}
 
+/// Whether node `rec` still runs: its namespaces, veth and bridge exist,
+/// and its virtlogd and libvirtd run and answer.
+fn node_alive(layout: &Layout, rec: &NodeRecord, net: &NetRecord) -> bool {
+    let sup = supervisor(layout);
+    let recorded = sup.recorded();
+    let running = |what: &str| {
+        let name = rec.process(what);
+        recorded
+            .iter()
+            .any(|r| r.name == name && Supervisor::is_running(r))
+    };
+    ns_identity(&rec.mntns).is_some()
+        && ns_identity(&rec.netns_path()).is_some()
+        && link_exists(&rec.veth)
+        && link_exists(&net.bridge)
+        && running("virtlogd")
+        && running("libvirtd")
+        && virsh(&rec.libvirt_uri(), 10, &["version"]).is_ok()
+}
+
+/// (Re)starts the node's forwarder and handler.
+fn start_services(
+    layout: &Layout,
+    spec: &NodeSpec,
+    rec: &NodeRecord,
+    started: Instant,
+) -> Result<()> {
+    let sup = supervisor(layout);
+    let wrapper = rec.wrapper();
+    for what in ["handler", "forward"] {
+        sup.stop(&rec.process(what), Duration::from_secs(15))?;
+    }
     // The control plane on the node's 127.0.0.1.
     let ready = rec.dir.join("forward.ready");
     let _ = fs::remove_file(&ready);
@@ -923,6 +979,27 @@ fn node_namespaces(rec: &NodeRecord) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The network namespaces the node's handler made for its VMIs (the files
+/// of the node's /run/netns, read inside its mount namespace while that
+/// exists): passt runs in them, in mount and user namespaces of its own.
+fn guest_namespaces(mntns: &Path) -> Vec<(u64, u64)> {
+    let Some((nsfs, _)) = ns_identity(mntns) else {
+        return Vec::new();
+    };
+    let script = r#"for f in /run/netns/*; do [ -e "$f" ] && stat -c '%d %i' "$f"; done; true"#;
+    let enter = format!("--mount={}", mntns.display());
+    let Ok(out) = run(NSENTER, [enter.as_str(), "--", "sh", "-c", script]) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| {
+            let (d, i) = l.split_once(' ')?;
+            Some((d.trim().parse().ok()?, i.trim().parse().ok()?))
+        })
+        .filter(|(d, _)| *d == nsfs)
+        .collect()
+}
+
 /// SIGTERM, then SIGKILL, to every process in the namespaces `ids`.
 fn kill_all_in(node: &str, ids: &[(u64, u64)]) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
@@ -1009,7 +1086,9 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
     }
     // Whatever else runs in its namespaces (QEMU, passt, a process whose
     // pid file a crash lost).
-    keep(kill_all_in(&rec.name, &node_namespaces(&rec)));
+    let mut ids = node_namespaces(&rec);
+    ids.extend(guest_namespaces(&rec.mntns));
+    keep(kill_all_in(&rec.name, &ids));
     if ns_identity(&rec.mntns).is_some() {
         keep(
             nix::mount::umount2(&rec.mntns, MntFlags::MNT_DETACH).map_err(|e| NodeError::Io {
@@ -1019,11 +1098,10 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
         );
     }
     let _ = fs::remove_file(&rec.mntns);
+    // The veth pair first (its other end goes with it), then the namespace.
+    keep(delete_link(&rec.veth));
     if Path::new("/run/netns").join(&rec.netns).exists() {
         keep(run("ip", ["netns", "delete", &rec.netns]).map(drop));
-    }
-    if link_exists(&rec.veth) {
-        keep(run("ip", ["link", "delete", &rec.veth]).map(drop));
     }
     // Mounts of the node's directories in this namespace (none unless
     // someone bound them here).
@@ -1058,9 +1136,7 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
 fn remove_net_locked(layout: &Layout) -> Result<()> {
     let tag = tag(layout);
     let bridge = net_record(layout)?.map_or_else(|| format!("ivb{tag}"), |r| r.bridge);
-    if link_exists(&bridge) {
-        run("ip", ["link", "delete", &bridge])?;
-    }
+    delete_link(&bridge)?;
     let dir = ns_dir(layout);
     if let Ok(dir) = fs::canonicalize(&dir) {
         for m in mounts_under(&dir) {
@@ -1114,14 +1190,16 @@ pub fn down_all(layout: &Layout) -> Result<()> {
             .map(|n| n.split('@').next().unwrap_or(n))
             .filter(|n| n.starts_with(&veth))
         {
-            let _ = run("ip", ["link", "delete", name]);
+            let _ = delete_link(name);
         }
     }
     if let Ok(dir) = fs::canonicalize(ns_dir(layout)) {
         for f in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = f.path();
             if let Some(id) = ns_identity(&p) {
-                if let Err(e) = kill_all_in("(unrecorded)", &[id]) {
+                let mut ids = guest_namespaces(&p);
+                ids.push(id);
+                if let Err(e) = kill_all_in("(unrecorded)", &ids) {
                     first_err.get_or_insert(e);
                 }
                 let _ = nix::mount::umount2(&p, MntFlags::MNT_DETACH);

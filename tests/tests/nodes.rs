@@ -206,7 +206,7 @@ async fn story(
     timing(t0, "both VMIs Running, one per node");
 
     // Each domain only in its own node's libvirtd.
-    let mut qemus = Vec::new();
+    let mut qemus = Vec::new(); // QEMU and passt of each guest
     for (i, n) in nodes.iter().enumerate() {
         let dom = ironvirt_crds::wire::domain_name(ns, &format!("guest-{}", i + 1));
         let here = domains_of(&n.libvirt_uri(), &uids[i]);
@@ -235,7 +235,7 @@ async fn story(
                 i + 1
             ));
         }
-        // Its QEMU, so that the teardown check covers it.
+        // Its QEMU and passt, so that the teardown check covers them.
         let pidfile = n
             .record
             .dir
@@ -249,9 +249,23 @@ async fn story(
             .parse()
             .map_err(|e| format!("{}: {e}", pidfile.display()))?;
         qemus.push(qemu);
+        // Its passt (the default pod network), in a namespace of its own.
+        let passt = n
+            .record
+            .dir
+            .join("ironvirt-run/net")
+            .join(&uids[i])
+            .join("passt.pid");
+        let passt =
+            std::fs::read_to_string(&passt).map_err(|e| format!("{}: {e}", passt.display()))?;
+        let passt: u32 = passt
+            .trim()
+            .parse()
+            .map_err(|e| format!("passt pid of guest-{}: {e}", i + 1))?;
+        qemus.push(passt);
     }
-    for (n, qemu) in nodes.iter_mut().zip(qemus) {
-        n.pids.push(qemu);
+    for (n, pids) in nodes.iter_mut().zip(qemus.chunks(2)) {
+        n.pids.extend_from_slice(pids);
     }
 
     // The consoles, through kube-apiserver and ironvirt-api to each node's
