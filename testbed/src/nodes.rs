@@ -503,8 +503,27 @@ fn ensure_net(layout: &Layout) -> Result<NetRecord> {
         ["addr", "add", &format!("{host_addr}/24"), "dev", &bridge],
     )?;
     run("ip", ["link", "set", &bridge, "up"])?;
+    // Nodes (and the guests behind them) open no connection to the host:
+    // only replies to the host's own (ironvirt-api to a handler) come in.
+    let rules = nodes_dir(layout).join("host.nft");
+    fs::write(&rules, host_ruleset(&rec.tag, &bridge)).map_err(io_err(&rules))?;
+    let _ = run("nft", ["delete", "table", "inet", &host_table(&rec.tag)]);
+    run("nft", [OsStr::new("-f"), rules.as_os_str()])?;
     tracing::info!(bridge = %bridge, host = %host_addr, "node bridge up");
     Ok(rec)
+}
+
+/// The host's nftables table of a bed's bridge.
+fn host_table(tag: &str) -> String {
+    format!("ivnodes_{tag}")
+}
+
+/// What the host accepts from the bridge: replies, nothing new.
+fn host_ruleset(tag: &str, bridge: &str) -> String {
+    format!(
+        "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"{bridge}\" ct state established,related accept\n    iifname \"{bridge}\" drop\n  }}\n}}\n",
+        table = host_table(tag)
+    )
 }
 
 /// Unescapes a path of /proc/self/mountinfo (`\040` for a space, …).
@@ -1137,6 +1156,8 @@ fn remove_net_locked(layout: &Layout) -> Result<()> {
     let tag = tag(layout);
     let bridge = net_record(layout)?.map_or_else(|| format!("ivb{tag}"), |r| r.bridge);
     delete_link(&bridge)?;
+    let _ = run("nft", ["delete", "table", "inet", &host_table(&tag)]);
+    let _ = fs::remove_file(nodes_dir(layout).join("host.nft"));
     let dir = ns_dir(layout);
     if let Ok(dir) = fs::canonicalize(&dir) {
         for m in mounts_under(&dir) {
@@ -1260,6 +1281,14 @@ mod tests {
         assert!(conf.contains("listen_tls = 0"));
         assert!(!conf.contains("\"x\""));
         assert!(conf.contains(&format!("host_uuid = \"{u}\"")));
+    }
+
+    #[test]
+    fn the_host_takes_only_replies_from_the_bridge() {
+        let rules = host_ruleset("abc123", "ivbabc123");
+        assert!(rules.starts_with("table inet ivnodes_abc123 {"));
+        assert!(rules.contains("iifname \"ivbabc123\" ct state established,related accept"));
+        assert!(rules.contains("iifname \"ivbabc123\" drop"));
     }
 
     #[test]

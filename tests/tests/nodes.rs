@@ -12,7 +12,8 @@
 //!   bridge and verifies its certificate for the VMI's node).
 //! - Nothing new listens in the host's namespace on an address other than
 //!   loopback and the bridge's; inside each node, only on loopback and the
-//!   node's own address.
+//!   node's own address. Nodes reach each other across the bridge, but open
+//!   no connection to the host (only replies come in from the bridge).
 //! - After the nodes stop, nothing of them is left: no process (QEMU
 //!   included), network namespace, veth, mount or bridge.
 
@@ -156,6 +157,7 @@ async fn story(
 ) -> Result<(), String> {
     let admin = bed.admin();
     let leases: Api<Lease> = Api::namespaced(admin.clone(), LEASE_NAMESPACE);
+    let mut stream_urls = Vec::new();
     for n in nodes.iter() {
         wait_ready_and_renewing(&admin, n.name(), Duration::from_secs(60))
             .await
@@ -176,6 +178,7 @@ async fn story(
                 n.addr()
             ));
         }
+        stream_urls.push(url);
     }
     timing(
         t0,
@@ -312,5 +315,45 @@ async fn story(
             ));
         }
     }
+
+    // Nodes reach each other across the bridge (node-1 opens node-2's
+    // stream port), but open no connection to the host: a listener on the
+    // bridge's host address is out of their reach.
+    let peer = stream_urls[1].trim_start_matches("https://").to_owned();
+    let (peer_host, peer_port) = peer.rsplit_once(':').ok_or("a stream URL without port")?;
+    let connect = |n: &TestNode, host: &str, port: &str| {
+        n.record.exec(
+            "timeout",
+            &[
+                "3",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{host}/{port}"),
+            ],
+        )
+    };
+    connect(&nodes[0], peer_host, peer_port).map_err(|e| {
+        format!(
+            "node {} cannot reach node {}'s stream port {peer}: {e}",
+            nodes[0].name(),
+            nodes[1].name()
+        )
+    })?;
+    let probe = std::net::TcpListener::bind((host_addr, 0)).map_err(|e| e.to_string())?;
+    let port = probe
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .port()
+        .to_string();
+    for n in nodes.iter() {
+        if connect(n, &host_addr.to_string(), &port).is_ok() {
+            return Err(format!(
+                "node {} opened a connection to the host at {host_addr}:{port}",
+                n.name()
+            ));
+        }
+    }
+    drop(probe);
+    timing(t0, "listeners and reachability checked");
     Ok(())
 }
