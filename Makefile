@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test bench bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
+.PHONY: help run stop test bench bench-ui bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ test: ## Install what is missing, build, and run every test (unit and against th
 
 bench: ## Benchmarks (operator: 100 and 1000 VMs; handler) on a test bed of their own
 	@hack/bench.sh
+
+bench-ui: ## Web console benchmark only (headless Chromium): first load, keypress to echo in the page vs without a browser
+	@BENCH=ui hack/bench.sh
 
 bench-api: ## ironvirt-api benchmark only: console throughput and latency via kube-apiserver, RSS with 50 consoles
 	@BENCH=api hack/bench.sh

@@ -6,7 +6,8 @@
 //! - its own mount namespace (persisted as `<state>/nodes/.ns/<node>.mnt`)
 //!   in which node-private directories are bind-mounted over /run/libvirt,
 //!   /var/lib/libvirt, /var/log/libvirt, /etc/libvirt, /var/cache/libvirt,
-//!   /run/ironvirt and /run/netns;
+//!   /run/ironvirt, /run/netns and /var/lib/ironvirt/handler (the handler's
+//!   state, at the same path in every node);
 //! - in both namespaces its own virtlogd and libvirtd (own pidfiles, own
 //!   `host_uuid`), reachable from the host at
 //!   `qemu:///system?socket=<state>/nodes/<node>/run/libvirt-sock`, and its
@@ -61,7 +62,12 @@ pub const NODE_MOUNTS: &[(&str, &str)] = &[
     ("cache", "/var/cache/libvirt"),
     ("ironvirt-run", "/run/ironvirt"),
     ("netns", "/run/netns"),
+    ("handler", NODE_HANDLER_STATE),
 ];
+/// The handler's state directory inside every node: the same path on each,
+/// as on the machines of a real cluster, so that a VMI's files have the same
+/// paths wherever it runs.
+pub const NODE_HANDLER_STATE: &str = "/var/lib/ironvirt/handler";
 const VIRTLOGD_BIN: &str = "/usr/sbin/virtlogd";
 const LIBVIRTD_BIN: &str = "/usr/sbin/libvirtd";
 const NSENTER: &str = "nsenter";
@@ -209,7 +215,8 @@ impl NodeRecord {
         )
     }
 
-    /// The handler's state directory.
+    /// The handler's state directory, from the host ([`NODE_HANDLER_STATE`]
+    /// inside the node).
     pub fn handler_state_dir(&self) -> PathBuf {
         self.dir.join("handler")
     }
@@ -894,7 +901,7 @@ fn start_services(
         "--libvirt-uri".into(),
         crate::libvirt::SYSTEM_URI.into(),
         "--state-dir".into(),
-        rec.handler_state_dir().display().to_string(),
+        NODE_HANDLER_STATE.into(),
         "--listen".into(),
         format!("{}:0", rec.addr),
         "--health-addr".into(),
