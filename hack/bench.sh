@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks of docs/benchmarks.md on a test bed of their own,
-# with release builds of the components. BENCH=operator|handler|images|api|all (default
+# with release builds of the components. BENCH=operator|handler|images|api|ui|all (default
 # all); arguments: VM counts for the operator benchmark.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
@@ -34,4 +34,15 @@ if [[ $which == all || $which == api ]]; then
   API_BIN="$REPO/target/release/ironvirt-api" API_ARGS="--max-streams-per-user 64" start_api "$state" >/dev/null \
     || die "ironvirt-api did not start (log: $state/logs/ironvirt-api.log)."
   IRONVIRT_STATE="$state" "$REPO/target/debug/api-bench"
+fi
+if [[ $which == all || $which == ui ]]; then
+  # The web console in headless Chromium (tests/tests/ui.rs with more
+  # samples): first load, keypress to echo in the page, and the same echo
+  # without a browser, direct and through ironctl ui's relay.
+  cargo build --quiet --release -p ironvirt-cli --manifest-path "$REPO/Cargo.toml" || die "cargo build --release -p ironvirt-cli failed."
+  [[ $which == all ]] || start_api "$state" >/dev/null || die "ironvirt-api did not start (log: $state/logs/ironvirt-api.log)."
+  IRONVIRT_STATE="$state" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN" \
+    IRONVIRT_IRONCTL="$REPO/target/release/ironctl" IRONVIRT_UI_SAMPLES="${UI_SAMPLES:-200}" \
+    cargo test --quiet -p ironvirt-tests --test ui --manifest-path "$REPO/Cargo.toml" -- --nocapture 2>&1 \
+    | grep -E '^(ui figures|vnc:)|test result|panicked|failed' || die "the web console benchmark failed."
 fi

@@ -52,6 +52,15 @@ cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component
 cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup component add clippy"
 cargo fmt --all --check || die "code is not formatted: run 'cargo fmt --all'."
 cargo clippy --quiet --workspace --all-targets -- -D warnings || die "clippy found problems (see above)."
+# The web console's bundle (embedded in ironctl) must be what its pinned
+# sources build. Without Node.js the check is skipped, loudly.
+ui_rc=0
+"$HACK/ui.sh" --check || ui_rc=$?
+case $ui_rc in
+  0) ;;
+  2) echo "ironvirt: WARNING: Node.js/npm missing, the web console bundle (cli/ui/dist) was not checked" >&2 ;;
+  *) die "cli/ui/dist is not what cli/ui's sources build: run 'make ui' and commit cli/ui/dist." ;;
+esac
 timing "lint clean"
 cargo build --quiet --workspace --all-targets || die "cargo build failed."
 timing "built"

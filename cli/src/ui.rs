@@ -256,6 +256,10 @@ pub async fn run(ctx: &Ctx, args: &UiArgs) -> Result<()> {
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
+        // Keystrokes are single small frames: send each at once.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(peer = %peer, error = %e, "TCP_NODELAY");
+        }
         let server = server.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use ironvirt_testbed::TestBed;
 
-/// The debug `ironctl` of this workspace (hack/test.sh builds every binary first).
+/// The debug `ironctl` of this workspace (hack/test.sh builds every binary
+/// first), or `IRONVIRT_IRONCTL` (benchmarks use a release build).
 pub fn ironctl_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("IRONVIRT_IRONCTL") {
+        return PathBuf::from(bin);
+    }
     let bin = crate::operator::target_dir().join("debug").join("ironctl");
     assert!(
         bin.is_file(),

@@ -15,7 +15,7 @@ use ironvirt_tests::TestBed;
 use ironvirt_tests::api::{Screen, api_port, bind, open_ws, printable};
 use ironvirt_tests::browser::Browser;
 use ironvirt_tests::cli::{guest_vm_manifest, ironctl, ironctl_bin, kubectl_apply};
-use ironvirt_tests::handler::{Handler, wait_phase, wait_serving};
+use ironvirt_tests::handler::{Handler, WsSession, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, eventually};
 use kube::api::Api;
@@ -139,44 +139,66 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Keypress (the page's keydown) to the echo written into the terminal, n times.
-async fn page_echo(b: &mut Browser, n: usize) -> Result<Vec<f64>, String> {
+/// One keypress in the page: keydown to the echo parsed by the terminal
+/// (`total`), split into keydown to the websocket send, send to the echo's
+/// arrival (the relay, kube-apiserver, ironvirt-api, the handler, the
+/// guest), and arrival to parsed.
+#[derive(Debug, Clone, Copy)]
+struct Echo {
+    total: f64,
+    to_send: f64,
+    network: f64,
+    render: f64,
+}
+
+/// n keypresses; every list sorted.
+async fn page_echo(b: &mut Browser, n: usize) -> Result<Vec<Echo>, String> {
     b.eval(
-        "window.__echo = () => new Promise(done => { const t = window.ironvirtUI.term; let t0 = 0; \
-           document.addEventListener('keydown', () => { t0 = performance.now(); }, { capture: true, once: true }); \
-           const d = t.onWriteParsed(() => { if (t0) { d.dispose(); done(performance.now() - t0); } }); }); true",
+        "(() => { const t = window.ironvirtUI.term; \
+           if (!window.__patched) { window.__patched = true; \
+             const send = WebSocket.prototype.send; \
+             WebSocket.prototype.send = function (d) { const m = window.__m; if (m && m.key && !m.send) m.send = performance.now(); return send.call(this, d); }; \
+             const write = t.write.bind(t); \
+             t.write = (d, cb) => { const m = window.__m; if (m && m.send && !m.recv) m.recv = performance.now(); return write(d, cb); }; } \
+           window.__echo = () => new Promise(done => { window.__m = {}; \
+             document.addEventListener('keydown', () => { window.__m.key = performance.now(); }, { capture: true, once: true }); \
+             const d = t.onWriteParsed(() => { const m = window.__m; if (m.recv) { d.dispose(); m.parsed = performance.now(); done(m); } }); }); \
+           return true; })()",
     )
     .await?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         b.eval("window.__pending = window.__echo(); true").await?;
         b.press('x').await?;
-        let ms = b
-            .eval(
-                "Promise.race([window.__pending, new Promise(r => setTimeout(() => r(-1), 5000))])",
-            )
-            .await?
-            .as_f64()
-            .ok_or("no echo time")?;
-        if ms < 0.0 {
-            return Err("no echo within 5 s".into());
-        }
-        out.push(ms);
+        let m = b
+            .eval("Promise.race([window.__pending, new Promise(r => setTimeout(() => r(null), 5000))])")
+            .await?;
+        let at = |k: &str| m[k].as_f64().ok_or(format!("no echo within 5 s ({m})"));
+        let (key, send, recv, parsed) = (at("key")?, at("send")?, at("recv")?, at("parsed")?);
+        out.push(Echo {
+            total: parsed - key,
+            to_send: send - key,
+            network: recv - send,
+            render: parsed - recv,
+        });
     }
     b.press('\r').await?;
-    out.sort_by(f64::total_cmp);
     Ok(out)
 }
 
-/// The same through the websocket ironctl console uses (via kube-apiserver,
-/// no browser): one byte to the guest, until its echo is back.
-async fn direct_echo(bed: &TestBed, ns: &str, n: usize) -> Result<Vec<f64>, String> {
-    let mut con = open_ws(
-        &bed.admin(),
-        &format!("{SUB}/namespaces/{ns}/virtualmachineinstances/{VM}/console"),
-    )
-    .await
-    .map_err(|e| format!("{e:?}"))?;
+/// The P50 and P95 of one part of the echoes.
+fn spread(echoes: &[Echo], part: fn(&Echo) -> f64) -> (f64, f64) {
+    let mut v: Vec<f64> = echoes.iter().map(part).collect();
+    v.sort_by(f64::total_cmp);
+    (percentile(&v, 0.5), percentile(&v, 0.95))
+}
+
+/// The same without a browser: one byte to the guest until its echo is back,
+/// n times, on a console websocket already open; sorted.
+async fn ws_echo<S>(con: &mut WsSession<S>, n: usize) -> Result<Vec<f64>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let token = [b'a' + (i % 26) as u8];
@@ -192,9 +214,50 @@ async fn direct_echo(bed: &TestBed, ns: &str, n: usize) -> Result<Vec<f64>, Stri
         out.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     con.send(b"\r").await?;
-    con.close().await;
     out.sort_by(f64::total_cmp);
     Ok(out)
+}
+
+/// The console websocket through kube-apiserver, as `ironctl console` opens it.
+async fn direct_echo(bed: &TestBed, ns: &str, n: usize) -> Result<Vec<f64>, String> {
+    let mut con = open_ws(
+        &bed.admin(),
+        &format!("{SUB}/namespaces/{ns}/virtualmachineinstances/{VM}/console"),
+    )
+    .await
+    .map_err(|e| format!("{e:?}"))?;
+    let out = ws_echo(&mut con, n).await;
+    con.close().await;
+    out
+}
+
+/// The console websocket through `ironctl ui`'s relay, without a browser.
+async fn relay_echo(ui: &Ui, ns: &str, n: usize) -> Result<Vec<f64>, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{}{}k8s{SUB}/namespaces/{ns}/virtualmachineinstances/{VM}/console",
+        ui.authority(),
+        ui.prefix()
+    );
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    let h = req.headers_mut();
+    h.insert(
+        "Origin",
+        format!("http://{}", ui.authority())
+            .parse()
+            .map_err(|_| "origin")?,
+    );
+    h.insert(
+        "Sec-WebSocket-Protocol",
+        "plain.kubevirt.io".parse().map_err(|_| "protocol")?,
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| format!("the console through ironctl ui: {e}"))?;
+    let mut con = WsSession::new(ws);
+    let out = ws_echo(&mut con, n).await;
+    con.close().await;
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -304,6 +367,7 @@ async fn web_console_in_a_real_browser() {
         }
         // This takes the console over (one console per VMI); the page says so.
         let direct = direct_echo(bed, &ns, n).await?;
+        let relayed = relay_echo(&ui, &ns, n).await?;
         b.wait_for(
             "document.querySelector('#console-status')?.textContent?.includes('another client took over')",
             Duration::from_secs(10),
@@ -430,13 +494,20 @@ async fn web_console_in_a_real_browser() {
         assert_eq!(printable(&vms, VM).await.as_deref(), Some("Running"), "a foreign page stopped the VM");
 
         // 7. Figures.
+        let (t50, t95) = spread(&page, |e| e.total);
+        let (s50, _) = spread(&page, |e| e.to_send);
+        let (n50, n95) = spread(&page, |e| e.network);
+        let (r50, _) = spread(&page, |e| e.render);
         println!(
             "ui figures: first load {first_load_ms:.0} ms (navigation loadEventEnd {nav_ms:.0} ms, then the first list); \
-             keypress to echo, n = {n}: page P50 {:.1} ms P95 {:.1} ms; console websocket via kube-apiserver P50 {:.1} ms P95 {:.1} ms",
-            percentile(&page, 0.5),
-            percentile(&page, 0.95),
+             keypress to echo, n = {n}: page P50 {t50:.1} ms P95 {t95:.1} ms (keydown to send P50 {s50:.1}, \
+             send to echo back P50 {n50:.1} P95 {n95:.1}, back to parsed P50 {r50:.1}); \
+             console websocket (no browser) via kube-apiserver P50 {:.1} ms P95 {:.1} ms, \
+             via ironctl ui and kube-apiserver P50 {:.1} ms P95 {:.1} ms",
             percentile(&direct, 0.5),
             percentile(&direct, 0.95),
+            percentile(&relayed, 0.5),
+            percentile(&relayed, 0.95),
         );
         b.close().await;
         drop((ui, dave_ui, carol_ui));
