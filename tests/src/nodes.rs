@@ -141,6 +141,20 @@ impl TestNode {
         })
     }
 
+    /// Starts `count` nodes `<prefix>-1` … `<prefix>-<count>` for test
+    /// namespace `ns` (a bed with N nodes); those started are stopped again
+    /// when one fails.
+    pub fn start_many(
+        bed: &TestBed,
+        ns: &str,
+        prefix: &str,
+        count: usize,
+    ) -> Result<Vec<TestNode>, String> {
+        (1..=count)
+            .map(|k| TestNode::start(bed, ns, &format!("{prefix}-{k}")))
+            .collect()
+    }
+
     pub fn name(&self) -> &str {
         &self.record.name
     }

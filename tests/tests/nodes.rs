@@ -80,11 +80,7 @@ async fn two_nodes_in_namespaces_run_one_guest_each() {
         api_port(&bed.admin()).await?;
         let host_before = listeners(None)?;
         let pid = std::process::id();
-        let names = [format!("nodes-{pid}-1"), format!("nodes-{pid}-2")];
-        let mut nodes = Vec::new();
-        for name in &names {
-            nodes.push(TestNode::start(bed, &ns, name)?);
-        }
+        let mut nodes = TestNode::start_many(bed, &ns, &format!("nodes-{pid}"), 2)?;
         timing(t0, "2 nodes started (namespaces, libvirtd, handler)");
         let op = NsOperator::start(bed, &ns, &format!("nodes-operator-{pid}"));
 
