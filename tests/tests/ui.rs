@@ -365,14 +365,6 @@ async fn web_console_in_a_real_browser() {
             let png = b.screenshot().await?;
             std::fs::write(dir.join("ui-console.png"), png).map_err(|e| e.to_string())?;
         }
-        // This takes the console over (one console per VMI); the page says so.
-        let direct = direct_echo(bed, &ns, n).await?;
-        let relayed = relay_echo(&ui, &ns, n).await?;
-        b.wait_for(
-            "document.querySelector('#console-status')?.textContent?.includes('another client took over')",
-            Duration::from_secs(10),
-        )
-        .await?;
 
         // 2. The screen over VNC, compared with `ironctl vnc screenshot`.
         b.wait_for(&click("vnc"), Duration::from_secs(10)).await?;
@@ -420,6 +412,15 @@ async fn web_console_in_a_real_browser() {
             let png = b.screenshot().await?;
             std::fs::write(dir.join("ui-vnc.png"), png).map_err(|e| e.to_string())?;
         }
+
+        // This takes the console over (one console per VMI); the page says so.
+        let direct = direct_echo(bed, &ns, n).await?;
+        let relayed = relay_echo(&ui, &ns, n).await?;
+        b.wait_for(
+            "document.querySelector('#console-status')?.textContent?.includes('another client took over')",
+            Duration::from_secs(10),
+        )
+        .await?;
 
         // 3. Stop and start from the page; the page and the VM agree.
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
@@ -492,6 +493,44 @@ async fn web_console_in_a_real_browser() {
         let _ = b.eval(&put).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(printable(&vms, VM).await.as_deref(), Some("Running"), "a foreign page stopped the VM");
+
+        // Optional in the issue: the same page served by `kubectl proxy --www`
+        // (its API at /, no token: kubectl proxy's own protection only).
+        let dist = ironvirt_tests::kubectl::repo_root().join("cli/ui/dist");
+        let mut proxy = tokio::process::Command::new(&bed.info().kubectl)
+            .arg("--kubeconfig")
+            .arg(&bed.info().kubeconfig)
+            .args(["proxy", "--port=0", "--www-prefix=/ui/"])
+            .arg(format!("--www={}", dist.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let out = proxy.stdout.take().ok_or("no stdout")?;
+        let line = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::BufReader::new(out).lines().next_line(),
+        )
+        .await
+        .map_err(|_| "kubectl proxy printed nothing within 30 s".to_owned())?
+        .map_err(|e| e.to_string())?
+        .ok_or("kubectl proxy exited")?;
+        let at = line
+            .rsplit(' ')
+            .next()
+            .ok_or(format!("odd kubectl proxy line {line:?}"))?;
+        b.navigate(&format!("http://{at}/ui/#ns={ns}")).await?;
+        b.wait_for(&format!("{} === 'Running'", row("status")), Duration::from_secs(30))
+            .await?;
+        b.wait_for(&click("console"), Duration::from_secs(10)).await?;
+        b.wait_for(
+            "document.querySelector('#console-status')?.textContent?.trim() === 'connected'",
+            Duration::from_secs(30),
+        )
+        .await?;
+        println!("kubectl proxy --www: the page lists the VM and opens its console");
+        drop(proxy);
 
         // 7. Figures.
         let (t50, t95) = spread(&page, |e| e.total);

@@ -108,7 +108,9 @@ export class VncPane {
     rfb.addEventListener('desktopname', (e: Event) => {
       if (this.rfb !== rfb) return;
       const n = (e as CustomEvent<{ name: string }>).detail?.name;
-      this.titleEl.textContent = n && n !== name ? `${name} (${n})` : name;
+      // The VM's name only; QEMU's desktop name (the libvirt domain) goes in the tooltip.
+      this.titleEl.textContent = name;
+      this.titleEl.title = n ?? '';
     });
   }
 
