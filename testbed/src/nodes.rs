@@ -1026,6 +1026,71 @@ fn guest_namespaces(mntns: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The cgroups libvirt made for the domains of `pids` (`/machine/<scope>`,
+/// as /proc/PID/cgroup names them): a libvirtd that is gone (a crash) no
+/// longer removes them when their QEMU ends.
+fn machine_cgroups(pids: &[u32]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for pid in pids {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(path) = line.splitn(3, ':').nth(2) else {
+                continue;
+            };
+            let mut parts = path.split('/').filter(|p| !p.is_empty());
+            if let (Some("machine"), Some(scope)) = (parts.next(), parts.next())
+                && scope.ends_with(".libvirt-qemu")
+            {
+                out.insert(format!("machine/{scope}"));
+            }
+        }
+    }
+    out
+}
+
+/// Removes the (empty) cgroup directories `rel` in every cgroup hierarchy,
+/// deepest first; a cgroup that still has processes stays.
+fn remove_cgroups(rel: &BTreeSet<String>) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies = vec![root.to_owned()];
+    hierarchies.extend(
+        fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir()),
+    );
+    for h in hierarchies {
+        for r in rel {
+            let dir = h.join(r);
+            if !dir.is_dir() {
+                continue;
+            }
+            let mut dirs = vec![dir.clone()];
+            let mut i = 0;
+            while i < dirs.len() {
+                let subs: Vec<PathBuf> = fs::read_dir(&dirs[i])
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect();
+                dirs.extend(subs);
+                i += 1;
+            }
+            for d in dirs.iter().rev() {
+                if let Err(e) = fs::remove_dir(d) {
+                    tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove the cgroup");
+                }
+            }
+        }
+    }
+}
+
 /// SIGTERM, then SIGKILL, to every process in the namespaces `ids`.
 fn kill_all_in(node: &str, ids: &[(u64, u64)]) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
@@ -1114,7 +1179,9 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
     // pid file a crash lost).
     let mut ids = node_namespaces(&rec);
     ids.extend(guest_namespaces(&rec.mntns));
+    let cgroups = machine_cgroups(&pids_in(&ids));
     keep(kill_all_in(&rec.name, &ids));
+    remove_cgroups(&cgroups);
     if ns_identity(&rec.mntns).is_some() {
         keep(
             nix::mount::umount2(&rec.mntns, MntFlags::MNT_DETACH).map_err(|e| NodeError::Io {
@@ -1227,9 +1294,11 @@ pub fn down_all(layout: &Layout) -> Result<()> {
             if let Some(id) = ns_identity(&p) {
                 let mut ids = guest_namespaces(&p);
                 ids.push(id);
+                let cgroups = machine_cgroups(&pids_in(&ids));
                 if let Err(e) = kill_all_in("(unrecorded)", &ids) {
                     first_err.get_or_insert(e);
                 }
+                remove_cgroups(&cgroups);
                 let _ = nix::mount::umount2(&p, MntFlags::MNT_DETACH);
             }
         }
