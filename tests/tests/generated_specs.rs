@@ -6,7 +6,9 @@
 //! the handler's domain XML ([`domxml::domain_xml`]). Properties: nothing
 //! panics; every rejection names a field under `spec` and says why; every
 //! domain XML of an admitted spec passes libvirt's own RELAX NG schema
-//! (`xmllint --relaxng /usr/share/libvirt/schemas/domain.rng`, in batches).
+//! (`xmllint --relaxng /usr/share/libvirt/schemas/domain.rng`, in batches);
+//! and the handler refuses no admitted spec except for what depends on the
+//! node (KVM).
 //!
 //! No test bed: no kube-apiserver, no libvirtd. The webhook's volume-policy
 //! check (hostDisk roots, sizes) is crate-private and not exercised here.
@@ -814,6 +816,18 @@ fn run() {
         files.len(),
         generated_in,
         started.elapsed()
+    );
+    // What admission lets through, the handler builds: the only refusals
+    // left are the node's (this host runs TCG, and only a KVM node could run
+    // host-passthrough), which admission cannot know.
+    let spec_only: Vec<&String> = tally
+        .refused_by_handler
+        .keys()
+        .filter(|reason| !reason.contains("needs KVM"))
+        .collect();
+    assert!(
+        spec_only.is_empty(),
+        "admitted specs the handler refuses for the spec alone (admission must refuse them, with the same field): {spec_only:?}"
     );
     if let Some((first, _)) = failures.first() {
         let mut report = format!(

@@ -45,6 +45,25 @@ pub(super) fn disks(spec: &VirtualMachineInstanceSpec, path: &str, errors: &mut 
             ),
         ];
         unsupported_fields(&field, refused, errors);
+        if let Some(bus) = disk.lun.as_ref().and_then(|l| l.bus)
+            && bus != DiskBus::Scsi
+        {
+            errors.push(FieldError::unsupported(
+                format!("{field}.lun.bus"),
+                format!("a LUN attaches to scsi, not {}", bus_name(bus)),
+            ));
+        }
+        if let Some(serial) = disk.serial.as_deref()
+            && (serial.is_empty()
+                || !serial
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.+- ".contains(c)))
+        {
+            errors.push(FieldError::new(
+                format!("{field}.serial"),
+                "use only letters, digits, spaces and '_', '.', '+', '-'",
+            ));
+        }
         if let Some(cdrom) = &disk.cdrom {
             if let Some(bus @ (DiskBus::Virtio | DiskBus::Usb)) = cdrom.bus {
                 errors.push(FieldError::unsupported(

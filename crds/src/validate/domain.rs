@@ -273,6 +273,23 @@ fn firmware(d: &DomainSpec, dpath: &str, errors: &mut Vec<FieldError>) {
             "set only one of bootloader.bios and bootloader.efi",
         ));
     }
+    let serial_console = d
+        .devices
+        .as_ref()
+        .and_then(|dev| dev.autoattach_serial_console)
+        != Some(false);
+    if f.bootloader
+        .as_ref()
+        .and_then(|b| b.bios.as_ref())
+        .is_some_and(|b| b.use_serial == Some(true))
+        && !serial_console
+    {
+        errors.push(FieldError::new(
+            format!("{fpath}.bootloader.bios.useSerial"),
+            "BIOS output on the serial console needs the serial console; \
+             do not set devices.autoattachSerialConsole to false",
+        ));
+    }
     if f.acpi.is_some() {
         errors.push(FieldError::unsupported(
             format!("{fpath}.acpi"),

@@ -23,13 +23,57 @@ pub(super) fn interfaces(
         .devices
         .as_ref()
         .and_then(|d| d.interfaces.as_ref());
+    let disk_names: BTreeSet<&str> = spec
+        .domain
+        .devices
+        .as_ref()
+        .and_then(|d| d.disks.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    let mut masquerade: Option<&str> = None;
+    let mut macs: Vec<(String, &str)> = Vec::new();
     for (i, iface) in interfaces.into_iter().flatten().enumerate() {
-        interface(
-            iface,
-            &format!("{path}.domain.devices.interfaces[{i}]"),
-            errors,
-        );
+        let field = format!("{path}.domain.devices.interfaces[{i}]");
+        interface(iface, &field, errors);
+        // The handler names each device after its disk or interface.
+        if disk_names.contains(iface.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{field}.name"),
+                format!(
+                    "a disk is also named {}; ironvirt needs distinct disk and interface names",
+                    iface.name
+                ),
+            ));
+        }
+        if iface.masquerade.is_some() {
+            match masquerade {
+                Some(first) => errors.push(FieldError::unsupported(
+                    format!("{field}.masquerade"),
+                    format!(
+                        "interface {first} is the VMI's masquerade interface already; \
+                         ironvirt connects one (the pod network)"
+                    ),
+                )),
+                None => masquerade = Some(iface.name.as_str()),
+            }
+        }
+        if let Some(mac) = iface.mac_address.as_deref().and_then(canonical_mac) {
+            if let Some((_, other)) = macs.iter().find(|(m, _)| *m == mac) {
+                errors.push(FieldError::duplicate(
+                    format!("{field}.macAddress"),
+                    format!("interface {other} has the same MAC {mac}"),
+                ));
+            }
+            macs.push((mac, iface.name.as_str()));
+        }
     }
+}
+
+/// A MAC address in lower case with colons, if it is one.
+fn canonical_mac(s: &str) -> Option<String> {
+    is_mac(s).then(|| s.to_ascii_lowercase().replace('-', ":"))
 }
 
 fn interface(iface: &Interface, field: &str, errors: &mut Vec<FieldError>) {
@@ -75,12 +119,29 @@ fn interface(iface: &Interface, field: &str, errors: &mut Vec<FieldError>) {
             ),
         ));
     }
-    if let Some(mac) = iface.mac_address.as_deref()
-        && !is_mac(mac)
+    if let Some(mac) = iface.mac_address.as_deref() {
+        if !is_mac(mac) {
+            errors.push(FieldError::new(
+                format!("{field}.macAddress"),
+                format!("'{mac}' is not a MAC address (for example de:ad:00:00:be:af)"),
+            ));
+        } else if is_multicast(mac) {
+            errors.push(FieldError::new(
+                format!("{field}.macAddress"),
+                format!(
+                    "'{mac}' is a multicast address (the low bit of its first byte is set): \
+                     a NIC needs a unicast one such as 02:00:00:00:00:01"
+                ),
+            ));
+        }
+    }
+    if iface.bridge.is_some()
+        && iface.masquerade.is_none()
+        && iface.ports.as_ref().is_some_and(|p| !p.is_empty())
     {
         errors.push(FieldError::new(
-            format!("{field}.macAddress"),
-            format!("'{mac}' is not a MAC address (for example de:ad:00:00:be:af)"),
+            format!("{field}.ports"),
+            "forwarding ports needs the masquerade binding",
         ));
     }
     let mut seen = BTreeSet::new();
@@ -99,6 +160,11 @@ fn interface(iface: &Interface, field: &str, errors: &mut Vec<FieldError>) {
             ));
         }
     }
+}
+
+/// Whether a well-formed MAC address is a multicast (group) address.
+fn is_multicast(mac: &str) -> bool {
+    u8::from_str_radix(&mac[..2], 16).is_ok_and(|b| b & 1 == 1)
 }
 
 pub(super) fn is_mac(s: &str) -> bool {
