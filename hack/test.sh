@@ -94,7 +94,9 @@ libvirtd_watchdog() {
     misses=$((misses + 1))
     ((misses >= 2)) || continue
     local pid
-    pid="$(pgrep -x libvirtd | head -1 || true)"
+    # The host's libvirtd by its pidfile: the nodes of a multi-node test
+    # (tests/tests/nodes.rs) run libvirtds of their own, with their own pidfiles.
+    pid="$(cat /run/libvirtd.pid 2>/dev/null || true)"
     [[ -n $pid ]] || continue
     echo "ironvirt: LIBVIRTD HUNG (pid $pid, no answer for 60 s); threads in $TEST_STATE/logs/libvirtd-hang-$pid.txt; restarting it" >&2
     command -v gdb >/dev/null && timeout 60 gdb -p "$pid" -batch -ex 'thread apply all bt' \
