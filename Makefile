@@ -2,13 +2,15 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test bench bench-ui bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
+.PHONY: help run stop test chaos bench bench-ui bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # make run NODES=2: nodes node-1 … node-N, each in namespaces of its own with its own libvirtd and handler.
 NODES ?= 1
+SEED ?= 1
+OPS ?= 500
 
 run: ## Install what is missing, build, start the control plane, libvirt and ironvirt; leave them running (NODES=N: N nodes in namespaces)
 	@NODES=$(NODES) hack/run.sh
@@ -33,6 +35,9 @@ bench-handler: ## Handler benchmark only: RSS, Scheduled-to-Running latency, con
 
 bench-images: ## containerDisk benchmark only: cold pull + start, warm start from the cache, hostDisk start
 	@BENCH=images hack/bench.sh
+
+chaos: ## Seeded chaos run on a bed of its own: random lifecycle operations, SIGKILLed operator and handler, then the invariants (SEED=1 OPS=500)
+	@SEED=$(SEED) OPS=$(OPS) hack/chaos.sh
 
 fuzz-specs: ## 10,000 generated VM/VMI specs through validation, defaulting, domain XML and libvirt's schema (no test bed)
 	IRONVIRT_SPEC_CASES=$${IRONVIRT_SPEC_CASES:-10000} cargo test -p ironvirt-tests --test generated_specs -- --nocapture
