@@ -577,6 +577,56 @@ pub fn open_console(dom: &Domain, stream: &virt::stream::Stream) -> Result<(), v
     dom.open_console(None, stream, sys::VIR_DOMAIN_CONSOLE_FORCE)
 }
 
+/// Live-migrates `dom` to the libvirtd at `dconn_uri` (peer to peer when
+/// `flags` say so: this libvirtd opens `dconn_uri` itself). Blocks until
+/// the migration ends.
+pub fn migrate_to_uri(
+    dom: &Domain,
+    dconn_uri: &str,
+    params: virt::domain::MigrateParameters,
+    flags: u32,
+) -> Result<(), virt::error::Error> {
+    dom.migrate_to_uri3(Some(dconn_uri), params, flags)
+}
+
+/// Sets the longest pause QEMU may take to switch over at the end of a
+/// live migration (QEMU's downtime-limit; kept for the next migration).
+pub fn set_max_downtime(dom: &Domain, downtime: Duration) -> Result<(), virt::error::Error> {
+    let ms = u64::try_from(downtime.as_millis()).unwrap_or(u64::MAX);
+    dom.migrate_set_max_downtime(ms, 0)
+}
+
+/// Changes the bandwidth limit of a running migration (MiB/s).
+pub fn set_max_speed(dom: &Domain, mib_per_s: u64) -> Result<(), virt::error::Error> {
+    dom.migrate_set_max_speed(mib_per_s, 0)
+}
+
+/// The statistics of the domain's current job, or of its last completed
+/// one (`completed`: kept by libvirt on the migration's destination, and
+/// on the source when the domain stays there).
+pub fn job_stats(
+    dom: &Domain,
+    completed: bool,
+) -> Result<virt::domain::JobStats, virt::error::Error> {
+    let flags = if completed {
+        sys::VIR_DOMAIN_JOB_STATS_COMPLETED
+    } else {
+        0
+    };
+    dom.job_stats(flags)
+}
+
+/// Aborts the domain's current job (a migration: the domain keeps running
+/// here). The `virt` crate does not wrap virDomainAbortJob.
+pub fn abort_job(dom: &Domain) -> Result<(), virt::error::Error> {
+    // SAFETY: `dom` is a live domain handle for the duration of the call.
+    let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
+}
+
 /// Host CPUs and memory (bytes), for the Node's capacity.
 pub fn host_capacity(conn: &Connect) -> Result<(u32, u64), LibvirtError> {
     let info = conn.node_info().map_err(map_err(""))?;

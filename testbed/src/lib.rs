@@ -16,6 +16,7 @@ pub mod harness;
 pub mod layout;
 pub mod libvirt;
 pub mod nodes;
+pub mod nodetls;
 pub mod pki;
 pub mod process;
 

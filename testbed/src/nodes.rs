@@ -215,6 +215,17 @@ impl NodeRecord {
         )
     }
 
+    /// Its libvirtd's TLS endpoint, as another node's libvirtd opens it
+    /// (a migration's destination, [`crate::nodetls`]).
+    pub fn tls_uri(&self) -> String {
+        crate::nodetls::tls_uri(self.addr)
+    }
+
+    /// QEMU's migration URI to this node.
+    pub fn migration_uri(&self) -> String {
+        crate::nodetls::migration_uri(self.addr)
+    }
+
     /// The handler's state directory, from the host ([`NODE_HANDLER_STATE`]
     /// inside the node).
     pub fn handler_state_dir(&self) -> PathBuf {
@@ -671,6 +682,33 @@ fn write_config(dir: &Path, uuid: &str) -> Result<()> {
     Ok(())
 }
 
+/// The node's side of migration between nodes ([`crate::nodetls`]): its
+/// certificate of the bed's libvirt CA, libvirtd's TLS listener on the
+/// node's address, QEMU's migration over TLS.
+fn write_migration_tls(layout: &Layout, rec: &NodeRecord) -> Result<()> {
+    let etc = rec.dir.join("etc");
+    crate::nodetls::write_node_pki(
+        &crate::pki::Pki::new(layout.pki()),
+        &etc,
+        &rec.name,
+        rec.addr,
+    )
+    .map_err(|e| NodeError::Config(format!("node {} certificate: {e}", rec.name)))?;
+    for (file, extra) in [
+        ("libvirtd.conf", crate::nodetls::libvirtd_conf(rec.addr)),
+        ("qemu.conf", crate::nodetls::qemu_conf(rec.addr)),
+    ] {
+        let path = etc.join(file);
+        let mut text = fs::read_to_string(&path).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&extra);
+        fs::write(&path, text).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
 /// The lowest index ≥ 1 no other node of the bed has.
 fn free_index(layout: &Layout) -> Result<u8> {
     let used: BTreeSet<u8> = records(layout)?.iter().map(|r| r.index).collect();
@@ -740,6 +778,7 @@ fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRec
     }
     fs::create_dir_all(rec.handler_state_dir()).map_err(io_err(&rec.dir))?;
     write_config(&rec.dir, &rec.host_uuid)?;
+    write_migration_tls(layout, rec)?;
 
     // Network: its namespace, loopback up, a veth pair onto the bridge.
     run("ip", ["netns", "add", &rec.netns])?;
@@ -808,6 +847,23 @@ fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRec
             ],
         )?;
     }
+    // The node's own cgroup partition: its libvirtd's /machine is
+    // /machine/<node cgroup> of the machine, so that a domain migrating
+    // between two nodes (the same name on both, often the same id) gets a
+    // cgroup on each, as on two machines.
+    for (machine, own) in ensure_node_cgroups(&node_cgroup(&net.tag, &rec.name))? {
+        run(
+            NSENTER,
+            [
+                OsStr::new(&enter),
+                OsStr::new("--"),
+                OsStr::new("mount"),
+                OsStr::new("--bind"),
+                own.as_os_str(),
+                machine.as_os_str(),
+            ],
+        )?;
+    }
     tracing::info!(node = %rec.name, addr = %rec.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node namespaces ready");
 
     let sup = supervisor(layout);
@@ -823,7 +879,12 @@ fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRec
         &rec.process("libvirtd"),
         &wrapper,
         Path::new(LIBVIRTD_BIN),
-        &["-p".into(), "/run/libvirt/libvirtd.pid".into()],
+        // --listen: the TLS port of libvirtd.conf (migration).
+        &[
+            "--listen".into(),
+            "-p".into(),
+            "/run/libvirt/libvirtd.pid".into(),
+        ],
         &[],
     )?;
     wait_libvirtd(&sup, rec, libvirtd.pid)?;
@@ -1050,6 +1111,65 @@ fn machine_cgroups(pids: &[u32]) -> BTreeSet<String> {
     out
 }
 
+/// The cgroup of node `name` under every hierarchy's `machine` partition.
+fn node_cgroup(tag: &str, name: &str) -> String {
+    format!("ivnode-{tag}-{name}")
+}
+
+/// The cgroup hierarchies: /sys/fs/cgroup itself (cgroup v2), or each
+/// hierarchy mounted under it (v1, hybrid).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.procs").exists() {
+        return vec![root.to_owned()];
+    }
+    fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// Makes `machine/<own>` in every cgroup hierarchy (and `machine` where
+/// missing), ready for libvirt's domains: cpuset's CPUs and memory nodes
+/// copied from the parent (v1 starts them empty), v2's controllers enabled
+/// for the children. Returns (machine, machine/own) per hierarchy.
+fn ensure_node_cgroups(own: &str) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    for h in cgroup_hierarchies() {
+        let machine = h.join("machine");
+        let mine = machine.join(own);
+        for (parent, dir) in [(&h, &machine), (&machine, &mine)] {
+            if !dir.is_dir() {
+                fs::create_dir(dir).map_err(io_err(dir))?;
+            }
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let at = dir.join(f);
+                if at.exists()
+                    && fs::read_to_string(&at)
+                        .unwrap_or_default()
+                        .trim()
+                        .is_empty()
+                {
+                    let from = fs::read_to_string(parent.join(f)).map_err(io_err(parent))?;
+                    fs::write(&at, from.trim()).map_err(io_err(&at))?;
+                }
+            }
+            // cgroup v2: what the parent may hand down, handed down.
+            if let Ok(avail) = fs::read_to_string(dir.join("cgroup.controllers")) {
+                let want: Vec<String> = avail.split_whitespace().map(|c| format!("+{c}")).collect();
+                if !want.is_empty() {
+                    let _ = fs::write(dir.join("cgroup.subtree_control"), want.join(" "));
+                }
+            }
+        }
+        out.push((machine, mine));
+    }
+    Ok(out)
+}
+
 /// Removes the (empty) cgroup directories `rel` in every cgroup hierarchy,
 /// deepest first; a cgroup that still has processes stays.
 fn remove_cgroups(rel: &BTreeSet<String>) {
@@ -1179,8 +1299,9 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
     // pid file a crash lost).
     let mut ids = node_namespaces(&rec);
     ids.extend(guest_namespaces(&rec.mntns));
-    let cgroups = machine_cgroups(&pids_in(&ids));
+    let mut cgroups = machine_cgroups(&pids_in(&ids));
     keep(kill_all_in(&rec.name, &ids));
+    cgroups.insert(format!("machine/{}", node_cgroup(&tag(layout), &rec.name)));
     remove_cgroups(&cgroups);
     if ns_identity(&rec.mntns).is_some() {
         keep(

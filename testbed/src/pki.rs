@@ -73,7 +73,7 @@ impl CertPair {
 
 /// Writes a private key: to a fresh temporary file with mode 0600 (never
 /// following a planted symlink), then renamed over `path`.
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -265,6 +265,10 @@ pub mod names {
     pub const ETCD_PEER: &str = "etcd-peer";
     /// The client certificate kube-apiserver presents to etcd.
     pub const ETCD_APISERVER_CLIENT: &str = "apiserver-etcd-client";
+    /// The CA of the nodes' libvirtds (issue #18): it issues only node
+    /// certificates, which libvirtd's TLS port and QEMU's migration stream
+    /// accept; no Kubernetes identity is signed by it.
+    pub const LIBVIRT_CA: &str = "libvirt-ca";
 }
 
 /// Namespace of ironvirt's components on a cluster (and of the test bed's
@@ -442,6 +446,17 @@ impl Pki {
     /// The cluster CA, loaded from disk, for minting more certificates.
     pub fn cluster_ca(&self) -> Result<Ca, PkiError> {
         Ca::from_pair(CertPair::read(&self.dir, names::CA)?)
+    }
+
+    /// The nodes' libvirt CA ([`names::LIBVIRT_CA`]), made at first use.
+    pub fn libvirt_ca(&self) -> Result<Ca, PkiError> {
+        if !(self.crt(names::LIBVIRT_CA).exists() && self.key(names::LIBVIRT_CA).exists()) {
+            fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+            Ca::generate("ironvirt-testbed-libvirt-ca")?
+                .pair()
+                .write(&self.dir, names::LIBVIRT_CA)?;
+        }
+        Ca::from_pair(CertPair::read(&self.dir, names::LIBVIRT_CA)?)
     }
 
     /// The front-proxy CA, loaded from disk.
