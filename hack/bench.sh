@@ -40,7 +40,7 @@ if [[ $which == all || $which == ui ]]; then
   # samples): first load, keypress to echo in the page, and the same echo
   # without a browser, direct and through ironctl ui's relay.
   cargo build --quiet --release -p ironvirt-cli --manifest-path "$REPO/Cargo.toml" || die "cargo build --release -p ironvirt-cli failed."
-  [[ $which == all ]] || start_api "$state" >/dev/null || die "ironvirt-api did not start (log: $state/logs/ironvirt-api.log)."
+  [[ $which == all ]] || API_BIN="$REPO/target/release/ironvirt-api" start_api "$state" >/dev/null || die "ironvirt-api did not start (log: $state/logs/ironvirt-api.log)."
   IRONVIRT_STATE="$state" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN" \
     IRONVIRT_IRONCTL="$REPO/target/release/ironctl" IRONVIRT_UI_SAMPLES="${UI_SAMPLES:-200}" \
     cargo test --quiet -p ironvirt-tests --test ui --manifest-path "$REPO/Cargo.toml" -- --nocapture 2>&1 \

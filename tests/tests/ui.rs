@@ -218,6 +218,35 @@ where
     Ok(out)
 }
 
+/// The same path from inside the page without the terminal: a bare
+/// WebSocket of the page (Chromium's network stack, the relay, the API path)
+/// sending one byte and waiting for its echo, n times; sorted. The gap to
+/// [`page_echo`] is the terminal's share (key handling, parsing, rendering
+/// competing with the guest for the CPU).
+async fn page_raw_echo(b: &mut Browser, ns: &str, n: usize) -> Result<Vec<f64>, String> {
+    let js = format!(
+        "new Promise((done, fail) => {{ \
+           const url = new URL('k8s{SUB}/namespaces/{ns}/virtualmachineinstances/{VM}/console', location.href); \
+           url.protocol = 'ws:'; \
+           const ws = new WebSocket(url, 'plain.kubevirt.io'); ws.binaryType = 'arraybuffer'; \
+           const out = []; let t0 = 0; let want = 0; \
+           const next = () => {{ if (out.length >= {n}) {{ ws.send(new Uint8Array([13])); ws.close(); done(out); return; }} \
+             want = 97 + out.length % 26; t0 = performance.now(); ws.send(new Uint8Array([want])); }}; \
+           ws.onopen = () => setTimeout(next, 300); ws.onerror = () => fail('websocket error'); \
+           ws.onmessage = (e) => {{ if (t0 && new Uint8Array(e.data).includes(want)) {{ out.push(performance.now() - t0); t0 = 0; next(); }} }}; \
+           setTimeout(() => fail('no echo within 30 s'), 30000); }})"
+    );
+    let v = b.eval(&js).await?;
+    let mut out: Vec<f64> = v
+        .as_array()
+        .ok_or(format!("odd answer {v}"))?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
 /// The console websocket through kube-apiserver, as `ironctl console` opens it.
 async fn direct_echo(bed: &TestBed, ns: &str, n: usize) -> Result<Vec<f64>, String> {
     let mut con = open_ws(
@@ -414,6 +443,7 @@ async fn web_console_in_a_real_browser() {
         }
 
         // This takes the console over (one console per VMI); the page says so.
+        let bare = page_raw_echo(&mut b, &ns, n).await?;
         let direct = direct_echo(bed, &ns, n).await?;
         let relayed = relay_echo(&ui, &ns, n).await?;
         b.wait_for(
@@ -541,8 +571,11 @@ async fn web_console_in_a_real_browser() {
             "ui figures: first load {first_load_ms:.0} ms (navigation loadEventEnd {nav_ms:.0} ms, then the first list); \
              keypress to echo, n = {n}: page P50 {t50:.1} ms P95 {t95:.1} ms (keydown to send P50 {s50:.1}, \
              send to echo back P50 {n50:.1} P95 {n95:.1}, back to parsed P50 {r50:.1}); \
+             a bare WebSocket in the page P50 {:.1} ms P95 {:.1} ms; \
              console websocket (no browser) via kube-apiserver P50 {:.1} ms P95 {:.1} ms, \
              via ironctl ui and kube-apiserver P50 {:.1} ms P95 {:.1} ms",
+            percentile(&bare, 0.5),
+            percentile(&bare, 0.95),
             percentile(&direct, 0.5),
             percentile(&direct, 0.95),
             percentile(&relayed, 0.5),
