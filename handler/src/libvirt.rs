@@ -601,19 +601,77 @@ pub fn set_max_speed(dom: &Domain, mib_per_s: u64) -> Result<(), virt::error::Er
     dom.migrate_set_max_speed(mib_per_s, 0)
 }
 
+/// A domain job's statistics (virDomainGetJobStats): what migration
+/// progress needs. Absent fields are None.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobStats {
+    /// virDomainJobType: none, bounded, unbounded, completed, failed, cancelled.
+    pub kind: u32,
+    pub time_elapsed: Option<u64>,
+    pub data_total: Option<u64>,
+    pub data_processed: Option<u64>,
+    pub data_remaining: Option<u64>,
+    pub mem_processed: Option<u64>,
+    pub mem_remaining: Option<u64>,
+    pub mem_iteration: Option<u64>,
+    pub mem_bps: Option<u64>,
+    pub disk_processed: Option<u64>,
+    pub disk_remaining: Option<u64>,
+    pub downtime: Option<u64>,
+}
+
 /// The statistics of the domain's current job, or of its last completed
 /// one (`completed`: kept by libvirt on the migration's destination, and
 /// on the source when the domain stays there).
-pub fn job_stats(
-    dom: &Domain,
-    completed: bool,
-) -> Result<virt::domain::JobStats, virt::error::Error> {
+///
+/// Not the `virt` crate's `Domain::job_stats`: it builds a Vec from
+/// libvirt's allocation (a null pointer when no job runs, which aborts the
+/// process) and frees it with Rust's allocator.
+pub fn job_stats(dom: &Domain, completed: bool) -> Result<JobStats, virt::error::Error> {
     let flags = if completed {
         sys::VIR_DOMAIN_JOB_STATS_COMPLETED
     } else {
         0
     };
-    dom.job_stats(flags)
+    let mut kind: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: `dom` is live; libvirt allocates `params` (n entries, or
+    // null and 0) and we free it with virTypedParamsFree below.
+    let rc =
+        unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut n, flags) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let get = |key: &CStr| -> Option<u64> {
+        if params.is_null() {
+            return None;
+        }
+        let mut v: std::os::raw::c_ulonglong = 0;
+        // SAFETY: `params` holds `n` typed parameters from libvirt; the key
+        // is a NUL-terminated constant; `v` is a valid out-pointer.
+        let found = unsafe { sys::virTypedParamsGetULLong(params, n, key.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
+    };
+    let stats = JobStats {
+        kind: kind as u32,
+        time_elapsed: get(sys::VIR_DOMAIN_JOB_TIME_ELAPSED),
+        data_total: get(sys::VIR_DOMAIN_JOB_DATA_TOTAL),
+        data_processed: get(sys::VIR_DOMAIN_JOB_DATA_PROCESSED),
+        data_remaining: get(sys::VIR_DOMAIN_JOB_DATA_REMAINING),
+        mem_processed: get(sys::VIR_DOMAIN_JOB_MEMORY_PROCESSED),
+        mem_remaining: get(sys::VIR_DOMAIN_JOB_MEMORY_REMAINING),
+        mem_iteration: get(sys::VIR_DOMAIN_JOB_MEMORY_ITERATION),
+        mem_bps: get(sys::VIR_DOMAIN_JOB_MEMORY_BPS),
+        disk_processed: get(sys::VIR_DOMAIN_JOB_DISK_PROCESSED),
+        disk_remaining: get(sys::VIR_DOMAIN_JOB_DISK_REMAINING),
+        downtime: get(sys::VIR_DOMAIN_JOB_DOWNTIME),
+    };
+    if !params.is_null() {
+        // SAFETY: allocated by libvirt above, freed once.
+        unsafe { sys::virTypedParamsFree(params, n) };
+    }
+    Ok(stats)
 }
 
 /// Aborts the domain's current job (a migration: the domain keeps running

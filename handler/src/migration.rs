@@ -19,10 +19,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use virt::domain::{JobStats, MigrateParameters};
+use virt::domain::MigrateParameters;
 use virt::sys;
 
-use crate::libvirt::{self, Libvirt, LibvirtError};
+use crate::libvirt::{self, JobStats, Libvirt, LibvirtError};
 
 /// Where a domain migrates to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,9 +135,8 @@ pub struct Progress {
 
 impl Progress {
     fn from_stats(s: &JobStats) -> Self {
-        let active = s.r#type != sys::VIR_DOMAIN_JOB_NONE as i32
-            && s.r#type != sys::VIR_DOMAIN_JOB_FAILED as i32
-            && s.r#type != sys::VIR_DOMAIN_JOB_CANCELLED as i32;
+        let active =
+            s.kind == sys::VIR_DOMAIN_JOB_BOUNDED || s.kind == sys::VIR_DOMAIN_JOB_UNBOUNDED;
         Progress {
             active,
             time_elapsed_ms: s.time_elapsed,
@@ -238,7 +237,7 @@ pub async fn completed(lv: &Arc<Libvirt>, domain: &str) -> Result<Progress, Libv
     lv.call(move |conn| {
         libvirt::with_domain(conn, &name, |dom| libvirt::job_stats(dom, true)).map(|s| {
             let mut p = Progress::from_stats(&s);
-            p.active = s.r#type == sys::VIR_DOMAIN_JOB_COMPLETED as i32;
+            p.active = s.kind == sys::VIR_DOMAIN_JOB_COMPLETED;
             p
         })
     })
