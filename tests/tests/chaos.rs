@@ -240,6 +240,10 @@ impl Run<'_> {
     }
 }
 
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 fn short(r: Result<(), kube::Error>) -> String {
     match r {
         Ok(()) => "ok".into(),
@@ -386,8 +390,12 @@ async fn violations(bed: &TestBed, ns: &str, handler: &Handler, replicas: u64) -
         Ok(domains) => {
             for d in domains {
                 let vmi = d.strip_prefix(&prefix).unwrap_or_default();
-                if !names.contains(vmi) && domain_active(QEMU, &d) == Some(true) {
-                    bad.push(format!("domain {d} runs without a VMI"));
+                if !names.contains(vmi) {
+                    let state = match domain_active(QEMU, &d) {
+                        Some(true) => "runs",
+                        _ => "is defined",
+                    };
+                    bad.push(format!("domain {d} {state} without a VMI"));
                 }
             }
         }
@@ -453,6 +461,7 @@ async fn seeded_lifecycle_chaos_keeps_every_invariant() {
         }
         run.revive().await;
         let ran = started.elapsed();
+        let handler_fds = fds(run.handler.pid());
         let replicas = rss
             .get(RS)
             .await
@@ -525,6 +534,16 @@ async fn seeded_lifecycle_chaos_keeps_every_invariant() {
             .unwrap_or_default();
         if !state.is_empty() {
             return Err(format!("the handler kept state of deleted VMIs: {state:?}"));
+        }
+        // The handler's descriptors, after its last restart and with every
+        // VMI gone, are no more than when the run settled (a margin of 8 for
+        // connections that come and go).
+        let end_fds = fds(run.handler.pid());
+        println!("chaos: handler descriptors {handler_fds} after its last restart, {end_fds} at the end");
+        if end_fds > handler_fds + 8 {
+            return Err(format!(
+                "the handler holds {end_fds} descriptors with nothing to run, {handler_fds} after its last restart"
+            ));
         }
         let handler = run.handler;
         handler.remove(&admin).await;
