@@ -1132,6 +1132,24 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The node cgroups of a bed's tag on the machine (`machine/ivnode-<tag>-*`).
+fn stale_node_cgroups(tag: &str) -> BTreeSet<String> {
+    let prefix = node_cgroup(tag, "");
+    cgroup_hierarchies()
+        .iter()
+        .flat_map(|h| {
+            fs::read_dir(h.join("machine"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            name.starts_with(&prefix).then(|| format!("machine/{name}"))
+        })
+        .collect()
+}
+
 /// Makes `machine/<own>` in every cgroup hierarchy (and `machine` where
 /// missing), ready for libvirt's domains: cpuset's CPUs and memory nodes
 /// copied from the parent (v1 starts them empty), v2's controllers enabled
@@ -1424,6 +1442,8 @@ pub fn down_all(layout: &Layout) -> Result<()> {
             }
         }
     }
+    // Node cgroups no record names (a crash while starting).
+    remove_cgroups(&stale_node_cgroups(&tag));
     if let Err(e) = remove_net_locked(layout) {
         first_err.get_or_insert(e);
     }

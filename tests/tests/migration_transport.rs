@@ -4,9 +4,9 @@
 //!
 //! A test-guest domain (128 MiB, TCG, a qcow2 overlay per node at the same
 //! path, a counter printed on its serial console ten times a second) is
-//! started on node-1 from the test's own domain XML (no VMI: nothing of the
-//! operator or the handlers' VMI path is involved, and the handlers leave
-//! domains that are not ironvirt's alone). Then, with
+//! defined and started on node-1 from the test's own domain XML (no VMI:
+//! nothing of the operator or the handlers' VMI path is involved, and the
+//! handlers leave domains that are not ironvirt's alone). Then, with
 //! `ironvirt_handler::migration` against node-1's libvirtd:
 //! - a client without a node certificate is refused by node-2's libvirtd
 //!   (a certificate of the cluster CA naming a node; a certificate of the
@@ -20,8 +20,9 @@
 //!   node-2's migration port), reports progress, and abort leaves the domain
 //!   running on node-1 only, its counter going on;
 //! - a migration with TLS and block migration of the overlay ends with the
-//!   domain running only on node-2: the counter continues (no reboot, no
-//!   new boot marker), the guest's uptime keeps growing, and the bytes the
+//!   domain defined and running only on node-2 (undefined on node-1): the
+//!   counter continues (no reboot, no new boot marker), the guest's uptime
+//!   keeps growing, and the bytes the
 //!   guest wrote to its disk on node-1 are read back on node-2. Migration
 //!   time, QEMU's downtime and the counter's gap are printed
 //!   (`migration_transport timing:`).
@@ -349,7 +350,9 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
     }
     let xml_path = tmp.path().join("domain.xml");
     std::fs::write(&xml_path, g.xml(&guest.kernel, &guest.initramfs)).map_err(|e| e.to_string())?;
-    virsh(&u1, &["create", &xml_path.display().to_string()])?;
+    // Defined, then started, as the handler makes its domains.
+    virsh(&u1, &["define", &xml_path.display().to_string()])?;
+    virsh(&u1, &["start", &g.name])?;
     wait_console(g, n1, "the boot marker", BOOT, |t| t.contains(MARKER)).await?;
     let data = format!("MIGRATED-DATA-{}", std::process::id());
     g.type_line(
@@ -377,6 +380,7 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
     let plain = MigrateOptions {
         tls: false,
         copy_disks: disks.clone(),
+        persistent: true,
         ..MigrateOptions::default()
     };
     match migration::migrate(&lv, &g.name, &tgt, &plain).await {
@@ -393,6 +397,7 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
     let slow = MigrateOptions {
         bandwidth_mib: Some(1),
         copy_disks: disks.clone(),
+        persistent: true,
         ..MigrateOptions::default()
     };
     let running = {
@@ -413,11 +418,16 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let wire = check_wire(n1, n2, &u1, &g.name);
+    let abort_at = Instant::now();
     let abort = migration::abort(&lv, &g.name).await;
     let result = tokio::time::timeout(Duration::from_secs(60), running)
         .await
         .map_err(|_| "the aborted migration did not return within 60 s".to_owned())?
         .map_err(|e| e.to_string())?;
+    eprintln!(
+        "migration_transport timing: abort to the migration's return: {} ms",
+        abort_at.elapsed().as_millis()
+    );
     let seen = seen.ok_or("no progress of the slowed migration within 60 s")?;
     eprintln!("migration_transport: slowed migration progress before abort: {seen:?}");
     wire?;
@@ -457,6 +467,7 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
     let opts = MigrateOptions {
         max_downtime: Some(MAX_DOWNTIME),
         copy_disks: disks,
+        persistent: true,
         ..MigrateOptions::default()
     };
     let started = Instant::now();
@@ -468,6 +479,15 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
     moved.map_err(|e| e.to_string())?;
     if exists_on(&u1, &g.name) || !runs_on(&u2, &g.name) {
         return Err("after the migration the domain must run on node-2 only".into());
+    }
+    let persistent = virsh(&u2, &["dominfo", &g.name])?;
+    if !persistent
+        .lines()
+        .any(|l| l.starts_with("Persistent:") && l.trim_end().ends_with("yes"))
+    {
+        return Err(format!(
+            "the domain is not defined on node-2:\n{persistent}"
+        ));
     }
     let (tx2, _rx2) = tokio::sync::mpsc::channel(64);
     let lv2 = Libvirt::new(&u2, tx2);
