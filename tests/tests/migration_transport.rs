@@ -10,8 +10,9 @@
 //! `ironvirt_handler::migration` against node-1's libvirtd:
 //! - a client without a node certificate is refused by node-2's libvirtd
 //!   (a certificate of the cluster CA naming a node; a certificate of the
-//!   libvirt CA that is no node's), while a node's certificate is accepted;
-//!   nothing listens on libvirtd's plain TCP port;
+//!   libvirt CA that is no node's; no client certificate at all), while a
+//!   node's certificate is accepted; nothing listens on libvirtd's plain
+//!   TCP port;
 //! - a migration without TLS is refused (`migrate_tls_force`), the domain
 //!   stays on node-1;
 //! - a migration slowed to 1 MiB/s runs over TLS (QEMU's migration
@@ -315,6 +316,20 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
             return Err(format!("node-2's libvirtd accepted {what}: {out}"));
         }
     }
+    // No client certificate at all: the handshake ends (a node's is kept).
+    let ca_file = pki.crt(ironvirt_testbed::pki::names::LIBVIRT_CA);
+    let peer = format!("{}:{}", n2.addr(), nodetls::TLS_PORT);
+    let node_pki = n1.record.dir.join("etc").join("pki");
+    if !tls_session_kept(&peer, &ca_file, Some(&node_pki))? {
+        return Err(format!(
+            "{peer} ended a TLS session with node-1's certificate"
+        ));
+    }
+    if tls_session_kept(&peer, &ca_file, None)? {
+        return Err(format!(
+            "{peer} kept a TLS session without a client certificate"
+        ));
+    }
     let log = std::fs::read_to_string(
         bed.layout()
             .logs()
@@ -355,17 +370,26 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
     virsh(&u1, &["start", &g.name])?;
     wait_console(g, n1, "the boot marker", BOOT, |t| t.contains(MARKER)).await?;
     let data = format!("MIGRATED-DATA-{}", std::process::id());
-    g.type_line(
-        n1,
-        &format!(
-            "echo {data} | dd of=/dev/vda conv=fsync 2>/dev/null; \
-             (i=0; while :; do i=$((i+1)); echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"; sleep 0.1; done) &"
-        ),
-    )?;
-    wait_console(g, n1, "the counter", Duration::from_secs(30), |t| {
-        ticks(t).len() >= 5
-    })
-    .await?;
+    let start = format!(
+        "echo {data} | dd of=/dev/vda conv=fsync 2>/dev/null; \
+         (i=0; while :; do i=$((i+1)); echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"; sleep 0.1; done) &"
+    );
+    // Typed again only when no counter line came at all (the shell was not
+    // reading yet), so that one counter runs.
+    let mut typed = 0;
+    loop {
+        g.type_line(n1, &start)?;
+        typed += 1;
+        let counting = wait_console(g, n1, "the counter", Duration::from_secs(20), |t| {
+            ticks(t).len() >= 5
+        })
+        .await;
+        match counting {
+            Ok(()) => break,
+            Err(_) if typed < 3 && ticks(&g.console_text(n1)).is_empty() => continue,
+            Err(e) => return Err(e),
+        }
+    }
     timing(t0, "guest up on node-1, counting");
 
     let (tx, _rx) = tokio::sync::mpsc::channel(64);
@@ -549,6 +573,28 @@ async fn story(bed: &TestBed, nodes: &[TestNode], g: &Guest, t0: Instant) -> Res
         "migrated to node-2 over TLS; counter, uptime and disk data kept",
     );
     Ok(())
+}
+
+/// Whether `peer` keeps a TLS session open for 2 s (`openssl s_client`,
+/// the server verified against `ca`), with the client certificate in
+/// `pki_dir` (libvirt's names) or none.
+fn tls_session_kept(peer: &str, ca: &Path, pki_dir: Option<&Path>) -> Result<bool, String> {
+    let mut cmd = format!(
+        "sleep 2 | timeout 15 openssl s_client -connect {peer} -CAfile '{}' -verify_return_error",
+        ca.display()
+    );
+    if let Some(d) = pki_dir {
+        cmd.push_str(&format!(
+            " -cert '{}' -key '{}'",
+            d.join("clientcert.pem").display(),
+            d.join("clientkey.pem").display()
+        ));
+    }
+    let out = Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    Ok(out.status.success())
 }
 
 /// During the slowed migration: QEMU's migration runs with TLS credentials
