@@ -2,7 +2,9 @@
 # make chaos SEED=N OPS=N: the seeded chaos run of tests/tests/chaos.rs, long,
 # on a test bed of its own (.state/chaos): random lifecycle operations with
 # the operator and the handler SIGKILLed at random points, then the
-# invariants. A failure prints the seed and the operation log.
+# invariants; then, as the bed is its own, kube-apiserver and etcd taken away
+# for 60 s each while consoles are open. A failure prints the seed and the
+# operation log.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
@@ -22,6 +24,6 @@ seed="${SEED:-1}"
 ops="${OPS:-500}"
 log "chaos: seed $seed, $ops operations"
 IRONVIRT_STATE="$state" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN" \
-  IRONVIRT_CHAOS_SEED="$seed" IRONVIRT_CHAOS_OPS="$ops" \
-  cargo test --quiet -p ironvirt-tests --test chaos --manifest-path "$REPO/Cargo.toml" -- --nocapture \
+  IRONVIRT_CHAOS_SEED="$seed" IRONVIRT_CHAOS_OPS="$ops" IRONVIRT_CHAOS_OWN_BED=1 \
+  cargo test --quiet -p ironvirt-tests --test chaos --manifest-path "$REPO/Cargo.toml" -- --nocapture --test-threads=1 \
   || die "chaos seed $seed failed (the operation log is above; replay: make chaos SEED=$seed OPS=$ops)."

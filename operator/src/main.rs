@@ -113,38 +113,52 @@ async fn main() -> anyhow::Result<()> {
             renew_interval: args.renew_interval,
         },
     );
-    tokio::select! {
-        _ = elector.acquire() => {}
-        _ = shutdown_signal() => return Ok(()),
+    // Lead, and when leadership is lost (another replica took the lease, or
+    // kube-apiserver could not be reached for a whole lease duration), stop
+    // the controllers at once, rather than act on stale state, and stand for
+    // election again: an outage of the control plane needs no restart.
+    loop {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+        // The certificate manager runs on the leader only; it is idempotent, so
+        // stopping it anywhere is safe.
+        let certs = args.certs.manage_certs.then(|| {
+            tokio::spawn(ironvirt_operator::certs::run(
+                client.clone(),
+                args.certs.config(),
+            ))
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut controllers = tokio::spawn(controller::run_controllers(ctx.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        let lost = tokio::select! {
+            _ = elector.hold() => true,
+            _ = shutdown_signal() => false,
+            // The controllers never end on their own; if they do, say so and
+            // step down, so that a standby (or this process, again) takes over.
+            r = &mut controllers => {
+                tracing::error!(result = ?r.map_err(|e| e.to_string()), "the controllers ended");
+                true
+            }
+        };
+        let _ = stop_tx.send(());
+        if let Some(certs) = certs {
+            certs.abort();
+        }
+        if lost {
+            controllers.abort();
+            let _ = controllers.await;
+            tracing::warn!("lost leadership: controllers stopped; standing for election again");
+            continue;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+        elector.release().await;
+        tracing::info!("stopped");
+        return Ok(());
     }
-    // The certificate manager runs on the leader only; it is idempotent, so
-    // stopping it anywhere is safe.
-    let certs = args.certs.manage_certs.then(|| {
-        tokio::spawn(ironvirt_operator::certs::run(
-            client.clone(),
-            args.certs.config(),
-        ))
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controllers = tokio::spawn(controller::run_controllers(ctx, async move {
-        let _ = stop_rx.await;
-    }));
-    let lost = tokio::select! {
-        _ = elector.hold() => true,
-        _ = shutdown_signal() => false,
-    };
-    let _ = stop_tx.send(());
-    if let Some(certs) = certs {
-        certs.abort();
-    }
-    if lost {
-        // Another replica leads now: stop at once rather than act on stale state.
-        anyhow::bail!("lost leadership; exiting so a restart rejoins the election");
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
-    elector.release().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 async fn shutdown_signal() {

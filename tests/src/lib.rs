@@ -13,6 +13,7 @@ pub mod hostdisk;
 pub mod kubectl;
 pub mod nodes;
 pub mod operator;
+pub mod outage;
 pub mod registry;
 
 pub use ironvirt_testbed::TestBed;
