@@ -26,8 +26,12 @@ pub struct ErrorLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabel {
     pub controller: &'static str,
-    /// The kind of object written: vm, vmi or vmirs.
+    /// The kind of object written: vm, vmi, vmirs, vmpool, controllerrevision, event.
     pub resource: &'static str,
+    /// What was written: create, delete, finalizer, label, owner, spec,
+    /// status (server-side apply of the controller's fields) or requests
+    /// (the VM's stateChangeRequests).
+    pub write: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,12 +102,14 @@ impl Metrics {
         }
     }
 
-    /// Counts one write to the API of an object of `resource` (vm, vmi, vmirs).
-    pub fn write(&self, controller: &'static str, resource: &'static str) {
+    /// Counts one write to the API of an object of `resource` (vm, vmi,
+    /// vmirs, …): `write` says which part (create, status, finalizer, …).
+    pub fn write(&self, controller: &'static str, resource: &'static str, write: &'static str) {
         self.writes
             .get_or_create(&WriteLabel {
                 controller,
                 resource,
+                write,
             })
             .inc();
     }

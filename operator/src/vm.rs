@@ -13,7 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 
 use ironvirt_crds::validate::{self, FieldError};
-use ironvirt_crds::wire::VMI_FINALIZER;
+use ironvirt_crds::wire::{NODE_NAME_LABEL, VMI_FINALIZER};
 
 use crate::conditions::{self, condition};
 pub use crate::events::EventNote;
@@ -555,6 +555,83 @@ fn status_for(
     }
 }
 
+/// How long a new VM's first status waits for its new VMI to run, counted
+/// from the VMI's creationTimestamp (whole seconds, so the wait is 1–2 s).
+pub const FIRST_STATUS_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether to hold back the status write of this reconcile, and for how
+/// long: a VM that has never had a status (just created) and whose VMI was
+/// just created shows `Starting` only if that VMI does not run within
+/// [`FIRST_STATUS_WAIT`]; one that runs by then gets `Running` as its first
+/// status, one write instead of two. Anything else is written at once: a VM
+/// that already shows a status (say `Stopped` before a start), `Once` (its
+/// `created` must be recorded), and every status but `Starting` (errors,
+/// `ErrorUnschedulable`, image pull failures, `Running`).
+pub fn hold_first_status(
+    vm: &VirtualMachine,
+    new: &VirtualMachineStatus,
+    vmi: Option<&VirtualMachineInstance>,
+    action: &VmiAction,
+    now: Timestamp,
+) -> Option<Duration> {
+    let never_reported = vm
+        .status
+        .as_ref()
+        .is_none_or(|s| *s == VirtualMachineStatus::default());
+    let strategy = vm.spec.effective_run_strategy();
+    if !never_reported
+        || deleting(&vm.metadata)
+        || !matches!(strategy, RunStrategy::Always | RunStrategy::RerunOnFailure)
+        || new.printable_status.as_deref() != Some("Starting")
+    {
+        return None;
+    }
+    match (action, vmi) {
+        (VmiAction::Create(_), _) => Some(FIRST_STATUS_WAIT),
+        (VmiAction::Nothing, Some(v)) if !deleting(&v.metadata) => {
+            let created = v.metadata.creation_timestamp.as_ref()?.0;
+            let show_at = created + to_signed(FIRST_STATUS_WAIT);
+            (show_at > now).then(|| until(now, show_at).min(FIRST_STATUS_WAIT))
+        }
+        _ => None,
+    }
+}
+
+/// Labels a VMI about to be created with the node it is placed on, so that
+/// its create carries the placement and only the `Scheduled` status follows.
+pub fn place_at_creation(vmi: &mut VirtualMachineInstance, node: &str) {
+    vmi.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(NODE_NAME_LABEL.to_owned(), node.to_owned());
+}
+
+/// The newer of the cached VM and the one this controller's last write
+/// returned: right after a write the cache may still hold the object from
+/// before it, and deciding on that would repeat the write. Resource versions
+/// are compared as numbers (what kube-apiserver with etcd hands out); when
+/// they are not numbers, the cache wins.
+pub fn newest<'a>(
+    cached: &'a VirtualMachine,
+    written: Option<&'a VirtualMachine>,
+) -> &'a VirtualMachine {
+    let version = |vm: &VirtualMachine| {
+        vm.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match written {
+        Some(w)
+            if w.metadata.uid == cached.metadata.uid
+                && matches!((version(cached), version(w)), (Some(c), Some(v)) if v > c) =>
+        {
+            w
+        }
+        _ => cached,
+    }
+}
+
 /// Whether two statuses differ in anything but timestamps (so a write is due).
 pub fn status_changed(old: Option<&VirtualMachineStatus>, new: &VirtualMachineStatus) -> bool {
     let Some(old) = old else { return true };
@@ -799,6 +876,167 @@ status: {status}
         let p = plan(&v, Some(&vmi("u1", "Running")), at(1));
         assert_eq!(p.action, VmiAction::Delete { uid: "u1".into() });
         assert_eq!(printable(&p), "Terminating");
+    }
+
+    fn with_created(mut v: VirtualMachineInstance, s: i64) -> VirtualMachineInstance {
+        v.metadata.creation_timestamp = Some(Time(at(s)));
+        v
+    }
+
+    #[test]
+    fn a_new_vm_shows_running_as_its_first_status_when_its_vmi_runs_at_once() {
+        let v = vm("Always", "null");
+        // The reconcile that creates the VMI holds Starting back.
+        let p = plan(&v, None, at(100));
+        assert_eq!(printable(&p), "Starting");
+        assert_eq!(
+            hold_first_status(&v, &p.status, None, &p.action, at(100)),
+            Some(FIRST_STATUS_WAIT)
+        );
+        // The VMI exists but does not run yet: still held, until 2 s after
+        // its creationTimestamp.
+        let pending = with_created(vmi("u1", "Scheduled"), 100);
+        let p = plan(&v, Some(&pending), at(101));
+        assert_eq!(printable(&p), "Starting");
+        assert_eq!(
+            hold_first_status(&v, &p.status, Some(&pending), &p.action, at(101)),
+            Some(Duration::from_secs(1))
+        );
+        // It runs: Running is written, the first and only status write.
+        let mut running = with_created(vmi("u1", "Running"), 100);
+        running.status = Some(
+            serde_yaml::from_str("{phase: Running, conditions: [{type: Ready, status: 'True'}]}")
+                .unwrap(),
+        );
+        let p = plan(&v, Some(&running), at(101));
+        assert_eq!(printable(&p), "Running");
+        assert_eq!(
+            hold_first_status(&v, &p.status, Some(&running), &p.action, at(101)),
+            None
+        );
+    }
+
+    #[test]
+    fn starting_shows_once_the_vmi_takes_longer_than_the_wait() {
+        let v = vm("Always", "null");
+        let pending = with_created(vmi("u1", "Scheduled"), 100);
+        let p = plan(&v, Some(&pending), at(102));
+        assert_eq!(printable(&p), "Starting");
+        assert_eq!(
+            hold_first_status(&v, &p.status, Some(&pending), &p.action, at(102)),
+            None
+        );
+        // Without a creationTimestamp nothing is held.
+        let p = plan(&v, Some(&vmi("u1", "Scheduled")), at(100));
+        assert_eq!(
+            hold_first_status(
+                &v,
+                &p.status,
+                Some(&vmi("u1", "Scheduled")),
+                &p.action,
+                at(100)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_new_vms_starting_is_held() {
+        let pending = with_created(vmi("u1", "Pending"), 100);
+        // A VM that shows a status already (Stopped, before a start) gets
+        // Starting at once.
+        let shown = vm("Always", "{printableStatus: Stopped}");
+        let p = plan(&shown, None, at(100));
+        assert_eq!(
+            hold_first_status(&shown, &p.status, None, &p.action, at(100)),
+            None
+        );
+        // Once records `created` at once.
+        let once = vm("Once", "null");
+        let p = plan(&once, None, at(100));
+        assert!(matches!(p.action, VmiAction::Create(_)));
+        assert_eq!(
+            hold_first_status(&once, &p.status, None, &p.action, at(100)),
+            None
+        );
+        // Statuses a user must see are never held.
+        let new = vm("Always", "null");
+        let mut unschedulable = pending.clone();
+        unschedulable.status = Some(serde_yaml::from_str("{phase: Pending, conditions: [{type: PodScheduled, status: 'False', reason: Unschedulable, message: none}]}").unwrap());
+        let p = plan(&new, Some(&unschedulable), at(100));
+        assert_eq!(printable(&p), "ErrorUnschedulable");
+        assert_eq!(
+            hold_first_status(&new, &p.status, Some(&unschedulable), &p.action, at(100)),
+            None
+        );
+        let halted = vm("Halted", "null");
+        let p = plan(&halted, None, at(100));
+        assert_eq!(printable(&p), "Stopped");
+        assert_eq!(
+            hold_first_status(&halted, &p.status, None, &p.action, at(100)),
+            None
+        );
+        let mut going = new.clone();
+        going.metadata.deletion_timestamp = Some(Time(at(100)));
+        let p = plan(&going, Some(&pending), at(100));
+        assert_eq!(
+            hold_first_status(&going, &p.status, Some(&pending), &p.action, at(100)),
+            None
+        );
+    }
+
+    #[test]
+    fn placing_at_creation_labels_the_vmi_with_its_node() {
+        let p = plan(&vm("Always", "{}"), None, at(0));
+        let VmiAction::Create(mut v) = p.action else {
+            panic!("{:?}", p.action)
+        };
+        place_at_creation(&mut v, "n1");
+        let labels = v.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[NODE_NAME_LABEL], "n1");
+        assert_eq!(labels[VM_LABEL], "web");
+        assert_eq!(labels["app"], "web");
+    }
+
+    #[test]
+    fn the_newest_of_cache_and_last_write_decides() {
+        let with_rv = |rv: &str, status: &str| {
+            let mut v = vm("Always", status);
+            v.metadata.resource_version = Some(rv.to_owned());
+            v
+        };
+        let cached = with_rv("10", "null");
+        let written = with_rv("12", "{printableStatus: Running}");
+        // The cache has not caught up with the write: the write's answer counts.
+        assert_eq!(newest(&cached, Some(&written)), &written);
+        // It has (or moved past it): the cache counts.
+        let later = with_rv("13", "{printableStatus: Running}");
+        assert_eq!(newest(&later, Some(&written)), &later);
+        assert_eq!(newest(&cached, None), &cached);
+        // Another VM of the same name, or versions that are not numbers.
+        let mut other = written.clone();
+        other.metadata.uid = Some("other".into());
+        assert_eq!(newest(&cached, Some(&other)), &cached);
+        assert_eq!(
+            newest(&with_rv("a", "null"), Some(&with_rv("b", "null")))
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("a")
+        );
+        // Deciding on the write's answer, the status just written is not
+        // written again; deciding on the stale cache, it would be.
+        let mut running = vmi("u1", "Running");
+        running.status = Some(
+            serde_yaml::from_str("{phase: Running, conditions: [{type: Ready, status: 'True'}]}")
+                .unwrap(),
+        );
+        let mut answer = cached.clone();
+        answer.metadata.resource_version = Some("12".into());
+        answer.status = Some(plan(&cached, Some(&running), at(0)).status);
+        let again = plan(newest(&cached, Some(&answer)), Some(&running), at(1)).status;
+        assert!(!status_changed(answer.status.as_ref(), &again));
+        assert!(status_changed(cached.status.as_ref(), &again));
     }
 
     #[test]

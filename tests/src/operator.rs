@@ -304,6 +304,15 @@ pub async fn scrape(port: u16, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The body of `127.0.0.1:port/metrics` (empty when nothing answers).
+pub async fn metrics_text(port: u16) -> String {
+    let Some(buf) = http_get(port, "/metrics").await else {
+        return String::new();
+    };
+    buf.split_once("\r\n\r\n")
+        .map_or(buf.clone(), |(_, body)| body.to_owned())
+}
+
 /// The whole HTTP/1.0 response (status line, headers, body) of
 /// `GET 127.0.0.1:port/path`, or `None` when nothing answers.
 async fn http_get(port: u16, path: &str) -> Option<String> {

@@ -204,7 +204,7 @@ pub async fn wait_for_crds(client: &Client) {
 /// Drops what a controller never reads before objects reach a cache:
 /// managedFields (a large JSON tree per object with several field managers)
 /// and kubectl's last-applied annotation.
-fn slim<K: kube::Resource>(obj: &mut K) {
+pub(crate) fn slim<K: kube::Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
@@ -271,6 +271,9 @@ where
     }
 }
 
+/// How many VMIs are placed at once (their API writes overlap).
+const PLACEMENT_CONCURRENCY: u16 = 16;
+
 /// Runs the four controllers until `shutdown` resolves.
 pub async fn run_controllers(
     ctx: Arc<Context>,
@@ -301,24 +304,14 @@ pub async fn run_controllers(
     .applied_objects()
     .for_each(|_| async {});
 
-    let (vm_store, vm_stream) =
-        slim_reflector(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone());
-    let vm_controller = Controller::for_stream(vm_stream, vm_store)
-        .owns_stream(meta_stream::<VirtualMachineInstance>(
-            &client,
-            ns.as_deref(),
-            wc.clone(),
-        ))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(vm::reconcile, vm::error_policy, ctx.clone())
-        .for_each(|_| async {});
-
     let (vmi_store, vmi_stream) = slim_reflector(
         scoped::<VirtualMachineInstance>(&client, ns.as_deref()),
         wc.clone(),
     );
+    // Placements run concurrently: each decides and records its assumption
+    // under one lock, so only the writes overlap.
     let placement_controller = Controller::for_stream(vmi_stream, vmi_store.clone())
-        .with_config(ControllerConfig::default().concurrency(1));
+        .with_config(ControllerConfig::default().concurrency(PLACEMENT_CONCURRENCY));
     let phases = phase_gauge(ctx.clone(), vmi_store.clone());
     let pctx = Arc::new(placement::PlacementContext::new(
         ctx.clone(),
@@ -326,6 +319,20 @@ pub async fn run_controllers(
         leases.clone(),
         vmi_store,
     ));
+    // The VM controller places a VMI in its create (the placement caches,
+    // once filled; before that placement does it, as for any VMI).
+    let (vm_store, vm_stream) =
+        slim_reflector(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone());
+    let vm_ctx = Arc::new(vm::VmContext::new(ctx.clone(), Some(pctx.clone())));
+    let vm_controller = Controller::for_stream(vm_stream, vm_store)
+        .owns_stream(meta_stream::<VirtualMachineInstance>(
+            &client,
+            ns.as_deref(),
+            wc.clone(),
+        ))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(vm::reconcile, vm::error_policy, vm_ctx)
+        .for_each(|_| async {});
     let nodes_ready = nodes.clone();
     let leases_ready = leases.clone();
     let placement_shutdown = shutdown.clone();

@@ -71,7 +71,7 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
     // The current template's revision first: VMs name it.
     let rev_name = plan.revision.name_any();
     if !revisions.contains_key(&rev_name) {
-        ctx.metrics.write(NAME, "controllerrevision");
+        ctx.metrics.write(NAME, "controllerrevision", "create");
         match revs_api
             .create(&PostParams::default(), &plan.revision)
             .await
@@ -98,7 +98,7 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
     )
     .await?;
     for new in &plan.create {
-        ctx.metrics.write(NAME, "vm");
+        ctx.metrics.write(NAME, "vm", "create");
         match vms_api.create(&PostParams::default(), new).await {
             Ok(_) => tracing::info!(vm = %new.name_any(), "created"),
             // Someone took the name since the list: the next reconcile picks another.
@@ -108,7 +108,7 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
     }
     replicas::delete_all(ctx, writes, &vms_api, &plan.delete).await?;
     for vm in &plan.update {
-        ctx.metrics.write(NAME, "vm");
+        ctx.metrics.write(NAME, "vm", "spec");
         match vms_api
             .replace(&vm.name_any(), &PostParams::default(), vm)
             .await
@@ -125,7 +125,7 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
         }
     }
     for vmi in &plan.relabel {
-        ctx.metrics.write(NAME, "vmi");
+        ctx.metrics.write(NAME, "vmi", "label");
         let patch = json!({"metadata": {"labels": {REVISION_LABEL: rev_name}}});
         replicas::ignore_gone(
             vmis_api
@@ -136,7 +136,7 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
     // Only the VMI read (by uid): one already recreated from the new
     // template is left alone.
     for (vmi, vmi_uid) in &plan.restart {
-        ctx.metrics.write(NAME, "vmi");
+        ctx.metrics.write(NAME, "vmi", "delete");
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(vmi_uid.clone()),
@@ -160,7 +160,7 @@ async fn reconcile_inner(p: &VirtualMachinePool, ctx: &Context) -> Result<Action
             "kind": VirtualMachinePool::kind(&()),
             "status": plan.status,
         });
-        ctx.metrics.write(NAME, "vmpool");
+        ctx.metrics.write(NAME, "vmpool", "status");
         pools_api
             .patch_status(
                 &p.name_any(),

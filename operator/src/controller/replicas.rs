@@ -35,7 +35,7 @@ where
         refs.push(owner.clone());
         let patch =
             json!({"metadata": {"ownerReferences": refs, "resourceVersion": o.resource_version()}});
-        ctx.metrics.write(controller, resource);
+        ctx.metrics.write(controller, resource, "owner");
         ignore_gone(
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await,
@@ -53,7 +53,7 @@ where
             .collect();
         let patch =
             json!({"metadata": {"ownerReferences": keep, "resourceVersion": o.resource_version()}});
-        ctx.metrics.write(controller, resource);
+        ctx.metrics.write(controller, resource, "owner");
         ignore_gone(
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await,
@@ -73,7 +73,7 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     for name in names {
-        ctx.metrics.write(controller, resource);
+        ctx.metrics.write(controller, resource, "delete");
         ignore_gone(api.delete(name, &DeleteParams::default()).await.map(|_| ()))?;
     }
     Ok(())

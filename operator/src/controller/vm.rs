@@ -1,7 +1,8 @@
 //! The VirtualMachine controller at the edges: read the VM's VMI, apply the
 //! pure plan from [`crate::vm::plan`], write status by server-side apply.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance};
@@ -13,7 +14,8 @@ use serde_json::json;
 
 use ironvirt_crds::wire::VM_FINALIZER;
 
-use super::{FinalizerOp, has_finalizer, update_finalizer};
+use super::placement::PlacementContext;
+use super::{FinalizerOp, finalizer_patch, slim, update_finalizer};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::{EventNote, Reason};
@@ -27,6 +29,63 @@ pub const NAME: &str = "vm";
 /// Periodic resync: changes missed during a watch desync are picked up.
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// The VM controller's context: the shared one, placement (to place a VMI
+/// in its create), and the VMs as this controller's own writes returned them,
+/// until the cache catches up ([`vm::newest`]).
+pub struct VmContext {
+    pub base: Arc<Context>,
+    pub placement: Option<Arc<PlacementContext>>,
+    written: Mutex<HashMap<String, VirtualMachine>>,
+}
+
+impl VmContext {
+    pub fn new(base: Arc<Context>, placement: Option<Arc<PlacementContext>>) -> Self {
+        VmContext {
+            base,
+            placement,
+            written: Mutex::default(),
+        }
+    }
+
+    /// The VM to decide on: the cached one or, when the cache is behind,
+    /// the answer of this controller's last write to it.
+    fn current(&self, cached: &VirtualMachine) -> VirtualMachine {
+        let uid = cached.uid().unwrap_or_default();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = vm::newest(cached, written.get(&uid));
+        if std::ptr::eq(newest, cached) {
+            // The cache has caught up.
+            written.remove(&uid);
+            return cached.clone();
+        }
+        newest.clone()
+    }
+
+    /// Remembers the VM a write returned.
+    fn wrote(&self, mut vm: VirtualMachine) {
+        slim(&mut vm);
+        let uid = vm.uid().unwrap_or_default();
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, vm);
+    }
+
+    fn forget(&self, vm: &VirtualMachine) {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&vm.uid().unwrap_or_default());
+    }
+}
+
+impl std::ops::Deref for VmContext {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.base
+    }
+}
+
 fn owned_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
     let uid = vm.metadata.uid.as_deref();
     vmi.owner_references()
@@ -35,9 +94,10 @@ fn owned_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
 }
 
 #[tracing::instrument(skip_all, fields(vm.namespace = %vm.namespace().unwrap_or_default(), vm.name = %vm.name_any()))]
-pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<VmContext>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(NAME);
-    let action = reconcile_inner(&vm, &ctx).await?;
+    let current = ctx.current(&vm);
+    let action = reconcile_inner(current, &ctx).await?;
     ctx.succeeded(&key(&vm));
     Ok(action)
 }
@@ -46,7 +106,7 @@ fn key(vm: &VirtualMachine) -> String {
     format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
 }
 
-async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
+async fn reconcile_inner(mut vm: VirtualMachine, ctx: &VmContext) -> Result<Action> {
     let ns = vm
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -55,12 +115,14 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting = vm.metadata.deletion_timestamp.is_some();
 
-    if !deleting && !has_finalizer(vm, VM_FINALIZER) {
-        ctx.metrics.write(NAME, "vm");
-        update_finalizer(&vms, vm, VM_FINALIZER, FinalizerOp::Add).await?;
-        // The patch brings the VM back with the finalizer.
-        return Ok(Action::await_change());
+    if !deleting && let Some(patch) = finalizer_patch(&vm, VM_FINALIZER, FinalizerOp::Add)? {
+        ctx.metrics.write(NAME, "vm", "finalizer");
+        // Carry on with the VM the patch returned: the finalizer is on before
+        // the VMI is created.
+        vm = vms.patch(&name, &PatchParams::default(), &patch).await?;
+        ctx.wrote(vm.clone());
     }
+    let vm = &vm;
 
     let current = vmis.get_opt(&name).await?;
     let mine = current.as_ref().filter(|v| owned_by(v, vm));
@@ -97,10 +159,26 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     match &plan.action {
         VmiAction::Nothing => {}
         VmiAction::Create(new) => {
-            ctx.metrics.write(NAME, "vmi");
-            let created = vmis.create(&PostParams::default(), new).await;
+            // Placed in its create when a node qualifies: placement then only
+            // writes the Scheduled status.
+            let mut new = (**new).clone();
+            let node = ctx.placement.as_ref().and_then(|p| p.reserve(&new));
+            if let Some(node) = &node {
+                vm::place_at_creation(&mut new, node);
+            }
+            ctx.metrics.write(NAME, "vmi", "create");
+            let created = vmis.create(&PostParams::default(), &new).await;
+            if created.is_err()
+                && let Some(p) = &ctx.placement
+            {
+                p.release(&new);
+            }
             match created {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(node) = &node {
+                        tracing::debug!(node = %node, "created the VMI placed");
+                    }
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
                     // The apiserver rejected the template: a Failure condition, no hot loop.
@@ -118,7 +196,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
                 }),
                 ..DeleteParams::default()
             };
-            ctx.metrics.write(NAME, "vmi");
+            ctx.metrics.write(NAME, "vmi", "delete");
             match vmis.delete(&name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -127,18 +205,29 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
         }
     }
 
-    write_status(&vms, vm, &plan.status, ctx).await?;
+    let hold = vm::hold_first_status(vm, &plan.status, mine, &plan.action, now);
+    if hold.is_none()
+        && let Some(answer) = write_status(&vms, vm, &plan.status, ctx).await?
+    {
+        ctx.wrote(answer);
+    }
 
     if let Some(note) = &plan.event {
+        ctx.metrics.write(NAME, "event", "create");
         super::publish(&ctx.recorder, &vm.object_ref(&()), "Reconcile", note).await;
     }
 
     if deleting && current.is_none() {
-        ctx.metrics.write(NAME, "vm");
+        ctx.metrics.write(NAME, "vm", "finalizer");
         update_finalizer(&vms, vm, VM_FINALIZER, FinalizerOp::Remove).await?;
+        ctx.forget(vm);
         return Ok(Action::await_change());
     }
-    Ok(match plan.requeue {
+    let requeue = match (plan.requeue, hold) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match requeue {
         Some(d) => Action::requeue(d + Duration::from_millis(100)),
         None => Action::requeue(RESYNC),
     })
@@ -159,7 +248,7 @@ enum Inference {
 async fn infer_matchers(
     vm: &VirtualMachine,
     vms: &Api<VirtualMachine>,
-    ctx: &Context,
+    ctx: &VmContext,
 ) -> Result<Inference> {
     let mut fetched = infer::Fetched::new();
     for (written, image) in infer::images(vm) {
@@ -184,7 +273,7 @@ async fn infer_matchers(
     let Some(patch) = plan.patch else {
         return Ok(Inference::Nothing);
     };
-    ctx.metrics.write(NAME, "vm");
+    ctx.metrics.write(NAME, "vm", "spec");
     match vms
         .patch(
             &vm.name_any(),
@@ -217,13 +306,14 @@ async fn infer_matchers(
 /// Writes the VM's status by server-side apply, only when something other than
 /// timestamps changed. stateChangeRequests belong to the subresource API; when
 /// this controller consumed some, it replaces the list with a JSON patch guarded
-/// by a test of the old value.
+/// by a test of the old value. Returns the VM the last write answered with.
 async fn write_status(
     vms: &Api<VirtualMachine>,
     vm: &VirtualMachine,
     status: &ironvirt_crds::VirtualMachineStatus,
     ctx: &Context,
-) -> Result<()> {
+) -> Result<Option<VirtualMachine>> {
+    let mut answer = None;
     let name = vm.name_any();
     let old = vm.status.as_ref();
     let old_requests = old.and_then(|s| s.state_change_requests.clone());
@@ -236,9 +326,11 @@ async fn write_status(
             None => json!({"op": "remove", "path": "/status/stateChangeRequests"}),
         });
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
-        ctx.metrics.write(NAME, "vm");
-        vms.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await?;
+        ctx.metrics.write(NAME, "vm", "requests");
+        answer = Some(
+            vms.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await?,
+        );
     }
     let mut mine = status.clone();
     mine.state_change_requests = None;
@@ -247,26 +339,27 @@ async fn write_status(
         o.state_change_requests = None;
     }
     if !vm::status_changed(old_mine.as_ref(), &mine) {
-        return Ok(());
+        return Ok(answer);
     }
     let apply = json!({
         "apiVersion": VirtualMachine::api_version(&()),
         "kind": VirtualMachine::kind(&()),
         "status": mine,
     });
-    ctx.metrics.write(NAME, "vm");
-    vms.patch_status(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&apply),
-    )
-    .await?;
-    Ok(())
+    ctx.metrics.write(NAME, "vm", "status");
+    let written = vms
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&apply),
+        )
+        .await?;
+    Ok(Some(written))
 }
 
 /// Failed reconciles retry with exponential backoff per VM (1 s doubling to
 /// 5 min), so one broken VM never becomes a hot loop.
-pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, ctx: Arc<VmContext>) -> Action {
     ctx.metrics.error(NAME, err.metric_label());
     let wait = ctx.failed(&key(&vm));
     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, vm.name = %vm.name_any(), "reconcile failed");

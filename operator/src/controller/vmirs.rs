@@ -58,7 +58,7 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
     )
     .await?;
     for new in &plan.create {
-        ctx.metrics.write(NAME, "vmi");
+        ctx.metrics.write(NAME, "vmi", "create");
         vmis_api.create(&PostParams::default(), new).await?;
     }
     replicas::delete_all(ctx, writes, &vmis_api, &plan.delete).await?;
@@ -68,7 +68,7 @@ async fn reconcile_inner(rs: &VirtualMachineInstanceReplicaSet, ctx: &Context) -
             "kind": VirtualMachineInstanceReplicaSet::kind(&()),
             "status": plan.status,
         });
-        ctx.metrics.write(NAME, "vmirs");
+        ctx.metrics.write(NAME, "vmirs", "status");
         rs_api
             .patch_status(
                 &rs.name_any(),

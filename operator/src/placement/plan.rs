@@ -13,7 +13,11 @@
 //!    again just after its node's Lease would expire; a node whose Lease
 //!    expired fails it (`NodeUnresponsive`).
 //! 5. Otherwise a node is chosen: status `Scheduled` then the label, or
-//!    `Pending` with the scheduler-style reason when nothing qualifies.
+//!    `Pending` with the scheduler-style reason when nothing qualifies. A VMI
+//!    created with the node label (the VM controller places at creation,
+//!    [`crate::controller::placement::PlacementContext::reserve`]) keeps that
+//!    node when this process reserved it or it still qualifies: then the
+//!    status is the only write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +31,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use serde::Serialize;
 
-use super::{Demand, NodeInfo, choose_with_usage, demand, handler_alive};
+use super::{Demand, NodeInfo, check_node, choose_with_usage, demand, handler_alive};
 use crate::conditions::{self, condition};
 use crate::events::{EventNote, Reason};
 
@@ -111,6 +115,9 @@ pub struct Observed<'a> {
     /// Whether this VMI was placed by this controller and the cache has not
     /// caught up with it yet.
     pub just_placed: bool,
+    /// The node this process reserved for the VMI (placed, or labelled at
+    /// creation by the VM controller), if any.
+    pub reserved: Option<&'a str>,
     /// A node's Lease older than this means its handler is gone.
     pub lease_timeout: Duration,
 }
@@ -140,7 +147,12 @@ pub fn plan(
         } else {
             Vec::new()
         };
-        return PlacementPlan::done(writes);
+        // A reservation made for it (placed at creation, never scheduled)
+        // must not hold the node's capacity any longer.
+        return PlacementPlan {
+            assumption: Assumption::Forget,
+            ..PlacementPlan::done(writes)
+        };
     }
     if !vmi.finalizers().iter().any(|f| f == VMI_FINALIZER) {
         return PlacementPlan::done(vec![Write::AddFinalizer]);
@@ -197,13 +209,30 @@ pub fn plan(
         return plan;
     }
 
-    // Not placed yet: choose a node.
-    match choose_with_usage(vmi, observed.nodes, &usage(), now, timeout) {
+    // Not placed yet: the node it was labelled with at creation when this
+    // process reserved it there or it still qualifies, else choose one.
+    let label = vmi.labels().get(NODE_NAME_LABEL).map(String::as_str);
+    let chosen = match label {
+        Some(n) if observed.reserved == Some(n) => Ok(n.to_owned()),
+        Some(n) => {
+            let used = usage();
+            match info(n).map(|i| {
+                let u = used.get(n).copied().unwrap_or_default();
+                check_node(vmi, demand(vmi), i, u, now, timeout)
+            }) {
+                Some(Ok(())) => Ok(n.to_owned()),
+                _ => choose_with_usage(vmi, observed.nodes, &used, now, timeout),
+            }
+        }
+        None => choose_with_usage(vmi, observed.nodes, &usage(), now, timeout),
+    };
+    match chosen {
         Ok(node) => PlacementPlan {
             // Status first: its watch event already shows the VMI placed, so
-            // the label's event that follows does not look like an unplaced VMI.
-            writes: vec![
-                Write::Status(StatusWrite {
+            // the label's event that follows does not look like an unplaced
+            // VMI. A VMI labelled at creation needs no label write.
+            writes: [
+                Some(Write::Status(StatusWrite {
                     phase: Phase::Scheduled,
                     reason: None,
                     node_name: Some(node.clone()),
@@ -217,9 +246,12 @@ pub fn plan(
                         vec![condition("PodScheduled", true, "", "")],
                         now,
                     ),
-                }),
-                Write::NodeLabel(node.clone()),
-            ],
+                })),
+                (label != Some(node.as_str())).then(|| Write::NodeLabel(node.clone())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             event: None,
             assumption: Assumption::Placed {
                 node,

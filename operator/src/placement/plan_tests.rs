@@ -32,6 +32,7 @@ fn run(v: &VirtualMachineInstance, just_placed: bool) -> PlacementPlan {
     let observed = Observed {
         nodes: &nodes,
         just_placed,
+        reserved: None,
         lease_timeout: T,
     };
     plan(v, &observed, BTreeMap::new, at(NOW))
@@ -73,35 +74,35 @@ fn every_branch() {
             GOING,
             "{}",
             false,
-            "[-finalizer] - keep await",
+            "[-finalizer] - forget await",
         ),
         (
             "deleting, on a dead node",
             GOING,
             "{phase: Running, nodeName: dead}",
             false,
-            "[-finalizer] - keep await",
+            "[-finalizer] - forget await",
         ),
         (
             "deleting, on an unknown node",
             GOING,
             "{phase: Running, nodeName: gone}",
             false,
-            "[-finalizer] - keep await",
+            "[-finalizer] - forget await",
         ),
         (
             "deleting, on a live node",
             GOING,
             "{phase: Running, nodeName: live}",
             false,
-            "[] - keep await",
+            "[] - forget await",
         ),
         (
             "deleting without the finalizer",
             "deletionTimestamp: '1970-01-01T00:16:00Z'",
             "{}",
             false,
-            "[-finalizer] - keep await",
+            "[-finalizer] - forget await",
         ),
         (
             "no finalizer",
@@ -236,6 +237,7 @@ fn usage_counts_and_is_asked_for_only_to_choose() {
     let observed = Observed {
         nodes: &nodes,
         just_placed: false,
+        reserved: None,
         lease_timeout: T,
     };
     let asked = Cell::new(0);
@@ -339,6 +341,7 @@ fn a_live_node_is_checked_again_just_after_its_lease_would_expire() {
         let observed = Observed {
             nodes: &nodes,
             just_placed: false,
+            reserved: None,
             lease_timeout: T,
         };
         let p = plan(&v, &observed, BTreeMap::new, at(now));
@@ -350,6 +353,7 @@ fn a_live_node_is_checked_again_just_after_its_lease_would_expire() {
     let observed = Observed {
         nodes: &skewed,
         just_placed: false,
+        reserved: None,
         lease_timeout: Duration::MAX,
     };
     let p = plan(&v, &observed, BTreeMap::new, at(NOW));
@@ -366,4 +370,74 @@ fn transitions_keep_an_entered_phase() {
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].phase_transition_timestamp, Time(at(5)));
     assert_eq!(transitions(&v, Phase::Running, at(NOW)).len(), 2);
+}
+
+#[test]
+fn a_vmi_labelled_at_creation_gets_only_its_status() {
+    let nodes = nodes();
+    let asked = Cell::new(0);
+    let usage = || {
+        asked.set(asked.get() + 1);
+        BTreeMap::new()
+    };
+    // Reserved here by this process: no capacity check, no label write.
+    let v = vmi(FIN_LABELLED, "{}");
+    let observed = Observed {
+        nodes: &nodes,
+        just_placed: true,
+        reserved: Some("live"),
+        lease_timeout: T,
+    };
+    let p = plan(&v, &observed, usage, at(NOW));
+    assert_eq!(summary(&p), "[status=Scheduled] - placed=live await");
+    assert_eq!(asked.get(), 0, "a reservation is not checked again");
+    let Write::Status(st) = &p.writes[0] else {
+        panic!("{:?}", p.writes)
+    };
+    assert_eq!(st.node_name.as_deref(), Some("live"));
+    // Labelled by someone else (or before a restart): kept when it qualifies.
+    let p = run(&v, false);
+    assert_eq!(summary(&p), "[status=Scheduled] - placed=live await");
+    // A label naming a node that does not qualify is replaced.
+    let dead = vmi(
+        "finalizers: [kubevirt.io/foregroundDeleteVirtualMachine], labels: {kubevirt.io/nodeName: dead}",
+        "{}",
+    );
+    let p = run(&dead, false);
+    assert_eq!(
+        summary(&p),
+        "[status=Scheduled,label=live] - placed=live await"
+    );
+    // So is one naming a node that is full.
+    let full = || {
+        BTreeMap::from([(
+            "live".to_owned(),
+            Demand {
+                cpu_millis: 0,
+                memory_bytes: 1024 * 1024 * 1024,
+            },
+        )])
+    };
+    let observed = Observed {
+        nodes: &nodes,
+        just_placed: false,
+        reserved: None,
+        lease_timeout: T,
+    };
+    let p = plan(&v, &observed, full, at(NOW));
+    assert_eq!(summary(&p), "[status=Pending] !FailedScheduling keep 3s");
+}
+
+#[test]
+fn deleting_forgets_a_reservation() {
+    let v = vmi(GOING, "{}");
+    let nodes = nodes();
+    let observed = Observed {
+        nodes: &nodes,
+        just_placed: true,
+        reserved: Some("live"),
+        lease_timeout: T,
+    };
+    let p = plan(&v, &observed, BTreeMap::new, at(NOW));
+    assert_eq!(summary(&p), "[-finalizer] - forget await");
 }
