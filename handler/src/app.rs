@@ -237,7 +237,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         writer,
         watcher(vmis, wc).map_ok(|ev| ev.modify(|v| v.managed_fields_mut().clear())),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .touched_objects();
     let (one, nudge, all) = controller::route_events(events_rx);
     // When libvirt comes back, look at everything again.
@@ -338,5 +338,61 @@ async fn shutdown_signal() {
             }
         }
         _ => std::future::pending::<()>().await,
+    }
+}
+
+/// The VMI watch's retries: 0.5 s doubling to 8 s, from the start again after
+/// any event. kube-runtime's default waits up to 30 s and resets only after
+/// 120 s without errors, which after a kube-apiserver outage (whose first
+/// seconds also bring 403s while its authorizer warms up) adds up to 30 s
+/// before a node sees new VMIs. One watch per node at most every 8 s is
+/// little load for kube-apiserver. (Most of the delay measured after an
+/// outage has another cause, not found yet: docs/reliability.md, "Outages".)
+#[derive(Debug)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(8);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod watch_backoff_tests {
+    use super::WatchBackoff;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn doubles_to_eight_seconds_and_starts_again_after_an_event() {
+        let mut b = WatchBackoff::default();
+        let waits: Vec<Duration> = b.by_ref().take(7).collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 }

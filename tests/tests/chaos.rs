@@ -640,6 +640,13 @@ async fn control_plane_outages_end_sessions_and_nothing_needs_a_restart() {
             ironvirt_tests::api::bind(&admin, &ns, &user, "kubevirt.io:edit").await;
             clients.push(bed.client_as(&user, &["dev"]).await.map_err(|e| e.to_string())?);
         }
+        let vmis_api: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
+        let o0_uid = vmis_api
+            .get("o0")
+            .await
+            .map_err(|e| e.to_string())?
+            .uid()
+            .unwrap_or_default();
         let mut report = Vec::new();
         for (k, component) in ["kube-apiserver", "etcd"].into_iter().enumerate() {
             let mut open = sessions(&clients, &ns, "o0", 20).await?;
@@ -701,6 +708,21 @@ async fn control_plane_outages_end_sessions_and_nothing_needs_a_restart() {
                 .map_err(|e| e.to_string())?;
             wait_phase(&admin, &ns, &vm, "Running", Duration::from_secs(180)).await?;
             let running_s = back.elapsed().as_secs_f64();
+            // The running guest went through the outage untouched: the same
+            // VMI, never failed over (a control-plane outage is not a node
+            // failure), and its console still answers.
+            let uid_now = vmis_api
+                .get("o0")
+                .await
+                .map_err(|e| e.to_string())?
+                .uid()
+                .unwrap_or_default();
+            if uid_now != o0_uid {
+                return Err(format!(
+                    "VMI o0 was replaced during the {component} outage (uid {o0_uid} before, {uid_now} after): \
+                     its guest was restarted"
+                ));
+            }
             let now = (handler.pid(), operator.pid(), outage::recorded_pid(bed, "ironvirt-api")?);
             if now != pids || [now.0, now.1, now.2].iter().any(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
                 return Err(format!("a component was restarted or died: pids {pids:?} before, {now:?} after {component}"));
