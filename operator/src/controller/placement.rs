@@ -29,7 +29,8 @@ pub const MANAGER: &str = "ironvirt-placement";
 pub const NAME: &str = "placement";
 
 /// The placement controller's context: caches of nodes, Leases and VMIs, and
-/// placements made but not yet seen in the VMI cache.
+/// placements made (or reserved at creation) but not yet seen in the VMI
+/// cache, by `namespace/name` (a VMI reserved at creation has no uid yet).
 pub struct PlacementContext {
     pub base: Arc<Context>,
     pub nodes: Store<Node>,
@@ -43,6 +44,11 @@ pub struct PlacementContext {
     /// gets the whole lease timeout, from here, to renew, as Kubernetes'
     /// node lifecycle controller gives, before its VMIs are failed.
     since: Timestamp,
+}
+
+/// The key of a VMI in the assumptions: `namespace/name`.
+fn key_of(vmi: &VirtualMachineInstance) -> String {
+    format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any())
 }
 
 impl PlacementContext {
@@ -60,6 +66,49 @@ impl PlacementContext {
             assumed: Mutex::default(),
             since: Timestamp::now(),
         }
+    }
+
+    /// Chooses a node for `vmi` before it is created (the VM controller
+    /// places at creation, so the VMI's label is part of its create) and
+    /// counts its demand there until the VMI shows up placed; `None` when no
+    /// node qualifies or the caches are not filled yet (then placement
+    /// chooses later, as for any VMI). Choosing and reserving happen under
+    /// one lock, so concurrent placements never share the last capacity.
+    pub fn reserve(&self, vmi: &VirtualMachineInstance) -> Option<String> {
+        use futures::FutureExt;
+        // Before every cache has its first list, what is used where is not
+        // known: leave the choice to placement, which waits for them.
+        let ready = self.vmis.wait_until_ready().now_or_never().is_some()
+            && self.nodes.wait_until_ready().now_or_never().is_some()
+            && self.leases.wait_until_ready().now_or_never().is_some();
+        if !ready {
+            return None;
+        }
+        let nodes = node_infos(self);
+        if nodes.is_empty() {
+            return None;
+        }
+        let key = key_of(vmi);
+        let mut assumed = self.assumed.lock().unwrap_or_else(|p| p.into_inner());
+        let used = usage(self, &assumed, &key);
+        let node = placement::choose_with_usage(
+            vmi,
+            &nodes,
+            &used,
+            Timestamp::now(),
+            self.base.settings.node_lease_timeout,
+        )
+        .ok()?;
+        assumed.insert(key, (node.clone(), placement::demand(vmi)));
+        Some(node)
+    }
+
+    /// Drops the reservation of a VMI whose create failed.
+    pub fn release(&self, vmi: &VirtualMachineInstance) {
+        self.assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key_of(vmi));
     }
 }
 
@@ -115,18 +164,23 @@ fn node_infos(ctx: &PlacementContext) -> Vec<NodeInfo> {
         .collect()
 }
 
-/// What the VMIs in the cache, other than `vmi`, use on each node, plus the
-/// placements this controller made that the cache has not caught up with.
-fn usage(ctx: &PlacementContext, vmi: &VirtualMachineInstance) -> BTreeMap<String, Demand> {
+/// What the VMIs in the cache, other than the one of `key`, use on each
+/// node, plus the placements this process made (or reserved) that the cache
+/// has not caught up with.
+fn usage(
+    ctx: &PlacementContext,
+    assumed: &HashMap<String, (String, Demand)>,
+    key: &str,
+) -> BTreeMap<String, Demand> {
     let cached = ctx.vmis.state();
-    let mut used = placement::usage(cached.iter().map(|v| &**v).filter(|v| v.uid() != vmi.uid()));
-    let assumed = ctx.assumed.lock().unwrap_or_else(|p| p.into_inner());
-    for (uid, (node, demand)) in assumed.iter() {
-        let in_cache = cached.iter().any(|v| {
-            v.uid().as_deref() == Some(uid.as_str())
-                && v.status.as_ref().is_some_and(|s| s.node_name.is_some())
-        });
-        if !in_cache {
+    let mut used = placement::usage(cached.iter().map(|v| &**v).filter(|v| key_of(v) != key));
+    let placed: std::collections::HashSet<String> = cached
+        .iter()
+        .filter(|v| v.status.as_ref().is_some_and(|s| s.node_name.is_some()))
+        .map(|v| key_of(v))
+        .collect();
+    for (k, (node, demand)) in assumed.iter() {
+        if k != key && !placed.contains(k) {
             let u = used.entry(node.clone()).or_default();
             u.cpu_millis += demand.cpu_millis;
             u.memory_bytes += demand.memory_bytes;
@@ -154,34 +208,54 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.base.client.clone(), &ns);
     let nodes = node_infos(ctx);
-    let just_placed = vmi.uid().is_some_and(|uid| {
-        ctx.assumed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&uid)
-    });
-    let observed = plan::Observed {
-        nodes: &nodes,
-        just_placed,
-        lease_timeout: ctx.base.settings.node_lease_timeout,
+    let key = key_of(vmi);
+    // Deciding and recording the assumption under one lock: placements run
+    // concurrently (their writes overlap), and two must never take the same
+    // last capacity.
+    let decided = {
+        let mut assumed = ctx.assumed.lock().unwrap_or_else(|p| p.into_inner());
+        let reserved = assumed.get(&key).map(|(n, _)| n.clone());
+        let observed = plan::Observed {
+            nodes: &nodes,
+            just_placed: reserved.is_some(),
+            reserved: reserved.as_deref(),
+            lease_timeout: ctx.base.settings.node_lease_timeout,
+        };
+        let decided = plan::plan(
+            vmi,
+            &observed,
+            || usage(ctx, &assumed, &key),
+            Timestamp::now(),
+        );
+        match &decided.assumption {
+            Assumption::Forget => {
+                assumed.remove(&key);
+            }
+            Assumption::Placed { node, demand } => {
+                assumed.insert(key, (node.clone(), *demand));
+            }
+            Assumption::Keep => {}
+        }
+        decided
     };
-    let decided = plan::plan(vmi, &observed, || usage(ctx, vmi), Timestamp::now());
     apply(&api, vmi, ctx, decided).await
 }
 
-/// Executes a plan: forget a settled placement, make the writes in order,
-/// remember a new placement, record the Event.
+/// Executes a plan (its assumption is already recorded): make the writes in
+/// order, record the Event.
 async fn apply(
     api: &Api<VirtualMachineInstance>,
     vmi: &VirtualMachineInstance,
     ctx: &PlacementContext,
     decided: PlacementPlan,
 ) -> Result<Action> {
-    if decided.assumption == Assumption::Forget {
-        forget(ctx, vmi);
-    }
     for write in &decided.writes {
-        ctx.base.metrics.write(NAME, "vmi");
+        let what = match write {
+            Write::AddFinalizer | Write::RemoveFinalizer => "finalizer",
+            Write::NodeLabel(_) => "label",
+            Write::Status(_) => "status",
+        };
+        ctx.base.metrics.write(NAME, "vmi", what);
         match write {
             Write::AddFinalizer => {
                 update_finalizer(api, vmi, VMI_FINALIZER, FinalizerOp::Add).await?;
@@ -201,31 +275,17 @@ async fn apply(
             Write::Status(status) => write_status(api, vmi, status).await?,
         }
     }
-    if let Assumption::Placed { node, demand } = &decided.assumption {
-        if let Some(uid) = vmi.uid() {
-            ctx.assumed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(uid, (node.clone(), *demand));
-        }
+    if let Assumption::Placed { node, .. } = &decided.assumption {
         tracing::info!(node = %node, "placed");
     }
     if let Some(note) = &decided.event {
+        ctx.base.metrics.write(NAME, "event", "create");
         super::publish(&ctx.base.recorder, &vmi.object_ref(&()), "Place", note).await;
     }
     Ok(match decided.next {
         plan::Next::AwaitChange => Action::await_change(),
         plan::Next::After(wait) => Action::requeue(wait),
     })
-}
-
-fn forget(ctx: &PlacementContext, vmi: &VirtualMachineInstance) {
-    if let Some(uid) = vmi.uid() {
-        ctx.assumed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
-    }
 }
 
 async fn write_status(
