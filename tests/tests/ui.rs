@@ -15,7 +15,7 @@ use ironvirt_tests::TestBed;
 use ironvirt_tests::api::{Screen, api_port, bind, open_ws, printable};
 use ironvirt_tests::browser::Browser;
 use ironvirt_tests::cli::{guest_vm_manifest, ironctl, ironctl_bin, kubectl_apply};
-use ironvirt_tests::handler::{Handler, WsSession, wait_phase, wait_serving};
+use ironvirt_tests::handler::{Handler, WsSession, wait_gone, wait_phase, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
 use ironvirt_tests::operator::{Operator, eventually};
 use kube::api::Api;
@@ -293,7 +293,7 @@ async fn relay_echo(ui: &Ui, ns: &str, n: usize) -> Result<Vec<f64>, String> {
 async fn web_console_in_a_real_browser() {
     let bed = &bed().await;
     bed.with_namespace("ui", |ns| async move {
-        let (_h, _op) = node(bed, &ns).await?;
+        let (h, _op) = node(bed, &ns).await?;
         let admin = bed.admin();
         let manifest = guest_vm_manifest(bed, VM, "Always", &[]).await?;
         kubectl_apply(bed, &ns, &manifest, &[])?;
@@ -583,9 +583,13 @@ async fn web_console_in_a_real_browser() {
         );
         b.close().await;
         drop((ui, dave_ui, carol_ui));
-        let _ = kube::Api::<VirtualMachine>::namespaced(admin, &ns)
+        // The VM goes, and the handler tears its domain and network down
+        // before it stops: nothing of this test is left on the node.
+        let _ = kube::Api::<VirtualMachine>::namespaced(admin.clone(), &ns)
             .delete(VM, &Default::default())
             .await;
+        wait_gone(&admin, &ns, VM, Duration::from_secs(120)).await?;
+        h.remove(&admin).await;
         Ok::<(), String>(())
     })
     .await;
