@@ -20,6 +20,11 @@ export GOMODCACHE="$IRONVIRT_CACHE/go/$GO_VERSION_KEY/mod"
 export GOCACHE="$IRONVIRT_CACHE/go/$GO_VERSION_KEY/build"
 export GOFLAGS="${GOFLAGS:-} -modcacherw"
 export CGO_ENABLED=0
+# CI builds once in a clean clone: incremental compilation data (several GB
+# in target/debug/incremental) would never be read again.
+if [[ "${CI:-}" == true ]]; then
+  export CARGO_INCREMENTAL=0
+fi
 
 K8S_BIN="$IRONVIRT_CACHE/k8s/$K8S_VERSION/bin"
 ETCD_BIN="$IRONVIRT_CACHE/etcd/$ETCD_VERSION/bin"
@@ -44,6 +49,20 @@ die() {
 
 log() {
   echo "==> $*" >&2
+}
+
+# Prints the free space where the checkout, the test bed's VMI images and the
+# caches live, and warns when it is low: a VMI whose emptyDisk is larger than
+# the node's free space is refused (InsufficientStorage), as it should be, and
+# KubeVirt's examples ask for up to 2Gi.
+report_disk() {
+  local what="$1" avail
+  avail="$(df -B1 --output=avail "$REPO" 2>/dev/null | tail -1 | tr -d ' ')"
+  [[ $avail =~ ^[0-9]+$ ]] || return 0
+  echo "==> disk ($what): $((avail >> 20)) MiB free on $(df --output=target "$REPO" | tail -1)" >&2
+  if ((avail < 6 << 30)); then
+    echo "ironvirt: WARNING: less than 6 GiB free on the file system of $REPO; tests with large emptyDisks will be refused InsufficientStorage" >&2
+  fi
 }
 
 # Fails with one sentence when a toolchain is missing or too old.

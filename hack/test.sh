@@ -46,6 +46,12 @@ install_guest_image "$guest_dir"
 # KubeVirt's own virtctl, for the compatibility test (tests/tests/virtctl.rs).
 virtctl="$("$HACK/build-virtctl.sh")" || die "building KubeVirt's virtctl failed; see above."
 timing "dependencies, control-plane binaries, guest and virtctl ready"
+# The pinned Go binaries are cached by version: in CI the Go build cache
+# (about 4 GB) only takes disk the tests need.
+if [[ "${CI:-}" == true && -d "$GOCACHE" ]]; then
+  go clean -cache 2>/dev/null || rm -rf "$GOCACHE"
+fi
+report_disk "before the build"
 
 cd "$REPO"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component add rustfmt"
@@ -107,11 +113,13 @@ libvirtd_watchdog() {
     misses=0
   done
 }
+report_disk "before the tests"
 libvirtd_watchdog &
 watchdog_pid=$!
 test_rc=0
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || test_rc=$?
 kill "$watchdog_pid" 2>/dev/null || true
+report_disk "after the tests"
 ((test_rc == 0)) || die "cargo test failed (exit $test_rc); see above."
 timing "cargo test passed"
 
