@@ -15,6 +15,7 @@ pub mod domain;
 pub mod duration;
 pub mod expand;
 pub mod instancetype;
+pub mod migration;
 pub mod network;
 pub mod pool;
 pub mod preset;
@@ -30,6 +31,10 @@ pub mod wire;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use migration::{
+    MigrationPhase, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
+    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus,
+};
 pub use preset::{VirtualMachineInstancePreset, VirtualMachineInstancePresetSpec};
 pub use vm::{RunStrategy, VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use vmi::{
@@ -55,6 +60,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         VirtualMachineInstance::crd(),
         VirtualMachineInstancePreset::crd(),
         VirtualMachineInstanceReplicaSet::crd(),
+        VirtualMachineInstanceMigration::crd(),
         instancetype::VirtualMachineInstancetype::crd(),
         instancetype::VirtualMachineClusterInstancetype::crd(),
         instancetype::VirtualMachinePreference::crd(),

@@ -640,6 +640,13 @@ pub struct VirtualMachineInstanceStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub guest_os_info: Option<GuestOsInfo>,
+    /// The VMI's current or last live migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_state: Option<crate::migration::VirtualMachineInstanceMigrationState>,
+    /// How the VMI migrates: BlockMigration (its disks are copied) or
+    /// LiveMigration (its disks are on shared storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_method: Option<String>,
 }
 
 /// The lifecycle phase of a VMI.

@@ -189,6 +189,10 @@ fn names_columns_and_subresources_match_kubevirt() {
                 );
             }
             "VirtualMachineInstancePreset" => assert_eq!(short, ["vmipreset", "vmipresets"]),
+            "VirtualMachineInstanceMigration" => {
+                assert_eq!(columns, ["Phase", "VMI", "Age"]);
+                assert_eq!(short, ["vmim", "vmims"]);
+            }
             "VirtualMachinePool" => {
                 assert_eq!(columns, ["Desired", "Current", "Ready", "Age"]);
                 assert_eq!(short, ["vmpool", "vmpools"]);
