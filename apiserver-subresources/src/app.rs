@@ -200,7 +200,8 @@ fn admission_router(client: &Client, cfg: &Config) -> Router {
     let state = crate::admission::AdmissionState::new(store)
         .with_privileged_users(cfg.privileged_users.clone())
         .with_volume_policy(cfg.volume_policy.clone())
-        .with_recorder(recorder);
+        .with_recorder(recorder)
+        .with_client(client.clone());
     crate::admission::router(state)
 }
 

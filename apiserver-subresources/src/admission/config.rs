@@ -15,7 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::http::MUTATE_VMI_PATH;
+use super::http::{MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH};
 use super::validating::Kind;
 
 /// The name of the ValidatingWebhookConfiguration.
@@ -105,16 +105,28 @@ fn validator(kind: Kind) -> Hook {
     }
 }
 
-fn mutator() -> Hook {
-    Hook {
-        name: "virtualmachineinstances-mutator.ironvirt.io".to_owned(),
-        path: MUTATE_VMI_PATH,
+/// The mutating webhooks, each with its sideEffects: the VMI's publishes a
+/// `PresetFailed` Event except on dry runs; the migration's none.
+fn mutators() -> [(Hook, &'static str); 2] {
+    let hook = |resource: &'static str, path: &'static str| Hook {
+        name: format!("{resource}-mutator.ironvirt.io"),
+        path,
         group: ironvirt_crds::GROUP,
         version: ironvirt_crds::VERSION,
-        resource: "virtualmachineinstances",
+        resource,
         namespaced: true,
         operations: &["CREATE"],
-    }
+    };
+    [
+        (
+            hook("virtualmachineinstances", MUTATE_VMI_PATH),
+            "NoneOnDryRun",
+        ),
+        (
+            hook("virtualmachineinstancemigrations", MUTATE_MIGRATION_PATH),
+            "None",
+        ),
+    ]
 }
 
 impl Hook {
@@ -149,9 +161,9 @@ fn metadata(name: &str) -> ObjectMeta {
 
 /// The webhook configurations `ironvirt-validator` and `ironvirt-mutator`:
 /// failurePolicy Fail, timeoutSeconds 10, admissionReviewVersions `[v1]`,
-/// matchPolicy Equivalent. sideEffects is None for the validators and
-/// NoneOnDryRun for the mutator, which publishes a `PresetFailed` Event except
-/// on dry runs.
+/// matchPolicy Equivalent. sideEffects is None for the validators and the
+/// migration mutator, and NoneOnDryRun for the VMI mutator, which publishes a
+/// `PresetFailed` Event except on dry runs.
 pub fn webhook_configurations(
     client: &WebhookClient,
 ) -> (ValidatingWebhookConfiguration, MutatingWebhookConfiguration) {
@@ -175,21 +187,25 @@ pub fn webhook_configurations(
                 .collect(),
         ),
     };
-    let m = mutator();
     let mutating = MutatingWebhookConfiguration {
         metadata: metadata(MUTATOR_NAME),
-        webhooks: Some(vec![MutatingWebhook {
-            client_config: client.config(m.path),
-            rules: m.rules(),
-            name: m.name,
-            failure_policy: Some("Fail".to_owned()),
-            match_policy: Some("Equivalent".to_owned()),
-            side_effects: "NoneOnDryRun".to_owned(),
-            timeout_seconds: Some(TIMEOUT_SECONDS),
-            admission_review_versions: vec!["v1".to_owned()],
-            reinvocation_policy: Some("Never".to_owned()),
-            ..Default::default()
-        }]),
+        webhooks: Some(
+            mutators()
+                .into_iter()
+                .map(|(m, side_effects)| MutatingWebhook {
+                    client_config: client.config(m.path),
+                    rules: m.rules(),
+                    name: m.name,
+                    failure_policy: Some("Fail".to_owned()),
+                    match_policy: Some("Equivalent".to_owned()),
+                    side_effects: side_effects.to_owned(),
+                    timeout_seconds: Some(TIMEOUT_SECONDS),
+                    admission_review_versions: vec!["v1".to_owned()],
+                    reinvocation_policy: Some("Never".to_owned()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
     };
     (validating, mutating)
 }
@@ -214,10 +230,30 @@ mod tests {
             hooks[0].client_config.ca_bundle,
             Some(ByteString(b"PEM".to_vec()))
         );
-        let m = &m.webhooks.unwrap()[0];
+        let m = m.webhooks.unwrap();
         assert_eq!(
-            m.client_config.url.as_deref(),
+            m[0].client_config.url.as_deref(),
             Some("https://127.0.0.1:8443/webhooks/mutate/virtualmachineinstances")
+        );
+        assert_eq!(m[0].side_effects, "NoneOnDryRun");
+        assert_eq!(
+            m[1].client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/webhooks/mutate/virtualmachineinstancemigrations")
+        );
+        assert_eq!(
+            m[1].name,
+            "virtualmachineinstancemigrations-mutator.ironvirt.io"
+        );
+        assert_eq!(m[1].side_effects, "None");
+        let v = hooks.last().unwrap();
+        assert_eq!(
+            v.name,
+            "virtualmachineinstancemigrations-validator.ironvirt.io"
+        );
+        let rule = &v.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resources.as_deref(),
+            Some(&["virtualmachineinstancemigrations".to_owned()][..])
         );
     }
 

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use kube::core::admission::AdmissionResponse;
 use serde_json::Value;
 
+use super::migration;
 use super::mutating;
 use super::review::{Review, Verdict, respond_with_warnings};
 use super::state::AdmissionState;
@@ -37,8 +38,12 @@ pub const VALIDATE_CLUSTER_PREFERENCE_PATH: &str =
     "/webhooks/validate/virtualmachineclusterpreferences";
 /// Validating webhook for VirtualMachinePools (CREATE, UPDATE).
 pub const VALIDATE_POOL_PATH: &str = "/webhooks/validate/virtualmachinepools";
+/// Validating webhook for VirtualMachineInstanceMigrations (CREATE, UPDATE).
+pub const VALIDATE_MIGRATION_PATH: &str = "/webhooks/validate/virtualmachineinstancemigrations";
 /// Mutating webhook for VirtualMachineInstances (CREATE).
 pub const MUTATE_VMI_PATH: &str = "/webhooks/mutate/virtualmachineinstances";
+/// Mutating webhook for VirtualMachineInstanceMigrations (CREATE).
+pub const MUTATE_MIGRATION_PATH: &str = "/webhooks/mutate/virtualmachineinstancemigrations";
 
 /// The largest AdmissionReview accepted: an object and its old version, each
 /// up to etcd's 1.5 MiB, with room to spare.
@@ -49,6 +54,7 @@ const MAX_BODY_BYTES: usize = 8 << 20;
 enum Webhook {
     Validate(Kind),
     MutateVmi,
+    MutateMigration,
 }
 
 /// The webhooks' routes (see the `*_PATH` constants), each taking a POSTed
@@ -64,6 +70,7 @@ pub fn router(state: AdmissionState) -> Router {
             router.route(kind.path(), route(Webhook::Validate(kind)))
         })
         .route(MUTATE_VMI_PATH, route(Webhook::MutateVmi))
+        .route(MUTATE_MIGRATION_PATH, route(Webhook::MutateMigration))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -77,6 +84,9 @@ async fn serve(state: AdmissionState, webhook: Webhook, body: Bytes) -> Response
         }
     };
     let (verdict, warnings) = match webhook {
+        Webhook::Validate(Kind::Migration) => {
+            (migration::validate(&review, &state).await, Vec::new())
+        }
         Webhook::Validate(kind) => {
             let verdict = validating::review(kind, &review, &state);
             let warnings = match verdict {
@@ -88,6 +98,10 @@ async fn serve(state: AdmissionState, webhook: Webhook, body: Bytes) -> Response
         Webhook::MutateVmi => match validating::wrong_kind(&review, Kind::Vmi) {
             Some(v) => (v, Vec::new()),
             None => (mutating::review_vmi(&review, &state).await, Vec::new()),
+        },
+        Webhook::MutateMigration => match validating::wrong_kind(&review, Kind::Migration) {
+            Some(v) => (v, Vec::new()),
+            None => (migration::mutate(&review), Vec::new()),
         },
     };
     log(&review, webhook, &verdict);

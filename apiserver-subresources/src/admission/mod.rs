@@ -21,6 +21,11 @@
 //! - **Mutating** (`/webhooks/mutate/virtualmachineinstances`, VMI create):
 //!   matching presets, then defaults (machine type, firmware UUID, disk buses,
 //!   memory, the pod network), then the finalizer, as one JSONPatch.
+//! - **Migrations** (`migration.rs`): a VirtualMachineInstanceMigration gets
+//!   the label `kubevirt.io/vmi-name` on create (mutating); it is admitted
+//!   only for a running VMI that is live-migratable and has no migration in
+//!   flight, read from the cluster (validating, failing closed when the
+//!   cluster cannot be read); its spec never changes.
 //!
 //! [`router`] serves them; [`webhook_configurations`] builds the
 //! `ValidatingWebhookConfiguration` and `MutatingWebhookConfiguration` that
@@ -28,6 +33,7 @@
 
 mod config;
 mod http;
+mod migration;
 mod mutating;
 mod presets;
 mod review;
@@ -40,9 +46,10 @@ pub use config::{
     MUTATOR_NAME, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, webhook_configurations,
 };
 pub use http::{
-    MUTATE_VMI_PATH, VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
-    VALIDATE_INSTANCETYPE_PATH, VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH,
-    VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, router,
+    MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH, VALIDATE_CLUSTER_INSTANCETYPE_PATH,
+    VALIDATE_CLUSTER_PREFERENCE_PATH, VALIDATE_INSTANCETYPE_PATH, VALIDATE_MIGRATION_PATH,
+    VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
+    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, router,
 };
 pub use mutating::{DEFAULT_MACHINE_TYPE, FINALIZER, Identity, Mutated, mutate_vmi};
 pub use presets::{

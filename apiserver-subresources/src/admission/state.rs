@@ -1,5 +1,6 @@
 //! What the webhooks need besides the request: the presets, who may change a
-//! VMI's spec, and where Events go.
+//! VMI's spec, where Events go, and a client for the objects a request refers
+//! to (a migration's VMI and its other migrations).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct AdmissionState {
     /// hostDisk on or off and where, and the capacity limits (the default:
     /// hostDisk off, 1Ti per volume, 4Ti per VMI).
     pub volume_policy: VolumePolicy,
+    /// Reads what a request refers to (the migration webhook: the VMI and
+    /// its other migrations). `None` (tests): the webhooks that need it
+    /// refuse with 503, failing closed.
+    pub client: Option<kube::Client>,
 }
 
 impl std::fmt::Debug for AdmissionState {
@@ -48,6 +53,7 @@ impl std::fmt::Debug for AdmissionState {
             .field("recorder", &self.recorder.is_some())
             .field("preset_sync_timeout", &self.preset_sync_timeout)
             .field("volume_policy", &self.volume_policy)
+            .field("client", &self.client.is_some())
             .finish()
     }
 }
@@ -62,6 +68,7 @@ impl AdmissionState {
             recorder: None,
             preset_sync_timeout: DEFAULT_PRESET_SYNC_TIMEOUT,
             volume_policy: VolumePolicy::default(),
+            client: None,
         }
     }
 
@@ -101,6 +108,13 @@ impl AdmissionState {
     #[must_use]
     pub fn with_volume_policy(mut self, policy: VolumePolicy) -> Self {
         self.volume_policy = policy;
+        self
+    }
+
+    /// Sets the client for the objects requests refer to.
+    #[must_use]
+    pub fn with_client(mut self, client: kube::Client) -> Self {
+        self.client = Some(client);
         self
     }
 

@@ -1,11 +1,13 @@
 //! The validating webhooks: VMI (create: the whole spec; update: the spec is
-//! immutable), VM, VMI ReplicaSet, preset, VM pool, and the four
-//! instancetype and preference kinds (create, and updates that change the
-//! spec).
+//! immutable), VM, VMI ReplicaSet, preset, VM pool, the four instancetype
+//! and preference kinds (create, and updates that change the spec), and
+//! VirtualMachineInstanceMigration (create: the spec here, the VMI and its
+//! other migrations in [`super::migration`]; update: the spec is immutable).
 
 use ironvirt_crds::instancetype::{
     self as instancetype_api, VirtualMachineInstancetypeSpec, VirtualMachinePreferenceSpec,
 };
+use ironvirt_crds::migration::VirtualMachineInstanceMigration;
 use ironvirt_crds::pool::{self as pool_api, VirtualMachinePool};
 use ironvirt_crds::validate::{self, FieldError, Reason, instancetype};
 use ironvirt_crds::{
@@ -18,8 +20,9 @@ use serde_json::Value;
 
 use super::http::{
     VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
-    VALIDATE_INSTANCETYPE_PATH, VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH,
-    VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_MIGRATION_PATH, VALIDATE_POOL_PATH,
+    VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH,
+    VALIDATE_VMIRS_PATH,
 };
 use super::review::{Review, Verdict};
 use super::state::AdmissionState;
@@ -49,11 +52,13 @@ pub(crate) enum Kind {
     ClusterPreference,
     /// VirtualMachinePool (pool.kubevirt.io)
     Pool,
+    /// VirtualMachineInstanceMigration
+    Migration,
 }
 
 impl Kind {
     /// Every kind, in the order of the webhook configuration.
-    pub(crate) const ALL: [Kind; 9] = [
+    pub(crate) const ALL: [Kind; 10] = [
         Kind::Vmi,
         Kind::Vm,
         Kind::Vmirs,
@@ -63,6 +68,7 @@ impl Kind {
         Kind::Preference,
         Kind::ClusterPreference,
         Kind::Pool,
+        Kind::Migration,
     ];
 
     /// The kind's name, as in `request.kind.kind`.
@@ -77,6 +83,7 @@ impl Kind {
             Kind::Preference => "VirtualMachinePreference",
             Kind::ClusterPreference => "VirtualMachineClusterPreference",
             Kind::Pool => "VirtualMachinePool",
+            Kind::Migration => "VirtualMachineInstanceMigration",
         }
     }
 
@@ -85,7 +92,7 @@ impl Kind {
     /// converted to it).
     pub(crate) fn group_version(self) -> (&'static str, &'static str) {
         match self {
-            Kind::Vmi | Kind::Vm | Kind::Vmirs | Kind::Preset => {
+            Kind::Vmi | Kind::Vm | Kind::Vmirs | Kind::Preset | Kind::Migration => {
                 (ironvirt_crds::GROUP, ironvirt_crds::VERSION)
             }
             Kind::Instancetype
@@ -108,6 +115,7 @@ impl Kind {
             Kind::Preference => "virtualmachinepreferences",
             Kind::ClusterPreference => "virtualmachineclusterpreferences",
             Kind::Pool => "virtualmachinepools",
+            Kind::Migration => "virtualmachineinstancemigrations",
         }
     }
 
@@ -128,6 +136,7 @@ impl Kind {
             Kind::Preference => VALIDATE_PREFERENCE_PATH,
             Kind::ClusterPreference => VALIDATE_CLUSTER_PREFERENCE_PATH,
             Kind::Pool => VALIDATE_POOL_PATH,
+            Kind::Migration => VALIDATE_MIGRATION_PATH,
         }
     }
 
@@ -153,6 +162,7 @@ impl Kind {
                 "spec.virtualMachineTemplate.spec",
                 "spec.virtualMachineTemplate.spec.template",
             ],
+            Kind::Migration => &["spec"],
         }
     }
 }
@@ -184,6 +194,7 @@ pub(crate) fn review(kind: Kind, review: &Review, state: &AdmissionState) -> Ver
     match (review.operation(), kind) {
         ("CREATE", _) => verdict(check(kind, object, &review.namespace(), state)),
         ("UPDATE", Kind::Vmi) => vmi_update(review, object, state),
+        ("UPDATE", Kind::Migration) => super::migration::update(review, object),
         ("UPDATE", _) if spec_unchanged(review, object) || deleting(object) => Verdict::Allow,
         ("UPDATE", _) => verdict(check(kind, object, &review.namespace(), state)),
         _ => Verdict::Allow,
@@ -239,6 +250,7 @@ pub(crate) fn warnings(kind: Kind, review: &Review) -> Vec<String> {
         Kind::Pool => read(object, |v: VirtualMachinePool| {
             validate::pool::pool_warnings(&v.spec)
         }),
+        Kind::Migration => Vec::new(),
     }
 }
 
@@ -316,6 +328,9 @@ pub(crate) fn check(
                 v.spec.virtual_machine_template.spec.template.spec.as_ref(),
                 "spec.virtualMachineTemplate.spec.template.spec",
             )
+        }),
+        Kind::Migration => typed(object, |m: VirtualMachineInstanceMigration| {
+            validate::migration_spec(&m.spec)
         }),
     }
 }

@@ -28,6 +28,7 @@ mod disks;
 mod domain;
 pub mod hostdisk;
 pub mod instancetype;
+pub mod migration;
 mod names;
 mod network;
 pub mod pool;
@@ -44,6 +45,7 @@ pub use hostdisk::{
     HostDiskError, HostDiskPolicy, ResolvedHostDisk, VolumePolicy, check_vm_volumes,
     check_vmirs_volumes, check_volumes, resolve_beneath,
 };
+pub use migration::{migration_spec, migration_target, migration_update};
 pub use names::{dns_label, dns_subdomain};
 pub use network::NIC_MODELS;
 pub use pool::pool_spec;
