@@ -1,9 +1,15 @@
 //! VM start / stop / restart: what each request means for each runStrategy,
-//! as pure functions returning the change to make (or the error to answer).
+//! as pure functions returning the change to make (or the error to answer);
+//! and VM migrate: the VirtualMachineInstanceMigration to create.
 
+use ironvirt_crds::migration::{
+    MIGRATE_GENERATE_NAME, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
+};
 use ironvirt_crds::vm::{StateChangeAction, StateChangeRequest};
 use ironvirt_crds::wire::VmOp;
-use ironvirt_crds::{RunStrategy, VirtualMachine, VirtualMachineInstance};
+use ironvirt_crds::{
+    RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -23,14 +29,20 @@ pub struct OpOptions {
     pub grace_period_seconds: Option<i64>,
 }
 
+/// Whether a request's `dryRun` asks for a dry run: `["All"]` as virtctl
+/// sends it, a non-empty string, or true.
+fn dry_run(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        _ => false,
+    }
+}
+
 impl OpOptions {
     pub fn is_dry_run(&self) -> bool {
-        match &self.dry_run {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(Value::String(s)) => !s.is_empty(),
-            _ => false,
-        }
+        dry_run(self.dry_run.as_ref())
     }
 
     pub fn grace(&self) -> Option<i64> {
@@ -200,6 +212,51 @@ fn request(action: StateChangeAction, uid: Option<String>) -> StateChangeRequest
     }
 }
 
+/// The body of `virtualmachines/{name}/migrate`: KubeVirt's MigrateOptions.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateOptions {
+    /// virtctl sends `["All"]`; a bool is accepted too.
+    #[serde(default)]
+    pub dry_run: Option<Value>,
+    /// Node labels the target node must carry, copied into the migration.
+    #[serde(default)]
+    pub added_node_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl MigrateOptions {
+    pub fn is_dry_run(&self) -> bool {
+        dry_run(self.dry_run.as_ref())
+    }
+}
+
+/// The migration to create for `migrate` on the VM `name`, whose VMI (same
+/// name) is `vmi`: 409 unless the VMI is Running (KubeVirt's message; a VM
+/// with no VMI is not running either).
+pub fn plan_migration(
+    name: &str,
+    vmi: Option<&VirtualMachineInstance>,
+    opts: &MigrateOptions,
+) -> Result<VirtualMachineInstanceMigration, OpError> {
+    let running = vmi.and_then(|v| v.status.as_ref()).and_then(|s| s.phase)
+        == Some(VirtualMachineInstancePhase::Running);
+    if !running {
+        return Err(OpError::Conflict(format!(
+            "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"{name}\": VM is not running"
+        )));
+    }
+    let mut migration = VirtualMachineInstanceMigration::new(
+        "",
+        VirtualMachineInstanceMigrationSpec {
+            vmi_name: name.to_owned(),
+            added_node_selector: opts.added_node_selector.clone().filter(|s| !s.is_empty()),
+        },
+    );
+    migration.metadata.name = None;
+    migration.metadata.generate_name = Some(MIGRATE_GENERATE_NAME.to_owned());
+    Ok(migration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +395,39 @@ mod tests {
             e,
             OpError::Conflict("VM v: a start request is already underway".into())
         );
+    }
+
+    #[test]
+    fn migrate_needs_a_running_vmi_and_names_it() {
+        let want =
+            "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"v\": VM is not running";
+        let opts = MigrateOptions::default();
+        assert_eq!(
+            plan_migration("v", None, &opts),
+            Err(OpError::Conflict(want.into()))
+        );
+        assert_eq!(
+            plan_migration("v", Some(&vmi("Scheduled")), &opts),
+            Err(OpError::Conflict(want.into()))
+        );
+        let m = plan_migration("v", Some(&vmi("Running")), &opts).unwrap();
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"generateName": "kubevirt-migrate-vm-"},
+                "spec": {"vmiName": "v"}})
+        );
+        let opts: MigrateOptions = serde_json::from_str(
+            r#"{"dryRun": ["All"], "addedNodeSelector": {"kubernetes.io/hostname": "node-2"}}"#,
+        )
+        .unwrap();
+        assert!(opts.is_dry_run());
+        let m = plan_migration("v", Some(&vmi("Running")), &opts).unwrap();
+        assert_eq!(
+            serde_json::to_value(&m.spec).unwrap(),
+            json!({"vmiName": "v", "addedNodeSelector": {"kubernetes.io/hostname": "node-2"}})
+        );
+        assert!(!MigrateOptions::default().is_dry_run());
     }
 
     #[test]

@@ -15,11 +15,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use cases::{CaseRequest, InvalidFile, ValidCase, crate_dir, merged, vmi_of, yaml_file};
 use http::{Request, StatusCode};
 use ironvirt_apiserver_subresources::admission::{
-    AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_VMI_PATH, MUTATOR_NAME,
-    VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
-    VALIDATE_INSTANCETYPE_PATH, VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH,
-    VALIDATE_VM_PATH, VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient,
-    WebhookEndpoint, router, webhook_configurations,
+    AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH,
+    MUTATOR_NAME, VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
+    VALIDATE_INSTANCETYPE_PATH, VALIDATE_MIGRATION_PATH, VALIDATE_POOL_PATH,
+    VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH,
+    VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, router,
+    webhook_configurations,
 };
 use ironvirt_crds::VirtualMachineInstancePreset;
 use ironvirt_crds::validate::VolumePolicy;
@@ -862,8 +863,18 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
                 json!(["CREATE", "UPDATE"])
             ),
             (
+                VALIDATE_MIGRATION_PATH.to_owned(),
+                "virtualmachineinstancemigrations".to_owned(),
+                json!(["CREATE", "UPDATE"])
+            ),
+            (
                 MUTATE_VMI_PATH.to_owned(),
                 "virtualmachineinstances".to_owned(),
+                json!(["CREATE"])
+            ),
+            (
+                MUTATE_MIGRATION_PATH.to_owned(),
+                "virtualmachineinstancemigrations".to_owned(),
                 json!(["CREATE"])
             ),
         ]

@@ -14,8 +14,9 @@
 //! 3. [`streams`] (console, VNC, screenshot; each holds a permit of
 //!    [`crate::limits`] while it lasts, 429 over the limits) or [`power`]
 //!    (VMI operations forwarded to the handler, VM start/stop/restart on the
-//!    VM object), or [`expand`] (the VM with its instancetype and preference
-//!    expanded; reads only).
+//!    VM object), or [`migrate`] (VM migrate: a
+//!    VirtualMachineInstanceMigration of its VMI), or [`expand`] (the VM with
+//!    its instancetype and preference expanded; reads only).
 //!
 //! This file holds the router, the shared state and answers, and the routes
 //! that need no cluster: discovery, version, health and OpenAPI.
@@ -35,6 +36,7 @@ use crate::limits::{LimitError, Limiter, Permit};
 
 mod authz;
 mod expand;
+mod migrate;
 mod node_secrets;
 mod portforward;
 mod power;
@@ -221,6 +223,10 @@ pub fn router(state: ApiState) -> Router {
             get(expand::expand_spec),
         )
         .route(
+            &format!("{base}/virtualmachines/{{name}}/migrate"),
+            put(migrate::migrate),
+        )
+        .route(
             &format!("{base}/virtualmachines/{{name}}/{{op}}"),
             put(power::vm_power),
         )
@@ -282,6 +288,7 @@ pub fn resources() -> serde_json::Value {
             vmi("pause", &["update"]), vmi("unpause", &["update"]),
             vmi("softreboot", &["update"]), vmi("reset", &["update"]), vmi("secrets", &["get"]),
             vm("start", &["update"]), vm("stop", &["update"]), vm("restart", &["update"]),
+            vm("migrate", &["update"]),
             vm("portforward", &["get"]), vm("expand-spec", &["get"]),
             json!({"name": "expand-vm-spec", "singularName": "", "namespaced": true,
                 "kind": "VirtualMachine", "verbs": ["update"]}),

@@ -258,7 +258,7 @@ fn routes() -> Vec<Route> {
     for sub in ["pause", "unpause", "softreboot", "reset"] {
         all.push(vmi_route(Method::PUT, sub, "update"));
     }
-    for sub in ["start", "stop", "restart"] {
+    for sub in ["start", "stop", "restart", "migrate"] {
         all.push(Route {
             method: Method::PUT,
             resource: "virtualmachines",
@@ -504,8 +504,8 @@ async fn unknown_subresources_are_404_before_authorization() {
         ),
         (
             Method::PUT,
-            format!("{vm}/migrate"),
-            "subresource \"migrate\" of virtualmachines",
+            format!("{vm}/freeze"),
+            "subresource \"freeze\" of virtualmachines",
         ),
     ] {
         let (code, body) = send(s.clone(), &method, &path, "").await;
@@ -885,3 +885,6 @@ mod vm_ops;
 
 #[path = "tests_expand.rs"]
 mod expand;
+
+#[path = "tests_migrate.rs"]
+mod migrate;
