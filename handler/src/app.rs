@@ -149,6 +149,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         .unwrap_or_else(|| format!("https://{bound}"));
     tracing::info!(addr = %bound, url = %stream_url, "stream server listening");
 
+    let settings_url = stream_url.clone();
     let settings = NodeSettings {
         node: cfg.node.clone(),
         stream_url,
@@ -227,7 +228,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.resync,
         )
         .with_volume_policy(cfg.volume_policy.clone())
-        .with_images(images, cfg.image_cache_size),
+        .with_images(images, cfg.image_cache_size)
+        .with_migration_address(migration_address(&settings_url)),
     );
 
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
@@ -268,9 +270,36 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             (client.common_name.as_deref() == Some(allowed.as_str())).then_some(())
         },
     ));
+    // VMIs migrating to this node: their own watch and controller.
+    let targets_wc = watcher::Config::default().labels(&format!(
+        "{}={}",
+        ironvirt_crds::migration::MIGRATION_TARGET_NODE_LABEL,
+        cfg.node
+    ));
+    let (targets, targets_writer) = kube::runtime::reflector::store();
+    let targets_stream = kube::runtime::reflector(
+        targets_writer,
+        watcher(
+            Api::<VirtualMachineInstance>::all(client.clone()),
+            targets_wc,
+        )
+        .map_ok(|ev| ev.modify(|v| v.managed_fields_mut().clear())),
+    )
+    .backoff(WatchBackoff::default())
+    .touched_objects();
+    tokio::spawn(
+        Controller::for_stream(targets_stream, targets.clone())
+            .graceful_shutdown_on(shutdown_signal())
+            .run(
+                crate::migrate::reconcile_target,
+                crate::migrate::error_policy,
+                Arc::clone(&ctx),
+            )
+            .for_each(|_| futures::future::ready(())),
+    );
     tokio::spawn(controller::sweep_orphans(
         Arc::clone(&ctx),
-        store.clone(),
+        vec![store.clone(), targets],
         Duration::from_secs(30),
     ));
     tokio::spawn(serve_health(cfg.health_addr, ctx.metrics.clone()));
@@ -285,6 +314,42 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         .await;
     tracing::info!("handler stopped; domains keep running");
     Ok(())
+}
+
+/// The host of the stream URL (`https://10.213.0.12:8186`): the node's
+/// address, where its libvirtd takes migrations.
+fn migration_address(stream_url: &str) -> Option<String> {
+    let rest = stream_url.split_once("://").map_or(stream_url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let local = host.is_empty()
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    (!local).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod migration_address_tests {
+    use super::migration_address;
+
+    #[test]
+    fn the_node_address_comes_from_the_stream_url() {
+        assert_eq!(
+            migration_address("https://10.213.0.12:8186").as_deref(),
+            Some("10.213.0.12")
+        );
+        assert_eq!(
+            migration_address("https://[fd00::5]:8186/").as_deref(),
+            Some("fd00::5")
+        );
+        assert_eq!(migration_address("https://127.0.0.1:8186"), None);
+        assert_eq!(migration_address("https://0.0.0.0:8186"), None);
+    }
 }
 
 async fn serve_health(addr: SocketAddr, metrics: Metrics) {

@@ -72,6 +72,11 @@ pub struct Context {
     /// When each VMI whose pull failed may pull again: reconciles before
     /// then (its own status write triggers one) wait instead.
     pub pull_not_before: Mutex<HashMap<ObjectRef<VirtualMachineInstance>, std::time::Instant>>,
+    /// The address other nodes' libvirtds reach this node's libvirtd at,
+    /// for live migration (None: this node takes no migrations).
+    pub migration_address: Option<String>,
+    /// The live migrations this node runs as their source.
+    pub migrations: crate::migrate::Outgoing,
 }
 
 impl Context {
@@ -105,7 +110,16 @@ impl Context {
             image_cache_bytes: 0,
             pull_failures: Failures::default(),
             pull_not_before: Mutex::default(),
+            migration_address: None,
+            migrations: crate::migrate::Outgoing::default(),
         }
+    }
+
+    /// The same context taking migrations at `address` (this node's
+    /// address, where its libvirtd listens for TLS).
+    pub fn with_migration_address(mut self, address: Option<String>) -> Self {
+        self.migration_address = address;
+        self
     }
 
     /// The same context pulling containerDisks with `images`, a cache of at

@@ -64,6 +64,9 @@ async fn reconcile_inner(
         .libvirt
         .call(move |c| libvirt::lookup(c, &lookup))
         .await?;
+    if vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(ctx.node.as_str()) {
+        crate::migrate::on_source(vmi, ctx).await?;
+    }
     let step = model::plan(
         vmi,
         &ctx.node,
@@ -253,18 +256,18 @@ enum Pulled {
 
 /// An image file a create needs: a containerDisk's disk, or the kernel or
 /// initrd of a kernel boot.
-struct ImageFile<'a> {
+pub(crate) struct ImageFile<'a> {
     /// The spec field it comes from, for messages.
-    field: String,
-    image: &'a crate::images::ImageRef,
-    policy: crate::images::PullPolicy,
-    wanted: &'a crate::images::Wanted,
-    pull_secret: Option<&'a str>,
-    slot: Slot,
+    pub(crate) field: String,
+    pub(crate) image: &'a crate::images::ImageRef,
+    pub(crate) policy: crate::images::PullPolicy,
+    pub(crate) wanted: &'a crate::images::Wanted,
+    pub(crate) pull_secret: Option<&'a str>,
+    pub(crate) slot: Slot,
 }
 
 /// Where a pulled file goes.
-enum Slot {
+pub(crate) enum Slot {
     Volume(String),
     Kernel,
     Initrd,
@@ -272,7 +275,7 @@ enum Slot {
 
 /// The image files `plan` needs, in a fixed order: volumes by name, then
 /// the kernel and initrd.
-fn image_files(plan: &create_plan::CreatePlan) -> Vec<ImageFile<'_>> {
+pub(crate) fn image_files(plan: &create_plan::CreatePlan) -> Vec<ImageFile<'_>> {
     let mut files = Vec::new();
     for (name, p) in &plan.volumes {
         if let volumes::VolumePlan::ContainerDisk(cd) = p {
@@ -519,7 +522,7 @@ async fn pull_failed(
 /// `kubernetes.io/dockerconfigjson` Secret of its namespace, fetched as the
 /// node may: through ironvirt-api, for a VMI that names it). The inner
 /// error says why the Secret gives none.
-async fn pull_auth(
+pub(crate) async fn pull_auth(
     ctx: &Context,
     vmi: &VirtualMachineInstance,
     secret: &str,
@@ -541,7 +544,7 @@ async fn pull_auth(
 
 /// The Secrets the VMI's cloud-init volumes reference, up to the first that
 /// does not exist (the plan refuses the VMI for it).
-async fn fetch_secrets(
+pub(crate) async fn fetch_secrets(
     ctx: &Context,
     vmi: &VirtualMachineInstance,
 ) -> Result<volumes::SecretData, Error> {
@@ -625,7 +628,7 @@ async fn after_start(
 /// Opens the serial console hub right away, so boot messages are kept for
 /// clients that connect later. Best effort: says whether a hub is live (or
 /// none is wanted), so the caller can come back soon when not.
-async fn ensure_console(ctx: &Context, dname: &str) -> bool {
+pub(crate) async fn ensure_console(ctx: &Context, dname: &str) -> bool {
     if !ctx.libvirt.capabilities().consoles || ctx.consoles.get(dname).is_some() {
         return true;
     }
@@ -689,7 +692,7 @@ async fn finalize(
 
 /// Closes the console of a domain before it is destroyed (see
 /// [`crate::console::Consoles::close`]).
-async fn close_console(ctx: &Context, domain: &str) {
+pub(crate) async fn close_console(ctx: &Context, domain: &str) {
     let consoles = Arc::clone(&ctx.consoles);
     let d = domain.to_owned();
     if let Err(e) = tokio::task::spawn_blocking(move || consoles.close(&d)).await {
@@ -699,7 +702,7 @@ async fn close_console(ctx: &Context, domain: &str) {
 
 /// Removes what the node holds for VMI `uid` besides its domain: its network
 /// namespace, its console socket and its files. Idempotent.
-async fn cleanup_files(ctx: &Context, uid: &str) -> Result<(), Error> {
+pub(crate) async fn cleanup_files(ctx: &Context, uid: &str) -> Result<(), Error> {
     ctx.guestnet.detach(uid).await?;
     ctx.consoles
         .remove_socket(uid)
@@ -837,9 +840,12 @@ fn tokio_stream_from<T: Send + 'static>(
 /// is complete, then every `every`.
 pub async fn sweep_orphans(
     ctx: Arc<Context>,
-    store: Store<VirtualMachineInstance>,
+    stores: Vec<Store<VirtualMachineInstance>>,
     every: Duration,
 ) {
+    let Some(store) = stores.first().cloned() else {
+        return;
+    };
     // Re-poll now and then: kube-runtime's readiness signal wakes only the
     // last of several waiters, and the controller waits on it too.
     loop {
@@ -854,7 +860,7 @@ pub async fn sweep_orphans(
     }
     tracing::info!("VMI cache ready; sweeping orphans every {every:?}");
     loop {
-        match sweep_once(&ctx, &store).await {
+        match sweep_once(&ctx, &stores).await {
             Ok(()) => {
                 ctx.metrics.orphan_sweeps.inc();
             }
@@ -864,13 +870,22 @@ pub async fn sweep_orphans(
     }
 }
 
-async fn sweep_once(ctx: &Context, store: &Store<VirtualMachineInstance>) -> Result<(), Error> {
+/// The UIDs of the VMIs in `stores` (this node's, and those migrating here).
+fn live_uids(stores: &[Store<VirtualMachineInstance>]) -> HashSet<String> {
+    stores
+        .iter()
+        .flat_map(|s| s.state())
+        .filter_map(|v| v.uid())
+        .collect()
+}
+
+async fn sweep_once(ctx: &Context, stores: &[Store<VirtualMachineInstance>]) -> Result<(), Error> {
     let node = ctx.node.clone();
     let domains = ctx
         .libvirt
         .call(move |c| libvirt::list_owned(c, &node))
         .await?;
-    let live: HashSet<String> = store.state().iter().filter_map(|v| v.uid()).collect();
+    let live = live_uids(stores);
     tracing::debug!(domains = domains.len(), vmis = live.len(), "orphan sweep");
     let mut with_domain = HashSet::new();
     for d in domains {
@@ -897,7 +912,7 @@ async fn sweep_once(ctx: &Context, store: &Store<VirtualMachineInstance>) -> Res
         Err(_) => return Ok(()),
     };
     let networks = ctx.guestnet.attached_uids().await;
-    let live: HashSet<String> = store.state().iter().filter_map(|v| v.uid()).collect();
+    let live = live_uids(stores);
     let mut gone: Vec<String> = dirs.into_iter().chain(networks).collect();
     gone.sort();
     gone.dedup();

@@ -16,6 +16,7 @@ pub mod events;
 pub mod guestnet;
 pub mod images;
 pub mod libvirt;
+pub mod migrate;
 pub mod migration;
 pub mod model;
 pub mod node;

@@ -133,6 +133,8 @@ pub fn plan(
             },
         },
         Some(Phase::Running) => match ours {
+            // Moved to (or moving to) another node by a live migration.
+            None if crate::migrate::migrated_away(vmi, node) => Step::Ignore,
             None => Step::End {
                 phase: Phase::Failed,
                 reason: Reason::DomainLost,
@@ -191,6 +193,10 @@ pub fn running_status(
     now: Timestamp,
 ) -> DesiredStatus {
     let mut conds = vec![condition("Ready", true, "", "")];
+    conds.push(match crate::migrate::live_migratable(vmi) {
+        None => condition("LiveMigratable", true, "", ""),
+        Some((reason, message)) => condition("LiveMigratable", false, reason, &message),
+    });
     let masquerade: Option<String> = vmi
         .spec
         .domain
@@ -345,7 +351,7 @@ pub struct DesiredStatus {
     pub phase: Phase,
     pub reason: Option<String>,
     pub node: String,
-    /// Ready, and Paused while paused.
+    /// Ready, LiveMigratable, and Paused while paused.
     pub conditions: Vec<Condition>,
     pub interfaces: Option<Vec<VirtualMachineInstanceNetworkInterface>>,
     /// The entry for `phase`.
@@ -353,7 +359,7 @@ pub struct DesiredStatus {
 }
 
 /// The condition types the handler owns.
-const OWNED: [&str; 2] = ["Ready", "Paused"];
+const OWNED: [&str; 3] = ["Ready", "Paused", "LiveMigratable"];
 
 impl DesiredStatus {
     /// Whether writing this would change anything but timestamps.
@@ -651,7 +657,7 @@ mod tests {
             at(60),
         );
         assert!(paused.differs_from(&written));
-        assert_eq!(paused.conditions.len(), 2);
+        assert_eq!(paused.conditions.len(), 3);
     }
 
     #[test]

@@ -18,11 +18,19 @@ pub enum Reason {
     FailedScheduling,
     /// A VMI's node stopped renewing its handler Lease.
     NodeUnresponsive,
+    /// A VMI started migrating to another node.
+    Migrating,
+    /// A VMI migrated to another node.
+    Migrated,
+    /// A migration failed; the VMI keeps running on its source node.
+    FailedMigration,
+    /// A deleted migration is being aborted.
+    MigrationAborting,
 }
 
 impl Reason {
     /// Every reason, in a stable order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 11] = [
         Reason::SuccessfulCreate,
         Reason::FailedCreate,
         Reason::FailedVmi,
@@ -30,6 +38,10 @@ impl Reason {
         Reason::Stopping,
         Reason::FailedScheduling,
         Reason::NodeUnresponsive,
+        Reason::Migrating,
+        Reason::Migrated,
+        Reason::FailedMigration,
+        Reason::MigrationAborting,
     ];
 
     /// The Event's `reason` field.
@@ -42,6 +54,10 @@ impl Reason {
             Reason::Stopping => "Stopping",
             Reason::FailedScheduling => "FailedScheduling",
             Reason::NodeUnresponsive => "NodeUnresponsive",
+            Reason::Migrating => "Migrating",
+            Reason::Migrated => "Migrated",
+            Reason::FailedMigration => "FailedMigration",
+            Reason::MigrationAborting => "MigrationAborting",
         }
     }
 }

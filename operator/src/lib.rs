@@ -15,6 +15,7 @@ pub mod infer;
 pub mod instancetypes;
 pub mod leader;
 pub mod metrics;
+pub mod migration;
 pub mod placement;
 pub mod pool;
 pub mod replicas;

@@ -1,6 +1,7 @@
 //! Wiring: the four controllers on their watches, the health and metrics
 //! server, CRD readiness, and leader election.
 
+pub mod migration;
 pub mod placement;
 pub mod pool;
 pub mod replicas;
@@ -18,7 +19,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
 use ironvirt_crds::pool::VirtualMachinePool;
-use ironvirt_crds::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use ironvirt_crds::{
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceReplicaSet,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -178,6 +182,7 @@ pub async fn wait_for_crds(client: &Client) {
         "virtualmachineinstances.kubevirt.io",
         "virtualmachineinstancereplicasets.kubevirt.io",
         "virtualmachinepools.pool.kubevirt.io",
+        "virtualmachineinstancemigrations.kubevirt.io",
     ];
     loop {
         let mut missing = Vec::new();
@@ -333,6 +338,43 @@ pub async fn run_controllers(
         .graceful_shutdown_on(shutdown.clone())
         .run(vm::reconcile, vm::error_policy, vm_ctx)
         .for_each(|_| async {});
+    // Migrations: woken by their VMI's changes (metadata is enough to know
+    // one changed; the full VMI comes from placement's cache).
+    let (mig_store, mig_stream) = slim_reflector(
+        scoped::<VirtualMachineInstanceMigration>(&client, ns.as_deref()),
+        wc.clone(),
+    );
+    let mig_lookup = mig_store.clone();
+    let mctx = Arc::new(migration::MigrationContext {
+        placement: pctx.clone(),
+        migrations: mig_store.clone(),
+        limits: crate::migration::Limits::default(),
+    });
+    let migration_controller = Controller::for_stream(mig_stream, mig_store).watches_stream(
+        meta_stream::<VirtualMachineInstance>(&client, ns.as_deref(), wc.clone()),
+        move |vmi| {
+            let vmi_ns = vmi.namespace();
+            let name = vmi.name_any();
+            mig_lookup
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace() == vmi_ns && m.spec.vmi_name == name)
+                .map(|m| ObjectRef::from_obj(&*m))
+                .collect::<Vec<_>>()
+        },
+    );
+    let (nodes_m, leases_m) = (nodes.clone(), leases.clone());
+    let migration_shutdown = shutdown.clone();
+    let migration_controller = async move {
+        // Choosing a target against empty caches would find no node.
+        let _ = nodes_m.wait_until_ready().await;
+        let _ = leases_m.wait_until_ready().await;
+        migration_controller
+            .graceful_shutdown_on(migration_shutdown)
+            .run(migration::reconcile, migration::error_policy, mctx)
+            .for_each(|_| async {})
+            .await;
+    };
     let nodes_ready = nodes.clone();
     let leases_ready = leases.clone();
     let placement_shutdown = shutdown.clone();
@@ -421,6 +463,7 @@ pub async fn run_controllers(
         _ = async { tokio::join!(vm_controller, placement_controller) } => {}
         _ = rs_controller => {}
         _ = pool_controller => {}
+        _ = migration_controller => {}
         _ = node_stream => {}
         _ = lease_stream => {}
         _ = phases => {}

@@ -103,6 +103,17 @@ impl PlacementContext {
         Some(node)
     }
 
+    /// The candidate nodes, as placement sees them.
+    pub(crate) fn node_infos(&self) -> Vec<NodeInfo> {
+        node_infos(self)
+    }
+
+    /// What every VMI uses on each node, reservations included.
+    pub(crate) fn usage(&self) -> BTreeMap<String, Demand> {
+        let assumed = self.assumed.lock().unwrap_or_else(|p| p.into_inner());
+        usage(self, &assumed, "")
+    }
+
     /// Drops the reservation of a VMI whose create failed.
     pub fn release(&self, vmi: &VirtualMachineInstance) {
         self.assumed
