@@ -144,7 +144,7 @@ async fn the_base_is_accepted_by_kube_apiserver() {
     ] {
         assert!(kinds.contains_key(k), "no {k} rendered");
     }
-    assert_eq!(kinds["CustomResourceDefinition"], 9);
+    assert_eq!(kinds["CustomResourceDefinition"], 10);
     // The common cluster instancetypes and preferences.
     assert!(kinds["VirtualMachineClusterInstancetype"] >= 10);
     assert!(kinds["VirtualMachineClusterPreference"] >= 5);
@@ -381,6 +381,66 @@ async fn the_base_matches_what_the_components_expect() {
         rules(find(&objects, "ClusterRole", "ironvirt-api"))
             .contains(&("secrets".into(), "get".into()))
     );
+
+    // Migrations (issue #18): the operator carries them out (watch, finalizer,
+    // status) but neither creates nor deletes them; ironvirt-api creates them
+    // for virtualmachines/migrate and lists them for the webhook; the
+    // handlers never touch them. Users: view reads them, edit and admin also
+    // create and cancel (delete) them and may use virtualmachines/migrate.
+    let vmim = |rules: &[(String, String)]| -> Vec<String> {
+        let mut verbs: Vec<String> = rules
+            .iter()
+            .filter(|(r, _)| r.starts_with("virtualmachineinstancemigrations"))
+            .map(|(r, v)| format!("{r}:{v}"))
+            .collect();
+        verbs.sort();
+        verbs
+    };
+    assert_eq!(
+        vmim(&rules(find(&objects, "ClusterRole", "ironvirt-operator"))),
+        [
+            "virtualmachineinstancemigrations/finalizers:update",
+            "virtualmachineinstancemigrations/status:get",
+            "virtualmachineinstancemigrations/status:patch",
+            "virtualmachineinstancemigrations/status:update",
+            "virtualmachineinstancemigrations:get",
+            "virtualmachineinstancemigrations:list",
+            "virtualmachineinstancemigrations:patch",
+            "virtualmachineinstancemigrations:update",
+            "virtualmachineinstancemigrations:watch",
+        ]
+    );
+    assert_eq!(
+        vmim(&rules(find(&objects, "ClusterRole", "ironvirt-api"))),
+        [
+            "virtualmachineinstancemigrations:create",
+            "virtualmachineinstancemigrations:list"
+        ]
+    );
+    assert!(vmim(&handler_rules).is_empty(), "{handler_rules:?}");
+    let view = rules(find(&objects, "ClusterRole", "kubevirt.io:view"));
+    assert_eq!(
+        vmim(&view),
+        [
+            "virtualmachineinstancemigrations:get",
+            "virtualmachineinstancemigrations:list",
+            "virtualmachineinstancemigrations:watch"
+        ]
+    );
+    assert!(!view.iter().any(|(r, _)| r == "virtualmachines/migrate"));
+    for role in ["kubevirt.io:edit", "kubevirt.io:admin"] {
+        let r = rules(find(&objects, "ClusterRole", role));
+        assert!(
+            r.contains(&("virtualmachines/migrate".into(), "update".into())),
+            "{role}"
+        );
+        for verb in ["create", "delete", "list"] {
+            assert!(
+                r.contains(&("virtualmachineinstancemigrations".into(), verb.into())),
+                "{role} {verb}"
+            );
+        }
+    }
     let policy = find(
         &objects,
         "ValidatingAdmissionPolicy",
