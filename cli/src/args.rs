@@ -56,6 +56,11 @@ pub enum Command {
     SoftReboot(VmiTarget),
     /// Reset a VMI at once, like pressing its reset button.
     Reset(VmiTarget),
+    /// Live-migrate a running VM to another node.
+    Migrate(MigrateArgs),
+    /// Cancel a VM's unfinished live migration.
+    #[command(name = "migrate-cancel")]
+    MigrateCancel(MigrateCancelArgs),
     /// Forward local ports to ports of a VM's guest (TYPE/NAME[.NAMESPACE] [LOCAL:]REMOTE...).
     #[command(name = "port-forward")]
     PortForward(PortForwardArgs),
@@ -227,6 +232,32 @@ pub struct StopArgs {
     /// Check the request on the server without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The VirtualMachine.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// A node label KEY=VALUE the target node must carry, on top of the VMI's
+    /// node selector; repeatable, or comma-separated as virtctl takes it.
+    #[arg(
+        long,
+        visible_alias = "addedNodeSelector",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub added_node_selector: Vec<String>,
+    /// Check the request on the server without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateCancelArgs {
+    /// The VirtualMachine (its VMI has its name).
+    #[arg(value_name = "VM")]
+    pub vm: String,
 }
 
 /// `NAME`, or virtctl's `vm NAME` / `vmi NAME`.
@@ -439,6 +470,30 @@ mod tests {
             assert!(parse_args(args).is_ok(), "{args:?}");
         }
         assert!(parse_args(&["ironctl", "pause", "a", "b", "c"]).is_err());
+    }
+
+    #[test]
+    fn migrate_takes_node_selectors_repeated_or_comma_separated() {
+        let cli = parse_args(&[
+            "ironctl",
+            "migrate",
+            "v",
+            "--added-node-selector",
+            "a=1,b=2",
+            "--addedNodeSelector",
+            "c=3",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Migrate(m) = cli.command else {
+            panic!("not migrate")
+        };
+        assert_eq!(m.vm, "v");
+        assert_eq!(m.added_node_selector, ["a=1", "b=2", "c=3"]);
+        assert!(m.dry_run);
+        let cli = parse_args(&["ironctl", "migrate-cancel", "v"]).unwrap();
+        assert!(matches!(cli.command, Command::MigrateCancel(ref c) if c.vm == "v"));
+        assert!(parse_args(&["ironctl", "migrate"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod console;
 pub mod create;
 pub mod error;
 pub mod expand;
+pub mod migrate;
 pub mod portforward;
 pub mod power;
 pub mod relay;
@@ -69,6 +70,8 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
             Command::Unpause(t) => power::vmi_op(ctx, power::VmiOp::Unpause, t).await,
             Command::SoftReboot(t) => power::vmi_op(ctx, power::VmiOp::SoftReboot, t).await,
             Command::Reset(t) => power::vmi_op(ctx, power::VmiOp::Reset, t).await,
+            Command::Migrate(a) => migrate::migrate(ctx, a).await,
+            Command::MigrateCancel(a) => migrate::cancel(ctx, a).await,
             Command::Expand(a) => expand::run(ctx, a, &cli.global).await,
             Command::Ui(a) => ui::run(ctx, a).await,
             Command::Version(v) => version::run(Some(ctx), v).await,
