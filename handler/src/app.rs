@@ -42,6 +42,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The URL clients should use; defaults to https://<listen address>.
     pub advertise_url: Option<String>,
+    /// libvirt's `pkipath` for migrations out of this node (None: /etc/pki).
+    pub migration_pki_dir: Option<PathBuf>,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub client_ca: PathBuf,
@@ -229,7 +231,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         )
         .with_volume_policy(cfg.volume_policy.clone())
         .with_images(images, cfg.image_cache_size)
-        .with_migration_address(migration_address(&settings_url)),
+        .with_migration_address(migration_address(&settings_url))
+        .with_migration_pki_dir(cfg.migration_pki_dir.clone()),
     );
 
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());

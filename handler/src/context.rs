@@ -75,6 +75,8 @@ pub struct Context {
     /// The address other nodes' libvirtds reach this node's libvirtd at,
     /// for live migration (None: this node takes no migrations).
     pub migration_address: Option<String>,
+    /// libvirt's `pkipath` for migrations out of this node.
+    pub migration_pki_dir: Option<PathBuf>,
     /// The live migrations this node runs as their source.
     pub migrations: crate::migrate::Outgoing,
 }
@@ -111,6 +113,7 @@ impl Context {
             pull_failures: Failures::default(),
             pull_not_before: Mutex::default(),
             migration_address: None,
+            migration_pki_dir: None,
             migrations: crate::migrate::Outgoing::default(),
         }
     }
@@ -119,6 +122,12 @@ impl Context {
     /// address, where its libvirtd listens for TLS).
     pub fn with_migration_address(mut self, address: Option<String>) -> Self {
         self.migration_address = address;
+        self
+    }
+
+    /// The same context migrating out with libvirt's `pkipath` `dir`.
+    pub fn with_migration_pki_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.migration_pki_dir = dir;
         self
     }
 

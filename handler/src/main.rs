@@ -51,6 +51,13 @@ struct Args {
     /// URL published for the stream server; defaults to https://<listen address>.
     #[arg(long)]
     advertise_url: Option<String>,
+    /// Where this node's libvirtd finds its TLS client certificate when it
+    /// opens another node's libvirtd for a live migration (libvirt's
+    /// `pkipath`: cacert.pem, clientcert.pem, clientkey.pem); libvirt's
+    /// default (/etc/pki) when unset. The migration goes to
+    /// qemu+tls://<target node address>/system.
+    #[arg(long)]
+    migration_pki_dir: Option<PathBuf>,
     /// Serving certificate of the stream server (PEM).
     #[arg(long)]
     tls_cert: PathBuf,
@@ -153,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         node_labels,
         listen: args.listen,
         advertise_url: args.advertise_url,
+        migration_pki_dir: args.migration_pki_dir,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         client_ca: args.client_ca,

@@ -406,6 +406,20 @@ pub fn disks_to_copy(xml: &str, dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// The target libvirtd's URI: TLS to the node's address, with the client
+/// certificate from `pki_dir` when set.
+pub fn target_uri(address: &str, pki_dir: Option<&std::path::Path>) -> String {
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    match pki_dir {
+        Some(dir) => format!("qemu+tls://{host}/system?pkipath={}", dir.display()),
+        None => format!("qemu+tls://{host}/system"),
+    }
+}
+
 /// Migrates the VMI's domain to the libvirtd at `address`; the reason when
 /// it still runs here.
 async fn run_source(
@@ -425,7 +439,7 @@ async fn run_source(
     let dir = volumes::vmi_dir(&ctx.state_dir, &vmi.uid().unwrap_or_default());
     let copy_disks = disks_to_copy(&xml, &dir);
     let target = MigrationTarget {
-        libvirt_uri: format!("qemu+tls://{address}/system"),
+        libvirt_uri: target_uri(address, ctx.migration_pki_dir.as_deref()),
         migration_uri: Some(format!("tcp://{address}")),
     };
     let opts = MigrateOptions {

@@ -170,3 +170,19 @@ fn completion_timeout_grows_per_gib() {
     assert_eq!(completion_timeout(1 << 30), Duration::from_secs(150));
     assert_eq!(completion_timeout((1 << 30) + 1), Duration::from_secs(300));
 }
+
+#[test]
+fn the_target_uri_is_tls_with_the_nodes_client_certificate() {
+    assert_eq!(
+        target_uri("10.213.0.12", None),
+        "qemu+tls://10.213.0.12/system"
+    );
+    assert_eq!(
+        target_uri(
+            "10.213.0.12",
+            Some(std::path::Path::new("/etc/libvirt/pki"))
+        ),
+        "qemu+tls://10.213.0.12/system?pkipath=/etc/libvirt/pki"
+    );
+    assert_eq!(target_uri("fd00::5", None), "qemu+tls://[fd00::5]/system");
+}

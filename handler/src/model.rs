@@ -143,6 +143,9 @@ pub fn plan(
             Some(d) => match d.state {
                 DomState::Running => Step::Report(Observed { paused: false }),
                 DomState::Paused { by_user } => Step::Report(Observed { paused: by_user }),
+                // Stopped here at the switch-over of a live migration, just
+                // before libvirt undefines it: the guest runs on the target.
+                _ if crate::migrate::migrated_away(vmi, node) => Step::Ignore,
                 other => ended(other),
             },
         },
@@ -442,6 +445,36 @@ mod tests {
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn a_vmi_migrating_away_is_neither_lost_nor_stopped_on_its_source() {
+        let migrating = vmi(&format!(
+            "status: {{phase: Running, nodeName: {NODE}, migrationState: {{migrationUid: m, sourceNode: {NODE}, targetNode: node-b, startTimestamp: '2026-12-03T10:00:00Z'}}}}\n"
+        ));
+        // Stopped at the switch-over, then gone: the guest runs on node-b.
+        let stopped = dom("u1", DomState::Shutoff(Shutoff::Other));
+        assert_eq!(
+            plan(&migrating, NODE, Some(&stopped), false, at(0)),
+            Step::Ignore
+        );
+        assert_eq!(plan(&migrating, NODE, None, false, at(0)), Step::Ignore);
+        // While it still runs here, it is reported as usual.
+        let running = dom("u1", DomState::Running);
+        assert_eq!(
+            plan(&migrating, NODE, Some(&running), false, at(0)),
+            Step::Report(Observed { paused: false })
+        );
+        // Without a migration, the same facts end the VMI.
+        let v = placed("Running");
+        assert!(matches!(
+            plan(&v, NODE, Some(&stopped), false, at(0)),
+            Step::End { .. }
+        ));
+        assert!(matches!(
+            plan(&v, NODE, None, false, at(0)),
+            Step::End { .. }
+        ));
     }
 
     #[test]

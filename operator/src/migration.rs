@@ -16,7 +16,8 @@
 //!    one drops the target label. The migration's phase follows each step.
 //!
 //! Deleting an unfinished migration asks the source to abort
-//! ([`Write::RequestAbort`]); the finalizer goes once the migration ended.
+//! ([`Write::RequestAbort`]); the finalizer goes once the migration ended
+//! (deleted or not).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -282,7 +283,8 @@ pub fn plan(mig: &VirtualMachineInstanceMigration, o: &Observed<'_>) -> Plan {
         return p;
     }
 
-    // Finished: only tidy the VMI's label.
+    // Finished: tidy the VMI's label, then the finalizer has done its job
+    // (a finished migration never holds up its namespace's deletion).
     if phase.is_some_and(MigrationPhase::is_final) {
         let mut p = Plan::default();
         if let (Some(v), Some(s)) = (o.vmi, state)
@@ -290,6 +292,9 @@ pub fn plan(mig: &VirtualMachineInstanceMigration, o: &Observed<'_>) -> Plan {
             && target_labelled(v)
         {
             p.writes.push(Write::ClearTargetLabel);
+        }
+        if has_finalizer {
+            p.writes.push(Write::RemoveFinalizer);
         }
         return p;
     }

@@ -256,8 +256,11 @@ fn a_completed_migration_hands_the_vmi_over_once() {
     let moved = with_state(running_on("n2"), state);
     let p = plan(&m, &observe(Some(&moved), &nodes, &used, &[], 1010));
     assert!(!p.writes.iter().any(|w| matches!(w, Write::Handover(_))));
-    // Once Succeeded, nothing more.
-    let done = mig(serde_json::json!({"phase": "Succeeded"}));
+    // Once Succeeded, the finalizer goes, and then nothing more.
+    let mut done = mig(serde_json::json!({"phase": "Succeeded"}));
+    let p = plan(&done, &observe(Some(&moved), &nodes, &used, &[], 1010));
+    assert_eq!(p.writes, vec![Write::RemoveFinalizer]);
+    done.metadata.finalizers = None;
     assert_eq!(
         plan(&done, &observe(Some(&moved), &nodes, &used, &[], 1010)),
         Plan::default()

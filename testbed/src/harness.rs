@@ -193,6 +193,7 @@ impl TestBed {
         for kind in [
             "virtualmachineinstances.kubevirt.io",
             "virtualmachines.kubevirt.io",
+            "virtualmachineinstancemigrations.kubevirt.io",
         ] {
             let list = tokio::process::Command::new(&self.info.kubectl)
                 .arg("--kubeconfig")

@@ -76,6 +76,19 @@ impl TestNode {
     /// libvirtd, forwarder, handler; about a second). A node of that name
     /// the bed already had is replaced.
     pub fn start(bed: &TestBed, ns: &str, name: &str) -> Result<TestNode, String> {
+        Self::start_with(bed, ns, name, &[], &[])
+    }
+
+    /// [`TestNode::start`], with more of the host's loopback ports relayed
+    /// into the node's loopback (a test registry, say) and more handler
+    /// arguments.
+    pub fn start_with(
+        bed: &TestBed,
+        ns: &str,
+        name: &str,
+        forward_ports: &[u16],
+        handler_args: &[String],
+    ) -> Result<TestNode, String> {
         let info = bed.info();
         install_access(&info.kubeconfig)?;
         let identity = ironvirt_testbed::handlers::ensure_identity(bed.layout(), info, name)
@@ -93,7 +106,9 @@ impl TestNode {
         }
         let spec = NodeSpec {
             name: name.to_owned(),
-            forward_ports: vec![api_port(&info.api_url)?],
+            forward_ports: std::iter::once(api_port(&info.api_url)?)
+                .chain(forward_ports.iter().copied())
+                .collect(),
             testbed_bin,
             handler: nodes::HandlerSpec {
                 bin: handler,
@@ -111,9 +126,12 @@ impl TestNode {
                     "2",
                     "--host-disk-root",
                     crate::hostdisk::ROOT,
+                    "--migration-pki-dir",
+                    ironvirt_testbed::nodetls::NODE_PKI_DIR,
                 ]
                 .iter()
                 .map(|s| (*s).to_owned())
+                .chain(handler_args.iter().cloned())
                 .collect(),
                 env: vec![(
                     "RUST_LOG".into(),
