@@ -708,3 +708,126 @@ async fn version_completion_and_the_kubectl_plugin() {
     let out = kubectl(&["ironctl", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: kubectl ironctl"));
 }
+
+/// `ironctl migrate` and `migrate-cancel` (issue #18): the migration the
+/// subresource creates carries the added node selector; cancel deletes the
+/// unfinished one, and says so when there is none. The API surface alone:
+/// the VMI is an object whose status says Running (no handler, no operator),
+/// as in virtctl.rs.
+#[tokio::test(flavor = "multi_thread")]
+async fn ironctl_migrates_and_cancels() {
+    use ironvirt_crds::migration::VirtualMachineInstanceMigration;
+    let bed = &bed().await;
+    bed.with_namespace("cli-mig", |ns| async move {
+        let admin = bed.admin();
+        create_vm(bed, &ns, "mv", "Halted").await?;
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
+        let vmi: VirtualMachineInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "mv"},
+            "spec": {"domain": {"memory": {"guest": "64Mi"},
+                "devices": {"autoattachPodInterface": false}}},
+        }))
+        .map_err(|e| e.to_string())?;
+        vmis.create(&Default::default(), &vmi)
+            .await
+            .map_err(|e| e.to_string())?;
+        let running =
+            serde_json::json!({"status": {"phase": "Running", "nodeName": format!("{ns}-n")}});
+        vmis.patch_status(
+            "mv",
+            &Default::default(),
+            &kube::api::Patch::Merge(&running),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let migrations: Api<VirtualMachineInstanceMigration> = Api::namespaced(admin.clone(), &ns);
+
+        // A dry run creates nothing.
+        let run = ironctl(bed, &ns, &["migrate", "mv", "--dry-run"]).await;
+        run.ok()?;
+        assert_eq!(
+            run.stdout_text().trim(),
+            "VM mv was scheduled to migrate (dry run: nothing changed)"
+        );
+        let list = migrations
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(list.items.is_empty(), "{:?}", list.items);
+
+        let run = ironctl(
+            bed,
+            &ns,
+            &[
+                "migrate",
+                "mv",
+                "--added-node-selector",
+                "kubernetes.io/hostname=node-2,zone=a",
+            ],
+        )
+        .await;
+        run.ok()?;
+        assert_eq!(run.stdout_text().trim(), "VM mv was scheduled to migrate");
+        let list = migrations
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(list.items.len(), 1, "{:?}", list.items);
+        let m = &list.items[0];
+        assert_eq!(m.spec.vmi_name, "mv");
+        assert_eq!(
+            serde_json::to_value(&m.spec.added_node_selector).map_err(|e| e.to_string())?,
+            serde_json::json!({"kubernetes.io/hostname": "node-2", "zone": "a"})
+        );
+
+        // In flight: a second is refused with the webhook's message.
+        let run = ironctl(bed, &ns, &["migrate", "mv"]).await;
+        assert_ne!(run.code, Some(0));
+        assert!(
+            run.stderr.contains("in-flight migration detected"),
+            "{}",
+            run.stderr
+        );
+
+        let run = ironctl(bed, &ns, &["migrate-cancel", "mv"]).await;
+        run.ok()?;
+        assert!(
+            run.stdout_text()
+                .contains("VM mv was scheduled to migrate-cancel")
+        );
+        eventually(Duration::from_secs(30), "the migration deleted", || async {
+            migrations
+                .list(&Default::default())
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let run = ironctl(bed, &ns, &["migrate-cancel", "mv"]).await;
+        assert_ne!(run.code, Some(0));
+        assert!(
+            run.stderr.contains("no unfinished migration for VMI mv"),
+            "{}",
+            run.stderr
+        );
+
+        // Clean up: no handler ran, so the VMI's finalizer goes by hand.
+        let unfinalize = serde_json::json!({"metadata": {"finalizers": null}});
+        let _ = vmis
+            .patch(
+                "mv",
+                &Default::default(),
+                &kube::api::Patch::Merge(&unfinalize),
+            )
+            .await;
+        let _ = vmis.delete("mv", &Default::default()).await;
+        let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
+        let _ = vms.delete("mv", &Default::default()).await;
+        wait_gone(&admin, &ns, "mv", Duration::from_secs(30)).await?;
+        Ok::<(), String>(())
+    })
+    .await;
+}
