@@ -1,6 +1,8 @@
-//! Live migration between two real nodes (issue #18): a VirtualMachineInstanceMigration
-//! moves a running guest from one node's libvirtd to the other's, through
-//! the operator's migration controller and both nodes' handlers.
+//! Live migration between two real nodes (issue #18): KubeVirt's own
+//! `virtctl migrate` (a user with kubevirt.io:edit) makes a
+//! VirtualMachineInstanceMigration, which moves a running guest from one
+//! node's libvirtd to the other's, through the operator's migration
+//! controller and both nodes' handlers.
 //!
 //! The guest boots from a containerDisk (pulled from a real registry on each
 //! node) with an emptyDisk, no network interface (LiveMigratable), and:
@@ -18,16 +20,16 @@ use std::time::{Duration, Instant};
 
 use ironvirt_crds::migration::{MIGRATION_TARGET_NODE_LABEL, VirtualMachineInstanceMigration};
 use ironvirt_crds::wire::NODE_NAME_LABEL;
-use ironvirt_crds::{MigrationPhase, VirtualMachineInstance};
+use ironvirt_crds::{MigrationPhase, VirtualMachine, VirtualMachineInstance};
 use ironvirt_tests::TestBed;
-use ironvirt_tests::api::{ApiWs, api_port, open_ws};
+use ironvirt_tests::api::{ApiWs, api_port, bind, open_ws};
 use ironvirt_tests::e2e::NsOperator;
 use ironvirt_tests::handler::{domains_of, wait_gone, wait_phase};
 use ironvirt_tests::kubectl::bed_with_crds;
 use ironvirt_tests::nodes::{TestNode, delete_node_objects, wait_ready_and_renewing};
 use ironvirt_tests::registry::Registry;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 const MARKER: &str = "IRONVIRT-GUEST-READY";
 const BOOT: Duration = Duration::from_secs(150);
@@ -43,30 +45,62 @@ fn timing(t0: Instant, step: &str) {
     );
 }
 
-fn guest(registry: &str) -> Result<VirtualMachineInstance, String> {
+/// The guest as a VirtualMachine (runStrategy Always): `virtctl migrate`
+/// acts on VMs.
+fn guest(registry: &str) -> Result<VirtualMachine, String> {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
+        "kind": "VirtualMachine",
         "metadata": {"name": "mover"},
         "spec": {
-            "terminationGracePeriodSeconds": 5,
-            "domain": {
-                "memory": {"guest": "128Mi"},
-                "devices": {
-                    "autoattachPodInterface": false,
-                    "disks": [
-                        {"name": "containerdisk", "disk": {"bus": "virtio"}},
-                        {"name": "scratch", "disk": {"bus": "virtio"}},
-                    ],
+            "runStrategy": "Always",
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 5,
+                "domain": {
+                    "memory": {"guest": "128Mi"},
+                    "devices": {
+                        "autoattachPodInterface": false,
+                        "disks": [
+                            {"name": "containerdisk", "disk": {"bus": "virtio"}},
+                            {"name": "scratch", "disk": {"bus": "virtio"}},
+                        ],
+                    },
                 },
-            },
-            "volumes": [
-                {"name": "containerdisk", "containerDisk": {"image": format!("{registry}/{REPO}")}},
-                {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}},
-            ],
+                "volumes": [
+                    {"name": "containerdisk", "containerDisk": {"image": format!("{registry}/{REPO}")}},
+                    {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}},
+                ],
+            }},
         },
     }))
-    .map_err(|e| format!("VMI manifest: {e}"))
+    .map_err(|e| format!("VM manifest: {e}"))
+}
+
+/// KubeVirt's own virtctl (IRONVIRT_VIRTCTL, built by hack/build-virtctl.sh)
+/// with `kubeconfig`: (exit code, stdout and stderr).
+async fn virtctl(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    args: &[&str],
+) -> Result<(i32, String), String> {
+    let bin = std::env::var_os("IRONVIRT_VIRTCTL")
+        .ok_or("IRONVIRT_VIRTCTL names KubeVirt's virtctl (hack/build-virtctl.sh); run through `make test`")?;
+    let out = tokio::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("virtctl: {e}"))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 async fn console(admin: &kube::Client, ns: &str) -> Result<ApiWs, String> {
@@ -173,8 +207,8 @@ async fn a_running_guest_moves_to_the_other_node_without_a_reboot() {
         let _ = migs
             .delete_collection(&DeleteParams::default(), &Default::default())
             .await;
-        let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
-        let _ = vmis.delete("mover", &DeleteParams::default()).await;
+        let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
+        let _ = vms.delete("mover", &DeleteParams::default()).await;
         let gone = wait_gone(&admin, &ns, "mover", Duration::from_secs(90)).await;
         op.remove(&admin).await;
         let mut stop_errors = Vec::new();
@@ -217,10 +251,11 @@ async fn story(
             .await
             .map_err(|e| format!("{e}; handler log:\n{}", n.handler_log()))?;
     }
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), ns);
-    vmis.create(&PostParams::default(), &guest(registry)?)
+    let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), ns);
+    vms.create(&PostParams::default(), &guest(registry)?)
         .await
         .map_err(|e| format!("create mover: {e}"))?;
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), ns);
     let vmi = wait_phase(&admin, ns, "mover", "Running", BOOT).await?;
     let uid = vmi.uid().ok_or("a VMI without uid")?;
     let source = vmi
@@ -271,18 +306,26 @@ async fn story(
         &format!("guest counting (tick-{last_before}), uptime {up_before:.1} s"),
     );
 
-    // Migrate.
+    // Migrate, with KubeVirt's virtctl, as a user with kubevirt.io:edit.
+    bind(&admin, ns, "mira", "kubevirt.io:edit").await;
+    let kubeconfig = bed
+        .user_kubeconfig("mira", &["dev"])
+        .map_err(|e| e.to_string())?;
+    let (code, out) = virtctl(&kubeconfig, ns, &["migrate", "mover"]).await?;
+    if code != 0 {
+        return Err(format!("virtctl migrate mover: exit {code}: {out}"));
+    }
     let migs: Api<VirtualMachineInstanceMigration> = Api::namespaced(admin.clone(), ns);
-    let m: VirtualMachineInstanceMigration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
-        "metadata": {"generateName": "mover-migration-"},
-        "spec": {"vmiName": "mover"},
-    }))
-    .map_err(|e| e.to_string())?;
-    let m = migs
-        .create(&PostParams::default(), &m)
+    let list = migs
+        .list(&ListParams::default().labels("kubevirt.io/vmi-name=mover"))
         .await
-        .map_err(|e| format!("create the migration: {e}"))?;
+        .map_err(|e| e.to_string())?;
+    let [m] = list.items.as_slice() else {
+        return Err(format!(
+            "virtctl migrate made {} migrations",
+            list.items.len()
+        ));
+    };
     let name = m.name_any();
     let started = Instant::now();
     let mut seen: Vec<MigrationPhase> = Vec::new();
