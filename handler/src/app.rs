@@ -44,6 +44,9 @@ pub struct Config {
     pub advertise_url: Option<String>,
     /// libvirt's `pkipath` for migrations out of this node (None: /etc/pki).
     pub migration_pki_dir: Option<PathBuf>,
+    /// Bandwidth limit of each migration out of this node, MiB/s (None:
+    /// unlimited).
+    pub migration_bandwidth_mib: Option<u64>,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub client_ca: PathBuf,
@@ -232,7 +235,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         .with_volume_policy(cfg.volume_policy.clone())
         .with_images(images, cfg.image_cache_size)
         .with_migration_address(migration_address(&settings_url))
-        .with_migration_pki_dir(cfg.migration_pki_dir.clone()),
+        .with_migration_pki_dir(cfg.migration_pki_dir.clone())
+        .with_migration_bandwidth(cfg.migration_bandwidth_mib),
     );
 
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());

@@ -77,6 +77,8 @@ pub struct Context {
     pub migration_address: Option<String>,
     /// libvirt's `pkipath` for migrations out of this node.
     pub migration_pki_dir: Option<PathBuf>,
+    /// Bandwidth limit of each migration out of this node, MiB/s.
+    pub migration_bandwidth_mib: Option<u64>,
     /// The live migrations this node runs as their source.
     pub migrations: crate::migrate::Outgoing,
 }
@@ -114,6 +116,7 @@ impl Context {
             pull_not_before: Mutex::default(),
             migration_address: None,
             migration_pki_dir: None,
+            migration_bandwidth_mib: None,
             migrations: crate::migrate::Outgoing::default(),
         }
     }
@@ -122,6 +125,12 @@ impl Context {
     /// address, where its libvirtd listens for TLS).
     pub fn with_migration_address(mut self, address: Option<String>) -> Self {
         self.migration_address = address;
+        self
+    }
+
+    /// The same context limiting each migration out to `mib` MiB/s.
+    pub fn with_migration_bandwidth(mut self, mib: Option<u64>) -> Self {
+        self.migration_bandwidth_mib = mib;
         self
     }
 

@@ -58,6 +58,10 @@ struct Args {
     /// qemu+tls://<target node address>/system.
     #[arg(long)]
     migration_pki_dir: Option<PathBuf>,
+    /// Bandwidth limit of each live migration out of this node, in MiB/s
+    /// (KubeVirt's bandwidthPerMigration; 0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    migration_bandwidth_mib: u64,
     /// Serving certificate of the stream server (PEM).
     #[arg(long)]
     tls_cert: PathBuf,
@@ -161,6 +165,8 @@ fn main() -> anyhow::Result<()> {
         listen: args.listen,
         advertise_url: args.advertise_url,
         migration_pki_dir: args.migration_pki_dir,
+        migration_bandwidth_mib: (args.migration_bandwidth_mib > 0)
+            .then_some(args.migration_bandwidth_mib),
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         client_ca: args.client_ca,

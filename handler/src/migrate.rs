@@ -445,6 +445,7 @@ async fn run_source(
     let opts = MigrateOptions {
         copy_disks,
         persistent: true,
+        bandwidth_mib: ctx.migration_bandwidth_mib,
         ..MigrateOptions::default()
     };
     let started = Instant::now();
