@@ -310,10 +310,10 @@ pub async fn on_source(vmi: &Arc<VirtualMachineInstance>, ctx: &Arc<Context>) ->
     match source_step(vmi, &ctx.node, running) {
         SourceStep::Nothing => Ok(()),
         SourceStep::Abort { uid } => {
-            if let Some(flag) = ctx.migrations.abort_flag(&uid) {
-                if !flag.swap(true, Ordering::SeqCst) {
-                    tracing::info!(migration.uid = %uid, "abort requested");
-                }
+            if let Some(flag) = ctx.migrations.abort_flag(&uid)
+                && !flag.swap(true, Ordering::SeqCst)
+            {
+                tracing::info!(migration.uid = %uid, "abort requested");
             }
             Ok(())
         }
@@ -492,16 +492,16 @@ async fn watch(ctx: &Arc<Context>, dname: &str, abort: &AtomicBool, started: Ins
         if !p.active {
             continue;
         }
-        if limit.is_none() {
-            if let Some(total) = p.data_total {
-                limit = Some(completion_timeout(total));
-            }
+        if limit.is_none()
+            && let Some(total) = p.data_total
+        {
+            limit = Some(completion_timeout(total));
         }
-        if let Some(remaining) = p.data_remaining {
-            if best.is_none_or(|b| remaining < b) {
-                best = Some(remaining);
-                best_at = Instant::now();
-            }
+        if let Some(remaining) = p.data_remaining
+            && best.is_none_or(|b| remaining < b)
+        {
+            best = Some(remaining);
+            best_at = Instant::now();
         }
         if best_at.elapsed() > PROGRESS_TIMEOUT {
             return format!(
