@@ -23,6 +23,9 @@ pub struct Settings {
     /// How to reach registries (mirrors, plain HTTP, CAs), for the image
     /// labels `inferFromVolume` reads ([`crate::infer`]); the handlers' file.
     pub registries: ironvirt_images::Registries,
+    /// The evictionStrategy of VMIs that set none (KubeVirt's cluster-wide
+    /// default; None unless configured).
+    pub default_eviction_strategy: ironvirt_crds::vmi::EvictionStrategy,
 }
 
 impl Default for Settings {
@@ -33,6 +36,7 @@ impl Default for Settings {
             node_lease_timeout: Duration::from_secs(60),
             node_label_selector: None,
             registries: ironvirt_images::Registries::default(),
+            default_eviction_strategy: ironvirt_crds::vmi::EvictionStrategy::None,
         }
     }
 }

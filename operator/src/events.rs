@@ -26,11 +26,13 @@ pub enum Reason {
     FailedMigration,
     /// A deleted migration is being aborted.
     MigrationAborting,
+    /// A VMI leaves a cordoned or drained node.
+    Evacuating,
 }
 
 impl Reason {
     /// Every reason, in a stable order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::SuccessfulCreate,
         Reason::FailedCreate,
         Reason::FailedVmi,
@@ -42,6 +44,7 @@ impl Reason {
         Reason::Migrated,
         Reason::FailedMigration,
         Reason::MigrationAborting,
+        Reason::Evacuating,
     ];
 
     /// The Event's `reason` field.
@@ -58,6 +61,7 @@ impl Reason {
             Reason::Migrated => "Migrated",
             Reason::FailedMigration => "FailedMigration",
             Reason::MigrationAborting => "MigrationAborting",
+            Reason::Evacuating => "Evacuating",
         }
     }
 }

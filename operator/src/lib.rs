@@ -10,6 +10,7 @@ pub mod certs;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod evacuation;
 pub mod events;
 pub mod infer;
 pub mod instancetypes;

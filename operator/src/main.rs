@@ -57,8 +57,20 @@ struct Args {
     /// of containerDisk images for `inferFromVolume`.
     #[arg(long)]
     registries_config: Option<std::path::PathBuf>,
+    /// The evictionStrategy of VMIs that set none: None (KubeVirt's
+    /// default), LiveMigrate, LiveMigrateIfPossible or External.
+    #[arg(long, default_value = "None", value_parser = parse_eviction_strategy)]
+    default_eviction_strategy: ironvirt_crds::vmi::EvictionStrategy,
     #[command(flatten)]
     certs: ironvirt_operator::certs::CertArgs,
+}
+
+fn parse_eviction_strategy(s: &str) -> Result<ironvirt_crds::vmi::EvictionStrategy, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!(
+            "{s:?} is not an evictionStrategy: None, LiveMigrate, LiveMigrateIfPossible or External"
+        )
+    })
 }
 
 // One worker thread: the operator's work is I/O-bound and light, and each
@@ -90,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         node_lease_timeout: args.node_lease_timeout,
         node_label_selector: args.node_label_selector.clone(),
         registries,
+        default_eviction_strategy: args.default_eviction_strategy,
     };
     let health = Health::default();
     let ctx = Arc::new(Context::new(

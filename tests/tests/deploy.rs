@@ -383,7 +383,8 @@ async fn the_base_matches_what_the_components_expect() {
     );
 
     // Migrations (issue #18): the operator carries them out (watch, finalizer,
-    // status) but neither creates nor deletes them; ironvirt-api creates them
+    // status) and creates those that evacuate a drained node, but deletes
+    // none; ironvirt-api creates them
     // for virtualmachines/migrate and lists them for the webhook; the
     // handlers never touch them. Users: view reads them, edit and admin also
     // create and cancel (delete) them and may use virtualmachines/migrate.
@@ -403,6 +404,7 @@ async fn the_base_matches_what_the_components_expect() {
             "virtualmachineinstancemigrations/status:get",
             "virtualmachineinstancemigrations/status:patch",
             "virtualmachineinstancemigrations/status:update",
+            "virtualmachineinstancemigrations:create",
             "virtualmachineinstancemigrations:get",
             "virtualmachineinstancemigrations:list",
             "virtualmachineinstancemigrations:patch",

@@ -1,6 +1,7 @@
 //! Wiring: the four controllers on their watches, the health and metrics
 //! server, CRD readiness, and leader election.
 
+pub mod evacuation;
 pub mod migration;
 pub mod placement;
 pub mod pool;
@@ -363,6 +364,11 @@ pub async fn run_controllers(
                 .collect::<Vec<_>>()
         },
     );
+    let evacuation = evacuation::run(
+        mctx.clone(),
+        ctx.settings.default_eviction_strategy,
+        Duration::from_secs(3),
+    );
     let (nodes_m, leases_m) = (nodes.clone(), leases.clone());
     let migration_shutdown = shutdown.clone();
     let migration_controller = async move {
@@ -464,6 +470,7 @@ pub async fn run_controllers(
         _ = rs_controller => {}
         _ = pool_controller => {}
         _ = migration_controller => {}
+        _ = evacuation => {}
         _ = node_stream => {}
         _ = lease_stream => {}
         _ = phases => {}
