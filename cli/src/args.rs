@@ -61,6 +61,11 @@ pub enum Command {
     /// Cancel a VM's unfinished live migration.
     #[command(name = "migrate-cancel")]
     MigrateCancel(MigrateCancelArgs),
+    /// Drain an ironvirt node: cordon it, add the kubevirt.io/drain taint, and
+    /// wait until its VMIs left by their evictionStrategy.
+    Drain(DrainArgs),
+    /// Let a cordoned or drained node take VMIs again.
+    Uncordon(UncordonArgs),
     /// Forward local ports to ports of a VM's guest (TYPE/NAME[.NAMESPACE] [LOCAL:]REMOTE...).
     #[command(name = "port-forward")]
     PortForward(PortForwardArgs),
@@ -251,6 +256,23 @@ pub struct MigrateArgs {
     /// Check the request on the server without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The Node.
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// How long to wait for the VMIs to leave.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct UncordonArgs {
+    /// The Node.
+    #[arg(value_name = "NODE")]
+    pub node: String,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod args;
 pub mod client;
 pub mod console;
 pub mod create;
+pub mod drain;
 pub mod error;
 pub mod expand;
 pub mod migrate;
@@ -72,6 +73,8 @@ pub fn run(cli: Cli, display: &'static str) -> Result<()> {
             Command::Reset(t) => power::vmi_op(ctx, power::VmiOp::Reset, t).await,
             Command::Migrate(a) => migrate::migrate(ctx, a).await,
             Command::MigrateCancel(a) => migrate::cancel(ctx, a).await,
+            Command::Drain(a) => drain::drain(ctx, a).await,
+            Command::Uncordon(a) => drain::uncordon(ctx, a).await,
             Command::Expand(a) => expand::run(ctx, a, &cli.global).await,
             Command::Ui(a) => ui::run(ctx, a).await,
             Command::Version(v) => version::run(Some(ctx), v).await,
