@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::vmi::Condition;
+use crate::vmi::{Condition, VirtualMachineInstanceSpec};
 
 /// The label the migration webhook puts on every migration: the VMI's name
 /// (`virtctl migrate-cancel` finds migrations by it).
@@ -180,6 +180,46 @@ impl VirtualMachineInstanceMigrationState {
     pub fn ended(&self) -> bool {
         self.completed == Some(true) || self.failed == Some(true)
     }
+}
+
+/// Why a VMI of `spec` cannot live-migrate, as the LiveMigratable
+/// condition's (reason, message) with KubeVirt's reasons; None when it can.
+/// What ironvirt moves: containerDisks (the base pulled on the target, the
+/// overlay copied), emptyDisks (copied), cloud-init disks (made again).
+/// What it does not: the pod network (its passt namespace is local to the
+/// node), hostDisks (files on the node, not shared storage) and TPM state.
+pub fn live_migratable(spec: &VirtualMachineInstanceSpec) -> Option<(&'static str, String)> {
+    let devices = spec.domain.devices.as_ref();
+    let interfaces = devices
+        .and_then(|d| d.interfaces.as_deref())
+        .unwrap_or_default();
+    let default_pod = interfaces.is_empty()
+        && spec.networks.as_ref().is_none_or(Vec::is_empty)
+        && devices.and_then(|d| d.autoattach_pod_interface) != Some(false);
+    if default_pod || !interfaces.is_empty() {
+        return Some((
+            "InterfaceNotLiveMigratable",
+            "cannot migrate a VMI with a network interface yet: its passt network namespace is local to the node (set autoattachPodInterface: false and no interfaces for a migratable VMI)".into(),
+        ));
+    }
+    for v in spec.volumes.as_deref().unwrap_or_default() {
+        if v.host_disk.is_some() {
+            return Some((
+                "DisksNotLiveMigratable",
+                format!(
+                    "cannot migrate a VMI with hostDisk {}: the file is on the node, not on shared storage",
+                    v.name
+                ),
+            ));
+        }
+    }
+    if devices.is_some_and(|d| d.tpm.is_some()) {
+        return Some((
+            "TPMNotLiveMigratable",
+            "cannot migrate a VMI with a TPM: its state is local to the node".into(),
+        ));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -112,39 +112,10 @@ pub fn migrated_away(vmi: &VirtualMachineInstance, node: &str) -> bool {
 }
 
 /// Why `vmi` cannot live-migrate, as the LiveMigratable condition's
-/// (reason, message); None when it can.
+/// (reason, message); None when it can
+/// ([`ironvirt_crds::migration::live_migratable`]).
 pub fn live_migratable(vmi: &VirtualMachineInstance) -> Option<(&'static str, String)> {
-    let devices = vmi.spec.domain.devices.as_ref();
-    let interfaces = devices
-        .and_then(|d| d.interfaces.as_deref())
-        .unwrap_or_default();
-    let default_pod = interfaces.is_empty()
-        && vmi.spec.networks.as_ref().is_none_or(Vec::is_empty)
-        && devices.and_then(|d| d.autoattach_pod_interface) != Some(false);
-    if default_pod || !interfaces.is_empty() {
-        return Some((
-            "InterfaceNotLiveMigratable",
-            "cannot migrate a VMI with a network interface yet: its passt network namespace is local to the node (set autoattachPodInterface: false and no interfaces for a migratable VMI)".into(),
-        ));
-    }
-    for v in vmi.spec.volumes.as_deref().unwrap_or_default() {
-        if v.host_disk.is_some() {
-            return Some((
-                "DisksNotLiveMigratable",
-                format!(
-                    "cannot migrate a VMI with hostDisk {}: the file is on the node, not on shared storage",
-                    v.name
-                ),
-            ));
-        }
-    }
-    if devices.is_some_and(|d| d.tpm.is_some()) {
-        return Some((
-            "TPMNotLiveMigratable",
-            "cannot migrate a VMI with a TPM: its state is local to the node".into(),
-        ));
-    }
-    None
+    ironvirt_crds::migration::live_migratable(&vmi.spec)
 }
 
 /// What the source side does now.

@@ -204,7 +204,7 @@ mod tests {
     async fn accepted_fields_without_effect_come_back_as_warnings() {
         let spec = json!({
             "domain": {"memory": {"guest": "64Mi"}, "ioThreadsPolicy": "auto",
-                "devices": {"autoattachPodInterface": false}},
+                "devices": {"autoattachPodInterface": false, "tpm": {}}},
             "evictionStrategy": "LiveMigrate",
         });
         let resp = create(VALIDATE_VMI_PATH, "VirtualMachineInstance", vmi(spec)).await;

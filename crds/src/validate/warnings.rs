@@ -10,9 +10,8 @@ use crate::{
     VirtualMachineInstancePresetSpec, VirtualMachineInstanceReplicaSetSpec, VirtualMachineSpec,
 };
 
-/// `evictionStrategy` other than None.
-pub const EVICTION_STRATEGY: &str =
-    "has no effect: ironvirt cannot live-migrate yet, so the VMI is treated as with None";
+/// `evictionStrategy: LiveMigrate` on a VMI that cannot live-migrate.
+pub const EVICTION_STRATEGY: &str = "LiveMigrate, but the VMI cannot live-migrate (it has a network interface, a hostDisk or a TPM): draining its node waits for it; LiveMigrateIfPossible lets a drain stop it instead";
 /// `priorityClassName`
 pub const PRIORITY_CLASS: &str =
     "has no effect: ironvirt places VMIs without priorities or preemption";
@@ -159,8 +158,8 @@ impl Warnings {
 pub fn vmi_spec(spec: &VirtualMachineInstanceSpec, path: &str) -> Vec<String> {
     let mut w = Warnings(Vec::new());
     w.add(
-        spec.eviction_strategy
-            .is_some_and(|e| e != EvictionStrategy::None),
+        spec.eviction_strategy == Some(EvictionStrategy::LiveMigrate)
+            && crate::migration::live_migratable(spec).is_some(),
         path,
         "evictionStrategy",
         EVICTION_STRATEGY,
@@ -415,6 +414,25 @@ mod tests {
             "domain: {memory: {guest: 1Gi}, devices: {tpm: {}, disks: [{name: a}], interfaces: [{name: n, masquerade: {}, ports: [{port: 22}]}]}}\nnetworks: [{name: n, pod: {}}]\nevictionStrategy: None\naffinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: []}}}",
         );
         assert_eq!(vmi_spec(&s, "spec"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn live_migrate_is_warned_only_where_it_cannot_work() {
+        let movable = spec(
+            "domain: {memory: {guest: 1Gi}, devices: {autoattachPodInterface: false}}\nevictionStrategy: LiveMigrate",
+        );
+        assert_eq!(vmi_spec(&movable, "spec"), Vec::<String>::new());
+        let with_tpm = spec(
+            "domain: {memory: {guest: 1Gi}, devices: {autoattachPodInterface: false, tpm: {}}}\nevictionStrategy: LiveMigrate",
+        );
+        assert_eq!(
+            vmi_spec(&with_tpm, "spec"),
+            [format!("spec.evictionStrategy: {EVICTION_STRATEGY}")]
+        );
+        let if_possible = spec(
+            "domain: {memory: {guest: 1Gi}, devices: {autoattachPodInterface: false, tpm: {}}}\nevictionStrategy: LiveMigrateIfPossible",
+        );
+        assert_eq!(vmi_spec(&if_possible, "spec"), Vec::<String>::new());
     }
 
     #[test]
