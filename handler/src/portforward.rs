@@ -119,7 +119,7 @@ async fn open(
     protocol: String,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let vmi = match running_vmi(&state, &ns, &name) {
+    let vmi = match running_vmi(&state, &ns, &name).await {
         Ok(v) => v,
         Err(r) => return *r,
     };

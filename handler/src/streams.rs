@@ -124,22 +124,48 @@ pub fn router(state: StreamState) -> Router {
         .with_state(state)
 }
 
+/// How long a stream request waits for the VMI cache to catch up: a VMI's
+/// Running status is this handler's own write, which a client can read from
+/// kube-apiserver a moment before the cache's watch delivers it.
+const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The VMI, which must be on this node and running, or the error response.
-pub(crate) fn running_vmi(
+/// A VMI the cache does not have yet, or has as not yet running (and not
+/// finished), is looked up again until [`CACHE_CATCH_UP`] has passed.
+pub(crate) async fn running_vmi(
     state: &StreamState,
     ns: &str,
     name: &str,
 ) -> Result<Arc<VirtualMachineInstance>, Box<Response>> {
-    let vmi = state
-        .vmis
-        .get(&ObjectRef::new(name).within(ns))
-        .ok_or_else(|| {
-            Box::new(status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("VMI {ns}/{name} is not on node {}", state.node),
-            ))
-        })?;
+    let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+    loop {
+        let vmi = state.vmis.get(&ObjectRef::new(name).within(ns));
+        let phase = vmi
+            .as_ref()
+            .and_then(|v| v.status.as_ref())
+            .and_then(|s| s.phase);
+        let settled = matches!(&vmi, Some(_) if phase == Some(Phase::Running))
+            || phase.is_some_and(Phase::is_final);
+        if settled || tokio::time::Instant::now() >= deadline {
+            return running_now(state, vmi, name, ns);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn running_now(
+    state: &StreamState,
+    vmi: Option<Arc<VirtualMachineInstance>>,
+    name: &str,
+    ns: &str,
+) -> Result<Arc<VirtualMachineInstance>, Box<Response>> {
+    let vmi = vmi.ok_or_else(|| {
+        Box::new(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("VMI {ns}/{name} is not on node {}", state.node),
+        ))
+    })?;
     let phase = vmi.status.as_ref().and_then(|s| s.phase);
     if phase != Some(Phase::Running) {
         let shown = phase.map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
@@ -153,8 +179,12 @@ pub(crate) fn running_vmi(
 }
 
 /// The domain of a VMI that runs on this node, or the error response.
-fn running_domain(state: &StreamState, ns: &str, name: &str) -> Result<String, Box<Response>> {
-    running_vmi(state, ns, name)?;
+async fn running_domain(
+    state: &StreamState,
+    ns: &str,
+    name: &str,
+) -> Result<String, Box<Response>> {
+    running_vmi(state, ns, name).await?;
     Ok(domain_name(ns, name))
 }
 
@@ -171,7 +201,7 @@ async fn console(
     Query(q): Query<ConsoleQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let domain = match running_domain(&state, &ns, &name) {
+    let domain = match running_domain(&state, &ns, &name).await {
         Ok(d) => d,
         Err(r) => return *r,
     };
@@ -320,7 +350,7 @@ async fn vnc(
     Query(q): Query<VncQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let domain = match running_domain(&state, &ns, &name) {
+    let domain = match running_domain(&state, &ns, &name).await {
         Ok(d) => d,
         Err(r) => return *r,
     };
@@ -454,7 +484,7 @@ async fn power(
             format!("unknown operation {op:?}; expected pause, unpause, softreboot or reset"),
         );
     };
-    let domain = match running_domain(&state, &ns, &name) {
+    let domain = match running_domain(&state, &ns, &name).await {
         Ok(d) => d,
         Err(r) => return *r,
     };

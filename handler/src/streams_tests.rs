@@ -420,3 +420,42 @@ fn a_vmi_without_a_pod_network_interface_has_nothing_to_forward() {
         "VMI alone has no interface on the pod network (masquerade or bridge): port-forward reaches the guest through it"
     );
 }
+
+/// A client can read a VMI's Running status from kube-apiserver a moment
+/// before the handler's cache has it: a stream request waits for the cache
+/// (the CI run of 1bea697 got 409 "not running" right after Running).
+#[tokio::test]
+async fn a_request_waits_for_the_cache_to_see_the_vmi_running() {
+    let (events, _) = mpsc::channel(16);
+    let libvirt = Libvirt::new("test:///default", events);
+    let consoles = Arc::new(Consoles::new(
+        "test:///default",
+        libvirt.capabilities(),
+        std::env::temp_dir().join("ironvirt-no-consoles"),
+    ));
+    let (store, mut writer): (_, Writer<VirtualMachineInstance>) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(vmi("late", Some("Scheduled"))));
+    let state = StreamState {
+        node: NODE.into(),
+        libvirt,
+        consoles,
+        vmis: store,
+        vnc: Arc::default(),
+        guestnet: Arc::new(crate::guestnet::GuestNet::new(None)),
+    };
+    let flip = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        writer.apply_watcher_event(&watcher::Event::Apply(vmi("late", Some("Running"))));
+        writer
+    });
+    let got = running_vmi(&state, NS, "late").await;
+    assert!(got.is_ok(), "the request did not wait for the cache");
+    let _writer = flip.await.unwrap();
+    // A finished VMI is refused at once.
+    let (_s, mut w) = reflector::store::<VirtualMachineInstance>();
+    w.apply_watcher_event(&watcher::Event::Apply(vmi("done", Some("Succeeded"))));
+    let started = std::time::Instant::now();
+    let state = StreamState { vmis: _s, ..state };
+    assert!(running_vmi(&state, NS, "done").await.is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
