@@ -144,8 +144,7 @@ pub(crate) async fn running_vmi(
             .as_ref()
             .and_then(|v| v.status.as_ref())
             .and_then(|s| s.phase);
-        let settled = matches!(&vmi, Some(_) if phase == Some(Phase::Running))
-            || phase.is_some_and(Phase::is_final);
+        let settled = phase == Some(Phase::Running) || phase.is_some_and(Phase::is_final);
         if settled || tokio::time::Instant::now() >= deadline {
             return running_now(state, vmi, name, ns);
         }
