@@ -117,6 +117,11 @@ mod tests {
                 "Stopping",
                 "FailedScheduling",
                 "NodeUnresponsive",
+                "Migrating",
+                "Migrated",
+                "FailedMigration",
+                "MigrationAborting",
+                "Evacuating",
             ]
         );
     }

@@ -25,6 +25,8 @@ pub struct NodeInfo {
     pub memory_bytes: i64,
     /// When the handler last renewed the node's Lease.
     pub lease_renewed: Option<Timestamp>,
+    /// Cordoned (`spec.unschedulable`): no new VMIs, no migrations in.
+    pub unschedulable: bool,
 }
 
 /// CPU (millicores) and memory (bytes) a VMI reserves.
@@ -38,6 +40,7 @@ pub struct Demand {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rejection {
     HandlerNotReady,
+    Unschedulable,
     NotSchedulable,
     NodeSelectorMismatch,
     UntoleratedTaint(String),
@@ -51,6 +54,7 @@ impl std::fmt::Display for Rejection {
             Rejection::HandlerNotReady => {
                 write!(f, "node(s) had no live ironvirt handler (Lease expired)")
             }
+            Rejection::Unschedulable => write!(f, "node(s) were unschedulable"),
             Rejection::NotSchedulable => {
                 write!(f, "node(s) were not labelled {SCHEDULABLE_LABEL}=true")
             }
@@ -225,6 +229,9 @@ pub fn check_node(
     if !handler_alive(node, now, lease_timeout) {
         return Err(Rejection::HandlerNotReady);
     }
+    if node.unschedulable {
+        return Err(Rejection::Unschedulable);
+    }
     if node.labels.get(SCHEDULABLE_LABEL).map(String::as_str) != Some("true") {
         return Err(Rejection::NotSchedulable);
     }
@@ -335,6 +342,7 @@ pub(crate) mod tests {
             cpu_millis: cpu,
             memory_bytes: mem_mi * 1024 * 1024,
             lease_renewed: Some(at(1000)),
+            unschedulable: false,
         }
     }
 
@@ -455,6 +463,19 @@ pub(crate) mod tests {
             choose(&want, &nodes, &[placed], at(1000), T),
             Ok("n".into())
         );
+    }
+
+    #[test]
+    fn a_cordoned_node_takes_no_vmi() {
+        let v = vmi("  domain: {memory: {guest: 128Mi}}");
+        let mut cordoned = node("a", 1000, 4096);
+        cordoned.unschedulable = true;
+        assert_eq!(
+            choose(&v, &[cordoned.clone()], &[], at(1010), T),
+            Err("0/1 nodes are available: 1 node(s) were unschedulable".into())
+        );
+        let nodes = [cordoned, node("b", 1000, 512)];
+        assert_eq!(choose(&v, &nodes, &[], at(1010), T), Ok("b".into()));
     }
 
     #[test]

@@ -170,6 +170,7 @@ fn node_infos(ctx: &PlacementContext) -> Vec<NodeInfo> {
                 cpu_millis: q("cpu", true),
                 memory_bytes: q("memory", false),
                 lease_renewed: leases.get(&handler_lease_name(&n.name_any())).copied(),
+                unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true),
             }
         })
         .collect()
