@@ -11,6 +11,7 @@ pub mod footprint;
 pub mod handler;
 pub mod hostdisk;
 pub mod kubectl;
+pub mod migration;
 pub mod nodes;
 pub mod operator;
 pub mod outage;
