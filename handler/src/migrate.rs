@@ -52,6 +52,8 @@ pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(150);
 pub const COMPLETION_TIMEOUT_PER_GIB: Duration = Duration::from_secs(150);
 /// How often a running migration's progress is read.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How many times an abort is tried, [`PROGRESS_EVERY`] apart.
+const ABORT_ATTEMPTS: u32 = 10;
 
 /// The longest a migration of `bytes` (memory and copied disks) may run:
 /// [`COMPLETION_TIMEOUT_PER_GIB`] per started GiB, at least one.
@@ -437,8 +439,18 @@ async fn run_source(
             }
             why = &mut watching, if stop_reason.is_none() => {
                 tracing::warn!(domain = %dname, reason = %why, "aborting the migration");
-                if let Err(e) = mig::abort(&ctx.libvirt, &dname).await {
-                    tracing::warn!(domain = %dname, error = %e, "aborting the migration failed");
+                // libvirt refuses an abort before its job has started: try
+                // again for a while (the migration itself goes on in
+                // libvirt meanwhile; a migration that completes first is a
+                // completed one, and the operator hands the VMI over).
+                for attempt in 1..=ABORT_ATTEMPTS {
+                    match mig::abort(&ctx.libvirt, &dname).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(domain = %dname, attempt, error = %e, "aborting the migration failed");
+                            tokio::time::sleep(PROGRESS_EVERY).await;
+                        }
+                    }
                 }
                 stop_reason = Some(why);
             }

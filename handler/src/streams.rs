@@ -220,7 +220,58 @@ async fn console(
     tracing::info!(vmi.namespace = %ns, vmi.name = %name, readonly = q.readonly, "console session");
     bounded(ws)
         .protocols([STREAM_SUBPROTOCOL])
-        .on_upgrade(move |socket| console_session(socket, hub, q.readonly))
+        .on_upgrade(move |socket| {
+            let why = EndReason {
+                vmis: state.vmis.clone(),
+                node: state.node.clone(),
+                at: ObjectRef::new(&name).within(&ns),
+            };
+            console_session(socket, hub, q.readonly, why)
+        })
+}
+
+/// Says why a console ended when its domain went away here.
+struct EndReason {
+    vmis: kube::runtime::reflector::Store<VirtualMachineInstance>,
+    node: String,
+    at: ObjectRef<VirtualMachineInstance>,
+}
+
+impl EndReason {
+    /// "the VMI stopped", or, when a live migration moved the guest, where
+    /// to (the console reconnects there).
+    async fn text(&self) -> String {
+        // The migration's end reaches the cache a moment after the domain
+        // left: look for a little while.
+        for _ in 0..20 {
+            let Some(v) = self.vmis.get(&self.at) else {
+                break;
+            };
+            let leaving = v
+                .status
+                .as_ref()
+                .and_then(|s| s.migration_state.as_ref())
+                .is_some_and(|m| {
+                    m.source_node.as_deref() == Some(self.node.as_str()) && m.failed != Some(true)
+                });
+            if !leaving {
+                break;
+            }
+            if crate::migrate::migrated_away(&v, &self.node) {
+                let to = v
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.migration_state.as_ref())
+                    .and_then(|m| m.target_node.clone())
+                    .unwrap_or_default();
+                return format!(
+                    "the console ended: the VMI migrated to node {to}; open the console again"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        "the console ended: the VMI stopped".to_owned()
+    }
 }
 
 async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
@@ -228,7 +279,7 @@ async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
 }
 
 /// One client of a console hub, until either side goes away.
-async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool) {
+async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool, why: EndReason) {
     let mut att = hub.attach_client();
     let (token, mut writer) = if readonly {
         (0, None)
@@ -265,7 +316,7 @@ async fn console_session(mut ws: WebSocket, hub: Arc<ConsoleHub>, readonly: bool
             },
             changed = att.closed.changed() => {
                 if changed.is_err() || *att.closed.borrow() {
-                    close(&mut ws, 1000, "the console ended: the VMI stopped").await;
+                    close(&mut ws, 1000, &why.text().await).await;
                     break;
                 }
             }

@@ -249,10 +249,23 @@ pub fn plan(mig: &VirtualMachineInstanceMigration, o: &Observed<'_>) -> Plan {
     let target_labelled =
         |v: &VirtualMachineInstance| v.labels().contains_key(MIGRATION_TARGET_NODE_LABEL);
 
-    // Deleted: abort what runs, then let go.
+    // Deleted: abort what runs, then let go. A migration that completed
+    // before the abort took effect still hands the VMI over: the guest runs
+    // on the target.
     if mig.metadata.deletion_timestamp.is_some() {
         let mut p = Plan::default();
         match (o.vmi, state) {
+            (Some(v), Some(s)) if s.completed == Some(true) => {
+                let target = s.target_node.clone().unwrap_or_default();
+                let on_target = v.status.as_ref().and_then(|st| st.node_name.as_deref())
+                    == Some(target.as_str());
+                if !on_target || target_labelled(v) {
+                    p.writes.push(Write::Handover(target));
+                }
+                if has_finalizer {
+                    p.writes.push(Write::RemoveFinalizer);
+                }
+            }
             (Some(_), Some(s)) if !s.ended() => {
                 if s.abort_requested != Some(true) {
                     p.writes.push(Write::RequestAbort);

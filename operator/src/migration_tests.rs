@@ -349,3 +349,23 @@ fn a_new_migration_gets_the_finalizer_first() {
     let p = plan(&m, &observe(Some(&v), &nodes, &used, &[], 1010));
     assert_eq!(p.writes[0], Write::AddFinalizer);
 }
+
+#[test]
+fn a_deleted_migration_that_completed_anyway_still_hands_the_vmi_over() {
+    let nodes = [node("n1", 4000, 4096), node("n2", 4000, 4096)];
+    let used = BTreeMap::new();
+    let mut m = mig(serde_json::json!({"phase": "Running"}));
+    m.metadata.deletion_timestamp = Some(Time(at(1005)));
+    let mut v = with_state(
+        running_on("n1"),
+        serde_json::json!({"migrationUid": "mig-uid", "sourceNode": "n1", "targetNode": "n2",
+            "abortRequested": true, "completed": true}),
+    );
+    v.labels_mut()
+        .insert(MIGRATION_TARGET_NODE_LABEL.into(), "n2".into());
+    let p = plan(&m, &observe(Some(&v), &nodes, &used, &[], 1010));
+    assert_eq!(
+        p.writes,
+        vec![Write::Handover("n2".into()), Write::RemoveFinalizer]
+    );
+}

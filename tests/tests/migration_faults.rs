@@ -607,8 +607,17 @@ async fn console_across(
         }
     };
     timing(t0, &format!("console across the move: {after}"));
-    if let AfterSwitch::Delivering { .. } = after {
-        con.close().await;
+    match &after {
+        AfterSwitch::Delivering { .. } => con.close().await,
+        // A close says where the guest went, so that the user reconnects.
+        AfterSwitch::Closed { reason, .. } | AfterSwitch::ClosedDuring { reason, .. } => {
+            let want = format!("the VMI migrated to node {}", dst.name());
+            if !reason.contains(&want) {
+                return Err(format!(
+                    "the console closed with {reason:?}, want it to say {want:?}"
+                ));
+            }
+        }
     }
 
     // The guest itself went on, and a new console reaches it on the target.
