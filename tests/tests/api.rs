@@ -46,6 +46,7 @@ async fn discovery_lists_the_subresources() {
         "virtualmachines/start",
         "virtualmachines/stop",
         "virtualmachines/restart",
+        "virtualmachines/migrate",
     ] {
         assert!(
             body.contains(&format!("\"{r}\"")),
