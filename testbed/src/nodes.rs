@@ -31,6 +31,10 @@
 //! everything. Records in `<state>/nodes/` say what exists; names carry a
 //! tag derived from the state directory, so that beds never touch each
 //! other's nodes.
+//!
+//! A node's machine can also die and come back ([`kill_node`],
+//! [`restart_node`]: every process killed, its disk kept, booted again with
+//! the same name, address and state; module [`lifecycle`]).
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -46,6 +50,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
 use crate::process::{ProcessError, Supervisor, process_alive};
+
+pub mod lifecycle;
+pub use lifecycle::{kill_node, restart_node};
 
 /// Environment variable choosing the nodes' /24 (`a.b.c.0/24`); unset: the
 /// first /24 of 10.213.0.0/16 that no interface or route of the host uses.
@@ -771,15 +778,34 @@ pub fn start_node(layout: &Layout, spec: &NodeSpec) -> Result<NodeRecord> {
 
 fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRecord) -> Result<()> {
     let started = Instant::now();
+    make_dirs(rec)?;
+    write_config(&rec.dir, &rec.host_uuid)?;
+    write_migration_tls(layout, rec)?;
+    make_namespaces(layout, net, rec, started)?;
+    start_libvirt(layout, rec, started)?;
+    start_services(layout, spec, rec, started)
+}
+
+/// The node's directories and their mount points (idempotent).
+fn make_dirs(rec: &NodeRecord) -> Result<()> {
     for (sub, target) in NODE_MOUNTS {
         let d = rec.dir.join(sub);
         fs::create_dir_all(&d).map_err(io_err(&d))?;
         fs::create_dir_all(target).map_err(io_err(Path::new(target)))?;
     }
-    fs::create_dir_all(rec.handler_state_dir()).map_err(io_err(&rec.dir))?;
-    write_config(&rec.dir, &rec.host_uuid)?;
-    write_migration_tls(layout, rec)?;
+    fs::create_dir_all(rec.handler_state_dir()).map_err(io_err(&rec.dir))
+}
 
+/// The node's network namespace (with its veth onto the bridge), its mount
+/// namespace (with the node's directories over libvirt's and ironvirt's)
+/// and its cgroup partition.
+fn make_namespaces(
+    layout: &Layout,
+    net: &NetRecord,
+    rec: &NodeRecord,
+    started: Instant,
+) -> Result<()> {
+    make_dirs(rec)?;
     // Network: its namespace, loopback up, a veth pair onto the bridge.
     run("ip", ["netns", "add", &rec.netns])?;
     run("ip", ["-n", &rec.netns, "link", "set", "lo", "up"])?;
@@ -865,7 +891,11 @@ fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRec
         )?;
     }
     tracing::info!(node = %rec.name, addr = %rec.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node namespaces ready");
+    Ok(())
+}
 
+/// Starts the node's virtlogd and libvirtd and waits until libvirtd answers.
+fn start_libvirt(layout: &Layout, rec: &NodeRecord, started: Instant) -> Result<()> {
     let sup = supervisor(layout);
     let wrapper = rec.wrapper();
     sup.spawn_in(
@@ -889,7 +919,7 @@ fn start_locked(layout: &Layout, spec: &NodeSpec, net: &NetRecord, rec: &NodeRec
     )?;
     wait_libvirtd(&sup, rec, libvirtd.pid)?;
     tracing::info!(node = %rec.name, uri = %rec.libvirt_uri(), elapsed_ms = started.elapsed().as_millis() as u64, "node libvirtd ready");
-    start_services(layout, spec, rec, started)
+    Ok(())
 }
 
 /// Whether node `rec` still runs: its namespaces, veth and bridge exist,
@@ -1321,20 +1351,7 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
     keep(kill_all_in(&rec.name, &ids));
     cgroups.insert(format!("machine/{}", node_cgroup(&tag(layout), &rec.name)));
     remove_cgroups(&cgroups);
-    if ns_identity(&rec.mntns).is_some() {
-        keep(
-            nix::mount::umount2(&rec.mntns, MntFlags::MNT_DETACH).map_err(|e| NodeError::Io {
-                path: rec.mntns.clone(),
-                source: e.into(),
-            }),
-        );
-    }
-    let _ = fs::remove_file(&rec.mntns);
-    // The veth pair first (its other end goes with it), then the namespace.
-    keep(delete_link(&rec.veth));
-    if Path::new("/run/netns").join(&rec.netns).exists() {
-        keep(run("ip", ["netns", "delete", &rec.netns]).map(drop));
-    }
+    keep(remove_namespaces(&rec));
     // Mounts of the node's directories in this namespace (none unless
     // someone bound them here).
     for m in mounts_under(&rec.dir) {
@@ -1363,6 +1380,31 @@ fn stop_node_locked(layout: &Layout, name: &str) -> Result<()> {
     }
     tracing::info!(node = %rec.name, "node stopped and removed");
     Ok(())
+}
+
+/// Removes the node's mount namespace (its file), veth pair and network
+/// namespace, those that exist; tries each, returns the first error.
+fn remove_namespaces(rec: &NodeRecord) -> Result<()> {
+    let mut first_err = None;
+    if ns_identity(&rec.mntns).is_some()
+        && let Err(e) = nix::mount::umount2(&rec.mntns, MntFlags::MNT_DETACH)
+    {
+        first_err.get_or_insert(NodeError::Io {
+            path: rec.mntns.clone(),
+            source: e.into(),
+        });
+    }
+    let _ = fs::remove_file(&rec.mntns);
+    // The veth pair first (its other end goes with it), then the namespace.
+    if let Err(e) = delete_link(&rec.veth) {
+        first_err.get_or_insert(e);
+    }
+    if Path::new("/run/netns").join(&rec.netns).exists()
+        && let Err(e) = run("ip", ["netns", "delete", &rec.netns])
+    {
+        first_err.get_or_insert(e);
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 fn remove_net_locked(layout: &Layout) -> Result<()> {
