@@ -29,6 +29,11 @@ impl NsOperator {
     /// Starts the debug operator for `ns`, placing onto the nodes labelled for
     /// `ns`, with leader-election Lease `default/<lease>`.
     pub fn start(bed: &TestBed, ns: &str, lease: &str) -> NsOperator {
+        Self::start_with(bed, ns, lease, &[])
+    }
+
+    /// [`NsOperator::start`] with more arguments (`--node-lease-timeout`, …).
+    pub fn start_with(bed: &TestBed, ns: &str, lease: &str, args: &[&str]) -> NsOperator {
         let bin = crate::operator::target_dir()
             .join("debug")
             .join("ironvirt-operator");
@@ -48,6 +53,7 @@ impl NsOperator {
             .args(["--leader-election-name", lease])
             .args(["--identity", lease])
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("operator log file"))
             .stderr(file)

@@ -7,6 +7,12 @@
 //! bed's `pids/`, so that `make stop` (`ironvirt-testbed down`) also removes
 //! what a test that crashed left.
 //!
+//! A node's machine can die and come back: [`TestNode::kill`] kills every
+//! process of it with SIGKILL, keeping its disk (directories, libvirt's
+//! domain definitions, the handler's state); [`TestNode::restart`] boots it
+//! again with the same name, address and state
+//! ([`ironvirt_testbed::nodes::lifecycle`]).
+//!
 //! The handler runs as [`crate::handler::Handler`] runs it: its node's own
 //! identity, `--register-node` with the test namespace's label (for that
 //! namespace's operator, [`crate::e2e::NsOperator`]) and
@@ -36,9 +42,11 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub struct TestNode {
     layout: Layout,
     pub record: NodeRecord,
-    /// The pids of its processes when it started (virtlogd, libvirtd,
-    /// forwarder, handler).
+    /// The pids of its processes (virtlogd, libvirtd, forwarder, handler)
+    /// of each start, the first one's first.
     pub pids: Vec<u32>,
+    /// What it was started with (for [`TestNode::restart`]).
+    spec: NodeSpec,
     stopped: bool,
 }
 
@@ -141,22 +149,42 @@ impl TestNode {
         };
         let layout = bed.layout().clone();
         let record = nodes::start_node(&layout, &spec).map_err(|e| e.to_string())?;
-        let wanted: Vec<String> = nodes::NODE_PROCESSES
-            .iter()
-            .map(|p| record.process(p))
-            .collect();
-        let pids = Supervisor::new(layout.pids(), layout.logs())
-            .recorded()
-            .into_iter()
-            .filter(|r| wanted.contains(&r.name))
-            .map(|r| r.pid)
-            .collect();
+        let pids = node_pids(&layout, &record);
         Ok(TestNode {
             layout,
             record,
             pids,
+            spec,
             stopped: false,
         })
+    }
+
+    /// Kills the node's machine: SIGKILL to every process of it (handler,
+    /// virtlogd, libvirtd, forwarder, QEMU, passt, …) at once, and its
+    /// address off the bridge; its directories, libvirt's domain
+    /// definitions and the handler's state stay. The pids killed.
+    pub fn kill(&mut self) -> Result<Vec<u32>, String> {
+        if self.stopped {
+            return Err(format!("node {} was stopped", self.record.name));
+        }
+        nodes::kill_node(&self.layout, &self.record.name).map_err(|e| e.to_string())
+    }
+
+    /// Boots the node again after [`TestNode::kill`] (blocking): the same
+    /// name, address and directories, a fresh `/run`, then virtlogd,
+    /// libvirtd, forwarder and a handler with the arguments it started
+    /// with. A node that runs is killed first.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if self.stopped {
+            return Err(format!("node {} was stopped", self.record.name));
+        }
+        self.record = nodes::restart_node(&self.layout, &self.spec).map_err(|e| e.to_string())?;
+        for pid in node_pids(&self.layout, &self.record) {
+            if !self.pids.contains(&pid) {
+                self.pids.push(pid);
+            }
+        }
+        Ok(())
     }
 
     /// Starts `count` nodes `<prefix>-1` … `<prefix>-<count>` for test
@@ -217,6 +245,11 @@ impl TestNode {
         Ok(())
     }
 
+    /// The cgroups libvirt made for the node's domains that exist now.
+    pub fn domain_cgroups(&self) -> Vec<PathBuf> {
+        nodes::lifecycle::domain_cgroups(&self.layout, &self.record.name)
+    }
+
     /// What is left of the node on the machine after [`TestNode::stop`]:
     /// its network namespace, veth, mount-namespace file or mounts, a
     /// process of it still running; empty when nothing is.
@@ -253,6 +286,20 @@ impl Drop for TestNode {
             eprintln!("stopping node {}: {e}", self.record.name);
         }
     }
+}
+
+/// The pids of the node's supervised processes now.
+fn node_pids(layout: &Layout, record: &NodeRecord) -> Vec<u32> {
+    let wanted: Vec<String> = nodes::NODE_PROCESSES
+        .iter()
+        .map(|p| record.process(p))
+        .collect();
+    Supervisor::new(layout.pids(), layout.logs())
+        .recorded()
+        .into_iter()
+        .filter(|r| wanted.contains(&r.name))
+        .map(|r| r.pid)
+        .collect()
 }
 
 /// Deletes the Node `name` and its Leases.
