@@ -91,7 +91,11 @@ async fn reconcile_inner(
             name: stale,
             uid: stale_uid,
         } => {
-            tracing::info!(domain = %stale, stale.uid = %stale_uid, "removing the domain of an older VMI of the same name");
+            if stale_uid == uid {
+                tracing::info!(domain = %stale, "removing the domain of a VMI failed while this node was away");
+            } else {
+                tracing::info!(domain = %stale, stale.uid = %stale_uid, "removing the domain of an older VMI of the same name");
+            }
             close_console(ctx, &stale).await;
             ctx.libvirt
                 .call(move |c| libvirt::destroy_and_undefine(c, &stale))

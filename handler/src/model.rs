@@ -55,6 +55,14 @@ fn phase(vmi: &VirtualMachineInstance) -> Option<Phase> {
     vmi.status.as_ref().and_then(|s| s.phase)
 }
 
+/// Whether the VMI was failed because its node stopped renewing its Lease
+/// (the operator's reason NodeUnresponsive).
+fn failed_while_away(vmi: &VirtualMachineInstance) -> bool {
+    let status = vmi.status.as_ref();
+    status.and_then(|s| s.phase) == Some(Phase::Failed)
+        && status.and_then(|s| s.reason.as_deref()) == Some("NodeUnresponsive")
+}
+
 fn status_node(vmi: &VirtualMachineInstance) -> Option<&str> {
     vmi.status.as_ref().and_then(|s| s.node_name.as_deref())
 }
@@ -113,6 +121,14 @@ pub fn plan(
         Some(p) if p.is_final() => match ours {
             // Failed elsewhere (NodeUnresponsive) while the guest still runs here.
             Some(d) if active(d.state) => Step::Destroy,
+            // Failed by the control plane while this node was away (its
+            // handler stopped renewing its Lease): the VMI never runs here
+            // again, so neither its definition nor its files stay (fencing:
+            // a node that comes back keeps nothing of what moved on).
+            Some(d) if failed_while_away(vmi) => Step::RemoveStale {
+                name: d.name.clone(),
+                uid: d.owner.uid.clone(),
+            },
             _ => Step::Ignore,
         },
         Some(Phase::Scheduled) => match (ours, stale) {
@@ -445,6 +461,35 @@ mod tests {
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn a_node_back_from_the_dead_removes_what_was_failed_meanwhile() {
+        let fenced = vmi(&format!(
+            "status: {{phase: Failed, reason: NodeUnresponsive, nodeName: {NODE}}}\n"
+        ));
+        // Still running (a partition, not a crash): destroyed first.
+        let running = dom("u1", DomState::Running);
+        assert_eq!(
+            plan(&fenced, NODE, Some(&running), false, at(0)),
+            Step::Destroy
+        );
+        // Shut off (the machine died): undefined, with its files.
+        let off = dom("u1", DomState::Shutoff(Shutoff::Destroyed));
+        assert_eq!(
+            plan(&fenced, NODE, Some(&off), false, at(0)),
+            Step::RemoveStale {
+                name: "ironvirt-ns_v".into(),
+                uid: "u1".into()
+            }
+        );
+        assert_eq!(plan(&fenced, NODE, None, false, at(0)), Step::Ignore);
+        // A VMI that ended by itself keeps its domain until it is deleted.
+        let done = vmi(&format!(
+            "status: {{phase: Succeeded, reason: GuestShutdown, nodeName: {NODE}}}\n"
+        ));
+        let off = dom("u1", DomState::Shutoff(Shutoff::Shutdown));
+        assert_eq!(plan(&done, NODE, Some(&off), false, at(0)), Step::Ignore);
     }
 
     #[test]
