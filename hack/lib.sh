@@ -370,3 +370,26 @@ YAML
   install_instancetypes "$state" || return 1
   echo "$port"
 }
+
+# kubelet_bin_dir: where hack/build-kubelet.sh caches kubelet (issue #21, the
+# bed's kubelet node), keyed by the control plane's version.
+kubelet_bin_dir() {
+  echo "$IRONVIRT_CACHE/kubelet/$K8S_VERSION/bin"
+}
+
+# install_node_packages: Debian's containerd, runc and CNI plugins, which a
+# kubelet node (make run-node, make test-node) needs; installed only then.
+install_node_packages() {
+  local p missing=()
+  for p in containerd runc containernetworking-plugins; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  [[ $(id -u) -eq 0 ]] || die "a kubelet node needs Debian packages (${missing[*]}); install them as root with apt-get."
+  command -v apt-get >/dev/null || die "apt-get not found: a kubelet node needs ${missing[*]} from Debian."
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq || die "apt-get update failed; check that Debian's package mirror is reachable."
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed; see the output above."
+}
