@@ -13,6 +13,7 @@ pub mod forward;
 pub mod guest;
 pub mod handlers;
 pub mod harness;
+pub mod kubelet;
 pub mod layout;
 pub mod libvirt;
 pub mod nodes;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ironvirt_testbed::controlplane::{self, Binaries, UpOptions};
 use ironvirt_testbed::harness::write_user_kubeconfig;
+use ironvirt_testbed::kubelet;
 use ironvirt_testbed::layout::{ClusterInfo, Layout, STATE_ENV};
 use ironvirt_testbed::nodes;
 
@@ -101,6 +102,27 @@ enum Cmd {
         /// Created once every port listens.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+    },
+    /// Start a kubelet node NAME (issue #21): kubelet with Debian's
+    /// containerd and runc, registered as node NAME; waits until it is Ready
+    /// and prints the node's directory. `down` (make stop) stops it.
+    KubeletUp {
+        name: String,
+        /// The kubelet binary (hack/build-kubelet.sh prints it).
+        #[arg(long, env = "IRONVIRT_KUBELET_BIN")]
+        kubelet: PathBuf,
+        /// Seconds to wait for the node to be Ready.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+    /// Stop kubelet node NAME and remove what it made (containers, mounts).
+    KubeletDown { name: String },
+    /// Run kubelet node NAME's containerd and kubelet in the foreground until
+    /// SIGTERM (what kubelet-up starts under the supervisor).
+    KubeletRun {
+        name: String,
+        #[arg(long)]
+        kubelet: PathBuf,
     },
     /// Mint a client certificate (CN = user, O = groups) and print its kubeconfig's path.
     User {
@@ -268,6 +290,26 @@ async fn main() -> anyhow::Result<()> {
             }
             ironvirt_testbed::forward::serve(listeners).await?;
         }
+        Cmd::KubeletUp {
+            name,
+            kubelet,
+            timeout,
+        } => {
+            let spec = kubelet::NodeSpec {
+                name,
+                kubelet,
+                testbed: std::env::current_exe().context("this program's path")?,
+            };
+            let paths =
+                kubelet::up(&layout, &spec, std::time::Duration::from_secs(timeout)).await?;
+            println!("{}", paths.root().display());
+        }
+        Cmd::KubeletDown { name } => {
+            tokio::task::spawn_blocking(move || kubelet::down(&layout, &name))
+                .await
+                .context("kubelet-down")??;
+        }
+        Cmd::KubeletRun { name, kubelet } => kubelet::run(&layout, &name, &kubelet).await?,
         Cmd::User { name, groups } => {
             let info = ClusterInfo::load(&layout).with_context(|| {
                 format!("the test bed in {} is not running", layout.root().display())
