@@ -69,3 +69,10 @@ fuzz: ## Parser fuzzing: 100,000 cases per property (RFB client, websocket frame
 
 clean-state: stop ## Stop and remove the state directories (.state/)
 	rm -rf .state
+
+.PHONY: run-node test-node
+run-node: ## A real kubelet node (containerd + runc) in the bed of `make run`, starting that bed first when it is not up (KUBELET_NODE=kubelet-1)
+	@hack/run-node.sh
+
+test-node: ## The kubelet node's bed test (tests/tests/kubelet_node.rs) on a control plane of its own; not part of `make test` yet
+	@hack/test-node.sh

@@ -1,0 +1,214 @@
+//! A real kubelet node in the test bed (issue #21, phase 1): kubelet v1.36
+//! with Debian's containerd and runc, started through the testbed crate
+//! (`ironvirt_testbed::kubelet`).
+//!
+//! - The node registers and turns Ready.
+//! - A hostNetwork pod with the locally imported busybox image (no registry)
+//!   runs on it, and its log, read through kube-apiserver (which dials the
+//!   kubelet at its InternalIP and verifies its certificate), holds what it
+//!   printed, and its ServiceAccount token is mounted.
+//! - The pod is deleted and goes; the node stops, and nothing of it is left:
+//!   no process mentioning its directory, no mount under it.
+//!
+//! Gated: runs only with IRONVIRT_KUBELET_NODE=1 (`make test-node` sets it,
+//! with IRONVIRT_KUBELET_BIN); otherwise it prints why and passes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ironvirt_testbed::kubelet::{self, NodeSpec, config::BUSYBOX_IMAGE};
+use ironvirt_tests::TestBed;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+
+const NODE: &str = "kubelet-test";
+const MARKER: &str = "IRONVIRT-KUBELET-POD-OK";
+
+fn gate() -> bool {
+    if std::env::var("IRONVIRT_KUBELET_NODE").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED kubelet_node: set IRONVIRT_KUBELET_NODE=1 to run it (`make test-node` does, on a bed of its own)"
+    );
+    false
+}
+
+fn spec() -> Result<NodeSpec, String> {
+    let kubelet = std::env::var_os("IRONVIRT_KUBELET_BIN")
+        .map(PathBuf::from)
+        .ok_or(
+            "IRONVIRT_KUBELET_BIN is not set: the kubelet binary (hack/build-kubelet.sh prints it)",
+        )?;
+    let testbed = std::env::var_os("IRONVIRT_TESTBED_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ironvirt-testbed")
+        });
+    Ok(NodeSpec {
+        name: NODE.into(),
+        kubelet,
+        testbed,
+    })
+}
+
+/// Stops the node when the test ends, whatever happened.
+struct StopNode(ironvirt_testbed::Layout);
+
+impl Drop for StopNode {
+    fn drop(&mut self) {
+        if let Err(e) = kubelet::down(&self.0, NODE) {
+            eprintln!("stopping kubelet node {NODE}: {e}");
+        }
+    }
+}
+
+fn pod(ns: &str) -> Result<Pod, String> {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hello", "namespace": ns},
+        "spec": {
+            "nodeName": NODE,
+            "hostNetwork": true,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "hello",
+                "image": BUSYBOX_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", format!("echo {MARKER} on $(cat /proc/sys/kernel/hostname); ls /var/run/secrets/kubernetes.io/serviceaccount")],
+            }],
+        },
+    }))
+    .map_err(|e| format!("pod manifest: {e}"))
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_kubelet_node_turns_ready_and_runs_a_host_network_pod() {
+    if !gate() {
+        return;
+    }
+    let bed = TestBed::shared()
+        .await
+        .expect("the test bed (IRONVIRT_STATE)");
+    let spec = spec().expect("kubelet node binaries");
+    let layout = bed.layout().clone();
+    let t0 = Instant::now();
+    let guard = StopNode(layout.clone());
+    let paths = kubelet::up(&layout, &spec, Duration::from_secs(240))
+        .await
+        .expect("kubelet node Ready");
+    eprintln!(
+        "kubelet node {NODE} Ready in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let nodes: Api<Node> = Api::all(bed.admin());
+    let node = nodes.get(NODE).await.expect("the Node");
+    let addrs = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.clone())
+        .unwrap_or_default();
+    // kubelet refuses a loopback node IP: the node has 10.214.0.x on lo.
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address.starts_with("10.214.0.")),
+        "node addresses: {addrs:?}"
+    );
+
+    bed.with_namespace("kubelet-node", |ns| {
+        let admin = bed.admin();
+        async move {
+            let pods: Api<Pod> = Api::namespaced(admin, &ns);
+            let manifest = pod(&ns)?;
+            // The namespace's ServiceAccount comes from kube-controller-manager.
+            wait_for("the pod to be created", Duration::from_secs(30), || {
+                let pods = pods.clone();
+                let manifest = manifest.clone();
+                async move { pods.create(&PostParams::default(), &manifest).await.ok() }
+            })
+            .await?;
+            let t1 = Instant::now();
+            let phase = wait_for("the pod to finish", Duration::from_secs(120), || {
+                let pods = pods.clone();
+                async move {
+                    let p = pods.get("hello").await.ok()?;
+                    let phase = p.status?.phase?;
+                    matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+                }
+            })
+            .await?;
+            eprintln!(
+                "pod hello {phase} after {:.1} s",
+                t1.elapsed().as_secs_f64()
+            );
+            let logs = pods
+                .logs("hello", &LogParams::default())
+                .await
+                .map_err(|e| format!("pod logs through kube-apiserver: {e}"))?;
+            eprintln!("pod log:\n{logs}");
+            if phase != "Succeeded" {
+                return Err(format!("pod hello ended {phase}; log: {logs}"));
+            }
+            if !logs.contains(MARKER) || !logs.contains("token") {
+                return Err(format!("the pod's log lacks {MARKER} or its token: {logs}"));
+            }
+            pods.delete("hello", &DeleteParams::default())
+                .await
+                .map_err(|e| format!("deleting the pod: {e}"))?;
+            wait_for("the pod to be gone", Duration::from_secs(60), || {
+                let pods = pods.clone();
+                async move { matches!(pods.get_opt("hello").await, Ok(None)).then_some(()) }
+            })
+            .await?;
+            Ok::<(), String>(())
+        }
+    })
+    .await;
+
+    let t2 = Instant::now();
+    drop(guard);
+    eprintln!(
+        "kubelet node {NODE} stopped in {:.1} s",
+        t2.elapsed().as_secs_f64()
+    );
+    let root = paths.root().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
+    assert!(left.is_empty(), "mounts left under {root}: {left:#?}");
+    let mut procs = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|s| s.parse::<u32>().is_ok())
+        {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&root) {
+                procs.push(cmd);
+            }
+        }
+    }
+    assert!(procs.is_empty(), "processes left: {procs:#?}");
+    let _ = nodes.delete(NODE, &DeleteParams::default()).await;
+}
