@@ -225,7 +225,9 @@ pub async fn ensure_apiserver_reaches_kubelets(layout: &Layout, info: &ClusterIn
     tracing::info!("restarting kube-apiserver with the kubelet flags {extra:?}");
     let mut new_args = controlplane::apiserver_args(layout, api_port, etcd_port);
     new_args.extend(extra);
-    sup.stop(APISERVER, Duration::from_secs(15))?;
+    // Its watches keep it from exiting on SIGTERM for long; etcd holds the
+    // state, so a short grace is enough.
+    sup.stop(APISERVER, Duration::from_secs(3))?;
     sup.spawn(APISERVER, &rec.exe, &new_args, &[])?;
     let client = controlplane::client_from_kubeconfig(&info.kubeconfig).await?;
     controlplane::wait_ready(&sup, APISERVER, 90, || {
