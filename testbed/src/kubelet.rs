@@ -659,14 +659,14 @@ fn netns_names() -> Vec<String> {
 }
 
 /// Processes whose command line mentions `dir` (containerd, its shims,
-/// kubelet), with their descendants (the containers), children first.
-fn processes_of(dir: &Path) -> Vec<u32> {
+/// kubelet), and separately their descendants (the containers).
+fn processes_of(dir: &Path) -> (Vec<u32>, Vec<u32>) {
     let needle = dir.to_string_lossy().into_owned();
     let mut parent = Vec::new();
     let mut roots = Vec::new();
     let me = std::process::id();
     let Ok(rd) = fs::read_dir("/proc") else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     for e in rd.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -688,7 +688,6 @@ fn processes_of(dir: &Path) -> Vec<u32> {
             roots.push(pid);
         }
     }
-    // Descendants, breadth first; returned deepest first.
     let mut all = roots.clone();
     let mut i = 0;
     while i < all.len() {
@@ -700,8 +699,42 @@ fn processes_of(dir: &Path) -> Vec<u32> {
         }
         i += 1;
     }
-    all.reverse();
-    all
+    let descendants = all.split_off(roots.len());
+    (roots, descendants)
+}
+
+/// Kills the node's processes: first its containers (SIGKILL: a container's
+/// init ignores SIGTERM), then containerd, shims and kubelet (SIGTERM, then
+/// SIGKILL). Every process seen is remembered: a container whose shim died
+/// is no longer a descendant of anything of the node.
+fn kill_processes(root: &Path, ids: &[String]) {
+    let mut seen: Vec<u32> = Vec::new();
+    for round in 0..3 {
+        let (roots, mut descendants) = processes_of(root);
+        // What still runs in the containers' cgroups, whoever its parent.
+        descendants.extend(cgroup_pids(ids));
+        for p in roots.iter().chain(&descendants) {
+            if !seen.contains(p) {
+                seen.push(*p);
+            }
+        }
+        let alive: Vec<u32> = seen.iter().copied().filter(|p| process_alive(*p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        for pid in &alive {
+            let sig = if round == 0 && roots.contains(pid) {
+                Signal::SIGTERM
+            } else {
+                Signal::SIGKILL
+            };
+            let _ = kill(Pid::from_raw(*pid as i32), sig);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && alive.iter().any(|p| process_alive(*p)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Removes whatever a node left: its processes (containerd, shims,
@@ -710,26 +743,8 @@ fn processes_of(dir: &Path) -> Vec<u32> {
 /// cgroups of its containers; restores the host sysctls. Safe to repeat.
 pub fn sweep(paths: &NodePaths) {
     let root = paths.root();
-    for round in 0..3 {
-        let pids = processes_of(root);
-        if pids.is_empty() {
-            break;
-        }
-        for pid in &pids {
-            let _ = kill(
-                Pid::from_raw(*pid as i32),
-                if round == 0 {
-                    Signal::SIGTERM
-                } else {
-                    Signal::SIGKILL
-                },
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && pids.iter().any(|p| process_alive(*p)) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let ids = container_ids(paths);
+    kill_processes(root, &ids);
     for m in crate::nodes::mounts_under(root) {
         if let Err(e) = nix::mount::umount2(&m, MntFlags::MNT_DETACH) {
             tracing::warn!(mount = %m.display(), error = %e, "could not unmount");
@@ -754,7 +769,7 @@ pub fn sweep(paths: &NodePaths) {
             }
         }
     }
-    remove_container_cgroups(paths);
+    remove_container_cgroups(&ids);
     remove_node_ip(paths);
     restore_sysctls(paths);
     let created = paths.root().join("var-log-containers.created");
@@ -771,25 +786,68 @@ pub fn sweep(paths: &NodePaths) {
     }
 }
 
-/// The ids of the containers the node's containerd ran (its snapshot and
-/// task directories), whose cgroups runc made under `/sys/fs/cgroup/*/k8s.io/`.
-fn remove_container_cgroups(paths: &NodePaths) {
-    let ids_file = paths.root().join("container-ids");
-    let Ok(text) = fs::read_to_string(&ids_file) else {
-        return;
+/// The ids of the containers and sandboxes the node's containerd knows
+/// (its CRI store and its tasks' state): runc names their cgroups
+/// `/k8s.io/<id>` in every hierarchy.
+fn container_ids(paths: &NodePaths) -> Vec<String> {
+    let dir = paths.containerd_dir();
+    let mut ids = Vec::new();
+    for d in [
+        dir.join("root/io.containerd.grpc.v1.cri/containers"),
+        dir.join("root/io.containerd.grpc.v1.cri/sandboxes"),
+        dir.join("state/io.containerd.runtime.v2.task/k8s.io"),
+    ] {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if let Some(id) = e.file_name().to_str()
+                && id.len() == 64
+                && id.bytes().all(|b| b.is_ascii_hexdigit())
+                && !ids.iter().any(|i| i == id)
+            {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
+/// The processes in the cgroups `/k8s.io/<id>` of `ids`, in any hierarchy.
+fn cgroup_pids(ids: &[String]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(ctrls) = fs::read_dir("/sys/fs/cgroup") else {
+        return pids;
     };
-    let ids: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    for c in ctrls.flatten() {
+        for id in ids {
+            let procs = c.path().join("k8s.io").join(id).join("cgroup.procs");
+            for p in fs::read_to_string(procs).unwrap_or_default().lines() {
+                if let Ok(pid) = p.trim().parse::<u32>()
+                    && !pids.contains(&pid)
+                {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// Removes the (empty) cgroups of `ids` under `/sys/fs/cgroup/*/k8s.io/`,
+/// and that directory when nothing else is left in it.
+fn remove_container_cgroups(ids: &[String]) {
     let Ok(ctrls) = fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
     for c in ctrls.flatten() {
         let base = c.path().join("k8s.io");
-        for id in &ids {
+        if !base.is_dir() {
+            continue;
+        }
+        for id in ids {
             let _ = fs::remove_dir(base.join(id));
         }
         let _ = fs::remove_dir(&base);
     }
-    let _ = fs::remove_file(ids_file);
 }
 
 /// `ironvirt-testbed kubelet-run NAME`: runs the node's containerd and
@@ -939,7 +997,6 @@ fn remove_containers(paths: &NodePaths) {
         return;
     };
     let ids: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
-    let _ = fs::write(paths.root().join("container-ids"), ids.join("\n"));
     for id in &ids {
         let _ = ctr(paths, &["tasks", "kill", "--signal", "SIGKILL", id]);
     }
