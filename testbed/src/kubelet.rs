@@ -469,11 +469,7 @@ pub async fn up(layout: &Layout, spec: &NodeSpec, timeout: Duration) -> Result<N
     ] {
         if !p.is_file() {
             return Err(KubeletError::Missing {
-                what: if what == "kubelet" {
-                    "kubelet"
-                } else {
-                    "ironvirt-testbed"
-                },
+                what,
                 path: p.clone(),
                 hint: "build it first (hack/build-kubelet.sh, cargo build)",
             });
