@@ -774,12 +774,37 @@ pub fn sweep(paths: &NodePaths) {
         let _ = fs::remove_dir("/var/log/containers");
         let _ = fs::remove_file(created);
     }
-    let created = paths.root().join("run-containerd.created");
+    let created = Path::new(RUN_CONTAINERD_MARKER);
     if created.exists() {
-        // Made by this node for its bind mount; removed when still empty.
-        let _ = fs::remove_dir("/run/containerd");
-        let _ = fs::remove_file(created);
+        // Made by this node for its bind mount; removed when still empty and
+        // no other node's containerd has its namespace's /run/containerd
+        // mounted there (removing it would detach that mount).
+        if !other_node_containerd_runs() && fs::remove_dir("/run/containerd").is_ok() {
+            let _ = fs::remove_file(created);
+        }
     }
+}
+
+/// Says that a kubelet node (of any bed) created /run/containerd, which the
+/// last node to stop removes. On the host, beside that directory.
+const RUN_CONTAINERD_MARKER: &str = "/run/containerd.made-by-ironvirt-kubelet";
+
+/// Whether a containerd of some kubelet node (of any bed) runs.
+fn other_node_containerd_runs() -> bool {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|s| s.parse::<u32>().is_ok())
+            && fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("containerd\0")
+                    && c.contains("/kubelet/")
+                    && c.contains("/containerd/config.toml")
+            })
+    })
 }
 
 /// The ids of the containers and sandboxes the node's containerd knows
@@ -893,7 +918,7 @@ pub async fn run(layout: &Layout, name: &str, kubelet: &Path) -> Result<()> {
     }
     if !Path::new("/run/containerd").exists() {
         fs::create_dir_all("/run/containerd").map_err(io("/run/containerd"))?;
-        let _ = fs::write(paths.root().join("run-containerd.created"), "");
+        let _ = fs::write(RUN_CONTAINERD_MARKER, "");
     }
     let containerd_log = format!("containerd-{name}");
     let mut containerd = spawn_logged(
