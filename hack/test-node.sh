@@ -24,7 +24,7 @@ IRONVIRT_STATE="$state" "$TESTBED" up --etcd-bin "$ETCD_BIN" --k8s-bin "$K8S_BIN
 log "cargo test --test kubelet_node"
 rc=0
 IRONVIRT_STATE="$state" IRONVIRT_KUBELET_NODE=1 IRONVIRT_KUBELET_BIN="$kubelet" IRONVIRT_TESTBED_BIN="$TESTBED" \
-  cargo test -p ironvirt-tests --test kubelet_node -- --nocapture --test-threads=1 || rc=$?
+  cargo test -p ironvirt-tests --test kubelet_node -- --ignored --nocapture --test-threads=1 || rc=$?
 testbed_down "$state" || rc=1
 trap - EXIT
 left="$(pgrep -a -r R,S,D,T -f "$state/" || true)"
