@@ -76,3 +76,7 @@ run-node: ## A real kubelet node (containerd + runc) in the bed of `make run`, s
 
 test-node: ## The kubelet node's bed test (tests/tests/kubelet_node.rs) on a control plane of its own; not part of `make test` yet
 	@hack/test-node.sh
+
+.PHONY: images
+images: ## Build the operator, api and handler images with buildah from deploy/docker/*.Dockerfile, on base images made from Debian packages (no registry); not part of `make test`
+	@hack/build-images.sh

@@ -393,3 +393,21 @@ install_node_packages() {
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed; see the output above."
 }
+
+# install_image_packages: Debian's buildah (and runc, which it runs RUN steps
+# with) and mmdebstrap, which `make images` (hack/build-images.sh) needs;
+# installed only then.
+install_image_packages() {
+  local p missing=()
+  for p in buildah runc mmdebstrap; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  [[ $(id -u) -eq 0 ]] || die "make images needs Debian packages (${missing[*]}); install them as root with apt-get."
+  command -v apt-get >/dev/null || die "apt-get not found: make images needs ${missing[*]} from Debian."
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq || die "apt-get update failed; check that Debian's package mirror is reachable."
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed; see the output above."
+}
