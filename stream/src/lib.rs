@@ -7,8 +7,11 @@
 //!   connection cap.
 //! - [`ws`]: websockets with bounded buffers, sends with a deadline, pings and
 //!   close frames with a reason.
+//! - [`coalesce`]: the frames of a byte stream that are already waiting,
+//!   merged into one (bounded, never waiting for more).
 #![forbid(unsafe_code)]
 
+pub mod coalesce;
 pub mod serve;
 pub mod tls;
 pub mod ws;

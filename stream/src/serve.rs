@@ -30,6 +30,12 @@ pub struct ServeOptions {
     pub header_read_timeout: Option<Duration>,
     /// Connections served at once; more are closed on accept. `None`: no cap.
     pub max_connections: Option<usize>,
+    /// `TCP_NODELAY` on accepted connections: a small write leaves at once
+    /// instead of waiting for the peer to ACK the previous one (up to its
+    /// delayed-ACK time, ~40 ms). Then the server should write fewer, larger
+    /// frames itself (see [`crate::coalesce`]), since every write becomes a
+    /// segment.
+    pub nodelay: bool,
 }
 
 impl Default for ServeOptions {
@@ -38,6 +44,7 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: None,
             max_connections: None,
+            nodelay: false,
         }
     }
 }
@@ -75,6 +82,11 @@ pub async fn serve<E, F>(
                 continue;
             }
         };
+        if options.nodelay
+            && let Err(e) = tcp.set_nodelay(true)
+        {
+            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY not set");
+        }
         let permit = match &slots {
             Some(s) => match Arc::clone(s).try_acquire_owned() {
                 Ok(p) => Some(p),

@@ -101,6 +101,12 @@ fn stream(sub: String, ws: WebSocketUpgrade) -> Response {
     ws.protocols([STREAM_SUBPROTOCOL])
         .on_upgrade(|mut ws| async move {
             while let Some(Ok(m)) = ws.recv().await {
+                if let Message::Binary(b) = &m
+                    && &b[..] == b"flood"
+                {
+                    flood(&mut ws).await;
+                    return;
+                }
                 if let Message::Binary(b) = m
                     && ws.send(Message::Binary(b)).await.is_err()
                 {
@@ -108,6 +114,37 @@ fn stream(sub: String, ws: WebSocketUpgrade) -> Response {
                 }
             }
         })
+}
+
+/// Small frames sent by the fake console at once, then how many bytes each.
+const FLOOD_FRAMES: usize = 600;
+const FLOOD_FRAME_BYTES: usize = 500;
+
+/// The bytes of flood frame `i`: its number, then filler.
+fn flood_frame(i: usize) -> Vec<u8> {
+    let mut v = format!("<{i}>").into_bytes();
+    v.resize(FLOOD_FRAME_BYTES, b'.');
+    v
+}
+
+/// Queues [`FLOOD_FRAMES`] small frames and a close frame, and writes them
+/// in one go, as a console's output piles up behind a slow hop.
+async fn flood(ws: &mut axum::extract::ws::WebSocket) {
+    for i in 0..FLOOD_FRAMES {
+        if ws
+            .feed(Message::Binary(flood_frame(i).into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: 1000,
+        reason: "the console ended".into(),
+    }));
+    let _ = ws.feed(close).await;
+    let _ = ws.flush().await;
 }
 
 /// Starts the fake handler; its URL and what it is asked.
@@ -193,6 +230,40 @@ async fn a_console_is_relayed_to_the_handler_and_counted() {
     );
     assert_eq!(*asked.lock().unwrap(), vec!["GET console?readonly=true"]);
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn console_frames_waiting_together_are_merged_in_order_and_capped() {
+    use ironvirt_stream::coalesce::COALESCE_BYTES;
+    let (state, _) = with_handler().await;
+    let mut ws = open_ws(state, &vmi_sub("console")).await.unwrap();
+    ws.send(tungstenite::Message::Binary("flood".into()))
+        .await
+        .unwrap();
+    let (mut got, mut frames) = (Vec::new(), 0usize);
+    let close = loop {
+        match ws.next().await.unwrap().unwrap() {
+            tungstenite::Message::Binary(b) => {
+                assert!(b.len() <= COALESCE_BYTES, "a frame of {} bytes", b.len());
+                frames += 1;
+                got.extend_from_slice(&b);
+            }
+            tungstenite::Message::Close(c) => break c,
+            _ => continue,
+        }
+    };
+    let want: Vec<u8> = (0..FLOOD_FRAMES).flat_map(flood_frame).collect();
+    assert!(got == want, "the bytes differ or are out of order");
+    assert!(
+        frames < FLOOD_FRAMES / 2,
+        "{frames} frames for {FLOOD_FRAMES} written at once"
+    );
+    // More than one cap's worth was waiting: the cap split it.
+    assert!(frames >= want.len().div_ceil(COALESCE_BYTES));
+    // The close comes after the data, with the handler's reason, unmerged.
+    let close = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1000);
+    assert_eq!(close.reason.as_str(), "the console ended");
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use ironvirt_stream::ws::bounded;
 use kube::api::Api;
 
 use super::authz::{attrs, authorize};
-use super::streams::relay;
+use super::streams::{Framing, relay};
 use super::upstream::{handler_ws, running_vmi};
 use super::{ApiState, check_names, kube_error, not_found, permit, status};
 use crate::auth::Peer;
@@ -173,7 +173,8 @@ async fn open(
     Ok(bounded(ws)
         .protocols([STREAM_SUBPROTOCOL])
         .on_upgrade(move |client| async move {
-            relay(client, upstream).await;
+            // Never merged: a UDP forward carries one datagram per frame.
+            relay(client, upstream, Framing::Messages).await;
             drop(open);
             drop(held);
             tracing::debug!(vmi.namespace = %ns, vmi.name = %name, port, protocol, "port-forward closed");

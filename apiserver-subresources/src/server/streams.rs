@@ -12,8 +12,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use ironvirt_crds::wire::STREAM_SUBPROTOCOL;
+use ironvirt_stream::coalesce::{COALESCE_BYTES, Held, Ready, coalesce};
 use ironvirt_stream::ws::{self, bounded, send};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite;
@@ -79,26 +80,85 @@ pub(super) async fn vmi_stream(
     Ok(bounded(ws)
         .protocols([STREAM_SUBPROTOCOL])
         .on_upgrade(move |client| async move {
-            relay(client, upstream).await;
+            // The serial console and RFB are byte streams.
+            relay(client, upstream, Framing::ByteStream).await;
             drop(open);
             drop(held);
             tracing::info!(vmi.namespace = %ns, vmi.name = %name, sub = %sub, "stream closed");
         }))
 }
 
+/// Whether the frames a relay carries may be merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// A byte stream (the serial console, VNC's RFB): the handler's frames
+    /// that are already waiting go to the user as one
+    /// ([`ironvirt_stream::coalesce`]).
+    ByteStream,
+    /// Every frame is a message of its own (a port-forward: one UDP datagram
+    /// per frame): relayed one by one.
+    Messages,
+}
+
+/// What the handler's side of a relay yields.
+type HandlerItem = Option<Result<tungstenite::Message, tungstenite::Error>>;
+
+/// The handler's frame that is ready now, if any, for [`coalesce`]: bytes
+/// are merged, pings and pongs passed over, anything else ends the frame.
+fn ready_now(upstream: &mut HandlerWs) -> Option<Ready<HandlerItem>> {
+    match upstream.next().now_or_never()? {
+        Some(Ok(tungstenite::Message::Binary(b))) => Some(Ready::Bytes(b)),
+        Some(Ok(tungstenite::Message::Text(t))) => Some(Ready::Bytes(Bytes::from(t))),
+        Some(Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_))) => {
+            Some(Ready::Skip)
+        }
+        other => Some(Ready::Boundary(other)),
+    }
+}
+
 /// Relays frames between the user's websocket and the handler's until either
-/// side closes. Pings keep idle sessions alive through proxies.
-pub(super) async fn relay(mut client: WebSocket, mut upstream: HandlerWs) {
+/// side closes. Pings keep idle sessions alive through proxies. With
+/// [`Framing::ByteStream`], each frame from the handler takes the ones
+/// already waiting behind it along (up to [`COALESCE_BYTES`]): ironvirt-api
+/// sets `TCP_NODELAY`, so each frame sent is a segment on its way to the user.
+pub(super) async fn relay(mut client: WebSocket, mut upstream: HandlerWs, framing: Framing) {
+    enum Event {
+        User(Option<Result<Message, axum::Error>>),
+        Handler(HandlerItem),
+        Ping,
+    }
     let mut ping = ws::pings();
+    // A frame taken while merging but not merged: handled before reading on.
+    let mut held: Option<HandlerItem> = None;
     loop {
-        tokio::select! {
-            from_user = client.recv() => match from_user {
+        let event = match held.take() {
+            Some(item) => Event::Handler(item),
+            None => tokio::select! {
+                m = client.recv() => Event::User(m),
+                m = upstream.next() => Event::Handler(m),
+                _ = ping.tick() => Event::Ping,
+            },
+        };
+        match event {
+            Event::User(from_user) => match from_user {
                 Some(Ok(Message::Binary(b))) => {
-                    if upstream.send(tungstenite::Message::Binary(b)).await.is_err() { break; }
+                    if upstream
+                        .send(tungstenite::Message::Binary(b))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
                 Some(Ok(Message::Text(t))) => {
                     let bytes = Bytes::copy_from_slice(t.as_bytes());
-                    if upstream.send(tungstenite::Message::Binary(bytes)).await.is_err() { break; }
+                    if upstream
+                        .send(tungstenite::Message::Binary(bytes))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {
@@ -106,27 +166,51 @@ pub(super) async fn relay(mut client: WebSocket, mut upstream: HandlerWs) {
                     break;
                 }
             },
-            from_handler = upstream.next() => match from_handler {
-                Some(Ok(tungstenite::Message::Binary(b))) => {
-                    if !send(&mut client, Message::Binary(b)).await { break; }
-                }
-                Some(Ok(tungstenite::Message::Text(t))) => {
-                    let bytes = Bytes::copy_from_slice(t.as_bytes());
-                    if !send(&mut client, Message::Binary(bytes)).await { break; }
-                }
-                Some(Ok(tungstenite::Message::Close(frame))) => {
-                    let frame = frame.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() });
-                    let _ = send(&mut client, Message::Close(frame)).await;
+            Event::Handler(from_handler) => {
+                let data = match from_handler {
+                    Some(Ok(tungstenite::Message::Binary(b))) => b,
+                    Some(Ok(tungstenite::Message::Text(t))) => Bytes::from(t),
+                    Some(Ok(tungstenite::Message::Close(frame))) => {
+                        let frame = frame.map(|f| CloseFrame {
+                            code: f.code.into(),
+                            reason: f.reason.as_str().into(),
+                        });
+                        let _ = send(&mut client, Message::Close(frame)).await;
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        let _ = send(
+                            &mut client,
+                            Message::Close(Some(CloseFrame {
+                                code: 1011,
+                                reason: "the handler connection ended".into(),
+                            })),
+                        )
+                        .await;
+                        break;
+                    }
+                };
+                let frame = match framing {
+                    Framing::Messages => data,
+                    Framing::ByteStream => {
+                        let (frame, rest) =
+                            coalesce(data, COALESCE_BYTES, || ready_now(&mut upstream));
+                        held = rest.map(|h| match h {
+                            Held::Bytes(b) => Some(Ok(tungstenite::Message::Binary(b))),
+                            Held::Boundary(item) => item,
+                        });
+                        frame
+                    }
+                };
+                if !send(&mut client, Message::Binary(frame)).await {
                     break;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    let _ = send(&mut client, Message::Close(Some(CloseFrame { code: 1011, reason: "the handler connection ended".into() }))).await;
+            }
+            Event::Ping => {
+                if !send(&mut client, Message::Ping(Bytes::new())).await {
                     break;
                 }
-            },
-            _ = ping.tick() => {
-                if !send(&mut client, Message::Ping(Bytes::new())).await { break; }
             }
         }
     }
