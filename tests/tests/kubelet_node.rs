@@ -10,13 +10,22 @@
 //! - The pod is deleted and goes; the node stops, and nothing of it is left:
 //!   no process mentioning its directory, no mount under it.
 //!
+//! - With IRONVIRT_IMAGE_ARCHIVES (the archives `make images` writes,
+//!   separated by spaces or newlines), each archive is imported into the
+//!   node's containerd, and each of its images runs as a pod that prints its
+//!   binary's `--version` (the handler's pod also runs `qemu-img --version`
+//!   from its image): ironvirt's images, built by buildah from
+//!   `deploy/docker/`, run under containerd.
+//!
 //! Ignored by `make test`: `make test-node` runs it (`--ignored`, with
 //! IRONVIRT_KUBELET_NODE=1 and IRONVIRT_KUBELET_BIN) on a bed of its own.
+//! `IRONVIRT_IMAGE_ARCHIVES="$(hack/build-images.sh)" make test-node` adds the
+//! images.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ironvirt_testbed::kubelet::{self, NodeSpec, config::BUSYBOX_IMAGE};
+use ironvirt_testbed::kubelet::{self, NodeSpec, config::BUSYBOX_IMAGE, image};
 use ironvirt_tests::TestBed;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
@@ -74,6 +83,90 @@ fn pod(ns: &str) -> Result<Pod, String> {
     .map_err(|e| format!("pod manifest: {e}"))
 }
 
+/// The image archives to run (IRONVIRT_IMAGE_ARCHIVES), if any.
+fn image_archives() -> Vec<PathBuf> {
+    std::env::var("IRONVIRT_IMAGE_ARCHIVES")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The binary an ironvirt image runs: the last path component of its name
+/// without the tag (`ironvirt.local/ironvirt-api:dev` → `ironvirt-api`).
+fn binary_of(image: &str) -> &str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split_once(':').map_or(last, |(n, _)| n)
+}
+
+/// A pod that runs `image` (an ironvirt image) once: its entrypoint with
+/// `--version`; for the handler, a shell that also runs `qemu-img`.
+fn version_pod(ns: &str, name: &str, image: &str) -> Result<Pod, String> {
+    let bin = binary_of(image);
+    let mut container = serde_json::json!({
+        "name": "version",
+        "image": image,
+        "imagePullPolicy": "Never",
+    });
+    if bin == "ironvirt-handler" {
+        container["command"] = serde_json::json!([
+            "/bin/sh",
+            "-c",
+            "/usr/local/bin/ironvirt-handler --version && qemu-img --version && id -u"
+        ]);
+    } else {
+        container["args"] = serde_json::json!(["--version"]);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeName": NODE,
+            "hostNetwork": true,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "containers": [container],
+        },
+    }))
+    .map_err(|e| format!("pod manifest: {e}"))
+}
+
+/// Runs `pod` to its end; returns its phase and log.
+async fn run_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(String, String), String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    wait_for("the pod to be created", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        let pod = pod.clone();
+        async move { pods.create(&PostParams::default(), &pod).await.ok() }
+    })
+    .await?;
+    let t = Instant::now();
+    let phase = wait_for(
+        &format!("pod {name} to finish"),
+        Duration::from_secs(120),
+        || {
+            let pods = pods.clone();
+            let name = name.clone();
+            async move {
+                let p = pods.get(&name).await.ok()?;
+                let phase = p.status?.phase?;
+                matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "pod {name} {phase} after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let logs = pods
+        .logs(&name, &LogParams::default())
+        .await
+        .map_err(|e| format!("pod {name}'s logs through kube-apiserver: {e}"))?;
+    Ok((phase, logs))
+}
+
 async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
@@ -129,8 +222,28 @@ async fn a_kubelet_node_turns_ready_and_runs_a_host_network_pod() {
         "node addresses: {addrs:?}"
     );
 
+    let archives = image_archives();
+    let mut images = Vec::new();
+    for archive in &archives {
+        let t = Instant::now();
+        image::import(&paths, archive).expect("importing an image archive");
+        let names = image::archive_image_names(archive).expect("the archive's image names");
+        eprintln!(
+            "imported {} ({} MB: {}) in {:.1} s",
+            archive.display(),
+            std::fs::metadata(archive).map_or(0, |m| m.len() >> 20),
+            names.join(", "),
+            t.elapsed().as_secs_f64()
+        );
+        images.extend(names);
+    }
+    if archives.is_empty() {
+        eprintln!("IRONVIRT_IMAGE_ARCHIVES is not set: ironvirt's images are not run");
+    }
+
     bed.with_namespace("kubelet-node", |ns| {
         let admin = bed.admin();
+        let images = images.clone();
         async move {
             let pods: Api<Pod> = Api::namespaced(admin, &ns);
             let manifest = pod(&ns)?;
@@ -174,6 +287,20 @@ async fn a_kubelet_node_turns_ready_and_runs_a_host_network_pod() {
                 async move { matches!(pods.get_opt("hello").await, Ok(None)).then_some(()) }
             })
             .await?;
+            for (i, img) in images.iter().enumerate() {
+                let pod = version_pod(&ns, &format!("image-{i}"), img)?;
+                let (phase, logs) = run_pod(&pods, &pod).await?;
+                eprintln!("{img} printed:\n{logs}");
+                if phase != "Succeeded" || !logs.contains(binary_of(img)) {
+                    return Err(format!(
+                        "{img} ended {phase}, and its log should name {}: {logs}",
+                        binary_of(img)
+                    ));
+                }
+                if binary_of(img) == "ironvirt-handler" && !logs.contains("qemu-img version") {
+                    return Err(format!("{img} lacks qemu-img: {logs}"));
+                }
+            }
             Ok::<(), String>(())
         }
     })

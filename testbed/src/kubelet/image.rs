@@ -3,6 +3,9 @@
 //! `ctr images import` reads it. One layer holds Debian's static busybox
 //! (`/bin/busybox`, with `/bin/sh` and `/bin/sleep` linking to it); the
 //! sandbox image runs `sleep`, the busybox image a shell.
+//!
+//! [`import`] imports the archives `make images` builds (ironvirt's images,
+//! from `deploy/docker/`) into a running node's containerd.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -195,6 +198,58 @@ pub fn build_archive(
     Ok(archive)
 }
 
+/// The image names an archive holds: the `RepoTags` of a docker-archive
+/// (`manifest.json`, as `buildah push … docker-archive:` writes it), read with
+/// `tar -xOf`.
+pub fn archive_image_names(archive: &Path) -> Result<Vec<String>, KubeletError> {
+    let manifest = run(Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg("manifest.json"))?;
+    repo_tags(&manifest).map_err(|e| KubeletError::Command {
+        command: format!("tar -xOf {} manifest.json", archive.display()),
+        output: e,
+    })
+}
+
+/// The `RepoTags` of a docker-archive's `manifest.json`.
+pub fn repo_tags(manifest_json: &str) -> Result<Vec<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(manifest_json).map_err(|e| format!("manifest.json: {e}"))?;
+    let tags: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["RepoTags"].as_array().into_iter().flatten())
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    if tags.is_empty() {
+        return Err(format!("no RepoTags in manifest.json: {manifest_json}"));
+    }
+    Ok(tags)
+}
+
+/// Imports image archives (docker-archive or OCI archive, as `make images`
+/// writes them: `hack/build-images.sh`) into the node's containerd, in
+/// namespace k8s.io where kubelet finds them. The node must be up. Returns
+/// `ctr`'s output.
+pub fn import(paths: &super::config::NodePaths, archive: &Path) -> Result<String, KubeletError> {
+    if !archive.is_file() {
+        return Err(KubeletError::Missing {
+            what: "image archive",
+            path: archive.to_owned(),
+            hint: "build it with `make images` (hack/build-images.sh prints the archives)",
+        });
+    }
+    // Not `super::ctr`: its 20 s total timeout is short for a large image.
+    run(Command::new("ctr")
+        .arg("--address")
+        .arg(paths.containerd_socket())
+        .args(["--namespace", "k8s.io", "--timeout", "300s"])
+        .args(["images", "import", "--no-unpack"])
+        .arg(archive))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +270,17 @@ mod tests {
         assert_eq!(tag_of("registry.k8s.io/pause:3.6"), "3.6");
         assert_eq!(tag_of("ironvirt.local/busybox:1"), "1");
         assert_eq!(tag_of("127.0.0.1:5000/busybox"), "latest");
+    }
+
+    #[test]
+    fn docker_archive_tags() {
+        let m = r#"[{"Config":"c.json","RepoTags":["ironvirt.local/ironvirt-api:dev"],"Layers":["l.tar"]}]"#;
+        assert_eq!(
+            repo_tags(m).unwrap(),
+            vec!["ironvirt.local/ironvirt-api:dev".to_owned()]
+        );
+        assert!(repo_tags(r#"[{"Config":"c.json"}]"#).is_err());
+        assert!(repo_tags("not json").is_err());
     }
 
     #[test]
