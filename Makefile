@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run stop test chaos bench bench-ui bench-api bench-handler bench-images fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
+.PHONY: help run stop test chaos bench bench-ui bench-api bench-handler bench-images bench-density fuzz-specs deps build-k8s guest build lint crdgen clean-state ui
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ bench-handler: ## Handler benchmark only: RSS, Scheduled-to-Running latency, con
 
 bench-images: ## containerDisk benchmark only: cold pull + start, warm start from the cache, hostDisk start
 	@BENCH=images hack/bench.sh
+
+bench-density: ## Density benchmark only: 50 TCG guests on one node (DENSITY_VMS=N), latency to Running and to the guest's marker, memory per VM
+	@BENCH=density hack/bench.sh
 
 chaos: ## Seeded chaos run on a bed of its own: random lifecycle operations, SIGKILLed operator and handler, then the invariants (SEED=1 OPS=500)
 	@SEED=$(SEED) OPS=$(OPS) hack/chaos.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks of docs/benchmarks.md on a test bed of their own,
-# with release builds of the components. BENCH=operator|handler|images|api|ui|all (default
-# all); arguments: VM counts for the operator benchmark.
+# with release builds of the components. BENCH=operator|handler|images|api|ui|density|all
+# (default all; density only when asked: 50 TCG guests at once); arguments:
+# VM counts for the operator benchmark.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
@@ -12,7 +13,7 @@ guest_dir="$("$HACK/build-guest.sh")"
 install_guest_image "$guest_dir"
 build_rust
 cargo build --quiet --release -p ironvirt-operator -p ironvirt-handler -p ironvirt-apiserver-subresources --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed."
-cargo build --quiet -p ironvirt-tests --bin operator-bench --bin handler-bench --bin api-bench --manifest-path "$REPO/Cargo.toml" || die "building the benches failed."
+cargo build --quiet -p ironvirt-tests --bin operator-bench --bin handler-bench --bin api-bench --bin density-bench --manifest-path "$REPO/Cargo.toml" || die "building the benches failed."
 state="$REPO/.state/bench"
 testbed_down "$state" || true
 rm -rf "$state"
@@ -45,4 +46,9 @@ if [[ $which == all || $which == ui ]]; then
     IRONVIRT_IRONCTL="$REPO/target/release/ironctl" IRONVIRT_UI_SAMPLES="${UI_SAMPLES:-200}" \
     cargo test --quiet -p ironvirt-tests --test ui --manifest-path "$REPO/Cargo.toml" -- --nocapture 2>&1 \
     | grep -E '^(ui figures|vnc:)|test result|panicked|failed' || die "the web console benchmark failed."
+fi
+if [[ $which == density ]]; then
+  # As many TCG guests as fit on one node (issue #20): DENSITY_VMS guests
+  # (default 50) on a node of its own libvirtd, release handler and operator.
+  IRONVIRT_STATE="$state" "$REPO/target/debug/density-bench"
 fi

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod browser;
 pub mod cli;
+pub mod density;
 pub mod domain;
 pub mod e2e;
 pub mod footprint;
