@@ -13,7 +13,9 @@
 #    - docker.io/library/rust:$RUST_VERSION-bookworm: a minbase rootfs with
 #      build-essential, pkg-config, git, curl and this machine's rustup
 #      toolchain $RUST_VERSION (copied, not downloaded), laid out as in the
-#      official image (RUSTUP_HOME=/usr/local/rustup, CARGO_HOME=/usr/local/cargo).
+#      official image (RUSTUP_HOME=/usr/local/rustup, CARGO_HOME=/usr/local/cargo),
+#      trusting the host's local CAs (/usr/local/share/ca-certificates) as
+#      well as Debian's, for cargo behind a TLS-inspecting proxy.
 #    Each carries the hash of its recipe (label io.ironvirt.base-recipe) and is
 #    made again only when that changes (IMAGES_REBUILD_BASES=1 forces it).
 # 2. `buildah bud --pull=never --layers` builds each Dockerfile unchanged.
@@ -128,12 +130,21 @@ recipe_distroless_cc() {
   rm -rf "$r"
 }
 
+# The host's own CA certificates (update-ca-certificates' local directory), which
+# the builder image trusts too: cargo reaches crates.io from inside the build,
+# and where outgoing HTTPS goes through a TLS-inspecting proxy (as on the
+# machines this was written on), only the host's local CA makes that work. The
+# runtime bases (debian-slim, distroless) do not get them.
+local_cas() {
+  compgen -G "/usr/local/share/ca-certificates/*.crt" | tr '\n' ' ' || true
+}
+
 # rust: what the Dockerfiles' build stages use (a C toolchain, pkg-config, git,
 # apt for the handler's libvirt-dev) and rustup with toolchain $RUST_VERSION,
 # copied from this machine's rustup (its documentation left out) with rustup
 # itself as /usr/local/cargo/bin/{rustup,cargo,rustc,rustdoc}.
 recipe_rust() {
-  IV_TOOLCHAIN="$RUST_TOOLCHAIN_DIR" IV_TOOLCHAIN_NAME="$RUST_VERSION-$RUST_TRIPLE" IV_RUSTUP="$(command -v rustup)" \
+  IV_LOCAL_CAS="$(local_cas)" IV_TOOLCHAIN="$RUST_TOOLCHAIN_DIR" IV_TOOLCHAIN_NAME="$RUST_VERSION-$RUST_TRIPLE" IV_RUSTUP="$(command -v rustup)" \
     mmdebstrap --quiet --variant=minbase --format=tar "${SLIM_DPKG_OPTS[@]}" \
     --include=build-essential,pkg-config,git,curl,ca-certificates,libssl-dev,xz-utils \
     --customize-hook='set -e; r="$1"; d="$r/usr/local/rustup/toolchains/$IV_TOOLCHAIN_NAME"
@@ -143,7 +154,11 @@ recipe_rust() {
       for b in cargo rustc rustdoc cargo-clippy clippy-driver cargo-fmt rustfmt; do ln -s rustup "$r/usr/local/cargo/bin/$b"; done
       printf "%s\n" "version = \"12\"" "default_toolchain = \"$IV_TOOLCHAIN_NAME\"" "profile = \"minimal\"" \
         "auto_self_update = \"disable\"" >"$r/usr/local/rustup/settings.toml"
-      chmod -R a+w "$r/usr/local/rustup" "$r/usr/local/cargo"' \
+      chmod -R a+w "$r/usr/local/rustup" "$r/usr/local/cargo"
+      if [ -n "$IV_LOCAL_CAS" ]; then
+        cp $IV_LOCAL_CAS "$r/usr/local/share/ca-certificates/"
+        chroot "$r" update-ca-certificates >/dev/null
+      fi' \
     "$DEBIAN_SUITE" "$1" "${DEBIAN_MIRRORS[@]}"
 }
 
@@ -158,7 +173,12 @@ ensure_base() {
       declare -f "$recipe" commit_rootfs
       declare -p DEBIAN_SUITE DEBIAN_MIRRORS SLIM_DPKG_OPTS
       echo "$*"
-      [[ $recipe != recipe_rust ]] || echo "$RUST_ID"
+      if [[ $recipe == recipe_rust ]]; then
+        declare -f local_cas
+        echo "$RUST_ID"
+        # shellcheck disable=SC2046
+        cat /dev/null $(local_cas)
+      fi
     } | sha256sum | cut -c1-16
   )"
   if [[ "${IMAGES_REBUILD_BASES:-}" != 1 && "$(base_label "$name")" == "$hash" ]]; then
