@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # make chaos SEED=N OPS=N: the seeded chaos run of tests/tests/chaos.rs, long,
-# on a test bed of its own (.state/chaos): random lifecycle operations with
-# the operator and the handler SIGKILLed at random points, then the
-# invariants; then, as the bed is its own, kube-apiserver and etcd taken away
-# for 60 s each while consoles are open. A failure prints the seed and the
-# operation log.
+# on a test bed of its own (.state/chaos): random lifecycle operations
+# (hostDisk and containerDisk VMs, live migrations, a VMI ReplicaSet) on two
+# nodes of the test's own, with the operator, the nodes' handlers and
+# libvirtds, and — as the bed is its own (IRONVIRT_CHAOS_OWN_BED=1) —
+# ironvirt-api, kube-apiserver and etcd SIGKILLed and started again, or
+# SIGSTOPped and continued, at random points; then the invariants; then
+# kube-apiserver and etcd taken away for 60 s each while consoles are open.
+# A failure prints the seed and the operation log.
 set -euo pipefail
 HACK="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh

@@ -66,6 +66,11 @@ impl NsOperator {
         }
     }
 
+    /// Its pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the operator and deletes its Lease.
     pub async fn remove(mut self, client: &Client) {
         self.kill();
@@ -73,7 +78,8 @@ impl NsOperator {
         let _ = leases.delete(&self.lease, &DeleteParams::default()).await;
     }
 
-    fn kill(&mut self) {
+    /// SIGKILLs the operator (its Lease stays, as a crash leaves it).
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

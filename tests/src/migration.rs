@@ -259,7 +259,8 @@ pub fn tail(text: &str) -> &str {
 /// the host, and the namespace's operator.
 pub struct Pair {
     pub nodes: Vec<TestNode>,
-    op: Option<NsOperator>,
+    /// The namespace's operator (a test may kill and start it again).
+    pub op: Option<NsOperator>,
     _config: tempfile::TempDir,
 }
 

@@ -187,6 +187,93 @@ impl TestNode {
         Ok(())
     }
 
+    /// The pid of its process `what` (`handler`, `libvirtd`, …) when it
+    /// runs.
+    pub fn process_pid(&self, what: &str) -> Option<u32> {
+        let name = self.record.process(what);
+        Supervisor::new(self.layout.pids(), self.layout.logs())
+            .recorded()
+            .into_iter()
+            .find(|r| r.name == name && Supervisor::is_running(r))
+            .map(|r| r.pid)
+    }
+
+    /// Starts its handler (and forwarder) again, as after the handler
+    /// crashed, with the arguments it started with (blocking). Its libvirtd
+    /// must run: a node without one would be started from scratch.
+    pub fn restart_handler(&mut self) -> Result<(), String> {
+        if self.stopped {
+            return Err(format!("node {} was stopped", self.record.name));
+        }
+        if self.process_pid("libvirtd").is_none() {
+            return Err(format!(
+                "node {}: its libvirtd does not run; start it first",
+                self.record.name
+            ));
+        }
+        nodes::start_node(&self.layout, &self.spec).map_err(|e| e.to_string())?;
+        self.note_pids();
+        Ok(())
+    }
+
+    /// Starts its libvirtd again, as after libvirtd crashed (its guests'
+    /// QEMUs kept running), with the command line the node starts it with,
+    /// and waits until it answers (blocking, at most 30 s).
+    pub fn restart_libvirtd(&mut self) -> Result<(), String> {
+        if self.stopped {
+            return Err(format!("node {} was stopped", self.record.name));
+        }
+        if let Some(pid) = self.process_pid("libvirtd") {
+            return Err(format!(
+                "node {}: its libvirtd runs (pid {pid})",
+                self.record.name
+            ));
+        }
+        let rec = &self.record;
+        let wrapper = vec![
+            "nsenter".to_owned(),
+            format!("--mount={}", rec.mntns.display()),
+            format!("--net={}", rec.netns_path().display()),
+            "--".to_owned(),
+        ];
+        let started = Supervisor::new(self.layout.pids(), self.layout.logs())
+            .spawn_in(
+                &rec.process("libvirtd"),
+                &wrapper,
+                std::path::Path::new("/usr/sbin/libvirtd"),
+                &[
+                    "--listen".into(),
+                    "-p".into(),
+                    "/run/libvirt/libvirtd.pid".into(),
+                ],
+                &[],
+            )
+            .map_err(|e| format!("starting the libvirtd of {}: {e}", rec.name))?;
+        self.note_pids();
+        let uri = self.libvirt_uri();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if virt::connect::Connect::open(Some(&uri)).is_ok() {
+                return Ok(());
+            }
+            if !process_alive(started.pid) || Instant::now() > deadline {
+                return Err(format!(
+                    "the libvirtd of {} (pid {}) did not answer on {uri} within 30 s",
+                    self.record.name, started.pid
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn note_pids(&mut self) {
+        for pid in node_pids(&self.layout, &self.record) {
+            if !self.pids.contains(&pid) {
+                self.pids.push(pid);
+            }
+        }
+    }
+
     /// Starts `count` nodes `<prefix>-1` … `<prefix>-<count>` for test
     /// namespace `ns` (a bed with N nodes); those started are stopped again
     /// when one fails.

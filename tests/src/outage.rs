@@ -14,6 +14,8 @@ pub struct Outage {
     name: String,
     exe: PathBuf,
     args: Vec<String>,
+    /// Its environment (ironvirt-api's KUBECONFIG, RUST_LOG, …).
+    env: Vec<(String, String)>,
     pids: PathBuf,
     logs: PathBuf,
 }
@@ -39,21 +41,33 @@ pub fn kill(bed: &TestBed, name: &str) -> Result<Outage, String> {
         .map(|a| String::from_utf8_lossy(a).into_owned());
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|e| format!("{name}'s executable: {e}"))?;
+    // A binary rebuilt since it started shows as "<path> (deleted)": the
+    // restart runs the one at the path now.
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    };
     let _program = argv.next();
     let args: Vec<String> = argv.collect();
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!("kill -KILL {pid} ({name}) failed"));
-    }
-    // Gone before returning, so that its ports are free for the restart.
-    for _ in 0..100 {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-        {
+    let env = std::fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| format!("{name}'s environment: {e}"))?
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    signal(pid, "KILL").map_err(|e| format!("{name}: {e}"))?;
+    // Gone before returning, so that its ports are free for the restart:
+    // not only its main thread a zombie, but every thread exited (the
+    // descriptors, listening sockets included, go with the last one).
+    for _ in 0..200 {
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let zombie =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+        if gone || (zombie && threads <= 1) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -62,17 +76,66 @@ pub fn kill(bed: &TestBed, name: &str) -> Result<Outage, String> {
         name: name.to_owned(),
         exe,
         args,
+        env,
         pids: bed.layout().pids(),
         logs: bed.layout().logs(),
     })
 }
 
 impl Outage {
-    /// Starts the component again; its new pid.
+    /// Starts the component again; its new pid. One that exits within a
+    /// second (its port not yet free, say) is started again, up to 5 times.
     pub fn end(self) -> Result<u32, String> {
-        Supervisor::new(self.pids, self.logs)
-            .spawn(&self.name, &self.exe, &self.args, &[])
+        let mut last = String::new();
+        for _ in 0..5 {
+            let pid = self.spawn()?;
+            std::thread::sleep(Duration::from_secs(1));
+            if ironvirt_testbed::process::process_alive(pid) {
+                return Ok(pid);
+            }
+            last = format!("{} (pid {pid}) exited at once", self.name);
+        }
+        Err(format!("starting {} again: {last}", self.name))
+    }
+
+    fn spawn(&self) -> Result<u32, String> {
+        Supervisor::new(&self.pids, &self.logs)
+            .spawn(
+                &self.name,
+                &self.exe,
+                &self.args,
+                &self
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            )
             .map(|rec| rec.pid)
             .map_err(|e| format!("starting {} again: {e}", self.name))
     }
+}
+
+/// Sends signal `sig` (`KILL`, `STOP`, `CONT`, …) to `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{sig} {pid} failed"))
+    }
+}
+
+/// What a process holds now: resident memory (KiB, VmRSS) and open
+/// descriptors; None when it is gone.
+pub fn footprint(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss, fds))
 }

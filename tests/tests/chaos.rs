@@ -1,33 +1,53 @@
 //! Chaos (issue #20): a seeded random sequence of lifecycle operations against
-//! the real bed — create, start, stop, restart, pause, unpause, delete VMIs
-//! and VMs, scale a VMI ReplicaSet — with the test's operator and handler
-//! SIGKILLed at random points and restarted a few operations later. When the
-//! run has settled, the invariants are checked:
+//! the real bed — create VMs (hostDisk and containerDisk), start, stop,
+//! restart, pause, unpause, delete VMIs and VMs, scale a VMI ReplicaSet, live
+//! migrations (the `migrate` subresource and VirtualMachineInstanceMigration
+//! objects) — on two real nodes of the test's own (each with its own
+//! libvirtd and handler), with components SIGKILLed and started again, or
+//! SIGSTOPped and continued, at random points:
+//!
+//! - always: the test's operator, either node's handler, either node's
+//!   libvirtd (its guests' QEMUs keep running);
+//! - only on a bed of the test's own (`IRONVIRT_CHAOS_OWN_BED=1`, `make
+//!   chaos`): ironvirt-api, kube-apiserver and etcd, which the tests running
+//!   beside it in `make test` share.
+//!
+//! When the run has settled, the invariants are checked:
 //!
 //! - every VM's printed status matches its VMI and the VMI's libvirt domain,
 //!   and its run strategy is honoured (Always: running; Halted: no VMI);
 //! - the ReplicaSet has its replicas, each running;
-//! - no VM or VMI is stuck terminating (finalizers released);
-//! - no domain lacks a VMI, no VMI has two domains;
-//! - no per-VMI state directory of the handler belongs to a gone VMI.
+//! - no VM, VMI or migration is stuck terminating; no migration is
+//!   unfinished, and a finished one holds no finalizer;
+//! - across both nodes' libvirtds: no domain lacks a VMI, no VMI has two
+//!   domains, a running VMI's one running domain is on its node;
+//! - no per-VMI state directory (disks, cloud-init, sockets) of either
+//!   handler belongs to a gone VMI or to a VMI on the other node;
+//! - no Lease of the test's nodes and operator but theirs.
+//!
+//! Then everything is deleted (migrations included: their finalizer
+//! released), and nothing is left; the operator's, the handlers' (and, on
+//! its own bed, ironvirt-api's) resident memory and descriptors are compared
+//! with what each process held 10 s after it (re)started: at most
+//! [`RSS_MARGIN_KIB`] and [`FD_MARGIN`] more.
 //!
 //! `make test` runs a short fixed-seed run; `make chaos SEED=… OPS=…` a long
-//! one. A failure prints the seed and the operation log, so the run can be
-//! replayed with `IRONVIRT_CHAOS_SEED`/`IRONVIRT_CHAOS_OPS`. The processes
-//! killed are this test's own (operator, handler): the bed's kube-apiserver,
-//! etcd, ironvirt-api and libvirtd are shared with the tests running beside
-//! it, so they are not killed here.
+//! one on a bed of its own. A failure prints the seed and the operation log,
+//! so the run can be replayed with `IRONVIRT_CHAOS_SEED`/`IRONVIRT_CHAOS_OPS`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use ironvirt_crds::migration::VirtualMachineInstanceMigration;
 use ironvirt_crds::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use ironvirt_tests::TestBed;
 use ironvirt_tests::api::{api_port, guest_vm, raw};
-use ironvirt_tests::e2e::{domain_name, domains_with_prefix, vmi_dir};
+use ironvirt_tests::e2e::{NsOperator, domains_with_prefix};
 use ironvirt_tests::handler::{Handler, domain_active, wait_serving};
 use ironvirt_tests::kubectl::bed_with_crds as bed;
-use ironvirt_tests::operator::Operator;
+use ironvirt_tests::migration::{Pair, guest, guest_registry};
+use ironvirt_tests::operator::{LEASE_NAMESPACE, Operator};
+use ironvirt_tests::outage::{self, Outage, footprint, signal};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -35,6 +55,16 @@ use serde_json::json;
 const QEMU: &str = "qemu:///system";
 const SUB: &str = "/apis/subresources.kubevirt.io/v1";
 const RS: &str = "crs";
+/// The longest one operation may take (a stopped etcd or kube-apiserver
+/// holds requests).
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much more resident memory than 10 s after its (re)start a process
+/// may hold at the end, with nothing left to run.
+const RSS_MARGIN_KIB: u64 = 32 * 1024;
+/// How many more descriptors.
+const FD_MARGIN: usize = 8;
+/// The finalizer of migrations (KubeVirt's name).
+const MIGRATION_FINALIZER: &str = "kubevirt.io/migrationJobFinalize";
 
 /// splitmix64: a small, fixed, seedable generator, so a seed replays a run
 /// whatever crate versions do.
@@ -65,24 +95,105 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The run's size: VM names in play, the ReplicaSet's largest size.
+/// The run's size: VM names in play, the ReplicaSet's largest size, how
+/// many migrations may be asked for.
 struct Size {
+    /// hostDisk VMs `c0`…
     vms: usize,
+    /// containerDisk VMs `d0`… (live-migratable)
+    cd_vms: usize,
     max_replicas: u64,
+    migrations: u32,
+}
+
+/// What a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Operator,
+    /// The handler of node k.
+    Handler(usize),
+    /// The libvirtd of node k.
+    Libvirtd(usize),
+    /// The bed's (own bed only).
+    Api,
+    KubeApiserver,
+    Etcd,
+}
+
+impl Target {
+    fn kind(self) -> &'static str {
+        match self {
+            Target::Operator => "operator",
+            Target::Handler(_) => "handler",
+            Target::Libvirtd(_) => "libvirtd",
+            Target::Api => "ironvirt-api",
+            Target::KubeApiserver => "kube-apiserver",
+            Target::Etcd => "etcd",
+        }
+    }
+
+    /// Faults of one group never overlap: one node's handler and libvirtd
+    /// (a handler starts only beside a running libvirtd), or two parts of
+    /// the control plane.
+    fn group(self) -> usize {
+        match self {
+            Target::Operator => 0,
+            Target::Handler(k) | Target::Libvirtd(k) => 1 + k,
+            Target::Api | Target::KubeApiserver | Target::Etcd => 10,
+        }
+    }
+
+    /// The bed's recorded process name (shared components).
+    fn recorded(self) -> Option<&'static str> {
+        match self {
+            Target::Api => Some("ironvirt-api"),
+            Target::KubeApiserver => Some("kube-apiserver"),
+            Target::Etcd => Some("etcd"),
+            _ => None,
+        }
+    }
+}
+
+/// A component down now.
+struct Down {
+    target: Target,
+    /// Operations left until it comes back.
+    back_in: u32,
+    /// SIGSTOPped (this pid): continued; else killed: started again.
+    stopped: Option<u32>,
+    /// What it takes to start a killed shared component again.
+    outage: Option<Outage>,
+}
+
+/// An ironvirt process whose memory and descriptors are followed: its pid
+/// now, and what it held 10 s after it (re)started.
+struct Followed {
+    label: String,
+    pid: Option<u32>,
+    since: Instant,
+    base: Option<(u64, usize)>,
+    /// Whether exceeding the margins fails the run (ironvirt-api on a
+    /// shared bed serves the other tests too: reported only).
+    checked: bool,
 }
 
 struct Run<'a> {
     bed: &'a TestBed,
     ns: String,
+    registry: String,
     rng: Rng,
     log: Vec<String>,
-    handler: Handler,
-    operator: Option<Operator>,
-    /// Operations left until the killed handler / operator comes back.
-    handler_down: Option<u32>,
-    operator_down: Option<u32>,
-    kills: u32,
+    pair: Pair,
+    op_lease: String,
+    own_bed: bool,
+    down: Vec<Down>,
+    /// Faults by kind (`handler kill`, `etcd stop`, …).
+    faults: BTreeMap<String, u32>,
+    /// Operations by kind.
+    kinds: BTreeMap<&'static str, u32>,
+    migrations_asked: u32,
     size: Size,
+    followed: Vec<Followed>,
 }
 
 impl Run<'_> {
@@ -92,7 +203,12 @@ impl Run<'_> {
     }
 
     fn vm_name(&mut self) -> String {
-        format!("c{}", self.rng.below(self.size.vms as u64))
+        let i = self.rng.below((self.size.vms + self.size.cd_vms) as u64) as usize;
+        if i < self.size.vms {
+            format!("c{i}")
+        } else {
+            format!("d{}", i - self.size.vms)
+        }
     }
 
     async fn put(&self, path: &str, body: &str) -> String {
@@ -108,23 +224,181 @@ impl Run<'_> {
         }
     }
 
+    /// The VM `name`: the hostDisk guest (`c…`) or the containerDisk one
+    /// (`d…`, no network interface: live-migratable).
+    fn vm(&self, name: &str, strategy: &str) -> Result<VirtualMachine, String> {
+        if !name.starts_with('d') {
+            return Ok(guest_vm(&self.ns, name, strategy));
+        }
+        let mut v = serde_json::to_value(guest(&self.registry)?).map_err(|e| e.to_string())?;
+        v["metadata"]["name"] = json!(name);
+        v["spec"]["runStrategy"] = json!(strategy);
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    /// The targets faults may hit on this bed.
+    fn targets(&self) -> Vec<Target> {
+        let mut t = vec![Target::Operator];
+        for k in 0..self.pair.nodes.len() {
+            t.push(Target::Handler(k));
+            t.push(Target::Libvirtd(k));
+        }
+        if self.own_bed {
+            t.extend([Target::Api, Target::KubeApiserver, Target::Etcd]);
+        }
+        t
+    }
+
+    fn pid_of(&self, target: Target) -> Option<u32> {
+        match target {
+            Target::Operator => self.pair.op.as_ref().and_then(NsOperator::pid),
+            Target::Handler(k) => self.pair.nodes.get(k)?.process_pid("handler"),
+            Target::Libvirtd(k) => self.pair.nodes.get(k)?.process_pid("libvirtd"),
+            t => outage::recorded_pid(self.bed, t.recorded()?).ok(),
+        }
+    }
+
+    fn target_name(&self, target: Target) -> String {
+        match target {
+            Target::Handler(k) | Target::Libvirtd(k) => format!(
+                "{} of {}",
+                target.kind(),
+                self.pair.nodes.get(k).map_or("?", |n| n.name())
+            ),
+            t => t.kind().to_owned(),
+        }
+    }
+
+    /// Takes `target` away: SIGKILL, or SIGSTOP when `stop`.
+    fn fault(&mut self, target: Target, stop: bool) -> Result<String, String> {
+        // Stops last 1–3 operations (1–2 for the control plane, whose
+        // requests then hang until OP_TIMEOUT); kills 1–4.
+        let span = match (stop, target.group()) {
+            (true, 10) => 2,
+            (true, _) => 3,
+            (false, _) => 4,
+        };
+        let back_in = 1 + self.rng.below(span) as u32;
+        let name = self.target_name(target);
+        let pid = self
+            .pid_of(target)
+            .ok_or_else(|| format!("{name} does not run"))?;
+        let mut down = Down {
+            target,
+            back_in,
+            stopped: None,
+            outage: None,
+        };
+        if stop {
+            signal(pid, "STOP")?;
+            down.stopped = Some(pid);
+        } else {
+            match target {
+                Target::Operator => {
+                    if let Some(op) = self.pair.op.as_mut() {
+                        op.kill();
+                    }
+                    self.pair.op = None;
+                }
+                Target::Handler(_) | Target::Libvirtd(_) => {
+                    signal(pid, "KILL")?;
+                    // Dead (a zombie of this test) before it may start again.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while ironvirt_testbed::process::process_alive(pid) {
+                        if Instant::now() > deadline {
+                            return Err(format!("{name} (pid {pid}) outlived SIGKILL by 10 s"));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                t => {
+                    let recorded = t.recorded().ok_or("no recorded name")?;
+                    down.outage = Some(outage::kill(self.bed, recorded)?);
+                }
+            }
+        }
+        let how = if stop { "stop" } else { "kill" };
+        *self
+            .faults
+            .entry(format!("{} {how}", target.kind()))
+            .or_default() += 1;
+        self.down.push(down);
+        Ok(format!(
+            "{} {name} (pid {pid}; back in {back_in} ops)",
+            if stop { "SIGSTOP" } else { "SIGKILL" }
+        ))
+    }
+
+    /// Brings `d`'s component back.
+    async fn bring_back(&mut self, d: Down) -> Result<String, String> {
+        let name = self.target_name(d.target);
+        if let Some(pid) = d.stopped {
+            signal(pid, "CONT")?;
+            return Ok(format!("SIGCONT {name}"));
+        }
+        if let Some(o) = d.outage {
+            let pid = o.end()?;
+            return Ok(format!("{name} started again (pid {pid})"));
+        }
+        match d.target {
+            Target::Operator => {
+                self.pair.op = Some(NsOperator::start(self.bed, &self.ns, &self.op_lease));
+            }
+            Target::Handler(k) => {
+                let node = self.pair.nodes.get_mut(k).ok_or("no such node")?;
+                tokio::task::block_in_place(|| node.restart_handler())?;
+            }
+            Target::Libvirtd(k) => {
+                let node = self.pair.nodes.get_mut(k).ok_or("no such node")?;
+                tokio::task::block_in_place(|| node.restart_libvirtd())?;
+            }
+            t => return Err(format!("{} was killed without a way back", t.kind())),
+        }
+        Ok(format!(
+            "{name} started again (pid {:?})",
+            self.pid_of(d.target)
+        ))
+    }
+
     async fn op(&mut self, i: u64) {
+        let started = Instant::now();
+        let roll = self.rng.below(100);
+        let name = self.vm_name();
+        let line = match tokio::time::timeout(OP_TIMEOUT, self.act(roll, name)).await {
+            Ok(line) => line,
+            Err(_) => format!("(roll {roll}) timed out after {OP_TIMEOUT:?}"),
+        };
+        self.note(format!(
+            "{i:>4} {line} [{:.1} s]",
+            started.elapsed().as_secs_f64()
+        ));
+        self.tick().await;
+        self.follow();
+        let pause = self.rng.below(1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+
+    /// One operation (`roll` of 100 chooses it) on VM `name`; its log line.
+    async fn act(&mut self, roll: u64, name: String) -> String {
         let admin = self.bed.admin();
         let ns = self.ns.clone();
         let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
         let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
-        let name = self.vm_name();
-        let line = match self.rng.below(100) {
-            0..=17 => {
+        let kind: &'static str;
+        let line = match roll {
+            0..=15 => {
+                kind = "create";
                 let strategy = *self
                     .rng
                     .pick(&["Always", "Halted", "Manual", "RerunOnFailure"]);
-                let r = vms
-                    .create(&PostParams::default(), &guest_vm(&ns, &name, strategy))
-                    .await;
-                format!("create vm {name} {strategy}: {}", short(r.map(|_| ())))
+                let r = match self.vm(&name, strategy) {
+                    Ok(vm) => short(vms.create(&PostParams::default(), &vm).await.map(|_| ())),
+                    Err(e) => e,
+                };
+                format!("create vm {name} {strategy}: {r}")
             }
-            18..=29 => {
+            16..=26 => {
+                kind = "start";
                 let r = self
                     .put(
                         &format!("{SUB}/namespaces/{ns}/virtualmachines/{name}/start"),
@@ -133,7 +407,8 @@ impl Run<'_> {
                     .await;
                 format!("start {name}: {r}")
             }
-            30..=39 => {
+            27..=35 => {
+                kind = "stop";
                 let r = self
                     .put(
                         &format!("{SUB}/namespaces/{ns}/virtualmachines/{name}/stop"),
@@ -142,7 +417,8 @@ impl Run<'_> {
                     .await;
                 format!("stop {name}: {r}")
             }
-            40..=46 => {
+            36..=41 => {
+                kind = "restart";
                 let r = self
                     .put(
                         &format!("{SUB}/namespaces/{ns}/virtualmachines/{name}/restart"),
@@ -151,8 +427,9 @@ impl Run<'_> {
                     .await;
                 format!("restart {name}: {r}")
             }
-            47..=53 => {
+            42..=47 => {
                 let verb = *self.rng.pick(&["pause", "unpause"]);
+                kind = verb;
                 let r = self
                     .put(
                         &format!("{SUB}/namespaces/{ns}/virtualmachineinstances/{name}/{verb}"),
@@ -161,15 +438,18 @@ impl Run<'_> {
                     .await;
                 format!("{verb} {name}: {r}")
             }
-            54..=61 => {
+            48..=54 => {
+                kind = "delete vmi";
                 let r = vmis.delete(&name, &DeleteParams::default()).await;
                 format!("delete vmi {name}: {}", short(r.map(|_| ())))
             }
-            62..=67 => {
+            55..=59 => {
+                kind = "delete vm";
                 let r = vms.delete(&name, &DeleteParams::default()).await;
                 format!("delete vm {name}: {}", short(r.map(|_| ())))
             }
-            68..=77 => {
+            60..=67 => {
+                kind = "scale";
                 let n = self.rng.below(self.size.max_replicas + 1);
                 let rss: Api<VirtualMachineInstanceReplicaSet> =
                     Api::namespaced(admin.clone(), &ns);
@@ -182,66 +462,161 @@ impl Run<'_> {
                     .await;
                 format!("scale {RS} to {n}: {}", short(r.map(|_| ())))
             }
-            78..=88 if self.handler_down.is_none() => {
-                self.handler.kill();
-                self.kills += 1;
-                let back = 1 + self.rng.below(4) as u32;
-                self.handler_down = Some(back);
-                format!("SIGKILL handler (back in {back} ops)")
-            }
-            89..=99 if self.operator_down.is_none() => {
-                if let Some(mut op) = self.operator.take() {
-                    op.kill();
+            68..=73 if self.migrations_asked < self.size.migrations => {
+                kind = "migrate";
+                self.migrations_asked += 1;
+                // Mostly a containerDisk VM (live-migratable); sometimes
+                // whatever was picked (a hostDisk VM is refused).
+                let name = if self.size.cd_vms > 0 && self.rng.below(5) > 0 {
+                    format!("d{}", self.rng.below(self.size.cd_vms as u64))
+                } else {
+                    name
+                };
+                if self.rng.below(3) == 0 {
+                    let migs: Api<VirtualMachineInstanceMigration> =
+                        Api::namespaced(admin.clone(), &ns);
+                    let r = match serde_json::from_value::<VirtualMachineInstanceMigration>(json!({
+                        "apiVersion": "kubevirt.io/v1",
+                        "kind": "VirtualMachineInstanceMigration",
+                        "metadata": {"generateName": format!("{name}-")},
+                        "spec": {"vmiName": name},
+                    })) {
+                        Ok(m) => match migs.create(&PostParams::default(), &m).await {
+                            Ok(m) => format!("ok {}", m.name_any()),
+                            Err(e) => short(Err(e)),
+                        },
+                        Err(e) => e.to_string(),
+                    };
+                    format!("create migration of {name}: {r}")
+                } else {
+                    let r = self
+                        .put(
+                            &format!("{SUB}/namespaces/{ns}/virtualmachines/{name}/migrate"),
+                            "{}",
+                        )
+                        .await;
+                    format!("migrate {name}: {r}")
                 }
-                self.kills += 1;
-                let back = 1 + self.rng.below(4) as u32;
-                self.operator_down = Some(back);
-                format!("SIGKILL operator (back in {back} ops)")
             }
-            _ => "nothing".to_owned(),
+            74..=99 => {
+                let targets = self.targets();
+                let target = *self.rng.pick(&targets);
+                let stop = self.rng.below(3) == 0;
+                if self.down.iter().any(|d| d.target.group() == target.group()) {
+                    kind = "nothing";
+                    format!(
+                        "nothing ({} {}: its group is down)",
+                        if stop { "stop" } else { "kill" },
+                        self.target_name(target)
+                    )
+                } else {
+                    kind = "fault";
+                    match self.fault(target, stop) {
+                        Ok(l) => l,
+                        Err(e) => format!("fault on {}: {e}", self.target_name(target)),
+                    }
+                }
+            }
+            _ => {
+                kind = "nothing";
+                "nothing".to_owned()
+            }
         };
-        self.note(format!("{i:>4} {line}"));
-        self.tick().await;
-        let pause = self.rng.below(1500);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        *self.kinds.entry(kind).or_default() += 1;
+        line
     }
 
-    /// Brings back what was killed when its time is up.
+    /// Brings back what was taken away when its time is up.
     async fn tick(&mut self) {
-        if let Some(n) = self.handler_down.as_mut() {
-            *n -= 1;
-            if *n == 0 {
-                self.handler_down = None;
-                self.handler.restart();
-                self.note("     handler restarted".into());
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.down.len() {
+            self.down[i].back_in = self.down[i].back_in.saturating_sub(1);
+            if self.down[i].back_in == 0 {
+                due.push(self.down.remove(i));
+            } else {
+                i += 1;
             }
         }
-        if let Some(n) = self.operator_down.as_mut() {
-            *n -= 1;
-            if *n == 0 {
-                self.operator_down = None;
-                self.operator = Some(Operator::start(self.bed, &self.ns, "op", &[]));
-                self.note("     operator restarted".into());
-            }
+        for d in due {
+            let line = match self.bring_back(d).await {
+                Ok(l) => l,
+                Err(e) => format!("BRINGING BACK FAILED: {e}"),
+            };
+            self.note(format!("     {line}"));
         }
     }
 
-    /// Restarts whatever is still down.
-    async fn revive(&mut self) {
-        if self.handler_down.take().is_some() {
-            self.handler.restart();
-            self.note("     handler restarted (end of run)".into());
+    /// Brings back everything still down (the control plane first); an
+    /// error when something does not come back.
+    async fn revive(&mut self) -> Result<(), String> {
+        let mut all: Vec<Down> = self.down.drain(..).collect();
+        all.sort_by_key(|d| std::cmp::Reverse(d.target.group()));
+        let mut failed = Vec::new();
+        for d in all {
+            match self.bring_back(d).await {
+                Ok(l) => self.note(format!("     {l} (end of run)")),
+                Err(e) => failed.push(e),
+            }
         }
-        if self.operator_down.take().is_some() || self.operator.is_none() {
-            self.operator = Some(Operator::start(self.bed, &self.ns, "op", &[]));
-            self.note("     operator restarted (end of run)".into());
+        if self.pair.op.is_none() {
+            self.pair.op = Some(NsOperator::start(self.bed, &self.ns, &self.op_lease));
+            self.note("     operator started again (end of run)".into());
         }
-        wait_serving(&self.handler, Duration::from_secs(60)).await;
+        if !failed.is_empty() {
+            return Err(format!("bringing back failed: {failed:?}"));
+        }
+        // The control plane answers and ironvirt-api is available again.
+        let admin = self.bed.admin();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !matches!(
+            ironvirt_testbed::controlplane::readyz(&admin)
+                .await
+                .as_deref(),
+            Ok("ok")
+        ) {
+            if Instant::now() >= deadline {
+                return Err("kube-apiserver not ready 120 s after the run".into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        api_port(&admin).await?;
+        Ok(())
     }
-}
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+    /// Follows the memory and descriptors of ironvirt's processes: a
+    /// process seen for the first time (a restart) gets its base 10 s on.
+    fn follow(&mut self) {
+        let pids: Vec<Option<u32>> = self
+            .followed
+            .iter()
+            .map(|f| match f.label.as_str() {
+                "operator" => self.pid_of(Target::Operator),
+                "ironvirt-api" => self.pid_of(Target::Api),
+                l => self
+                    .pair
+                    .nodes
+                    .iter()
+                    .find(|n| l == format!("handler of {}", n.name()))
+                    .and_then(|n| n.process_pid("handler")),
+            })
+            .collect();
+        let stopped: Vec<u32> = self.down.iter().filter_map(|d| d.stopped).collect();
+        for (f, pid) in self.followed.iter_mut().zip(pids) {
+            if pid != f.pid {
+                f.pid = pid;
+                f.since = Instant::now();
+                f.base = None;
+            }
+            if let Some(pid) = f.pid
+                && f.base.is_none()
+                && f.since.elapsed() >= Duration::from_secs(10)
+                && !stopped.contains(&pid)
+            {
+                f.base = footprint(pid);
+            }
+        }
+    }
 }
 
 fn short(r: Result<(), kube::Error>) -> String {
@@ -260,7 +635,11 @@ fn phase(v: &VirtualMachineInstance) -> String {
         .unwrap_or_default()
 }
 
-/// The VMs (run strategy, printed status) and VMIs (phase) now.
+fn node_of(v: &VirtualMachineInstance) -> Option<&str> {
+    v.status.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// The VMs (run strategy, printed status) and VMIs (phase, node) now.
 async fn summary(bed: &TestBed, ns: &str) -> String {
     let admin = bed.admin();
     let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), ns);
@@ -291,57 +670,115 @@ async fn summary(bed: &TestBed, ns: &str) -> String {
         .collect();
     let vmis: Vec<String> = vmis
         .iter()
-        .map(|v| format!("vmi {} {}", v.name_any(), phase(v)))
+        .map(|v| format!("vmi {} {} on {:?}", v.name_any(), phase(v), node_of(v)))
         .collect();
     format!("{}; {}", vms.join(", "), vmis.join(", "))
 }
 
+/// What the checks need to know of the test's world.
+struct World {
+    /// (node name, libvirt URI, handler state dir on the host)
+    nodes: Vec<(String, String, std::path::PathBuf)>,
+    /// The Leases that may mention the test's nodes and operator.
+    leases: BTreeSet<String>,
+    /// What they are searched by.
+    needles: Vec<String>,
+}
+
 /// Everything that is wrong now; empty once the run has settled correctly.
-async fn violations(bed: &TestBed, ns: &str, handler: &Handler, replicas: u64) -> Vec<String> {
+async fn violations(bed: &TestBed, ns: &str, world: &World, replicas: u64) -> Vec<String> {
     let admin = bed.admin();
     let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), ns);
+    let migs: Api<VirtualMachineInstanceMigration> = Api::namespaced(admin.clone(), ns);
     let mut bad = Vec::new();
-    let (vm_list, vmi_list) = match (
+    let (vm_list, vmi_list, mig_list) = match (
         vms.list(&ListParams::default()).await,
         vmis.list(&ListParams::default()).await,
+        migs.list(&ListParams::default()).await,
     ) {
-        (Ok(a), Ok(b)) => (a.items, b.items),
-        (a, b) => {
+        (Ok(a), Ok(b), Ok(c)) => (a.items, b.items, c.items),
+        (a, b, c) => {
             return vec![format!(
-                "listing: {:?} {:?}",
+                "listing: {:?} {:?} {:?}",
                 a.err().map(|e| e.to_string()),
-                b.err().map(|e| e.to_string())
+                b.err().map(|e| e.to_string()),
+                c.err().map(|e| e.to_string())
             )];
         }
     };
-    for o in vm_list
-        .iter()
-        .map(|v| (v.name_any(), v.meta().deletion_timestamp.is_some()))
-    {
-        if o.1 {
-            bad.push(format!("VM {} is still terminating", o.0));
+    for v in &vm_list {
+        if v.meta().deletion_timestamp.is_some() {
+            bad.push(format!("VM {} is still terminating", v.name_any()));
+        }
+    }
+    for m in &mig_list {
+        let p = m.status.as_ref().and_then(|s| s.phase);
+        if m.meta().deletion_timestamp.is_some() {
+            bad.push(format!("migration {} is still terminating", m.name_any()));
+        }
+        if !p.is_some_and(|p| p.is_final()) {
+            bad.push(format!(
+                "migration {} of {} is unfinished ({p:?})",
+                m.name_any(),
+                m.spec.vmi_name
+            ));
+        } else if m.finalizers().iter().any(|f| f == MIGRATION_FINALIZER) {
+            bad.push(format!(
+                "migration {} ended {p:?} but keeps its finalizer",
+                m.name_any()
+            ));
+        }
+    }
+    // Every domain of the namespace on every node: VMI name → (node, running).
+    let prefix = ironvirt_crds::wire::domain_name_prefix(ns);
+    let mut domains: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    for (node, uri, _) in &world.nodes {
+        match domains_with_prefix(uri, &prefix) {
+            Ok(list) => {
+                for d in list {
+                    let vmi = d.strip_prefix(&prefix).unwrap_or_default().to_owned();
+                    let active = domain_active(uri, &d) == Some(true);
+                    domains.entry(vmi).or_default().push((node.clone(), active));
+                }
+            }
+            Err(e) => bad.push(format!("{node}: {e}")),
         }
     }
     for v in &vmi_list {
+        let name = v.name_any();
         if v.meta().deletion_timestamp.is_some() {
-            bad.push(format!("VMI {} is still terminating", v.name_any()));
+            bad.push(format!("VMI {name} is still terminating"));
         }
         let p = phase(v);
         if !matches!(p.as_str(), "Running" | "Failed" | "Succeeded") {
-            bad.push(format!("VMI {} is {p:?}, not settled", v.name_any()));
+            bad.push(format!("VMI {name} is {p:?}, not settled"));
         }
-        let domain = domain_name(ns, &v.name_any());
-        let active = domain_active(QEMU, &domain) == Some(true);
-        match (p.as_str(), active) {
-            ("Running", false) => bad.push(format!(
-                "VMI {} is Running without a running domain",
-                v.name_any()
-            )),
-            ("Failed" | "Succeeded", true) => {
-                bad.push(format!("VMI {} is {p} but its domain runs", v.name_any()))
+        let doms = domains.get(&name).cloned().unwrap_or_default();
+        if doms.len() > 1 {
+            bad.push(format!("VMI {name} has {} domains: {doms:?}", doms.len()));
+        }
+        let running: Vec<&String> = doms.iter().filter(|d| d.1).map(|d| &d.0).collect();
+        match p.as_str() {
+            "Running" if running.is_empty() => {
+                bad.push(format!("VMI {name} is Running without a running domain"))
             }
+            "Running" if running.iter().any(|n| Some(n.as_str()) != node_of(v)) => {
+                bad.push(format!(
+                    "VMI {name} is Running on {:?} but its domain runs on {running:?}",
+                    node_of(v)
+                ))
+            }
+            "Failed" | "Succeeded" if !running.is_empty() => bad.push(format!(
+                "VMI {name} is {p} but its domain runs on {running:?}"
+            )),
             _ => {}
+        }
+    }
+    let names: BTreeSet<String> = vmi_list.iter().map(|v| v.name_any()).collect();
+    for (vmi, doms) in &domains {
+        if !names.contains(vmi) {
+            bad.push(format!("domain {prefix}{vmi} without a VMI: {doms:?}"));
         }
     }
     for vm in &vm_list {
@@ -384,172 +821,396 @@ async fn violations(bed: &TestBed, ns: &str, handler: &Handler, replicas: u64) -
             "{RS} has {owned_by_rs} running replicas, wants {replicas}"
         ));
     }
-    let names: BTreeSet<String> = vmi_list.iter().map(|v| v.name_any()).collect();
-    let prefix = ironvirt_crds::wire::domain_name_prefix(ns);
-    match domains_with_prefix(QEMU, &prefix) {
-        Ok(domains) => {
-            for d in domains {
-                let vmi = d.strip_prefix(&prefix).unwrap_or_default();
-                if !names.contains(vmi) {
-                    let state = match domain_active(QEMU, &d) {
-                        Some(true) => "runs",
-                        _ => "is defined",
-                    };
-                    bad.push(format!("domain {d} {state} without a VMI"));
-                }
+    // The handlers' per-VMI directories: only of VMIs there are, on their node.
+    let nodes_of: BTreeMap<String, Option<&str>> = vmi_list
+        .iter()
+        .filter_map(|v| Some((v.uid()?, node_of(v))))
+        .collect();
+    for (node, _, state) in &world.nodes {
+        let Ok(entries) = std::fs::read_dir(state.join("vmis")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            match nodes_of.get(&uid) {
+                None => bad.push(format!("{node}'s handler keeps state of gone VMI {uid}")),
+                Some(on) if *on != Some(node.as_str()) => bad.push(format!(
+                    "{node}'s handler keeps state of VMI {uid}, which is on {on:?}"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    match ironvirt_tests::e2e::leases_mentioning(&admin, &world.needles).await {
+        Ok(found) => {
+            for l in found.iter().filter(|l| !world.leases.contains(*l)) {
+                bad.push(format!("Lease {l} belongs to nothing of the test"));
             }
         }
         Err(e) => bad.push(e),
     }
-    let uids: BTreeSet<String> = vmi_list.iter().filter_map(|v| v.uid()).collect();
-    if let Ok(entries) = std::fs::read_dir(vmi_dir(&handler.state_dir, "")) {
-        for e in entries.flatten() {
-            let uid = e.file_name().to_string_lossy().into_owned();
-            if !uids.contains(&uid) {
-                bad.push(format!("the handler keeps state of gone VMI {uid}"));
+    bad
+}
+
+/// Deletes everything the run made in `ns` (ReplicaSet, VMs, VMIs,
+/// migrations) and waits until it is gone, domains included.
+async fn delete_all(bed: &TestBed, ns: &str, world: &World) -> Result<f64, String> {
+    let admin = bed.admin();
+    let t = Instant::now();
+    let rss: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(admin.clone(), ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), ns);
+    let migs: Api<VirtualMachineInstanceMigration> = Api::namespaced(admin.clone(), ns);
+    let all = ListParams::default();
+    let _ = rss.delete_collection(&DeleteParams::default(), &all).await;
+    let _ = migs.delete_collection(&DeleteParams::default(), &all).await;
+    let _ = vms.delete_collection(&DeleteParams::default(), &all).await;
+    let _ = vmis.delete_collection(&DeleteParams::default(), &all).await;
+    let prefix = ironvirt_crds::wire::domain_name_prefix(ns);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut left = Vec::new();
+        for name in vms.list(&all).await.map_err(|e| e.to_string())? {
+            left.push(format!("vm {}", name.name_any()));
+        }
+        for name in vmis.list(&all).await.map_err(|e| e.to_string())? {
+            left.push(format!("vmi {}", name.name_any()));
+        }
+        for m in migs.list(&all).await.map_err(|e| e.to_string())? {
+            left.push(format!("migration {} {:?}", m.name_any(), m.finalizers()));
+        }
+        for (node, uri, state) in &world.nodes {
+            for d in domains_with_prefix(uri, &prefix)? {
+                left.push(format!("domain {d} on {node}"));
+            }
+            let dirs: Vec<_> = std::fs::read_dir(state.join("vmis"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            if !dirs.is_empty() {
+                left.push(format!("{node}'s VMI state {dirs:?}"));
             }
         }
+        if left.is_empty() {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("120 s after deleting everything, left: {left:?}"));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    bad
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seeded_lifecycle_chaos_keeps_every_invariant() {
     let seed = env_u64("IRONVIRT_CHAOS_SEED", 1);
     let ops = env_u64("IRONVIRT_CHAOS_OPS", 40);
+    let own_bed = std::env::var("IRONVIRT_CHAOS_OWN_BED").as_deref() == Ok("1");
     let bed = &bed().await;
+    let reg = match guest_registry().await {
+        Ok(r) => r,
+        Err(e) => panic!("the registry with the guest: {e}"),
+    };
+    let host = reg.host.clone();
     bed.with_namespace("chaos", |ns| async move {
+        let t0 = Instant::now();
         api_port(&bed.admin()).await?;
-        let handler = Handler::start(bed, &ns, &format!("{ns}-n"), QEMU);
-        wait_serving(&handler, Duration::from_secs(60)).await;
-        let operator = Operator::start(bed, &ns, "op", &[]);
+        let pair = Pair::start(bed, &ns, "chaos", &host, &[])?;
+        pair.wait_ready(&bed.admin()).await?;
+        let op_lease = pair
+            .op
+            .as_ref()
+            .map(|o| o.lease.clone())
+            .ok_or("the pair has no operator")?;
+        let world = World {
+            nodes: pair
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.name().to_owned(),
+                        n.libvirt_uri(),
+                        n.record.handler_state_dir(),
+                    )
+                })
+                .collect(),
+            leases: pair
+                .nodes
+                .iter()
+                .flat_map(|n| {
+                    [
+                        format!("{LEASE_NAMESPACE}/{}", n.name()),
+                        format!(
+                            "{LEASE_NAMESPACE}/{}",
+                            ironvirt_crds::wire::handler_lease_name(n.name())
+                        ),
+                    ]
+                })
+                .chain([format!("default/{op_lease}")])
+                .collect(),
+            needles: pair
+                .nodes
+                .iter()
+                .map(|n| n.name().to_owned())
+                .chain([op_lease.clone()])
+                .collect(),
+        };
         let long = ops > 100;
+        let mut followed: Vec<Followed> = ["operator".to_owned()]
+            .into_iter()
+            .chain(
+                pair.nodes
+                    .iter()
+                    .map(|n| format!("handler of {}", n.name())),
+            )
+            .map(|label| Followed {
+                label,
+                pid: None,
+                since: Instant::now(),
+                base: None,
+                checked: true,
+            })
+            .collect();
+        followed.push(Followed {
+            label: "ironvirt-api".into(),
+            pid: None,
+            since: Instant::now(),
+            base: None,
+            checked: own_bed,
+        });
         let mut run = Run {
             bed,
             ns: ns.clone(),
+            registry: host.clone(),
             rng: Rng(seed),
             log: Vec::new(),
-            handler,
-            operator: Some(operator),
-            handler_down: None,
-            operator_down: None,
-            kills: 0,
+            pair,
+            op_lease,
+            own_bed,
+            down: Vec::new(),
+            faults: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            migrations_asked: 0,
             size: Size {
                 vms: if long { 5 } else { 3 },
+                cd_vms: if long { 3 } else { 1 },
                 max_replicas: if long { 3 } else { 1 },
+                migrations: if long { (ops / 12) as u32 } else { 2 },
             },
+            followed,
         };
-        // The ReplicaSet starts empty; operations scale it.
-        let admin = bed.admin();
-        let rss: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(admin.clone(), &ns);
-        let template = serde_json::to_value(guest_vm(&ns, "x", "Always").spec.template)
-            .map_err(|e| e.to_string())?;
-        let rs: VirtualMachineInstanceReplicaSet = serde_json::from_value(json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
-            "metadata": {"name": RS},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"chaos": RS}},
-                     "template": {"metadata": {"labels": {"chaos": RS}}, "spec": template["spec"]}},
-        }))
-        .map_err(|e| e.to_string())?;
-        rss.create(&PostParams::default(), &rs)
-            .await
-            .map_err(|e| e.to_string())?;
-
-        let started = Instant::now();
-        for i in 0..ops {
-            run.op(i).await;
+        run.follow();
+        let outcome = story(&mut run, &world, seed, ops).await;
+        // Whatever happened, nothing stays stopped or killed.
+        let revived = run.revive().await;
+        let outcome = outcome.and(revived);
+        let cleanup = match &outcome {
+            Ok(_) => delete_all(bed, &ns, &world).await.map(|_| ()),
+            Err(_) => Ok(()),
+        };
+        let outcome = outcome.and(cleanup);
+        let Run { pair, log, .. } = run;
+        if outcome.is_err() {
+            eprintln!("operation log:\n{}", log.join("\n"));
         }
-        run.revive().await;
-        let ran = started.elapsed();
-        let handler_fds = fds(run.handler.pid());
-        let replicas = rss
-            .get(RS)
-            .await
-            .map_err(|e| e.to_string())?
-            .spec
-            .replicas
-            .unwrap_or(1) as u64;
-
-        // Settle: every invariant must hold within the limit.
-        let settle = Duration::from_secs(env_u64("IRONVIRT_CHAOS_SETTLE_S", 240));
-        let deadline = Instant::now() + settle;
-        let mut last;
-        loop {
-            last = violations(bed, &ns, &run.handler, replicas).await;
-            if last.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
+        let finished = pair.finish(bed, &ns, outcome, t0).await;
+        // Nothing of the nodes and the operator is left in the cluster.
+        let leases = ironvirt_tests::e2e::leases_mentioning(&bed.admin(), &world.needles).await?;
+        finished?;
+        if !leases.is_empty() {
+            return Err(format!("Leases left after the test: {leases:?}"));
         }
-        let settled_in = started.elapsed() - ran;
-        println!(
-            "chaos: seed {seed}, {ops} operations in {:.0} s, {} kills, settled in {:.0} s",
-            ran.as_secs_f64(),
-            run.kills,
-            settled_in.as_secs_f64()
-        );
-        println!("operation log:\n{}", run.log.join("\n"));
-        println!("at the end: {}", summary(bed, &ns).await);
-        if !last.is_empty() {
-            return Err(format!(
-                "chaos seed {seed} ({ops} operations; replay with IRONVIRT_CHAOS_SEED={seed} \
-                 IRONVIRT_CHAOS_OPS={ops}): after {settle:?} these invariants still fail:\n  {}\n\
-                 operation log:\n{}",
-                last.join("\n  "),
-                run.log.join("\n")
-            ));
-        }
-
-        // Clean up: everything goes, and nothing is left behind.
-        let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
-        let _ = rss.delete(RS, &DeleteParams::default()).await;
-        for vm in vms
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let _ = vms.delete(&vm.name_any(), &DeleteParams::default()).await;
-        }
-        let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = vmis
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let domains = domains_with_prefix(QEMU, &ironvirt_crds::wire::domain_name_prefix(&ns))?;
-            if left.items.is_empty() && domains.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "after deleting everything: VMIs {:?}, domains {domains:?}",
-                    left.items.iter().map(|v| v.name_any()).collect::<Vec<_>>()
-                ));
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        let state: Vec<_> = std::fs::read_dir(vmi_dir(&run.handler.state_dir, ""))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        if !state.is_empty() {
-            return Err(format!("the handler kept state of deleted VMIs: {state:?}"));
-        }
-        // The handler's descriptors, after its last restart and with every
-        // VMI gone, are no more than when the run settled (a margin of 8 for
-        // connections that come and go).
-        let end_fds = fds(run.handler.pid());
-        println!("chaos: handler descriptors {handler_fds} after its last restart, {end_fds} at the end");
-        if end_fds > handler_fds + 8 {
-            return Err(format!(
-                "the handler holds {end_fds} descriptors with nothing to run, {handler_fds} after its last restart"
-            ));
-        }
-        let handler = run.handler;
-        handler.remove(&admin).await;
         Ok::<(), String>(())
     })
     .await;
+    drop(reg);
+}
+
+/// The run proper: the operations, then the settling and the checks.
+async fn story(run: &mut Run<'_>, world: &World, seed: u64, ops: u64) -> Result<(), String> {
+    let bed = run.bed;
+    let ns = run.ns.clone();
+    let admin = bed.admin();
+    // The ReplicaSet starts empty; operations scale it.
+    let rss: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(admin.clone(), &ns);
+    let template = serde_json::to_value(guest_vm(&ns, "x", "Always").spec.template)
+        .map_err(|e| e.to_string())?;
+    let rs: VirtualMachineInstanceReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+        "metadata": {"name": RS},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"chaos": RS}},
+                 "template": {"metadata": {"labels": {"chaos": RS}}, "spec": template["spec"]}},
+    }))
+    .map_err(|e| e.to_string())?;
+    rss.create(&PostParams::default(), &rs)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The world the operations start from: every VM name exists and runs
+    // (run strategy Always), the ReplicaSet has one replica, so that the
+    // first operations already stop, pause and migrate running guests.
+    let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
+    let names: Vec<String> = (0..run.size.vms)
+        .map(|i| format!("c{i}"))
+        .chain((0..run.size.cd_vms).map(|i| format!("d{i}")))
+        .collect();
+    for name in &names {
+        vms.create(&PostParams::default(), &run.vm(name, "Always")?)
+            .await
+            .map_err(|e| format!("create {name}: {e}"))?;
+    }
+    rss.patch(
+        RS,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let populated = Instant::now();
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &ns);
+    loop {
+        let list = vmis
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let running = list.items.iter().filter(|v| phase(v) == "Running").count();
+        if running == names.len() + 1 {
+            break;
+        }
+        if populated.elapsed() > Duration::from_secs(240) {
+            return Err(format!(
+                "the starting VMs did not all run within 240 s: {}",
+                summary(bed, &ns).await
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    run.note(format!(
+        "     start: {} VMs and 1 replica running in {:.1} s",
+        names.len(),
+        populated.elapsed().as_secs_f64()
+    ));
+
+    let started = Instant::now();
+    for i in 0..ops {
+        run.op(i).await;
+    }
+    run.revive().await?;
+    let ran = started.elapsed();
+    let replicas = rss
+        .get(RS)
+        .await
+        .map_err(|e| e.to_string())?
+        .spec
+        .replicas
+        .unwrap_or(1) as u64;
+
+    // Settle: every invariant must hold within the limit.
+    let settle = Duration::from_secs(env_u64("IRONVIRT_CHAOS_SETTLE_S", 240));
+    let deadline = Instant::now() + settle;
+    let mut last;
+    loop {
+        last = violations(bed, &ns, world, replicas).await;
+        run.follow();
+        if last.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let settled_in = started.elapsed() - ran;
+    let faults: u32 = run.faults.values().sum();
+    println!(
+        "chaos: seed {seed}, {ops} operations in {:.0} s, {faults} faults ({}), {} migrations asked for, settled in {:.0} s",
+        ran.as_secs_f64(),
+        run.faults
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        run.migrations_asked,
+        settled_in.as_secs_f64()
+    );
+    println!(
+        "chaos: operations by kind: {}",
+        run.kinds
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("operation log:\n{}", run.log.join("\n"));
+    println!("at the end: {}", summary(bed, &ns).await);
+    let migs: Api<VirtualMachineInstanceMigration> = Api::namespaced(admin.clone(), &ns);
+    let outcomes: Vec<String> = migs
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {:?}",
+                m.spec.vmi_name,
+                m.status.as_ref().and_then(|s| s.phase)
+            )
+        })
+        .collect();
+    println!("chaos: migrations at the end: {outcomes:?}");
+    if !last.is_empty() {
+        return Err(format!(
+            "chaos seed {seed} ({ops} operations; replay with IRONVIRT_CHAOS_SEED={seed} \
+             IRONVIRT_CHAOS_OPS={ops}): after {settle:?} these invariants still fail:\n  {}",
+            last.join("\n  "),
+        ));
+    }
+    // Everything goes, and nothing is left behind; then the processes hold
+    // no more than 10 s after they (re)started.
+    // A process restarted late gets its base now (10 s after its start).
+    let wait = Instant::now();
+    while run
+        .followed
+        .iter()
+        .any(|f| f.pid.is_some() && f.base.is_none())
+        && wait.elapsed() < Duration::from_secs(15)
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        run.follow();
+    }
+    let took = delete_all(bed, &ns, world).await?;
+    println!("chaos: everything deleted and gone in {took:.1} s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut leaks = Vec::new();
+    for f in &run.followed {
+        let (Some(pid), Some((rss0, fds0))) = (f.pid, f.base) else {
+            println!("chaos: {}: no base taken (pid {:?})", f.label, f.pid);
+            continue;
+        };
+        let Some((rss1, fds1)) = footprint(pid) else {
+            leaks.push(format!("{} (pid {pid}) is gone", f.label));
+            continue;
+        };
+        println!(
+            "chaos: {} (pid {pid}, up {:.0} s): RSS {:.1} → {:.1} MiB, descriptors {fds0} → {fds1}{}",
+            f.label,
+            f.since.elapsed().as_secs_f64(),
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0,
+            if f.checked {
+                ""
+            } else {
+                " (shared with other tests: not checked)"
+            }
+        );
+        if f.checked && (rss1 > rss0 + RSS_MARGIN_KIB || fds1 > fds0 + FD_MARGIN) {
+            leaks.push(format!(
+                "{} (pid {pid}) holds RSS {rss1} KiB and {fds1} descriptors with nothing to run, \
+                 {rss0} KiB and {fds0} 10 s after it started (margins {RSS_MARGIN_KIB} KiB, {FD_MARGIN})",
+                f.label
+            ));
+        }
+    }
+    if !leaks.is_empty() {
+        return Err(format!("leaks: {leaks:?}"));
+    }
+    Ok(())
 }
 
 /// Opens `n` consoles of VMI `name` through kube-apiserver (read-only but
