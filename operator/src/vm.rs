@@ -246,6 +246,13 @@ pub fn plan_with(
             None => start_failure = None,
         }
     }
+    // Only the strategies that restart a failed VMI back off (KubeVirt's
+    // shouldBackoffStart): a VM stopped (Halted) or Manual keeps no start
+    // failure, so it prints Stopped, not a CrashLoopBackOff nothing would
+    // ever end (found by the chaos run).
+    if !matches!(strategy, RunStrategy::Always | RunStrategy::RerunOnFailure) {
+        start_failure = None;
+    }
     let retry_at = start_failure
         .as_ref()
         .and_then(|f| f.retry_after_timestamp.as_ref())
@@ -731,6 +738,26 @@ status: {status}
         let f = p4.status.start_failure.unwrap();
         assert_eq!(f.consecutive_fail_count, Some(2));
         assert_eq!(f.retry_after_timestamp, Some(Time(at(220))));
+    }
+
+    #[test]
+    fn a_vm_stopped_in_crash_loop_backoff_prints_stopped() {
+        // Always, its VMI failed: backing off.
+        let v = vm("Always", "{}");
+        let p = plan(&v, Some(&vmi("u1", "Failed")), at(100));
+        let mut backing_off = v.clone();
+        backing_off.status = Some(p.status.clone());
+        assert_eq!(
+            printable(&plan(&backing_off, None, at(105))),
+            "CrashLoopBackOff"
+        );
+        // Stopped (the stop subresource sets Halted) while backing off.
+        let mut stopped = vm("Halted", "{}");
+        stopped.status = Some(p.status);
+        let p = plan(&stopped, None, at(105));
+        assert_eq!(p.action, VmiAction::Nothing);
+        assert_eq!(printable(&p), "Stopped");
+        assert!(p.status.start_failure.is_none());
     }
 
     #[test]
