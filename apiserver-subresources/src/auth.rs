@@ -19,7 +19,7 @@ use http::HeaderMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use rustls::DistinguishedName;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -202,7 +202,11 @@ impl RequestHeaderAuth {
     pub async fn watch(self, client: Client) {
         let api: Api<ConfigMap> = Api::namespaced(client, AUTH_CONFIGMAP.0);
         let wc = watcher::Config::default().fields(&format!("metadata.name={}", AUTH_CONFIGMAP.1));
-        let mut stream = watcher(api, wc).boxed();
+        // Failed attempts wait (0.5 s doubling to 8 s) instead of retrying at
+        // once, which logged a warning in a tight loop while kube-apiserver was away.
+        let mut stream = watcher(api, wc)
+            .backoff(ironvirt_crds::watch::WatchBackoff::default())
+            .boxed();
         while let Some(ev) = stream.next().await {
             let cms = match ev {
                 Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => vec![cm],

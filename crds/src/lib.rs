@@ -26,6 +26,7 @@ pub mod vm;
 pub mod vmi;
 pub mod vmirs;
 pub mod volumes;
+pub mod watch;
 pub mod wire;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -12,6 +12,7 @@ use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use ironvirt_crds::VirtualMachineInstance;
 use ironvirt_crds::validate::VolumePolicy;
+use ironvirt_crds::watch::{NoExtraBackoff, WatchBackoff};
 use ironvirt_crds::wire::NODE_NAME_LABEL;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -296,6 +297,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     .touched_objects();
     tokio::spawn(
         Controller::for_stream(targets_stream, targets.clone())
+            .trigger_backoff(NoExtraBackoff)
             .graceful_shutdown_on(shutdown_signal())
             .run(
                 crate::migrate::reconcile_target,
@@ -313,6 +315,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     tracing::info!(node = %cfg.node, uri = %cfg.libvirt_uri, "handler running");
     Controller::for_stream(stream, store)
+        .trigger_backoff(NoExtraBackoff)
         .reconcile_on(one)
         .reconcile_all_on(all)
         .graceful_shutdown_on(shutdown_signal())
@@ -338,25 +341,6 @@ fn migration_address(stream_url: &str) -> Option<String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
     (!local).then(|| host.to_owned())
-}
-
-#[cfg(test)]
-mod migration_address_tests {
-    use super::migration_address;
-
-    #[test]
-    fn the_node_address_comes_from_the_stream_url() {
-        assert_eq!(
-            migration_address("https://10.213.0.12:8186").as_deref(),
-            Some("10.213.0.12")
-        );
-        assert_eq!(
-            migration_address("https://[fd00::5]:8186/").as_deref(),
-            Some("fd00::5")
-        );
-        assert_eq!(migration_address("https://127.0.0.1:8186"), None);
-        assert_eq!(migration_address("https://0.0.0.0:8186"), None);
-    }
 }
 
 async fn serve_health(addr: SocketAddr, metrics: Metrics) {
@@ -413,58 +397,21 @@ async fn shutdown_signal() {
     }
 }
 
-/// The VMI watch's retries: 0.5 s doubling to 8 s, from the start again after
-/// any event. kube-runtime's default waits up to 30 s and resets only after
-/// 120 s without errors, which after a kube-apiserver outage (whose first
-/// seconds also bring 403s while its authorizer warms up) adds up to 30 s
-/// before a node sees new VMIs. One watch per node at most every 8 s is
-/// little load for kube-apiserver. (Most of the delay measured after an
-/// outage has another cause, not found yet: docs/reliability.md, "Outages".)
-#[derive(Debug)]
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(8);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        WatchBackoff { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let wait = self.next;
-        self.next = (wait * 2).min(Self::MAX);
-        Some(wait)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
 #[cfg(test)]
-mod watch_backoff_tests {
-    use super::WatchBackoff;
-    use kube::runtime::utils::Backoff;
-    use std::time::Duration;
+mod migration_address_tests {
+    use super::migration_address;
 
     #[test]
-    fn doubles_to_eight_seconds_and_starts_again_after_an_event() {
-        let mut b = WatchBackoff::default();
-        let waits: Vec<Duration> = b.by_ref().take(7).collect();
-        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
-        b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    fn the_node_address_comes_from_the_stream_url() {
+        assert_eq!(
+            migration_address("https://10.213.0.12:8186").as_deref(),
+            Some("10.213.0.12")
+        );
+        assert_eq!(
+            migration_address("https://[fd00::5]:8186/").as_deref(),
+            Some("fd00::5")
+        );
+        assert_eq!(migration_address("https://127.0.0.1:8186"), None);
+        assert_eq!(migration_address("https://0.0.0.0:8186"), None);
     }
 }

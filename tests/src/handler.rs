@@ -185,7 +185,12 @@ impl Handler {
         let id = &self.identity;
         let child = Command::new(bin)
             .env("KUBECONFIG", &id.kubeconfig)
-            .env("RUST_LOG", "info,ironvirt_handler=debug,kube_runtime=warn")
+            // IRONVIRT_HANDLER_LOG overrides the filter (e.g. to trace kube's watches).
+            .env(
+                "RUST_LOG",
+                std::env::var("IRONVIRT_HANDLER_LOG")
+                    .unwrap_or_else(|_| "info,ironvirt_handler=debug,kube_runtime=warn".into()),
+            )
             .args(["--node-name", &self.node])
             .args(["--libvirt-uri", &self.uri])
             .args(["--domain-type", "qemu"])

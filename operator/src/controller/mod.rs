@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
 use ironvirt_crds::pool::VirtualMachinePool;
+use ironvirt_crds::watch::{NoExtraBackoff, WatchBackoff};
 use ironvirt_crds::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceReplicaSet,
@@ -237,8 +238,13 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, wc).default_backoff().modify(slim))
-        .applied_objects();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, wc)
+            .backoff(WatchBackoff::default())
+            .modify(slim),
+    )
+    .applied_objects();
     (reader, stream)
 }
 
@@ -263,7 +269,9 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    watcher(api, wc).default_backoff().touched_objects()
+    watcher(api, wc)
+        .backoff(WatchBackoff::default())
+        .touched_objects()
 }
 
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -294,7 +302,7 @@ pub async fn run_controllers(
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let node_stream = reflector::reflector(
         nodes_writer,
-        watcher(Api::<Node>::all(client.clone()), wc.clone()),
+        watcher(Api::<Node>::all(client.clone()), wc.clone()).backoff(WatchBackoff::default()),
     )
     .applied_objects()
     .for_each(|_| async {});
@@ -305,6 +313,7 @@ pub async fn run_controllers(
             Api::<Lease>::namespaced(client.clone(), &ctx.settings.lease_namespace),
             wc.clone(),
         )
+        .backoff(WatchBackoff::default())
         .modify(slim),
     )
     .applied_objects()
@@ -317,6 +326,7 @@ pub async fn run_controllers(
     // Placements run concurrently: each decides and records its assumption
     // under one lock, so only the writes overlap.
     let placement_controller = Controller::for_stream(vmi_stream, vmi_store.clone())
+        .trigger_backoff(NoExtraBackoff)
         .with_config(ControllerConfig::default().concurrency(PLACEMENT_CONCURRENCY));
     let phases = phase_gauge(ctx.clone(), vmi_store.clone());
     let pctx = Arc::new(placement::PlacementContext::new(
@@ -331,6 +341,7 @@ pub async fn run_controllers(
         slim_reflector(scoped::<VirtualMachine>(&client, ns.as_deref()), wc.clone());
     let vm_ctx = Arc::new(vm::VmContext::new(ctx.clone(), Some(pctx.clone())));
     let vm_controller = Controller::for_stream(vm_stream, vm_store)
+        .trigger_backoff(NoExtraBackoff)
         .owns_stream(meta_stream::<VirtualMachineInstance>(
             &client,
             ns.as_deref(),
@@ -351,19 +362,21 @@ pub async fn run_controllers(
         migrations: mig_store.clone(),
         limits: crate::migration::Limits::default(),
     });
-    let migration_controller = Controller::for_stream(mig_stream, mig_store).watches_stream(
-        meta_stream::<VirtualMachineInstance>(&client, ns.as_deref(), wc.clone()),
-        move |vmi| {
-            let vmi_ns = vmi.namespace();
-            let name = vmi.name_any();
-            mig_lookup
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == vmi_ns && m.spec.vmi_name == name)
-                .map(|m| ObjectRef::from_obj(&*m))
-                .collect::<Vec<_>>()
-        },
-    );
+    let migration_controller = Controller::for_stream(mig_stream, mig_store)
+        .trigger_backoff(NoExtraBackoff)
+        .watches_stream(
+            meta_stream::<VirtualMachineInstance>(&client, ns.as_deref(), wc.clone()),
+            move |vmi| {
+                let vmi_ns = vmi.namespace();
+                let name = vmi.name_any();
+                mig_lookup
+                    .state()
+                    .into_iter()
+                    .filter(|m| m.namespace() == vmi_ns && m.spec.vmi_name == name)
+                    .map(|m| ObjectRef::from_obj(&*m))
+                    .collect::<Vec<_>>()
+            },
+        );
     let evacuation = evacuation::run(
         mctx.clone(),
         ctx.settings.default_eviction_strategy,
@@ -401,6 +414,7 @@ pub async fn run_controllers(
     );
     let rs_lookup = rs_store.clone();
     let rs_controller = Controller::for_stream(rs_stream, rs_store)
+        .trigger_backoff(NoExtraBackoff)
         .owns_stream(meta_stream::<VirtualMachineInstance>(
             &client,
             ns.as_deref(),
@@ -432,6 +446,7 @@ pub async fn run_controllers(
     );
     let pool_lookup = pool_store.clone();
     let pool_controller = Controller::for_stream(pool_stream, pool_store)
+        .trigger_backoff(NoExtraBackoff)
         // VM changes (status.ready among them) wake the pool that owns them.
         .owns_stream(meta_stream::<VirtualMachine>(
             &client,
