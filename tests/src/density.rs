@@ -627,12 +627,21 @@ impl Figures {
             "density load1: before={:.2} max_during={:.2} after={:.2}",
             b.load1, self.load_max, a.load1
         ));
+        // Why each guest has no marker: the first line of the error and the
+        // last console line (the whole transcript tail is too long for 50).
         for g in self.guests.iter().filter(|g| g.error.is_some()) {
-            line(format!(
-                "density failed {}: {}",
-                g.name,
-                g.error.as_deref().unwrap_or_default()
-            ));
+            let e = g.error.as_deref().unwrap_or_default();
+            let first = e.lines().next().unwrap_or_default();
+            let last = e
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default();
+            line(if first == last {
+                format!("density failed {}: {first}", g.name)
+            } else {
+                format!("density failed {}: {first} … {}", g.name, last.trim())
+            });
         }
         out
     }
