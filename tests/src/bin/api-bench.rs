@@ -2,8 +2,13 @@
 //! with libvirt/QEMU and release builds of ironvirt-api and the handler.
 //!
 //! - Console throughput (the guest prints 1 MB) along kube-apiserver →
-//!   ironvirt-api → handler, and reading the handler's stream directly; the
-//!   ratio of the two.
+//!   ironvirt-api → handler, and reading the handler's stream directly:
+//!   [`floods`] per path (`IRONVIRT_BENCH_FLOODS`, default 5), the paths
+//!   alternating in ABBA order so that drift in the machine's load hits both;
+//!   every sample, the ratio of the medians and the median of the paired
+//!   ratios, with the load average.
+//! - Console open: the time to the 101 and to the first frame (the handler
+//!   replays the console's recent output at once), both paths in turn.
 //! - Added latency: the round trip of a typed line to the guest's tty echo,
 //!   both ways; the difference of the medians.
 //! - Port-forward throughput (a 16 MiB HTTP download from the guest's
@@ -27,7 +32,12 @@ use kube::api::{Api, DeleteParams};
 
 use ironvirt_tests::api::{GUEST_MARKER as MARKER, guest_vmi};
 const CONSOLE_BYTES: usize = 1_000_000;
+/// Port-forward downloads per path.
 const RUNS: usize = 3;
+/// Console floods per path unless `IRONVIRT_BENCH_FLOODS` says otherwise.
+const FLOODS: usize = 5;
+/// Console opens per path.
+const OPENS: usize = 20;
 const ROUND_TRIPS: usize = 40;
 const SESSIONS: usize = 50;
 /// The port-forward download's size, and the guest ports serving it and a
@@ -49,6 +59,23 @@ fn rss_kib(pid: u32) -> u64 {
                 .ok()
         })
         .unwrap_or(0)
+}
+
+/// The number of console floods per path.
+fn floods() -> usize {
+    std::env::var("IRONVIRT_BENCH_FLOODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(FLOODS)
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg gives them.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -166,6 +193,7 @@ fn ms_since(t0: Instant) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    println!("load_average at the start: {}", loadavg());
     let bed = TestBed::shared().await?;
     ensure_crds(&bed);
     let client = bed.admin();
@@ -220,32 +248,96 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_kib = rss_kib(api.pid);
 
-    // Throughput and latency, the two paths in turn. A new writer takes the
-    // console over from the previous one, so each run opens its own.
-    let (mut tp_api, mut tp_direct) = (Vec::new(), Vec::new());
-    let (mut rt_api, mut rt_direct) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
-        let mut ws = open_ws(&client, &via_api)
+    println!("load_average before the console rounds: {}", loadavg());
+    // Opening a console: to the 101, and to the first frame (the handler's
+    // replay of recent output, sent right after the 101). Read-only, so no
+    // writer is taken over.
+    let (mut up_a, mut up_d, mut first_a, mut first_d) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..OPENS {
+        let t0 = Instant::now();
+        let mut ws = open_ws(&client, &format!("{via_api}?readonly=true"))
             .await
             .map_err(|(c, b)| anyhow::anyhow!("console via kube-apiserver: {c} {b}"))?;
-        tp_api.push(flood(&mut ws, run * 2).await?);
-        rt_api.extend(round_trips(&mut ws, &format!("a{run}")).await?);
+        up_a.push(ms_since(t0));
+        ws.next_binary(Duration::from_secs(30))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no replay on a console via kube-apiserver"))?;
+        first_a.push(ms_since(t0));
         ws.close().await;
+        let t0 = Instant::now();
         let mut ws = h
             .streams()
-            .websocket(&direct)
+            .websocket(&format!("{direct}?readonly=true"))
             .await
             .map_err(anyhow::Error::msg)?;
-        tp_direct.push(flood(&mut ws, run * 2 + 1).await?);
-        rt_direct.extend(round_trips(&mut ws, &format!("d{run}")).await?);
+        up_d.push(ms_since(t0));
+        ws.next_binary(Duration::from_secs(30))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no replay on a direct console"))?;
+        first_d.push(ms_since(t0));
         ws.close().await;
+    }
+    for v in [&mut up_a, &mut up_d, &mut first_a, &mut first_d] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "console_open_ms (n={OPENS}, read-only): to_101 via_kube_apiserver p50={:.2} p95={:.2}, handler_direct p50={:.2} p95={:.2}; to_first_frame via_kube_apiserver p50={:.2} p95={:.2}, handler_direct p50={:.2} p95={:.2}; first_frame_after_101 via p50={:.2} direct p50={:.2}",
+        percentile(&up_a, 50.0),
+        percentile(&up_a, 95.0),
+        percentile(&up_d, 50.0),
+        percentile(&up_d, 95.0),
+        percentile(&first_a, 50.0),
+        percentile(&first_a, 95.0),
+        percentile(&first_d, 50.0),
+        percentile(&first_d, 95.0),
+        percentile(&first_a, 50.0) - percentile(&up_a, 50.0),
+        percentile(&first_d, 50.0) - percentile(&up_d, 50.0),
+    );
+
+    // Throughput and latency, the two paths in turn (ABBA: via first in even
+    // rounds, direct first in odd ones). A new writer takes the console over
+    // from the previous one, so each flood opens its own session.
+    let n_floods = floods();
+    let (mut tp_api, mut tp_direct) = (Vec::new(), Vec::new());
+    let (mut rt_api, mut rt_direct) = (Vec::new(), Vec::new());
+    let load_before = loadavg();
+    for run in 0..n_floods {
+        for via in [run % 2 == 0, run % 2 == 1] {
+            if via {
+                let mut ws = open_ws(&client, &via_api)
+                    .await
+                    .map_err(|(c, b)| anyhow::anyhow!("console via kube-apiserver: {c} {b}"))?;
+                tp_api.push(flood(&mut ws, run * 2).await?);
+                rt_api.extend(round_trips(&mut ws, &format!("a{run}")).await?);
+                ws.close().await;
+            } else {
+                let mut ws = h
+                    .streams()
+                    .websocket(&direct)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                tp_direct.push(flood(&mut ws, run * 2 + 1).await?);
+                rt_direct.extend(round_trips(&mut ws, &format!("d{run}")).await?);
+                ws.close().await;
+            }
+        }
+        println!(
+            "  console flood {run}: via_kube_apiserver={:.0} handler_direct={:.0} B/s ratio={:.2} (load average {})",
+            tp_api[run],
+            tp_direct[run],
+            tp_api[run] / tp_direct[run],
+            loadavg()
+        );
     }
     rt_api.sort_by(f64::total_cmp);
     rt_direct.sort_by(f64::total_cmp);
     let (api_bps, direct_bps) = (median(tp_api.clone()), median(tp_direct.clone()));
+    let paired = median(tp_api.iter().zip(&tp_direct).map(|(a, d)| a / d).collect());
     println!(
-        "console_bytes_per_s (median of {RUNS}): via_kube_apiserver={api_bps:.0} handler_direct={direct_bps:.0} ratio={:.2} (runs: {tp_api:.0?} / {tp_direct:.0?})",
-        api_bps / direct_bps
+        "console_bytes_per_s (median of {n_floods}): via_kube_apiserver={api_bps:.0} handler_direct={direct_bps:.0} ratio={:.2} paired_ratio_median={paired:.2} (runs: {tp_api:.0?} / {tp_direct:.0?}; load average before {load_before}, after {})",
+        api_bps / direct_bps,
+        loadavg()
     );
     println!(
         "echo_round_trip_ms (n={}): via_kube_apiserver p50={:.2} p95={:.2}; handler_direct p50={:.2} p95={:.2}; added_p50={:.2}",
@@ -257,6 +349,7 @@ async fn main() -> anyhow::Result<()> {
         percentile(&rt_api, 50.0) - percentile(&rt_direct, 50.0),
     );
 
+    println!("load_average after the console rounds: {}", loadavg());
     // Port-forward: downloads, then connects, the two paths in turn.
     let pf = |port: u16| {
         (
@@ -329,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
         percentile(&first_a, 50.0) - percentile(&first_d, 50.0),
     );
 
+    println!("load_average after the port-forward rounds: {}", loadavg());
     // 50 sessions: one writer and read-only observers.
     let mut sessions = Vec::with_capacity(SESSIONS);
     let writer = open_ws(&client, &via_api)
@@ -360,6 +454,7 @@ async fn main() -> anyhow::Result<()> {
     for s in sessions {
         s.close().await;
     }
+    println!("load_average at the end: {}", loadavg());
 
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let _ = vmis.delete(name, &DeleteParams::default()).await;
