@@ -563,6 +563,23 @@ impl Run<'_> {
             self.pair.op = Some(NsOperator::start(self.bed, &self.ns, &self.op_lease));
             self.note("     operator started again (end of run)".into());
         }
+        // Every handler runs: one that exited by itself (nothing in the bed
+        // restarts it, as a DaemonSet would) is a failure of its own.
+        for n in &self.pair.nodes {
+            if n.process_pid("handler").is_none() {
+                let log = n.handler_log();
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("Error") || l.contains("panicked"))
+                    .unwrap_or_default();
+                failed.push(format!(
+                    "the handler of {} exited by itself: {}",
+                    n.name(),
+                    last.chars().take(300).collect::<String>()
+                ));
+            }
+        }
         if !failed.is_empty() {
             return Err(format!("bringing back failed: {failed:?}"));
         }
