@@ -166,7 +166,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         lease_seconds: 60,
     };
     if cfg.register_node {
-        node::register(&client, &settings).await?;
+        // As a kubelet does: until it works. Right after kube-apiserver
+        // starts, its authorizer answers 403 for a moment (found by the
+        // chaos run: a handler started then exited).
+        node::retry("registering the Node", WatchBackoff::default(), || {
+            node::register(&client, &settings)
+        })
+        .await;
     }
     tokio::spawn(node::heartbeat(client.clone(), settings, lv.health()));
     tokio::spawn(node::watch_libvirt(Arc::clone(&lv), Duration::from_secs(5)));

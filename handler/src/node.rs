@@ -72,6 +72,32 @@ pub async fn register(client: &Client, s: &NodeSettings) -> Result<(), kube::Err
     Ok(())
 }
 
+/// Runs `op` until it succeeds, waiting `backoff` between attempts and
+/// logging each failure.
+pub async fn retry<T, E, F, Fut>(
+    what: &str,
+    mut backoff: impl Iterator<Item = Duration>,
+    mut op: F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt: u32 = 1;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(8));
+                tracing::warn!(error = %e, attempt, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
+                tokio::time::sleep(wait).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
 fn kubelet_ready() -> serde_json::Value {
     let now = Timestamp::now().to_string();
     json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -220,6 +246,31 @@ pub async fn watch_libvirt(libvirt: std::sync::Arc<crate::libvirt::Libvirt>, eve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn registration_is_retried_until_kube_apiserver_lets_it_through() {
+        let calls = std::cell::Cell::new(0u32);
+        let started = tokio::time::Instant::now();
+        let got = retry(
+            "registering the Node",
+            ironvirt_crds::watch::WatchBackoff::default(),
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n <= 3 {
+                        Err(format!("403 forbidden (attempt {n})"))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(got, 4);
+        // 0.5 + 1 + 2 s between the four attempts.
+        assert_eq!(started.elapsed(), Duration::from_millis(3500));
+    }
 
     #[test]
     fn health_turns_into_label_and_condition() {
