@@ -133,14 +133,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     );
     // The cap is per listening address; several addresses share the limits
     // of streams and screenshots, which are the ones that hold memory.
-    // TCP_NODELAY: the first frame relayed after a stream's 101 must not wait
-    // for kube-apiserver's delayed ACK of the 101 (~40 ms per open); the
-    // console and VNC relays merge the frames waiting together instead of
-    // leaving that to Nagle (server/streams.rs).
+    // No TCP_NODELAY (yet): with it, and the relays merging the frames that
+    // wait together, a console through kube-apiserver still got 0.32 of the
+    // direct path's throughput (make bench-api, 2026-12-03), and the first
+    // frame after a stream's 101 still waited ~40 ms, in the handler.
     let serve_options = ironvirt_stream::ServeOptions {
         header_read_timeout: Some(cfg.header_read_timeout),
         max_connections: Some(cfg.max_connections),
-        nodelay: true,
+        nodelay: false,
         ..ironvirt_stream::ServeOptions::default()
     };
     tokio::spawn(metrics::serve(cfg.metrics_addr, state.metrics.clone()));
