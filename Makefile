@@ -39,7 +39,7 @@ bench-images: ## containerDisk benchmark only: cold pull + start, warm start fro
 bench-density: ## Density benchmark only: 50 TCG guests on one node (DENSITY_VMS=N), latency to Running and to the guest's marker, memory per VM
 	@BENCH=density hack/bench.sh
 
-chaos: ## Seeded chaos run on a bed of its own: random lifecycle operations, SIGKILLed operator and handler, then the invariants (SEED=1 OPS=500)
+chaos: ## Seeded chaos run on a bed of its own: lifecycle operations, migrations, containerDisk VMs; operator, handlers, libvirtds, ironvirt-api, kube-apiserver and etcd killed or stopped; then the invariants (SEED=1 OPS=500)
 	@SEED=$(SEED) OPS=$(OPS) hack/chaos.sh
 
 fuzz-specs: ## 10,000 generated VM/VMI specs through validation, defaulting, domain XML and libvirt's schema (no test bed)

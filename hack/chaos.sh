@@ -28,5 +28,5 @@ ops="${OPS:-500}"
 log "chaos: seed $seed, $ops operations"
 IRONVIRT_STATE="$state" IRONVIRT_ETCD_BIN="$ETCD_BIN" IRONVIRT_K8S_BIN="$K8S_BIN" \
   IRONVIRT_CHAOS_SEED="$seed" IRONVIRT_CHAOS_OPS="$ops" IRONVIRT_CHAOS_OWN_BED=1 \
-  cargo test --quiet -p ironvirt-tests --test chaos --manifest-path "$REPO/Cargo.toml" -- --nocapture --test-threads=1 \
+  cargo test --quiet -p ironvirt-tests --test chaos --test outage_watch --manifest-path "$REPO/Cargo.toml" -- --nocapture --test-threads=1 \
   || die "chaos seed $seed failed (the operation log is above; replay: make chaos SEED=$seed OPS=$ops)."
