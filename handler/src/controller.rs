@@ -905,6 +905,43 @@ async fn sweep_once(ctx: &Context, stores: &[Store<VirtualMachineInstance>]) -> 
             .await?;
         cleanup_files(ctx, &d.owner.uid).await?;
     }
+    // A domain that came here by live migration keeps the source node in
+    // its metadata. When its VMI is gone (or the name is another VMI now) it
+    // is an orphan as well: e.g. a VMI deleted while it migrated here with
+    // this handler down (found by the chaos run). The VMI is read from
+    // kube-apiserver: on a libvirtd shared by several handlers (the test
+    // bed) the other handlers' domains are not in this handler's cache.
+    let node = ctx.node.clone();
+    let foreign = ctx
+        .libvirt
+        .call(move |c| libvirt::list_foreign(c, &node))
+        .await?;
+    for d in foreign {
+        let uid = d.owner.uid.clone();
+        if live.contains(&uid) {
+            with_domain.insert(uid);
+            continue;
+        }
+        let api: Api<VirtualMachineInstance> =
+            Api::namespaced(ctx.client.clone(), &d.owner.namespace);
+        let found = match api.get_opt(&d.owner.name).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(domain = %d.name, error = %e, "looking up the VMI of a migrated-in domain");
+                continue;
+            }
+        };
+        if !vmi_gone(found.as_ref(), &uid) {
+            continue;
+        }
+        tracing::info!(domain = %d.name, vmi.uid = %uid, from = %d.owner.node, "removing a domain that migrated here and whose VMI is gone");
+        close_console(ctx, &d.name).await;
+        let name = d.name.clone();
+        ctx.libvirt
+            .call(move |c| libvirt::destroy_and_undefine(c, &name))
+            .await?;
+        cleanup_files(ctx, &uid).await?;
+    }
     // Directories first, then a fresh look at the cache: a VMI whose files
     // are being made right now is in the cache by then.
     let root = ctx.state_dir.join("vmis");
@@ -929,9 +966,24 @@ async fn sweep_once(ctx: &Context, stores: &[Store<VirtualMachineInstance>]) -> 
     Ok(())
 }
 
+/// Whether the VMI a domain belongs to (`uid`) is gone, given what
+/// kube-apiserver has under the domain's namespace and name.
+fn vmi_gone(found: Option<&VirtualMachineInstance>, uid: &str) -> bool {
+    found.and_then(|v| v.uid()).as_deref() != Some(uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_migrated_in_domain_is_an_orphan_once_its_vmi_is_gone_or_replaced() {
+        let mut v = VirtualMachineInstance::new("d0", Default::default());
+        v.metadata.uid = Some("u-1".into());
+        assert!(!vmi_gone(Some(&v), "u-1"), "its VMI is still there");
+        assert!(vmi_gone(Some(&v), "u-0"), "the name is a new VMI now");
+        assert!(vmi_gone(None, "u-1"), "its VMI is deleted");
+    }
 
     #[test]
     fn domain_names_map_back_to_vmis() {

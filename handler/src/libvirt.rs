@@ -469,6 +469,20 @@ pub fn owner(dom: &Domain) -> Result<Option<DomainOwner>, virt::error::Error> {
 
 /// Every ironvirt domain on this connection that belongs to `node`.
 pub fn list_owned(conn: &Connect, node: &str) -> Result<Vec<DomainInfo>, LibvirtError> {
+    list_where(conn, |owner| owner.node == node)
+}
+
+/// Every ironvirt domain on this connection whose metadata names another
+/// node than `node`: on a node's own libvirtd, the domains that came in by
+/// live migration (their metadata still names the source).
+pub fn list_foreign(conn: &Connect, node: &str) -> Result<Vec<DomainInfo>, LibvirtError> {
+    list_where(conn, |owner| owner.node != node)
+}
+
+fn list_where(
+    conn: &Connect,
+    keep: impl Fn(&DomainOwner) -> bool,
+) -> Result<Vec<DomainInfo>, LibvirtError> {
     let domains = conn.list_all_domains(0).map_err(map_err(""))?;
     let mut out = Vec::new();
     for dom in domains {
@@ -480,7 +494,7 @@ pub fn list_owned(conn: &Connect, node: &str) -> Result<Vec<DomainInfo>, Libvirt
         let Ok(Some(owner)) = owner(&dom) else {
             continue;
         };
-        if owner.node != node {
+        if !keep(&owner) {
             continue;
         }
         let Ok(state) = domain_state(&dom) else {
