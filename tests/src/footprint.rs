@@ -58,8 +58,68 @@ pub async fn settles_to(api: BedApi, h: &Handler, base: &Footprint) -> Result<Fo
         last = Footprint::now(api, h).await;
     }
     Err(format!(
-        "left behind after closing: now {last:?}, before {base:?}"
+        "left behind after closing: now {last:?}, allowed {base:?}; ironvirt-api's TCP connections: {:?}",
+        tcp_connections(api.pid)
     ))
+}
+
+/// The TCP connections a process holds, as "local -> remote STATE", read
+/// from /proc (to tell which side a left-over connection belongs to).
+pub fn tcp_connections(pid: u32) -> Vec<String> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && inodes.contains(f[9]) {
+                out.push(format!(
+                    "{} -> {} {}",
+                    endpoint(f[1]),
+                    endpoint(f[2]),
+                    tcp_state(f[3])
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// "0100007F:1F90" (or its IPv6 form) as "127.0.0.1:8080"; the port is what
+/// tells the peers apart on the bed, so IPv6 addresses stay in hex.
+fn endpoint(hex: &str) -> String {
+    let Some((addr, port)) = hex.split_once(':') else {
+        return hex.to_owned();
+    };
+    let port = u16::from_str_radix(port, 16).unwrap_or(0);
+    match u32::from_str_radix(addr, 16) {
+        Ok(a) if addr.len() == 8 => format!("{}:{port}", std::net::Ipv4Addr::from(a.swap_bytes())),
+        _ => format!("[{addr}]:{port}"),
+    }
+}
+
+fn tcp_state(hex: &str) -> &'static str {
+    match hex {
+        "01" => "ESTABLISHED",
+        "06" => "TIME_WAIT",
+        "08" => "CLOSE_WAIT",
+        "0A" => "LISTEN",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        _ => "OTHER",
+    }
 }
 
 /// The footprint once it has stopped changing (idle connections and
@@ -75,4 +135,16 @@ pub async fn steady(api: BedApi, h: &Handler) -> Footprint {
         last = now;
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_endpoints_read_as_addresses() {
+        assert_eq!(endpoint("0100007F:1F90"), "127.0.0.1:8080");
+        assert_eq!(tcp_state("01"), "ESTABLISHED");
+        assert_eq!(endpoint("garbage"), "garbage");
+    }
 }

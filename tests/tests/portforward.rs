@@ -241,7 +241,10 @@ async fn port_forward_reaches_the_guest_through_kube_apiserver_as_rbac_allows() 
             ..base
         };
         let after: Footprint = settles_to(api, &h, &allowed).await?;
-        eprintln!("footprint before {base:?}, after {CONNECTIONS} connections {after:?}");
+        eprintln!(
+            "footprint before {base:?}, after {CONNECTIONS} connections {after:?}; ironvirt-api's TCP connections: {:?}",
+            ironvirt_tests::footprint::tcp_connections(api.pid)
+        );
 
         // RBAC: view and no binding are refused, in one line.
         for (who, kc) in [("vic", &vic), ("nobody", &nobody)] {
