@@ -97,6 +97,19 @@ fn path_arg(flag: &str, p: &Path) -> String {
     format!("--{flag}={}", p.display())
 }
 
+/// kube-apiserver's audit policy on the bed: deletes only, at Metadata level.
+pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [delete, deletecollection]
+- level: None
+";
+/// Its file under the bed's root, and the audit log's under logs/.
+pub const AUDIT_POLICY_FILE: &str = "audit-policy.yaml";
+pub const AUDIT_LOG_FILE: &str = "kube-apiserver-audit.log";
+
 /// The command line of kube-apiserver: client-certificate users, Node+RBAC
 /// authorization, service-account keys and the front-proxy for aggregation.
 pub fn apiserver_args(layout: &Layout, port: u16, etcd_port: u16) -> Vec<String> {
@@ -135,6 +148,12 @@ pub fn apiserver_args(layout: &Layout, port: u16, etcd_port: u16) -> Vec<String>
         ),
         path_arg("proxy-client-key-file", &pki.key(names::FRONT_PROXY_CLIENT)),
         "--profiling=false".into(),
+        // Who deleted what: every delete, at Metadata level (user, object,
+        // time), in logs/kube-apiserver-audit.log.
+        path_arg("audit-policy-file", &layout.root().join(AUDIT_POLICY_FILE)),
+        path_arg("audit-log-path", &layout.logs().join(AUDIT_LOG_FILE)),
+        "--audit-log-maxsize=20".into(),
+        "--audit-log-maxbackup=1".into(),
     ];
     args.extend(etcd::apiserver_args(layout, etcd_port));
     args
@@ -386,6 +405,8 @@ async fn start(layout: &Layout, opts: &UpOptions) -> Result<ClusterInfo> {
         "system:kube-controller-manager",
     );
     fs::write(layout.kcm_kubeconfig(), kcm).map_err(io(layout.kcm_kubeconfig()))?;
+    let policy = layout.root().join(AUDIT_POLICY_FILE);
+    fs::write(&policy, AUDIT_POLICY).map_err(io(&policy))?;
 
     sup.spawn(
         APISERVER,
@@ -512,6 +533,7 @@ mod tests {
         let args = apiserver_args(&layout, 6443, 2379);
         let has = |s: &str| args.iter().any(|a| a == s);
         assert!(has("--authorization-mode=Node,RBAC"));
+        assert!(has("--audit-log-path=/state/logs/kube-apiserver-audit.log"));
         assert!(has("--secure-port=6443"));
         assert!(has("--etcd-servers=https://127.0.0.1:2379"));
         assert!(has("--etcd-cafile=/state/pki/etcd-ca.crt"));

@@ -139,3 +139,29 @@ pub fn footprint(pid: u32) -> Option<(u64, usize)> {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some((rss, fds))
 }
+
+/// The deletions of `resource` objects in `namespace` that kube-apiserver's
+/// audit log recorded, as "time user verb name (status)": who deleted what.
+pub fn audited_deletions(bed: &TestBed, namespace: &str, resource: &str) -> Vec<String> {
+    let path = bed
+        .layout()
+        .logs()
+        .join(ironvirt_testbed::controlplane::AUDIT_LOG_FILE);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["objectRef"]["namespace"] == namespace && e["objectRef"]["resource"] == resource
+        })
+        .map(|e| {
+            format!(
+                "{} {} {} {} ({})",
+                e["stageTimestamp"].as_str().unwrap_or("?"),
+                e["user"]["username"].as_str().unwrap_or("?"),
+                e["verb"].as_str().unwrap_or("?"),
+                e["objectRef"]["name"].as_str().unwrap_or("(collection)"),
+                e["responseStatus"]["code"]
+            )
+        })
+        .collect()
+}

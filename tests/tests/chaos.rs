@@ -1398,7 +1398,8 @@ async fn control_plane_outages_end_sessions_and_nothing_needs_a_restart() {
             if uid_now != o0_uid {
                 return Err(format!(
                     "VMI o0 was replaced during the {component} outage (uid {o0_uid} before, {uid_now} after): \
-                     its guest was restarted"
+                     its guest was restarted; VMI deletions kube-apiserver audited: {:?}",
+                    outage::audited_deletions(bed, &ns, "virtualmachineinstances")
                 ));
             }
             let now = (handler.pid(), operator.pid(), outage::recorded_pid(bed, "ironvirt-api")?);
