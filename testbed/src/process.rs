@@ -156,9 +156,14 @@ impl Supervisor {
                 source,
             });
         }
-        // The child is deliberately not waited for here: it must outlive this
-        // process (`make run`). `stop` ends it by pid.
-        drop(child);
+        // The child must outlive this process (`make run`); `stop` ends it by
+        // pid. A thread reaps it should it end while this process lives (a
+        // test that kills and restarts components), so that no zombie is
+        // left that /proc still shows as alive; it does not keep this
+        // process from exiting.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
         tracing::debug!(name, pid = rec.pid, log = %log_path.display(), "started");
         Ok(rec)
     }
@@ -337,6 +342,25 @@ mod tests {
         assert!(sup.recorded().is_empty());
         // Idempotent.
         sup.stop("sleeper", Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_child_that_ends_leaves_no_zombie() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = Supervisor::new(dir.path().join("pids"), dir.path().join("logs"));
+        let rec = sup
+            .spawn("quick", Path::new("/bin/true"), &[], &[])
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Reaped: its /proc entry goes away, rather than staying a zombie.
+        while Path::new(&format!("/proc/{}", rec.pid)).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {} still in /proc",
+                rec.pid
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

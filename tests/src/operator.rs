@@ -69,7 +69,23 @@ impl Operator {
             .logs_dir
             .join(format!("operator-{ns}-{identity}.log"));
         let file = std::fs::File::create(&log).expect("operator log");
-        let child = Command::new(bin)
+        // IRONVIRT_OPERATOR_WRAP: a command to run the operator under, e.g.
+        // "heaptrack -o /tmp/op" for a heap profile (pid and RSS are then the
+        // wrapper's).
+        let wrap: Vec<String> = std::env::var("IRONVIRT_OPERATOR_WRAP")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let mut command = match wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .env("KUBECONFIG", &bed.info().kubeconfig)
             .env("RUST_LOG", "info,ironvirt_operator=debug,kube_runtime=warn")
             .args(["--namespace", ns])
