@@ -196,19 +196,19 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             &format!("{base}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
-            get(portforward::vmi_tcp),
+            get(portforward::vmi),
         )
         .route(
             &format!("{base}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"),
-            get(portforward::vmi_protocol),
+            get(portforward::vmi),
         )
         .route(
             &format!("{base}/virtualmachines/{{name}}/portforward/{{port}}"),
-            get(portforward::vm_tcp),
+            get(portforward::vm),
         )
         .route(
             &format!("{base}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
-            get(portforward::vm_protocol),
+            get(portforward::vm),
         )
         .route(
             &format!("{base}/virtualmachineinstances/{{name}}/{{sub}}"),

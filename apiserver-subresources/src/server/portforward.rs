@@ -17,6 +17,7 @@ use ironvirt_crds::VirtualMachine;
 use ironvirt_crds::wire::STREAM_SUBPROTOCOL;
 use ironvirt_stream::ws::bounded;
 use kube::api::Api;
+use serde::Deserialize;
 
 use super::authz::{attrs, authorize};
 use super::streams::{Framing, relay};
@@ -64,76 +65,44 @@ pub(super) fn port_and_protocol(
     Ok((number, protocol))
 }
 
-pub(super) async fn vmi_tcp(
-    state: State<ApiState>,
-    Path((ns, name, port)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    peer: Option<Extension<Peer>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, Response> {
-    open(state, On::Vmi, ns, name, port, None, headers, peer, ws).await
-}
-
-pub(super) async fn vmi_protocol(
-    state: State<ApiState>,
-    Path((ns, name, port, protocol)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-    peer: Option<Extension<Peer>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, Response> {
-    open(
-        state,
-        On::Vmi,
-        ns,
-        name,
-        port,
-        Some(protocol),
-        headers,
-        peer,
-        ws,
-    )
-    .await
-}
-
-pub(super) async fn vm_tcp(
-    state: State<ApiState>,
-    Path((ns, name, port)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    peer: Option<Extension<Peer>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, Response> {
-    open(state, On::Vm, ns, name, port, None, headers, peer, ws).await
-}
-
-pub(super) async fn vm_protocol(
-    state: State<ApiState>,
-    Path((ns, name, port, protocol)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-    peer: Option<Extension<Peer>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, Response> {
-    open(
-        state,
-        On::Vm,
-        ns,
-        name,
-        port,
-        Some(protocol),
-        headers,
-        peer,
-        ws,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn open(
-    State(state): State<ApiState>,
-    on: On,
-    ns: String,
+/// The path's parameters; the protocol segment is optional (TCP then).
+#[derive(Debug, Deserialize)]
+pub(super) struct Target {
+    namespace: String,
     name: String,
     port: String,
     protocol: Option<String>,
+}
+
+pub(super) async fn vmi(
+    state: State<ApiState>,
+    Path(target): Path<Target>,
+    headers: HeaderMap,
+    peer: Option<Extension<Peer>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Response> {
+    open(state, On::Vmi, target, headers, peer, ws).await
+}
+
+pub(super) async fn vm(
+    state: State<ApiState>,
+    Path(target): Path<Target>,
+    headers: HeaderMap,
+    peer: Option<Extension<Peer>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Response> {
+    open(state, On::Vm, target, headers, peer, ws).await
+}
+
+async fn open(
+    State(state): State<ApiState>,
+    on: On,
+    Target {
+        namespace: ns,
+        name,
+        port,
+        protocol,
+    }: Target,
     headers: HeaderMap,
     peer: Option<Extension<Peer>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,

@@ -609,6 +609,43 @@ async fn console_and_vnc_without_an_upgrade_are_400_after_authorization() {
     }
 }
 
+#[tokio::test]
+async fn port_forward_paths_read_port_and_protocol_after_authorization() {
+    for (resource, tail, want) in [
+        (
+            "virtualmachineinstances",
+            "22",
+            "portforward is a websocket: connect with an Upgrade request",
+        ),
+        (
+            "virtualmachines",
+            "53/udp",
+            "portforward is a websocket: connect with an Upgrade request",
+        ),
+        (
+            "virtualmachineinstances",
+            "22/sctp",
+            "protocol \"sctp\": use tcp or udp",
+        ),
+        (
+            "virtualmachines",
+            "0",
+            "\"0\" is not a port number (1 to 65535)",
+        ),
+    ] {
+        let (client, log) = vmi_cluster(None, None);
+        let path = format!("{SUB}/namespaces/ns/{resource}/x/portforward/{tail}");
+        let (code, body) = send(state(client), &Method::GET, &path, "").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(message(&body), want, "{path}");
+        assert_eq!(
+            log.calls(),
+            vec![(Method::POST, SAR_PATH.to_owned())],
+            "{path}"
+        );
+    }
+}
+
 /// Opens `path` as a websocket over an in-memory HTTP/1.1 connection to the
 /// router (an upgrade needs a real connection); an HTTP error gives
 /// (code, Status body).
