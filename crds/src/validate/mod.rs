@@ -51,6 +51,8 @@ pub use network::NIC_MODELS;
 pub use pool::pool_spec;
 pub use selector::{label_selector, selector_matches, selects_everything};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
 use crate::vmi::VirtualMachineInstanceSpec;
 use crate::{
     VirtualMachineInstancePresetSpec, VirtualMachineInstanceReplicaSetSpec, VirtualMachineSpec,
@@ -379,40 +381,56 @@ fn matcher(
     }
 }
 
-/// Validates a VirtualMachineInstanceReplicaSet spec (at `spec`): replicas,
-/// the selector and that it matches the template's labels ("selector does not
-/// match labels.", as KubeVirt says), and the template as a VMI spec.
-pub fn vmirs_spec(spec: &VirtualMachineInstanceReplicaSetSpec) -> Vec<FieldError> {
+/// The replica count and selector of a set of `kind` objects (a VMI
+/// ReplicaSet's VMIs, a pool's VMs): replicas not negative, the selector
+/// valid, not empty, and matching the template's labels (`mismatch` if not).
+pub(crate) fn replicas_and_selector(
+    replicas: Option<i32>,
+    selector: &LabelSelector,
+    template_meta: Option<&ObjectMeta>,
+    kind: &str,
+    mismatch: &str,
+) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if let Some(r) = spec.replicas.filter(|r| *r < 0) {
+    if let Some(r) = replicas.filter(|r| *r < 0) {
         errors.push(FieldError::new(
             "spec.replicas",
             format!("{r} must be greater than or equal to 0"),
         ));
     }
-    let selector_errors = label_selector(&spec.selector, "spec.selector");
+    let selector_errors = label_selector(selector, "spec.selector");
     if selector_errors.is_empty() {
-        if selects_everything(&spec.selector) {
+        if selects_everything(selector) {
             errors.push(FieldError::required(
                 "spec.selector",
-                "must select at least one label: an empty selector would adopt every VMI in the namespace",
+                format!(
+                    "must select at least one label: an empty selector would adopt every {kind} in the namespace"
+                ),
             ));
         } else {
-            let labels = spec
-                .template
-                .metadata
-                .as_ref()
+            let labels = template_meta
                 .and_then(|m| m.labels.clone())
                 .unwrap_or_default();
-            if !selector_matches(&spec.selector, &labels) {
-                errors.push(FieldError::new(
-                    "spec.selector",
-                    "selector does not match labels.",
-                ));
+            if !selector_matches(selector, &labels) {
+                errors.push(FieldError::new("spec.selector", mismatch));
             }
         }
     }
     errors.extend(selector_errors);
+    errors
+}
+
+/// Validates a VirtualMachineInstanceReplicaSet spec (at `spec`): replicas,
+/// the selector and that it matches the template's labels ("selector does not
+/// match labels.", as KubeVirt says), and the template as a VMI spec.
+pub fn vmirs_spec(spec: &VirtualMachineInstanceReplicaSetSpec) -> Vec<FieldError> {
+    let mut errors = replicas_and_selector(
+        spec.replicas,
+        &spec.selector,
+        spec.template.metadata.as_ref(),
+        "VMI",
+        "selector does not match labels.",
+    );
     template(
         spec.template.spec.as_ref(),
         "the VMIs to create",

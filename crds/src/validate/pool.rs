@@ -5,10 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{
-    FieldError, label_selector, selector_matches, selects_everything, unsupported,
-    unsupported_fields, vm_spec,
-};
+use super::{FieldError, replicas_and_selector, unsupported, unsupported_fields, vm_spec};
 use crate::pool::{SelectionPolicy, VirtualMachinePoolSpec};
 
 /// Where the VM template's spec sits in a pool.
@@ -16,36 +13,13 @@ const TEMPLATE_SPEC: &str = "spec.virtualMachineTemplate.spec";
 
 /// Validates a VirtualMachinePool spec (at `spec`).
 pub fn pool_spec(spec: &VirtualMachinePoolSpec) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    if let Some(r) = spec.replicas.filter(|r| *r < 0) {
-        errors.push(FieldError::new(
-            "spec.replicas",
-            format!("{r} must be greater than or equal to 0"),
-        ));
-    }
-    let selector_errors = label_selector(&spec.selector, "spec.selector");
-    if selector_errors.is_empty() {
-        if selects_everything(&spec.selector) {
-            errors.push(FieldError::required(
-                "spec.selector",
-                "must select at least one label: an empty selector would adopt every VM in the namespace",
-            ));
-        } else {
-            let labels = spec
-                .virtual_machine_template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            if !selector_matches(&spec.selector, &labels) {
-                errors.push(FieldError::new(
-                    "spec.selector",
-                    "selector does not match labels of spec.virtualMachineTemplate.metadata.labels",
-                ));
-            }
-        }
-    }
-    errors.extend(selector_errors);
+    let mut errors = replicas_and_selector(
+        spec.replicas,
+        &spec.selector,
+        spec.virtual_machine_template.metadata.as_ref(),
+        "VM",
+        "selector does not match labels of spec.virtualMachineTemplate.metadata.labels",
+    );
     if let Some(IntOrString::String(s)) = &spec.max_unavailable {
         let pct = s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok());
         if pct.is_none_or(|p| p > 100) {
