@@ -36,7 +36,7 @@ pub struct PlacementContext {
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
     pub vmis: Store<VirtualMachineInstance>,
-    assumed: Mutex<HashMap<String, (String, Demand)>>,
+    assumed: Mutex<HashMap<String, Assumed>>,
     /// When this leadership term's controllers started. A node's Lease counts
     /// as renewed no earlier than this: after an outage of the control plane
     /// (which also ends the leader's term) every Lease looks stale, though
@@ -44,6 +44,40 @@ pub struct PlacementContext {
     /// gets the whole lease timeout, from here, to renew, as Kubernetes'
     /// node lifecycle controller gives, before its VMIs are failed.
     since: Timestamp,
+}
+
+/// A placement (or reservation) this process made that the VMI cache may not
+/// show yet.
+#[derive(Debug, Clone)]
+struct Assumed {
+    node: String,
+    demand: Demand,
+    /// Every write of the placement landed (a reservation's label is part of
+    /// the VMI's create). Until then a VMI that shows its node without the
+    /// label is not "just placed": its label write may have failed, and must
+    /// be made again.
+    written: bool,
+}
+
+impl Assumed {
+    fn new(node: String, demand: Demand, written: bool) -> Self {
+        Assumed {
+            node,
+            demand,
+            written,
+        }
+    }
+}
+
+/// The node this process placed or reserved the VMI `key` on, and whether
+/// that placement's writes all landed (then a VMI without its label in the
+/// cache is the cache lagging, not a label to write again).
+fn placed_here(assumed: &HashMap<String, Assumed>, key: &str) -> (Option<String>, bool) {
+    let mine = assumed.get(key);
+    (
+        mine.map(|a| a.node.clone()),
+        mine.is_some_and(|a| a.written),
+    )
 }
 
 /// The key of a VMI in the assumptions: `namespace/name`.
@@ -99,7 +133,10 @@ impl PlacementContext {
             self.base.settings.node_lease_timeout,
         )
         .ok()?;
-        assumed.insert(key, (node.clone(), placement::demand(vmi)));
+        assumed.insert(
+            key,
+            Assumed::new(node.clone(), placement::demand(vmi), true),
+        );
         Some(node)
     }
 
@@ -181,7 +218,7 @@ fn node_infos(ctx: &PlacementContext) -> Vec<NodeInfo> {
 /// has not caught up with.
 fn usage(
     ctx: &PlacementContext,
-    assumed: &HashMap<String, (String, Demand)>,
+    assumed: &HashMap<String, Assumed>,
     key: &str,
 ) -> BTreeMap<String, Demand> {
     let cached = ctx.vmis.state();
@@ -191,11 +228,11 @@ fn usage(
         .filter(|v| v.status.as_ref().is_some_and(|s| s.node_name.is_some()))
         .map(|v| key_of(v))
         .collect();
-    for (k, (node, demand)) in assumed.iter() {
+    for (k, a) in assumed.iter() {
         if k != key && !placed.contains(k) {
-            let u = used.entry(node.clone()).or_default();
-            u.cpu_millis += demand.cpu_millis;
-            u.memory_bytes += demand.memory_bytes;
+            let u = used.entry(a.node.clone()).or_default();
+            u.cpu_millis += a.demand.cpu_millis;
+            u.memory_bytes += a.demand.memory_bytes;
         }
     }
     used
@@ -226,10 +263,10 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
     // last capacity.
     let decided = {
         let mut assumed = ctx.assumed.lock().unwrap_or_else(|p| p.into_inner());
-        let reserved = assumed.get(&key).map(|(n, _)| n.clone());
+        let (reserved, just_placed) = placed_here(&assumed, &key);
         let observed = plan::Observed {
             nodes: &nodes,
-            just_placed: reserved.is_some(),
+            just_placed,
             reserved: reserved.as_deref(),
             lease_timeout: ctx.base.settings.node_lease_timeout,
         };
@@ -244,13 +281,24 @@ async fn reconcile_inner(vmi: &VirtualMachineInstance, ctx: &PlacementContext) -
                 assumed.remove(&key);
             }
             Assumption::Placed { node, demand } => {
-                assumed.insert(key, (node.clone(), *demand));
+                assumed.insert(key.clone(), Assumed::new(node.clone(), *demand, false));
             }
             Assumption::Keep => {}
         }
         decided
     };
-    apply(&api, vmi, ctx, decided).await
+    let placed = matches!(decided.assumption, Assumption::Placed { .. });
+    let action = apply(&api, vmi, ctx, decided).await?;
+    if placed
+        && let Some(a) = ctx
+            .assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&key)
+    {
+        a.written = true;
+    }
+    Ok(action)
 }
 
 /// Executes a plan (its assumption is already recorded): make the writes in
@@ -332,4 +380,29 @@ pub fn error_policy(
     ));
     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, vmi.name = %vmi.name_any(), "placement failed");
     Action::requeue(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_placement_whose_label_write_failed_is_not_just_placed() {
+        let mut assumed = HashMap::new();
+        assumed.insert(
+            "ns/a".to_owned(),
+            Assumed::new("n1".into(), Demand::default(), false),
+        );
+        assumed.insert(
+            "ns/b".to_owned(),
+            Assumed::new("n2".into(), Demand::default(), true),
+        );
+        // The writes of a's placement did not all land: its label is written again.
+        assert_eq!(
+            placed_here(&assumed, "ns/a"),
+            (Some("n1".to_owned()), false)
+        );
+        assert_eq!(placed_here(&assumed, "ns/b"), (Some("n2".to_owned()), true));
+        assert_eq!(placed_here(&assumed, "ns/c"), (None, false));
+    }
 }

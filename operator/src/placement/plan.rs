@@ -138,14 +138,17 @@ pub fn plan(
     let old_conditions = status.and_then(|s| s.conditions.as_deref());
 
     if vmi.metadata.deletion_timestamp.is_some() {
-        let release = match status.and_then(|s| s.node_name.as_deref()) {
-            None => true,
-            Some(n) => !node_alive(n),
-        };
-        let writes = if release {
-            vec![Write::RemoveFinalizer]
-        } else {
-            Vec::new()
+        // The handler of a live node removes the finalizer once the domain is
+        // gone, but it sees only the VMIs labelled with its node: a VMI placed
+        // whose label write never happened (failed, or the operator stopped
+        // in between) gets the label now, or it would wait forever.
+        let writes = match status.and_then(|s| s.node_name.as_deref()) {
+            None => vec![Write::RemoveFinalizer],
+            Some(n) if !node_alive(n) => vec![Write::RemoveFinalizer],
+            Some(n) if vmi.labels().get(NODE_NAME_LABEL).map(String::as_str) != Some(n) => {
+                vec![Write::NodeLabel(n.to_owned())]
+            }
+            Some(_) => Vec::new(),
         };
         // A reservation made for it (placed at creation, never scheduled)
         // must not hold the node's capacity any longer.

@@ -19,6 +19,7 @@ fn vmi(meta: &str, status: &str) -> VirtualMachineInstance {
 const FIN: &str = "finalizers: [kubevirt.io/foregroundDeleteVirtualMachine]";
 const FIN_LABELLED: &str = "finalizers: [kubevirt.io/foregroundDeleteVirtualMachine], labels: {kubevirt.io/nodeName: live}";
 const GOING: &str = "finalizers: [kubevirt.io/foregroundDeleteVirtualMachine], deletionTimestamp: '1970-01-01T00:16:00Z'";
+const GOING_LABELLED: &str = "finalizers: [kubevirt.io/foregroundDeleteVirtualMachine], deletionTimestamp: '1970-01-01T00:16:00Z', labels: {kubevirt.io/nodeName: live}";
 
 /// The nodes every case sees: `live` renewed its Lease at 1000, `dead` at 0.
 fn nodes() -> Vec<NodeInfo> {
@@ -68,7 +69,7 @@ fn summary(p: &PlacementPlan) -> String {
 #[test]
 fn every_branch() {
     // live's Lease expires at 1060: checked again 51 s after 1010.
-    let cases: [(&str, &str, &str, bool, &str); 17] = [
+    let cases: [(&str, &str, &str, bool, &str); 19] = [
         (
             "deleting, never placed",
             GOING,
@@ -92,10 +93,24 @@ fn every_branch() {
         ),
         (
             "deleting, on a live node",
-            GOING,
+            GOING_LABELLED,
             "{phase: Running, nodeName: live}",
             false,
             "[] - forget await",
+        ),
+        (
+            "deleting, placed on a live node, its label never written",
+            GOING,
+            "{phase: Scheduled, nodeName: live}",
+            false,
+            "[label=live] - forget await",
+        ),
+        (
+            "deleting, placed on a live node, labelled with another",
+            "finalizers: [kubevirt.io/foregroundDeleteVirtualMachine], deletionTimestamp: '1970-01-01T00:16:00Z', labels: {kubevirt.io/nodeName: dead}",
+            "{phase: Scheduled, nodeName: live}",
+            false,
+            "[label=live] - forget await",
         ),
         (
             "deleting without the finalizer",
