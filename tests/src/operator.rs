@@ -68,7 +68,13 @@ impl Operator {
             .info()
             .logs_dir
             .join(format!("operator-{ns}-{identity}.log"));
-        let file = std::fs::File::create(&log).expect("operator log");
+        // Appended to: an operator started again under the same identity (a
+        // chaos restart) keeps the log of the one before.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("operator log");
         // IRONVIRT_OPERATOR_WRAP: a command to run the operator under, e.g.
         // "heaptrack -o /tmp/op" for a heap profile (pid and RSS are then the
         // wrapper's).
