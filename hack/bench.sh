@@ -14,7 +14,9 @@ install_guest_image "$guest_dir"
 build_rust
 cargo build --quiet --release -p ironvirt-operator -p ironvirt-handler -p ironvirt-apiserver-subresources --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed."
 cargo build --quiet -p ironvirt-tests --bin operator-bench --bin handler-bench --bin api-bench --bin density-bench --manifest-path "$REPO/Cargo.toml" || die "building the benches failed."
-state="$REPO/.state/bench"
+# One state directory per benchmark kind (BENCH_STATE overrides), so that two
+# benches run side by side do not take each other's bed down.
+state="${BENCH_STATE:-$REPO/.state/bench-${BENCH:-all}}"
 testbed_down "$state" || true
 rm -rf "$state"
 trap 'testbed_down "$state" || true' EXIT
