@@ -91,7 +91,12 @@ async fn main() -> anyhow::Result<()> {
             .context("--registries-config")?,
         None => ironvirt_images::Registries::default(),
     };
-    let client = kube::Client::try_default().await?;
+    let config = kube::Config::infer().await?;
+    // Leader election has a client of its own, so that a renewal never waits
+    // behind the controllers' requests for a slot of theirs.
+    let election_client = kube::Client::try_from(config.clone())?;
+    let client =
+        ironvirt_crds::client::bounded(config, ironvirt_operator::controller::API_CONCURRENCY)?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -117,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     health.ready.store(true, Ordering::Relaxed);
 
     let mut elector = Elector::new(
-        client.clone(),
+        election_client,
         Election {
             namespace: args.leader_election_namespace.clone(),
             name: args.leader_election_name.clone(),
