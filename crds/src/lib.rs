@@ -10,7 +10,6 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod access;
-pub mod client;
 pub mod conditions;
 pub mod domain;
 pub mod duration;

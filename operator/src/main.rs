@@ -91,12 +91,7 @@ async fn main() -> anyhow::Result<()> {
             .context("--registries-config")?,
         None => ironvirt_images::Registries::default(),
     };
-    let config = kube::Config::infer().await?;
-    // Leader election has a client of its own, so that a renewal never waits
-    // behind the controllers' requests for a slot of theirs.
-    let election_client = kube::Client::try_from(config.clone())?;
-    let client =
-        ironvirt_crds::client::bounded(config, ironvirt_operator::controller::API_CONCURRENCY)?;
+    let client = kube::Client::try_default().await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -122,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
     health.ready.store(true, Ordering::Relaxed);
 
     let mut elector = Elector::new(
-        election_client,
+        client.clone(),
         Election {
             namespace: args.leader_election_namespace.clone(),
             name: args.leader_election_name.clone(),

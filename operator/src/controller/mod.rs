@@ -288,17 +288,6 @@ where
 /// How many VMIs are placed at once (their API writes overlap).
 const PLACEMENT_CONCURRENCY: u16 = 16;
 
-/// How many objects each other controller reconciles at once. Unbounded (kube's
-/// default), a backlog of thousands of VMs meant as many reconciles in flight,
-/// each with its own request and, through kube's client, its own connection
-/// to kube-apiserver: most of the operator's heap at 2,000 VMs (heaptrack,
-/// docs/benchmarks.md).
-const RECONCILE_CONCURRENCY: u16 = 32;
-
-/// The most requests the controllers have in flight to kube-apiserver, and the
-/// most idle connections kept ([`ironvirt_crds::client::bounded`]).
-pub const API_CONCURRENCY: usize = 32;
-
 /// Runs the four controllers until `shutdown` resolves.
 pub async fn run_controllers(
     ctx: Arc<Context>,
@@ -353,7 +342,6 @@ pub async fn run_controllers(
     let vm_ctx = Arc::new(vm::VmContext::new(ctx.clone(), Some(pctx.clone())));
     let vm_controller = Controller::for_stream(vm_stream, vm_store)
         .trigger_backoff(NoExtraBackoff)
-        .with_config(ControllerConfig::default().concurrency(RECONCILE_CONCURRENCY))
         .owns_stream(meta_stream::<VirtualMachineInstance>(
             &client,
             ns.as_deref(),
@@ -376,7 +364,6 @@ pub async fn run_controllers(
     });
     let migration_controller = Controller::for_stream(mig_stream, mig_store)
         .trigger_backoff(NoExtraBackoff)
-        .with_config(ControllerConfig::default().concurrency(RECONCILE_CONCURRENCY))
         .watches_stream(
             meta_stream::<VirtualMachineInstance>(&client, ns.as_deref(), wc.clone()),
             move |vmi| {
@@ -428,7 +415,6 @@ pub async fn run_controllers(
     let rs_lookup = rs_store.clone();
     let rs_controller = Controller::for_stream(rs_stream, rs_store)
         .trigger_backoff(NoExtraBackoff)
-        .with_config(ControllerConfig::default().concurrency(RECONCILE_CONCURRENCY))
         .owns_stream(meta_stream::<VirtualMachineInstance>(
             &client,
             ns.as_deref(),
@@ -461,7 +447,6 @@ pub async fn run_controllers(
     let pool_lookup = pool_store.clone();
     let pool_controller = Controller::for_stream(pool_stream, pool_store)
         .trigger_backoff(NoExtraBackoff)
-        .with_config(ControllerConfig::default().concurrency(RECONCILE_CONCURRENCY))
         // VM changes (status.ready among them) wake the pool that owns them.
         .owns_stream(meta_stream::<VirtualMachine>(
             &client,
