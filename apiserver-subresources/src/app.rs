@@ -87,60 +87,25 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, RunError> {
 }
 
 /// The most requests ironvirt-api has in flight to kube-apiserver at once,
-/// and the most idle connections its client keeps to it. The client speaks
-/// HTTP/1.1, one request per connection at a time: a burst of subresource
-/// calls (50 port-forward connections: a review, a VMI and a Lease each)
-/// would otherwise leave as many idle connections behind as it ever had
-/// open, each with a task and a descriptor, for the pool's 90 s. Watches hold
-/// a slot only until their headers, so more connections than this can be
-/// open, but no more than this stay idle.
+/// and the most idle connections its client keeps to it
+/// ([`ironvirt_crds::client::bounded`]): a burst of subresource calls (50
+/// port-forward connections: a review, a VMI and a Lease each) would
+/// otherwise leave as many idle connections behind as it ever had open.
 pub const API_CLIENT_CONCURRENCY: usize = 8;
 
-/// The client for kube-apiserver: kube's own stack (base URI, retries on
-/// 429/503/504, credentials, timeouts), with at most
-/// [`API_CLIENT_CONCURRENCY`] requests in flight and as many idle
-/// connections kept. kube's builder leaves the idle pool unbounded, so the
-/// stack is put together here; a kubeconfig naming a proxy gets kube's
-/// builder as it is.
+/// The client for kube-apiserver, bounded to [`API_CLIENT_CONCURRENCY`].
 pub async fn client() -> Result<Client, RunError> {
-    client_for(kube::Config::infer().await?)
-}
-
-/// [`client`] for a given configuration.
-pub fn client_for(config: kube::Config) -> Result<Client, RunError> {
-    use kube::client::ConfigExt;
-    use tower::ServiceBuilder;
-
-    let limit = tower::limit::ConcurrencyLimitLayer::new(API_CLIENT_CONCURRENCY);
-    if config.proxy_url.is_some() {
-        return Ok(kube::client::ClientBuilder::try_from(config)?
-            .with_layer(&limit)
-            .build());
-    }
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    let mut connector =
-        hyper_timeout::TimeoutConnector::new(config.rustls_https_connector_with_connector(http)?);
-    connector.set_connect_timeout(config.connect_timeout);
-    connector.set_read_timeout(config.read_timeout);
-    connector.set_write_timeout(config.write_timeout);
-    connector.set_reset_reader_on_write(config.reset_reader_on_write);
-    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(API_CLIENT_CONCURRENCY)
-            .build(connector);
-    let retry = config
-        .default_retry
-        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
-    let service = ServiceBuilder::new()
-        .layer(limit)
-        .layer(config.base_uri_layer())
-        .option_layer(retry)
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        .map_err(tower::BoxError::from)
-        .service(http_client);
-    Ok(Client::new(service, config.default_namespace))
+    let config = kube::Config::infer().await?;
+    // Every request of ironvirt-api is awaited to its response at once (a
+    // subresource call, a review, a watch its task drains), so an in-flight
+    // limit cannot be held by a request nobody polls.
+    Ok(ironvirt_crds::client::bounded(
+        config,
+        ironvirt_crds::client::Limits {
+            in_flight: Some(API_CLIENT_CONCURRENCY),
+            idle: API_CLIENT_CONCURRENCY,
+        },
+    )?)
 }
 
 /// Runs ironvirt-api until SIGTERM or SIGINT.
@@ -262,78 +227,5 @@ async fn shutdown_signal() {
             }
         }
         _ => std::future::pending::<()>().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    /// A kube-apiserver stand-in that sends each response's headers at once
-    /// and its body 100 ms later, so that requests that have their headers
-    /// (and have given up their slot of the concurrency limit) still hold
-    /// their connection; it counts the connections open.
-    async fn slow_body_server(open: Arc<AtomicUsize>) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let open = open.clone();
-                open.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    'conn: loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match conn.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break 'conn,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buf.clear();
-                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n";
-                        if conn.write_all(head.as_bytes()).await.is_err() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        if conn.write_all(b"{}").await.is_err() {
-                            break;
-                        }
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        addr
-    }
-
-    #[tokio::test]
-    async fn a_burst_leaves_no_more_idle_connections_to_kube_apiserver_than_the_limit() {
-        let open = Arc::new(AtomicUsize::new(0));
-        let addr = slow_body_server(open.clone()).await;
-        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-        let client = client_for(config).unwrap();
-        let burst = (0..40).map(|_| {
-            let client = client.clone();
-            async move {
-                let req = http::Request::get("/version").body(Vec::new()).unwrap();
-                client.request_text(req).await
-            }
-        });
-        let results = futures::future::join_all(burst).await;
-        assert!(results.iter().all(Result::is_ok), "{results:?}");
-        let peak = open.load(Ordering::SeqCst);
-        // The pool closes what it does not keep when it gets it back.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let idle = open.load(Ordering::SeqCst);
-        assert!(
-            idle <= API_CLIENT_CONCURRENCY,
-            "{idle} connections stay open after the burst (peak {peak})"
-        );
     }
 }

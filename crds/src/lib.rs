@@ -10,6 +10,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod access;
+pub mod client;
 pub mod conditions;
 pub mod domain;
 pub mod duration;

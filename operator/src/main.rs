@@ -91,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
             .context("--registries-config")?,
         None => ironvirt_images::Registries::default(),
     };
-    let client = kube::Client::try_default().await?;
+    let client = ironvirt_crds::client::bounded(
+        kube::Config::infer().await?,
+        ironvirt_operator::controller::API_LIMITS,
+    )?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
