@@ -28,11 +28,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::bridge::{ensure_net, link_exists};
+use super::cgroups::{cgroup_hierarchies, node_cgroup, remove_cgroups};
+use super::layout::{check_name, lock_nodes};
+use super::libvirt::start_libvirt;
+use super::namespaces::{guest_namespaces, make_namespaces, node_namespaces};
+use super::start::start_services;
+use super::teardown::remove_namespaces;
 use super::{
-    NODE_PROCESSES, NodeError, NodeRecord, NodeSpec, Result, cgroup_hierarchies, check_name,
-    ensure_net, guest_namespaces, io_err, link_exists, lock_nodes, make_namespaces, mounts_under,
-    node_cgroup, node_namespaces, pids_in, record, remove_cgroups, remove_namespaces, run,
-    start_libvirt, start_services, supervisor, tag,
+    NODE_PROCESSES, NodeError, NodeRecord, NodeSpec, Result, io_err, mounts_under, pids_in, record,
+    run, supervisor, tag,
 };
 use crate::layout::Layout;
 use crate::process::{Supervisor, process_alive};
