@@ -162,9 +162,7 @@ mod tests {
     /// Why a controller process gets no in-flight limit: a request future
     /// that nobody polls past its dispatch keeps its slot, so with a limit
     /// of one the next request waits for ever; without a limit it is
-    /// served. (The operator's controllers stalled this way in a
-    /// clean-clone `make test` when its client had a limit of 32: after the
-    /// density test's deletions, no reconcile ran again.)
+    /// served.
     #[tokio::test]
     async fn a_request_nobody_polls_holds_up_others_only_under_an_in_flight_limit() {
         let open = Arc::new(AtomicUsize::new(0));

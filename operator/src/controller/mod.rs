@@ -108,7 +108,7 @@ where
 /// Records `note` about `obj` as an Event of `action`; a failure to record
 /// is logged, never an error of the reconcile.
 pub async fn publish(
-    recorder: &kube::runtime::events::Recorder,
+    recorder: &ironvirt_crds::events::Recorder,
     obj: &k8s_openapi::api::core::v1::ObjectReference,
     action: &str,
     note: &crate::events::EventNote,
@@ -300,9 +300,7 @@ const RECONCILE_CONCURRENCY: u16 = 32;
 /// placement), and no in-flight limit. The controllers' concurrency bounds the
 /// requests in flight; a client-wide limit would also count the watches'
 /// requests, and a request future left unpolled (a watch whose consumer is
-/// busy) keeps its slot: in a clean-clone `make test` with a limit of 32, the
-/// controllers stopped reconciling for good
-/// (`ironvirt_crds::client` tests show the mechanism).
+/// busy) keeps its slot (`ironvirt_crds::client` tests show it).
 pub const API_LIMITS: ironvirt_crds::client::Limits = ironvirt_crds::client::Limits {
     in_flight: None,
     idle: 4 * RECONCILE_CONCURRENCY as usize + PLACEMENT_CONCURRENCY as usize,
