@@ -185,7 +185,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 fn admission_router(client: &Client, cfg: &Config) -> Router {
     use futures::StreamExt;
     use ironvirt_crds::VirtualMachineInstancePreset;
-    use kube::runtime::events::{Recorder, Reporter};
+    use ironvirt_crds::events::Recorder;
+    use kube::runtime::events::Reporter;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (store, writer) = reflector::store();
     let api: kube::Api<VirtualMachineInstancePreset> = kube::Api::all(client.clone());

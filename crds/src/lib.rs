@@ -14,6 +14,7 @@ pub mod client;
 pub mod conditions;
 pub mod domain;
 pub mod duration;
+pub mod events;
 pub mod expand;
 pub mod instancetype;
 pub mod migration;

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::events::Recorder;
 use ironvirt_crds::validate::VolumePolicy;
 use kube::Client;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;

@@ -3,8 +3,9 @@
 //! reasons of a VMI that ended or could not start are also its status reason.
 
 use ironvirt_crds::VirtualMachineInstance;
+use ironvirt_crds::events::Recorder;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 
 /// Why the handler records an Event (and, for a VMI that ended or failed to
 /// start, the reason in its status).

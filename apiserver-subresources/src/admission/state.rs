@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironvirt_crds::VirtualMachineInstancePreset;
+use ironvirt_crds::events::Recorder;
 use ironvirt_crds::validate::VolumePolicy;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
