@@ -347,7 +347,11 @@ mod tests {
         let mut c = Cache::new(100, Duration::from_secs(360));
         for i in 0..10_000 {
             send(&mut c, &key(&format!("vm-{i}")), at(1_000 + i / 100));
-            assert!(c.entries.len() <= 100, "{} entries after {i}", c.entries.len());
+            assert!(
+                c.entries.len() <= 100,
+                "{} entries after {i}",
+                c.entries.len()
+            );
             assert_eq!(c.order.len(), c.entries.len());
         }
         // The newest are remembered; the oldest were pushed out and start anew.
