@@ -15,11 +15,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use cases::{CaseRequest, InvalidFile, ValidCase, crate_dir, merged, vmi_of, yaml_file};
 use http::{Request, StatusCode};
 use ironvirt_apiserver_subresources::admission::{
-    AdmissionState, CONFLICT_ANNOTATION, FINALIZER, MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH,
-    MUTATOR_NAME, VALIDATE_CLUSTER_INSTANCETYPE_PATH, VALIDATE_CLUSTER_PREFERENCE_PATH,
-    VALIDATE_INSTANCETYPE_PATH, VALIDATE_MIGRATION_PATH, VALIDATE_POOL_PATH,
-    VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH, VALIDATE_VMI_PATH,
-    VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, router,
+    AdmissionState, CONFLICT_ANNOTATION, FINALIZER, GARBAGE_COLLECTOR, GUARD_OWNERS_PATH,
+    MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH, MUTATOR_NAME, VALIDATE_CLUSTER_INSTANCETYPE_PATH,
+    VALIDATE_CLUSTER_PREFERENCE_PATH, VALIDATE_INSTANCETYPE_PATH, VALIDATE_MIGRATION_PATH,
+    VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
+    VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, router,
     webhook_configurations,
 };
 use ironvirt_crds::VirtualMachineInstancePreset;
@@ -781,6 +781,23 @@ fn webhook_configurations_are_scoped_to_kubevirt_resources() {
         // Equivalent: requests in another served version (v1alpha3) are
         // converted to the registered one, so they are reviewed too.
         assert_eq!(hook["matchPolicy"], "Equivalent");
+        if hook["name"] == "owner-deletions-guard.ironvirt.io" {
+            // The owner guard: DELETE of VMIs and VMs, and only for the
+            // garbage collector's requests.
+            assert_eq!(rule["apiGroups"], json!(["kubevirt.io"]));
+            assert_eq!(rule["operations"], json!(["DELETE"]));
+            assert_eq!(
+                rule["resources"],
+                json!(["virtualmachineinstances", "virtualmachines"])
+            );
+            assert_eq!(
+                hook["matchConditions"][0]["expression"],
+                format!("request.userInfo.username == '{GARBAGE_COLLECTOR}'")
+            );
+            assert_eq!(hook["clientConfig"]["service"]["path"], GUARD_OWNERS_PATH);
+            continue;
+        }
+        assert!(hook.get("matchConditions").is_none(), "{hook}");
         let resources = rule["resources"].as_array().unwrap();
         assert_eq!(resources.len(), 1);
         let resource = resources[0].as_str().unwrap().to_owned();

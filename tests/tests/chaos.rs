@@ -1406,10 +1406,20 @@ async fn control_plane_outages_end_sessions_and_nothing_needs_a_restart() {
             if now != pids || [now.0, now.1, now.2].iter().any(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
                 return Err(format!("a component was restarted or died: pids {pids:?} before, {now:?} after {component}"));
             }
+            // Whether kube-controller-manager's garbage collector tried to
+            // delete the test's VMIs or VMs (the suspect of the VMIs once
+            // deleted after an etcd outage, docs/reliability.md); the owner
+            // guard answers 409 while their owner exists.
+            let gc_deletes: Vec<String> = ["virtualmachineinstances", "virtualmachines"]
+                .into_iter()
+                .flat_map(|r| outage::audited_deletions(bed, &ns, r))
+                .filter(|l| l.contains(ironvirt_apiserver_subresources::admission::GARBAGE_COLLECTOR))
+                .collect();
             let line = format!(
                 "{component} away {:.0} s (new pid {new_pid}): {closed} of {} open sessions ended (reasons {reasons:?}), \
                  the others kept working; ready {ready_s:.1} s after it was started again, a new console after {console_s:.1} s, \
-                 a new VM Running after {running_s:.1} s; operator, handler and ironvirt-api not restarted",
+                 a new VM Running after {running_s:.1} s; operator, handler and ironvirt-api not restarted; \
+                 the garbage collector's deletions of the test's VMIs and VMs so far: {gc_deletes:?}",
                 outage.as_secs_f64(),
                 open.len(),
             );

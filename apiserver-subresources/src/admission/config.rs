@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::http::{MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH};
+use super::http::{GUARD_OWNERS_PATH, MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH};
+use super::owners;
 use super::validating::Kind;
 
 /// The name of the ValidatingWebhookConfiguration.
@@ -184,6 +185,7 @@ pub fn webhook_configurations(
                     admission_review_versions: vec!["v1".to_owned()],
                     ..Default::default()
                 })
+                .chain(std::iter::once(owner_guard(client)))
                 .collect(),
         ),
     };
@@ -208,6 +210,37 @@ pub fn webhook_configurations(
         ),
     };
     (validating, mutating)
+}
+
+/// The owner guard (`owners.rs`): DELETE of VMIs and VMs, sent only for the
+/// garbage collector's requests (a matchCondition), failing closed: while
+/// ironvirt-api is down the garbage collector's deletions of them wait (it
+/// retries), and nobody else's deletions are touched.
+fn owner_guard(client: &WebhookClient) -> ValidatingWebhook {
+    ValidatingWebhook {
+        client_config: client.config(GUARD_OWNERS_PATH),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![ironvirt_crds::GROUP.to_owned()]),
+            api_versions: Some(vec![ironvirt_crds::VERSION.to_owned()]),
+            operations: Some(vec!["DELETE".to_owned()]),
+            resources: Some(vec![
+                "virtualmachineinstances".to_owned(),
+                "virtualmachines".to_owned(),
+            ]),
+            scope: Some("Namespaced".to_owned()),
+        }]),
+        match_conditions: Some(vec![MatchCondition {
+            name: "garbage-collector".to_owned(),
+            expression: owners::match_expression(),
+        }]),
+        name: "owner-deletions-guard.ironvirt.io".to_owned(),
+        failure_policy: Some("Fail".to_owned()),
+        match_policy: Some("Equivalent".to_owned()),
+        side_effects: "None".to_owned(),
+        timeout_seconds: Some(TIMEOUT_SECONDS),
+        admission_review_versions: vec!["v1".to_owned()],
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -245,7 +278,19 @@ mod tests {
             "virtualmachineinstancemigrations-mutator.ironvirt.io"
         );
         assert_eq!(m[1].side_effects, "None");
-        let v = hooks.last().unwrap();
+        let guard = hooks.last().unwrap();
+        assert_eq!(guard.name, "owner-deletions-guard.ironvirt.io");
+        assert_eq!(
+            guard.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/webhooks/validate/owner-deletions")
+        );
+        let rule = &guard.rules.as_ref().unwrap()[0];
+        assert_eq!(rule.operations.as_deref(), Some(&["DELETE".to_owned()][..]));
+        assert_eq!(
+            guard.match_conditions.as_ref().unwrap()[0].expression,
+            "request.userInfo.username == 'system:serviceaccount:kube-system:generic-garbage-collector'"
+        );
+        let v = &hooks[hooks.len() - 2];
         assert_eq!(
             v.name,
             "virtualmachineinstancemigrations-validator.ironvirt.io"

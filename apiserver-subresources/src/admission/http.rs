@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::migration;
 use super::mutating;
+use super::owners;
 use super::review::{Review, Verdict, respond_with_warnings};
 use super::state::AdmissionState;
 use super::validating::{self, Kind};
@@ -40,6 +41,9 @@ pub const VALIDATE_CLUSTER_PREFERENCE_PATH: &str =
 pub const VALIDATE_POOL_PATH: &str = "/webhooks/validate/virtualmachinepools";
 /// Validating webhook for VirtualMachineInstanceMigrations (CREATE, UPDATE).
 pub const VALIDATE_MIGRATION_PATH: &str = "/webhooks/validate/virtualmachineinstancemigrations";
+/// The owner guard (`owners.rs`): the garbage collector's DELETE of a
+/// VirtualMachineInstance or VirtualMachine.
+pub const GUARD_OWNERS_PATH: &str = "/webhooks/validate/owner-deletions";
 /// Mutating webhook for VirtualMachineInstances (CREATE).
 pub const MUTATE_VMI_PATH: &str = "/webhooks/mutate/virtualmachineinstances";
 /// Mutating webhook for VirtualMachineInstanceMigrations (CREATE).
@@ -55,6 +59,7 @@ enum Webhook {
     Validate(Kind),
     MutateVmi,
     MutateMigration,
+    GuardOwners,
 }
 
 /// The webhooks' routes (see the `*_PATH` constants), each taking a POSTed
@@ -71,6 +76,7 @@ pub fn router(state: AdmissionState) -> Router {
         })
         .route(MUTATE_VMI_PATH, route(Webhook::MutateVmi))
         .route(MUTATE_MIGRATION_PATH, route(Webhook::MutateMigration))
+        .route(GUARD_OWNERS_PATH, route(Webhook::GuardOwners))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -103,6 +109,7 @@ async fn serve(state: AdmissionState, webhook: Webhook, body: Bytes) -> Response
             Some(v) => (v, Vec::new()),
             None => (migration::mutate(&review), Vec::new()),
         },
+        Webhook::GuardOwners => (owners::review(&review, &state).await, Vec::new()),
     };
     log(&review, webhook, &verdict);
     match wire(respond_with_warnings(&review, verdict, warnings)) {

@@ -27,6 +27,11 @@
 //!   flight, read from the cluster (validating, failing closed when the
 //!   cluster cannot be read); its spec never changes.
 //!
+//! - **Owner guard** (`owners.rs`): kube-controller-manager's garbage
+//!   collector may not delete a VMI or VM whose owner (VM, VMI ReplicaSet,
+//!   pool) is there with the same uid and not being deleted (its own lookup
+//!   can wrongly answer "not found" after a control-plane outage).
+//!
 //! [`router`] serves them; [`webhook_configurations`] builds the
 //! `ValidatingWebhookConfiguration` and `MutatingWebhookConfiguration` that
 //! register them with kube-apiserver.
@@ -35,6 +40,7 @@ mod config;
 mod http;
 mod migration;
 mod mutating;
+mod owners;
 mod presets;
 mod review;
 mod state;
@@ -46,12 +52,13 @@ pub use config::{
     MUTATOR_NAME, VALIDATOR_NAME, WebhookClient, WebhookEndpoint, webhook_configurations,
 };
 pub use http::{
-    MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH, VALIDATE_CLUSTER_INSTANCETYPE_PATH,
+    GUARD_OWNERS_PATH, MUTATE_MIGRATION_PATH, MUTATE_VMI_PATH, VALIDATE_CLUSTER_INSTANCETYPE_PATH,
     VALIDATE_CLUSTER_PREFERENCE_PATH, VALIDATE_INSTANCETYPE_PATH, VALIDATE_MIGRATION_PATH,
     VALIDATE_POOL_PATH, VALIDATE_PREFERENCE_PATH, VALIDATE_PRESET_PATH, VALIDATE_VM_PATH,
     VALIDATE_VMI_PATH, VALIDATE_VMIRS_PATH, router,
 };
 pub use mutating::{DEFAULT_MACHINE_TYPE, FINALIZER, Identity, Mutated, mutate_vmi};
+pub use owners::GARBAGE_COLLECTOR;
 pub use presets::{
     CONFLICT_ANNOTATION, EXCLUDE_ANNOTATION, MatchedPreset, PRESET_ANNOTATION_PREFIX,
     matching_presets,

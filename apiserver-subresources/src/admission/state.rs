@@ -44,6 +44,9 @@ pub struct AdmissionState {
     /// its other migrations). `None` (tests): the webhooks that need it
     /// refuse with 503, failing closed.
     pub client: Option<kube::Client>,
+    /// How long the owner guard waits before looking a "not found" owner up
+    /// again (`owners.rs`).
+    pub owner_recheck_after: Duration,
 }
 
 impl std::fmt::Debug for AdmissionState {
@@ -55,6 +58,7 @@ impl std::fmt::Debug for AdmissionState {
             .field("preset_sync_timeout", &self.preset_sync_timeout)
             .field("volume_policy", &self.volume_policy)
             .field("client", &self.client.is_some())
+            .field("owner_recheck_after", &self.owner_recheck_after)
             .finish()
     }
 }
@@ -70,6 +74,7 @@ impl AdmissionState {
             preset_sync_timeout: DEFAULT_PRESET_SYNC_TIMEOUT,
             volume_policy: VolumePolicy::default(),
             client: None,
+            owner_recheck_after: super::owners::RECHECK_AFTER,
         }
     }
 
@@ -116,6 +121,13 @@ impl AdmissionState {
     #[must_use]
     pub fn with_client(mut self, client: kube::Client) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// Sets how long the owner guard waits before a second lookup.
+    #[must_use]
+    pub fn with_owner_recheck_after(mut self, after: Duration) -> Self {
+        self.owner_recheck_after = after;
         self
     }
 
