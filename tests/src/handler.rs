@@ -510,7 +510,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsSession<S> {
         self.expect_from(from, needle, timeout).await
     }
 
-    /// Waits for the next frame or close; returns the close reason if it closed.
+    /// Waits for the next frame or close; returns the close reason if it
+    /// closed (a close frame's reason, or how the connection ended without
+    /// one).
     pub async fn next_close(&mut self, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -521,7 +523,8 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsSession<S> {
                 }
                 Ok(Some(Ok(Message::Binary(b)))) => self.seen.extend_from_slice(&b),
                 Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) => return Some(String::new()),
+                Ok(Some(Err(e))) => return Some(format!("no close frame: {e}")),
+                Ok(None) => return Some("no close frame: the stream ended".to_owned()),
                 Err(_) => return None,
             }
         }

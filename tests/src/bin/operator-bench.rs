@@ -506,8 +506,19 @@ async fn main() -> anyhow::Result<()> {
     };
     let bed = TestBed::shared().await?;
     ensure_crds(&bed);
-    for n in counts {
-        run(&bed, n, interval).await?;
+    // SIGTERM or Ctrl-C ends the run by dropping it, so the operator it
+    // started is killed too (a signal's default action would leave it
+    // running after the bench is gone).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let runs = async {
+        for n in counts {
+            run(&bed, n, interval).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        done = runs => done,
+        _ = term.recv() => anyhow::bail!("stopped by SIGTERM"),
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped by Ctrl-C"),
     }
-    Ok(())
 }
