@@ -179,19 +179,34 @@ async fn unsupported_and_missing_volumes_fail_with_a_reason() {
             Some("Scheduled"),
             "a failed pull is retried, not a failed VMI"
         );
-        // The first failure was ErrImagePull; both are Events of the VMI.
+        // The first failure was ErrImagePull; both are Events of the VMI. The
+        // handler publishes each Event after writing the status, so the
+        // second may land a moment after the condition this test saw.
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
-        let reasons: Vec<String> = events
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("cd"))
-            .filter_map(|e| e.reason)
-            .collect();
-        for reason in ["ErrImagePull", "ImagePullBackOff"] {
-            assert!(reasons.iter().any(|r| r == reason), "no {reason} event: {reasons:?}");
+        let reasons_of_cd = || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("cd"))
+                        .filter_map(|e| e.reason)
+                        .collect::<Vec<String>>()
+                })
+                .unwrap_or_default()
+        };
+        let both = eventually(Duration::from_secs(15), "ErrImagePull and ImagePullBackOff events", || async {
+            let reasons = reasons_of_cd().await;
+            ["ErrImagePull", "ImagePullBackOff"]
+                .iter()
+                .all(|want| reasons.iter().any(|r| r == want))
+                .then_some(())
+        })
+        .await;
+        if both.is_err() {
+            panic!("the VMI's events: {:?}", reasons_of_cd().await);
         }
         // Backoff, not a hot loop: within 10 s at most a handful of pulls.
         let tries = |h: &Handler| h.log_text().matches("image pull failed").count();
