@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Builds kubelet from its Go module (k8s.io/kubernetes/cmd/kubelet), pinned to
-# the control plane's version, into a cache keyed by version
-# ($IRONVIRT_CACHE/kubelet/<version>/bin). A second run builds nothing. The
+# Builds kubelet and kube-scheduler from their Go module
+# (k8s.io/kubernetes/cmd/{kubelet,kube-scheduler}), pinned to the control
+# plane's version, into a cache keyed by version
+# ($IRONVIRT_CACHE/kubelet/<version>/bin), and prints kubelet's path
+# (kube-scheduler is beside it). A second run builds nothing. kube-scheduler
+# is built here rather than with the control plane because only a bed with
+# kubelet nodes needs it (Deployments' pods). The
 # module set-up is build-k8s.sh's: a scratch module that replaces each staging
 # module k8s.io/kubernetes names with its published version. Works from a cold
 # Go cache (CI may run `go clean -cache`); runs at nice 19, since the build
@@ -13,7 +17,12 @@ HACK="$(cd "$(dirname "$0")" && pwd)"
 
 check_toolchains
 KUBELET_BIN="$(kubelet_bin_dir)"
-if [[ -x "$KUBELET_BIN/kubelet" ]]; then
+TOOLS=(kubelet kube-scheduler)
+built() {
+  local t
+  for t in "${TOOLS[@]}"; do [[ -x "$KUBELET_BIN/$t" ]] || return 1; done
+}
+if built; then
   echo "$KUBELET_BIN/kubelet"
   exit 0
 fi
@@ -21,12 +30,12 @@ mkdir -p "$IRONVIRT_CACHE"
 # One build at a time per cache (a concurrent one would delete this one's module directory).
 exec 9>"$IRONVIRT_CACHE/.build-kubelet.lock"
 flock 9
-if [[ -x "$KUBELET_BIN/kubelet" ]]; then
+if built; then
   echo "$KUBELET_BIN/kubelet"
   exit 0
 fi
 
-log "building kubelet $K8S_VERSION (cached under $KUBELET_BIN)"
+log "building ${TOOLS[*]} $K8S_VERSION (cached under $KUBELET_BIN)"
 start=$SECONDS
 mod="$IRONVIRT_CACHE/kubelet/$K8S_VERSION/module"
 staging="v0.${K8S_VERSION#v1.}"
@@ -57,12 +66,17 @@ ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1"
 ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 (
   cd "$mod"
-  nice -n 19 go get -tool "k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION" \
-    || die "could not fetch k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION from the Go module proxy; check that it is reachable."
-  log "go build kubelet (nice 19)"
-  nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$KUBELET_BIN/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet \
-    || die "building kubelet $K8S_VERSION failed; see the Go errors above."
+  for t in "${TOOLS[@]}"; do
+    nice -n 19 go get -tool "k8s.io/kubernetes/cmd/$t@$K8S_VERSION" \
+      || die "could not fetch k8s.io/kubernetes/cmd/$t@$K8S_VERSION from the Go module proxy; check that it is reachable."
+  done
+  for t in "${TOOLS[@]}"; do
+    [[ -x "$KUBELET_BIN/$t" ]] && continue
+    log "go build $t (nice 19)"
+    nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$KUBELET_BIN/$t.tmp" "k8s.io/kubernetes/cmd/$t" \
+      || die "building $t $K8S_VERSION failed; see the Go errors above."
+    mv "$KUBELET_BIN/$t.tmp" "$KUBELET_BIN/$t"
+  done
 )
-mv "$KUBELET_BIN/kubelet.tmp" "$KUBELET_BIN/kubelet"
-log "kubelet $K8S_VERSION built in $((SECONDS - start)) s"
+log "${TOOLS[*]} $K8S_VERSION built in $((SECONDS - start)) s"
 echo "$KUBELET_BIN/kubelet"

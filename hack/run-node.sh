@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make run-node: a real kubelet node in the test bed (issue #21). Starts the
 # bed first when it is not running (as `make run` does), installs Debian's
-# containerd, runc and CNI plugins when missing, builds kubelet (cached, see
+# containerd, runc and CNI plugins when missing, builds kubelet and
+# kube-scheduler (cached, see
 # build-kubelet.sh), and starts node $KUBELET_NODE (default kubelet-1):
 # kubelet with containerd as its CRI runtime, everything under
 # <state>/kubelet/<node>/. `make stop` stops it and removes what it made.
@@ -34,6 +35,8 @@ ironvirt: kubelet node $node is Ready ($((SECONDS - start)) s); its files are in
   kubectl run hello --image=$KUBELET_BUSYBOX_IMAGE --restart=Never \\
     --overrides='{"spec":{"hostNetwork":true,"nodeName":"$node"}}' -- -c 'echo hello from $node'
   kubectl logs hello
-There is no scheduler in the bed: set spec.nodeName. Images: $KUBELET_BUSYBOX_IMAGE and the
+kube-scheduler runs too (started with the first kubelet node), so Deployments' pods get a node. The Nodes that
+ironvirt's handlers registered in this bed have no kubelet: pin pods with a nodeSelector
+kubernetes.io/hostname=$node (or spec.nodeName). Images: $KUBELET_BUSYBOX_IMAGE and the
 sandbox image, imported into the node's containerd (ctr --address $dir/containerd/containerd.sock -n k8s.io images ls).
 MSG

@@ -111,6 +111,10 @@ enum Cmd {
         /// The kubelet binary (hack/build-kubelet.sh prints it).
         #[arg(long, env = "IRONVIRT_KUBELET_BIN")]
         kubelet: PathBuf,
+        /// kube-scheduler, which the bed runs once it has a kubelet node
+        /// (default: beside kubelet, where hack/build-kubelet.sh puts it).
+        #[arg(long, env = "IRONVIRT_KUBE_SCHEDULER_BIN")]
+        scheduler: Option<PathBuf>,
         /// Seconds to wait for the node to be Ready.
         #[arg(long, default_value_t = 180)]
         timeout: u64,
@@ -293,11 +297,14 @@ async fn main() -> anyhow::Result<()> {
         Cmd::KubeletUp {
             name,
             kubelet,
+            scheduler,
             timeout,
         } => {
+            let scheduler = scheduler.unwrap_or_else(|| kubelet.with_file_name("kube-scheduler"));
             let spec = kubelet::NodeSpec {
                 name,
                 kubelet,
+                scheduler,
                 testbed: std::env::current_exe().context("this program's path")?,
             };
             let paths =

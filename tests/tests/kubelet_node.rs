@@ -7,6 +7,8 @@
 //!   runs on it, and its log, read through kube-apiserver (which dials the
 //!   kubelet at its InternalIP and verifies its certificate), holds what it
 //!   printed, and its ServiceAccount token is mounted.
+//! - A Deployment's pod, with no nodeName, is bound to the node by the bed's
+//!   kube-scheduler (started with the first kubelet node) and runs.
 //! - The pod is deleted and goes; the node stops, and nothing of it is left:
 //!   no process mentioning its directory, no mount under it.
 //!
@@ -27,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use ironvirt_testbed::kubelet::{self, NodeSpec, config::BUSYBOX_IMAGE, image};
 use ironvirt_tests::TestBed;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 
 const NODE: &str = "kubelet-test";
 const MARKER: &str = "IRONVIRT-KUBELET-POD-OK";
@@ -44,9 +47,14 @@ fn spec() -> Result<NodeSpec, String> {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ironvirt-testbed")
         });
+    // hack/build-kubelet.sh builds kube-scheduler beside kubelet.
+    let scheduler = std::env::var_os("IRONVIRT_KUBE_SCHEDULER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kubelet.with_file_name("kube-scheduler"));
     Ok(NodeSpec {
         name: NODE.into(),
         kubelet,
+        scheduler,
         testbed,
     })
 }
@@ -81,6 +89,33 @@ fn pod(ns: &str) -> Result<Pod, String> {
         },
     }))
     .map_err(|e| format!("pod manifest: {e}"))
+}
+
+/// A Deployment of one hostNetwork busybox pod, without a nodeName.
+fn deployment(ns: &str) -> Result<Deployment, String> {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "scheduled", "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "scheduled"}},
+            "template": {
+                "metadata": {"labels": {"app": "scheduled"}},
+                "spec": {
+                    "hostNetwork": true,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "sleep",
+                        "image": BUSYBOX_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c", "sleep 3600"],
+                    }],
+                },
+            },
+        },
+    }))
+    .map_err(|e| format!("Deployment manifest: {e}"))
 }
 
 /// The image archives to run (IRONVIRT_IMAGE_ARCHIVES), if any.
@@ -245,7 +280,7 @@ async fn a_kubelet_node_turns_ready_and_runs_a_host_network_pod() {
         let admin = bed.admin();
         let images = images.clone();
         async move {
-            let pods: Api<Pod> = Api::namespaced(admin, &ns);
+            let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
             let manifest = pod(&ns)?;
             // The namespace's ServiceAccount comes from kube-controller-manager.
             wait_for("the pod to be created", Duration::from_secs(30), || {
@@ -286,6 +321,60 @@ async fn a_kubelet_node_turns_ready_and_runs_a_host_network_pod() {
                 let pods = pods.clone();
                 async move { matches!(pods.get_opt("hello").await, Ok(None)).then_some(()) }
             })
+            .await?;
+            // A Deployment's pod has no nodeName: kube-scheduler, which the
+            // bed runs once it has a kubelet node, binds it to this node.
+            let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+            let deployment = deployment(&ns)?;
+            deployments
+                .create(&PostParams::default(), &deployment)
+                .await
+                .map_err(|e| format!("creating the Deployment: {e}"))?;
+            let t3 = Instant::now();
+            let (pod_name, node) = wait_for(
+                "the Deployment's pod to be scheduled and run",
+                Duration::from_secs(120),
+                || {
+                    let pods = pods.clone();
+                    async move {
+                        let list = pods
+                            .list(&ListParams::default().labels("app=scheduled"))
+                            .await
+                            .ok()?;
+                        list.items.into_iter().find_map(|p| {
+                            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+                            let node = p.spec.as_ref()?.node_name.clone()?;
+                            running.then(|| (p.metadata.name.clone().unwrap_or_default(), node))
+                        })
+                    }
+                },
+            )
+            .await?;
+            eprintln!(
+                "Deployment pod {pod_name} scheduled to {node} and Running after {:.1} s",
+                t3.elapsed().as_secs_f64()
+            );
+            if node != NODE {
+                return Err(format!("the Deployment's pod went to {node}, not {NODE}"));
+            }
+            deployments
+                .delete("scheduled", &DeleteParams::foreground())
+                .await
+                .map_err(|e| format!("deleting the Deployment: {e}"))?;
+            wait_for(
+                "the Deployment's pods to be gone",
+                Duration::from_secs(60),
+                || {
+                    let pods = pods.clone();
+                    async move {
+                        let list = pods
+                            .list(&ListParams::default().labels("app=scheduled"))
+                            .await
+                            .ok()?;
+                        list.items.is_empty().then_some(())
+                    }
+                },
+            )
             .await?;
             for (i, img) in images.iter().enumerate() {
                 let pod = version_pod(&ns, &format!("image-{i}"), img)?;

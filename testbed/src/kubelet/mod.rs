@@ -7,7 +7,8 @@
 //! a locally built sandbox image and a busybox image), makes sure
 //! kube-apiserver reaches kubelets by InternalIP with a client certificate
 //! of its own (restarting it once with those flags when it runs without
-//! them), and starts `ironvirt-testbed kubelet-run <name>` under the bed's
+//! them) and runs kube-scheduler for the bed ([`ensure_scheduler`]), and
+//! starts `ironvirt-testbed kubelet-run <name>` under the bed's
 //! supervisor, as process `kubelet-node-<name>`. That process runs
 //! containerd (in a mount namespace of its own, where a directory of the
 //! node is bind-mounted over /run/containerd, since containerd 1.6 puts its
@@ -23,11 +24,13 @@ mod apiserver;
 mod containerd;
 mod node_ip;
 mod prepare;
+mod scheduler;
 mod teardown;
 
 pub use apiserver::ensure_apiserver_reaches_kubelets;
 pub use containerd::run;
 pub use prepare::prepare;
+pub use scheduler::{SCHEDULER, ensure_scheduler};
 pub use teardown::sweep;
 
 use std::fs;
@@ -99,6 +102,9 @@ pub struct NodeSpec {
     pub name: String,
     /// kubelet (`hack/build-kubelet.sh` prints its path).
     pub kubelet: PathBuf,
+    /// kube-scheduler, which the bed runs once it has a kubelet node
+    /// (`hack/build-kubelet.sh` builds it beside kubelet).
+    pub scheduler: PathBuf,
     /// The `ironvirt-testbed` binary, which runs `kubelet-run`.
     pub testbed: PathBuf,
 }
@@ -187,6 +193,7 @@ pub async fn up(layout: &Layout, spec: &NodeSpec, timeout: Duration) -> Result<N
     check_host()?;
     for (what, p) in [
         ("kubelet", &spec.kubelet),
+        ("kube-scheduler", &spec.scheduler),
         ("ironvirt-testbed", &spec.testbed),
     ] {
         if !p.is_file() {
@@ -200,6 +207,7 @@ pub async fn up(layout: &Layout, spec: &NodeSpec, timeout: Duration) -> Result<N
     let info =
         ClusterInfo::load(layout).map_err(|_| crate::Error::NotRunning(layout.cluster_info()))?;
     ensure_apiserver_reaches_kubelets(layout, &info).await?;
+    ensure_scheduler(layout, &info, &spec.scheduler).await?;
     let sup = controlplane::supervisor(layout);
     let pname = process_name(&spec.name);
     let running = sup
