@@ -331,7 +331,7 @@ pub fn build_vm(
         )));
     }
     let spec = VirtualMachineInstanceSpec {
-        domain: Box::new(DomainSpec {
+        domain: DomainSpec {
             resources: Some(ResourceRequirements::default()),
             cpu: args.cpu.as_deref().map(cpu).transpose()?,
             memory: match &instancetype {
@@ -349,7 +349,7 @@ pub fn build_vm(
                 ..Default::default()
             }),
             ..Default::default()
-        }),
+        },
         volumes: (!volumes.is_empty()).then_some(volumes),
         termination_grace_period_seconds: Some(args.termination_grace_period),
         ..Default::default()
@@ -358,10 +358,10 @@ pub fn build_vm(
         name,
         VirtualMachineSpec {
             run_strategy: Some(run_strategy(&args.run_strategy)?),
-            template: Box::new(VirtualMachineInstanceTemplateSpec {
+            template: VirtualMachineInstanceTemplateSpec {
                 metadata: None,
                 spec: Some(spec),
-            }),
+            },
             instancetype,
             preference,
             ..Default::default()

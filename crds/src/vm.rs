@@ -57,11 +57,8 @@ pub struct VirtualMachineSpec {
     /// Halted: no VMI; a running one is stopped gracefully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_strategy: Option<RunStrategy>,
-    // Boxed: the operator caches every VM, and inline this struct made each
-    // one 3.2 KB before any of its strings (heap profile at 10,000 VMs,
-    // docs/benchmarks.md).
     /// The VMI to run: its metadata (labels, annotations) and spec.
-    pub template: Box<VirtualMachineInstanceTemplateSpec>,
+    pub template: VirtualMachineInstanceTemplateSpec,
     /// The instancetype (vCPUs, memory, …) the VMI gets; the template must
     /// then leave those fields unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -60,10 +60,8 @@ pub use crate::volumes::*;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceSpec {
-    // Boxed: inline it was 1.2 KB of every cached VMI and VM (most of it
-    // unset options).
     /// The virtual hardware: CPU, memory, firmware, machine type and devices.
-    pub domain: Box<DomainSpec>,
+    pub domain: DomainSpec,
     /// Volumes that back the disks in domain.devices.disks, matched by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
