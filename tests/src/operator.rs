@@ -36,6 +36,11 @@ pub fn target_dir() -> PathBuf {
 /// A running operator process; killed when dropped.
 pub struct Operator {
     child: Option<Child>,
+    /// Started under IRONVIRT_OPERATOR_WRAP: the wrapper (heaptrack is a
+    /// shell script) runs the operator as its child, in a process group of
+    /// their own, and signals go to the whole group; a signal to the wrapper
+    /// alone left the operator running.
+    group: bool,
     pub metrics_port: u16,
     pub log: PathBuf,
 }
@@ -87,6 +92,7 @@ impl Operator {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(&bin);
+                std::os::unix::process::CommandExt::process_group(&mut c, 0);
                 c
             }
             None => Command::new(&bin),
@@ -107,6 +113,7 @@ impl Operator {
             .expect("start ironvirt-operator");
         Operator {
             child: Some(child),
+            group: !wrap.is_empty(),
             metrics_port: port,
             log,
         }
@@ -132,10 +139,9 @@ impl Operator {
     /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns
     /// its exit code (None when it did not exit in time or died by a signal).
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let target = self.signal_target()?;
         let child = self.child.as_mut()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", "--", &target]).status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -149,10 +155,25 @@ impl Operator {
 
     /// Kills the operator with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
+        if self.group
+            && let Some(target) = self.signal_target()
+        {
+            let _ = Command::new("kill").args(["-KILL", "--", &target]).status();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// What `kill` signals: the process, or its group (`-pid`) when wrapped.
+    fn signal_target(&self) -> Option<String> {
+        let pid = self.child.as_ref()?.id();
+        Some(if self.group {
+            format!("-{pid}")
+        } else {
+            pid.to_string()
+        })
     }
 
     /// The value of a metric line starting with `prefix`, summed.
