@@ -518,6 +518,18 @@ async fn down_locked(layout: &Layout) -> Result<()> {
     tokio::task::spawn_blocking(move || sup2.stop_all(START_ORDER, Duration::from_secs(15)))
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
+    // Kubelet nodes (issue #21) clean up after themselves on SIGTERM; one
+    // whose supervised process died without doing so (SIGKILL) left its
+    // containerd, kubelet, containers, mounts, address and sysctls behind.
+    // The sweep removes them, and is a no-op after a clean stop.
+    let kubelet_layout = layout.clone();
+    tokio::task::spawn_blocking(move || {
+        for name in crate::kubelet::node_names(&kubelet_layout) {
+            crate::kubelet::sweep(&crate::kubelet::paths(&kubelet_layout, &name));
+        }
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?;
     let _ = fs::remove_file(layout.cluster_info());
     nodes?;
     Ok(())
