@@ -115,6 +115,11 @@ enum Cmd {
         /// (default: beside kubelet, where hack/build-kubelet.sh puts it).
         #[arg(long, env = "IRONVIRT_KUBE_SCHEDULER_BIN")]
         scheduler: Option<PathBuf>,
+        /// kube-apiserver calls APIServices and webhooks at their Services'
+        /// endpoints (--enable-aggregator-routing), for ironvirt installed in
+        /// pods. Not on the bed of `make run`: it breaks ExternalName Services.
+        #[arg(long)]
+        aggregator_routing: bool,
         /// Seconds to wait for the node to be Ready.
         #[arg(long, default_value_t = 180)]
         timeout: u64,
@@ -298,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
             name,
             kubelet,
             scheduler,
+            aggregator_routing,
             timeout,
         } => {
             let scheduler = scheduler.unwrap_or_else(|| kubelet.with_file_name("kube-scheduler"));
@@ -306,6 +312,7 @@ async fn main() -> anyhow::Result<()> {
                 kubelet,
                 scheduler,
                 testbed: std::env::current_exe().context("this program's path")?,
+                aggregator_routing,
             };
             let paths =
                 kubelet::up(&layout, &spec, std::time::Duration::from_secs(timeout)).await?;

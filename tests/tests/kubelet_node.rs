@@ -56,6 +56,7 @@ fn spec() -> Result<NodeSpec, String> {
         kubelet,
         scheduler,
         testbed,
+        aggregator_routing: false,
     })
 }
 

@@ -13,29 +13,47 @@ use crate::process::Supervisor;
 /// The PKI file names of the node and of kube-apiserver's kubelet client.
 const APISERVER_KUBELET_CLIENT: &str = "apiserver-kubelet-client";
 
-/// kube-apiserver's kubelet flags, with its client certificate minted once.
-fn apiserver_kubelet_args(layout: &Layout) -> Result<Vec<String>> {
+/// kube-apiserver's kubelet flags, with its client certificate minted once;
+/// with `aggregator_routing`, also `--enable-aggregator-routing=true`.
+fn apiserver_kubelet_args(layout: &Layout, aggregator_routing: bool) -> Result<Vec<String>> {
     let pki = Pki::new(layout.pki());
     if !(pki.crt(APISERVER_KUBELET_CLIENT).exists() && pki.key(APISERVER_KUBELET_CLIENT).exists()) {
         pki.mint_user("kube-apiserver-kubelet-client", &["system:masters"])?
             .write(pki.dir(), APISERVER_KUBELET_CLIENT)?;
     }
-    Ok(config::apiserver_kubelet_args(
+    let mut args = config::apiserver_kubelet_args(
         &pki.crt(crate::pki::names::CA),
         &pki.crt(APISERVER_KUBELET_CLIENT),
         &pki.key(APISERVER_KUBELET_CLIENT),
-    ))
+    );
+    if aggregator_routing {
+        args.push(AGGREGATOR_ROUTING.into());
+    }
+    Ok(args)
 }
+
+/// kube-apiserver calls APIServices and webhooks at their Service's endpoint
+/// addresses instead of its ClusterIP: what lets ironvirt-api run in a pod
+/// on a bed without kube-proxy. It also makes kube-apiserver refuse
+/// ExternalName Services ("unsupported service type"), which the bed of
+/// `make run` uses for its local ironvirt-api, so only beds that ask get it.
+pub const AGGREGATOR_ROUTING: &str = "--enable-aggregator-routing=true";
 
 fn port_of(url: &str) -> Option<u16> {
     url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
 
 /// Makes kube-apiserver reach kubelets by InternalIP, verifying them and
-/// authenticating as `kube-apiserver-kubelet-client`: when the running one
-/// lacks those flags, it is restarted once with its own flags plus these.
-pub async fn ensure_apiserver_reaches_kubelets(layout: &Layout, info: &ClusterInfo) -> Result<()> {
-    let extra = apiserver_kubelet_args(layout)?;
+/// authenticating as `kube-apiserver-kubelet-client` (and with
+/// `aggregator_routing`, route to Services' endpoints, see
+/// [`AGGREGATOR_ROUTING`]): when the running one lacks those flags, it is
+/// restarted once with its own flags plus these.
+pub async fn ensure_apiserver_reaches_kubelets(
+    layout: &Layout,
+    info: &ClusterInfo,
+    aggregator_routing: bool,
+) -> Result<()> {
+    let extra = apiserver_kubelet_args(layout, aggregator_routing)?;
     let _lock = controlplane::lock_state(layout)?;
     let sup = controlplane::supervisor(layout);
     let rec = sup

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod image;
+pub mod overlay;
 
 mod apiserver;
 mod containerd;
@@ -27,7 +28,7 @@ mod prepare;
 mod scheduler;
 mod teardown;
 
-pub use apiserver::ensure_apiserver_reaches_kubelets;
+pub use apiserver::{AGGREGATOR_ROUTING, ensure_apiserver_reaches_kubelets};
 pub use containerd::run;
 pub use prepare::prepare;
 pub use scheduler::{SCHEDULER, ensure_scheduler};
@@ -107,6 +108,10 @@ pub struct NodeSpec {
     pub scheduler: PathBuf,
     /// The `ironvirt-testbed` binary, which runs `kubelet-run`.
     pub testbed: PathBuf,
+    /// kube-apiserver routes to Services' endpoints
+    /// ([`apiserver::AGGREGATOR_ROUTING`]): for ironvirt installed in pods.
+    /// Never on the bed of `make run`, whose ExternalName Service it breaks.
+    pub aggregator_routing: bool,
 }
 
 /// What the supervisor calls the node's process.
@@ -206,7 +211,7 @@ pub async fn up(layout: &Layout, spec: &NodeSpec, timeout: Duration) -> Result<N
     }
     let info =
         ClusterInfo::load(layout).map_err(|_| crate::Error::NotRunning(layout.cluster_info()))?;
-    ensure_apiserver_reaches_kubelets(layout, &info).await?;
+    ensure_apiserver_reaches_kubelets(layout, &info, spec.aggregator_routing).await?;
     ensure_scheduler(layout, &info, &spec.scheduler).await?;
     let sup = controlplane::supervisor(layout);
     let pname = process_name(&spec.name);
