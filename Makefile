@@ -80,6 +80,10 @@ run-node: ## A real kubelet node (containerd + runc) in the bed of `make run`, s
 test-node: ## The kubelet node's bed test (tests/tests/kubelet_node.rs) on a control plane of its own; not part of `make test` yet
 	@hack/test-node.sh
 
+.PHONY: test-deploy
+test-deploy: ## Install with kubectl apply -k on two kubelet nodes from the images of make images; VM, consoles, failover, upgrade, removal (tests/tests/deployed.rs); not part of `make test`
+	@hack/test-deploy.sh
+
 .PHONY: images
 images: ## Build the operator, api and handler images with buildah from deploy/docker/*.Dockerfile, on base images made from Debian packages (no registry); not part of `make test`
 	@hack/build-images.sh

@@ -24,6 +24,8 @@
 #    $IRONVIRT_CACHE/images/tmp). Cargo fetches crates from crates.io and the
 #    handler's Dockerfile runs apt-get against Debian's mirror: the builds use
 #    the host's network (--network host). They run at nice 19.
+#    Each image carries its tag as label io.ironvirt.image-tag, so that two
+#    tags built from one commit are two images (the apply test's upgrade).
 # 3. Each image is written as a docker-archive
 #    ($IRONVIRT_CACHE/images/out/ironvirt-<name>-$IMAGE_TAG.tar), which
 #    `ctr -n k8s.io images import` reads (ironvirt_testbed::kubelet::image).
@@ -234,7 +236,8 @@ for name in $IMAGES; do
   log "buildah bud $image from deploy/docker/$name.Dockerfile (nice 19)"
   start=$SECONDS
   nice -n 19 buildah bud --pull=never --layers --network=host \
-    --build-arg "RUST_VERSION=$RUST_VERSION" -f "$df" -t "$image" "$ctx" >&2 \
+    --build-arg "RUST_VERSION=$RUST_VERSION" --label "io.ironvirt.image-tag=$IMAGE_TAG" \
+    -f "$df" -t "$image" "$ctx" >&2 \
     || die "building $image failed; see buildah's output above."
   log "$image built in $((SECONDS - start)) s"
   archive="$OUT/ironvirt-$name-$IMAGE_TAG.tar"

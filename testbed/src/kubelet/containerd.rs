@@ -16,11 +16,16 @@ use super::teardown::{RUN_CONTAINERD_MARKER, netns_names, save_sysctls};
 use super::{KubeletError, Result, check_host, io, paths, sweep, valid_name};
 use crate::layout::Layout;
 
-/// Bind-mounts kubelet's directory on itself with shared propagation.
-fn share_kubelet_dir(paths: &NodePaths) -> Result<()> {
+/// Where `ip netns add` mounts network namespaces. Pods that mount it with
+/// Bidirectional propagation (ironvirt's handler: one namespace per VMI) must
+/// reach the host's copy, where QEMU's passt joins them.
+pub const RUN_NETNS: &str = "/run/netns";
+
+/// Bind-mounts `dir` on itself (unless it is a mount point already) and makes
+/// it shared, as `ip netns add` does for /run/netns.
+fn share_dir(dir: &Path) -> Result<()> {
     use nix::mount::{MsFlags, mount};
-    let dir = paths.kubelet_dir();
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    fs::create_dir_all(dir).map_err(io(dir))?;
     let errno = |dir: &Path| {
         let dir = dir.to_owned();
         move |e: nix::errno::Errno| KubeletError::Io {
@@ -28,24 +33,32 @@ fn share_kubelet_dir(paths: &NodePaths) -> Result<()> {
             source: e.into(),
         }
     };
-    if !crate::nodes::mounts_under(&dir).contains(&dir) {
-        mount(
-            Some(&dir),
-            &dir,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(errno(&dir))?;
+    if !crate::nodes::mounts_under(dir).iter().any(|m| m == dir) {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno(dir))?;
     }
     mount(
         None::<&str>,
-        &dir,
+        dir,
         None::<&str>,
         MsFlags::MS_SHARED | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(errno(&dir))
+    .map_err(errno(dir))
+}
+
+/// What containerd's mount namespace runs before containerd: every mount
+/// becomes a slave of the host's (the host's mounts reach containerd, the
+/// containers' rootfs and /dev/shm mounts stay in its namespace), except
+/// /run/netns, which stays a peer of the host's, so that a namespace a
+/// privileged pod adds there with Bidirectional propagation is the host's
+/// too. Then /run/containerd (where containerd 1.6 puts its shims' sockets
+/// whatever its configuration says) is the node's own directory.
+/// `$1`: the node's containerd run directory; `$2`: containerd's config.
+pub fn namespace_script() -> String {
+    format!(
+        r#"while read -r _ _ _ _ mp _; do case "$mp" in {RUN_NETNS}|{RUN_NETNS}/*) ;; *) mount --make-slave "$mp" 2>/dev/null || true ;; esac; done < /proc/self/mountinfo
+mount --bind "$1" /run/containerd && exec containerd --config "$2""#
+    )
 }
 
 /// Sends SIGTERM, waits `grace`, then SIGKILL; waits for the exit.
@@ -146,7 +159,8 @@ pub async fn run(layout: &Layout, name: &str, kubelet: &Path) -> Result<()> {
     // kubelet mounts pods' volumes under its directory after containerd
     // started in its own mount namespace: a shared bind mount of that
     // directory (a slave of it in containerd's namespace) carries them over.
-    if let Err(e) = share_kubelet_dir(&paths) {
+    // /run/netns likewise, the other way round (see namespace_script).
+    if let Err(e) = share_dir(&paths.kubelet_dir()).and_then(|()| share_dir(Path::new(RUN_NETNS))) {
         sweep(&paths);
         return Err(e);
     }
@@ -163,8 +177,15 @@ pub async fn run(layout: &Layout, name: &str, kubelet: &Path) -> Result<()> {
         layout,
         &containerd_log,
         Command::new("unshare")
-            .args(["--mount", "--propagation", "slave", "--", "/bin/sh", "-c"])
-            .arg(r#"mount --bind "$1" /run/containerd && exec containerd --config "$2""#)
+            .args([
+                "--mount",
+                "--propagation",
+                "unchanged",
+                "--",
+                "/bin/sh",
+                "-c",
+            ])
+            .arg(namespace_script())
             .arg("sh")
             .arg(paths.containerd_run())
             .arg(paths.containerd_config()),
@@ -281,5 +302,22 @@ fn timeout(layout: &Layout, what: &str, secs: u64, log: &str) -> KubeletError {
         secs,
         tail: crate::process::tail(&path, 30),
         log: path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_namespace_keeps_run_netns_a_peer_of_the_hosts() {
+        let s = namespace_script();
+        // Every mount but /run/netns (and what is below it) turns slave.
+        assert!(s.contains("/run/netns|/run/netns/*) ;;"), "{s}");
+        assert!(s.contains(r#"mount --make-slave "$mp""#), "{s}");
+        // Then the node's own /run/containerd, then containerd itself.
+        let bind = s.find(r#"mount --bind "$1" /run/containerd"#);
+        let exec = s.find(r#"exec containerd --config "$2""#);
+        assert!(bind.is_some() && exec > bind, "{s}");
     }
 }
