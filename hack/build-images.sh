@@ -222,6 +222,13 @@ if [[ $IMAGES_SOURCE == head ]]; then
   ctx="$WORK/context"
   rm -rf "$ctx" && mkdir -p "$ctx"
   git -C "$REPO" archive --format=tar HEAD | tar -x -C "$ctx"
+  # git archive gives every file the commit's time, which would make cargo
+  # rebuild every workspace crate in the cached target/ after any commit.
+  # Each file gets the time of the last commit that changed it instead, so
+  # only the crates whose files changed are built again.
+  git -C "$REPO" log --format='@%ct' --name-only HEAD \
+    | awk '/^@/ { t = $0; next } NF && !($0 in seen) { seen[$0] = 1; print t "\t" $0 }' \
+    | (cd "$ctx" && while IFS=$'\t' read -r t f; do if [[ -f $f ]]; then touch -m -d "$t" -- "$f"; fi; done)
   log "build context: $(git -C "$REPO" rev-parse --short HEAD) (git archive HEAD; uncommitted changes are not built)"
 else
   ctx="$REPO"

@@ -66,8 +66,9 @@ pub struct Config {
     pub image_cache_size: u64,
     pub registries: crate::images::Registries,
     pub passt: PathBuf,
-    /// Start passt in the node's namespaces ([`crate::guestnet::Host::passt_on_host`]).
-    pub passt_on_host: bool,
+    /// Start passt in the namespaces of this node process
+    /// ([`crate::guestnet::Host::passt_on_host`]).
+    pub passt_on_host: Option<u32>,
     /// hostDisk on or off and its root, the capacity limits
     /// ([`crate::volumes`]).
     pub volume_policy: VolumePolicy,

@@ -223,12 +223,12 @@ pub struct Host {
     /// naming the node whose handler made it.
     pub run_dir: PathBuf,
     pub passt: PathBuf,
-    /// Starts passt in the node's mount namespace and cgroup (through
-    /// `nsenter --target 1`), so that it outlives the handler's container:
-    /// set where the handler runs in a pod (it then needs the host PID
-    /// namespace, and `ip` and `passt` on the node). The test bed runs the
-    /// handler on the host, where this is not needed.
-    pub passt_on_host: bool,
+    /// Starts passt in the mount namespace and cgroup of this node process
+    /// (through `nsenter --target PID`, normally PID 1), so that it outlives
+    /// the handler's container: set where the handler runs in a pod (it then
+    /// needs the host PID namespace, and `ip` and `passt` on the node). The
+    /// test bed runs the handler on the host, where this is not needed.
+    pub passt_on_host: Option<u32>,
     /// This handler's node: several handlers may share a machine (the test
     /// bed), and each sweeps only its own networks.
     pub node: String,
@@ -430,10 +430,11 @@ impl Host {
         )?;
         set_mode(&names.dir, 0o700)?;
         let passt = self.passt.display().to_string();
-        let (program, mut args) = if self.passt_on_host {
+        let target = self.passt_on_host.map(|pid| pid.to_string());
+        let (program, mut args) = if let Some(pid) = target.as_deref() {
             (
                 "nsenter",
-                vec!["--target", "1", "--mount", "--cgroup", "--", "ip"],
+                vec!["--target", pid, "--mount", "--cgroup", "--", "ip"],
             )
         } else {
             ("ip", Vec::new())

@@ -114,6 +114,12 @@ struct Args {
     /// Needs hostPID, and `ip` and `passt` installed on the node.
     #[arg(long)]
     passt_on_host: bool,
+    /// The node process whose mount namespace and cgroup --passt-on-host
+    /// enters: PID 1, the node's init, unless that cannot be entered (the
+    /// test bed's machines refuse even root access to their PID 1's
+    /// namespaces; there the bed names its kubelet node's process).
+    #[arg(long, default_value_t = 1)]
+    host_pid: u32,
     /// Turns hostDisk on (KubeVirt's HostDisk feature gate), as ironvirt-api's
     /// flag of the same name: images must lie in <DIR>/<namespace>/ of the
     /// VMI, without symbolic links. Absent: hostDisk is off. The directory must
@@ -187,7 +193,7 @@ fn main() -> anyhow::Result<()> {
             None => ironvirt_handler::images::Registries::default(),
         },
         passt: args.passt,
-        passt_on_host: args.passt_on_host,
+        passt_on_host: args.passt_on_host.then_some(args.host_pid),
         volume_policy: VolumePolicy {
             host_disk: args.host_disk_root.map(|root| HostDiskPolicy { root }),
             max_volume_bytes: Some(args.max_volume_size).filter(|b| *b > 0),

@@ -234,6 +234,7 @@ fn apply_overlay(bed: &TestBed, tag: &str) -> PathBuf {
         bed.info(),
         &repo_root().join("deploy/overlays/testbed"),
         tag,
+        NODE_A,
     )
     .expect("writing the bed's kustomization");
     let out = kubectl_ok(bed, &["apply", "-k", &dir.to_string_lossy()]);
@@ -497,7 +498,7 @@ async fn installed_with_kubectl_apply_k_it_runs_fails_over_upgrades_and_uninstal
         .await
         .expect("labelling the handler's node");
     for p in &node_paths {
-        for a in dev_archives.iter().chain(&upgrade_archives) {
+        for a in &dev_archives {
             let t = Instant::now();
             image::import(p, a).unwrap_or_else(|e| panic!("importing {}: {e}", a.display()));
             eprintln!(
@@ -591,7 +592,18 @@ async fn installed_with_kubectl_apply_k_it_runs_fails_over_upgrades_and_uninstal
         .await
         .expect("the VMI still Running");
 
-    // 3. Upgrade: the same overlay at a new tag.
+    // 3. Upgrade: the new images imported, the same overlay at their tag.
+    for p in &node_paths {
+        for a in &upgrade_archives {
+            let t = Instant::now();
+            image::import(p, a).unwrap_or_else(|e| panic!("importing {}: {e}", a.display()));
+            eprintln!(
+                "imported {} in {:.1} s",
+                a.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
     let t = Instant::now();
     apply_overlay(&bed, &upgrade_tag);
     wait_installed(
@@ -636,6 +648,7 @@ async fn installed_with_kubectl_apply_k_it_runs_fails_over_upgrades_and_uninstal
         bed.info(),
         &repo_root().join("deploy/overlays/testbed"),
         &upgrade_tag,
+        NODE_A,
     )
     .expect("the kustomization");
     let t = Instant::now();
