@@ -27,6 +27,9 @@ pub struct Config {
     /// ironvirt-api's client certificate and key for handlers.
     pub handler_client_cert: PathBuf,
     pub handler_client_key: PathBuf,
+    /// Verify handlers by the shared name `ironvirt-handler`, not by
+    /// `<node>.ironvirt-handler`.
+    pub shared_handler_certificate: bool,
     pub lease_namespace: String,
     /// Usernames whose VMI spec updates the webhook lets through.
     pub privileged_users: Vec<String>,
@@ -121,6 +124,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         client: client.clone(),
         auth,
         handler_tls: handler_tls(&cfg)?,
+        shared_handler_certificate: cfg.shared_handler_certificate,
         lease_namespace: cfg.lease_namespace.clone(),
         metrics: Metrics::default(),
         limits: crate::limits::Limits::new(cfg.limits),

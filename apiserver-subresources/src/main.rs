@@ -43,6 +43,14 @@ struct Args {
     /// Its key.
     #[arg(long, required = true)]
     handler_client_key: Option<PathBuf>,
+    /// Verify every handler by the name `ironvirt-handler`, the one
+    /// certificate that the operator's certificate manager (and the
+    /// cert-manager overlay) issues to all handlers. Then any handler holding
+    /// it can answer for any node. Without it, the handler of node N must
+    /// present a certificate naming `N.ironvirt-handler` (what the test bed
+    /// issues).
+    #[arg(long)]
+    shared_handler_certificate: bool,
     /// Namespace of the handlers' Leases.
     #[arg(long, default_value = ironvirt_crds::wire::HANDLER_LEASE_NAMESPACE)]
     lease_namespace: String,
@@ -239,6 +247,7 @@ fn main() -> anyhow::Result<()> {
         handler_ca,
         handler_client_cert,
         handler_client_key,
+        shared_handler_certificate: args.shared_handler_certificate,
         lease_namespace: args.lease_namespace,
         privileged_users: args.privileged_users,
         metrics_addr: args.metrics_addr,

@@ -466,6 +466,13 @@ async fn the_base_matches_what_the_components_expect() {
         .find_map(|a| a.strip_prefix("--privileged-users="))
         .expect("ironvirt-api names its privileged users");
     assert!(!privileged.contains("ironvirt-handler"), "{privileged}");
+    // Every handler mounts the one shared certificate (name ironvirt-handler).
+    assert!(
+        api_args
+            .iter()
+            .any(|a| a.as_str() == Some("--shared-handler-certificate")),
+        "{api_args:?}"
+    );
 
     // ServiceAccounts are the ones ironvirt-api's webhook trusts by default
     // (--privileged-users), and the API's delegated-auth bindings are there.

@@ -396,6 +396,50 @@ async fn virtctl_vnc(kubeconfig: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The RSS (KiB) of each ironvirt process that runs in a container (its
+/// cgroup is under containerd's `/k8s.io/`), by binary name.
+fn pod_rss() -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let argv0 = String::from_utf8_lossy(argv0);
+        let name = argv0.rsplit('/').next().unwrap_or_default().to_owned();
+        if !["ironvirt-operator", "ironvirt-api", "ironvirt-handler"].contains(&name.as_str()) {
+            continue;
+        }
+        let in_pod =
+            std::fs::read_to_string(dir.join("cgroup")).is_ok_and(|c| c.contains("/k8s.io/"));
+        let rss = std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            });
+        if let (true, Some(rss)) = (in_pod, rss) {
+            out.push((name, rss));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn print_rss(when: &str) {
+    let rss = pod_rss();
+    let text: Vec<String> = rss
+        .iter()
+        .map(|(n, kib)| format!("{n} {:.1} MiB", *kib as f64 / 1024.0))
+        .collect();
+    eprintln!("RSS in pods {when}: {}", text.join(", "));
+}
+
 /// The operator's leader: the holder of its Lease.
 async fn operator_leader(client: &Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM_NS);
@@ -551,6 +595,7 @@ async fn installed_with_kubectl_apply_k_it_runs_fails_over_upgrades_and_uninstal
     virtctl_vnc(&kubeconfig)
         .await
         .unwrap_or_else(|e| panic!("virtctl vnc: {e}\n{}", diagnostics(&bed)));
+    print_rss("with one VM, after a console and a VNC session");
 
     // 2. Failover: an ironvirt-api pod, then the operator's leader.
     let api_pods = pod_names(&admin, "ironvirt-api").await;

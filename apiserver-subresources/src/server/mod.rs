@@ -60,6 +60,10 @@ pub struct ApiState {
     pub auth: RequestHeaderAuth,
     /// TLS client config for handlers (ironvirt-api's client certificate).
     pub handler_tls: Arc<rustls::ClientConfig>,
+    /// Handlers share one certificate named `ironvirt-handler` (the
+    /// operator's certificate manager, deploy/) instead of one naming their
+    /// node each ([`upstream::expected_handler_name`]).
+    pub shared_handler_certificate: bool,
     /// Namespace of the handler Leases.
     pub lease_namespace: String,
     pub metrics: crate::metrics::Metrics,

@@ -128,6 +128,7 @@ pub(super) fn state_with(client: Client, auth: RequestHeaderAuth) -> ApiState {
         client,
         auth,
         handler_tls: Arc::new(handler_tls),
+        shared_handler_certificate: false,
         lease_namespace: HANDLER_LEASE_NAMESPACE.to_owned(),
         metrics: Metrics::default(),
         limits: crate::limits::Limits::default(),

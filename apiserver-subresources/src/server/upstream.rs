@@ -105,7 +105,7 @@ async fn dial_handler(state: &ApiState, addr: &HandlerAddr) -> Result<HandlerStr
     .map_err(|_| format!("connecting to the handler at {url} timed out"))?
     .map_err(|e| format!("connecting to the handler at {url}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let expected = handler_server_name(node);
+    let expected = expected_handler_name(node, state.shared_handler_certificate);
     let name = rustls::pki_types::ServerName::try_from(expected.clone())
         .map_err(|e| format!("node name {node:?} is not a TLS server name: {e}"))?;
     tokio_rustls::TlsConnector::from(Arc::clone(&state.handler_tls))
@@ -117,6 +117,19 @@ async fn dial_handler(state: &ApiState, addr: &HandlerAddr) -> Result<HandlerStr
                 "the server at {url} (stream URL of node {node}'s handler Lease) is not the handler of node {node}: TLS with the name {expected} failed: {e}"
             )
         })
+}
+
+/// The name a handler's certificate must carry: its node's
+/// (`<node>.ironvirt-handler`), or with one certificate shared by every
+/// handler, `ironvirt-handler`. That certificate's `*.ironvirt-handler` does
+/// not stand in for the per-node name: rustls, like NSS, wants two labels
+/// after a wildcard, and a wildcard matches one label, not a dotted node name.
+pub(super) fn expected_handler_name(node: &str, shared: bool) -> String {
+    if shared {
+        HANDLER_SERVER_NAME.to_owned()
+    } else {
+        handler_server_name(node)
+    }
 }
 
 fn unavailable(message: String) -> Response {
@@ -214,4 +227,42 @@ pub(super) async fn forward_put(
         .ok_or_else(|| "the handler sent no HTTP status".to_owned())?;
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     Ok((code, body))
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::expected_handler_name;
+
+    #[test]
+    fn handlers_are_verified_by_their_node_or_by_the_shared_name() {
+        assert_eq!(expected_handler_name("n1", false), "n1.ironvirt-handler");
+        assert_eq!(
+            expected_handler_name("ip-10-0-0-1.ec2.internal", false),
+            "ip-10-0-0-1.ec2.internal.ironvirt-handler"
+        );
+        assert_eq!(expected_handler_name("n1", true), "ironvirt-handler");
+    }
+
+    /// Why the shared certificate needs its own mode: its `*.ironvirt-handler`
+    /// is not a name rustls accepts (two labels must follow a wildcard).
+    #[test]
+    fn a_wildcard_over_one_label_is_not_a_valid_presented_name() {
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut params = rcgen::CertificateParams::new(vec![
+            "ironvirt-handler".to_owned(),
+            "*.ironvirt-handler".to_owned(),
+        ])
+        .expect("params");
+        params.is_ca = rcgen::IsCa::NoCa;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = CertificateDer::from(cert.der().to_vec());
+        let ee = webpki::EndEntityCert::try_from(&der).expect("end entity");
+        let ok = |name: &str| {
+            let name = ServerName::try_from(name.to_owned()).expect("name");
+            ee.verify_is_valid_for_subject_name(&name).is_ok()
+        };
+        assert!(ok("ironvirt-handler"));
+        assert!(!ok("n1.ironvirt-handler"));
+    }
 }

@@ -64,8 +64,12 @@ pub const MANAGER: &str = "ironvirt-operator-certs";
 
 /// The names of the one handler certificate the operator issues today
 /// (Secret [`ironvirt_crds::wire::HANDLER_TLS_SECRET`], mounted by every handler pod): the shared
-/// name and `*.ironvirt-handler`, which matches the per-node name
-/// [`ironvirt_crds::wire::handler_server_name`] that ironvirt-api verifies.
+/// name, which ironvirt-api verifies with `--shared-handler-certificate`
+/// (deploy/), and `*.ironvirt-handler`. The wildcard does not stand in for
+/// the per-node name [`ironvirt_crds::wire::handler_server_name`]: rustls
+/// refuses wildcards followed by one label (found installing deploy/ on the
+/// test bed's kubelet nodes: every console failed with "certificate not
+/// valid for name").
 ///
 /// Interim: with one certificate for every node, a node's handler can still
 /// answer for another node. The per-node way is [`handler_csr`]: each handler
