@@ -673,6 +673,7 @@ async fn installed_with_kubectl_apply_k_it_runs_fails_over_upgrades_and_uninstal
     virtctl_vnc(&kubeconfig)
         .await
         .expect("virtctl vnc after the upgrade");
+    print_rss("after the upgrade");
 
     // 4. Removal: the VM, then kubectl delete -k, then the CRDs.
     kubectl_ok(&bed, &["delete", "-n", VM_NS, "vm", VM, "--wait=true"]);
