@@ -40,6 +40,8 @@ pub struct Config {
     pub domain_type: DomainType,
     pub state_dir: PathBuf,
     pub register_node: bool,
+    /// The Namespace that owns the handler Lease ([`node::NodeSettings`]).
+    pub lease_owner_namespace: Option<String>,
     pub node_labels: BTreeMap<String, String>,
     pub listen: SocketAddr,
     /// The URL clients should use; defaults to https://<listen address>.
@@ -166,6 +168,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         capacity,
         renew_every: cfg.renew_every,
         lease_seconds: 60,
+        lease_owner_namespace: cfg.lease_owner_namespace.clone(),
     };
     if cfg.register_node {
         // As a kubelet does: until it works. Right after kube-apiserver

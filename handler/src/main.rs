@@ -42,6 +42,11 @@ struct Args {
     /// on a real cluster the kubelet does this).
     #[arg(long)]
     register_node: bool,
+    /// The Namespace that owns this handler's Lease (kube-node-lease/
+    /// ironvirt-handler-<node>), so that uninstalling ironvirt (deleting its
+    /// namespace) removes the Lease too. deploy/ passes ironvirt's namespace.
+    #[arg(long)]
+    lease_owner_namespace: Option<String>,
     /// Labels of a Node created by --register-node, as key=value,...
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
@@ -167,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         domain_type,
         state_dir: state_dir.clone(),
         register_node: args.register_node,
+        lease_owner_namespace: args.lease_owner_namespace,
         node_labels,
         listen: args.listen,
         advertise_url: args.advertise_url,

@@ -41,6 +41,15 @@ pub struct NodeSettings {
     pub renew_every: Duration,
     /// The Lease duration published.
     pub lease_seconds: i32,
+    /// The Namespace that owns the handler Lease (ironvirt's own, in a
+    /// deployment), so that the garbage collector removes the Lease when
+    /// ironvirt is uninstalled; none in the test bed.
+    pub lease_owner_namespace: Option<String>,
+}
+
+/// The owner reference that makes Namespace `name` (uid `uid`) own a Lease.
+pub fn namespace_owner(name: &str, uid: &str) -> serde_json::Value {
+    json!([{"apiVersion": "v1", "kind": "Namespace", "name": name, "uid": uid}])
 }
 
 /// Creates the Node when missing (test bed), with capacity and a Ready
@@ -110,6 +119,7 @@ fn kubelet_ready() -> serde_json::Value {
 /// the libvirt condition in line with libvirt's health. Runs until the process ends.
 pub async fn heartbeat(client: Client, s: NodeSettings, mut health: watch::Receiver<Health>) {
     let mut tick = tokio::time::interval(s.renew_every);
+    let mut owner: Option<serde_json::Value> = None;
     let mut published: Option<Health> = None;
     let mut beats: u64 = 0;
     loop {
@@ -122,7 +132,19 @@ pub async fn heartbeat(client: Client, s: NodeSettings, mut health: watch::Recei
             }
         }
         let current = health.borrow().clone();
-        if let Err(e) = renew(&client, &s).await {
+        if owner.is_none()
+            && let Some(ns) = s.lease_owner_namespace.as_deref()
+        {
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+            match namespaces.get(ns).await {
+                Ok(n) => owner = n.metadata.uid.map(|uid| namespace_owner(ns, &uid)),
+                Err(e) => tracing::warn!(
+                    namespace = ns, error = %e,
+                    "reading the Lease's owner Namespace failed; renewing without it"
+                ),
+            }
+        }
+        if let Err(e) = renew(&client, &s, owner.as_ref()).await {
             tracing::warn!(node = %s.node, error = %e, "renewing the handler Lease failed");
         }
         if s.register && beats.is_multiple_of(6) {
@@ -148,15 +170,22 @@ pub async fn heartbeat(client: Client, s: NodeSettings, mut health: watch::Recei
     }
 }
 
-async fn renew(client: &Client, s: &NodeSettings) -> Result<(), kube::Error> {
+async fn renew(
+    client: &Client,
+    s: &NodeSettings,
+    owner: Option<&serde_json::Value>,
+) -> Result<(), kube::Error> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), HANDLER_LEASE_NAMESPACE);
     let now = MicroTime(Timestamp::now());
     let name = handler_lease_name(&s.node);
-    let lease = json!({
+    let mut lease = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": name, "annotations": {STREAM_URL_ANNOTATION: s.stream_url}},
         "spec": {"holderIdentity": s.node, "leaseDurationSeconds": s.lease_seconds, "renewTime": now},
     });
+    if let Some(owner) = owner {
+        lease["metadata"]["ownerReferences"] = owner.clone();
+    }
     leases
         .patch(
             &name,
@@ -287,5 +316,23 @@ mod tests {
             cond["status"]["conditions"][0]["message"],
             "connection refused"
         );
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::namespace_owner;
+
+    #[test]
+    fn the_lease_is_owned_by_the_namespace() {
+        let o = namespace_owner("ironvirt-system", "u-1");
+        assert_eq!(o[0]["kind"], "Namespace");
+        assert_eq!(o[0]["apiVersion"], "v1");
+        assert_eq!(o[0]["name"], "ironvirt-system");
+        assert_eq!(o[0]["uid"], "u-1");
+        // An owner reference for the garbage collector only: it must not
+        // block the Namespace's deletion or claim to control the Lease.
+        assert!(o[0].get("blockOwnerDeletion").is_none());
+        assert!(o[0].get("controller").is_none());
     }
 }
