@@ -658,6 +658,18 @@ async fn installed_with_kubectl_apply_k_it_runs_fails_over_upgrades_and_uninstal
     )
     .await;
     let upgrade_secs = t.elapsed().as_secs_f64();
+    let out = kubectl_ok(
+        &bed,
+        &[
+            "-n",
+            SYSTEM_NS,
+            "get",
+            "pods",
+            "-o",
+            "custom-columns=NAME:.metadata.name,IMAGE:.spec.containers[0].image,STARTED:.status.startTime,NODE:.spec.nodeName",
+        ],
+    );
+    eprintln!("after the upgrade:\n{out}");
     let up1 = console_after_failover(&kubeconfig, "after the upgrade").await;
     let elapsed = up0_at.elapsed().as_secs_f64();
     eprintln!("guest uptime {up0:.1} s before, {up1:.1} s after the upgrade, {elapsed:.1} s later");
