@@ -351,6 +351,11 @@ impl Host {
             }
         };
         if !passt_alive(&names) {
+            // A passt without its socket serves nobody, and it would keep
+            // the guest's ports from the new one.
+            if let Some(pid) = running_passt(&names) {
+                stop_passt(pid);
+            }
             self.start_passt(&names, ports)?;
         }
         Ok(Attached {
@@ -601,12 +606,47 @@ fn passt_pid(names: &Names) -> Option<u32> {
         .ok()
 }
 
-/// Whether the passt of this pid file still runs (and is passt).
+/// Whether a process name (`/proc/PID/comm`) is passt's. Debian's
+/// `/usr/bin/passt` executes `passt.avx2` in its place on CPUs with AVX2, so
+/// that is the name passt runs under there.
+fn is_passt_comm(comm: &str) -> bool {
+    matches!(comm.trim_end(), "passt" | "passt.avx2")
+}
+
+/// The pid of the passt of this pid file, if it still runs (and is passt).
+fn running_passt(names: &Names) -> Option<u32> {
+    passt_pid(names).filter(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| is_passt_comm(&c))
+    })
+}
+
+/// Whether the passt of this pid file still runs and listens.
 fn passt_alive(names: &Names) -> bool {
-    passt_pid(names)
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-        .is_some_and(|comm| comm.trim() == "passt")
-        && names.socket().exists()
+    running_passt(names).is_some() && names.socket().exists()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (an exited
+/// daemon stays one until the machine's init reaps it).
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Stops a passt and waits (up to 1 s) until it is gone, so that its ports
+/// are free again.
+fn stop_passt(pid: u32) {
+    let _ = run("kill", &[&pid.to_string()]);
+    for _ in 0..50 {
+        if !process_runs(pid) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    tracing::warn!(pid, "passt did not exit within 1 s of SIGTERM");
 }
 
 #[cfg(test)]
@@ -643,6 +683,77 @@ mod tests {
             assert!(Range::parse(bad).is_err(), "{bad}");
         }
         Ok(())
+    }
+
+    /// Regression: `make test`'s chaos run (seed 1, 2026-12-04) left VMI c2
+    /// Scheduled for good. Its create started passt, then failed (libvirtd had
+    /// just been killed); the retry did not recognise the running passt,
+    /// which runs as `passt.avx2` on AVX2 CPUs, and started a second one that
+    /// could not bind the guest's ports, on every retry after.
+    #[test]
+    fn chaos_seed_1_passt_avx2_is_a_running_passt() {
+        assert!(is_passt_comm("passt\n"));
+        assert!(is_passt_comm("passt.avx2\n"));
+        assert!(!is_passt_comm("pasta\n"));
+        assert!(!is_passt_comm("bash\n"));
+        assert!(!is_passt_comm(""));
+    }
+
+    /// The same against the real passt and `ip`: a second attach of the same
+    /// VMI (a retried create) keeps the passt of the first, which still
+    /// listens, and detach removes it. Needs root, as the handler does.
+    #[test]
+    fn chaos_seed_1_a_retried_attach_keeps_the_running_passt() -> Result<(), NetError> {
+        let run_dir =
+            std::env::temp_dir().join(format!("ironvirt-guestnet-{}", std::process::id()));
+        std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
+        set_mode(&run_dir, 0o711)?;
+        let host = Host {
+            range: Range::parse("10.199.250.0/24")?,
+            run_dir: run_dir.clone(),
+            passt: PathBuf::from("passt"),
+            passt_on_host: None,
+            node: "guestnet-regression".into(),
+        };
+        let uid = format!("regress-{}", std::process::id());
+        struct Detach<'a>(&'a Host, &'a str);
+        impl Drop for Detach<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.detach(self.1);
+            }
+        }
+        let guard = Detach(&host, &uid);
+        let ports = [GuestPort {
+            udp: false,
+            port: 22,
+        }];
+        let first = host.attach(&uid, &ports)?;
+        let names = Names::new(&run_dir, &uid);
+        let pid = running_passt(&names);
+        assert!(pid.is_some(), "no running passt after the first attach");
+        let second = host.attach(&uid, &ports)?;
+        assert_eq!(first, second);
+        assert_eq!(
+            running_passt(&names),
+            pid,
+            "the second attach replaced passt"
+        );
+        drop(guard);
+        let pid = pid.unwrap_or_default();
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            !process_runs(pid)
+        });
+        assert!(gone, "passt {pid} outlived detach by 1 s");
+        assert!(!Host::netns_exists(&names));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_zombie_does_not_run() {
+        assert!(process_runs(std::process::id()));
+        assert!(!process_runs(u32::MAX));
     }
 
     #[test]
