@@ -362,8 +362,8 @@ pub fn build_vm(
                 metadata: None,
                 spec: Some(spec),
             },
-            instancetype,
-            preference,
+            instancetype: instancetype.map(Box::new),
+            preference: preference.map(Box::new),
             ..Default::default()
         },
     );

@@ -290,16 +290,16 @@ fn apply_instancetype(
         cpu.model = Some(m.clone());
     }
     if let Some(b) = it.cpu.dedicated_cpu_placement {
-        cpu.dedicated_cpu_placement = Some(Value::Bool(b));
+        cpu.dedicated_cpu_placement = Some(Box::new(Value::Bool(b)));
     }
     if let Some(b) = it.cpu.isolate_emulator_thread {
         cpu.isolate_emulator_thread = Some(b);
     }
     if let Some(n) = &it.cpu.numa {
-        cpu.numa = Some(n.clone());
+        cpu.numa = Some(Box::new(n.clone()));
     }
     if let Some(rt) = &it.cpu.realtime {
-        cpu.realtime = Some(rt.clone());
+        cpu.realtime = Some(Box::new(rt.clone()));
     }
     if let Some(s) = it.cpu.max_sockets {
         cpu.max_sockets = Some(s);
@@ -307,7 +307,7 @@ fn apply_instancetype(
     let mem = d.memory.get_or_insert_with(Memory::default);
     mem.guest = Some(it.memory.guest.clone());
     if let Some(h) = &it.memory.hugepages {
-        mem.hugepages = Some(h.clone());
+        mem.hugepages = Some(Box::new(h.clone()));
     }
     if let Some(m) = &it.memory.max_guest {
         mem.max_guest = Some(m.clone());
@@ -329,22 +329,22 @@ fn apply_instancetype(
         d.io_threads = serde_json::from_value(t.clone()).ok();
     }
     if let Some(ls) = &it.launch_security {
-        d.launch_security = Some(ls.clone());
+        d.launch_security = Some(Box::new(ls.clone()));
     }
     if it.gpus.is_some() || it.host_devices.is_some() {
         let dev = d.devices.get_or_insert_with(Default::default);
         if let Some(g) = &it.gpus {
-            dev.gpus = Some(Value::Array(g.clone()));
+            dev.gpus = Some(Box::new(Value::Array(g.clone())));
         }
         if let Some(h) = &it.host_devices {
-            dev.host_devices = Some(Value::Array(h.clone()));
+            dev.host_devices = Some(Box::new(Value::Array(h.clone())));
         }
     }
     if let Some(ns) = &it.node_selector {
         spec.node_selector = Some(ns.clone());
     }
     if let Some(s) = &it.scheduler_name {
-        spec.scheduler_name = Some(Value::String(s.clone()));
+        spec.scheduler_name = Some(Box::new(Value::String(s.clone())));
     }
 }
 
@@ -632,8 +632,8 @@ pub fn expand_vm(
         return Ok(vm);
     }
     let resolved = Resolved {
-        instancetype: it_matcher.as_ref().zip(it),
-        preference: pref_matcher.as_ref().zip(pref),
+        instancetype: it_matcher.as_deref().zip(it),
+        preference: pref_matcher.as_deref().zip(pref),
     };
     let template = &mut vm.spec.template;
     let had_metadata = template.metadata.is_some();

@@ -62,14 +62,14 @@ pub struct VirtualMachineSpec {
     /// The instancetype (vCPUs, memory, …) the VMI gets; the template must
     /// then leave those fields unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instancetype: Option<Matcher>,
+    pub instancetype: Option<Box<Matcher>>,
     /// The preference whose defaults fill the fields the template leaves unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preference: Option<Matcher>,
+    pub preference: Option<Box<Matcher>>,
     /// Not supported by ironvirt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::data_volume_templates")]
-    pub data_volume_templates: Option<Value>,
+    pub data_volume_templates: Option<Box<Value>>,
     /// How volume changes reach a running VMI: Replacement or Migration.
     /// Accepted with a warning: ironvirt applies template changes when the VM
     /// next starts a VMI.
@@ -123,7 +123,7 @@ pub struct VirtualMachineStatus {
     pub state_change_requests: Option<Vec<StateChangeRequest>>,
     /// Why the VMI keeps failing to start, and when the next try is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_failure: Option<StartFailure>,
+    pub start_failure: Option<Box<StartFailure>>,
     /// The metadata.generation the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -135,10 +135,10 @@ pub struct VirtualMachineStatus {
     pub run_strategy: Option<RunStrategy>,
     /// The instancetype the VM uses, and the ControllerRevision with its copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instancetype_ref: Option<StatusRef>,
+    pub instancetype_ref: Option<Box<StatusRef>>,
     /// The preference the VM uses, and the ControllerRevision with its copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preference_ref: Option<StatusRef>,
+    pub preference_ref: Option<Box<StatusRef>>,
 }
 
 /// A pending start or stop request.

@@ -75,7 +75,7 @@ pub struct VirtualMachineInstanceSpec {
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Affinity rules; required node affinity is honoured when placing the VMI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Affinity>,
+    pub affinity: Option<Box<Affinity>>,
     /// Taints this VMI tolerates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
@@ -104,19 +104,19 @@ pub struct VirtualMachineInstanceSpec {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::probes")]
-    pub liveness_probe: Option<Value>,
+    pub liveness_probe: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::probes")]
-    pub readiness_probe: Option<Value>,
+    pub readiness_probe: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::topology_spread")]
-    pub topology_spread_constraints: Option<Value>,
+    pub topology_spread_constraints: Option<Box<Value>>,
     /// Not supported: ironvirt places VMIs itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::scheduler_name")]
-    pub scheduler_name: Option<Value>,
+    pub scheduler_name: Option<Box<Value>>,
     /// SSH public keys for the guest, from Secrets (propagation noCloud).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_credentials: Option<Vec<crate::access::AccessCredential>>,
@@ -131,7 +131,7 @@ pub struct VirtualMachineInstanceSpec {
     pub dns_policy: Option<DnsPolicy>,
     /// DNS settings for KubeVirt's pod. Accepted with a warning, as dnsPolicy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns_config: Option<PodDNSConfig>,
+    pub dns_config: Option<Box<PodDNSConfig>>,
     /// The guest architecture; ironvirt runs amd64 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::architecture")]
@@ -139,7 +139,7 @@ pub struct VirtualMachineInstanceSpec {
     /// Not supported by ironvirt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::resource_claims")]
-    pub resource_claims: Option<Value>,
+    pub resource_claims: Option<Box<Value>>,
 }
 
 /// What happens to a VMI when its node is drained: None, LiveMigrate,
@@ -183,10 +183,10 @@ pub struct DomainSpec {
     pub devices: Option<Devices>,
     /// The guest's clock (UTC or a time zone) and timers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clock: Option<Clock>,
+    pub clock: Option<Box<Clock>>,
     /// Platform features: ACPI, APIC, SMM, Hyper-V enlightenments, KVM visibility.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub features: Option<Features>,
+    pub features: Option<Box<Features>>,
     /// How disks share I/O threads. Accepted with a warning: ironvirt's disks use
     /// QEMU's main loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,11 +196,11 @@ pub struct DomainSpec {
     pub io_threads: Option<DiskIoThreads>,
     /// SMBIOS chassis information.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chassis: Option<Chassis>,
+    pub chassis: Option<Box<Chassis>>,
     /// Not supported by ironvirt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::launch_security")]
-    pub launch_security: Option<Value>,
+    pub launch_security: Option<Box<Value>>,
     /// What a reboot from inside the guest does; only Reboot (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::reboot_policy")]
@@ -231,7 +231,7 @@ pub struct Cpu {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::dedicated_cpu")]
-    pub dedicated_cpu_placement: Option<Value>,
+    pub dedicated_cpu_placement: Option<Box<Value>>,
     /// The most sockets CPU hotplug could reach. Accepted with a warning:
     /// ironvirt has no CPU hotplug.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +244,7 @@ pub struct Cpu {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::numa")]
-    pub numa: Option<Value>,
+    pub numa: Option<Box<Value>>,
     /// A dedicated pCPU for QEMU's emulator thread. Accepted with a warning:
     /// ironvirt pins nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,7 +252,7 @@ pub struct Cpu {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::realtime")]
-    pub realtime: Option<Value>,
+    pub realtime: Option<Box<Value>>,
 }
 
 /// The guest's memory.
@@ -265,7 +265,7 @@ pub struct Memory {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::hugepages")]
-    pub hugepages: Option<Value>,
+    pub hugepages: Option<Box<Value>>,
     /// The most memory hotplug could reach. Accepted with a warning: ironvirt
     /// has no memory hotplug; the guest has memory.guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,14 +297,14 @@ pub struct Firmware {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::firmware_acpi")]
-    pub acpi: Option<Value>,
+    pub acpi: Option<Box<Value>>,
     /// The bootloader: bios (the default) or efi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<Bootloader>,
     /// Boot a kernel (and initrd) taken from a container image, with kernel
     /// arguments, instead of a bootloader on a disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel_boot: Option<KernelBoot>,
+    pub kernel_boot: Option<Box<KernelBoot>>,
 }
 
 /// Direct kernel boot: the kernel and initrd come from a container image.
@@ -405,19 +405,19 @@ pub struct Devices {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::gpus")]
-    pub gpus: Option<Value>,
+    pub gpus: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::gpus")]
-    pub host_devices: Option<Value>,
+    pub host_devices: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::watchdog")]
-    pub watchdog: Option<Value>,
+    pub watchdog: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::filesystems")]
-    pub filesystems: Option<Value>,
+    pub filesystems: Option<Box<Value>>,
     /// An emulated TPM 2.0 (swtpm on the node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmDevice>,
@@ -463,19 +463,19 @@ pub struct Devices {
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::downward_metrics")]
-    pub downward_metrics: Option<Value>,
+    pub downward_metrics: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::panic_devices")]
-    pub panic_devices: Option<Value>,
+    pub panic_devices: Option<Box<Value>>,
     /// Not supported by ironvirt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::client_passthrough")]
-    pub client_passthrough: Option<Value>,
+    pub client_passthrough: Option<Box<Value>>,
     /// Not supported by ironvirt yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::sound")]
-    pub sound: Option<Value>,
+    pub sound: Option<Box<Value>>,
 }
 
 /// A virtio RNG device; it has no settings.
@@ -639,10 +639,10 @@ pub struct VirtualMachineInstanceStatus {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub guest_os_info: Option<GuestOsInfo>,
+    pub guest_os_info: Option<Box<GuestOsInfo>>,
     /// The VMI's current or last live migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migration_state: Option<crate::migration::VirtualMachineInstanceMigrationState>,
+    pub migration_state: Option<Box<crate::migration::VirtualMachineInstanceMigrationState>>,
     /// How the VMI migrates: BlockMigration (its disks are copied) or
     /// LiveMigration (its disks are on shared storage).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -98,7 +98,9 @@ impl Outgoing {
 }
 
 fn state(vmi: &VirtualMachineInstance) -> Option<&VirtualMachineInstanceMigrationState> {
-    vmi.status.as_ref().and_then(|s| s.migration_state.as_ref())
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_deref())
 }
 
 /// Whether `vmi` has left (or is leaving) `node` by a migration that did not

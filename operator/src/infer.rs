@@ -78,8 +78,8 @@ impl Which {
 
     fn matcher(self, vm: &VirtualMachine) -> Option<&Matcher> {
         match self {
-            Which::Instancetype => vm.spec.instancetype.as_ref(),
-            Which::Preference => vm.spec.preference.as_ref(),
+            Which::Instancetype => vm.spec.instancetype.as_deref(),
+            Which::Preference => vm.spec.preference.as_deref(),
         }
         .filter(|m| !m.infer_from_volume.is_empty())
     }

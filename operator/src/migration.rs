@@ -122,7 +122,7 @@ fn state_of<'a>(
 ) -> Option<&'a VirtualMachineInstanceMigrationState> {
     vmi.status
         .as_ref()
-        .and_then(|s| s.migration_state.as_ref())
+        .and_then(|s| s.migration_state.as_deref())
         .filter(|m| m.migration_uid.as_deref() == Some(uid))
 }
 
@@ -130,7 +130,7 @@ fn state_of<'a>(
 fn other_in_flight<'a>(vmi: &'a VirtualMachineInstance, uid: &str) -> Option<&'a str> {
     vmi.status
         .as_ref()
-        .and_then(|s| s.migration_state.as_ref())
+        .and_then(|s| s.migration_state.as_deref())
         .filter(|m| !m.ended())
         .and_then(|m| m.migration_uid.as_deref())
         .filter(|u| *u != uid)

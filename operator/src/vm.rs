@@ -79,12 +79,12 @@ pub fn vmi_with(
         instancetype: vm
             .spec
             .instancetype
-            .as_ref()
+            .as_deref()
             .zip(it.instancetype.as_ref().map(|s| &s.spec)),
         preference: vm
             .spec
             .preference
-            .as_ref()
+            .as_deref()
             .zip(it.preference.as_ref().map(|s| &s.spec)),
     };
     let mut annotations = vmi.metadata.annotations.take().unwrap_or_default();
@@ -219,11 +219,11 @@ pub fn plan_with(
                 .unwrap_or(0)
                 + 1;
             let wait = backoff(count);
-            start_failure = Some(StartFailure {
+            start_failure = Some(Box::new(StartFailure {
                 consecutive_fail_count: Some(count),
                 last_failed_vmi_uid: Some(uid),
                 retry_after_timestamp: Some(Time(now + to_signed(wait))),
-            });
+            }));
             event = Some(EventNote::warning(
                 Reason::FailedVmi,
                 format!(
@@ -393,12 +393,12 @@ pub fn plan_with(
     status.instancetype_ref = it
         .instancetype
         .as_ref()
-        .map(|s| s.status.clone())
+        .map(|s| Box::new(s.status.clone()))
         .or_else(|| kept_ref(vm, false));
     status.preference_ref = it
         .preference
         .as_ref()
-        .map(|s| s.status.clone())
+        .map(|s| Box::new(s.status.clone()))
         .or_else(|| kept_ref(vm, true));
     if it.failure.is_some() && failure.is_some() {
         // The instancetype may appear: look again, not only on a change.
@@ -451,7 +451,7 @@ pub fn plan_conflict(vm: &VirtualMachine, now: Timestamp, message: &str) -> VmPl
 fn kept_ref(
     vm: &VirtualMachine,
     preference: bool,
-) -> Option<ironvirt_crds::instancetype::StatusRef> {
+) -> Option<Box<ironvirt_crds::instancetype::StatusRef>> {
     let status = vm.status.as_ref()?;
     let (m, r) = if preference {
         (
@@ -473,7 +473,7 @@ fn status_for(
     vmi: Option<&VirtualMachineInstance>,
     action: &VmiAction,
     strategy: RunStrategy,
-    start_failure: Option<StartFailure>,
+    start_failure: Option<Box<StartFailure>>,
     requests: Vec<ironvirt_crds::vm::StateChangeRequest>,
     failure: Option<&(String, String)>,
     backing_off: bool,

@@ -215,10 +215,10 @@ async fn a_vm_runs_its_instancetype_and_keeps_its_copy_until_asked() {
 
         // A template that sets what the instancetype owns is refused.
         let mut bad = guest_vm(&ns, "bad", "Halted");
-        bad.spec.instancetype = Some(ironvirt_crds::instancetype::Matcher {
+        bad.spec.instancetype = Some(Box::new(ironvirt_crds::instancetype::Matcher {
             name: "u1.small".into(),
             ..Default::default()
-        });
+        }));
         let err = vms.create(&PostParams::default(), &bad).await.map(|_| ()).unwrap_err().to_string();
         assert!(
             err.contains("spec.template.spec.domain.memory.guest")
@@ -231,10 +231,10 @@ async fn a_vm_runs_its_instancetype_and_keeps_its_copy_until_asked() {
         if let Some(spec) = ghost.spec.template.spec.as_mut() {
             spec.domain.memory = None;
         }
-        ghost.spec.instancetype = Some(ironvirt_crds::instancetype::Matcher {
+        ghost.spec.instancetype = Some(Box::new(ironvirt_crds::instancetype::Matcher {
             name: "nope".into(),
             ..Default::default()
-        });
+        }));
         vms.create(&PostParams::default(), &ghost).await.map_err(|e| e.to_string())?;
         let cond = eventually(Duration::from_secs(60), "the Failure condition", || async {
             let s = vms.get("ghost").await.ok()?.status?;

@@ -277,7 +277,7 @@ fn a_vm_without_matchers_comes_back_unchanged() {
     // Neither does a template without metadata gain an empty one.
     let mut with_it = plain.clone();
     with_it.spec.template.spec.as_mut().unwrap().domain.cpu = None;
-    with_it.spec.instancetype = Some(matcher("u1.small", ""));
+    with_it.spec.instancetype = Some(Box::new(matcher("u1.small", "")));
     let out = expand_vm(
         with_it,
         Some(&it("cpu: {guest: 1}\nmemory: {guest: 1Gi}\n")),

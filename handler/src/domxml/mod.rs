@@ -281,7 +281,7 @@ pub fn domain_xml(
     let chassis = chassis_entries(vmi)?;
     let smbios = serial_number.is_some() || !chassis.is_empty();
     let features = features_element(
-        vmi.spec.domain.features.as_ref(),
+        vmi.spec.domain.features.as_deref(),
         &firmware,
         host.domain_type,
     )?;

@@ -38,7 +38,7 @@ pub fn plan_kernel_boot(
         .domain
         .firmware
         .as_ref()
-        .and_then(|f| f.kernel_boot.as_ref())
+        .and_then(|f| f.kernel_boot.as_deref())
     else {
         return Ok(None);
     };
